@@ -1,0 +1,82 @@
+//! The layout of `$WASMHOST_HOME`: one place that knows where state lives.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Directory names under `$WASMHOST_HOME`.
+const REGISTRY_FILE: &str = "registry.db";
+const VOLUMES_DIR: &str = "volumes";
+const TRASH_DIR: &str = "trash";
+const LEASES_DIR: &str = "leases";
+const LOCKS_DIR: &str = "locks";
+const CACHE_DIR: &str = "cache";
+
+/// The state directory, created on first use.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// `$WASMHOST_HOME`, else `~/.wasmhost`.
+    pub fn from_env() -> Result<Self> {
+        let root = match std::env::var_os("WASMHOST_HOME") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => {
+                let home = std::env::var_os("HOME").context(
+                    "neither WASMHOST_HOME nor HOME is set; set WASMHOST_HOME to a state directory",
+                )?;
+                PathBuf::from(home).join(".wasmhost")
+            }
+        };
+        Self::at(root)
+    }
+
+    /// Opens (creating if needed) a state directory at `root`.
+    pub fn at(root: PathBuf) -> Result<Self> {
+        let home = Self { root };
+        for dir in [VOLUMES_DIR, TRASH_DIR, LEASES_DIR, LOCKS_DIR, CACHE_DIR] {
+            let path = home.root.join(dir);
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create state directory {}", path.display()))?;
+        }
+        Ok(home)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn registry_file(&self) -> PathBuf {
+        self.root.join(REGISTRY_FILE)
+    }
+
+    /// Where the files of volume `volume_id` live.
+    pub fn volume_dir(&self, volume_id: &str) -> PathBuf {
+        self.root.join(VOLUMES_DIR).join(volume_id)
+    }
+
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.root.join(VOLUMES_DIR)
+    }
+
+    /// Deleted data waits here for the background purge; no volume sees it.
+    pub fn trash_dir(&self) -> PathBuf {
+        self.root.join(TRASH_DIR)
+    }
+
+    /// One lease file per app owned by a live process (see `lease`).
+    pub fn lease_file(&self, app_id: &str) -> PathBuf {
+        self.root.join(LEASES_DIR).join(format!("{app_id}.lease"))
+    }
+
+    /// Host-side lock files of volume `volume_id`, outside every volume.
+    pub fn volume_locks_dir(&self, volume_id: &str) -> PathBuf {
+        self.root.join(LOCKS_DIR).join(volume_id)
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR)
+    }
+}

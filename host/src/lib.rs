@@ -1,0 +1,18 @@
+//! wasmhost: serverless WebAssembly functions with shared, lockable volumes.
+//!
+//! Data flows one way: app.toml -> [`manifest`] -> app in the [`registry`]
+//! -> mounted [`volumes`] -> [`runtime`] instances -> results ([`invoke`]).
+
+pub mod apps;
+pub mod digest;
+pub mod error;
+pub mod home;
+pub mod invoke;
+pub mod lease;
+pub mod locks;
+pub mod manifest;
+pub mod names;
+pub mod registry;
+pub mod runtime;
+pub mod volume_files;
+pub mod volumes;

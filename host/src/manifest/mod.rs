@@ -1,0 +1,403 @@
+//! app.toml: parse, then validate into an [`AppManifest`] that the rest of
+//! wasmhost can trust. Nothing is created until this has passed.
+
+mod guest_path;
+mod raw;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use guest_path::normalize_guest_path;
+use raw::{RawApp, RawFunction};
+
+use crate::names::{NAME_RULE, is_valid_name};
+
+/// `timeout` when app.toml gives none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most instances of one function at once that app.toml may ask for.
+pub const MAX_CONCURRENCY: i64 = 1024;
+
+/// A validated app.toml.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AppManifest {
+    pub name: String,
+    pub entrypoint: Option<String>,
+    /// Volume key -> `persist` name (`None` for an ephemeral volume).
+    pub volumes: BTreeMap<String, Option<String>>,
+    pub functions: BTreeMap<String, FunctionSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FunctionSpec {
+    /// Absolute, so a deployed app can be called from any directory.
+    pub module: PathBuf,
+    pub mounts: Vec<MountSpec>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// Cap on linear memory, in bytes.
+    pub memory: Option<u64>,
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MountSpec {
+    /// Normalized: `/`, `/a/b`, `.` or `a/b`.
+    pub guest_path: String,
+    pub volume: String,
+    pub read_only: bool,
+}
+
+impl AppManifest {
+    /// The function `run` calls: the one named, else `entrypoint`, else the
+    /// only one.
+    pub fn select_function(&self, requested: Option<&str>) -> Result<&str, String> {
+        let known = || {
+            self.functions
+                .keys()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match requested.or(self.entrypoint.as_deref()) {
+            Some(name) => match self.functions.get_key_value(name) {
+                Some((name, _)) => Ok(name),
+                None => Err(format!(
+                    "app `{}` has no function `{name}`; its functions are {}",
+                    self.name,
+                    known()
+                )),
+            },
+            None if self.functions.len() == 1 => Ok(self.functions.keys().next().unwrap()),
+            None => Err(format!(
+                "app `{}` has several functions and no `entrypoint`; name one of {}",
+                self.name,
+                known()
+            )),
+        }
+    }
+}
+
+/// A bad app.toml: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// 1-based; `None` when the problem is the file as a whole.
+    pub position: Option<(usize, usize)>,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(f, "{}:{line}:{column}: ", self.file.display())?,
+            None => write!(f, "{}: ", self.file.display())?,
+        }
+        write!(f, "{}; fix: {}", self.problem, self.fix)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// Reads and validates the app.toml at `path`.
+pub fn load(path: &Path) -> Result<AppManifest, ManifestError> {
+    let whole_file = |problem: String, fix: &str| ManifestError {
+        file: path.to_owned(),
+        position: None,
+        problem,
+        fix: fix.to_owned(),
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        whole_file(
+            format!("cannot read app manifest: {e}"),
+            "check the path to app.toml",
+        )
+    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| whole_file("is not UTF-8 text".into(), "save app.toml as UTF-8"))?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    Validator {
+        file: path,
+        text: &text,
+    }
+    .validate(base_dir)
+}
+
+/// Parses and validates manifest text; `base_dir` anchors module paths.
+pub fn parse(file: &Path, text: &str, base_dir: &Path) -> Result<AppManifest, ManifestError> {
+    Validator { file, text }.validate(base_dir)
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn error(
+        &self,
+        span: Option<Range<usize>>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ManifestError {
+        ManifestError {
+            file: self.file.to_owned(),
+            position: span.map(|span| line_column(self.text, span.start)),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    fn validate(&self, base_dir: &Path) -> Result<AppManifest, ManifestError> {
+        if self.text.trim().is_empty() {
+            return Err(self.error(
+                None,
+                "is empty",
+                "give at least `name = \"...\"` and one `[functions.NAME]` with a `module`",
+            ));
+        }
+        let raw: RawApp = toml::from_str(self.text).map_err(|e| self.toml_error(e))?;
+
+        let name = self.name(&raw.name, "app name")?;
+        let mut volumes = BTreeMap::new();
+        for (key, volume) in &raw.volumes {
+            let key = self.name(key, "volume key")?;
+            let persist = match &volume.persist {
+                Some(persist) => Some(self.name(persist, "`persist` volume name")?),
+                None => None,
+            };
+            volumes.insert(key, persist);
+        }
+        if raw.functions.is_empty() {
+            return Err(self.error(
+                None,
+                "declares no functions",
+                "add a `[functions.NAME]` table with a `module`",
+            ));
+        }
+        let mut functions = BTreeMap::new();
+        for (key, function) in &raw.functions {
+            let function_name = self.name(key, "function name")?;
+            functions.insert(function_name, self.function(function, &volumes, base_dir)?);
+        }
+        let entrypoint = match &raw.entrypoint {
+            Some(entry) if !functions.contains_key(entry.get_ref()) => {
+                return Err(self.error(
+                    Some(entry.span()),
+                    format!(
+                        "`entrypoint` names `{}`, which is not a function of this app",
+                        entry.get_ref()
+                    ),
+                    format!("set it to one of {}", list(functions.keys())),
+                ));
+            }
+            entry => entry.as_ref().map(|e| e.get_ref().clone()),
+        };
+        Ok(AppManifest {
+            name,
+            entrypoint,
+            volumes,
+            functions,
+        })
+    }
+
+    fn name(&self, name: &toml::Spanned<String>, what: &str) -> Result<String, ManifestError> {
+        if is_valid_name(name.get_ref()) {
+            Ok(name.get_ref().clone())
+        } else {
+            Err(self.error(
+                Some(name.span()),
+                format!("invalid {what} `{}`", name.get_ref().escape_debug()),
+                format!("use {NAME_RULE}"),
+            ))
+        }
+    }
+
+    fn function(
+        &self,
+        raw: &RawFunction,
+        volumes: &BTreeMap<String, Option<String>>,
+        base_dir: &Path,
+    ) -> Result<FunctionSpec, ManifestError> {
+        let module = self.module(&raw.module, base_dir)?;
+        let mut mounts: Vec<MountSpec> = Vec::new();
+        for (guest_path, mount) in &raw.mounts {
+            let normalized = normalize_guest_path(guest_path.get_ref()).map_err(|problem| {
+                self.error(
+                    Some(guest_path.span()),
+                    problem,
+                    "use an absolute path such as \"/data\", or a relative name such as \"data\"",
+                )
+            })?;
+            if let Some(first) = mounts.iter().find(|m| m.guest_path == normalized) {
+                return Err(self.error(
+                    Some(guest_path.span()),
+                    format!(
+                        "two mounts on guest path `{normalized}` (`{}` and `{}`)",
+                        first.volume,
+                        mount.get_ref().volume
+                    ),
+                    "mount each guest path once",
+                ));
+            }
+            let volume = &mount.get_ref().volume;
+            if !volumes.contains_key(volume) {
+                let fix = if volumes.is_empty() {
+                    format!("declare it with a `[volumes.{volume}]` table")
+                } else {
+                    format!(
+                        "declare it with `[volumes.{volume}]`, or use one of {}",
+                        list(volumes.keys())
+                    )
+                };
+                return Err(self.error(
+                    Some(mount.span()),
+                    format!("mount names undeclared volume `{volume}`"),
+                    fix,
+                ));
+            }
+            mounts.push(MountSpec {
+                guest_path: normalized,
+                volume: volume.clone(),
+                read_only: mount.get_ref().read_only,
+            });
+        }
+        let timeout = match &raw.timeout {
+            Some(t) => units::parse_duration(t.get_ref()).map_err(|p| {
+                self.error(
+                    Some(t.span()),
+                    format!("bad `timeout`: {p}"),
+                    "e.g. timeout = \"60s\"",
+                )
+            })?,
+            None => DEFAULT_TIMEOUT,
+        };
+        let memory = match &raw.memory {
+            Some(m) => Some(units::parse_size(m.get_ref()).map_err(|p| {
+                self.error(
+                    Some(m.span()),
+                    format!("bad `memory`: {p}"),
+                    "e.g. memory = \"512MiB\"",
+                )
+            })?),
+            None => None,
+        };
+        let concurrency = match &raw.concurrency {
+            Some(c) if !(1..=MAX_CONCURRENCY).contains(c.get_ref()) => {
+                return Err(self.error(
+                    Some(c.span()),
+                    format!("`concurrency = {}` is out of range", c.get_ref()),
+                    format!("use a whole number from 1 to {MAX_CONCURRENCY}"),
+                ));
+            }
+            Some(c) => Some(*c.get_ref() as u32),
+            None => None,
+        };
+        for key in raw.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(self.error(
+                    Some(raw.module.span()),
+                    format!(
+                        "environment variable name `{}` is invalid",
+                        key.escape_debug()
+                    ),
+                    "use a name without `=` or NUL",
+                ));
+            }
+        }
+        Ok(FunctionSpec {
+            module,
+            mounts,
+            args: raw.args.clone(),
+            env: raw.env.clone(),
+            timeout,
+            memory,
+            concurrency,
+        })
+    }
+
+    /// The module must exist and start like WebAssembly; compiling it is the
+    /// runtime's job, but these two mistakes are the common ones.
+    fn module(
+        &self,
+        module: &toml::Spanned<String>,
+        base_dir: &Path,
+    ) -> Result<PathBuf, ManifestError> {
+        let span = Some(module.span());
+        if module.get_ref().is_empty() {
+            return Err(self.error(
+                span,
+                "`module` is empty",
+                "give the path of a .wasm file, relative to app.toml",
+            ));
+        }
+        let path = base_dir.join(module.get_ref());
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let mut header = [0u8; 8];
+        let read = std::fs::File::open(&path).and_then(|mut file| {
+            if file.metadata()?.is_dir() {
+                return Err(std::io::Error::other("it is a directory"));
+            }
+            std::io::Read::read(&mut file, &mut header)
+        });
+        match read {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(self.error(
+                span,
+                format!("module file {} does not exist", path.display()),
+                "build the module first, or correct the path (it is relative to app.toml)",
+            )),
+            Err(e) => Err(self.error(
+                span,
+                format!("cannot read module {}: {e}", path.display()),
+                "point `module` at a readable .wasm file",
+            )),
+            Ok(n) if n < 8 || &header[..4] != b"\0asm" => Err(self.error(
+                span,
+                format!(
+                    "module {} is not WebAssembly (no `\\0asm` header)",
+                    path.display()
+                ),
+                "point `module` at a .wasm file built for wasm32-wasip1 or wasm32-wasip2",
+            )),
+            Ok(_) => Ok(path),
+        }
+    }
+
+    fn toml_error(&self, e: toml::de::Error) -> ManifestError {
+        let message = e.message().trim().trim_end_matches('.').replace('\n', " ");
+        let fix = if message.starts_with("unknown field") {
+            "remove the key or correct its spelling (see the app.toml reference in README.md)"
+        } else if message.starts_with("missing field") {
+            "add the key (see the app.toml reference in README.md)"
+        } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
+            "give the value the type the message names"
+        } else if message.contains("duplicate key") {
+            "keep one of the two keys"
+        } else {
+            "correct the TOML syntax"
+        };
+        self.error(e.span(), message, fix)
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    names
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}

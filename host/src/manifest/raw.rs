@@ -1,0 +1,84 @@
+//! app.toml exactly as written: serde types that keep spans so validation can
+//! point at the line and column of a bad value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub name: Spanned<String>,
+    pub entrypoint: Option<Spanned<String>>,
+    #[serde(default)]
+    pub volumes: BTreeMap<Spanned<String>, RawVolume>,
+    #[serde(default)]
+    pub functions: BTreeMap<Spanned<String>, RawFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVolume {
+    pub persist: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    pub module: Spanned<String>,
+    #[serde(default)]
+    pub mounts: BTreeMap<Spanned<String>, Spanned<RawMount>>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Spanned<String>>,
+    pub memory: Option<Spanned<String>>,
+    pub concurrency: Option<Spanned<i64>>,
+}
+
+/// `"key"` or `{ volume = "key", read_only = true }`.
+#[derive(Debug)]
+pub struct RawMount {
+    pub volume: String,
+    pub read_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMountTable {
+    volume: String,
+    #[serde(default)]
+    read_only: bool,
+}
+
+impl<'de> Deserialize<'de> for RawMount {
+    /// Hand-written rather than `#[serde(untagged)]`, whose only error is
+    /// "data did not match any variant".
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MountVisitor;
+        impl<'de> Visitor<'de> for MountVisitor {
+            type Value = RawMount;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a volume key, or a table `{ volume = \"KEY\", read_only = true }`")
+            }
+            fn visit_str<E: de::Error>(self, volume: &str) -> Result<RawMount, E> {
+                Ok(RawMount {
+                    volume: volume.to_owned(),
+                    read_only: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMount, A::Error> {
+                let table = RawMountTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawMount {
+                    volume: table.volume,
+                    read_only: table.read_only,
+                })
+            }
+        }
+        deserializer.deserialize_any(MountVisitor)
+    }
+}

@@ -1,0 +1,172 @@
+//! Durations (`"60s"`) and sizes (`"512MiB"`) as written in app.toml.
+
+use std::time::Duration;
+
+/// The longest `timeout` accepted: a day. Longer is almost surely a typo.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Linear memory is capped at 16 GiB, past what a wasm32 guest can address.
+pub const MAX_MEMORY: u64 = 16 << 30;
+/// One WebAssembly page: no guest with memory runs in less.
+pub const MIN_MEMORY: u64 = 64 << 10;
+
+/// Parses `"500ms"`, `"60s"`, `"2m"`, `"1h30m"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let fix = "write a number with a unit, e.g. \"500ms\", \"60s\", \"5m\" or \"1h\"";
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(format!("empty duration; {fix}"));
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("`{text}` is not a duration; {fix}"));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}` is too large; the most is 24h"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "" => return Err(format!("`{text}` has no unit; {fix}")),
+            other => return Err(format!("`{other}` in `{text}` is not a unit; {fix}")),
+        };
+        rest = &rest[unit_len..];
+        let part = u32::try_from(number)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(|| format!("`{text}` is too large; the most is 24h"))?;
+        total = total.checked_add(part).unwrap_or(Duration::MAX);
+    }
+    if total.is_zero() {
+        return Err(format!(
+            "a duration of zero would stop every invocation at once; {fix}"
+        ));
+    }
+    if total > MAX_TIMEOUT {
+        return Err(format!("`{text}` is too large; the most is 24h"));
+    }
+    Ok(total)
+}
+
+/// Parses `"512MiB"`, `"1GiB"`, `"64KiB"`, `"100MB"` or a byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let fix = "write a number with a unit, e.g. \"512MiB\" or \"2GiB\"";
+    let trimmed = text.trim();
+    let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("`{text}` is not a size; {fix}"));
+    }
+    let number: u64 = trimmed[..digits]
+        .parse()
+        .map_err(|_| format!("`{text}` is too large; the most is 16GiB"))?;
+    let multiplier: u64 = match trimmed[digits..].trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("`{other}` in `{text}` is not a unit; {fix}")),
+    };
+    let bytes = number
+        .checked_mul(multiplier)
+        .filter(|b| *b <= MAX_MEMORY)
+        .ok_or_else(|| format!("`{text}` is too large; the most is 16GiB"))?;
+    if bytes < MIN_MEMORY {
+        return Err(format!(
+            "`{text}` is less than one 64KiB WebAssembly page; {fix}"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Formats a byte count the way app.toml spells it.
+pub fn format_size(bytes: u64) -> String {
+    match bytes {
+        b if b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b}B"),
+    }
+}
+
+/// Formats a duration the way app.toml spells it.
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in [
+            "",
+            "60",
+            "s",
+            "1x",
+            "0s",
+            "25h",
+            "-1s",
+            "1.5s",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        for bad in [
+            "",
+            "MiB",
+            "1",
+            "1TiB",
+            "17GiB",
+            "-1MiB",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn durations_round_trip(ms in 1u64..=MAX_TIMEOUT.as_millis() as u64) {
+            let d = Duration::from_millis(ms);
+            prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+
+        #[test]
+        fn sizes_round_trip(pages in 1u64..=(MAX_MEMORY >> 16)) {
+            let bytes = pages << 16;
+            prop_assert_eq!(parse_size(&format_size(bytes)), Ok(bytes));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,24}") {
+            let _ = parse_duration(&text);
+            let _ = parse_size(&text);
+        }
+    }
+}

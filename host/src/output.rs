@@ -1,0 +1,46 @@
+//! Tables and JSON for listing commands.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use wasmhost::registry::AppRecord;
+
+/// Unix seconds as `2026-11-25T07:30:00Z`.
+pub fn timestamp(secs: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+        .to_string()
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+pub fn app_json(app: &AppRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": app.id,
+        "name": app.name,
+        "kind": app.kind,
+        "state": app.state,
+        "created_at": timestamp(app.created_at),
+        "stopped_at": app.stopped_at.map(timestamp),
+    })
+}

@@ -1,0 +1,463 @@
+//! Apps and volumes in SQLite under `$WASMHOST_HOME`.
+//!
+//! All state access goes through [`Registry`] and the typed operations of
+//! [`Tx`], so a PostgreSQL backend for multi-host use can replace this file
+//! without touching its callers. Several wasmhost processes share the file:
+//! WAL lets readers run beside a writer, the busy timeout makes writers queue,
+//! and every state change is one `BEGIN IMMEDIATE` transaction, so two
+//! processes racing to create, mount or delete one volume serialize.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::manifest::AppManifest;
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = "
+CREATE TABLE apps (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('ephemeral', 'deployed', 'volume')),
+    state       TEXT NOT NULL CHECK (state IN ('running', 'stopped')),
+    created_at  INTEGER NOT NULL,
+    stopped_at  INTEGER,
+    manifest    TEXT,
+    has_lease   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX apps_by_name ON apps (name, state);
+CREATE TABLE volumes (
+    id          TEXT PRIMARY KEY,
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    key         TEXT,
+    name        TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX named_volumes ON volumes (name) WHERE name IS NOT NULL;
+CREATE TABLE mounts (
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    volume_id   TEXT NOT NULL REFERENCES volumes (id),
+    key         TEXT NOT NULL,
+    PRIMARY KEY (app_id, key)
+);
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// Started by `run`, stopped when the invocation ends.
+    Ephemeral,
+    /// Registered by `deploy`, stopped by `app stop`.
+    Deployed,
+    /// A named volume, which is an app of its own.
+    Volume,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: AppKind,
+    pub state: AppState,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub stopped_at: Option<i64>,
+    #[serde(skip)]
+    pub manifest: Option<AppManifest>,
+    #[serde(skip)]
+    pub has_lease: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeRecord {
+    pub id: String,
+    /// The app that owns the volume: its ephemeral app, or its own volume app.
+    pub app_id: String,
+    /// Key in app.toml, for an ephemeral volume.
+    pub key: Option<String>,
+    /// `persist` name, for a named volume.
+    pub name: Option<String>,
+    pub created_at: i64,
+}
+
+/// A volume as one app mounts it: under the key its app.toml uses.
+#[derive(Debug, Clone)]
+pub struct MountedVolume {
+    pub key: String,
+    pub volume: VolumeRecord,
+}
+
+pub struct Registry {
+    conn: Connection,
+}
+
+impl Registry {
+    pub fn open(path: &Path) -> Result<Self> {
+        let broken = || {
+            format!(
+                "cannot open the registry {}; if it is damaged, move it aside and wasmhost starts a new one (volume data stays under volumes/)",
+                path.display()
+            )
+        };
+        let conn = Connection::open(path).with_context(broken)?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .with_context(broken)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(broken)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .with_context(broken)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .with_context(broken)?;
+        let mut registry = Self { conn };
+        registry.migrate().with_context(broken)?;
+        Ok(registry)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        match version {
+            0 => {
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            SCHEMA_VERSION => {}
+            other => bail!(
+                "registry schema version {other} is newer than this wasmhost understands ({SCHEMA_VERSION})"
+            ),
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `f` as one write transaction; nothing of it is kept if it fails.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&Tx { tx: &tx })?;
+        tx.commit().context("cannot commit to the registry")?;
+        Ok(value)
+    }
+
+    /// Runs `f` on a consistent snapshot.
+    pub fn read<T>(&mut self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&Tx { tx: &tx })?;
+        tx.finish()?;
+        Ok(value)
+    }
+}
+
+/// The operations on state, inside one transaction.
+pub struct Tx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+const APP_COLUMNS: &str = "id, name, kind, state, created_at, stopped_at, manifest, has_lease";
+const VOLUME_COLUMNS: &str = "v.id, v.app_id, v.key, v.name, v.created_at";
+
+impl Tx<'_> {
+    pub fn insert_app(
+        &self,
+        name: &str,
+        kind: AppKind,
+        manifest: Option<&AppManifest>,
+        has_lease: bool,
+    ) -> Result<AppRecord> {
+        self.insert_app_with_id(&new_id("ap"), name, kind, manifest, has_lease)
+    }
+
+    /// Inserts an app whose id was chosen before, e.g. to name its lease.
+    pub fn insert_app_with_id(
+        &self,
+        id: &str,
+        name: &str,
+        kind: AppKind,
+        manifest: Option<&AppManifest>,
+        has_lease: bool,
+    ) -> Result<AppRecord> {
+        let id = id.to_owned();
+        let manifest_json = manifest.map(serde_json::to_string).transpose()?;
+        let now = now();
+        self.tx.execute(
+            "INSERT INTO apps (id, name, kind, state, created_at, manifest, has_lease) VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
+            params![id, name, kind_str(kind), now, manifest_json, has_lease],
+        )?;
+        Ok(AppRecord {
+            id,
+            name: name.to_owned(),
+            kind,
+            state: AppState::Running,
+            created_at: now,
+            stopped_at: None,
+            manifest: manifest.cloned(),
+            has_lease,
+        })
+    }
+
+    pub fn set_manifest(&self, app_id: &str, manifest: &AppManifest) -> Result<()> {
+        self.tx.execute(
+            "UPDATE apps SET manifest = ?2 WHERE id = ?1",
+            params![app_id, serde_json::to_string(manifest)?],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a running app stopped and forgets its mounts. Returns false if it
+    /// was already stopped (someone else got there first).
+    pub fn mark_stopped(&self, app_id: &str) -> Result<bool> {
+        let changed = self.tx.execute(
+            "UPDATE apps SET state = 'stopped', stopped_at = ?2 WHERE id = ?1 AND state = 'running'",
+            params![app_id, now()],
+        )?;
+        self.tx
+            .execute("DELETE FROM mounts WHERE app_id = ?1", params![app_id])?;
+        Ok(changed == 1)
+    }
+
+    pub fn app(&self, app_id: &str) -> Result<Option<AppRecord>> {
+        let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1");
+        Ok(self
+            .tx
+            .query_row(&sql, params![app_id], app_from_row)
+            .optional()?)
+    }
+
+    /// Apps whose id is `id_or_name`, or running apps named `id_or_name`.
+    pub fn find_apps(&self, id_or_name: &str) -> Result<Vec<AppRecord>> {
+        let sql = format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE id = ?1 OR (name = ?1 AND state = 'running') ORDER BY created_at, id"
+        );
+        self.query_apps(&sql, params![id_or_name])
+    }
+
+    /// The newest app named `name` of `kind`, running or not.
+    pub fn latest_app_named(&self, name: &str, kind: AppKind) -> Result<Option<AppRecord>> {
+        let sql = format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE name = ?1 AND kind = ?2 ORDER BY (state = 'running') DESC, created_at DESC, rowid DESC LIMIT 1"
+        );
+        Ok(self
+            .tx
+            .query_row(&sql, params![name, kind_str(kind)], app_from_row)
+            .optional()?)
+    }
+
+    pub fn list_apps(&self, include_stopped: bool) -> Result<Vec<AppRecord>> {
+        let filter = if include_stopped {
+            ""
+        } else {
+            "WHERE state = 'running'"
+        };
+        self.query_apps(
+            &format!("SELECT {APP_COLUMNS} FROM apps {filter} ORDER BY created_at, rowid"),
+            [],
+        )
+    }
+
+    /// Running apps that hold a lease, i.e. belong to a live `run` process.
+    pub fn leased_running_apps(&self) -> Result<Vec<AppRecord>> {
+        self.query_apps(
+            &format!("SELECT {APP_COLUMNS} FROM apps WHERE state = 'running' AND has_lease = 1"),
+            [],
+        )
+    }
+
+    fn query_apps(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<AppRecord>> {
+        let mut stmt = self.tx.prepare(sql)?;
+        let rows = stmt.query_map(params, app_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn insert_volume(
+        &self,
+        app_id: &str,
+        key: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<VolumeRecord> {
+        let id = new_id("vo");
+        let now = now();
+        self.tx.execute(
+            "INSERT INTO volumes (id, app_id, key, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, app_id, key, name, now],
+        )?;
+        Ok(VolumeRecord {
+            id,
+            app_id: app_id.to_owned(),
+            key: key.map(str::to_owned),
+            name: name.map(str::to_owned),
+            created_at: now,
+        })
+    }
+
+    pub fn delete_volume(&self, volume_id: &str) -> Result<()> {
+        self.tx.execute(
+            "DELETE FROM mounts WHERE volume_id = ?1",
+            params![volume_id],
+        )?;
+        self.tx
+            .execute("DELETE FROM volumes WHERE id = ?1", params![volume_id])?;
+        Ok(())
+    }
+
+    pub fn named_volume(&self, name: &str) -> Result<Option<VolumeRecord>> {
+        let sql = format!("SELECT {VOLUME_COLUMNS} FROM volumes v WHERE v.name = ?1");
+        Ok(self
+            .tx
+            .query_row(&sql, params![name], volume_from_row)
+            .optional()?)
+    }
+
+    pub fn named_volumes(&self) -> Result<Vec<VolumeRecord>> {
+        self.query_volumes(
+            &format!(
+                "SELECT {VOLUME_COLUMNS} FROM volumes v WHERE v.name IS NOT NULL ORDER BY v.name"
+            ),
+            [],
+        )
+    }
+
+    /// Volumes an app owns: its ephemeral ones, or a volume app's own.
+    pub fn owned_volumes(&self, app_id: &str) -> Result<Vec<VolumeRecord>> {
+        self.query_volumes(
+            &format!("SELECT {VOLUME_COLUMNS} FROM volumes v WHERE v.app_id = ?1"),
+            params![app_id],
+        )
+    }
+
+    pub fn all_volume_ids(&self) -> Result<Vec<String>> {
+        let mut stmt = self.tx.prepare("SELECT id FROM volumes")?;
+        let ids = stmt.query_map([], |r| r.get(0))?;
+        Ok(ids.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn query_volumes(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<VolumeRecord>> {
+        let mut stmt = self.tx.prepare(sql)?;
+        let rows = stmt.query_map(params, volume_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn mount(&self, app_id: &str, key: &str, volume_id: &str) -> Result<()> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO mounts (app_id, key, volume_id) VALUES (?1, ?2, ?3)",
+            params![app_id, key, volume_id],
+        )?;
+        Ok(())
+    }
+
+    pub fn unmount(&self, app_id: &str, key: &str) -> Result<()> {
+        self.tx.execute(
+            "DELETE FROM mounts WHERE app_id = ?1 AND key = ?2",
+            params![app_id, key],
+        )?;
+        Ok(())
+    }
+
+    /// The volumes a running app mounts, by key.
+    pub fn mounted_volumes(&self, app_id: &str) -> Result<Vec<MountedVolume>> {
+        let sql = format!(
+            "SELECT m.key, {VOLUME_COLUMNS} FROM mounts m JOIN volumes v ON v.id = m.volume_id WHERE m.app_id = ?1 ORDER BY m.key"
+        );
+        let mut stmt = self.tx.prepare(&sql)?;
+        let rows = stmt.query_map(params![app_id], |row| {
+            Ok(MountedVolume {
+                key: row.get(0)?,
+                volume: volume_from_row_at(row, 1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Running apps other than the volume's own that mount it.
+    pub fn apps_mounting(&self, volume_id: &str) -> Result<Vec<AppRecord>> {
+        let sql = format!(
+            "SELECT DISTINCT {} FROM apps a JOIN mounts m ON m.app_id = a.id JOIN volumes v ON v.id = m.volume_id
+             WHERE m.volume_id = ?1 AND a.state = 'running' AND a.id != v.app_id ORDER BY a.created_at",
+            APP_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        self.query_apps(&sql, params![volume_id])
+    }
+}
+
+fn kind_str(kind: AppKind) -> &'static str {
+    match kind {
+        AppKind::Ephemeral => "ephemeral",
+        AppKind::Deployed => "deployed",
+        AppKind::Volume => "volume",
+    }
+}
+
+fn app_from_row(row: &rusqlite::Row) -> rusqlite::Result<AppRecord> {
+    let kind = match row.get::<_, String>(2)?.as_str() {
+        "ephemeral" => AppKind::Ephemeral,
+        "deployed" => AppKind::Deployed,
+        _ => AppKind::Volume,
+    };
+    let state = match row.get::<_, String>(3)?.as_str() {
+        "running" => AppState::Running,
+        _ => AppState::Stopped,
+    };
+    let manifest = row
+        .get::<_, Option<String>>(6)?
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+        })?;
+    Ok(AppRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        kind,
+        state,
+        created_at: row.get(4)?,
+        stopped_at: row.get(5)?,
+        manifest,
+        has_lease: row.get(7)?,
+    })
+}
+
+fn volume_from_row(row: &rusqlite::Row) -> rusqlite::Result<VolumeRecord> {
+    volume_from_row_at(row, 0)
+}
+
+fn volume_from_row_at(row: &rusqlite::Row, at: usize) -> rusqlite::Result<VolumeRecord> {
+    Ok(VolumeRecord {
+        id: row.get(at)?,
+        app_id: row.get(at + 1)?,
+        key: row.get(at + 2)?,
+        name: row.get(at + 3)?,
+        created_at: row.get(at + 4)?,
+    })
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `PREFIX-` and 22 random base-62 characters, like Modal's ids.
+pub fn new_id(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut bytes = [0u8; 22];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    let tail: String = bytes
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect();
+    format!("{prefix}-{tail}")
+}

@@ -1,0 +1,184 @@
+//! Compiled code cached on disk, so a module compiles once per engine
+//! configuration and later starts by mmap in milliseconds.
+//!
+//! Entries are keyed by the module's SHA-256 and the engine's compatibility
+//! hash, written to a temporary file and renamed into place (readers never see
+//! half an entry), and discarded and rebuilt if wasmtime refuses to load them.
+//! Hashing a 26 MB module on every start would cost more than the start
+//! itself, so a small stamp file remembers each module file's digest by its
+//! path, size, inode and change time.
+
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::digest::sha256_hex;
+use crate::registry::new_id;
+
+const ENTRY_SUFFIX: &str = ".cwasm";
+
+/// A compiled core module or component.
+pub enum Compiled {
+    Core(wasmtime::Module),
+    Component(Component),
+}
+
+pub struct ModuleCache {
+    dir: PathBuf,
+    engine_hash: String,
+}
+
+/// What `cache info` reports.
+pub struct CacheInfo {
+    pub dir: PathBuf,
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+impl ModuleCache {
+    pub fn new(dir: PathBuf, engine: &Engine) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Self {
+            dir,
+            engine_hash: format!("{:016x}", hasher.finish()),
+        }
+    }
+
+    /// Loads `module` from the cache, compiling and storing it on a miss.
+    pub fn load(&self, engine: &Engine, module: &Path) -> Result<Compiled> {
+        let component = is_component(&read_header(module)?);
+        let (digest, bytes) = self.digest(module)?;
+        let kind = if component { "component" } else { "module" };
+        let entry = self.dir.join(format!(
+            "{digest}-{}.{kind}{ENTRY_SUFFIX}",
+            self.engine_hash
+        ));
+        if entry.exists() {
+            match deserialize(engine, &entry, component) {
+                Ok(compiled) => return Ok(compiled),
+                // Damaged (truncated, overwritten, another wasmtime): rebuild.
+                Err(_) => {
+                    let _ = fs::remove_file(&entry);
+                }
+            }
+        }
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => read_module(module)?,
+        };
+        let serialized = if component {
+            engine.precompile_component(&bytes)
+        } else {
+            engine.precompile_module(&bytes)
+        }
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile {}", module.display()))?;
+        write_atomically(&entry, &serialized)?;
+        deserialize(engine, &entry, component)
+            .with_context(|| format!("cannot load compiled {}", entry.display()))
+    }
+
+    /// The module's SHA-256, from its stamp when the file is unchanged; also
+    /// the bytes when they had to be read.
+    fn digest(&self, module: &Path) -> Result<(String, Option<Vec<u8>>)> {
+        let meta = fs::metadata(module)
+            .with_context(|| format!("cannot read module {}", module.display()))?;
+        let stamp_key = format!(
+            "{}\0{}\0{}\0{}\0{}",
+            module.display(),
+            meta.len(),
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        );
+        let stamp = self
+            .dir
+            .join(format!("{}.stamp", sha256_hex(stamp_key.as_bytes())));
+        if let Ok(digest) = fs::read_to_string(&stamp)
+            && digest.len() == 64
+            && digest.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Ok((digest, None));
+        }
+        let bytes = read_module(module)?;
+        let digest = sha256_hex(&bytes);
+        write_atomically(&stamp, digest.as_bytes())?;
+        Ok((digest, Some(bytes)))
+    }
+
+    pub fn info(&self) -> Result<CacheInfo> {
+        let mut info = CacheInfo {
+            dir: self.dir.clone(),
+            entries: 0,
+            bytes: 0,
+        };
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().ends_with(ENTRY_SUFFIX) {
+                info.entries += 1;
+                info.bytes += entry.metadata()?.len();
+            }
+        }
+        Ok(info)
+    }
+
+    /// Removes every entry and stamp; running processes keep their mmaps.
+    pub fn clear(&self) -> Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().ends_with(ENTRY_SUFFIX) {
+                removed += 1;
+            }
+            fs::remove_file(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+        }
+        Ok(removed)
+    }
+}
+
+fn deserialize(engine: &Engine, entry: &Path, component: bool) -> Result<Compiled> {
+    // SAFETY: entries are written only by `load`, atomically, under the
+    // user's own `$WASMHOST_HOME`; wasmtime checks the header, version and
+    // engine settings and refuses a truncated or foreign file.
+    unsafe {
+        if component {
+            Ok(Component::deserialize_file(engine, entry).map(Compiled::Component)?)
+        } else {
+            Ok(wasmtime::Module::deserialize_file(engine, entry).map(Compiled::Core)?)
+        }
+    }
+}
+
+fn read_header(module: &Path) -> Result<[u8; 8]> {
+    let mut header = [0u8; 8];
+    fs::File::open(module)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
+        .with_context(|| format!("cannot read module {}", module.display()))?;
+    Ok(header)
+}
+
+fn read_module(module: &Path) -> Result<Vec<u8>> {
+    fs::read(module).with_context(|| format!("cannot read module {}", module.display()))
+}
+
+/// Components carry layer 1 in the header's version field; core modules 0.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let temp = path.with_file_name(format!(".{}.tmp", new_id("tmp")));
+    fs::write(&temp, contents)
+        .and_then(|()| fs::rename(&temp, path))
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&temp);
+        })
+        .with_context(|| format!("cannot write cache entry {}", path.display()))
+}

@@ -1,0 +1,182 @@
+//! The engine, the module cache, linking and instance limits.
+//!
+//! One engine per process; one compiled, pre-linked program per function,
+//! shared by every invocation of it; one store and instance per invocation.
+
+mod cache;
+mod component;
+mod core;
+mod instance;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::{Config, Engine, InstancePre};
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+
+pub use cache::CacheInfo;
+use cache::{Compiled, ModuleCache};
+use instance::StopReason;
+
+use crate::apps::Mount;
+use crate::home::Home;
+use crate::manifest::FunctionSpec;
+use crate::manifest::units::{format_duration, format_size};
+
+/// How often the epoch advances: the granularity of timeouts and stops.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub struct Runtime {
+    engine: Engine,
+    cache: ModuleCache,
+}
+
+impl Runtime {
+    pub fn new(home: &Home) -> Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the WebAssembly engine")?;
+        let ticker = engine.weak();
+        std::thread::spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+        let cache = ModuleCache::new(home.cache_dir(), &engine);
+        Ok(Self { engine, cache })
+    }
+
+    /// Compiles (or loads from the cache) and pre-links a module.
+    pub fn load(&self, module: &Path) -> Result<Program> {
+        let argv0 = module
+            .file_name()
+            .map_or_else(|| "main.wasm".into(), |n| n.to_string_lossy().into_owned());
+        let linked = match self.cache.load(&self.engine, module)? {
+            Compiled::Core(module) => Linked::Core(core::prelink(&self.engine, &module)?),
+            Compiled::Component(component) => {
+                Linked::Component(component::prelink(&self.engine, &component)?)
+            }
+        };
+        Ok(Program { linked, argv0 })
+    }
+
+    pub fn cache_info(&self) -> Result<CacheInfo> {
+        self.cache.info()
+    }
+
+    pub fn clear_cache(&self) -> Result<usize> {
+        self.cache.clear()
+    }
+}
+
+enum Linked {
+    Core(InstancePre<core::CoreState>),
+    Component(CommandPre<component::ComponentState>),
+}
+
+/// A compiled, linked function ready to instantiate any number of times,
+/// from any number of threads.
+pub struct Program {
+    linked: Linked,
+    argv0: String,
+}
+
+/// Where an invocation's stdout and stderr go.
+#[derive(Debug, Clone, Copy)]
+pub enum Output {
+    /// Streamed to wasmhost's own stdout and stderr (and stdin passed in).
+    Inherit,
+    /// Kept in memory, at most `limit` bytes each; past that the guest's
+    /// writes fail, so a flooding guest cannot exhaust host memory.
+    Capture { limit: usize },
+}
+
+/// One call of a function.
+pub struct Invocation<'a> {
+    pub home: &'a Home,
+    pub function: &'a FunctionSpec,
+    pub mounts: &'a [Mount],
+    /// The invocation's own arguments, after the function's `args`.
+    pub args: &'a [String],
+    pub output: Output,
+    /// Set to stop the instance (app stopped, Ctrl-C).
+    pub cancelled: Arc<AtomicBool>,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest exited with this code (0 when `_start` returned).
+    Exited(i32),
+    /// The guest did not finish: a one-line reason.
+    Failed(String),
+    /// Stopped from outside (app stopped, Ctrl-C).
+    Interrupted,
+}
+
+pub struct Finished {
+    pub outcome: Outcome,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+struct RunResult {
+    result: wasmtime::Result<()>,
+    stopped: Option<StopReason>,
+    memory_cap_hit: bool,
+}
+
+impl Program {
+    pub fn invoke(&self, invocation: &Invocation) -> Finished {
+        let ran = match &self.linked {
+            Linked::Core(pre) => core::run(pre, invocation, &self.argv0),
+            Linked::Component(pre) => component::run(pre, invocation, &self.argv0),
+        };
+        let (outcome, captured) = match ran {
+            Ok((run, captured)) => (outcome(run, invocation.function), captured),
+            Err(e) => (
+                Outcome::Failed(format!("cannot start the instance: {e:#}")),
+                None,
+            ),
+        };
+        let (stdout, stderr) = captured.map_or_else(Default::default, |c| {
+            (c.stdout.contents().to_vec(), c.stderr.contents().to_vec())
+        });
+        Finished {
+            outcome,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+fn outcome(run: RunResult, function: &FunctionSpec) -> Outcome {
+    let error = match run.result {
+        Ok(()) => return Outcome::Exited(0),
+        Err(error) => error,
+    };
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Outcome::Exited(exit.0);
+    }
+    let cause = error.root_cause().to_string();
+    let cause = cause.lines().next().unwrap_or_default();
+    match run.stopped {
+        Some(StopReason::Interrupted) => Outcome::Interrupted,
+        Some(StopReason::Timeout) => Outcome::Failed(format!(
+            "timed out after {} (the function's `timeout`)",
+            format_duration(function.timeout)
+        )),
+        None if run.memory_cap_hit => Outcome::Failed(format!(
+            "ran out of memory: it hit its limit of {} (the function's `memory`) and then {cause}",
+            format_size(function.memory.unwrap_or_default())
+        )),
+        None => Outcome::Failed(format!("trapped: {cause}")),
+    }
+}

@@ -1,0 +1,117 @@
+//! The on-disk volume store: one directory per volume, and a trash.
+//!
+//! Deleting a volume is one `rename` into the trash, so stopping an app
+//! returns at once however many files it wrote; a detached purge process
+//! empties the trash, and any later wasmhost command restarts it if it died.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+use crate::home::Home;
+use crate::registry::new_id;
+
+/// Name of the flock that one purge process holds while it works.
+const PURGE_LOCK: &str = ".purge.lock";
+
+/// Makes the empty directory of a new volume.
+pub fn create_dir(home: &Home, volume_id: &str) -> Result<()> {
+    let dir = home.volume_dir(volume_id);
+    fs::create_dir(&dir)
+        .with_context(|| format!("cannot create volume directory {}", dir.display()))
+}
+
+/// Moves a volume's files, and its host-side lock files, into the trash.
+pub fn trash(home: &Home, volume_id: &str) -> Result<()> {
+    for dir in [home.volume_dir(volume_id), home.volume_locks_dir(volume_id)] {
+        let target = home.trash_dir().join(new_id(volume_id));
+        match fs::rename(&dir, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot move {} to the trash", dir.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trashes volume directories the registry does not know: what a process
+/// left when it died between committing a delete and moving the files.
+/// Call inside a registry write transaction, so no volume is half-created.
+pub fn trash_orphans(home: &Home, known_ids: &[String]) -> Result<()> {
+    for entry in fs::read_dir(home.volumes_dir())? {
+        let name = entry?.file_name();
+        let Some(id) = name.to_str() else { continue };
+        if !known_ids.iter().any(|known| known == id) {
+            trash(home, id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts a detached purge process if the trash holds anything.
+pub fn purge_in_background(home: &Home) -> Result<()> {
+    if !trash_has_entries(home)? {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()
+        .context("cannot find the wasmhost executable to start the trash purge")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("internal-purge-trash")
+        .env("WASMHOST_HOME", home.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Its own process group: a Ctrl-C aimed at `run` must not end the purge.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command.spawn().context("cannot start the trash purge")?;
+    Ok(())
+}
+
+fn trash_has_entries(home: &Home) -> Result<bool> {
+    Ok(fs::read_dir(home.trash_dir())?.any(|e| e.is_ok_and(|e| e.file_name() != PURGE_LOCK)))
+}
+
+/// Empties the trash; returns at once if another process is already at it.
+/// `remove_dir_all` never follows symbolic links, so a link a guest planted
+/// to a host directory is removed, not what it points at.
+pub fn purge_trash(home: &Home) -> Result<()> {
+    let lock_path = home.trash_dir().join(PURGE_LOCK);
+    let lock = fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        return Ok(());
+    }
+    loop {
+        let entries: Vec<_> = fs::read_dir(home.trash_dir())?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name() != PURGE_LOCK)
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for entry in entries {
+            remove_entry(&entry.path())?;
+        }
+    }
+}
+
+fn remove_entry(path: &Path) -> Result<()> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot delete {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
