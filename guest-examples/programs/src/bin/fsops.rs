@@ -1,0 +1,281 @@
+//! Test guest: one operation per run, chosen by the arguments, so host tests
+//! can probe filesystem semantics, locks and resource limits from the inside.
+//!
+//! Usage: `fsops OP ARGS...`. Errors go to stderr as `fsops: OP PATH: ERROR`
+//! with exit code 1; usage errors exit 2.
+
+use std::fs::{self, OpenOptions};
+use std::hint::black_box;
+use std::io::{self, ErrorKind, Write};
+use std::process::exit;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::thread::sleep;
+use std::time::Duration;
+
+use wasmhost_guest::{Lock, LockError};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((op, rest)) = args.split_first() else {
+        usage()
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let op = op.as_str();
+    let mut out = io::stdout().lock();
+
+    match (op, rest.as_slice()) {
+        ("write", [path, content]) => check(op, path, fs::write(path, content)),
+        ("append", [path, content]) => check(
+            op,
+            path,
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{content}")),
+        ),
+        ("read", [path]) => {
+            let data = check(op, path, fs::read(path));
+            out.write_all(&data).unwrap();
+        }
+        ("exists", [path]) => {
+            let exists = check(op, path, fs::exists(path));
+            println!("{}", if exists { "yes" } else { "no" });
+        }
+        ("ls", [dir]) => {
+            let mut names: Vec<String> = check(
+                op,
+                dir,
+                fs::read_dir(dir).and_then(|it| {
+                    it.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                        .collect()
+                }),
+            );
+            names.sort();
+            for name in names {
+                println!("{name}");
+            }
+        }
+        ("mkdir", [path]) => check(op, path, fs::create_dir(path)),
+        ("rm", [path]) => {
+            // One op for both kinds keeps the tests short.
+            let is_dir = fs::symlink_metadata(path)
+                .map(|m| m.is_dir())
+                .unwrap_or(false);
+            check(
+                op,
+                path,
+                if is_dir {
+                    fs::remove_dir(path)
+                } else {
+                    fs::remove_file(path)
+                },
+            )
+        }
+        ("rename", [from, to]) => check(op, from, fs::rename(from, to)),
+        // `std::os::wasi::fs::symlink_path` is unstable (`wasi_ext`) on both
+        // targets; the deprecated `soft_link` is the stable way to the same
+        // `path_symlink` call.
+        #[allow(deprecated)]
+        ("symlink", [target, link]) => check(op, link, fs::soft_link(target, link)),
+        ("hardlink", [from, to]) => check(op, to, fs::hard_link(from, to)),
+        ("sleep", [ms]) => sleep(Duration::from_millis(number(ms))),
+        ("echo-line", [.., line]) => println!("{line}"),
+        ("counter-lock", [path, n]) => {
+            let lock_path = format!("{path}.lock");
+            for _ in 0..number(n) {
+                let guard = lock_or_exit(
+                    op,
+                    &lock_path,
+                    Lock::acquire(&lock_path, Duration::from_secs(60)),
+                );
+                increment(op, path);
+                if let Err(e) = guard.release() {
+                    lock_fail(op, &lock_path, e);
+                }
+            }
+        }
+        ("counter-linklock", [path, n]) => {
+            for _ in 0..number(n) {
+                let lock = LinkLock::acquire(op, path);
+                increment(op, path);
+                lock.release(op);
+            }
+        }
+        ("hold-lock", [path, ms]) => {
+            let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
+            println!("locked");
+            out.flush().unwrap();
+            sleep(Duration::from_millis(number(ms)));
+            // Exit without dropping the guard: the host must release it.
+            exit(0)
+        }
+        ("lock-then-trap", [path]) => {
+            let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
+            println!("locked");
+            out.flush().unwrap();
+            core::arch::wasm32::unreachable()
+        }
+        ("try-lock", [path]) => match Lock::try_acquire(path) {
+            Ok(Some(_guard)) => println!("acquired"),
+            Ok(None) => println!("busy"),
+            Err(e) => {
+                eprintln!("{e}");
+                exit(3)
+            }
+        },
+        ("lock-timeout", [path, ms]) => {
+            match Lock::acquire(path, Duration::from_millis(number(ms))) {
+                Ok(_guard) => println!("acquired"),
+                Err(LockError::Timeout) => println!("timeout"),
+                Err(e) => lock_fail(op, path, e),
+            }
+        }
+        ("trap", []) => core::arch::wasm32::unreachable(),
+        ("spin", []) => {
+            let mut i = 0u64;
+            loop {
+                i = black_box(i.wrapping_add(1));
+            }
+        }
+        ("alloc", [mib]) => {
+            let len = number::<usize>(mib) << 20;
+            let mut v: Vec<u8> = Vec::with_capacity(len);
+            // Touch every page so the memory is really committed.
+            for i in (0..len).step_by(4096) {
+                v.spare_capacity_mut()[i].write(1);
+            }
+            black_box(&v);
+            println!("allocated");
+        }
+        ("stack-overflow", []) => println!("{}", recurse(0)),
+        ("spew", [mib]) => {
+            let chunk = [b'x'; 1 << 16];
+            for _ in 0..number::<u64>(mib) * 16 {
+                out.write_all(&chunk).unwrap();
+            }
+            out.flush().unwrap();
+        }
+        ("env", [name]) => {
+            if let Some(value) = std::env::var_os(name) {
+                println!("{}", value.to_string_lossy());
+            }
+        }
+        // All of argv, argv[0] and `args` included, so tests see argv[0] too.
+        ("args", _) => {
+            for arg in std::env::args() {
+                println!("{arg}");
+            }
+        }
+        ("exit", [code]) => {
+            out.flush().unwrap();
+            exit(number(code))
+        }
+        _ => usage(),
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: fsops OP ARGS... (see the source for the list of ops)");
+    exit(2)
+}
+
+fn number<T: std::str::FromStr>(s: &str) -> T {
+    s.parse().unwrap_or_else(|_| {
+        eprintln!("fsops: not a number: {s:?}");
+        exit(2)
+    })
+}
+
+fn check<T>(op: &str, path: &str, result: io::Result<T>) -> T {
+    result.unwrap_or_else(|e| {
+        eprintln!("fsops: {op} {path}: {e}");
+        exit(1)
+    })
+}
+
+fn lock_fail(op: &str, path: &str, e: LockError) -> ! {
+    eprintln!("fsops: {op} {path}: {e}");
+    exit(1)
+}
+
+fn lock_or_exit<T>(op: &str, path: &str, result: Result<T, LockError>) -> T {
+    result.unwrap_or_else(|e| lock_fail(op, path, e))
+}
+
+/// Read-modify-write with no atomicity of its own: a lost update shows that
+/// the lock around it did not exclude.
+fn increment(op: &str, path: &str) {
+    let n: u64 = match fs::read_to_string(path) {
+        Ok(s) => s.trim().parse().unwrap_or_else(|_| {
+            eprintln!("fsops: {op} {path}: not an integer: {s:?}");
+            exit(1)
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => 0,
+        Err(e) => check(op, path, Err(e)),
+    };
+    check(op, path, fs::write(path, format!("{}\n", n + 1)));
+}
+
+/// Overflows wasm's own call stack, so the host sees a stack-overflow trap.
+/// `black_box` would not do: it spills to Rust's shadow stack in linear
+/// memory, which runs out first and traps as an out-of-bounds access. Here
+/// frames hold no locals in memory, and the atomic store after the call keeps
+/// LLVM from turning the recursion into a loop.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if LAST.load(Relaxed) == u64::MAX {
+        return 0;
+    }
+    let r = recurse(depth + 1);
+    LAST.store(r, Relaxed);
+    r.wrapping_add(depth)
+}
+
+/// A lock file in the style of flufl.lock: `link(2)` is atomic on every
+/// filesystem, so whoever creates the shared name by hard-linking their own
+/// unique file holds the lock. This shows how far guests get without host
+/// locks (no cleanup if the holder dies).
+struct LinkLock {
+    lock_path: String,
+    tmp_path: String,
+}
+
+impl LinkLock {
+    fn acquire(op: &str, path: &str) -> LinkLock {
+        let lock_path = format!("{path}.lock");
+        let tmp_path = format!("{lock_path}.{:016x}", random());
+        check(op, &tmp_path, fs::write(&tmp_path, &tmp_path));
+        loop {
+            match fs::hard_link(&tmp_path, &lock_path) {
+                Ok(()) => {
+                    return LinkLock {
+                        lock_path,
+                        tmp_path,
+                    };
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => check(op, &lock_path, Err(e)),
+            }
+            // flufl.lock also checks the temp file's link count here in case
+            // the link succeeded but reported failure, but `nlink()` is
+            // unstable on WASI, so this just retries.
+            sleep(Duration::from_millis(1 + random() % 5));
+        }
+    }
+
+    fn release(self, op: &str) {
+        check(op, &self.lock_path, fs::remove_file(&self.lock_path));
+        check(op, &self.tmp_path, fs::remove_file(&self.tmp_path));
+    }
+}
+
+/// std's hasher keys come from the host's random source (`random_get`), so
+/// this needs no extra crate.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}

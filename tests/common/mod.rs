@@ -1,0 +1,207 @@
+//! Shared by the integration tests: guests built from `guest-examples/` by
+//! the test run itself, and a private `$WASMHOST_HOME` per test.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The wasm targets guests are built for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Target {
+    P1,
+    P2,
+}
+
+impl Target {
+    fn triple(self) -> &'static str {
+        match self {
+            Target::P1 => "wasm32-wasip1",
+            Target::P2 => "wasm32-wasip2",
+        }
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+pub fn guest_dir() -> PathBuf {
+    repo_root().join("guest-examples")
+}
+
+/// Builds every guest for `target` once per test binary; cargo's own lock
+/// serializes test binaries building at once.
+pub fn guest(name: &str, target: Target) -> PathBuf {
+    static P1: OnceLock<()> = OnceLock::new();
+    static P2: OnceLock<()> = OnceLock::new();
+    let once = if target == Target::P1 { &P1 } else { &P2 };
+    once.get_or_init(|| build_guests(target));
+    let path = guest_dir().join("target").join(target.triple()).join("release").join(format!("{name}.wasm"));
+    assert!(path.exists(), "guest {} was not built", path.display());
+    path
+}
+
+fn build_guests(target: Target) {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if installed.is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains(target.triple())) {
+        let status = Command::new("rustup").args(["target", "add", target.triple()]).status().expect("run rustup");
+        assert!(status.success(), "rustup target add {} failed", target.triple());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(guest_dir())
+        .args(["build", "--release", "--target", target.triple(), "--target-dir"])
+        .arg(guest_dir().join("target"))
+        // The host build's flags are not meant for guests.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("run cargo build for guests");
+    assert!(output.status.success(), "building guests for {} failed:\n{}", target.triple(), String::from_utf8_lossy(&output.stderr));
+}
+
+/// A private `$WASMHOST_HOME` and a directory for app files.
+pub struct TestEnv {
+    pub home: tempfile::TempDir,
+    pub work: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        Self { home: tempfile::tempdir().unwrap(), work: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhost"));
+        command.env("WASMHOST_HOME", self.home.path()).current_dir(self.work.path()).stdin(Stdio::null());
+        command
+    }
+
+    /// Runs wasmhost to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run(self.command().args(args).output().expect("run wasmhost"))
+    }
+
+    /// Starts wasmhost without waiting.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn wasmhost")
+    }
+
+    /// Writes `work/NAME/app.toml` with `{guest:NAME}` (wasip1) and
+    /// `{guest2:NAME}` (wasip2) replaced by absolute module paths.
+    pub fn app(&self, name: &str, toml: &str) -> PathBuf {
+        let dir = self.work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = toml.to_owned();
+        for (marker, target) in [("{guest:", Target::P1), ("{guest2:", Target::P2)] {
+            while let Some(start) = text.find(marker) {
+                let end = start + text[start..].find('}').unwrap();
+                let guest_name = text[start + marker.len()..end].to_owned();
+                let path = guest(&guest_name, target);
+                text.replace_range(start..=end, path.to_str().unwrap());
+            }
+        }
+        let path = dir.join("app.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Every regular file under `$WASMHOST_HOME` whose contents include `needle`.
+    pub fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.home().to_owned()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.is_file() && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    /// Waits (bounded) for the background purge to empty the trash.
+    pub fn wait_for_empty_trash(&self) {
+        let trash = self.home().join("trash");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left: Vec<_> = std::fs::read_dir(&trash)
+                .map(|d| d.flatten().filter(|e| e.file_name() != ".purge.lock").map(|e| e.path()).collect())
+                .unwrap_or_default();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "trash still holds {left:?} after 30s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `app list --all --json`, parsed.
+    pub fn apps(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["app", "list", "--all", "--json"]).success();
+        serde_json::from_str(&out.stdout()).expect("app list --json is JSON")
+    }
+}
+
+/// A finished wasmhost process.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    /// Asserts exit code 0 and returns self.
+    #[track_caller]
+    pub fn success(self) -> Self {
+        assert_eq!(self.code(), 0, "wasmhost failed\nstdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        self
+    }
+    #[track_caller]
+    pub fn code_is(self, code: i32) -> Self {
+        assert_eq!(self.code(), code, "unexpected exit code\nstdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        self
+    }
+}
+
+/// Waits for a child with a bound, killing it if it overstays.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` until it holds, for at most `limit`.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
