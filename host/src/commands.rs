@@ -29,10 +29,51 @@ fn usage(message: String) -> anyhow::Error {
 }
 
 pub fn dispatch(command: Command) -> Result<u8> {
-    if let Command::InternalPurgeTrash = command {
-        volumes::purge_trash(&Home::from_env()?)?;
-        return Ok(0);
+    match command {
+        Command::InternalPurgeTrash => {
+            volumes::purge_trash(&Home::from_env()?)?;
+            Ok(0)
+        }
+        // app.toml is validated before any state is touched: a bad one
+        // creates nothing, not even `$WASMHOST_HOME`.
+        Command::Run {
+            app,
+            function,
+            invoke,
+        } => {
+            let (manifest, function) = load_manifest(&app, function.as_deref())?;
+            let inputs = read_map_inputs(&invoke)?;
+            let (home, mut registry) = open_state()?;
+            run(&home, &mut registry, &manifest, &function, &invoke, inputs)
+        }
+        Command::Deploy { app } => {
+            let manifest = manifest::load(&app)?;
+            let (home, mut registry) = open_state()?;
+            deploy(&home, &mut registry, &manifest)
+        }
+        Command::Call {
+            app,
+            function,
+            invoke,
+        } => {
+            let (home, mut registry) = open_state()?;
+            call(&home, &mut registry, &app, &function, &invoke)
+        }
+        Command::App(command) => {
+            let (home, mut registry) = open_state()?;
+            app_command(&home, &mut registry, command)
+        }
+        Command::Volume(command) => {
+            let (home, mut registry) = open_state()?;
+            volume_command(&home, &mut registry, command)
+        }
+        Command::Cache(command) => cache_command(&Home::from_env()?, command),
     }
+}
+
+/// Opens `$WASMHOST_HOME` and its registry, after cleaning up what dead
+/// processes left behind.
+fn open_state() -> Result<(Home, Registry)> {
     let home = Home::from_env()?;
     let mut registry = Registry::open(&home.registry_file())?;
     for app in apps::housekeeping(&home, &mut registry)? {
@@ -41,23 +82,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
             app.name, app.id
         );
     }
-    match command {
-        Command::Run {
-            app,
-            function,
-            invoke,
-        } => run(&home, &mut registry, &app, function.as_deref(), &invoke),
-        Command::Deploy { app } => deploy(&home, &mut registry, &app),
-        Command::Call {
-            app,
-            function,
-            invoke,
-        } => call(&home, &mut registry, &app, &function, &invoke),
-        Command::App(command) => app_command(&home, &mut registry, command),
-        Command::Volume(command) => volume_command(&home, &mut registry, command),
-        Command::Cache(command) => cache_command(&home, command),
-        Command::InternalPurgeTrash => unreachable!("handled above"),
-    }
+    Ok((home, registry))
 }
 
 /// Loads and validates app.toml, refusing an unknown function.
@@ -96,27 +121,25 @@ fn read_map_inputs(invoke: &InvokeArgs) -> Result<Option<Vec<String>>> {
 fn run(
     home: &Home,
     registry: &mut Registry,
-    path: &Path,
-    function: Option<&str>,
+    manifest: &AppManifest,
+    function: &str,
     invoke: &InvokeArgs,
+    inputs: Option<Vec<String>>,
 ) -> Result<u8> {
-    let (manifest, function) = load_manifest(path, function)?;
-    let inputs = read_map_inputs(invoke)?;
     let runtime = Runtime::new(home)?;
-    let program = load_program(&runtime, &manifest.functions[&function].module)?;
-    let (live, lease) = apps::start_ephemeral(home, registry, &manifest)?;
-    let served = serve(home, &live, &function, program, invoke, inputs);
+    let program = load_program(&runtime, &manifest.functions[function].module)?;
+    let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
+    let served = serve(home, &live, function, program, invoke, inputs);
     apps::stop_owned(home, registry, &live.record.id, lease)?;
     served
 }
 
-fn deploy(home: &Home, registry: &mut Registry, path: &Path) -> Result<u8> {
-    let manifest = manifest::load(path)?;
+fn deploy(home: &Home, registry: &mut Registry, manifest: &AppManifest) -> Result<u8> {
     let runtime = Runtime::new(home)?;
     for spec in manifest.functions.values() {
         load_program(&runtime, &spec.module)?;
     }
-    let (live, updated) = apps::deploy(home, registry, &manifest)?;
+    let (live, updated) = apps::deploy(home, registry, manifest)?;
     let verb = if updated { "updated" } else { "deployed" };
     println!("{verb} app `{}` ({})", live.record.name, live.record.id);
     Ok(0)
@@ -192,37 +215,45 @@ fn serve(
     });
 
     let app = format!("`{}` ({})", live.record.name, live.record.id);
-    match events
+    let first = events
         .recv()
-        .context("the invocation thread ended without a result")?
-    {
-        Event::One(Outcome::Exited(code)) => Ok(code as u8),
-        Event::One(Outcome::Failed(reason)) => Err(anyhow::anyhow!(
-            "function `{function}` of app {app} {reason}"
-        )),
-        Event::Map(report) if report.failures.is_empty() => Ok(0),
-        Event::Map(report) => {
-            eprintln!("error: {}", report.summary());
-            Ok(1)
-        }
-        Event::One(Outcome::Interrupted) | Event::Stop(_) => {
+        .context("the invocation thread ended without a result")?;
+    // A result that comes after a stop was asked for is the stop's doing,
+    // whatever it says; the stop's cause is what the user needs to hear.
+    let stopped = match &first {
+        Event::Stop(cause) => {
             cancelled.store(true, Ordering::SeqCst);
             // Give instances a moment to unwind, then stop regardless.
             let _ = events.recv_timeout(STOP_GRACE);
-            let cause = match std::iter::from_fn(|| events.try_recv().ok()).find_map(|e| match e {
-                Event::Stop(cause) => Some(cause),
-                _ => None,
-            }) {
-                Some(cause) => cause,
-                None => StopCause::Signal,
-            };
-            Err(anyhow::anyhow!(match cause {
-                StopCause::AppStopped => format!(
-                    "app {app} was stopped (`wasmhost app stop`); its invocations were interrupted"
-                ),
-                StopCause::Signal => format!("interrupted; stopping app {app}"),
-            }))
+            Some(*cause)
         }
+        _ if cancelled.load(Ordering::SeqCst) => Some(
+            std::iter::from_fn(|| events.recv_timeout(STOP_GRACE).ok())
+                .find_map(|e| match e {
+                    Event::Stop(cause) => Some(cause),
+                    _ => None,
+                })
+                .unwrap_or(StopCause::Signal),
+        ),
+        _ => None,
+    };
+    match (stopped, first) {
+        (Some(StopCause::AppStopped), _) => Err(anyhow::anyhow!(
+            "app {app} was stopped (`wasmhost app stop`); its invocations were interrupted"
+        )),
+        (Some(StopCause::Signal), _) | (None, Event::One(Outcome::Interrupted)) => {
+            Err(anyhow::anyhow!("interrupted; stopping app {app}"))
+        }
+        (None, Event::One(Outcome::Exited(code))) => Ok(code as u8),
+        (None, Event::One(Outcome::Failed(reason))) => Err(anyhow::anyhow!(
+            "function `{function}` of app {app} {reason}"
+        )),
+        (None, Event::Map(report)) if report.failures.is_empty() => Ok(0),
+        (None, Event::Map(report)) => {
+            eprintln!("error: {}", report.summary());
+            Ok(1)
+        }
+        (None, Event::Stop(_)) => unreachable!("a stop event is always a stop"),
     }
 }
 

@@ -157,7 +157,7 @@ impl MapReport {
 }
 
 /// Why a process stopped its invocations early.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub enum StopCause {
     Signal,
     AppStopped,
