@@ -16,6 +16,10 @@ use wasmhost_guest::{Lock, LockError};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    run(&args)
+}
+
+fn run(args: &[String]) {
     let Some((op, rest)) = args.split_first() else {
         usage()
     };
@@ -81,6 +85,16 @@ fn main() {
         ("hardlink", [from, to]) => check(op, to, fs::hard_link(from, to)),
         ("sleep", [ms]) => sleep(Duration::from_millis(number(ms))),
         ("echo-line", [.., line]) => println!("{line}"),
+        ("echo-after", [ms, line]) => {
+            sleep(Duration::from_millis(number(ms)));
+            println!("{line}")
+        }
+        // One argument holding a whole command, so one `--map` input line
+        // can pick its own op: `words "exit 3"` runs `exit 3`.
+        ("words", [line]) => run(&line
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()),
         ("counter-lock", [path, n]) => {
             let lock_path = format!("{path}.lock");
             for _ in 0..number(n) {
@@ -171,6 +185,38 @@ fn main() {
             out.flush().unwrap();
             exit(number(code))
         }
+        // --- escapes and limits (tests/escapes.rs, tests/limits.rs) ---
+        ("truncate", [path, len]) => check(
+            op,
+            path,
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(number(len))),
+        ),
+        // Sets the modification time through a read-only handle, so only the
+        // host's permission check stands between the guest and the change.
+        ("utimes", [path]) => check(
+            op,
+            path,
+            fs::File::open(path).and_then(|f| f.set_modified(std::time::UNIX_EPOCH)),
+        ),
+        ("create-excl", [path, content]) => check(
+            op,
+            path,
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(content.as_bytes())),
+        ),
+        ("race-swap", [link, target, rounds]) => race_swap(link, target, number(rounds)),
+        ("race-read", [path, rounds]) => race_read(path, number(rounds)),
+        // Under `--map` the input line comes last, so one map runs a swapper
+        // and a reader (of LINK/f) side by side.
+        ("race", [link, target, rounds, "swap"]) => race_swap(link, target, number(rounds)),
+        ("race", [link, _, rounds, "read"]) => race_read(&format!("{link}/f"), number(rounds)),
+        // --- end escapes and limits ---
         _ => usage(),
     }
 }
@@ -279,3 +325,45 @@ fn random() -> u64 {
         .build_hasher()
         .finish()
 }
+
+// --- escapes and limits (tests/escapes.rs) ---
+
+/// Flips `link` between a real directory holding `f` = "inside" and a
+/// symlink to `target`, `rounds` times, while another instance reads through
+/// it. Errors are expected and ignored: the other side races.
+#[allow(deprecated)]
+fn race_swap(link: &str, target: &str, rounds: u64) {
+    let inner = format!("{link}/f");
+    for _ in 0..rounds {
+        let _ = fs::remove_file(link);
+        let _ = fs::create_dir(link);
+        let _ = fs::write(&inner, "inside");
+        sleep(Duration::from_micros(50));
+        let _ = fs::remove_file(&inner);
+        let _ = fs::remove_dir(link);
+        let _ = fs::soft_link(target, link);
+        sleep(Duration::from_micros(50));
+    }
+    let _ = fs::remove_file(link);
+    println!("swapped {rounds}");
+}
+
+/// Reads `path` `rounds` times; prints every distinct content it saw and how
+/// many reads failed.
+fn race_read(path: &str, rounds: u64) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut failed = 0u64;
+    for _ in 0..rounds {
+        match fs::read(path) {
+            Ok(data) => {
+                seen.insert(String::from_utf8_lossy(&data).into_owned());
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    for content in seen {
+        println!("read: {content}");
+    }
+    println!("failed: {failed} of {rounds}");
+}
+// --- end escapes and limits ---

@@ -1,0 +1,614 @@
+//! Many instances at once (issue 4): `--map` and `--concurrency`, volumes
+//! shared between processes, the host lock API and wasip2 components, with
+//! the real binary, real guests and real processes.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Run, Target, TestEnv, wait_with_timeout};
+
+/// How long any one wasmhost process in these tests may take.
+const PROCESS_LIMIT: Duration = Duration::from_secs(180);
+
+/// An app whose default function `fsops` is the test guest built for
+/// `target`, with an ephemeral volume at /scratch, the named volume
+/// `persist` at /data and `persist-ro` read-only at /ro. The function
+/// `short` is the same guest with a 2 s timeout.
+fn fsops_app(env: &TestEnv, target: Target, name: &str, persist: &str) -> PathBuf {
+    let module = match target {
+        Target::P1 => "{guest:fsops}",
+        Target::P2 => "{guest2:fsops}",
+    };
+    let mounts = r#"{ "/scratch" = "scratch", "/data" = "data", "/ro" = { volume = "ro", read_only = true } }"#;
+    env.app(
+        name,
+        &format!(
+            r#"
+name = "{name}"
+entrypoint = "fsops"
+[volumes.scratch]
+[volumes.data]
+persist = "{persist}"
+[volumes.ro]
+persist = "{persist}-ro"
+[functions.fsops]
+module = "{module}"
+mounts = {mounts}
+env = {{ FLAVOUR = "{name}-env" }}
+[functions.short]
+module = "{module}"
+mounts = {mounts}
+timeout = "2s"
+"#
+        ),
+    )
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Writes `lines` to a file in the work dir, for `--map FILE`.
+fn map_file(env: &TestEnv, name: &str, lines: &[String]) -> PathBuf {
+    let path = env.work.path().join(name);
+    std::fs::write(
+        &path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    path
+}
+
+/// Starts every command before waiting for any, so they really overlap, then
+/// waits for each (bounded).
+fn run_all(env: &TestEnv, commands: &[Vec<&str>]) -> Vec<Run> {
+    let children: Vec<Child> = commands.iter().map(|args| env.spawn(args)).collect();
+    children.into_iter().map(finish).collect()
+}
+
+/// Waits (bounded) for a spawned wasmhost; its output must fit the pipes.
+fn finish(mut child: Child) -> Run {
+    let status = wait_with_timeout(&mut child, PROCESS_LIMIT);
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_end(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    Run(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// The contents of `remote` in the named volume `volume`.
+fn volume_file(env: &TestEnv, volume: &str, remote: &str) -> String {
+    env.run(&["volume", "get", volume, remote, "-"])
+        .success()
+        .stdout()
+}
+
+/// Reads the child's stdout up to and including the guest's `locked` line.
+fn wait_for_locked(child: &mut Child) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "locked\n", "the holder should report the lock taken");
+}
+
+/// What `try-lock` says about `lock` right now.
+fn try_lock(env: &TestEnv, app: &Path, lock: &str) -> String {
+    env.run(&["run", s(app), "--", "try-lock", lock])
+        .success()
+        .stdout()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn map_prints_300_results_in_input_order() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "mapper", "mapper-data");
+    let inputs: Vec<String> = (0..300).map(|i| format!("line {i:03} of 300")).collect();
+    let file = map_file(&env, "inputs.txt", &inputs);
+    let run = env
+        .run(&[
+            "run",
+            s(&app),
+            "--map",
+            s(&file),
+            "--concurrency",
+            "8",
+            "--",
+            "echo-line",
+        ])
+        .success();
+    let out = run.stdout();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        inputs,
+        "one result per input, in input order"
+    );
+    assert!(
+        run.stderr().is_empty(),
+        "nothing extra when piped: {}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn map_keeps_input_order_when_later_inputs_finish_first() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "jitter", "jitter-data");
+    // Earlier inputs sleep longer, so completion order is the reverse.
+    let inputs: Vec<String> = (0..16)
+        .map(|i| format!("echo-after {} out-{i:02}", (16 - i) * 40))
+        .collect();
+    let file = map_file(&env, "inputs.txt", &inputs);
+    let out = env
+        .run(&[
+            "run",
+            s(&app),
+            "--map",
+            s(&file),
+            "--concurrency",
+            "8",
+            "--",
+            "words",
+        ])
+        .success()
+        .stdout();
+    let expected: Vec<String> = (0..16).map(|i| format!("out-{i:02}")).collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn map_failures_do_not_affect_the_others_and_are_summarized() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "failing", "failing-data");
+    let inputs = [
+        "echo-after 500 first",
+        "trap",
+        "exit 3",
+        "spin",
+        "echo-line last",
+    ];
+    let mut child = env
+        .command()
+        .args([
+            "run",
+            s(&app),
+            "short",
+            "--map",
+            "-",
+            "--concurrency",
+            "8",
+            "--",
+            "words",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(inputs.join("\n").as_bytes()).unwrap();
+    drop(stdin);
+    let run = finish(child).code_is(1);
+    assert_eq!(
+        run.stdout(),
+        "first\nlast\n",
+        "the good inputs' output, in order"
+    );
+    let stderr = run.stderr();
+    let summary: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        summary.len(),
+        4,
+        "a header and one line per failure: {stderr}"
+    );
+    assert!(summary[0].contains("3 of 5"), "{stderr}");
+    assert!(
+        summary[1].contains("input 2 `trap`") && summary[1].contains("trapped"),
+        "{stderr}"
+    );
+    assert!(
+        summary[2].contains("input 3 `exit 3`") && summary[2].contains("exit code 3"),
+        "{stderr}"
+    );
+    assert!(
+        summary[3].contains("input 4 `spin`") && summary[3].contains("timed out"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn map_streams_the_head_of_the_order_without_waiting_for_the_rest() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "streamer", "streamer-data");
+    let file = map_file(
+        &env,
+        "inputs.txt",
+        &["echo-line early".into(), "sleep 120000".into()],
+    );
+    let mut child = env.spawn(&[
+        "run",
+        s(&app),
+        "--map",
+        s(&file),
+        "--concurrency",
+        "2",
+        "--",
+        "words",
+    ]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "early\n");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the second input is still sleeping"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn eight_sleeps_at_concurrency_8_overlap() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "sleepy", "sleepy-data");
+    // Compile once first, so the measured run is about the sleeps.
+    env.run(&["run", s(&app), "--", "exit", "0"]).success();
+    let file = map_file(&env, "inputs.txt", &vec!["1000".to_owned(); 8]);
+    let start = Instant::now();
+    env.run(&[
+        "run",
+        s(&app),
+        "--map",
+        s(&file),
+        "--concurrency",
+        "8",
+        "--",
+        "sleep",
+    ])
+    .success();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "8 x 1 s sleeps at concurrency 8 took {took:?}: they did not overlap"
+    );
+}
+
+/// Four processes, 100 increments each, under the lock `op` takes.
+fn four_processes_count_to_400(target: Target, op: &str) {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, target, "counter", "counter-vol");
+    let commands: Vec<Vec<&str>> = (0..4)
+        .map(|_| vec!["run", s(&app), "--", op, "/data/n", "100"])
+        .collect();
+    for run in run_all(&env, &commands) {
+        run.success();
+    }
+    assert_eq!(volume_file(&env, "counter-vol", "/n").trim(), "400");
+}
+
+#[test]
+fn four_processes_count_exactly_under_the_host_lock() {
+    four_processes_count_to_400(Target::P1, "counter-lock");
+}
+
+#[test]
+fn four_processes_count_exactly_under_a_guest_link_lock() {
+    four_processes_count_to_400(Target::P1, "counter-linklock");
+}
+
+#[test]
+fn instances_of_one_process_exclude_each_other_too() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "inproc", "inproc-vol");
+    let file = map_file(&env, "inputs.txt", &vec!["50".to_owned(); 8]);
+    let map = vec![
+        "run",
+        s(&app),
+        "--map",
+        s(&file),
+        "--concurrency",
+        "4",
+        "--",
+        "counter-lock",
+        "/data/n",
+    ];
+    for run in run_all(&env, &[map.clone(), map]) {
+        run.success();
+    }
+    assert_eq!(volume_file(&env, "inproc-vol", "/n").trim(), "800");
+}
+
+#[test]
+fn a_lock_dies_with_its_holder() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "holder", "holder-data");
+
+    // Trapped while holding it.
+    let trapped = env
+        .run(&["run", s(&app), "--", "lock-then-trap", "/data/a.lock"])
+        .code_is(1);
+    assert!(
+        trapped.stdout().contains("locked") && trapped.stderr().contains("trapped"),
+        "{}",
+        trapped.stderr()
+    );
+    assert_eq!(try_lock(&env, &app, "/data/a.lock"), "acquired");
+
+    // Exited without releasing it.
+    env.run(&["run", s(&app), "--", "hold-lock", "/data/b.lock", "0"])
+        .success();
+    assert_eq!(try_lock(&env, &app, "/data/b.lock"), "acquired");
+
+    // Timed out while holding it.
+    let timed_out = env
+        .run(&[
+            "run",
+            s(&app),
+            "short",
+            "--",
+            "hold-lock",
+            "/data/c.lock",
+            "60000",
+        ])
+        .code_is(1);
+    assert!(
+        timed_out.stderr().contains("timed out"),
+        "{}",
+        timed_out.stderr()
+    );
+    assert_eq!(try_lock(&env, &app, "/data/c.lock"), "acquired");
+
+    // Its process killed (SIGKILL) while holding it.
+    let mut holder = env.spawn(&["run", s(&app), "--", "hold-lock", "/data/d.lock", "120000"]);
+    wait_for_locked(&mut holder);
+    assert_eq!(
+        try_lock(&env, &app, "/data/d.lock"),
+        "busy",
+        "held while its holder lives"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(try_lock(&env, &app, "/data/d.lock"), "acquired");
+}
+
+#[test]
+fn cache_under_map_from_several_processes_computes_each_key_once() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "cache",
+        r#"
+name = "cache"
+[volumes.results]
+persist = "cache-vol"
+[functions.cache]
+module = "{guest:cache}"
+mounts = { "/cache" = "results" }
+timeout = "120s"
+"#,
+    );
+    let keys: Vec<String> = (0..12).map(|i| format!("key-{i:02}")).collect();
+    // Each process sees every key twice, in its own order.
+    let files: Vec<PathBuf> = (0..3)
+        .map(|p| {
+            let mut lines: Vec<String> = keys.iter().chain(&keys).cloned().collect();
+            lines.rotate_left(p * 5);
+            map_file(&env, &format!("keys-{p}.txt"), &lines)
+        })
+        .collect();
+    let commands: Vec<Vec<&str>> = files
+        .iter()
+        .map(|f| vec!["run", s(&app), "--map", s(f), "--concurrency", "4"])
+        .collect();
+    let mut values = BTreeMap::new();
+    let mut misses = Vec::new();
+    for (run, file) in run_all(&env, &commands).into_iter().zip(&files) {
+        let out = run.success().stdout();
+        let inputs = std::fs::read_to_string(file).unwrap();
+        assert_eq!(out.lines().count(), inputs.lines().count(), "{out}");
+        for (line, key) in out.lines().zip(inputs.lines()) {
+            let [got_key, value, how] = line.split(' ').collect::<Vec<_>>()[..] else {
+                panic!("bad output line {line:?}")
+            };
+            assert_eq!(got_key, key, "output in input order");
+            assert!(how == "hit" || how == "miss", "{line}");
+            if how == "miss" {
+                misses.push(key.to_owned());
+            }
+            let first = values
+                .entry(key.to_owned())
+                .or_insert_with(|| value.to_owned());
+            assert_eq!(first, value, "hits and misses agree on {key}");
+        }
+    }
+    misses.sort();
+    assert_eq!(misses, keys, "each key computed (missed) exactly once");
+    let mut computed: Vec<String> = volume_file(&env, "cache-vol", "/computed.log")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    computed.sort();
+    assert_eq!(computed, keys, "computed.log names each key once");
+}
+
+#[test]
+fn wasip2_component_uses_volumes_args_env_exit_code_and_locks() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P2, "compo", "compo-data");
+    env.run(&[
+        "run",
+        s(&app),
+        "--",
+        "write",
+        "/data/hello.txt",
+        "from a component",
+    ])
+    .success();
+    let read = env
+        .run(&["run", s(&app), "--", "read", "/data/hello.txt"])
+        .success();
+    assert_eq!(read.stdout(), "from a component");
+    assert_eq!(
+        volume_file(&env, "compo-data", "/hello.txt"),
+        "from a component"
+    );
+    env.run(&["run", s(&app), "--", "write", "/scratch/tmp.txt", "x"])
+        .success();
+
+    let args = env
+        .run(&["run", s(&app), "--", "args", "two words", "z"])
+        .success()
+        .stdout();
+    assert!(args.ends_with("\nargs\ntwo words\nz\n"), "{args}");
+    assert_eq!(
+        env.run(&["run", s(&app), "--", "env", "FLAVOUR"])
+            .success()
+            .stdout(),
+        "compo-env\n"
+    );
+    env.run(&["run", s(&app), "--", "exit", "7"]).code_is(7);
+    let trapped = env.run(&["run", s(&app), "--", "trap"]).code_is(1);
+    assert!(trapped.stderr().contains("trapped"), "{}", trapped.stderr());
+
+    // Locks exclude between component processes...
+    let commands: Vec<Vec<&str>> = (0..3)
+        .map(|_| vec!["run", s(&app), "--", "counter-lock", "/data/n", "50"])
+        .collect();
+    for run in run_all(&env, &commands) {
+        run.success();
+    }
+    assert_eq!(volume_file(&env, "compo-data", "/n").trim(), "150");
+
+    // ...are busy while another holds them, and die with their holder.
+    let mut holder = env.spawn(&["run", s(&app), "--", "hold-lock", "/data/k.lock", "120000"]);
+    wait_for_locked(&mut holder);
+    assert_eq!(try_lock(&env, &app, "/data/k.lock"), "busy");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(try_lock(&env, &app, "/data/k.lock"), "acquired");
+    env.run(&["run", s(&app), "--", "lock-then-trap", "/data/t.lock"])
+        .code_is(1);
+    assert_eq!(try_lock(&env, &app, "/data/t.lock"), "acquired");
+
+    // A core module and a component share one lock table.
+    let core = fsops_app(&env, Target::P1, "core", "compo-data");
+    let mut holder = env.spawn(&["run", s(&core), "--", "hold-lock", "/data/x.lock", "120000"]);
+    wait_for_locked(&mut holder);
+    assert_eq!(try_lock(&env, &app, "/data/x.lock"), "busy");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+/// The lock API's three refusals, as a guest of `target` sees them.
+fn lock_errors_are_distinct(target: Target) {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, target, "errs", "errs-data");
+    let lock_timeout =
+        |path: &str, ms: &str| env.run(&["run", s(&app), "--", "lock-timeout", path, ms]);
+
+    let outside = lock_timeout("/elsewhere/k.lock", "10").code_is(1).stderr();
+    assert!(outside.contains("not inside a mounted volume"), "{outside}");
+    let read_only = lock_timeout("/ro/k.lock", "10").code_is(1).stderr();
+    assert!(read_only.contains("read-only mount"), "{read_only}");
+    assert_ne!(outside, read_only);
+
+    assert_eq!(
+        lock_timeout("/data/k.lock", "10").success().stdout(),
+        "acquired\n"
+    );
+    let mut holder = env.spawn(&["run", s(&app), "--", "hold-lock", "/data/k.lock", "120000"]);
+    wait_for_locked(&mut holder);
+    assert_eq!(
+        lock_timeout("/data/k.lock", "200").success().stdout(),
+        "timeout\n"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+}
+
+#[test]
+fn lock_errors_are_distinct_for_core_modules() {
+    lock_errors_are_distinct(Target::P1);
+}
+
+#[test]
+fn lock_errors_are_distinct_for_components() {
+    lock_errors_are_distinct(Target::P2);
+}
+
+#[test]
+fn concurrent_calls_share_a_deployed_apps_ephemeral_volume() {
+    let env = TestEnv::new();
+    let app = fsops_app(&env, Target::P1, "svc", "svc-data");
+    env.run(&["deploy", s(&app)]).success();
+    let file = map_file(&env, "inputs.txt", &vec!["25".to_owned(); 4]);
+    let call = vec![
+        "call",
+        "svc",
+        "fsops",
+        "--map",
+        s(&file),
+        "--concurrency",
+        "4",
+        "--",
+        "counter-lock",
+        "/scratch/n",
+    ];
+    for run in run_all(&env, &[call.clone(), call.clone(), call]) {
+        run.success();
+    }
+    let total = env
+        .run(&["call", "svc", "fsops", "--", "read", "/scratch/n"])
+        .success()
+        .stdout();
+    assert_eq!(
+        total.trim(),
+        "300",
+        "three calls of 4 x 25 increments on one volume"
+    );
+    // What one call writes, the next open in another call sees.
+    let names: BTreeSet<String> = (0..6).map(|i| format!("file-{i}")).collect();
+    let writes: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| {
+            vec![
+                "call".into(),
+                "svc".into(),
+                "fsops".into(),
+                "--".into(),
+                "write".into(),
+                format!("/scratch/{n}"),
+                n.clone(),
+            ]
+        })
+        .collect();
+    let writes: Vec<Vec<&str>> = writes
+        .iter()
+        .map(|w| w.iter().map(String::as_str).collect())
+        .collect();
+    for run in run_all(&env, &writes) {
+        run.success();
+    }
+    let listed = env
+        .run(&["call", "svc", "fsops", "--", "ls", "/scratch"])
+        .success()
+        .stdout();
+    let listed: BTreeSet<String> = listed
+        .lines()
+        .filter(|l| l.starts_with("file-"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, names);
+    env.run(&["app", "stop", "svc", "--yes"]).success();
+}
