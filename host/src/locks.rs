@@ -59,10 +59,20 @@ pub struct InstanceLocks {
     held: HashMap<String, File>,
     /// Set when the invocation is interrupted, so a waiting acquire gives up.
     cancelled: Arc<AtomicBool>,
+    /// The instance's own deadline (its function's `timeout`). A wait in
+    /// the host is out of reach of the epoch interruption that enforces it
+    /// in guest code, so `acquire` never waits past it; the guest then traps
+    /// at its next instruction.
+    deadline: Instant,
 }
 
 impl InstanceLocks {
-    pub fn new(home: &Home, mounts: &[Mount], cancelled: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        home: &Home,
+        mounts: &[Mount],
+        cancelled: Arc<AtomicBool>,
+        deadline: Instant,
+    ) -> Self {
         Self {
             locks_root: home.clone(),
             mounts: mounts
@@ -75,6 +85,7 @@ impl InstanceLocks {
                 .collect(),
             held: HashMap::new(),
             cancelled,
+            deadline,
         }
     }
 
@@ -85,7 +96,9 @@ impl InstanceLocks {
             return Err(LockError::AlreadyHeld);
         }
         let file = open_lock_file(&file_path)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .map_or(self.deadline, |d| d.min(self.deadline));
         let mut pause = Duration::from_micros(200);
         loop {
             match file.try_lock() {
@@ -202,7 +215,12 @@ mod tests {
                 volume_id: format!("vo-{i}"),
             })
             .collect();
-        InstanceLocks::new(home, &mounts, Arc::new(AtomicBool::new(false)))
+        InstanceLocks::new(
+            home,
+            &mounts,
+            Arc::new(AtomicBool::new(false)),
+            Instant::now() + Duration::from_secs(60),
+        )
     }
 
     #[test]

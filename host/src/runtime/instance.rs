@@ -76,6 +76,7 @@ pub struct Captured {
 
 impl HostState {
     pub fn new(invocation: &Invocation) -> Self {
+        let deadline = Instant::now() + invocation.function.timeout;
         Self {
             limits: Limits {
                 memory_cap: invocation.function.memory,
@@ -85,8 +86,9 @@ impl HostState {
                 invocation.home,
                 invocation.mounts,
                 invocation.cancelled.clone(),
+                deadline,
             ),
-            deadline: Instant::now() + invocation.function.timeout,
+            deadline,
             cancelled: invocation.cancelled.clone(),
             stopped: None,
         }

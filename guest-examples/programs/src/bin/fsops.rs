@@ -130,6 +130,15 @@ fn run(args: &[String]) {
             out.flush().unwrap();
             core::arch::wasm32::unreachable()
         }
+        ("lock-then-spin", [path]) => {
+            let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
+            println!("locked");
+            out.flush().unwrap();
+            let mut i = 0u64;
+            loop {
+                i = black_box(i.wrapping_add(1));
+            }
+        }
         ("try-lock", [path]) => match Lock::try_acquire(path) {
             Ok(Some(_guard)) => println!("acquired"),
             Ok(None) => println!("busy"),
