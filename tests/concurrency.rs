@@ -64,6 +64,13 @@ fn map_file(env: &TestEnv, name: &str, lines: &[String]) -> PathBuf {
     path
 }
 
+/// `run APP --map FILE --concurrency 8 -- ARGS...`
+fn map_args<'a>(app: &'a Path, file: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["run", s(app), "--map", s(file), "--concurrency", "8", "--"];
+    all.extend(args);
+    all
+}
+
 /// Starts every command before waiting for any, so they really overlap, then
 /// waits for each (bounded).
 fn run_all(env: &TestEnv, commands: &[Vec<&str>]) -> Vec<Run> {
@@ -121,18 +128,7 @@ fn map_prints_300_results_in_input_order() {
     let app = fsops_app(&env, Target::P1, "mapper", "mapper-data");
     let inputs: Vec<String> = (0..300).map(|i| format!("line {i:03} of 300")).collect();
     let file = map_file(&env, "inputs.txt", &inputs);
-    let run = env
-        .run(&[
-            "run",
-            s(&app),
-            "--map",
-            s(&file),
-            "--concurrency",
-            "8",
-            "--",
-            "echo-line",
-        ])
-        .success();
+    let run = env.run(&map_args(&app, &file, &["echo-line"])).success();
     let out = run.stdout();
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -156,16 +152,7 @@ fn map_keeps_input_order_when_later_inputs_finish_first() {
         .collect();
     let file = map_file(&env, "inputs.txt", &inputs);
     let out = env
-        .run(&[
-            "run",
-            s(&app),
-            "--map",
-            s(&file),
-            "--concurrency",
-            "8",
-            "--",
-            "words",
-        ])
+        .run(&map_args(&app, &file, &["words"]))
         .success()
         .stdout();
     let expected: Vec<String> = (0..16).map(|i| format!("out-{i:02}")).collect();
@@ -272,17 +259,7 @@ fn eight_sleeps_at_concurrency_8_overlap() {
     env.run(&["run", s(&app), "--", "exit", "0"]).success();
     let file = map_file(&env, "inputs.txt", &vec!["1000".to_owned(); 8]);
     let start = Instant::now();
-    env.run(&[
-        "run",
-        s(&app),
-        "--map",
-        s(&file),
-        "--concurrency",
-        "8",
-        "--",
-        "sleep",
-    ])
-    .success();
+    env.run(&map_args(&app, &file, &["sleep"])).success();
     let took = start.elapsed();
     assert!(
         took < Duration::from_secs(6),
@@ -318,17 +295,7 @@ fn instances_of_one_process_exclude_each_other_too() {
     let env = TestEnv::new();
     let app = fsops_app(&env, Target::P1, "inproc", "inproc-vol");
     let file = map_file(&env, "inputs.txt", &vec!["50".to_owned(); 8]);
-    let map = vec![
-        "run",
-        s(&app),
-        "--map",
-        s(&file),
-        "--concurrency",
-        "4",
-        "--",
-        "counter-lock",
-        "/data/n",
-    ];
+    let map = map_args(&app, &file, &["counter-lock", "/data/n"]);
     for run in run_all(&env, &[map.clone(), map]) {
         run.success();
     }
@@ -363,8 +330,9 @@ fn a_lock_dies_with_its_holder() {
             s(&app),
             "short",
             "--",
-            "lock-then-spin",
+            "lock-then",
             "/data/c.lock",
+            "spin",
         ])
         .code_is(1);
     assert!(

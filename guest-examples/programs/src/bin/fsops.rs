@@ -130,14 +130,12 @@ fn run(args: &[String]) {
             out.flush().unwrap();
             core::arch::wasm32::unreachable()
         }
-        ("lock-then-spin", [path]) => {
+        // Runs another op while holding the lock: `lock-then PATH spin`.
+        ("lock-then", [path, then @ ..]) => {
             let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
             println!("locked");
             out.flush().unwrap();
-            let mut i = 0u64;
-            loop {
-                i = black_box(i.wrapping_add(1));
-            }
+            run(&then.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         }
         ("try-lock", [path]) => match Lock::try_acquire(path) {
             Ok(Some(_guard)) => println!("acquired"),
