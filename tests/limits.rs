@@ -1,0 +1,251 @@
+//! Limits, isolated per invocation (issue 6): `timeout` and `memory` say
+//! which limit hit and its value; a runaway loop, an allocation past the cap,
+//! a stack overflow and a trap each end only their own invocation, in `run`
+//! and under `--map`; a guest flooding stdout cannot exhaust host memory.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Run, TestEnv};
+
+/// Generous: these runs take a second or two; the bound only catches a hang.
+const HANG: Duration = Duration::from_secs(120);
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// An app whose one function is fsops (`{guest:fsops}` or `{guest2:fsops}`)
+/// with a 1s timeout and a 32MiB memory cap.
+fn limited_app(env: &TestEnv, name: &str, module: &str) -> PathBuf {
+    env.app(
+        name,
+        &format!(
+            r#"
+name = "{name}"
+[functions.f]
+module = "{module}"
+timeout = "1s"
+memory = "32MiB"
+"#
+        ),
+    )
+}
+
+/// Runs to completion, asserting it did not hang.
+fn run_bounded(env: &TestEnv, args: &[&str]) -> Run {
+    let start = Instant::now();
+    let run = env.run(args);
+    assert!(
+        start.elapsed() < HANG,
+        "{args:?} took {:?}",
+        start.elapsed()
+    );
+    run
+}
+
+/// The one line wasmhost itself wrote (guest output aside): `error: …`.
+#[track_caller]
+fn host_error(run: &Run) -> String {
+    let lines: Vec<String> = run
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one error line: {}", run.stderr());
+    lines[0].clone()
+}
+
+#[test]
+fn runaway_loop_ends_at_the_timeout_and_says_so() {
+    let env = TestEnv::new();
+    let app = limited_app(&env, "spinner", "{guest:fsops}");
+    let run = run_bounded(&env, &["run", path(&app), "--", "spin"]).code_is(1);
+    let line = host_error(&run);
+    assert!(
+        line.contains("timed out after 1s") && line.contains("`timeout`"),
+        "{line}"
+    );
+    assert!(line.contains("function `f`"), "{line}");
+}
+
+#[test]
+fn allocation_past_the_cap_ends_with_the_memory_limit_and_its_value() {
+    let env = TestEnv::new();
+    let app = limited_app(&env, "hungry", "{guest:fsops}");
+    // Under the cap: fine.
+    let ok = run_bounded(&env, &["run", path(&app), "--", "alloc", "8"]).success();
+    assert_eq!(ok.stdout(), "allocated\n");
+    let run = run_bounded(&env, &["run", path(&app), "--", "alloc", "64"]).code_is(1);
+    let line = host_error(&run);
+    assert!(
+        line.contains("ran out of memory") && line.contains("32MiB") && line.contains("`memory`"),
+        "{line}"
+    );
+    assert!(!run.stdout().contains("allocated"));
+}
+
+#[test]
+fn stack_overflow_and_trap_give_a_one_line_reason() {
+    let env = TestEnv::new();
+    let app = limited_app(&env, "crasher", "{guest:fsops}");
+    let run = run_bounded(&env, &["run", path(&app), "--", "stack-overflow"]).code_is(1);
+    let line = host_error(&run);
+    assert!(
+        line.contains("trapped") && line.contains("call stack exhausted"),
+        "{line}"
+    );
+    let run = run_bounded(&env, &["run", path(&app), "--", "trap"]).code_is(1);
+    let line = host_error(&run);
+    assert!(
+        line.contains("trapped") && line.contains("unreachable"),
+        "{line}"
+    );
+    // Nothing else broke: the next run of the same app works.
+    run_bounded(&env, &["run", path(&app), "--", "echo-line", "fine"]).success();
+}
+
+/// Each failure ends only its own invocation: the others succeed and are
+/// printed whole and in input order, and the summary names each failure
+/// with its reason.
+fn map_isolates_failures(module: &str, name: &str, failing: &[(&str, &str)]) {
+    let env = TestEnv::new();
+    let app = limited_app(&env, name, module);
+    let mut lines = Vec::new();
+    let mut expected_out = String::new();
+    for (i, (input, _)) in failing.iter().enumerate() {
+        lines.push(format!("echo-line before-{i}"));
+        expected_out.push_str(&format!("before-{i}\n"));
+        lines.push(input.to_string());
+    }
+    lines.push("echo-line last".into());
+    expected_out.push_str("last\n");
+    let inputs = env.work.path().join("inputs.txt");
+    std::fs::write(&inputs, lines.join("\n") + "\n").unwrap();
+    let run = run_bounded(
+        &env,
+        &[
+            "run",
+            path(&app),
+            "--map",
+            path(&inputs),
+            "--concurrency",
+            "2",
+            "--",
+            "words",
+        ],
+    )
+    .code_is(1);
+    assert_eq!(run.stdout(), expected_out, "stderr: {}", run.stderr());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains(&format!(
+            "{} of {} invocations failed",
+            failing.len(),
+            lines.len()
+        )),
+        "{stderr}"
+    );
+    for (i, (input, reason)) in failing.iter().enumerate() {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("input {} `{input}`", 2 * i + 2)))
+            .unwrap_or_else(|| panic!("no summary line for {input}: {stderr}"));
+        assert!(line.contains(reason), "{line}");
+    }
+    for i in 0..failing.len() {
+        assert!(
+            !stderr.contains(&format!("input {} ", 2 * i + 1)),
+            "a healthy invocation failed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn under_map_each_limit_ends_only_its_own_invocation() {
+    map_isolates_failures(
+        "{guest:fsops}",
+        "mapped",
+        &[
+            ("spin", "timed out after 1s (the function's `timeout`)"),
+            (
+                "alloc 64",
+                "hit its limit of 32MiB (the function's `memory`)",
+            ),
+            ("stack-overflow", "call stack exhausted"),
+            ("trap", "unreachable"),
+            ("exit 3", "exit code 3"),
+        ],
+    );
+}
+
+#[test]
+fn wasip2_component_timeout_and_trap_end_only_their_own_invocation() {
+    let env = TestEnv::new();
+    let app = limited_app(&env, "component", "{guest2:fsops}");
+    let run = run_bounded(&env, &["run", path(&app), "--", "spin"]).code_is(1);
+    let line = host_error(&run);
+    assert!(
+        line.contains("timed out after 1s") && line.contains("`timeout`"),
+        "{line}"
+    );
+    let run = run_bounded(&env, &["run", path(&app), "--", "trap"]).code_is(1);
+    let line = host_error(&run);
+    assert!(
+        line.contains("trapped") && line.contains("unreachable"),
+        "{line}"
+    );
+    drop(env);
+    map_isolates_failures(
+        "{guest2:fsops}",
+        "component-map",
+        &[
+            ("spin", "timed out after 1s (the function's `timeout`)"),
+            ("trap", "unreachable"),
+        ],
+    );
+}
+
+/// A guest writing far more than the capture cap under `--map` is cut off at
+/// the cap (its writes fail) instead of growing host memory without bound;
+/// the other invocations are unaffected.
+#[test]
+fn stdout_flood_under_map_is_capped() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "flood",
+        r#"
+name = "flood"
+[functions.f]
+module = "{guest:fsops}"
+timeout = "120s"
+"#,
+    );
+    let inputs = env.work.path().join("inputs.txt");
+    std::fs::write(&inputs, "echo-line first\nspew 256\necho-line last\n").unwrap();
+    let run = run_bounded(
+        &env,
+        &["run", path(&app), "--map", path(&inputs), "--", "words"],
+    )
+    .code_is(1);
+    let stdout = &run.0.stdout;
+    assert!(
+        stdout.starts_with(b"first\n") && stdout.ends_with(b"last\n"),
+        "healthy outputs missing"
+    );
+    let flood = stdout.len() - "first\n".len() - "last\n".len();
+    assert!(stdout[6..6 + flood].iter().all(|&b| b == b'x'));
+    // 256 MiB written; what is kept stops at the per-invocation cap (16 MiB).
+    assert!(
+        flood > 0 && flood <= 16 << 20,
+        "kept {flood} bytes of a 256 MiB flood"
+    );
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("1 of 3 invocations failed") && stderr.contains("input 2 `spew 256`"),
+        "{stderr}"
+    );
+}
