@@ -13,7 +13,7 @@ use wasmhost::home::Home;
 use wasmhost::invoke::{MapReport, StopCause, Target, watch_for_stop};
 use wasmhost::manifest::{self, AppManifest};
 use wasmhost::registry::{AppKind, Registry};
-use wasmhost::runtime::{Outcome, Program, Runtime};
+use wasmhost::runtime::{BadModule, Outcome, Program, Runtime};
 use wasmhost::volume_files::VolumeFiles;
 use wasmhost::volumes;
 
@@ -43,11 +43,28 @@ pub fn dispatch(command: Command) -> Result<u8> {
         } => {
             let (manifest, function) = load_manifest(&app, function.as_deref())?;
             let inputs = read_map_inputs(&invoke)?;
+            // Compiled before `$WASMHOST_HOME` is opened, so that a module
+            // wasmtime refuses creates nothing either.
+            let runtime = Runtime::new(&Home::locate()?)?;
+            let module = &manifest.functions[&function].module;
+            let program = load_program(&runtime, module, Some((&app, &function)))?;
             let (home, mut registry) = open_state()?;
-            run(&home, &mut registry, &manifest, &function, &invoke, inputs)
+            run(
+                &home,
+                &mut registry,
+                &manifest,
+                &function,
+                &invoke,
+                inputs,
+                program,
+            )
         }
         Command::Deploy { app } => {
             let manifest = manifest::load(&app)?;
+            let runtime = Runtime::new(&Home::locate()?)?;
+            for (function, spec) in &manifest.functions {
+                load_program(&runtime, &spec.module, Some((&app, function)))?;
+            }
             let (home, mut registry) = open_state()?;
             deploy(&home, &mut registry, &manifest)
         }
@@ -95,11 +112,25 @@ fn load_manifest(path: &Path, function: Option<&str>) -> Result<(AppManifest, St
     Ok((manifest, function))
 }
 
-/// Compiles a function's module; a module wasmtime refuses is bad input.
-fn load_program(runtime: &Runtime, module: &Path) -> Result<Program> {
-    runtime
-        .load(module)
-        .map_err(|e| usage(format!("{}: {e:#}", module.display())))
+/// Compiles a function's module. A module wasmtime refuses is bad input,
+/// reported at the function's `module` in `app_toml` (app.toml, function)
+/// when there is one at hand; failing to store it in the cache is not.
+fn load_program(
+    runtime: &Runtime,
+    module: &Path,
+    app_toml: Option<(&Path, &str)>,
+) -> Result<Program> {
+    runtime.load(module).map_err(|e| {
+        let Some(bad) = e.downcast_ref::<BadModule>() else {
+            return e;
+        };
+        let problem = format!("module {} {bad}", module.display());
+        let fix = "rebuild it for wasm32-wasip1 or wasm32-wasip2 (wasmhost provides WASI and its own `wasmhost` imports, nothing else)";
+        match app_toml {
+            Some((file, function)) => manifest::module_error(file, function, problem, fix).into(),
+            None => usage(format!("{problem}; fix: {fix}")),
+        }
+    })
 }
 
 fn read_map_inputs(invoke: &InvokeArgs) -> Result<Option<Vec<String>>> {
@@ -125,9 +156,8 @@ fn run(
     function: &str,
     invoke: &InvokeArgs,
     inputs: Option<Vec<String>>,
+    program: Program,
 ) -> Result<u8> {
-    let runtime = Runtime::new(home)?;
-    let program = load_program(&runtime, &manifest.functions[function].module)?;
     let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
     let served = serve(home, &live, function, program, invoke, inputs);
     apps::stop_owned(home, registry, &live.record.id, lease)?;
@@ -135,10 +165,6 @@ fn run(
 }
 
 fn deploy(home: &Home, registry: &mut Registry, manifest: &AppManifest) -> Result<u8> {
-    let runtime = Runtime::new(home)?;
-    for spec in manifest.functions.values() {
-        load_program(&runtime, &spec.module)?;
-    }
     let (live, updated) = apps::deploy(home, registry, manifest)?;
     let verb = if updated { "updated" } else { "deployed" };
     println!("{verb} app `{}` ({})", live.record.name, live.record.id);
@@ -160,7 +186,7 @@ fn call(
         .to_owned();
     let inputs = read_map_inputs(invoke)?;
     let runtime = Runtime::new(home)?;
-    let program = load_program(&runtime, &live.manifest.functions[&function].module)?;
+    let program = load_program(&runtime, &live.manifest.functions[&function].module, None)?;
     serve(home, &live, &function, program, invoke, inputs)
 }
 

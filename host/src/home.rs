@@ -21,6 +21,13 @@ pub struct Home {
 impl Home {
     /// `$WASMHOST_HOME`, else `~/.wasmhost`.
     pub fn from_env() -> Result<Self> {
+        Self::at(Self::locate()?.root)
+    }
+
+    /// Where `$WASMHOST_HOME` is, without creating anything: for work that
+    /// must leave no state behind if it fails, such as compiling a module
+    /// (the module cache creates its own directory when it stores an entry).
+    pub fn locate() -> Result<Self> {
         let root = match std::env::var_os("WASMHOST_HOME") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => {
@@ -30,7 +37,7 @@ impl Home {
                 PathBuf::from(home).join(".wasmhost")
             }
         };
-        Self::at(root)
+        Ok(Self { root })
     }
 
     /// Opens (creating if needed) a state directory at `root`.

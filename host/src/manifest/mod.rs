@@ -69,14 +69,14 @@ impl AppManifest {
             Some(name) => match self.functions.get_key_value(name) {
                 Some((name, _)) => Ok(name),
                 None => Err(format!(
-                    "app `{}` has no function `{name}`; its functions are {}",
+                    "app `{}` has no function `{name}`; fix: use one of its functions: {}",
                     self.name,
                     known()
                 )),
             },
             None if self.functions.len() == 1 => Ok(self.functions.keys().next().unwrap()),
             None => Err(format!(
-                "app `{}` has several functions and no `entrypoint`; name one of {}",
+                "app `{}` has several functions and no `entrypoint`; fix: name one of {} after APP.toml, or set `entrypoint`",
                 self.name,
                 known()
             )),
@@ -128,6 +128,30 @@ pub fn load(path: &Path) -> Result<AppManifest, ManifestError> {
         text: &text,
     }
     .validate(base_dir)
+}
+
+/// A module that passed validation but that wasmtime refuses, reported at
+/// function `function`'s `module` in the app.toml at `file`.
+pub fn module_error(
+    file: &Path,
+    function: &str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ManifestError {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let position = toml::from_str::<RawApp>(&text).ok().and_then(|raw| {
+        let (_, spec) = raw
+            .functions
+            .iter()
+            .find(|(k, _)| k.get_ref() == function)?;
+        Some(line_column(&text, spec.module.span().start))
+    });
+    ManifestError {
+        file: file.to_owned(),
+        position,
+        problem: problem.into(),
+        fix: fix.into(),
+    }
 }
 
 /// Parses and validates manifest text; `base_dir` anchors module paths.
@@ -274,7 +298,10 @@ impl Validator<'_> {
                 self.error(
                     Some(t.span()),
                     format!("bad `timeout`: {p}"),
-                    "e.g. timeout = \"60s\"",
+                    format!(
+                        "write a number and a unit ({}) up to 24h, e.g. timeout = \"60s\" or \"1h30m\"",
+                        units::DURATION_UNITS
+                    ),
                 )
             })?,
             None => DEFAULT_TIMEOUT,
@@ -284,7 +311,10 @@ impl Validator<'_> {
                 self.error(
                     Some(m.span()),
                     format!("bad `memory`: {p}"),
-                    "e.g. memory = \"512MiB\"",
+                    format!(
+                        "write a number and a unit ({}) from 64KiB to 16GiB, e.g. memory = \"512MiB\"",
+                        units::SIZE_UNITS
+                    ),
                 )
             })?),
             None => None,
@@ -301,14 +331,14 @@ impl Validator<'_> {
             None => None,
         };
         for key in raw.env.keys() {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
+            if key.get_ref().is_empty() || key.get_ref().contains(['=', '\0']) {
                 return Err(self.error(
-                    Some(raw.module.span()),
+                    Some(key.span()),
                     format!(
                         "environment variable name `{}` is invalid",
-                        key.escape_debug()
+                        key.get_ref().escape_debug()
                     ),
-                    "use a name without `=` or NUL",
+                    "use a non-empty name without `=` or NUL",
                 ));
             }
         }
@@ -316,7 +346,11 @@ impl Validator<'_> {
             module,
             mounts,
             args: raw.args.clone(),
-            env: raw.env.clone(),
+            env: raw
+                .env
+                .iter()
+                .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+                .collect(),
             timeout,
             memory,
             concurrency,
@@ -371,13 +405,15 @@ impl Validator<'_> {
     }
 
     fn toml_error(&self, e: toml::de::Error) -> ManifestError {
-        let message = e.message().trim().trim_end_matches('.').replace('\n', " ");
-        let fix = if message.starts_with("unknown field") {
+        let message = toml_message(e.message(), e.span().and_then(|s| self.text.get(s)));
+        let fix = if message.starts_with("unknown key") {
             "remove the key or correct its spelling (see the app.toml reference in README.md)"
-        } else if message.starts_with("missing field") {
+        } else if message.starts_with("missing key") {
             "add the key (see the app.toml reference in README.md)"
         } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
-            "give the value the type the message names"
+            "give the value the expected type (see the app.toml reference in README.md)"
+        } else if message.contains("is too large") {
+            "use a whole number from 1 to 1024"
         } else if message.contains("duplicate key") {
             "keep one of the two keys"
         } else {
@@ -385,6 +421,33 @@ impl Validator<'_> {
         };
         self.error(e.span(), message, fix)
     }
+}
+
+/// A toml/serde message in the words of TOML and of app.toml: keys, tables,
+/// arrays and whole numbers rather than fields, maps, sequences and i64.
+fn toml_message(message: &str, at: Option<&str>) -> String {
+    let message = message.trim().trim_end_matches('.').replace('\n', " ");
+    if let Some(number) = message
+        .strip_prefix("invalid type: integer `")
+        .and_then(|rest| rest.strip_suffix("` as i128, expected i64"))
+    {
+        return format!("integer `{number}` is too large");
+    }
+    if message == "duplicate key"
+        && let Some(key) = at
+            .map(str::trim)
+            .filter(|k| !k.is_empty() && !k.contains('\n'))
+    {
+        return format!("duplicate key `{key}`");
+    }
+    message
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key")
+        .replace("expected i64", "expected a whole number")
+        .replace("expected a map", "expected a table")
+        .replace("invalid type: map", "invalid type: table")
+        .replace("expected a sequence", "expected an array")
+        .replace("invalid type: sequence", "invalid type: array")
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {

@@ -9,18 +9,23 @@ pub const MAX_MEMORY: u64 = 16 << 30;
 /// One WebAssembly page: no guest with memory runs in less.
 pub const MIN_MEMORY: u64 = 64 << 10;
 
-/// Parses `"500ms"`, `"60s"`, `"2m"`, `"1h30m"`.
+/// Units `parse_duration` accepts, for messages.
+pub const DURATION_UNITS: &str = "ms, s, m or h";
+/// Units `parse_size` accepts, for messages.
+pub const SIZE_UNITS: &str = "KiB, MiB, GiB, B, KB, MB or GB";
+
+/// Parses `"500ms"`, `"60s"`, `"2m"`, `"1h30m"`. Errors say what is wrong,
+/// not how to fix it: the caller knows where the text came from.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let fix = "write a number with a unit, e.g. \"500ms\", \"60s\", \"5m\" or \"1h\"";
     let mut rest = text.trim();
     if rest.is_empty() {
-        return Err(format!("empty duration; {fix}"));
+        return Err("the duration is empty".to_owned());
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(format!("`{text}` is not a duration; {fix}"));
+            return Err(format!("`{text}` is not a duration"));
         }
         let number: u64 = rest[..digits]
             .parse()
@@ -32,8 +37,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(1),
             "m" => Duration::from_secs(60),
             "h" => Duration::from_secs(3600),
-            "" => return Err(format!("`{text}` has no unit; {fix}")),
-            other => return Err(format!("`{other}` in `{text}` is not a unit; {fix}")),
+            "" => return Err(format!("`{text}` has no unit")),
+            other => return Err(format!("`{other}` in `{text}` is not a unit")),
         };
         rest = &rest[unit_len..];
         let part = u32::try_from(number)
@@ -43,9 +48,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = total.checked_add(part).unwrap_or(Duration::MAX);
     }
     if total.is_zero() {
-        return Err(format!(
-            "a duration of zero would stop every invocation at once; {fix}"
-        ));
+        return Err("a duration of zero would stop every invocation at once".to_owned());
     }
     if total > MAX_TIMEOUT {
         return Err(format!("`{text}` is too large; the most is 24h"));
@@ -55,11 +58,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses `"512MiB"`, `"1GiB"`, `"64KiB"`, `"100MB"` or a byte count.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let fix = "write a number with a unit, e.g. \"512MiB\" or \"2GiB\"";
     let trimmed = text.trim();
     let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
     if digits == 0 {
-        return Err(format!("`{text}` is not a size; {fix}"));
+        return Err(format!("`{text}` is not a size"));
     }
     let number: u64 = trimmed[..digits]
         .parse()
@@ -72,16 +74,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("`{other}` in `{text}` is not a unit; {fix}")),
+        other => return Err(format!("`{other}` in `{text}` is not a unit")),
     };
     let bytes = number
         .checked_mul(multiplier)
         .filter(|b| *b <= MAX_MEMORY)
         .ok_or_else(|| format!("`{text}` is too large; the most is 16GiB"))?;
     if bytes < MIN_MEMORY {
-        return Err(format!(
-            "`{text}` is less than one 64KiB WebAssembly page; {fix}"
-        ));
+        return Err(format!("`{text}` is less than one 64KiB WebAssembly page"));
     }
     Ok(bytes)
 }

@@ -77,8 +77,11 @@ impl ModuleCache {
         } else {
             engine.precompile_module(&bytes)
         }
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot compile {}", module.display()))?;
+        .map_err(|e| super::BadModule(format!("does not compile: {:#}", anyhow::Error::from(e))))?;
+        // Created here rather than before compiling, so that a module that
+        // does not compile leaves no state behind.
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
         write_atomically(&entry, &serialized)?;
         deserialize(engine, &entry, component)
             .with_context(|| format!("cannot load compiled {}", entry.display()))
@@ -108,7 +111,9 @@ impl ModuleCache {
         }
         let bytes = read_module(module)?;
         let digest = sha256_hex(&bytes);
-        write_atomically(&stamp, digest.as_bytes())?;
+        // The stamp only saves hashing next time; the cache directory may not
+        // exist yet (see `load`), and a full disk must not fail the run here.
+        let _ = write_atomically(&stamp, digest.as_bytes());
         Ok((digest, Some(bytes)))
     }
 

@@ -29,6 +29,19 @@ use crate::manifest::units::{format_duration, format_size};
 /// How often the epoch advances: the granularity of timeouts and stops.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// A module wasmtime refuses to compile or link: bad input (exit 2), not a
+/// runtime failure. Reads after the module's name: "does not compile: ...".
+#[derive(Debug)]
+pub struct BadModule(pub String);
+
+impl std::fmt::Display for BadModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadModule {}
+
 pub struct Runtime {
     engine: Engine,
     cache: ModuleCache,
@@ -58,10 +71,13 @@ impl Runtime {
         let argv0 = module
             .file_name()
             .map_or_else(|| "main.wasm".into(), |n| n.to_string_lossy().into_owned());
+        let bad = |e: anyhow::Error| BadModule(format!("cannot be linked: {e:#}"));
         let linked = match self.cache.load(&self.engine, module)? {
-            Compiled::Core(module) => Linked::Core(core::prelink(&self.engine, &module)?),
+            Compiled::Core(module) => {
+                Linked::Core(core::prelink(&self.engine, &module).map_err(bad)?)
+            }
             Compiled::Component(component) => {
-                Linked::Component(component::prelink(&self.engine, &component)?)
+                Linked::Component(component::prelink(&self.engine, &component).map_err(bad)?)
             }
         };
         Ok(Program { linked, argv0 })
