@@ -224,6 +224,30 @@ fn run(args: &[String]) {
         ("race", [link, target, rounds, "swap"]) => race_swap(link, target, number(rounds)),
         ("race", [link, _, rounds, "read"]) => race_read(&format!("{link}/f"), number(rounds)),
         // --- end escapes and limits ---
+        // --- faults (tests/faults.rs) ---
+        // Writes, overwrites and renames small files in each DIR, ROUNDS
+        // times: a guest busy on its volumes whenever it is killed.
+        ("churn", [rounds, dirs @ ..]) if !dirs.is_empty() => {
+            for round in 0..number::<u64>(rounds) {
+                for dir in dirs {
+                    let path = format!("{dir}/churn-{}", round % 16);
+                    check(op, &path, fs::write(format!("{path}.tmp"), [b'x'; 4096]));
+                    check(op, &path, fs::rename(format!("{path}.tmp"), &path));
+                }
+            }
+        }
+        // Appends 64 KiB blocks to PATH until it holds MIB MiB; an error
+        // (ENOSPC on a full disk) is reported on one line, exit 1.
+        ("fill", [path, mib]) => {
+            let mut file = check(op, path, OpenOptions::new().create(true).append(true).open(path));
+            let block = [b'f'; 64 << 10];
+            for _ in 0..number::<u64>(mib) * 16 {
+                check(op, path, file.write_all(&block));
+            }
+            check(op, path, file.sync_all());
+            println!("filled");
+        }
+        // --- end faults ---
         _ => usage(),
     }
 }
