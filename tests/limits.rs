@@ -72,6 +72,29 @@ fn runaway_loop_ends_at_the_timeout_and_says_so() {
     assert!(line.contains("function `f`"), "{line}");
 }
 
+/// A guest blocked in a host call (a ten-minute sleep) is not running wasm,
+/// so epoch interruption alone would not stop it: the timeout still holds.
+#[test]
+fn guest_blocked_in_a_host_sleep_still_ends_at_the_timeout() {
+    let env = TestEnv::new();
+    let app = limited_app(&env, "sleeper", "{guest:fsops}");
+    let start = Instant::now();
+    let run = run_bounded(&env, &["run", path(&app), "--", "sleep", "600000"]).code_is(1);
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
+    let line = host_error(&run);
+    assert!(
+        line.contains("timed out after 1s") && line.contains("`timeout`"),
+        "{line}"
+    );
+    // The app was stopped on the way out.
+    let apps = env.apps();
+    assert!(apps.iter().all(|a| a["state"] == "stopped"), "{apps:?}");
+}
+
 #[test]
 fn allocation_past_the_cap_ends_with_the_memory_limit_and_its_value() {
     let env = TestEnv::new();
