@@ -294,6 +294,12 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
         }
     }
     registry.write(|tx| volumes::trash_orphans(home, &tx.all_volume_ids()?))?;
+    let running: Vec<String> = registry
+        .read(|tx| tx.leased_running_apps())?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    Lease::remove_orphans(home, |id| running.iter().any(|r| r == id))?;
     volumes::purge_in_background(home)?;
     Ok(reaped)
 }

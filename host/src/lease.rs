@@ -23,16 +23,59 @@ pub struct Lease {
 impl Lease {
     /// Takes the lease for a new app id. Taken before the app is registered,
     /// so a registered running app without a held lease is a dead one.
+    ///
+    /// The file is locked under a temporary name and then linked into place,
+    /// so a lease file is never seen unlocked while its owner lives: an
+    /// unlocked one without a running app is debris of a dead process that
+    /// [`Lease::remove_orphans`] may delete.
     pub fn acquire(home: &Home, app_id: &str) -> Result<Self> {
         let path = home.lease_file(app_id);
+        let temp = path.with_extension("lease-new");
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&path)
-            .with_context(|| format!("cannot create lease file {}", path.display()))?;
-        file.try_lock()
-            .with_context(|| format!("cannot lock lease file {}", path.display()))?;
+            .open(&temp)
+            .with_context(|| format!("cannot create lease file {}", temp.display()))?;
+        let placed = file
+            .try_lock()
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(fs::hard_link(&temp, &path)?))
+            .with_context(|| format!("cannot create lease file {}", path.display()));
+        let _ = fs::remove_file(&temp);
+        placed?;
         Ok(Self { path, _file: file })
+    }
+
+    /// Deletes lease files no live process holds whose app `is_running`
+    /// does not know: a process killed before it registered its app.
+    pub fn remove_orphans(home: &Home, is_running: impl Fn(&str) -> bool) -> Result<()> {
+        let dir = home
+            .lease_file("x")
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let app_id = name
+                .strip_suffix(".lease")
+                .or_else(|| name.strip_suffix(".lease-new"));
+            let Some(app_id) = app_id else { continue };
+            if is_running(app_id) {
+                continue;
+            }
+            let Ok(file) = OpenOptions::new().write(true).open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(())
     }
 
     /// Takes over the lease of `app_id` if its owner is gone.
@@ -43,7 +86,8 @@ impl Lease {
             // Removed only after the app was marked stopped; gone means dead.
             Err(e) if e.kind() == ErrorKind::NotFound => File::create(&path)?,
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot open lease file {}", path.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot open lease file {}", path.display()));
             }
         };
         Ok(file

@@ -7,11 +7,11 @@
 //! and every state change is one `BEGIN IMMEDIATE` transaction, so two
 //! processes racing to create, mount or delete one volume serialize.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::manifest::AppManifest;
@@ -99,16 +99,30 @@ pub struct MountedVolume {
 
 pub struct Registry {
     conn: Connection,
+    path: PathBuf,
+}
+
+/// Space kept beside the registry for the writes that free space: on a full
+/// disk, a stop needs a few pages of WAL before it can delete any volume.
+const RESERVE_BYTES: usize = 1 << 20;
+
+fn damaged(path: &Path) -> String {
+    format!(
+        "cannot open the registry {}; if it is damaged, move it aside and wasmhost starts a new one (volume data stays under volumes/)",
+        path.display()
+    )
+}
+
+/// The SQLite error code somewhere in `e`'s chain.
+fn sqlite_code(e: &anyhow::Error) -> Option<ErrorCode> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<rusqlite::Error>())
+        .and_then(rusqlite::Error::sqlite_error_code)
 }
 
 impl Registry {
     pub fn open(path: &Path) -> Result<Self> {
-        let broken = || {
-            format!(
-                "cannot open the registry {}; if it is damaged, move it aside and wasmhost starts a new one (volume data stays under volumes/)",
-                path.display()
-            )
-        };
+        let broken = || damaged(path);
         let conn = Connection::open(path).with_context(broken)?;
         conn.busy_timeout(Duration::from_secs(30))
             .with_context(broken)?;
@@ -118,9 +132,42 @@ impl Registry {
             .with_context(broken)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .with_context(broken)?;
-        let mut registry = Self { conn };
+        let mut registry = Self {
+            conn,
+            path: path.to_owned(),
+        };
         registry.migrate().with_context(broken)?;
+        registry.keep_reserve();
         Ok(registry)
+    }
+
+    fn reserve_file(&self) -> PathBuf {
+        self.path.with_extension("reserve")
+    }
+
+    /// Recreates the reserve if it was spent (best effort: not on a full disk).
+    fn keep_reserve(&self) {
+        let reserve = self.reserve_file();
+        if std::fs::metadata(&reserve).is_ok_and(|m| m.len() == RESERVE_BYTES as u64) {
+            return;
+        }
+        if std::fs::write(&reserve, vec![0u8; RESERVE_BYTES]).is_err() {
+            let _ = std::fs::remove_file(&reserve);
+        }
+    }
+
+    /// Names the file and the way out in errors a damaged or full disk causes.
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        match sqlite_code(&e) {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                e.context(damaged(&self.path))
+            }
+            Some(ErrorCode::DiskFull) => e.context(format!(
+                "the disk holding the registry {} is full; free space, e.g. with `wasmhost volume delete` of a large volume",
+                self.path.display()
+            )),
+            _ => e,
+        }
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -143,7 +190,21 @@ impl Registry {
     }
 
     /// Runs `f` as one write transaction; nothing of it is kept if it fails.
-    pub fn write<T>(&mut self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
+    /// On a full disk the reserve is given up and `f` runs once more, so
+    /// that stopping apps and deleting volumes, which free space, still work.
+    pub fn write<T>(&mut self, mut f: impl FnMut(&Tx) -> Result<T>) -> Result<T> {
+        match self.try_write(&mut f) {
+            Err(e) if sqlite_code(&e) == Some(ErrorCode::DiskFull) => {
+                if std::fs::remove_file(self.reserve_file()).is_err() {
+                    return Err(self.explain(e));
+                }
+                self.try_write(&mut f).map_err(|e| self.explain(e))
+            }
+            result => result.map_err(|e| self.explain(e)),
+        }
+    }
+
+    fn try_write<T>(&mut self, f: &mut impl FnMut(&Tx) -> Result<T>) -> Result<T> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -154,12 +215,15 @@ impl Registry {
 
     /// Runs `f` on a consistent snapshot.
     pub fn read<T>(&mut self, f: impl FnOnce(&Tx) -> Result<T>) -> Result<T> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let value = f(&Tx { tx: &tx })?;
-        tx.finish()?;
-        Ok(value)
+        let result = (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let value = f(&Tx { tx: &tx })?;
+            tx.finish()?;
+            Ok(value)
+        })();
+        result.map_err(|e| self.explain(e))
     }
 }
 
