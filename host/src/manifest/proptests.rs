@@ -1,0 +1,231 @@
+//! Property tests over the whole parser and validator: no input panics, every
+//! error is one line with a position inside the text, and generated valid
+//! manifests come back exactly as written.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::units::{format_duration, format_size};
+use super::*;
+
+/// A directory holding `m.wasm`, a valid empty core module.
+fn base_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        dir
+    })
+    .path()
+}
+
+fn check_error(text: &str, e: &ManifestError) -> Result<(), TestCaseError> {
+    let message = e.to_string();
+    prop_assert!(!message.contains('\n'), "{message:?}");
+    prop_assert!(message.contains("; fix: "), "{message:?}");
+    if let Some((line, column)) = e.position {
+        prop_assert!(line >= 1 && column >= 1);
+        prop_assert!(line <= text.split('\n').count(), "{message:?}");
+    }
+    Ok(())
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9-]{0,12}"
+}
+
+fn guest_path() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("/".to_owned()),
+        Just(".".to_owned()),
+        "(/[a-z]{1,6}){1,3}",
+        "[a-z]{1,6}(/[a-z]{1,6}){0,2}",
+    ]
+}
+
+fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
+    let mounts = if volumes.is_empty() {
+        Just(Vec::new()).boxed()
+    } else {
+        proptest::collection::btree_map(
+            guest_path(),
+            (proptest::sample::select(volumes), any::<bool>()),
+            0..4,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(guest_path, (volume, read_only))| MountSpec {
+                    guest_path,
+                    volume,
+                    read_only,
+                })
+                .collect()
+        })
+        .boxed()
+    };
+    (
+        mounts,
+        proptest::collection::vec("\\PC{0,8}", 0..3),
+        proptest::collection::btree_map("[A-Z_]{1,8}", "\\PC{0,8}", 0..3),
+        1u64..=86_400_000,
+        proptest::option::of(1u64..=(16 << 14)),
+        proptest::option::of(1u32..=1024),
+    )
+        .prop_map(
+            |(mounts, args, env, timeout_ms, pages, concurrency)| FunctionSpec {
+                module: base_dir().join("m.wasm"),
+                mounts,
+                args,
+                env,
+                timeout: Duration::from_millis(timeout_ms),
+                memory: pages.map(|p| p << 16),
+                concurrency,
+            },
+        )
+}
+
+fn manifest() -> impl Strategy<Value = AppManifest> {
+    (
+        name(),
+        proptest::collection::btree_map(name(), proptest::option::of(name()), 0..4),
+    )
+        .prop_flat_map(|(app, volumes)| {
+            let keys: Vec<String> = volumes.keys().cloned().collect();
+            (
+                Just(app),
+                Just(volumes),
+                proptest::collection::btree_map(name(), function(keys), 1..4),
+                any::<proptest::sample::Index>(),
+                any::<bool>(),
+            )
+        })
+        .prop_map(|(name, volumes, functions, entry, has_entry)| {
+            let entrypoint = has_entry
+                .then(|| functions.keys().nth(entry.index(functions.len())).cloned())
+                .flatten();
+            AppManifest {
+                name,
+                entrypoint,
+                volumes,
+                functions,
+            }
+        })
+}
+
+/// app.toml text for `m`, written the way a user would.
+fn to_toml(m: &AppManifest) -> String {
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut out = format!("name = {}\n", q(&m.name));
+    if let Some(entry) = &m.entrypoint {
+        out += &format!("entrypoint = {}\n", q(entry));
+    }
+    for (key, persist) in &m.volumes {
+        out += &format!("[volumes.{key}]\n");
+        if let Some(p) = persist {
+            out += &format!("persist = {}\n", q(p));
+        }
+    }
+    for (key, f) in &m.functions {
+        out += &format!("[functions.{key}]\nmodule = \"m.wasm\"\n");
+        let mounts: Vec<String> = f
+            .mounts
+            .iter()
+            .map(|mount| {
+                format!(
+                    "{} = {{ volume = {}, read_only = {} }}",
+                    q(&mount.guest_path),
+                    q(&mount.volume),
+                    mount.read_only
+                )
+            })
+            .collect();
+        out += &format!("mounts = {{ {} }}\n", mounts.join(", "));
+        let args: Vec<String> = f.args.iter().map(|a| q(a)).collect();
+        out += &format!("args = [{}]\n", args.join(", "));
+        let env: Vec<String> = f
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", q(v)))
+            .collect();
+        out += &format!("env = {{ {} }}\n", env.join(", "));
+        out += &format!("timeout = {}\n", q(&format_duration(f.timeout)));
+        if let Some(memory) = f.memory {
+            out += &format!("memory = {}\n", q(&format_size(memory)));
+        }
+        if let Some(c) = f.concurrency {
+            out += &format!("concurrency = {c}\n");
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn generated_manifests_round_trip(m in manifest()) {
+        let text = to_toml(&m);
+        let parsed = parse(Path::new("app.toml"), &text, base_dir());
+        prop_assert_eq!(parsed.as_ref(), Ok(&m), "{}", text);
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        if let Err(e) = parse(Path::new("app.toml"), &text, base_dir()) {
+            check_error(&text, &e)?;
+        }
+    }
+
+    /// Valid manifests with one line replaced by noise: still no panic, and
+    /// every error one line with a position inside the text.
+    #[test]
+    fn mutated_manifests_never_panic(
+        m in manifest(),
+        at in any::<proptest::sample::Index>(),
+        noise in "[\\[\\]{}=\",.a-z0-9 /-]{0,20}",
+    ) {
+        let text = to_toml(&m);
+        let mut lines: Vec<&str> = text.lines().collect();
+        let i = at.index(lines.len());
+        lines[i] = &noise;
+        let text = lines.join("\n");
+        if let Err(e) = parse(Path::new("app.toml"), &text, base_dir()) {
+            check_error(&text, &e)?;
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused_where_they_stand(bad in "[A-Z_. /][a-zA-Z0-9_./ -]{0,8}") {
+        let text = format!("name = \"ok\"\n[functions.f]\nmodule = \"m.wasm\"\n[volumes.v]\npersist = {}\n",
+            toml::Value::String(bad.clone()));
+        let e = parse(Path::new("app.toml"), &text, base_dir()).unwrap_err();
+        prop_assert_eq!(e.position, Some((5, 11)));
+        check_error(&text, &e)?;
+    }
+
+    #[test]
+    fn climbing_guest_paths_are_refused(
+        prefix in "(/?[a-z]{1,4}/){0,2}",
+        suffix in "(/[a-z]{1,4}){0,2}",
+    ) {
+        let text = format!(
+            "name = \"ok\"\n[volumes.v]\n[functions.f]\nmodule = \"m.wasm\"\nmounts = {{ \"{prefix}..{suffix}\" = \"v\" }}\n"
+        );
+        let e = parse(Path::new("app.toml"), &text, base_dir()).unwrap_err();
+        prop_assert!(e.problem.contains("`..`"), "{}", e);
+        prop_assert_eq!(e.position, Some((5, 12)));
+    }
+}
+
+#[test]
+fn env_keys_are_kept() {
+    let text = "name = \"ok\"\n[functions.f]\nmodule = \"m.wasm\"\nenv = { A = \"1\" }\n";
+    let m = parse(Path::new("app.toml"), text, base_dir()).unwrap();
+    assert_eq!(
+        m.functions["f"].env,
+        BTreeMap::from([("A".into(), "1".into())])
+    );
+}
