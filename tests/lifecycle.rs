@@ -33,22 +33,33 @@ fn path(p: &std::path::Path) -> &str {
 /// The id of the one running app named `name`, once it is running.
 fn wait_until_running(env: &TestEnv, name: &str) -> String {
     let mut id = String::new();
-    eventually(Duration::from_secs(30), &format!("app {name} running"), || {
-        let apps = env.apps();
-        match apps.iter().find(|a| a["name"] == name && a["state"] == "running" && a["kind"] != "volume") {
-            Some(app) => {
-                id = app["id"].as_str().unwrap().to_owned();
-                true
+    eventually(
+        Duration::from_secs(30),
+        &format!("app {name} running"),
+        || {
+            let apps = env.apps();
+            match apps
+                .iter()
+                .find(|a| a["name"] == name && a["state"] == "running" && a["kind"] != "volume")
+            {
+                Some(app) => {
+                    id = app["id"].as_str().unwrap().to_owned();
+                    true
+                }
+                None => false,
             }
-            None => false,
-        }
-    });
+        },
+    );
     id
 }
 
 /// The ephemeral volume directories that currently exist.
 fn volume_dirs(env: &TestEnv) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(env.home().join("volumes")).unwrap().flatten().map(|e| e.path()).collect()
+    std::fs::read_dir(env.home().join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
 }
 
 #[test]
@@ -56,11 +67,26 @@ fn ephemeral_volume_is_gone_after_the_app_stops() {
     let env = TestEnv::new();
     let app = fsops_app(&env, "eph", "eph-data");
     let marker = "ephemeral-marker-5f1c9a";
-    env.run(&["run", path(&app), "--", "write", "/scratch/marker.txt", marker]).success();
+    env.run(&[
+        "run",
+        path(&app),
+        "--",
+        "write",
+        "/scratch/marker.txt",
+        marker,
+    ])
+    .success();
     // The named volume remains; only the ephemeral one may be gone.
-    assert_eq!(volume_dirs(&env).len(), 1, "only the named volume's directory should remain");
+    assert_eq!(
+        volume_dirs(&env).len(),
+        1,
+        "only the named volume's directory should remain"
+    );
     env.wait_for_empty_trash();
-    assert_eq!(env.files_containing(marker), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        env.files_containing(marker),
+        Vec::<std::path::PathBuf>::new()
+    );
     let apps = env.apps();
     let run_app = apps.iter().find(|a| a["name"] == "eph").unwrap();
     assert_eq!(run_app["kind"], "ephemeral");
@@ -71,10 +97,22 @@ fn ephemeral_volume_is_gone_after_the_app_stops() {
 fn named_volume_outlives_the_app() {
     let env = TestEnv::new();
     let app = fsops_app(&env, "writer", "keep-me");
-    env.run(&["run", path(&app), "--", "write", "/data/kept.txt", "still here"]).success();
-    let read = env.run(&["run", path(&app), "--", "read", "/data/kept.txt"]).success();
+    env.run(&[
+        "run",
+        path(&app),
+        "--",
+        "write",
+        "/data/kept.txt",
+        "still here",
+    ])
+    .success();
+    let read = env
+        .run(&["run", path(&app), "--", "read", "/data/kept.txt"])
+        .success();
     assert_eq!(read.stdout(), "still here");
-    let ls = env.run(&["volume", "ls", "keep-me", "/", "--json"]).success();
+    let ls = env
+        .run(&["volume", "ls", "keep-me", "/", "--json"])
+        .success();
     let entries: serde_json::Value = serde_json::from_str(&ls.stdout()).unwrap();
     assert_eq!(entries[0]["path"], "/kept.txt");
     assert_eq!(entries[0]["size"], 10);
@@ -93,9 +131,14 @@ args = ["--from-toml"]
 env = { GREETING = "bonjour" }
 "#,
     );
-    let run = env.run(&["run", path(&app), "--", "x y", "--exit", "7"]).code_is(7);
+    let run = env
+        .run(&["run", path(&app), "--", "x y", "--exit", "7"])
+        .code_is(7);
     let out = run.stdout();
-    assert!(out.contains("arg: --from-toml\narg: x y\narg: --exit\narg: 7\n"), "{out}");
+    assert!(
+        out.contains("arg: --from-toml\narg: x y\narg: --exit\narg: 7\n"),
+        "{out}"
+    );
     assert!(out.contains("GREETING=bonjour"), "{out}");
     env.run(&["run", path(&app)]).success();
 }
@@ -104,62 +147,113 @@ env = { GREETING = "bonjour" }
 fn named_volume_is_an_app_of_kind_volume() {
     let env = TestEnv::new();
     let app = fsops_app(&env, "lister", "listed-vol");
-    env.run(&["run", path(&app), "--", "write", "/data/a", "1"]).success();
+    env.run(&["run", path(&app), "--", "write", "/data/a", "1"])
+        .success();
     let list = env.run(&["volume", "list"]).success().stdout();
     assert!(list.contains("listed-vol"), "{list}");
-    let volumes: serde_json::Value = serde_json::from_str(&env.run(&["volume", "list", "--json"]).success().stdout()).unwrap();
+    let volumes: serde_json::Value =
+        serde_json::from_str(&env.run(&["volume", "list", "--json"]).success().stdout()).unwrap();
     assert_eq!(volumes[0]["name"], "listed-vol");
     let apps = env.apps();
-    let volume_app = apps.iter().find(|a| a["name"] == "listed-vol").expect("volume app listed");
+    let volume_app = apps
+        .iter()
+        .find(|a| a["name"] == "listed-vol")
+        .expect("volume app listed");
     assert_eq!(volume_app["kind"], "volume");
     assert_eq!(volume_app["state"], "running");
     assert!(volume_app["id"].as_str().unwrap().starts_with("ap-"));
     assert_eq!(volume_app["id"], volumes[0]["app_id"]);
     let running = env.run(&["app", "list"]).success().stdout();
-    assert!(running.contains("listed-vol") && running.contains("volume"), "{running}");
+    assert!(
+        running.contains("listed-vol") && running.contains("volume"),
+        "{running}"
+    );
 }
 
 #[test]
 fn stopping_a_named_volume_deletes_it_and_its_data() {
     let env = TestEnv::new();
     let app = fsops_app(&env, "deleter", "doomed");
-    env.run(&["run", path(&app), "--", "write", "/data/secret.txt", "doomed-data-77e1"]).success();
+    env.run(&[
+        "run",
+        path(&app),
+        "--",
+        "write",
+        "/data/secret.txt",
+        "doomed-data-77e1",
+    ])
+    .success();
     // Without --yes and without a terminal, nothing is deleted.
     let refused = env.run(&["app", "stop", "doomed"]).code_is(2);
     assert!(refused.stderr().contains("--yes"), "{}", refused.stderr());
     env.run(&["app", "stop", "doomed", "--yes"]).success();
     env.wait_for_empty_trash();
     assert!(env.files_containing("doomed-data-77e1").is_empty());
-    assert!(!env.run(&["volume", "list"]).success().stdout().contains("doomed"));
-    let again = env.run(&["run", path(&app), "--", "exists", "/data/secret.txt"]).success();
+    assert!(
+        !env.run(&["volume", "list"])
+            .success()
+            .stdout()
+            .contains("doomed")
+    );
+    let again = env
+        .run(&["run", path(&app), "--", "exists", "/data/secret.txt"])
+        .success();
     assert_eq!(again.stdout().trim(), "no");
 
     // `volume delete` does the same.
-    env.run(&["run", path(&app), "--", "write", "/data/secret.txt", "x"]).success();
+    env.run(&["run", path(&app), "--", "write", "/data/secret.txt", "x"])
+        .success();
     env.run(&["volume", "delete", "doomed", "--yes"]).success();
-    let again = env.run(&["run", path(&app), "--", "exists", "/data/secret.txt"]).success();
+    let again = env
+        .run(&["run", path(&app), "--", "exists", "/data/secret.txt"])
+        .success();
     assert_eq!(again.stdout().trim(), "no");
-    let unknown = env.run(&["volume", "delete", "never-was", "--yes"]).code_is(2);
-    assert!(unknown.stderr().contains("never-was"), "{}", unknown.stderr());
+    let unknown = env
+        .run(&["volume", "delete", "never-was", "--yes"])
+        .code_is(2);
+    assert!(
+        unknown.stderr().contains("never-was"),
+        "{}",
+        unknown.stderr()
+    );
 }
 
 #[test]
 fn bad_manifest_or_missing_module_creates_nothing() {
     let env = TestEnv::new();
     let home = env.home().join("fresh-home");
-    let unknown_key = env.app("typo", "name = \"typo\"\ncolour = \"blue\"\n[functions.f]\nmodule = \"{guest:hello}\"\n");
-    let run = env.command().env("WASMHOST_HOME", &home).args(["run", path(&unknown_key)]).output().unwrap();
+    let unknown_key = env.app(
+        "typo",
+        "name = \"typo\"\ncolour = \"blue\"\n[functions.f]\nmodule = \"{guest:hello}\"\n",
+    );
+    let run = env
+        .command()
+        .env("WASMHOST_HOME", &home)
+        .args(["run", path(&unknown_key)])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("app.toml:2:1"), "{stderr}");
     assert!(stderr.contains("colour"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
-    let missing = env.app("missing", "name = \"missing\"\n[functions.f]\nmodule = \"nowhere/f.wasm\"\n");
-    let run = env.command().env("WASMHOST_HOME", &home).args(["run", path(&missing)]).output().unwrap();
+    let missing = env.app(
+        "missing",
+        "name = \"missing\"\n[functions.f]\nmodule = \"nowhere/f.wasm\"\n",
+    );
+    let run = env
+        .command()
+        .env("WASMHOST_HOME", &home)
+        .args(["run", path(&missing)])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("nowhere/f.wasm") && stderr.contains("app.toml:3:10"), "{stderr}");
+    assert!(
+        stderr.contains("nowhere/f.wasm") && stderr.contains("app.toml:3:10"),
+        "{stderr}"
+    );
     assert!(!home.exists(), "a bad app.toml must create no state");
 }
 
@@ -171,7 +265,11 @@ fn killed_run_is_reaped_by_the_next_command() {
     let id = wait_until_running(&env, "victim");
     // Leave a file in the ephemeral volume, as the guest would have.
     let ephemeral = env.home().join("volumes");
-    let dirs: Vec<_> = std::fs::read_dir(&ephemeral).unwrap().flatten().map(|e| e.path()).collect();
+    let dirs: Vec<_> = std::fs::read_dir(&ephemeral)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert_eq!(dirs.len(), 2);
     for dir in &dirs {
         std::fs::write(dir.join("left-behind.txt"), "reap-me-3b7d").unwrap();
@@ -181,12 +279,24 @@ fn killed_run_is_reaped_by_the_next_command() {
 
     let list = env.run(&["app", "list", "--json"]).success();
     let running: Vec<serde_json::Value> = serde_json::from_str(&list.stdout()).unwrap();
-    assert!(!running.iter().any(|a| a["id"] == id.as_str()), "{running:?}");
-    assert!(list.stderr().contains(&id), "reaping is reported: {}", list.stderr());
+    assert!(
+        !running.iter().any(|a| a["id"] == id.as_str()),
+        "{running:?}"
+    );
+    assert!(
+        list.stderr().contains(&id),
+        "reaping is reported: {}",
+        list.stderr()
+    );
     env.wait_for_empty_trash();
     // Only the named volume's copy survives.
     assert_eq!(env.files_containing("reap-me-3b7d").len(), 1);
-    assert!(!env.home().join("leases").join(format!("{id}.lease")).exists());
+    assert!(
+        !env.home()
+            .join("leases")
+            .join(format!("{id}.lease"))
+            .exists()
+    );
 }
 
 #[test]
@@ -200,7 +310,10 @@ fn app_stop_from_another_shell_ends_a_running_run() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("was stopped") && stderr.contains(&id), "{stderr}");
+    assert!(
+        stderr.contains("was stopped") && stderr.contains(&id),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(volume_dirs(&env).len(), 1, "only the named volume remains");
 }
@@ -211,19 +324,38 @@ fn deployed_app_shares_its_ephemeral_volume_between_calls() {
     let app = fsops_app(&env, "svc", "svc-data");
     let deployed = env.run(&["deploy", path(&app)]).success().stdout();
     assert!(deployed.contains("ap-"), "{deployed}");
-    env.run(&["call", "svc", "fsops", "--", "write", "/scratch/shared.txt", "from call one"]).success();
-    let read = env.run(&["call", "svc", "fsops", "--", "read", "/scratch/shared.txt"]).success();
+    env.run(&[
+        "call",
+        "svc",
+        "fsops",
+        "--",
+        "write",
+        "/scratch/shared.txt",
+        "from call one",
+    ])
+    .success();
+    let read = env
+        .run(&["call", "svc", "fsops", "--", "read", "/scratch/shared.txt"])
+        .success();
     assert_eq!(read.stdout(), "from call one");
 
     // Deploying again updates in place and keeps the ephemeral volume.
     let again = env.run(&["deploy", path(&app)]).success().stdout();
     assert!(again.contains("updated"), "{again}");
-    let read = env.run(&["call", "svc", "fsops", "--", "read", "/scratch/shared.txt"]).success();
+    let read = env
+        .run(&["call", "svc", "fsops", "--", "read", "/scratch/shared.txt"])
+        .success();
     assert_eq!(read.stdout(), "from call one");
 
     env.run(&["app", "stop", "svc", "--yes"]).success();
-    let after = env.run(&["call", "svc", "fsops", "--", "read", "/scratch/shared.txt"]).code_is(2);
-    assert!(after.stderr().contains("stopped") && after.stderr().contains("deploy"), "{}", after.stderr());
+    let after = env
+        .run(&["call", "svc", "fsops", "--", "read", "/scratch/shared.txt"])
+        .code_is(2);
+    assert!(
+        after.stderr().contains("stopped") && after.stderr().contains("deploy"),
+        "{}",
+        after.stderr()
+    );
     env.wait_for_empty_trash();
     assert!(env.files_containing("from call one").is_empty());
 }
@@ -234,17 +366,34 @@ fn deleting_a_volume_in_use_is_refused_and_names_the_app() {
     let app = fsops_app(&env, "holder", "busy-vol");
     let mut child = env.spawn(&["run", path(&app), "--", "sleep", "60000"]);
     let id = wait_until_running(&env, "holder");
-    let refused = env.run(&["volume", "delete", "busy-vol", "--yes"]).code_is(1);
-    assert!(refused.stderr().contains("holder") && refused.stderr().contains(&id), "{}", refused.stderr());
+    let refused = env
+        .run(&["volume", "delete", "busy-vol", "--yes"])
+        .code_is(1);
+    assert!(
+        refused.stderr().contains("holder") && refused.stderr().contains(&id),
+        "{}",
+        refused.stderr()
+    );
     let refused = env.run(&["app", "stop", "busy-vol", "--yes"]).code_is(1);
     assert!(refused.stderr().contains("holder"), "{}", refused.stderr());
-    assert!(env.run(&["volume", "list"]).success().stdout().contains("busy-vol"));
+    assert!(
+        env.run(&["volume", "list"])
+            .success()
+            .stdout()
+            .contains("busy-vol")
+    );
 
     // --force stops the app first, then deletes the volume.
-    env.run(&["volume", "delete", "busy-vol", "--yes", "--force"]).success();
+    env.run(&["volume", "delete", "busy-vol", "--yes", "--force"])
+        .success();
     let status = wait_with_timeout(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(1));
-    assert!(!env.run(&["volume", "list"]).success().stdout().contains("busy-vol"));
+    assert!(
+        !env.run(&["volume", "list"])
+            .success()
+            .stdout()
+            .contains("busy-vol")
+    );
     env.wait_for_empty_trash();
     assert!(volume_dirs(&env).is_empty());
 }

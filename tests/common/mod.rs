@@ -24,7 +24,10 @@ impl Target {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn guest_dir() -> PathBuf {
@@ -38,21 +41,40 @@ pub fn guest(name: &str, target: Target) -> PathBuf {
     static P2: OnceLock<()> = OnceLock::new();
     let once = if target == Target::P1 { &P1 } else { &P2 };
     once.get_or_init(|| build_guests(target));
-    let path = guest_dir().join("target").join(target.triple()).join("release").join(format!("{name}.wasm"));
+    let path = guest_dir()
+        .join("target")
+        .join(target.triple())
+        .join("release")
+        .join(format!("{name}.wasm"));
     assert!(path.exists(), "guest {} was not built", path.display());
     path
 }
 
 fn build_guests(target: Target) {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     if installed.is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains(target.triple())) {
-        let status = Command::new("rustup").args(["target", "add", target.triple()]).status().expect("run rustup");
-        assert!(status.success(), "rustup target add {} failed", target.triple());
+        let status = Command::new("rustup")
+            .args(["target", "add", target.triple()])
+            .status()
+            .expect("run rustup");
+        assert!(
+            status.success(),
+            "rustup target add {} failed",
+            target.triple()
+        );
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(guest_dir())
-        .args(["build", "--release", "--target", target.triple(), "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            target.triple(),
+            "--target-dir",
+        ])
         .arg(guest_dir().join("target"))
         // The host build's flags are not meant for guests.
         .env_remove("RUSTFLAGS")
@@ -61,7 +83,12 @@ fn build_guests(target: Target) {
         .env_remove("CARGO_BUILD_TARGET")
         .output()
         .expect("run cargo build for guests");
-    assert!(output.status.success(), "building guests for {} failed:\n{}", target.triple(), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "building guests for {} failed:\n{}",
+        target.triple(),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A private `$WASMHOST_HOME` and a directory for app files.
@@ -72,7 +99,10 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
-        Self { home: tempfile::tempdir().unwrap(), work: tempfile::tempdir().unwrap() }
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn home(&self) -> &Path {
@@ -81,7 +111,10 @@ impl TestEnv {
 
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhost"));
-        command.env("WASMHOST_HOME", self.home.path()).current_dir(self.work.path()).stdin(Stdio::null());
+        command
+            .env("WASMHOST_HOME", self.home.path())
+            .current_dir(self.work.path())
+            .stdin(Stdio::null());
         command
     }
 
@@ -92,7 +125,12 @@ impl TestEnv {
 
     /// Starts wasmhost without waiting.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn wasmhost")
+        self.command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wasmhost")
     }
 
     /// Writes `work/NAME/app.toml` with `{guest:NAME}` (wasip1) and
@@ -119,13 +157,20 @@ impl TestEnv {
         let mut found = Vec::new();
         let mut stack = vec![self.home().to_owned()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue;
+                };
                 if meta.is_dir() {
                     stack.push(path);
-                } else if meta.is_file() && std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+                } else if meta.is_file()
+                    && std::fs::read(&path)
+                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                {
                     found.push(path);
                 }
             }
@@ -139,12 +184,20 @@ impl TestEnv {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left: Vec<_> = std::fs::read_dir(&trash)
-                .map(|d| d.flatten().filter(|e| e.file_name() != ".purge.lock").map(|e| e.path()).collect())
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name() != ".purge.lock")
+                        .map(|e| e.path())
+                        .collect()
+                })
                 .unwrap_or_default();
             if left.is_empty() {
                 return;
             }
-            assert!(Instant::now() < deadline, "trash still holds {left:?} after 30s");
+            assert!(
+                Instant::now() < deadline,
+                "trash still holds {left:?} after 30s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -172,12 +225,24 @@ impl Run {
     /// Asserts exit code 0 and returns self.
     #[track_caller]
     pub fn success(self) -> Self {
-        assert_eq!(self.code(), 0, "wasmhost failed\nstdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        assert_eq!(
+            self.code(),
+            0,
+            "wasmhost failed\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
         self
     }
     #[track_caller]
     pub fn code_is(self, code: i32) -> Self {
-        assert_eq!(self.code(), code, "unexpected exit code\nstdout: {}\nstderr: {}", self.stdout(), self.stderr());
+        assert_eq!(
+            self.code(),
+            code,
+            "unexpected exit code\nstdout: {}\nstderr: {}",
+            self.stdout(),
+            self.stderr()
+        );
         self
     }
 }

@@ -77,7 +77,9 @@ fn main() {
         .create(true)
         .append(true)
         .open(&log_path)
-        .and_then(|mut log| writeln!(log, "{key}"))
+        // One write per line: O_APPEND makes each write atomic, so lines
+        // from instances holding other keys' locks never interleave.
+        .and_then(|mut log| log.write_all(format!("{key}\n").as_bytes()))
         .unwrap_or_else(|e| fail(&log_path, e));
     println!("{key} {value} miss");
 }
