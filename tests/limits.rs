@@ -272,3 +272,33 @@ timeout = "120s"
         "{stderr}"
     );
 }
+
+/// Under `--map` too, a guest blocked in a host sleep ends at its timeout and
+/// frees its slot: with one slot, the input after it still runs.
+#[test]
+fn map_guest_blocked_in_a_host_sleep_ends_at_the_timeout() {
+    let env = TestEnv::new();
+    let app = limited_app(&env, "map-sleeper", "{guest:fsops}");
+    let inputs = env.work.path().join("sleeps.txt");
+    std::fs::write(&inputs, "sleep 600000\necho-line after\n").unwrap();
+    let run = run_bounded(
+        &env,
+        &[
+            "run",
+            path(&app),
+            "--map",
+            inputs.to_str().unwrap(),
+            "--concurrency",
+            "1",
+            "--",
+            "words",
+        ],
+    )
+    .code_is(1);
+    assert_eq!(run.stdout(), "after\n");
+    assert!(
+        run.stderr().contains("input 1") && run.stderr().contains("timed out after 1s"),
+        "{}",
+        run.stderr()
+    );
+}

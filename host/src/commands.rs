@@ -11,7 +11,6 @@ use wasmhost::apps::{self, LiveApp};
 use wasmhost::error::UsageError;
 use wasmhost::home::Home;
 use wasmhost::invoke::{MapReport, StopCause, Target, watch_for_stop};
-use wasmhost::manifest::units::format_duration;
 use wasmhost::manifest::{self, AppManifest};
 use wasmhost::registry::{AppKind, Registry};
 use wasmhost::runtime::{BadModule, Outcome, Program, Runtime};
@@ -219,7 +218,6 @@ fn serve(
     });
 
     let spec = live.manifest.functions[function].clone();
-    let single_timeout = inputs.is_none().then_some(spec.timeout);
     let mounts = live.mounts(home, function);
     let concurrency = invoke.concurrency.or(spec.concurrency).map_or_else(
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -243,26 +241,9 @@ fn serve(
     });
 
     let app = format!("`{}` ({})", live.record.name, live.record.id);
-    // Epoch interruption only stops a guest running wasm code; one blocked in
-    // a host call (a long `poll_oneoff` sleep, say) would outlive its
-    // `timeout`. A single invocation is the whole process, so past its
-    // timeout and a grace period the process stops it regardless.
-    // TODO: `--map` still waits for such an invocation (needs async host calls).
-    let first = match single_timeout {
-        Some(timeout) => match events.recv_timeout(timeout.saturating_add(STOP_GRACE)) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                cancelled.store(true, Ordering::SeqCst);
-                return Err(anyhow::anyhow!(
-                    "function `{function}` of app {app} timed out after {} (the function's `timeout`) while blocked in a host call",
-                    format_duration(timeout)
-                ));
-            }
-            other => other.context("the invocation thread ended without a result")?,
-        },
-        None => events
-            .recv()
-            .context("the invocation thread ended without a result")?,
-    };
+    let first = events
+        .recv()
+        .context("the invocation thread ended without a result")?;
     // A result that comes after a stop was asked for is the stop's doing,
     // whatever it says; the stop's cause is what the user needs to hear.
     let stopped = match &first {

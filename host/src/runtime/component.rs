@@ -5,10 +5,10 @@ use std::time::Duration;
 use anyhow::Result;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::p2::bindings::sync::{Command, CommandPre};
+use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::instance::{Captured, HasHost, HostState, configure_store, wasi_builder};
+use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
 use super::{Invocation, RunResult};
 use crate::locks::LockError;
 
@@ -69,15 +69,15 @@ fn wit_error(error: LockError) -> lock::Error {
 /// Links a component once; every invocation instantiates from the result.
 pub fn prelink(engine: &Engine, component: &Component) -> Result<CommandPre<ComponentState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     lock::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
     Ok(CommandPre::new(linker.instantiate_pre(component)?)?)
 }
 
 /// Runs `wasi:cli/run` in a fresh instance.
-pub fn run(
+pub async fn run(
     pre: &CommandPre<ComponentState>,
-    invocation: &Invocation,
+    invocation: &Invocation<'_>,
     argv0: &str,
 ) -> Result<(RunResult, Option<Captured>)> {
     let (mut builder, captured) = wasi_builder(invocation, argv0)?;
@@ -87,20 +87,15 @@ pub fn run(
         host: HostState::new(invocation),
     };
     let mut store = Store::new(pre.engine(), state);
-    configure_store(&mut store);
-    let result = pre.instantiate(&mut store).and_then(|command: Command| {
+    let stop = configure_store(&mut store);
+    let (result, stopped) = until_stopped(&stop, async {
+        let command: Command = pre.instantiate_async(&mut store).await?;
         command
             .wasi_cli_run()
-            .call_run(&mut store)?
+            .call_run(&mut store)
+            .await?
             .map_err(|()| wasmtime_wasi::I32Exit(1).into())
-    });
-    let host = &store.data().host;
-    Ok((
-        RunResult {
-            result,
-            stopped: host.stopped,
-            memory_cap_hit: host.limits.memory_cap_hit,
-        },
-        captured,
-    ))
+    })
+    .await;
+    Ok((store.data_mut().host.finish(result, stopped), captured))
 }

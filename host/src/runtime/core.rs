@@ -6,7 +6,7 @@ use anyhow::Result;
 use wasmtime::{Caller, Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::instance::{Captured, HasHost, HostState, configure_store, wasi_builder};
+use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
 use super::{Invocation, RunResult};
 use crate::locks::LockError;
 
@@ -24,7 +24,8 @@ impl HasHost for CoreState {
 /// Links a module once; every invocation instantiates from the result.
 pub fn prelink(engine: &Engine, module: &Module) -> Result<InstancePre<CoreState>> {
     let mut linker = Linker::new(engine);
-    p1::add_to_linker_sync(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
+    p1::add_to_linker_async(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
+    super::p1_sleep::add_to_linker(&mut linker)?;
     linker.func_wrap(
         "wasmhost",
         "lock_acquire",
@@ -83,9 +84,9 @@ fn guest_str(caller: &mut Caller<CoreState>, ptr: i32, len: i32) -> Result<Strin
 }
 
 /// Runs `_start` in a fresh instance.
-pub fn run(
+pub async fn run(
     pre: &InstancePre<CoreState>,
-    invocation: &Invocation,
+    invocation: &Invocation<'_>,
     argv0: &str,
 ) -> Result<(RunResult, Option<Captured>)> {
     let (mut builder, captured) = wasi_builder(invocation, argv0)?;
@@ -94,8 +95,9 @@ pub fn run(
         host: HostState::new(invocation),
     };
     let mut store = Store::new(pre.module().engine(), state);
-    configure_store(&mut store);
-    let result = pre.instantiate(&mut store).and_then(|instance| {
+    let stop = configure_store(&mut store);
+    let (result, stopped) = until_stopped(&stop, async {
+        let instance = pre.instantiate_async(&mut store).await?;
         let start = instance
             .get_typed_func::<(), ()>(&mut store, "_start")
             .map_err(|_| {
@@ -103,15 +105,8 @@ pub fn run(
                     "the module exports no `_start` function; wasmhost runs WASI commands"
                 )
             })?;
-        start.call(&mut store, ())
-    });
-    let host = &store.data().host;
-    Ok((
-        RunResult {
-            result,
-            stopped: host.stopped,
-            memory_cap_hit: host.limits.memory_cap_hit,
-        },
-        captured,
-    ))
+        start.call_async(&mut store, ()).await
+    })
+    .await;
+    Ok((store.data_mut().host.finish(result, stopped), captured))
 }

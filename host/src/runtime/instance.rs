@@ -10,7 +10,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::{Invocation, Output};
+use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
 
 /// The most table elements an instance may grow to.
@@ -27,8 +27,7 @@ pub enum StopReason {
 pub struct HostState {
     pub limits: Limits,
     pub locks: InstanceLocks,
-    deadline: Instant,
-    cancelled: Arc<AtomicBool>,
+    watch: StopWatch,
     pub stopped: Option<StopReason>,
 }
 
@@ -88,8 +87,10 @@ impl HostState {
                 invocation.cancelled.clone(),
                 deadline,
             ),
-            deadline,
-            cancelled: invocation.cancelled.clone(),
+            watch: StopWatch {
+                cancelled: invocation.cancelled.clone(),
+                deadline,
+            },
             stopped: None,
         }
     }
@@ -134,20 +135,79 @@ pub fn wasi_builder(
     Ok((builder, captured))
 }
 
-/// Applies limits and interruption to a fresh store.
-pub fn configure_store<T: HasHost>(store: &mut Store<T>) {
+/// When an instance must stop: its app was stopped, or its deadline passed.
+#[derive(Clone)]
+pub struct StopWatch {
+    cancelled: Arc<AtomicBool>,
+    deadline: Instant,
+}
+
+impl StopWatch {
+    fn reason(&self) -> Option<StopReason> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            Some(StopReason::Interrupted)
+        } else if Instant::now() >= self.deadline {
+            Some(StopReason::Timeout)
+        } else {
+            None
+        }
+    }
+
+    /// Resolves once the instance must stop.
+    async fn requested(&self) -> StopReason {
+        loop {
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            tokio::time::sleep(EPOCH_TICK).await;
+        }
+    }
+}
+
+/// Applies limits and interruption to a fresh store. Epoch interruption
+/// stops a guest running wasm code; the returned watch is for
+/// [`until_stopped`], which stops one waiting in a host call.
+pub fn configure_store<T: HasHost>(store: &mut Store<T>) -> StopWatch {
     store.limiter(|state| &mut state.host().limits);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut context| {
         let host = context.data_mut().host();
-        if host.cancelled.load(Ordering::Relaxed) {
-            host.stopped = Some(StopReason::Interrupted);
-            Ok(UpdateDeadline::Interrupt)
-        } else if Instant::now() >= host.deadline {
-            host.stopped = Some(StopReason::Timeout);
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Continue(1))
+        match host.watch.reason() {
+            Some(reason) => {
+                host.stopped = Some(reason);
+                Ok(UpdateDeadline::Interrupt)
+            }
+            None => Ok(UpdateDeadline::Continue(1)),
         }
     });
+    store.data_mut().host().watch.clone()
+}
+
+/// Drives `call` until it ends or the instance must stop. A guest blocked in
+/// a host call (a long sleep, a read of stdin) is not running wasm, so epoch
+/// interruption cannot reach it; dropping its future here abandons the call,
+/// and wasmtime unwinds the instance's fiber.
+pub async fn until_stopped(
+    watch: &StopWatch,
+    call: impl Future<Output = wasmtime::Result<()>>,
+) -> (wasmtime::Result<()>, Option<StopReason>) {
+    tokio::select! {
+        biased;
+        result = call => (result, None),
+        reason = watch.requested() => {
+            (Err(wasmtime::format_err!("stopped while in a host call")), Some(reason))
+        }
+    }
+}
+
+impl HostState {
+    /// How the instance ended: a stop seen by the epoch callback or by
+    /// [`until_stopped`], and whether it ran into its memory cap.
+    pub fn finish(&self, result: wasmtime::Result<()>, stopped: Option<StopReason>) -> RunResult {
+        RunResult {
+            result,
+            stopped: self.stopped.or(stopped),
+            memory_cap_hit: self.limits.memory_cap_hit,
+        }
+    }
 }

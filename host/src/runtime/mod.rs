@@ -7,6 +7,7 @@ mod cache;
 mod component;
 mod core;
 mod instance;
+mod p1_sleep;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use wasmtime::{Config, Engine, InstancePre};
-use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub use cache::CacheInfo;
 use cache::{Compiled, ModuleCache};
@@ -149,12 +150,27 @@ struct RunResult {
     memory_cap_hit: bool,
 }
 
+thread_local! {
+    /// Each thread that invokes drives its instances on its own
+    /// single-threaded executor: instances are futures only so that a stop
+    /// or timeout can abandon a host call (see `instance::until_stopped`).
+    static EXECUTOR: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start an executor for WebAssembly instances");
+}
+
 impl Program {
+    /// Runs one invocation to its end on the calling thread.
     pub fn invoke(&self, invocation: &Invocation) -> Finished {
-        let ran = match &self.linked {
-            Linked::Core(pre) => core::run(pre, invocation, &self.argv0),
-            Linked::Component(pre) => component::run(pre, invocation, &self.argv0),
-        };
+        let ran = EXECUTOR.with(|executor| {
+            executor.block_on(async {
+                match &self.linked {
+                    Linked::Core(pre) => core::run(pre, invocation, &self.argv0).await,
+                    Linked::Component(pre) => component::run(pre, invocation, &self.argv0).await,
+                }
+            })
+        });
         let (outcome, captured) = match ran {
             Ok((run, captured)) => (outcome(run, invocation.function), captured),
             Err(e) => (

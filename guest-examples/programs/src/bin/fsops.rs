@@ -239,7 +239,11 @@ fn run(args: &[String]) {
         // Appends 64 KiB blocks to PATH until it holds MIB MiB; an error
         // (ENOSPC on a full disk) is reported on one line, exit 1.
         ("fill", [path, mib]) => {
-            let mut file = check(op, path, OpenOptions::new().create(true).append(true).open(path));
+            let mut file = check(
+                op,
+                path,
+                OpenOptions::new().create(true).append(true).open(path),
+            );
             let block = [b'f'; 64 << 10];
             for _ in 0..number::<u64>(mib) * 16 {
                 check(op, path, file.write_all(&block));

@@ -1,0 +1,94 @@
+//! wasip1's `poll_oneoff`, made abandonable when it is a plain sleep.
+//!
+//! wasmhost lets WASI block the instance's own thread, which makes volume
+//! I/O about three times faster than hopping to a thread pool. But with that
+//! allowed, wasmtime-wasi serves a lone relative-clock subscription (what a
+//! guest's `sleep` compiles to) with `std::thread::sleep`, which no timeout
+//! or `app stop` can cut short. This serves that one case with a timer future,
+//! which `instance::until_stopped` can drop, and hands every other poll to
+//! wasmtime-wasi's own `poll_oneoff`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use wasmtime::{Caller, Linker, Val};
+
+use super::core::CoreState;
+
+const MODULE: &str = "wasi_snapshot_preview1";
+const NAME: &str = "poll_oneoff";
+/// Layout of `subscription` and `event` in wasi_snapshot_preview1.witx.
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const TAG_CLOCK: u8 = 0;
+const SUBCLOCKFLAGS_ABSTIME: u16 = 1;
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_FAULT: i32 = 21;
+
+/// Replaces `poll_oneoff` in a linker that already has wasmtime-wasi's.
+pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
+    let stock = Arc::new(linker.clone());
+    linker.allow_shadowing(true);
+    linker.func_wrap_async(
+        MODULE,
+        NAME,
+        move |mut caller: Caller<'_, CoreState>,
+              (subs, events, count, nevents): (i32, i32, i32, i32)| {
+            let stock = Arc::clone(&stock);
+            Box::new(async move {
+                let Some((userdata, duration)) = lone_relative_sleep(&mut caller, subs, count)
+                else {
+                    let poll = stock
+                        .get(&mut caller, MODULE, NAME)?
+                        .into_func()
+                        .expect("wasmtime-wasi defines poll_oneoff as a function");
+                    let mut errno = [Val::I32(0)];
+                    let args = [subs, events, count, nevents].map(Val::I32);
+                    poll.call_async(&mut caller, &args, &mut errno).await?;
+                    return Ok(errno[0].unwrap_i32());
+                };
+                tokio::time::sleep(duration).await;
+                let mut event = [0u8; EVENT_SIZE];
+                event[..8].copy_from_slice(&userdata.to_le_bytes());
+                // error = success (0), type = clock (0); nbytes = 1 as
+                // wasmtime-wasi reports it.
+                event[16..24].copy_from_slice(&1u64.to_le_bytes());
+                let written = write(&mut caller, events, &event)
+                    .and_then(|()| write(&mut caller, nevents, &1u32.to_le_bytes()));
+                Ok(if written.is_some() {
+                    ERRNO_SUCCESS
+                } else {
+                    ERRNO_FAULT
+                })
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The userdata and length of a poll that is exactly one relative clock.
+fn lone_relative_sleep(
+    caller: &mut Caller<'_, CoreState>,
+    subs: i32,
+    count: i32,
+) -> Option<(u64, Duration)> {
+    if count != 1 {
+        return None;
+    }
+    let memory = caller.get_export("memory")?.into_memory()?;
+    let start = subs as u32 as usize;
+    let sub = memory
+        .data(&caller)
+        .get(start..start.checked_add(SUBSCRIPTION_SIZE)?)?;
+    let u64_at = |at: usize| u64::from_le_bytes(sub[at..at + 8].try_into().unwrap());
+    let flags = u16::from_le_bytes([sub[40], sub[41]]);
+    (sub[8] == TAG_CLOCK && flags & SUBCLOCKFLAGS_ABSTIME == 0)
+        .then(|| (u64_at(0), Duration::from_nanos(u64_at(24))))
+}
+
+fn write(caller: &mut Caller<'_, CoreState>, at: i32, bytes: &[u8]) -> Option<()> {
+    let memory = caller.get_export("memory")?.into_memory()?;
+    memory.write(caller, at as u32 as usize, bytes).ok()
+}
