@@ -11,7 +11,7 @@ use wasmhost::apps::{self, LiveApp};
 use wasmhost::error::UsageError;
 use wasmhost::home::Home;
 use wasmhost::invoke::{MapReport, StopCause, Target, watch_for_stop};
-use wasmhost::manifest::{self, AppManifest};
+use wasmhost::manifest::{self, AppManifest, FunctionSpec};
 use wasmhost::registry::{AppKind, Registry};
 use wasmhost::runtime::{BadModule, Outcome, Program, Runtime};
 use wasmhost::volume_files::VolumeFiles;
@@ -43,10 +43,14 @@ pub fn dispatch(command: Command) -> Result<u8> {
         } => {
             let (manifest, function) = load_manifest(&app, function.as_deref())?;
             let inputs = read_map_inputs(&invoke)?;
+            let spec = &manifest.functions[&function];
             // Compiled before `$WASMHOST_HOME` is opened, so that a module
             // wasmtime refuses creates nothing either.
-            let runtime = Runtime::new(&Home::locate()?)?;
-            let module = &manifest.functions[&function].module;
+            let runtime = Runtime::new(
+                &Home::locate()?,
+                instances_at_once(&invoke, inputs.as_deref(), spec),
+            )?;
+            let module = &spec.module;
             let program = load_program(&runtime, module, Some((&app, &function)))?;
             let (home, mut registry) = open_state()?;
             run(
@@ -61,7 +65,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
         }
         Command::Deploy { app } => {
             let manifest = manifest::load(&app)?;
-            let runtime = Runtime::new(&Home::locate()?)?;
+            let runtime = Runtime::new(&Home::locate()?, 1)?;
             for (function, spec) in &manifest.functions {
                 load_program(&runtime, &spec.module, Some((&app, function)))?;
             }
@@ -185,9 +189,22 @@ fn call(
         .map_err(usage)?
         .to_owned();
     let inputs = read_map_inputs(invoke)?;
-    let runtime = Runtime::new(home)?;
-    let program = load_program(&runtime, &live.manifest.functions[&function].module, None)?;
+    let spec = &live.manifest.functions[&function];
+    let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_deref(), spec))?;
+    let program = load_program(&runtime, &spec.module, None)?;
     serve(home, &live, &function, program, invoke, inputs)
+}
+
+/// How many instances of the function run at once: one, or with `--map` the
+/// `--concurrency` (default: the function's `concurrency`, else the number
+/// of cores), never more than there are inputs.
+fn instances_at_once(invoke: &InvokeArgs, inputs: Option<&[String]>, spec: &FunctionSpec) -> usize {
+    let Some(inputs) = inputs else { return 1 };
+    let concurrency = invoke.concurrency.or(spec.concurrency).map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |n| n as usize,
+    );
+    concurrency.min(inputs.len()).max(1)
 }
 
 enum Event {
@@ -219,10 +236,7 @@ fn serve(
 
     let spec = live.manifest.functions[function].clone();
     let mounts = live.mounts(home, function);
-    let concurrency = invoke.concurrency.or(spec.concurrency).map_or_else(
-        || std::thread::available_parallelism().map_or(2, |n| n.get()),
-        |n| n as usize,
-    );
+    let concurrency = instances_at_once(invoke, inputs.as_deref(), &spec);
     let (worker_home, args, worker_cancelled) =
         (home.clone(), invoke.args.clone(), cancelled.clone());
     std::thread::spawn(move || {
@@ -471,7 +485,7 @@ fn report_links(links: &[String]) {
 }
 
 fn cache_command(home: &Home, command: CacheCommand) -> Result<u8> {
-    let runtime = Runtime::new(home)?;
+    let runtime = Runtime::new(home, 1)?;
     match command {
         CacheCommand::Info => {
             let info = runtime.cache_info()?;

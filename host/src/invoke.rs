@@ -49,15 +49,16 @@ impl Target<'_> {
             .outcome
     }
 
-    /// One invocation per input, at most `concurrency` at once. Each output is
-    /// written whole, in input order, as soon as all before it are written.
+    /// One invocation per input, at most `concurrency` at once (the runtime
+    /// must have been made for that many). Each output is written whole, in
+    /// input order, as soon as all before it are written.
     pub fn run_map(&self, args: &[String], inputs: &[String], concurrency: usize) -> MapReport {
         let next = AtomicUsize::new(0);
         let (done_tx, done_rx) = mpsc::channel::<(usize, Finished)>();
         let progress = progress_bar(inputs.len());
         let mut failures = Vec::new();
         std::thread::scope(|scope| {
-            for _ in 0..concurrency.max(1).min(inputs.len().max(1)) {
+            for _ in 0..concurrency.max(1) {
                 let done_tx = done_tx.clone();
                 let next = &next;
                 scope.spawn(move || {

@@ -14,7 +14,7 @@ use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
 
 /// The most table elements an instance may grow to.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// Why the host ended an instance early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

