@@ -243,7 +243,10 @@ def write_report(rows, commands, quick):
     ]
     for what, ours, peer, unit, ratio, target in rows:
         lines.append(f"| {what} | {ours:.4g} | {peer:.4g} | {unit} | {ratio:.2f} | {target} |")
-    lines += ["", "For `app stop`, the peer column is the 100 ms target itself.", "", "## Commands", "", "```"]
+    lines += ["", "For `app stop`, the peer column is the 100 ms target itself. Each app.toml the commands name",
+              "has one function `main` whose `module` is the guest the peer runs (iobench: a named volume",
+              "at `/v`; stopper: an ephemeral volume filled from the host before the stop).",
+              "", "## Commands", "", "```"]
     lines += commands
     lines += ["```", ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
