@@ -75,7 +75,11 @@ impl Home {
 
     /// One lease file per app owned by a live process (see `lease`).
     pub fn lease_file(&self, app_id: &str) -> PathBuf {
-        self.root.join(LEASES_DIR).join(format!("{app_id}.lease"))
+        self.leases_dir().join(format!("{app_id}.lease"))
+    }
+
+    pub fn leases_dir(&self) -> PathBuf {
+        self.root.join(LEASES_DIR)
     }
 
     /// Host-side lock files of volume `volume_id`, outside every volume.

@@ -49,12 +49,7 @@ impl Lease {
     /// Deletes lease files no live process holds whose app `is_running`
     /// does not know: a process killed before it registered its app.
     pub fn remove_orphans(home: &Home, is_running: impl Fn(&str) -> bool) -> Result<()> {
-        let dir = home
-            .lease_file("x")
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        for entry in fs::read_dir(&dir)? {
+        for entry in fs::read_dir(home.leases_dir())? {
             let path = entry?.path();
             let name = path
                 .file_name()
