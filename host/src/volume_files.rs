@@ -98,13 +98,10 @@ impl VolumeFiles {
             ));
         }
         if let Some(parent) = remote_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            self.root.create_dir_all(parent).with_context(|| {
-                format!(
-                    "cannot create {} in volume `{}`",
-                    display(parent),
-                    self.name
-                )
-            })?;
+            self.refuse_link(parent)?;
+            self.root
+                .create_dir_all(parent)
+                .map_err(self.failed("create", parent))?;
         }
         let mut report = CopyReport::default();
         self.put_tree(local, &remote_path, &mut report)?;
@@ -120,13 +117,7 @@ impl VolumeFiles {
                 self.refuse_link(remote)?;
                 match self.root.create_dir(remote) {
                     Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                        return Err(e).with_context(|| {
-                            format!(
-                                "cannot create {} in volume `{}`",
-                                display(remote),
-                                self.name
-                            )
-                        });
+                        return Err(self.failed("create", remote)(e));
                     }
                     _ => {}
                 }
@@ -140,9 +131,10 @@ impl VolumeFiles {
             self.refuse_link(remote)?;
             let mut source = std::fs::File::open(local)
                 .with_context(|| format!("cannot read {}", local.display()))?;
-            let mut target = self.root.create(remote).with_context(|| {
-                format!("cannot write {} in volume `{}`", display(remote), self.name)
-            })?;
+            let mut target = self
+                .root
+                .create(remote)
+                .map_err(self.failed("write", remote))?;
             report.bytes += io::copy(&mut source, &mut target).with_context(|| {
                 format!(
                     "cannot copy {} into volume `{}`",
@@ -156,20 +148,43 @@ impl VolumeFiles {
         Ok(())
     }
 
-    /// A link in the volume is never written through, even to overwrite it.
+    /// A link in the volume is never written through, even to overwrite it,
+    /// nor is a path whose directories include one.
     fn refuse_link(&self, remote: &Path) -> Result<()> {
-        if self
-            .root
-            .symlink_metadata(remote)
-            .is_ok_and(|m| m.is_symlink())
-        {
+        let link = remote
+            .ancestors()
+            .filter(|p| !p.as_os_str().is_empty())
+            .find(|p| self.root.symlink_metadata(p).is_ok_and(|m| m.is_symlink()));
+        if let Some(link) = link {
             bail!(
                 "{} in volume `{}` is a symbolic link; wasmhost does not write through links (remove it first)",
-                display(remote),
+                display(link),
                 self.name
             );
         }
         Ok(())
+    }
+
+    /// The error of `verb`ing `relative`, saying so plainly when the path
+    /// would have led out of the volume (through a link a guest planted).
+    fn failed(&self, verb: &str, relative: &Path) -> impl FnOnce(io::Error) -> anyhow::Error {
+        let what = format!(
+            "cannot {verb} {} in volume `{}`",
+            display(relative),
+            self.name
+        );
+        move |e| {
+            // cap-std's refusal, or the kernel's for `openat2(RESOLVE_BENEATH)`.
+            let escape = e.raw_os_error() == Some(libc::EXDEV)
+                || e.to_string().contains("led outside of the filesystem");
+            if escape {
+                anyhow::anyhow!(
+                    "{what}: the path goes through a symbolic link that leads outside the volume; wasmhost never follows links out of a volume"
+                )
+            } else {
+                anyhow::Error::from(e).context(what)
+            }
+        }
     }
 
     /// Copies `remote` (a file or directory) to `local`.
@@ -264,13 +279,7 @@ impl VolumeFiles {
             (true, true) => self.root.remove_dir_all(&relative),
             (false, _) => self.root.remove_file(&relative),
         };
-        result.with_context(|| {
-            format!(
-                "cannot remove {} from volume `{}`",
-                display(&relative),
-                self.name
-            )
-        })
+        result.map_err(self.failed("remove", &relative))
     }
 
     fn metadata(&self, relative: &Path) -> Result<cap_std::fs::Metadata> {
@@ -285,11 +294,7 @@ impl VolumeFiles {
                 display(relative),
                 self.name
             ),
-            _ => anyhow::Error::from(e).context(format!(
-                "cannot read {} in volume `{}`",
-                display(relative),
-                self.name
-            )),
+            _ => self.failed("read", relative)(e),
         })
     }
 
@@ -297,26 +302,18 @@ impl VolumeFiles {
         if relative.as_os_str().is_empty() {
             return Ok(self.root.try_clone()?);
         }
-        self.root.open_dir(relative).with_context(|| {
-            format!(
-                "cannot open {} in volume `{}`",
-                display(relative),
-                self.name
-            )
-        })
+        self.root
+            .open_dir(relative)
+            .map_err(self.failed("open", relative))
     }
 
     fn open_file(&self, relative: &Path) -> Result<cap_std::fs::File> {
         let mut options = cap_std::fs::OpenOptions::new();
         options.read(true);
         cap_std::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
-        self.root.open_with(relative, &options).with_context(|| {
-            format!(
-                "cannot read {} in volume `{}`",
-                display(relative),
-                self.name
-            )
-        })
+        self.root
+            .open_with(relative, &options)
+            .map_err(self.failed("read", relative))
     }
 }
 
