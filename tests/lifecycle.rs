@@ -318,6 +318,44 @@ fn app_stop_from_another_shell_ends_a_running_run() {
     assert_eq!(volume_dirs(&env).len(), 1, "only the named volume remains");
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM stop a running `run` like `app stop` does:
+/// instances interrupted (a spinning one and one asleep in a host call),
+/// ephemeral volumes deleted, exit 1 with one line.
+#[test]
+fn signals_end_a_running_run_and_delete_its_ephemeral_volumes() {
+    for (signal, op) in [("-INT", "spin"), ("-TERM", "spin"), ("-TERM", "sleep")] {
+        let env = TestEnv::new();
+        let app = fsops_app(&env, "signalled", "signalled-data");
+        let guest_args: &[&str] = if op == "sleep" {
+            &["sleep", "600000"]
+        } else {
+            &["spin"]
+        };
+        let mut args = vec!["run", path(&app), "--"];
+        args.extend_from_slice(guest_args);
+        let mut child = env.spawn(&args);
+        let id = wait_until_running(&env, "signalled");
+        let sent = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{signal} {op}: {stderr}");
+        assert!(
+            stderr.contains("interrupted") && stderr.contains(&id),
+            "{signal} {op}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_eq!(volume_dirs(&env).len(), 1, "only the named volume remains");
+        let apps = env.apps();
+        let run_app = apps.iter().find(|a| a["id"] == id.as_str()).unwrap();
+        assert_eq!(run_app["state"], "stopped", "{signal} {op}");
+    }
+}
+
 #[test]
 fn deployed_app_shares_its_ephemeral_volume_between_calls() {
     let env = TestEnv::new();
