@@ -435,3 +435,81 @@ fn deleting_a_volume_in_use_is_refused_and_names_the_app() {
     env.wait_for_empty_trash();
     assert!(volume_dirs(&env).is_empty());
 }
+
+/// `volume put|get|ls|rm` on files and whole directories, and the `dataset`
+/// example reading what a user put into a named volume, mounted read-only.
+#[test]
+fn volume_files_round_trip_and_the_dataset_example_reads_them() {
+    let env = TestEnv::new();
+    let local = env.work.path().join("corpus");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("a.txt"), "one\ntwo\n").unwrap();
+    std::fs::write(local.join("sub/b.txt"), "three\n").unwrap();
+    env.run(&["volume", "create", "ds"]).success();
+    env.run(&["volume", "put", "ds", path(&local)]).success();
+
+    let app = env.app(
+        "stats",
+        r#"
+name = "stats"
+[volumes.data]
+persist = "ds"
+[functions.stats]
+module = "{guest:dataset}"
+mounts = { "/data" = { volume = "data", read_only = true } }
+"#,
+    );
+    let stats = env.run(&["run", path(&app)]).success().stdout();
+    assert_eq!(
+        stats,
+        "corpus/a.txt 2 8\ncorpus/sub/b.txt 1 6\ntotal 2 3 14\n"
+    );
+
+    // Overwriting needs --force, in both directions.
+    let again = env.run(&["volume", "put", "ds", path(&local)]).code_is(2);
+    assert!(again.stderr().contains("--force"), "{}", again.stderr());
+    std::fs::write(local.join("a.txt"), "changed\n").unwrap();
+    env.run(&["volume", "put", "ds", path(&local), "/corpus", "--force"])
+        .success();
+    let cat = env
+        .run(&["volume", "get", "ds", "/corpus/a.txt", "-"])
+        .success();
+    assert_eq!(cat.stdout(), "changed\n");
+
+    let copy = env.work.path().join("copy");
+    env.run(&["volume", "get", "ds", "/corpus", path(&copy)])
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(copy.join("a.txt")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(copy.join("sub/b.txt")).unwrap(),
+        "three\n"
+    );
+    env.run(&["volume", "get", "ds", "/corpus", path(&copy)])
+        .code_is(2);
+
+    let ls = env
+        .run(&["volume", "ls", "ds", "/corpus", "--json"])
+        .success();
+    let entries: serde_json::Value = serde_json::from_str(&ls.stdout()).unwrap();
+    let listed: Vec<(&str, &str)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap(), e["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("/corpus/a.txt", "file"), ("/corpus/sub", "dir")]);
+
+    let refused = env.run(&["volume", "rm", "ds", "/corpus"]).code_is(2);
+    assert!(
+        refused.stderr().contains("--recursive"),
+        "{}",
+        refused.stderr()
+    );
+    env.run(&["volume", "rm", "ds", "/corpus", "--recursive"])
+        .success();
+    let empty = env.run(&["run", path(&app)]).success().stdout();
+    assert_eq!(empty, "total 0 0 0\n");
+}
