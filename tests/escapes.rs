@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Run, TestEnv, wait_with_timeout};
+use common::{Run, TestEnv, path, wait_with_timeout};
 
 const SECRET: &str = "host-secret-canary-41d7";
 const DIR_SECRET: &str = "host-dir-secret-9ac2";
@@ -87,10 +87,6 @@ fn listing(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A relative symlink target that climbs from anywhere under `/` up to the

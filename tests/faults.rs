@@ -9,30 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{Run, TestEnv, eventually};
-
-/// An app whose function `fsops` mounts an ephemeral volume at /scratch and
-/// the named volume `persist` at /data.
-fn fsops_app(env: &TestEnv, name: &str, persist: &str) -> PathBuf {
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.scratch]
-[volumes.data]
-persist = "{persist}"
-[functions.fsops]
-module = "{{guest:fsops}}"
-mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
-"#
-        ),
-    )
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{Run, TestEnv, eventually, path};
 
 /// wasmhost with `$WASMHOST_HOME` at `home`.
 fn run_at(env: &TestEnv, home: &Path, args: &[&str]) -> Run {
@@ -153,7 +130,7 @@ impl Rng {
 #[test]
 fn kill_9_of_run_at_random_points_leaves_nothing_behind() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "killed", "killed-data");
+    let app = env.fsops_app("killed", "killed-data");
     // Once whole, so the named volume exists and the module is cached; the
     // rounds then die in every phase from startup to the guest's writes.
     env.run(&["run", path(&app), "--", "churn", "2", "/scratch", "/data"])
@@ -199,7 +176,7 @@ fn kill_9_of_run_at_random_points_leaves_nothing_behind() {
 #[test]
 fn racing_create_delete_and_mount_of_one_volume_leave_it_whole_or_absent() {
     let env = Arc::new(TestEnv::new());
-    let app = fsops_app(&env, "racer", "contested");
+    let app = env.fsops_app("racer", "contested");
     env.run(&["run", path(&app), "--", "churn", "1", "/scratch", "/data"])
         .success();
     env.run(&["volume", "delete", "contested", "--yes"])
@@ -304,8 +281,8 @@ fn a_full_disk_fails_the_guest_cleanly_and_damages_nothing() {
     let disk = Tmpfs::mount(&env.work.path().join("disk"), "8m");
     // `$WASMHOST_HOME` is the small disk; TestEnv keeps its own temp dir.
     let home = disk.0.join("home");
-    let app = fsops_app(&env, "filler", "big");
-    let keep_app = fsops_app(&env, "keeper", "keep");
+    let app = env.fsops_app("filler", "big");
+    let keep_app = env.fsops_app("keeper", "keep");
     let with_home = |args: &[&str]| run_at(&env, &home, args);
     // Another volume's data, and the module cached, before the disk fills.
     with_home(&[
@@ -363,7 +340,7 @@ fn a_full_disk_fails_the_guest_cleanly_and_damages_nothing() {
 #[test]
 fn a_corrupted_or_truncated_registry_gives_one_clear_line() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "reg", "reg-data");
+    let app = env.fsops_app("reg", "reg-data");
     env.run(&["run", path(&app), "--", "write", "/data/x", "y"])
         .success();
     for i in 0..40 {
@@ -442,7 +419,7 @@ fn cache_entries(home: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_corrupted_or_truncated_cache_entry_is_rebuilt() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "cached", "cached-data");
+    let app = env.fsops_app("cached", "cached-data");
     env.run(&["run", path(&app), "--", "write", "/data/x", "hello"])
         .success();
     let entries = cache_entries(env.home());

@@ -5,30 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestEnv, eventually, wait_with_timeout};
-
-/// An app whose one function is the `fsops` test guest, with an ephemeral
-/// volume at /scratch and the named volume `persist` at /data.
-fn fsops_app(env: &TestEnv, name: &str, persist: &str) -> std::path::PathBuf {
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.scratch]
-[volumes.data]
-persist = "{persist}"
-[functions.fsops]
-module = "{{guest:fsops}}"
-mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
-"#
-        ),
-    )
-}
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{TestEnv, eventually, path, wait_with_timeout};
 
 /// The id of the one running app named `name`, once it is running.
 fn wait_until_running(env: &TestEnv, name: &str) -> String {
@@ -65,7 +42,7 @@ fn volume_dirs(env: &TestEnv) -> Vec<std::path::PathBuf> {
 #[test]
 fn ephemeral_volume_is_gone_after_the_app_stops() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "eph", "eph-data");
+    let app = env.fsops_app("eph", "eph-data");
     let marker = "ephemeral-marker-5f1c9a";
     env.run(&[
         "run",
@@ -96,7 +73,7 @@ fn ephemeral_volume_is_gone_after_the_app_stops() {
 #[test]
 fn named_volume_outlives_the_app() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "writer", "keep-me");
+    let app = env.fsops_app("writer", "keep-me");
     env.run(&[
         "run",
         path(&app),
@@ -146,7 +123,7 @@ env = { GREETING = "bonjour" }
 #[test]
 fn named_volume_is_an_app_of_kind_volume() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "lister", "listed-vol");
+    let app = env.fsops_app("lister", "listed-vol");
     env.run(&["run", path(&app), "--", "write", "/data/a", "1"])
         .success();
     let list = env.run(&["volume", "list"]).success().stdout();
@@ -173,7 +150,7 @@ fn named_volume_is_an_app_of_kind_volume() {
 #[test]
 fn stopping_a_named_volume_deletes_it_and_its_data() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "deleter", "doomed");
+    let app = env.fsops_app("deleter", "doomed");
     env.run(&[
         "run",
         path(&app),
@@ -260,7 +237,7 @@ fn bad_manifest_or_missing_module_creates_nothing() {
 #[test]
 fn killed_run_is_reaped_by_the_next_command() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "victim", "victim-data");
+    let app = env.fsops_app("victim", "victim-data");
     let mut child = env.spawn(&["run", path(&app), "--", "sleep", "60000"]);
     let id = wait_until_running(&env, "victim");
     // Leave a file in the ephemeral volume, as the guest would have.
@@ -302,7 +279,7 @@ fn killed_run_is_reaped_by_the_next_command() {
 #[test]
 fn app_stop_from_another_shell_ends_a_running_run() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "stoppable", "stoppable-data");
+    let app = env.fsops_app("stoppable", "stoppable-data");
     let mut child = env.spawn(&["run", path(&app), "--", "spin"]);
     let id = wait_until_running(&env, "stoppable");
     env.run(&["app", "stop", &id, "--yes"]).success();
@@ -325,7 +302,7 @@ fn app_stop_from_another_shell_ends_a_running_run() {
 fn signals_end_a_running_run_and_delete_its_ephemeral_volumes() {
     for (signal, op) in [("-INT", "spin"), ("-TERM", "spin"), ("-TERM", "sleep")] {
         let env = TestEnv::new();
-        let app = fsops_app(&env, "signalled", "signalled-data");
+        let app = env.fsops_app("signalled", "signalled-data");
         let guest_args: &[&str] = if op == "sleep" {
             &["sleep", "600000"]
         } else {
@@ -359,7 +336,7 @@ fn signals_end_a_running_run_and_delete_its_ephemeral_volumes() {
 #[test]
 fn deployed_app_shares_its_ephemeral_volume_between_calls() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "svc", "svc-data");
+    let app = env.fsops_app("svc", "svc-data");
     let deployed = env.run(&["deploy", path(&app)]).success().stdout();
     assert!(deployed.contains("ap-"), "{deployed}");
     env.run(&[
@@ -401,7 +378,7 @@ fn deployed_app_shares_its_ephemeral_volume_between_calls() {
 #[test]
 fn deleting_a_volume_in_use_is_refused_and_names_the_app() {
     let env = TestEnv::new();
-    let app = fsops_app(&env, "holder", "busy-vol");
+    let app = env.fsops_app("holder", "busy-vol");
     let mut child = env.spawn(&["run", path(&app), "--", "sleep", "60000"]);
     let id = wait_until_running(&env, "holder");
     let refused = env

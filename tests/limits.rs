@@ -5,17 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Run, TestEnv};
+use common::{Run, TestEnv, path};
 
 /// Generous: these runs take a second or two; the bound only catches a hang.
 const HANG: Duration = Duration::from_secs(120);
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// An app whose one function is fsops (`{guest:fsops}` or `{guest2:fsops}`)
 /// with a 1s timeout and a 32MiB memory cap.

@@ -152,6 +152,25 @@ impl TestEnv {
         path
     }
 
+    /// An app whose function `fsops` (the test guest) mounts an ephemeral
+    /// volume at /scratch and the named volume `persist` at /data.
+    pub fn fsops_app(&self, name: &str, persist: &str) -> PathBuf {
+        self.app(
+            name,
+            &format!(
+                r#"
+name = "{name}"
+[volumes.scratch]
+[volumes.data]
+persist = "{persist}"
+[functions.fsops]
+module = "{{guest:fsops}}"
+mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
+"#
+            ),
+        )
+    }
+
     /// Every regular file under `$WASMHOST_HOME` whose contents include `needle`.
     pub fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
         let mut found = Vec::new();
@@ -207,6 +226,11 @@ impl TestEnv {
         let out = self.run(&["app", "list", "--all", "--json"]).success();
         serde_json::from_str(&out.stdout()).expect("app list --json is JSON")
     }
+}
+
+/// A path as a command-line argument.
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
 }
 
 /// A finished wasmhost process.
