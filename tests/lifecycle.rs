@@ -490,3 +490,57 @@ mounts = { "/data" = { volume = "data", read_only = true } }
     let empty = env.run(&["run", path(&app)]).success().stdout();
     assert_eq!(empty, "total 0 0 0\n");
 }
+
+/// `app stop NAME` with two running apps of that name is refused with both
+/// ids; an id stops just the one; `app list` shows the columns the spec
+/// names, and `--all` the stopped app too.
+#[test]
+fn app_stop_by_an_ambiguous_name_lists_the_ids() {
+    let env = TestEnv::new();
+    let app = env.fsops_app("twin", "twin-data");
+    let mut first = env.spawn(&["run", path(&app), "--", "sleep", "60000"]);
+    let mut second = env.spawn(&["run", path(&app), "--", "sleep", "60000"]);
+    let mut ids = Vec::new();
+    eventually(Duration::from_secs(30), "two twins running", || {
+        ids = env
+            .apps()
+            .iter()
+            .filter(|a| a["name"] == "twin" && a["state"] == "running")
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.len() == 2
+    });
+    let refused = env.run(&["app", "stop", "twin", "--yes"]).code_is(2);
+    assert!(
+        ids.iter().all(|id| refused.stderr().contains(id.as_str())),
+        "{}",
+        refused.stderr()
+    );
+    assert_eq!(refused.stderr().lines().count(), 1, "{}", refused.stderr());
+
+    env.run(&["app", "stop", &ids[0], "--yes"]).success();
+    let table = env.run(&["app", "list"]).success().stdout();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "NAME", "KIND", "STATE", "CREATED", "STOPPED"]
+    );
+    assert!(
+        !table.contains(&ids[0]) && table.contains(&ids[1]),
+        "{table}"
+    );
+    let all = env.run(&["app", "list", "--all"]).success().stdout();
+    let stopped_row = all.lines().find(|l| l.contains(&ids[0])).unwrap();
+    assert!(
+        stopped_row.contains("ephemeral") && stopped_row.contains("stopped"),
+        "{all}"
+    );
+
+    env.run(&["app", "stop", "twin", "--yes"]).success();
+    for child in [&mut first, &mut second] {
+        assert_eq!(
+            wait_with_timeout(child, Duration::from_secs(20)).code(),
+            Some(1)
+        );
+    }
+}
