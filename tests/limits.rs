@@ -298,3 +298,34 @@ fn map_guest_blocked_in_a_host_sleep_ends_at_the_timeout() {
         run.stderr()
     );
 }
+
+/// A poll on two clocks is not a plain sleep: wasmhost hands it to
+/// wasmtime-wasi's own `poll_oneoff`, which answers it correctly and is
+/// abandoned at the timeout all the same.
+#[test]
+fn poll_on_two_clocks_answers_and_ends_at_the_timeout() {
+    let env = TestEnv::new();
+    let app = limited_app(&env, "poller", "{guest:fsops}");
+    let run = run_bounded(
+        &env,
+        &["run", path(&app), "--", "poll-two-clocks", "500", "50"],
+    );
+    assert_eq!(run.success().stdout(), "events: 2\n");
+    let run = run_bounded(
+        &env,
+        &[
+            "run",
+            path(&app),
+            "--",
+            "poll-two-clocks",
+            "600000",
+            "500000",
+        ],
+    )
+    .code_is(1);
+    assert!(
+        host_error(&run).contains("timed out after 1s"),
+        "{}",
+        run.stderr()
+    );
+}

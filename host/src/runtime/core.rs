@@ -13,6 +13,9 @@ use crate::locks::LockError;
 pub struct CoreState {
     wasi: WasiP1Ctx,
     host: HostState,
+    /// wasmtime-wasi's own `poll_oneoff`, for the polls `p1_sleep` does not
+    /// serve itself.
+    pub(super) stock_poll_oneoff: Option<super::p1_sleep::PollOneoff>,
 }
 
 impl HasHost for CoreState {
@@ -93,6 +96,7 @@ pub async fn run(
     let state = CoreState {
         wasi: builder.build_p1(),
         host: HostState::new(invocation),
+        stock_poll_oneoff: None,
     };
     let mut store = Store::new(pre.module().engine(), state);
     let stop = configure_store(&mut store);

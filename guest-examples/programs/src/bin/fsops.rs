@@ -84,6 +84,10 @@ fn run(args: &[String]) {
         ("symlink", [target, link]) => check(op, link, fs::soft_link(target, link)),
         ("hardlink", [from, to]) => check(op, to, fs::hard_link(from, to)),
         ("sleep", [ms]) => sleep(Duration::from_millis(number(ms))),
+        // One poll_oneoff on two relative clocks; prints which fired first.
+        ("poll-two-clocks", [first_ms, second_ms]) => {
+            println!("{}", poll_two_clocks(number(first_ms), number(second_ms)))
+        }
         ("echo-line", [.., line]) => println!("{line}"),
         ("echo-after", [ms, line]) => {
             sleep(Duration::from_millis(number(ms)));
@@ -402,3 +406,43 @@ fn race_read(path: &str, rounds: u64) {
     println!("failed: {failed} of {rounds}");
 }
 // --- end escapes and limits ---
+
+/// wasip1 `poll_oneoff` on two relative clock subscriptions (userdata 1 and
+/// 2): a poll the host does not treat as a plain sleep. Returns the userdata
+/// of the events that fired, e.g. `events: 1`.
+#[cfg(not(target_env = "p2"))]
+fn poll_two_clocks(first_ms: u64, second_ms: u64) -> String {
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        fn poll_oneoff(subs: *const u8, events: *mut u8, count: u32, nevents: *mut u32) -> u16;
+    }
+    // `subscription` is 48 bytes: userdata u64 @0, tag u8 @8 (0 = clock),
+    // clock id u32 @16 (1 = monotonic), timeout u64 @24, precision u64 @32,
+    // flags u16 @40 (0 = relative). `event` is 32 bytes, userdata u64 @0.
+    let mut subs = [0u8; 96];
+    for (i, ms) in [first_ms, second_ms].into_iter().enumerate() {
+        let sub = &mut subs[i * 48..(i + 1) * 48];
+        sub[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        sub[16..20].copy_from_slice(&1u32.to_le_bytes());
+        sub[24..32].copy_from_slice(&(ms * 1_000_000).to_le_bytes());
+    }
+    let mut events = [0u8; 64];
+    let mut count = 0u32;
+    let errno = unsafe { poll_oneoff(subs.as_ptr(), events.as_mut_ptr(), 2, &mut count) };
+    if errno != 0 {
+        eprintln!("fsops: poll_oneoff: errno {errno}");
+        exit(1)
+    }
+    let fired: Vec<String> = events
+        .chunks(32)
+        .take(count as usize)
+        .map(|e| u64::from_le_bytes(e[..8].try_into().unwrap()).to_string())
+        .collect();
+    format!("events: {}", fired.join(" "))
+}
+
+#[cfg(target_env = "p2")]
+fn poll_two_clocks(_: u64, _: u64) -> String {
+    eprintln!("fsops: poll-two-clocks is a wasip1 call");
+    exit(2)
+}
