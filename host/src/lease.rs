@@ -7,11 +7,23 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::home::Home;
+
+/// How long a lease file under its temporary name may be unlocked before
+/// it counts as left behind by a dead process (it is locked and renamed
+/// within microseconds by a live one).
+const NEW_LEASE_GRACE: Duration = Duration::from_secs(60);
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|modified| modified.elapsed().is_ok_and(|elapsed| elapsed > age))
+}
 
 /// A held lease; dropping it without [`Lease::release`] keeps the file, which
 /// is what a crash looks like.
@@ -56,10 +68,16 @@ impl Lease {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            let app_id = name
-                .strip_suffix(".lease")
-                .or_else(|| name.strip_suffix(".lease-new"));
-            let Some(app_id) = app_id else { continue };
+            let app_id = match name.strip_suffix(".lease-new") {
+                // Another process may have just created it and not yet
+                // locked it: only an old one is debris.
+                Some(_) if !older_than(&path, NEW_LEASE_GRACE) => continue,
+                Some(app_id) => app_id,
+                None => match name.strip_suffix(".lease") {
+                    Some(app_id) => app_id,
+                    None => continue,
+                },
+            };
             if is_running(app_id) {
                 continue;
             }
