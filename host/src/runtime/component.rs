@@ -14,7 +14,7 @@ use crate::locks::LockError;
 
 wasmtime::component::bindgen!({ path: "../wit", world: "guest" });
 
-use wasmhost::host::lock;
+use self::wasmhost::host::lock;
 
 pub struct ComponentState {
     wasi: WasiCtx,
