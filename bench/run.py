@@ -172,6 +172,11 @@ def main():
     volume_dir = next((work / "home" / "volumes").iterdir())
     best = {"guest write": [], "guest read": [], "dd write": [], "dd read": []}
     for _ in range(3):
+        # Each write starts alike: no old file to truncate, no dirty pages
+        # of the previous round still being written back.
+        for old in (volume_dir / "guest.bin", volume_dir / "dd.bin"):
+            old.unlink(missing_ok=True)
+        subprocess.run(["sync"], check=True)
         for name, cmd in [
             ("guest write", [wh, "run", io_app, "--", "write", "/v/guest.bin", str(io_mib)]),
             ("guest read", [wh, "run", io_app, "--", "read", "/v/guest.bin"]),
