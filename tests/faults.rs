@@ -192,7 +192,7 @@ fn racing_create_delete_and_mount_of_one_volume_leave_it_whole_or_absent() {
     let worker = |who: u64| {
         let (env, barrier, app) = (env.clone(), barrier.clone(), app.clone());
         std::thread::spawn(move || {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (who + 1) * 0x2545_f491_4f6c_dd1d);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((who + 1) * 0x2545_f491_4f6c_dd1d));
             let mut errors = Vec::new();
             for round in 0..ROUNDS {
                 barrier.wait();
