@@ -267,6 +267,10 @@ timeout = "120s"
         stderr.contains("1 of 3 invocations failed") && stderr.contains("input 2 `spew 256`"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("after its output reached the 16MiB that --map keeps"),
+        "{stderr}"
+    );
 }
 
 /// Under `--map` too, a guest blocked in a host sleep ends at its timeout and

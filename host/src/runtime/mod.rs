@@ -212,6 +212,19 @@ impl Program {
         let (stdout, stderr) = captured.map_or_else(Default::default, |c| {
             (c.stdout.contents().to_vec(), c.stderr.contents().to_vec())
         });
+        // A guest whose writes start failing at the cap often dies of it (a
+        // Rust guest panics); say so, or the reason reads like a plain bug.
+        let outcome = match (outcome, invocation.output) {
+            (Outcome::Failed(reason), Output::Capture { limit })
+                if stdout.len() >= limit || stderr.len() >= limit =>
+            {
+                Outcome::Failed(format!(
+                    "{reason}, after its output reached the {} that --map keeps of each invocation's stdout and stderr",
+                    format_size(limit as u64)
+                ))
+            }
+            (outcome, _) => outcome,
+        };
         Finished {
             outcome,
             stdout,
