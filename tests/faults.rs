@@ -465,3 +465,22 @@ fn a_corrupted_or_truncated_cache_entry_is_rebuilt() {
         assert_eq!(std::fs::read(&now[0]).unwrap(), good, "{what}: not rebuilt");
     }
 }
+
+/// Several wasmhost processes starting at once on a new `$WASMHOST_HOME`
+/// all open the registry (one of them creates it); none is told the
+/// database is locked.
+#[test]
+fn simultaneous_first_commands_on_a_new_home_all_succeed() {
+    for _ in 0..40 {
+        let env = TestEnv::new();
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..6)
+                .map(|_| scope.spawn(|| env.run(&["volume", "list", "--json"])))
+                .collect();
+            for run in runs {
+                let run = run.join().unwrap().success();
+                assert_eq!(run.stdout().trim(), "[]");
+            }
+        });
+    }
+}

@@ -120,9 +120,26 @@ fn sqlite_code(e: &anyhow::Error) -> Option<ErrorCode> {
         .and_then(rusqlite::Error::sqlite_error_code)
 }
 
+/// Serializes opening the registry between processes. Switching to WAL and
+/// creating the schema take locks that SQLite refuses at once, without the
+/// busy timeout, to a process doing the same (seen as "database is locked"
+/// when several `run`s start on a new `$WASMHOST_HOME`). Best effort: on a
+/// disk too full to create this empty file, opening goes on without it.
+fn opening_lock(registry: &Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(registry.with_extension("open-lock"))
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
 impl Registry {
     pub fn open(path: &Path) -> Result<Self> {
         let broken = || damaged(path);
+        let _opening = opening_lock(path);
         let conn = Connection::open(path).with_context(broken)?;
         conn.busy_timeout(Duration::from_secs(30))
             .with_context(broken)?;
