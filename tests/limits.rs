@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Run, TestEnv, path};
@@ -55,17 +55,28 @@ fn host_error(run: &Run) -> String {
     lines[0].clone()
 }
 
+/// Runs the app with `guest_args`, which must fail (exit 1) with one line
+/// of wasmhost's own that contains each of `needles`.
+#[track_caller]
+fn fails_with(env: &TestEnv, app: &Path, guest_args: &[&str], needles: &[&str]) -> Run {
+    let mut args = vec!["run", path(app), "--"];
+    args.extend_from_slice(guest_args);
+    let run = run_bounded(env, &args).code_is(1);
+    let line = host_error(&run);
+    assert!(needles.iter().all(|n| line.contains(n)), "{line}");
+    run
+}
+
 #[test]
 fn runaway_loop_ends_at_the_timeout_and_says_so() {
     let env = TestEnv::new();
     let app = limited_app(&env, "spinner", "{guest:fsops}");
-    let run = run_bounded(&env, &["run", path(&app), "--", "spin"]).code_is(1);
-    let line = host_error(&run);
-    assert!(
-        line.contains("timed out after 1s") && line.contains("`timeout`"),
-        "{line}"
+    fails_with(
+        &env,
+        &app,
+        &["spin"],
+        &["timed out after 1s", "`timeout`", "function `f`"],
     );
-    assert!(line.contains("function `f`"), "{line}");
 }
 
 /// A guest blocked in a host call (a ten-minute sleep) is not running wasm,
@@ -98,11 +109,11 @@ fn allocation_past_the_cap_ends_with_the_memory_limit_and_its_value() {
     // Under the cap: fine.
     let ok = run_bounded(&env, &["run", path(&app), "--", "alloc", "8"]).success();
     assert_eq!(ok.stdout(), "allocated\n");
-    let run = run_bounded(&env, &["run", path(&app), "--", "alloc", "64"]).code_is(1);
-    let line = host_error(&run);
-    assert!(
-        line.contains("ran out of memory") && line.contains("32MiB") && line.contains("`memory`"),
-        "{line}"
+    let run = fails_with(
+        &env,
+        &app,
+        &["alloc", "64"],
+        &["ran out of memory", "32MiB", "`memory`"],
     );
     assert!(!run.stdout().contains("allocated"));
 }
@@ -111,18 +122,13 @@ fn allocation_past_the_cap_ends_with_the_memory_limit_and_its_value() {
 fn stack_overflow_and_trap_give_a_one_line_reason() {
     let env = TestEnv::new();
     let app = limited_app(&env, "crasher", "{guest:fsops}");
-    let run = run_bounded(&env, &["run", path(&app), "--", "stack-overflow"]).code_is(1);
-    let line = host_error(&run);
-    assert!(
-        line.contains("trapped") && line.contains("call stack exhausted"),
-        "{line}"
+    fails_with(
+        &env,
+        &app,
+        &["stack-overflow"],
+        &["trapped", "call stack exhausted"],
     );
-    let run = run_bounded(&env, &["run", path(&app), "--", "trap"]).code_is(1);
-    let line = host_error(&run);
-    assert!(
-        line.contains("trapped") && line.contains("unreachable"),
-        "{line}"
-    );
+    fails_with(&env, &app, &["trap"], &["trapped", "unreachable"]);
     // Nothing else broke: the next run of the same app works.
     run_bounded(&env, &["run", path(&app), "--", "echo-line", "fine"]).success();
 }
@@ -205,18 +211,8 @@ fn under_map_each_limit_ends_only_its_own_invocation() {
 fn wasip2_component_timeout_and_trap_end_only_their_own_invocation() {
     let env = TestEnv::new();
     let app = limited_app(&env, "component", "{guest2:fsops}");
-    let run = run_bounded(&env, &["run", path(&app), "--", "spin"]).code_is(1);
-    let line = host_error(&run);
-    assert!(
-        line.contains("timed out after 1s") && line.contains("`timeout`"),
-        "{line}"
-    );
-    let run = run_bounded(&env, &["run", path(&app), "--", "trap"]).code_is(1);
-    let line = host_error(&run);
-    assert!(
-        line.contains("trapped") && line.contains("unreachable"),
-        "{line}"
-    );
+    fails_with(&env, &app, &["spin"], &["timed out after 1s", "`timeout`"]);
+    fails_with(&env, &app, &["trap"], &["trapped", "unreachable"]);
     drop(env);
     map_isolates_failures(
         "{guest2:fsops}",

@@ -285,21 +285,19 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
 /// volume directories a crash orphaned, and restart an interrupted purge.
 pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     let mut reaped = Vec::new();
-    for app in registry.read(|tx| tx.leased_running_apps())? {
+    let leased = registry.read(|tx| tx.leased_running_apps())?;
+    for app in &leased {
         if let Some(lease) = Lease::take_abandoned(home, &app.id)? {
             stop(home, registry, &app.id, true)
                 .with_context(|| format!("cannot clean up app {} of a dead process", app.id))?;
             lease.release();
-            reaped.push(app);
+            reaped.push(app.clone());
         }
     }
     registry.write(|tx| volumes::trash_orphans(home, &tx.all_volume_ids()?))?;
-    let running: Vec<String> = registry
-        .read(|tx| tx.leased_running_apps())?
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
-    Lease::remove_orphans(home, |id| running.iter().any(|r| r == id))?;
+    // Leases of apps registered since the read above are locked by their
+    // owners, which `remove_orphans` respects.
+    Lease::remove_orphans(home, |id| leased.iter().any(|a| a.id == id))?;
     volumes::purge_in_background(home)?;
     Ok(reaped)
 }

@@ -97,5 +97,5 @@ pub async fn run(
             .map_err(|()| wasmtime_wasi::I32Exit(1).into())
     })
     .await;
-    Ok((store.data_mut().host.finish(result, stopped), captured))
+    Ok((store.data().host.finish(result, stopped), captured))
 }

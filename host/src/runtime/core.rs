@@ -112,5 +112,5 @@ pub async fn run(
         start.call_async(&mut store, ()).await
     })
     .await;
-    Ok((store.data_mut().host.finish(result, stopped), captured))
+    Ok((store.data().host.finish(result, stopped), captured))
 }
