@@ -295,6 +295,24 @@ fn app_stop_from_another_shell_ends_a_running_run() {
     assert_eq!(volume_dirs(&env).len(), 1, "only the named volume remains");
 }
 
+/// A stop that lands while the run is still starting its instance (its
+/// volumes trashed under it) is reported as the stop, not as a failure.
+#[test]
+fn app_stop_right_after_start_is_reported_as_a_stop() {
+    let env = TestEnv::new();
+    let app = env.fsops_app("early", "early-data");
+    for _ in 0..15 {
+        let mut child = env.spawn(&["run", path(&app), "--", "spin"]);
+        let id = wait_until_running(&env, "early");
+        env.run(&["app", "stop", &id, "--yes"]).success();
+        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("was stopped"), "{stderr}");
+    }
+}
+
 /// Ctrl-C (SIGINT) and SIGTERM stop a running `run` like `app stop` does:
 /// instances interrupted (a spinning one and one asleep in a host call),
 /// ephemeral volumes deleted, exit 1 with one line.

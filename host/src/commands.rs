@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use wasmhost::apps::{self, LiveApp};
 use wasmhost::error::UsageError;
 use wasmhost::home::Home;
-use wasmhost::invoke::{MapReport, StopCause, Target, watch_for_stop};
+use wasmhost::invoke::{MapReport, StopCause, Target, app_was_stopped, watch_for_stop};
 use wasmhost::manifest::{self, AppManifest, FunctionSpec};
 use wasmhost::registry::{AppKind, Registry};
 use wasmhost::runtime::{BadModule, Outcome, Program, Runtime};
@@ -275,6 +275,18 @@ fn serve(
                 })
                 .unwrap_or(StopCause::Signal),
         ),
+        // The watcher polls, so a failure a stop caused (the volumes trashed
+        // under a starting instance) can arrive before it has seen the stop.
+        Event::One(Outcome::Failed(_) | Outcome::Interrupted)
+            if app_was_stopped(home, &live.record.id) =>
+        {
+            Some(StopCause::AppStopped)
+        }
+        Event::Map(report)
+            if !report.failures.is_empty() && app_was_stopped(home, &live.record.id) =>
+        {
+            Some(StopCause::AppStopped)
+        }
         _ => None,
     };
     match (stopped, first) {

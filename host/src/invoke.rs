@@ -182,12 +182,7 @@ pub fn watch_for_stop(
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(STOP_POLL);
-            let state = registry
-                .read(|tx| tx.app(&app_id))
-                .ok()
-                .flatten()
-                .map(|app| app.state);
-            if state == Some(AppState::Stopped) {
+            if is_stopped(&mut registry, &app_id) {
                 cancelled.store(true, Ordering::SeqCst);
                 let _ = events.send(StopCause::AppStopped);
                 return;
@@ -195,4 +190,20 @@ pub fn watch_for_stop(
         }
     });
     Ok(())
+}
+
+/// Whether `app_id` has been stopped, asked of the registry now rather than
+/// at the watcher's next poll: an invocation can fail because of a stop
+/// (its volumes trashed under it) before the watcher has seen it.
+pub fn app_was_stopped(home: &Home, app_id: &str) -> bool {
+    Registry::open(&home.registry_file())
+        .is_ok_and(|mut registry| is_stopped(&mut registry, app_id))
+}
+
+fn is_stopped(registry: &mut Registry, app_id: &str) -> bool {
+    registry
+        .read(|tx| tx.app(app_id))
+        .ok()
+        .flatten()
+        .is_some_and(|app| app.state == AppState::Stopped)
 }
