@@ -13,9 +13,12 @@ use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::AppManifest;
+use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
-use crate::registry::{AppKind, AppRecord, AppState, Registry, Tx, VolumeRecord};
-use crate::volumes;
+use crate::registry::{
+    AppKind, AppRecord, AppState, CallRecord, CallState, Registry, Tx, VolumeRecord, new_id,
+};
+use crate::{slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
 #[derive(Debug, Clone)]
@@ -24,6 +27,8 @@ pub struct LiveApp {
     pub manifest: AppManifest,
     /// Volume key in app.toml -> the volume mounted under it.
     pub volumes: BTreeMap<String, VolumeRecord>,
+    /// Function -> digest of the module snapshot it runs (deployed apps).
+    pub modules: BTreeMap<String, String>,
 }
 
 /// One volume as one function sees it.
@@ -36,6 +41,15 @@ pub struct Mount {
 }
 
 impl LiveApp {
+    /// The file to load `function`'s module from: its snapshot, or for an
+    /// app deployed by a release that took none, the path it named.
+    pub fn module(&self, home: &Home, function: &str) -> PathBuf {
+        match self.modules.get(function) {
+            Some(digest) => home.module_snapshot(digest),
+            None => self.manifest.functions[function].module.clone(),
+        }
+    }
+
     /// The mounts of `function`, in app.toml order.
     pub fn mounts(&self, home: &Home, function: &str) -> Vec<Mount> {
         self.manifest.functions[function]
@@ -76,6 +90,7 @@ pub fn start_ephemeral(
                 record,
                 manifest: manifest.clone(),
                 volumes,
+                modules: BTreeMap::new(),
             })
         })
     });
@@ -88,18 +103,146 @@ pub fn start_ephemeral(
     }
 }
 
+/// What deploying a manifest would destroy: the ephemeral volumes of the
+/// running app of that name that the update deletes (no longer declared,
+/// or now `persist`), and the running calls that use them.
+#[derive(Debug, Default)]
+pub struct DeployPlan {
+    pub app: String,
+    pub discarded: Vec<VolumeRecord>,
+    pub busy_calls: Vec<CallRecord>,
+}
+
+/// Why a deploy was refused: it would delete volumes under running calls.
+#[derive(Debug, thiserror::Error)]
+#[error("updating app `{app}` deletes volume(s) {} that running call(s) use: {}; wait for them to end, or pass --force to interrupt them", list(.volumes), .calls.iter().map(|c| format!("{} (function `{}`)", c.id, c.function)).collect::<Vec<_>>().join(", "))]
+pub struct VolumesInUseByCalls {
+    pub app: String,
+    /// Volume keys.
+    pub volumes: Vec<String>,
+    pub calls: Vec<CallRecord>,
+}
+
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl DeployPlan {
+    /// Refuses the deploy if running calls use a volume it deletes.
+    pub fn refuse_busy_calls(&self) -> Result<()> {
+        match self.busy_calls.first() {
+            None => Ok(()),
+            Some(_) => Err(VolumesInUseByCalls {
+                app: self.app.clone(),
+                volumes: self
+                    .discarded
+                    .iter()
+                    .filter_map(|v| v.key.clone())
+                    .collect(),
+                calls: self.busy_calls.clone(),
+            }
+            .into()),
+        }
+    }
+}
+
+/// What deploying `manifest` now would destroy, so the caller can ask
+/// before [`deploy`] does it.
+pub fn plan_deploy(home: &Home, registry: &mut Registry, manifest: &AppManifest) -> Result<DeployPlan> {
+    registry.read(|tx| plan_in(tx, home, manifest))
+}
+
+fn running_deployed(tx: &Tx, name: &str) -> Result<Option<AppRecord>> {
+    Ok(tx
+        .latest_app_named(name, AppKind::Deployed)?
+        .filter(|app| app.state == AppState::Running))
+}
+
+fn plan_in(tx: &Tx, home: &Home, manifest: &AppManifest) -> Result<DeployPlan> {
+    let Some(app) = running_deployed(tx, &manifest.name)? else {
+        return Ok(DeployPlan::default());
+    };
+    let discarded: Vec<VolumeRecord> = tx
+        .owned_volumes(&app.id)?
+        .into_iter()
+        .filter(|v| {
+            let declared = v.key.as_ref().and_then(|k| manifest.volumes.get(k));
+            !declared.is_some_and(|persist| still_fits(v, persist, &app.id))
+        })
+        .collect();
+    let mut busy_calls = Vec::new();
+    for call in tx.running_calls(Some(&app.id))? {
+        let uses_discarded = match app.manifest.as_ref().and_then(|m| m.functions.get(&call.function)) {
+            Some(spec) => spec
+                .mounts
+                .iter()
+                .any(|m| discarded.iter().any(|v| v.key.as_ref() == Some(&m.volume))),
+            // Not knowing what it mounts, count it as using everything.
+            None => !discarded.is_empty(),
+        };
+        // A call whose process died holds nothing (housekeeping ends it).
+        if uses_discarded && Lease::take_abandoned(home, &call.id)?.is_none() {
+            busy_calls.push(call);
+        }
+    }
+    Ok(DeployPlan {
+        app: app.name,
+        discarded,
+        busy_calls,
+    })
+}
+
+/// How a deploy went.
+pub struct Deployed {
+    pub live: LiveApp,
+    /// An update of a running app, rather than a new one.
+    pub updated: bool,
+    /// Calls interrupted (with `force`) because they used a deleted volume.
+    pub interrupted: Vec<CallRecord>,
+}
+
 /// Registers a deployed app, or updates the running one of the same name in
-/// place: volumes whose declaration is unchanged keep their data.
+/// place: volumes whose declaration is unchanged keep their data, and each
+/// function runs `snapshots[function]` from now on. Deletes only the volumes
+/// `agreed` lists (the user was asked about them); one that running calls
+/// use is refused unless `force`, which cancels those calls.
 pub fn deploy(
     home: &Home,
     registry: &mut Registry,
     manifest: &AppManifest,
-) -> Result<(LiveApp, bool)> {
-    let (live, trashed, updated) = with_new_dirs(home, |created| {
+    snapshots: &BTreeMap<String, Snapshot>,
+    agreed: &DeployPlan,
+    force: bool,
+) -> Result<Deployed> {
+    let (deployed, trashed) = with_new_dirs(home, |created| {
         registry.write(|tx| {
-            let existing = tx
-                .latest_app_named(&manifest.name, AppKind::Deployed)?
-                .filter(|app| app.state == AppState::Running);
+            let plan = plan_in(tx, home, manifest)?;
+            if plan
+                .discarded
+                .iter()
+                .any(|v| !agreed.discarded.iter().any(|a| a.id == v.id))
+            {
+                anyhow::bail!(
+                    "app `{}` changed while this deploy was being confirmed; deploy again",
+                    manifest.name
+                );
+            }
+            if !force {
+                plan.refuse_busy_calls()?;
+            }
+            let reason = format!(
+                "interrupted by `wasmhost deploy --force`, which deleted volume(s) {} of app `{}`",
+                list(&plan.discarded.iter().filter_map(|v| v.key.clone()).collect::<Vec<_>>()),
+                manifest.name
+            );
+            for call in &plan.busy_calls {
+                tx.finish_call(&call.id, CallState::Cancelled, Some(&reason))?;
+            }
+            let existing = running_deployed(tx, &manifest.name)?;
             let updated = existing.is_some();
             let record = match existing {
                 Some(app) => {
@@ -108,28 +251,50 @@ pub fn deploy(
                 }
                 None => tx.insert_app(&manifest.name, AppKind::Deployed, Some(manifest), false)?,
             };
-            let before = tx.owned_volumes(&record.id)?;
             let volumes = reconcile_volumes(tx, home, &record.id, manifest, created)?;
-            let trashed: Vec<_> = before
-                .into_iter()
-                .filter(|v| !volumes.values().any(|kept| kept.id == v.id))
-                .collect();
-            for volume in &trashed {
+            for volume in &plan.discarded {
                 tx.delete_volume(&volume.id)?;
             }
+            let mut modules = BTreeMap::new();
+            for (function, snapshot) in snapshots {
+                snapshot.store(home)?;
+                modules.insert(function.clone(), snapshot.digest.clone());
+            }
+            tx.set_app_modules(&record.id, &modules)?;
             Ok((
-                LiveApp {
-                    record,
-                    manifest: manifest.clone(),
-                    volumes,
+                Deployed {
+                    live: LiveApp {
+                        record,
+                        manifest: manifest.clone(),
+                        volumes,
+                        modules,
+                    },
+                    updated,
+                    interrupted: plan.busy_calls,
                 },
-                trashed,
-                updated,
+                plan.discarded,
             ))
         })
     })?;
     trash_volumes(home, &trashed)?;
-    Ok((live, updated))
+    remove_unused_modules(home, registry)?;
+    Ok(deployed)
+}
+
+/// Whether `volume`, mounted under a key, still fits that key's
+/// declaration (`persist` name, or `None` for ephemeral) in `app_id`.
+fn still_fits(volume: &VolumeRecord, persist: &Option<String>, app_id: &str) -> bool {
+    match persist {
+        Some(name) => volume.name.as_deref() == Some(name),
+        None => volume.name.is_none() && volume.app_id == app_id,
+    }
+}
+
+/// Deletes module snapshots that no running app uses, deciding under the
+/// registry's write lock (see `module_store`). A transaction of its own,
+/// after the change that freed them has committed.
+fn remove_unused_modules(home: &Home, registry: &mut Registry) -> Result<()> {
+    registry.write(|tx| module_store::remove_unused(home, &tx.module_digests_in_use()?))
 }
 
 /// Makes the mounts of `app_id` match `manifest`: creates missing ephemeral
@@ -148,10 +313,9 @@ fn reconcile_volumes(
         .collect();
     let mut volumes = BTreeMap::new();
     for (key, persist) in &manifest.volumes {
-        let keep = current.remove(key).filter(|v| match persist {
-            Some(name) => v.name.as_deref() == Some(name),
-            None => v.name.is_none() && v.app_id == app_id,
-        });
+        let keep = current
+            .remove(key)
+            .filter(|v| still_fits(v, persist, app_id));
         let volume = match (keep, persist) {
             (Some(volume), _) => volume,
             (None, Some(name)) => ensure_named_volume(tx, home, name, created)?,
@@ -226,10 +390,11 @@ pub struct VolumeInUse {
 }
 
 /// Stops an app and deletes its ephemeral volumes (a volume app: its one
-/// named volume). A volume that running apps mount is refused, unless
-/// `force`, which stops them first. Returns false if it was already stopped.
+/// named volume), cancelling its running calls. A volume that running apps
+/// mount is refused, unless `force`, which stops them first. Returns false
+/// if it was already stopped.
 pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> Result<bool> {
-    let (stopped, trashed) = registry.write(|tx| {
+    let (stopped, to_stop, trashed) = registry.write(|tx| {
         let mut to_stop = vec![app_id.to_owned()];
         for volume in tx
             .owned_volumes(app_id)?
@@ -257,10 +422,17 @@ pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> 
                 tx.delete_volume(&volume.id)?;
                 trashed.push(volume);
             }
+            for call in tx.running_calls(Some(id))? {
+                tx.finish_call(&call.id, CallState::Cancelled, Some("its app was stopped"))?;
+            }
         }
-        Ok((stopped, trashed))
+        Ok((stopped, to_stop, trashed))
     })?;
     trash_volumes(home, &trashed)?;
+    for id in &to_stop {
+        slots::remove_app_slots(home, id);
+    }
+    remove_unused_modules(home, registry)?;
     Ok(stopped)
 }
 
@@ -281,8 +453,9 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
     Ok(())
 }
 
-/// What every command does first: stop apps whose `run` process died, trash
-/// volume directories a crash orphaned, and restart an interrupted purge.
+/// What every command does first: stop apps whose `run` process died, end
+/// calls whose caller died, trash volume directories and module snapshots
+/// a crash orphaned, and restart an interrupted purge.
 pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     let mut reaped = Vec::new();
     let leased = registry.read(|tx| tx.leased_running_apps())?;
@@ -294,7 +467,22 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
             reaped.push(app.clone());
         }
     }
-    registry.write(|tx| volumes::trash_orphans(home, &tx.all_volume_ids()?))?;
+    for call in registry.read(|tx| tx.running_calls(None))? {
+        if let Some(lease) = Lease::take_abandoned(home, &call.id)? {
+            registry.write(|tx| {
+                tx.finish_call(
+                    &call.id,
+                    CallState::Failed,
+                    Some("its calling process died"),
+                )
+            })?;
+            lease.release();
+        }
+    }
+    registry.write(|tx| {
+        volumes::trash_orphans(home, &tx.all_volume_ids()?)?;
+        module_store::remove_unused(home, &tx.module_digests_in_use()?)
+    })?;
     // Leases of apps registered since the read above are locked by their
     // owners, which `remove_orphans` respects.
     Lease::remove_orphans(home, |id| leased.iter().any(|a| a.id == id))?;
@@ -305,7 +493,11 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
 /// The one running app `id_or_name` names; a name shared by several running
 /// apps is refused with their ids.
 pub fn find_running_app(registry: &mut Registry, id_or_name: &str) -> Result<AppRecord> {
-    let apps = registry.read(|tx| tx.find_apps(id_or_name))?;
+    registry.read(|tx| running_app_in(tx, id_or_name))
+}
+
+fn running_app_in(tx: &Tx, id_or_name: &str) -> Result<AppRecord> {
+    let apps = tx.find_apps(id_or_name)?;
     let running: Vec<_> = apps
         .iter()
         .filter(|a| a.state == AppState::Running)
@@ -327,17 +519,16 @@ pub fn find_running_app(registry: &mut Registry, id_or_name: &str) -> Result<App
     }
 }
 
-/// The running deployed app `id_or_name`, with its volumes, for `call`.
-pub fn load_deployed(registry: &mut Registry, id_or_name: &str) -> Result<LiveApp> {
-    let by_name = registry.read(|tx| tx.latest_app_named(id_or_name, AppKind::Deployed))?;
-    let record = match by_name {
+/// The running deployed app `id_or_name`, with its volumes and modules.
+fn deployed_app_in(tx: &Tx, id_or_name: &str) -> Result<LiveApp> {
+    let record = match tx.latest_app_named(id_or_name, AppKind::Deployed)? {
         Some(app) if app.state == AppState::Stopped => {
             return Err(usage!(
                 "app `{id_or_name}` was stopped; deploy it again with `wasmhost deploy APP.toml`"
             ));
         }
         Some(app) => app,
-        None => find_running_app(registry, id_or_name)?,
+        None => running_app_in(tx, id_or_name)?,
     };
     let manifest = match (record.kind, &record.manifest) {
         (AppKind::Deployed, Some(manifest)) => manifest.clone(),
@@ -347,16 +538,82 @@ pub fn load_deployed(registry: &mut Registry, id_or_name: &str) -> Result<LiveAp
             ));
         }
     };
-    let volumes = registry
-        .read(|tx| tx.mounted_volumes(&record.id))?
+    let volumes = tx
+        .mounted_volumes(&record.id)?
         .into_iter()
         .map(|m| (m.key, m.volume))
         .collect();
+    let modules = tx.app_modules(&record.id)?;
     Ok(LiveApp {
         record,
         manifest,
         volumes,
+        modules,
     })
+}
+
+/// A call of a deployed app running in this process. Its lease tells other
+/// processes (a deploy deciding whether volumes are in use) that its
+/// caller is alive; a caller that dies, however, frees it.
+pub struct Call {
+    /// `ca-…`.
+    pub id: String,
+    lease: Lease,
+}
+
+/// Starts a call of `function` of the deployed app `id_or_name`: records it
+/// as running, in the same transaction that reads the app, so a deploy
+/// either sees the call or is seen by it. Returns the app, the function's
+/// name and the call.
+pub fn start_call(
+    home: &Home,
+    registry: &mut Registry,
+    id_or_name: &str,
+    function: &str,
+) -> Result<(LiveApp, String, Call)> {
+    let id = new_id("ca");
+    // Taken before the call is recorded, so a recorded running call without
+    // a held lease is a dead one.
+    let lease = Lease::acquire(home, &id)?;
+    let started = registry.write(|tx| {
+        let live = deployed_app_in(tx, id_or_name)?;
+        let function = live
+            .manifest
+            .select_function(Some(function))
+            .map_err(|problem| usage!("{problem}"))?
+            .to_owned();
+        tx.insert_running_call(&id, &live.record.id, &function)?;
+        Ok((live, function))
+    });
+    match started {
+        Ok((live, function)) => Ok((live, function, Call { id, lease })),
+        Err(e) => {
+            lease.release();
+            Err(e)
+        }
+    }
+}
+
+/// Records how a call ended (a call cancelled meanwhile stays cancelled).
+pub fn finish_call(
+    registry: &mut Registry,
+    call: Call,
+    state: CallState,
+    error: Option<&str>,
+) -> Result<()> {
+    registry.write(|tx| tx.finish_call(&call.id, state, error))?;
+    call.lease.release();
+    Ok(())
+}
+
+/// Why call `call_id` was cancelled, as the registry has it.
+pub fn why_cancelled(home: &Home, call_id: &str) -> String {
+    Registry::open(&home.registry_file())
+        .and_then(|mut registry| registry.read(|tx| tx.call(call_id)))
+        .ok()
+        .flatten()
+        .and_then(|call| call.error)
+        .unwrap_or_else(|| "cancelled from another process".into())
 }
 
 /// The named volume `name`, or a usage error naming what exists.

@@ -1,5 +1,6 @@
 //! One function per command; each returns the process exit code.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,10 +11,12 @@ use anyhow::{Context, Result};
 use wasmhost::apps::{self, LiveApp};
 use wasmhost::error::UsageError;
 use wasmhost::home::Home;
-use wasmhost::invoke::{MapReport, StopCause, Target, app_was_stopped, watch_for_stop};
+use wasmhost::invoke::{MapReport, StopCause, Target, stop_cause_now, watch_for_stop};
 use wasmhost::manifest::{self, AppManifest, FunctionSpec};
-use wasmhost::registry::{AppKind, Registry};
+use wasmhost::module_store::Snapshot;
+use wasmhost::registry::{AppKind, CallState, Registry};
 use wasmhost::runtime::{BadModule, Outcome, Program, Runtime};
+use wasmhost::slots::Slots;
 use wasmhost::volume_files::VolumeFiles;
 use wasmhost::volumes;
 
@@ -51,7 +54,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
                 instances_at_once(&invoke, inputs.as_deref(), spec),
             )?;
             let module = &spec.module;
-            let program = load_program(&runtime, module, Some((&app, &function)))?;
+            let program = load_program(&runtime, module, module, Some((&app, &function)))?;
             let (home, mut registry) = open_state()?;
             run(
                 &home,
@@ -63,14 +66,19 @@ pub fn dispatch(command: Command) -> Result<u8> {
                 program,
             )
         }
-        Command::Deploy { app } => {
+        Command::Deploy { app, force, yes } => {
             let manifest = manifest::load(&app)?;
+            // Read once: what is checked here is what is snapshotted.
+            let mut snapshots = BTreeMap::new();
+            for (function, spec) in &manifest.functions {
+                snapshots.insert(function.clone(), Snapshot::read(&spec.module)?);
+            }
             let runtime = Runtime::new(&Home::locate()?, 1)?;
             for (function, spec) in &manifest.functions {
-                load_program(&runtime, &spec.module, Some((&app, function)))?;
+                load_program(&runtime, &spec.module, &spec.module, Some((&app, function)))?;
             }
             let (home, mut registry) = open_state()?;
-            deploy(&home, &mut registry, &manifest)
+            deploy(&home, &mut registry, &manifest, &snapshots, force, yes)
         }
         Command::Call {
             app,
@@ -116,15 +124,17 @@ fn load_manifest(path: &Path, function: Option<&str>) -> Result<(AppManifest, St
     Ok((manifest, function))
 }
 
-/// Compiles a function's module. A module wasmtime refuses is bad input,
+/// Compiles a function's module from `file` (a deployed app's snapshot of
+/// `module`, or `module` itself). A module wasmtime refuses is bad input,
 /// reported at the function's `module` in `app_toml` (app.toml, function)
 /// when there is one at hand; failing to store it in the cache is not.
 fn load_program(
     runtime: &Runtime,
+    file: &Path,
     module: &Path,
     app_toml: Option<(&Path, &str)>,
 ) -> Result<Program> {
-    runtime.load(module).map_err(|e| {
+    runtime.load_as(file, module).map_err(|e| {
         let Some(bad) = e.downcast_ref::<BadModule>() else {
             return e;
         };
@@ -163,14 +173,58 @@ fn run(
     program: Program,
 ) -> Result<u8> {
     let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
-    let served = serve(home, &live, function, program, invoke, inputs);
+    let served = serve(home, &live, function, None, program, invoke, inputs);
     apps::stop_owned(home, registry, &live.record.id, lease)?;
     served
 }
 
-fn deploy(home: &Home, registry: &mut Registry, manifest: &AppManifest) -> Result<u8> {
-    let (live, updated) = apps::deploy(home, registry, manifest)?;
-    let verb = if updated { "updated" } else { "deployed" };
+fn deploy(
+    home: &Home,
+    registry: &mut Registry,
+    manifest: &AppManifest,
+    snapshots: &BTreeMap<String, Snapshot>,
+    force: bool,
+    yes: bool,
+) -> Result<u8> {
+    let plan = apps::plan_deploy(home, registry, manifest)?;
+    if !force {
+        plan.refuse_busy_calls()?;
+    }
+    if !plan.discarded.is_empty() {
+        let volumes: Vec<String> = plan
+            .discarded
+            .iter()
+            .map(|v| {
+                let key = v.key.clone().unwrap_or_default();
+                let why = match manifest.volumes.get(&key) {
+                    Some(Some(name)) => format!("now the named volume `{name}`"),
+                    _ => "no longer declared".to_owned(),
+                };
+                format!("`{key}` ({}, {why})", v.id)
+            })
+            .collect();
+        confirm(
+            &format!(
+                "Updating app `{}` deletes its ephemeral volume(s) {} and all their data. Continue?",
+                manifest.name,
+                volumes.join(", ")
+            ),
+            yes,
+        )?;
+    }
+    let deployed = apps::deploy(home, registry, manifest, snapshots, &plan, force)?;
+    for call in &deployed.interrupted {
+        eprintln!(
+            "note: interrupted call {} (function `{}`), which used a deleted volume",
+            call.id, call.function
+        );
+    }
+    let live = &deployed.live;
+    let verb = if deployed.updated {
+        "updated"
+    } else {
+        "deployed"
+    };
     println!("{verb} app `{}` ({})", live.record.name, live.record.id);
     Ok(0)
 }
@@ -182,28 +236,47 @@ fn call(
     function: &str,
     invoke: &InvokeArgs,
 ) -> Result<u8> {
-    let live = apps::load_deployed(registry, app)?;
-    let function = live
-        .manifest
-        .select_function(Some(function))
-        .map_err(usage)?
-        .to_owned();
-    let inputs = read_map_inputs(invoke)?;
-    let spec = &live.manifest.functions[&function];
-    let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_deref(), spec))?;
-    let program = load_program(&runtime, &spec.module, None)?;
-    serve(home, &live, &function, program, invoke, inputs)
+    let (live, function, call) = apps::start_call(home, registry, app, function)?;
+    let result = (|| {
+        let inputs = read_map_inputs(invoke)?;
+        let spec = &live.manifest.functions[&function];
+        let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_deref(), spec))?;
+        let program = load_program(&runtime, &live.module(home, &function), &spec.module, None)?;
+        serve(
+            home,
+            &live,
+            &function,
+            Some(&call.id),
+            program,
+            invoke,
+            inputs,
+        )
+    })();
+    let (state, error) = match &result {
+        Ok(0) => (CallState::Succeeded, None),
+        Ok(code) => (CallState::Failed, Some(format!("exited with code {code}"))),
+        Err(e) => (CallState::Failed, Some(format!("{e:#}").replace('\n', " "))),
+    };
+    apps::finish_call(registry, call, state, error.as_deref())?;
+    result
 }
 
 /// How many instances of the function run at once: one, or with `--map` the
 /// `--concurrency` (default: the function's `concurrency`, else the number
-/// of cores), never more than there are inputs.
+/// of cores), never more than there are inputs, nor than the function's
+/// `concurrency`: a `--concurrency` above it is lowered, with a note.
 fn instances_at_once(invoke: &InvokeArgs, inputs: Option<&[String]>, spec: &FunctionSpec) -> usize {
     let Some(inputs) = inputs else { return 1 };
-    let concurrency = invoke.concurrency.or(spec.concurrency).map_or_else(
-        || std::thread::available_parallelism().map_or(2, |n| n.get()),
-        |n| n as usize,
-    );
+    let concurrency = match (invoke.concurrency, spec.concurrency) {
+        (Some(asked), Some(most)) if asked > most => {
+            eprintln!(
+                "note: running at most {most} at once, the function's `concurrency`, not --concurrency {asked}"
+            );
+            most as usize
+        }
+        (Some(n), _) | (None, Some(n)) => n as usize,
+        (None, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
     concurrency.min(inputs.len()).max(1)
 }
 
@@ -219,6 +292,7 @@ fn serve(
     home: &Home,
     live: &LiveApp,
     function: &str,
+    call_id: Option<&str>,
     program: Program,
     invoke: &InvokeArgs,
     inputs: Option<Vec<String>>,
@@ -226,7 +300,7 @@ fn serve(
     let cancelled = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel();
-    watch_for_stop(home, &live.record.id, cancelled.clone(), stop_tx)?;
+    watch_for_stop(home, &live.record.id, call_id, cancelled.clone(), stop_tx)?;
     let forward = events_tx.clone();
     std::thread::spawn(move || {
         for cause in stop_rx {
@@ -237,6 +311,11 @@ fn serve(
     let spec = live.manifest.functions[function].clone();
     let mounts = live.mounts(home, function);
     let concurrency = instances_at_once(invoke, inputs.as_deref(), &spec);
+    // Only a deployed app is called from several processes.
+    let slots = spec
+        .concurrency
+        .filter(|_| live.record.kind == AppKind::Deployed)
+        .map(|n| Slots::new(home, &live.record.id, function, n));
     let (worker_home, args, worker_cancelled) =
         (home.clone(), invoke.args.clone(), cancelled.clone());
     std::thread::spawn(move || {
@@ -246,6 +325,7 @@ fn serve(
             function: &spec,
             mounts: &mounts,
             cancelled: worker_cancelled,
+            slots,
         };
         let event = match inputs {
             None => Event::One(target.run_one(&args)),
@@ -277,21 +357,22 @@ fn serve(
         ),
         // The watcher polls, so a failure a stop caused (the volumes trashed
         // under a starting instance) can arrive before it has seen the stop.
-        Event::One(Outcome::Failed(_) | Outcome::Interrupted)
-            if app_was_stopped(home, &live.record.id) =>
-        {
-            Some(StopCause::AppStopped)
+        Event::One(Outcome::Failed(_) | Outcome::Interrupted) => {
+            stop_cause_now(home, &live.record.id, call_id)
         }
-        Event::Map(report)
-            if !report.failures.is_empty() && app_was_stopped(home, &live.record.id) =>
-        {
-            Some(StopCause::AppStopped)
+        Event::Map(report) if !report.failures.is_empty() => {
+            stop_cause_now(home, &live.record.id, call_id)
         }
         _ => None,
     };
     match (stopped, first) {
         (Some(StopCause::AppStopped), _) => Err(anyhow::anyhow!(
             "app {app} was stopped (`wasmhost app stop`); its invocations were interrupted"
+        )),
+        (Some(StopCause::CallCancelled), _) => Err(anyhow::anyhow!(
+            "call {} of app {app} was cancelled: {}",
+            call_id.unwrap_or_default(),
+            apps::why_cancelled(home, call_id.unwrap_or_default())
         )),
         (Some(StopCause::Signal), _) | (None, Event::One(Outcome::Interrupted)) => {
             Err(anyhow::anyhow!("interrupted; stopping app {app}"))

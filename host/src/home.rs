@@ -11,6 +11,8 @@ const TRASH_DIR: &str = "trash";
 const LEASES_DIR: &str = "leases";
 const LOCKS_DIR: &str = "locks";
 const CACHE_DIR: &str = "cache";
+const MODULES_DIR: &str = "modules";
+const SLOTS_DIR: &str = "slots";
 
 /// The state directory, created on first use.
 #[derive(Debug, Clone)]
@@ -43,7 +45,15 @@ impl Home {
     /// Opens (creating if needed) a state directory at `root`.
     pub fn at(root: PathBuf) -> Result<Self> {
         let home = Self { root };
-        for dir in [VOLUMES_DIR, TRASH_DIR, LEASES_DIR, LOCKS_DIR, CACHE_DIR] {
+        for dir in [
+            VOLUMES_DIR,
+            TRASH_DIR,
+            LEASES_DIR,
+            LOCKS_DIR,
+            CACHE_DIR,
+            MODULES_DIR,
+            SLOTS_DIR,
+        ] {
             let path = home.root.join(dir);
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create state directory {}", path.display()))?;
@@ -73,9 +83,9 @@ impl Home {
         self.root.join(TRASH_DIR)
     }
 
-    /// One lease file per app owned by a live process (see `lease`).
-    pub fn lease_file(&self, app_id: &str) -> PathBuf {
-        self.leases_dir().join(format!("{app_id}.lease"))
+    /// One lease file per app or call owned by a live process (see `lease`).
+    pub fn lease_file(&self, id: &str) -> PathBuf {
+        self.leases_dir().join(format!("{id}.lease"))
     }
 
     pub fn leases_dir(&self) -> PathBuf {
@@ -89,5 +99,23 @@ impl Home {
 
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join(CACHE_DIR)
+    }
+
+    /// The module snapshots deployed apps run, one file per content digest.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.join(MODULES_DIR)
+    }
+
+    pub fn module_snapshot(&self, digest: &str) -> PathBuf {
+        self.modules_dir().join(format!("{digest}.wasm"))
+    }
+
+    /// Concurrency slot files of one app's function (see `slots`).
+    pub fn function_slots_dir(&self, app_id: &str, function: &str) -> PathBuf {
+        self.app_slots_dir(app_id).join(function)
+    }
+
+    pub fn app_slots_dir(&self, app_id: &str) -> PathBuf {
+        self.root.join(SLOTS_DIR).join(app_id)
     }
 }

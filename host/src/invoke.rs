@@ -13,8 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::apps::Mount;
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
-use crate::registry::{AppState, Registry};
+use crate::registry::{AppState, CallState, Registry};
 use crate::runtime::{Finished, Invocation, Outcome, Output, Program};
+use crate::slots::Slots;
 
 /// Most bytes of stdout (and of stderr) kept per `--map` invocation.
 const CAPTURE_LIMIT: usize = 16 << 20;
@@ -28,6 +29,8 @@ pub struct Target<'a> {
     pub function: &'a FunctionSpec,
     pub mounts: &'a [Mount],
     pub cancelled: Arc<AtomicBool>,
+    /// The function's `concurrency` across processes, for a deployed app.
+    pub slots: Option<Slots>,
 }
 
 impl Target<'_> {
@@ -42,11 +45,25 @@ impl Target<'_> {
         }
     }
 
+    /// One invocation, once a concurrency slot is free: the one place an
+    /// instance starts.
+    fn invoke(&self, args: &[String], output: Output) -> Finished {
+        let _slot = match self.slots.as_ref().map(|s| s.acquire(&self.cancelled)) {
+            Some(Ok(None)) => return ended(Outcome::Interrupted),
+            Some(Err(e)) => {
+                return ended(Outcome::Failed(format!(
+                    "could not wait for a concurrency slot: {e:#}"
+                )));
+            }
+            Some(Ok(slot)) => slot,
+            None => None,
+        };
+        self.program.invoke(&self.invocation(args, output))
+    }
+
     /// One invocation with stdio streamed.
     pub fn run_one(&self, args: &[String]) -> Outcome {
-        self.program
-            .invoke(&self.invocation(args, Output::Inherit))
-            .outcome
+        self.invoke(args, Output::Inherit).outcome
     }
 
     /// One invocation per input, at most `concurrency` at once (the runtime
@@ -69,12 +86,12 @@ impl Target<'_> {
                         }
                         let mut all_args = args.to_vec();
                         all_args.push(inputs[index].clone());
-                        let finished = self.program.invoke(&self.invocation(
+                        let finished = self.invoke(
                             &all_args,
                             Output::Capture {
                                 limit: CAPTURE_LIMIT,
                             },
-                        ));
+                        );
                         if done_tx.send((index, finished)).is_err() {
                             break;
                         }
@@ -102,6 +119,15 @@ impl Target<'_> {
             completed: next.load(Ordering::Relaxed).min(inputs.len()),
             failures,
         }
+    }
+}
+
+/// How an invocation that never started ended.
+fn ended(outcome: Outcome) -> Finished {
+    Finished {
+        outcome,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
     }
 }
 
@@ -162,13 +188,18 @@ impl MapReport {
 pub enum StopCause {
     Signal,
     AppStopped,
+    /// The call was cancelled from elsewhere (`deploy --force`); the
+    /// registry holds why.
+    CallCancelled,
 }
 
 /// Sets `cancelled` and reports on `events` when Ctrl-C or SIGTERM arrives,
-/// or when `app_id` is stopped from another process.
+/// or when `app_id` is stopped, or call `call_id` cancelled, from another
+/// process.
 pub fn watch_for_stop(
     home: &Home,
     app_id: &str,
+    call_id: Option<&str>,
     cancelled: Arc<AtomicBool>,
     events: mpsc::Sender<StopCause>,
 ) -> Result<()> {
@@ -178,13 +209,14 @@ pub fn watch_for_stop(
         let _ = on_signal.1.send(StopCause::Signal);
     })?;
     let mut registry = Registry::open(&home.registry_file())?;
-    let app_id = app_id.to_owned();
+    let (app_id, call_id) = (app_id.to_owned(), call_id.map(str::to_owned));
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(STOP_POLL);
-            if is_stopped(&mut registry, &app_id) {
+            if let Some(cause) = stopped_from_elsewhere(&mut registry, &app_id, call_id.as_deref())
+            {
                 cancelled.store(true, Ordering::SeqCst);
-                let _ = events.send(StopCause::AppStopped);
+                let _ = events.send(cause);
                 return;
             }
         }
@@ -192,18 +224,33 @@ pub fn watch_for_stop(
     Ok(())
 }
 
-/// Whether `app_id` has been stopped, asked of the registry now rather than
-/// at the watcher's next poll: an invocation can fail because of a stop
-/// (its volumes trashed under it) before the watcher has seen it.
-pub fn app_was_stopped(home: &Home, app_id: &str) -> bool {
-    Registry::open(&home.registry_file())
-        .is_ok_and(|mut registry| is_stopped(&mut registry, app_id))
+/// Whether `app_id` has been stopped (or call `call_id` cancelled), asked of
+/// the registry now rather than at the watcher's next poll: an invocation
+/// can fail because of a stop (its volumes trashed under it) before the
+/// watcher has seen it.
+pub fn stop_cause_now(home: &Home, app_id: &str, call_id: Option<&str>) -> Option<StopCause> {
+    let mut registry = Registry::open(&home.registry_file()).ok()?;
+    stopped_from_elsewhere(&mut registry, app_id, call_id)
 }
 
-fn is_stopped(registry: &mut Registry, app_id: &str) -> bool {
+fn stopped_from_elsewhere(
+    registry: &mut Registry,
+    app_id: &str,
+    call_id: Option<&str>,
+) -> Option<StopCause> {
     registry
-        .read(|tx| tx.app(app_id))
+        .read(|tx| {
+            if tx.app(app_id)?.is_some_and(|app| app.state == AppState::Stopped) {
+                return Ok(Some(StopCause::AppStopped));
+            }
+            let cancelled = match call_id {
+                Some(id) => tx
+                    .call(id)?
+                    .is_some_and(|call| call.state == CallState::Cancelled),
+                None => false,
+            };
+            Ok(cancelled.then_some(StopCause::CallCancelled))
+        })
         .ok()
         .flatten()
-        .is_some_and(|app| app.state == AppState::Stopped)
 }

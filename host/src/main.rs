@@ -34,6 +34,12 @@ enum Command {
     Deploy {
         /// The app's app.toml.
         app: PathBuf,
+        /// Interrupt running calls that use a volume the update deletes.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask before discarding the data of volumes the update deletes.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Invoke a function of a deployed app.
     Call {
@@ -62,7 +68,7 @@ struct InvokeArgs {
     /// One invocation per line of FILE (`-` for stdin), the line as the last argument.
     #[arg(long, value_name = "FILE|-")]
     map: Option<String>,
-    /// Most invocations at once with --map (default: the function's `concurrency`, else the number of cores).
+    /// Most invocations at once with --map (default, and most: the function's `concurrency`; else the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: Option<u32>,
     /// Arguments for the function, after its `args` from app.toml.

@@ -7,17 +7,23 @@
 //! and every state change is one `BEGIN IMMEDIATE` transaction, so two
 //! processes racing to create, mount or delete one volume serialize.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::manifest::AppManifest;
 
-const SCHEMA_VERSION: i64 = 1;
-const SCHEMA: &str = "
+/// The registry's schema as an ordered list of migrations: applying
+/// `MIGRATIONS[i]` takes a registry at version `i` (`PRAGMA user_version`)
+/// to `i + 1`, each in its own transaction. Append only: a migration that
+/// has shipped is never edited, since homes made by that release ran it.
+const MIGRATIONS: &[&str] = &[
+    // 1 (the first release): apps, their volumes and mounts.
+    "
 CREATE TABLE apps (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -43,7 +49,56 @@ CREATE TABLE mounts (
     key         TEXT NOT NULL,
     PRIMARY KEY (app_id, key)
 );
-";
+",
+    // 2: calls of deployed apps. A running call also holds a lease named by
+    // its id, so a caller that died is told from one still at work. Each
+    // state has the timestamps it implies.
+    "
+CREATE TABLE calls (
+    id          TEXT PRIMARY KEY,
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    function    TEXT NOT NULL,
+    state       TEXT NOT NULL
+                CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    finished_at INTEGER,
+    error       TEXT,
+    CHECK (CASE state WHEN 'queued' THEN started_at IS NULL
+                      WHEN 'cancelled' THEN 1
+                      ELSE started_at IS NOT NULL END),
+    CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
+);
+CREATE INDEX calls_by_app ON calls (app_id, state);
+CREATE INDEX calls_by_state ON calls (state);
+",
+    // 3: the module snapshot each function of a deployed app runs.
+    "
+CREATE TABLE app_modules (
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    function    TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    PRIMARY KEY (app_id, function)
+);
+CREATE INDEX app_modules_by_digest ON app_modules (digest);
+",
+];
+
+/// The format of the manifest JSON stored in `apps.manifest`, in its
+/// `format` key. 1 is the first release's, which had no key. A field added
+/// with a serde default needs no new format; a change that older readers
+/// would misread does, and they refuse it with [`NewerThanThisWasmhost`].
+const MANIFEST_FORMAT: u64 = 2;
+
+/// State written by a newer wasmhost than this one: refused rather than
+/// misread, and never to be "repaired" by moving the registry aside.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} was written by a newer wasmhost ({found}; this one reads up to {known}); upgrade wasmhost")]
+pub struct NewerThanThisWasmhost {
+    pub what: String,
+    pub found: String,
+    pub known: String,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +150,54 @@ pub struct VolumeRecord {
 pub struct MountedVolume {
     pub key: String,
     pub volume: VolumeRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl CallState {
+    fn as_str(self) -> &'static str {
+        match self {
+            CallState::Queued => "queued",
+            CallState::Running => "running",
+            CallState::Succeeded => "succeeded",
+            CallState::Failed => "failed",
+            CallState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "queued" => CallState::Queued,
+            "running" => CallState::Running,
+            "succeeded" => CallState::Succeeded,
+            "failed" => CallState::Failed,
+            _ => CallState::Cancelled,
+        }
+    }
+}
+
+/// One call of a deployed app's function.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    /// `ca-` and random characters.
+    pub id: String,
+    pub app_id: String,
+    pub function: String,
+    pub state: CallState,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Why it failed or was cancelled, in one line.
+    pub error: Option<String>,
 }
 
 pub struct Registry {
@@ -153,7 +256,14 @@ impl Registry {
             conn,
             path: path.to_owned(),
         };
-        registry.migrate().with_context(broken)?;
+        registry.migrate().map_err(|e| {
+            // Moving aside a registry that is newer, not damaged, loses it.
+            if e.is::<NewerThanThisWasmhost>() {
+                e
+            } else {
+                e.context(broken())
+            }
+        })?;
         registry.keep_reserve();
         Ok(registry)
     }
@@ -187,23 +297,39 @@ impl Registry {
         }
     }
 
+    /// Brings the schema up to date, one migration per transaction, so a
+    /// process that dies mid-upgrade leaves a registry at some version that
+    /// the next one continues from. A registry from a newer wasmhost is
+    /// refused untouched.
     fn migrate(&mut self) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        match version {
-            0 => {
-                tx.execute_batch(SCHEMA)?;
-                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let latest = MIGRATIONS.len() as i64;
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version > latest {
+                return Err(NewerThanThisWasmhost {
+                    what: format!("the registry {}", self.path.display()),
+                    found: format!("schema version {version}"),
+                    known: format!("version {latest}"),
+                }
+                .into());
             }
-            SCHEMA_VERSION => {}
-            other => bail!(
-                "registry schema version {other} is newer than this wasmhost understands ({SCHEMA_VERSION})"
-            ),
+            if version == latest {
+                return Ok(());
+            }
+            let next = version + 1;
+            tx.execute_batch(MIGRATIONS[version as usize])
+                .and_then(|()| tx.pragma_update(None, "user_version", next))
+                .and_then(|()| tx.commit())
+                .with_context(|| {
+                    format!(
+                        "cannot upgrade the registry {} to schema version {next}",
+                        self.path.display()
+                    )
+                })?;
         }
-        tx.commit()?;
-        Ok(())
     }
 
     /// Runs `f` as one write transaction; nothing of it is kept if it fails.
@@ -251,6 +377,8 @@ pub struct Tx<'a> {
 
 const APP_COLUMNS: &str = "id, name, kind, state, created_at, stopped_at, manifest, has_lease";
 const VOLUME_COLUMNS: &str = "v.id, v.app_id, v.key, v.name, v.created_at";
+const CALL_COLUMNS: &str =
+    "id, app_id, function, state, created_at, started_at, finished_at, error";
 
 impl Tx<'_> {
     pub fn insert_app(
@@ -273,7 +401,7 @@ impl Tx<'_> {
         has_lease: bool,
     ) -> Result<AppRecord> {
         let id = id.to_owned();
-        let manifest_json = manifest.map(serde_json::to_string).transpose()?;
+        let manifest_json = manifest.map(encode_manifest).transpose()?;
         let now = now();
         self.tx.execute(
             "INSERT INTO apps (id, name, kind, state, created_at, manifest, has_lease) VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
@@ -294,7 +422,7 @@ impl Tx<'_> {
     pub fn set_manifest(&self, app_id: &str, manifest: &AppManifest) -> Result<()> {
         self.tx.execute(
             "UPDATE apps SET manifest = ?2 WHERE id = ?1",
-            params![app_id, serde_json::to_string(manifest)?],
+            params![app_id, encode_manifest(manifest)?],
         )?;
         Ok(())
     }
@@ -313,10 +441,7 @@ impl Tx<'_> {
 
     pub fn app(&self, app_id: &str) -> Result<Option<AppRecord>> {
         let sql = format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1");
-        Ok(self
-            .tx
-            .query_row(&sql, params![app_id], app_from_row)
-            .optional()?)
+        Ok(self.query_apps(&sql, params![app_id])?.pop())
     }
 
     /// Apps whose id is `id_or_name`, or running apps named `id_or_name`.
@@ -333,9 +458,8 @@ impl Tx<'_> {
             "SELECT {APP_COLUMNS} FROM apps WHERE name = ?1 AND kind = ?2 ORDER BY (state = 'running') DESC, created_at DESC, rowid DESC LIMIT 1"
         );
         Ok(self
-            .tx
-            .query_row(&sql, params![name, kind_str(kind)], app_from_row)
-            .optional()?)
+            .query_apps(&sql, params![name, kind_str(kind)])?
+            .pop())
     }
 
     pub fn list_apps(&self, include_stopped: bool) -> Result<Vec<AppRecord>> {
@@ -361,7 +485,15 @@ impl Tx<'_> {
     fn query_apps(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<AppRecord>> {
         let mut stmt = self.tx.prepare(sql)?;
         let rows = stmt.query_map(params, app_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        rows.map(|row| {
+            let (mut app, manifest) = row?;
+            app.manifest = manifest
+                .map(|json| decode_manifest(&json))
+                .transpose()
+                .with_context(|| format!("cannot read the stored manifest of app {}", app.id))?;
+            Ok(app)
+        })
+        .collect()
     }
 
     pub fn insert_volume(
@@ -463,6 +595,88 @@ impl Tx<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Records a call that starts running now.
+    pub fn insert_running_call(&self, id: &str, app_id: &str, function: &str) -> Result<()> {
+        let now = now();
+        self.tx.execute(
+            "INSERT INTO calls (id, app_id, function, state, created_at, started_at) VALUES (?1, ?2, ?3, 'running', ?4, ?4)",
+            params![id, app_id, function, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn call(&self, id: &str) -> Result<Option<CallRecord>> {
+        let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1");
+        Ok(self.query_calls(&sql, params![id])?.pop())
+    }
+
+    /// Running calls, of one app or of all.
+    pub fn running_calls(&self, app_id: Option<&str>) -> Result<Vec<CallRecord>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'running' AND (?1 IS NULL OR app_id = ?1) ORDER BY created_at, rowid"
+        );
+        self.query_calls(&sql, params![app_id])
+    }
+
+    /// Ends a running call as `state`; a call already ended (cancelled from
+    /// elsewhere) keeps its first ending. Returns whether this one counted.
+    pub fn finish_call(&self, id: &str, state: CallState, error: Option<&str>) -> Result<bool> {
+        let changed = self.tx.execute(
+            "UPDATE calls SET state = ?2, finished_at = ?3, error = ?4 WHERE id = ?1 AND state IN ('queued', 'running')",
+            params![id, state.as_str(), now(), error],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn query_calls(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<CallRecord>> {
+        let mut stmt = self.tx.prepare(sql)?;
+        let rows = stmt.query_map(params, |row| {
+            Ok(CallRecord {
+                id: row.get(0)?,
+                app_id: row.get(1)?,
+                function: row.get(2)?,
+                state: CallState::parse(&row.get::<_, String>(3)?),
+                created_at: row.get(4)?,
+                started_at: row.get(5)?,
+                finished_at: row.get(6)?,
+                error: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Sets the module snapshot (by digest) each function of `app_id` runs.
+    pub fn set_app_modules(&self, app_id: &str, modules: &BTreeMap<String, String>) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM app_modules WHERE app_id = ?1", params![app_id])?;
+        for (function, digest) in modules {
+            self.tx.execute(
+                "INSERT INTO app_modules (app_id, function, digest) VALUES (?1, ?2, ?3)",
+                params![app_id, function, digest],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Function -> module snapshot digest, for a deployed app; empty for
+    /// one deployed by a release that kept only the module's path.
+    pub fn app_modules(&self, app_id: &str) -> Result<BTreeMap<String, String>> {
+        let mut stmt = self
+            .tx
+            .prepare("SELECT function, digest FROM app_modules WHERE app_id = ?1")?;
+        let rows = stmt.query_map(params![app_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Digests of the module snapshots that running apps use.
+    pub fn module_digests_in_use(&self) -> Result<BTreeSet<String>> {
+        let mut stmt = self.tx.prepare(
+            "SELECT DISTINCT m.digest FROM app_modules m JOIN apps a ON a.id = m.app_id WHERE a.state = 'running'",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Running apps other than the volume's own that mount it.
     pub fn apps_mounting(&self, volume_id: &str) -> Result<Vec<AppRecord>> {
         let sql = format!(
@@ -482,7 +696,9 @@ fn kind_str(kind: AppKind) -> &'static str {
     }
 }
 
-fn app_from_row(row: &rusqlite::Row) -> rusqlite::Result<AppRecord> {
+/// An app without its manifest, and the manifest's stored JSON, decoded
+/// by the caller so that a bad one is reported as such.
+fn app_from_row(row: &rusqlite::Row) -> rusqlite::Result<(AppRecord, Option<String>)> {
     let kind = match row.get::<_, String>(2)?.as_str() {
         "ephemeral" => AppKind::Ephemeral,
         "deployed" => AppKind::Deployed,
@@ -492,23 +708,47 @@ fn app_from_row(row: &rusqlite::Row) -> rusqlite::Result<AppRecord> {
         "running" => AppState::Running,
         _ => AppState::Stopped,
     };
-    let manifest = row
-        .get::<_, Option<String>>(6)?
-        .map(|json| serde_json::from_str(&json))
-        .transpose()
-        .map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
-        })?;
-    Ok(AppRecord {
+    let app = AppRecord {
         id: row.get(0)?,
         name: row.get(1)?,
         kind,
         state,
         created_at: row.get(4)?,
         stopped_at: row.get(5)?,
-        manifest,
+        manifest: None,
         has_lease: row.get(7)?,
-    })
+    };
+    Ok((app, row.get(6)?))
+}
+
+/// A manifest as stored: its JSON with the `format` key.
+fn encode_manifest(manifest: &AppManifest) -> Result<String> {
+    let mut json = serde_json::to_value(manifest)?;
+    if let serde_json::Value::Object(fields) = &mut json {
+        fields.insert("format".into(), MANIFEST_FORMAT.into());
+    }
+    Ok(serde_json::to_string(&json)?)
+}
+
+/// A stored manifest of any format this wasmhost knows; what later formats
+/// added is defaulted (`#[serde(default)]`) for earlier ones.
+fn decode_manifest(json: &str) -> Result<AppManifest> {
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    let format = match value.get("format") {
+        None => 1,
+        Some(format) => format
+            .as_u64()
+            .with_context(|| format!("its `format` is {format}, not a number"))?,
+    };
+    if format > MANIFEST_FORMAT {
+        return Err(NewerThanThisWasmhost {
+            what: "it".into(),
+            found: format!("manifest format {format}"),
+            known: format!("format {MANIFEST_FORMAT}"),
+        }
+        .into());
+    }
+    Ok(serde_json::from_value(value)?)
 }
 
 fn volume_from_row(row: &rusqlite::Row) -> rusqlite::Result<VolumeRecord> {

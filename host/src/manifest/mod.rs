@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use guest_path::normalize_guest_path;
 use raw::{RawApp, RawFunction};
 
-use crate::names::{NAME_RULE, is_valid_name};
+use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
 
 /// `timeout` when app.toml gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -159,6 +159,15 @@ pub fn parse(file: &Path, text: &str, base_dir: &Path) -> Result<AppManifest, Ma
     Validator { file, text }.validate(base_dir)
 }
 
+/// Which naming rule a name in app.toml follows (see `names`).
+#[derive(Clone, Copy)]
+enum Rule {
+    /// Apps and named volumes.
+    Name,
+    /// Functions and volume keys.
+    Identifier,
+}
+
 struct Validator<'a> {
     file: &'a Path,
     text: &'a str,
@@ -189,12 +198,12 @@ impl Validator<'_> {
         }
         let raw: RawApp = toml::from_str(self.text).map_err(|e| self.toml_error(e))?;
 
-        let name = self.name(&raw.name, "app name")?;
+        let name = self.name(&raw.name, "app name", Rule::Name)?;
         let mut volumes = BTreeMap::new();
         for (key, volume) in &raw.volumes {
-            let key = self.name(key, "volume key")?;
+            let key = self.name(key, "volume key", Rule::Identifier)?;
             let persist = match &volume.persist {
-                Some(persist) => Some(self.name(persist, "`persist` volume name")?),
+                Some(persist) => Some(self.name(persist, "`persist` volume name", Rule::Name)?),
                 None => None,
             };
             volumes.insert(key, persist);
@@ -208,7 +217,7 @@ impl Validator<'_> {
         }
         let mut functions = BTreeMap::new();
         for (key, function) in &raw.functions {
-            let function_name = self.name(key, "function name")?;
+            let function_name = self.name(key, "function name", Rule::Identifier)?;
             functions.insert(function_name, self.function(function, &volumes, base_dir)?);
         }
         let entrypoint = match &raw.entrypoint {
@@ -232,14 +241,23 @@ impl Validator<'_> {
         })
     }
 
-    fn name(&self, name: &toml::Spanned<String>, what: &str) -> Result<String, ManifestError> {
-        if is_valid_name(name.get_ref()) {
+    fn name(
+        &self,
+        name: &toml::Spanned<String>,
+        what: &str,
+        rule: Rule,
+    ) -> Result<String, ManifestError> {
+        let (valid, text) = match rule {
+            Rule::Name => (is_valid_name(name.get_ref()), NAME_RULE),
+            Rule::Identifier => (is_valid_identifier(name.get_ref()), IDENTIFIER_RULE),
+        };
+        if valid {
             Ok(name.get_ref().clone())
         } else {
             Err(self.error(
                 Some(name.span()),
                 format!("invalid {what} `{}`", name.get_ref().escape_debug()),
-                format!("use {NAME_RULE}"),
+                format!("use {text}"),
             ))
         }
     }

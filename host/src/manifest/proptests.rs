@@ -33,8 +33,14 @@ fn check_error(text: &str, e: &ManifestError) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// An app or volume name (see `names`).
 fn name() -> impl Strategy<Value = String> {
-    "[a-z0-9][a-z0-9-]{0,12}"
+    "[A-Za-z0-9][A-Za-z0-9_.-]{0,12}"
+}
+
+/// A function name or volume key: bare TOML keys, as users write them.
+fn identifier() -> impl Strategy<Value = String> {
+    "[A-Za-z_][A-Za-z0-9_-]{0,12}"
 }
 
 fn guest_path() -> impl Strategy<Value = String> {
@@ -90,14 +96,14 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
 fn manifest() -> impl Strategy<Value = AppManifest> {
     (
         name(),
-        proptest::collection::btree_map(name(), proptest::option::of(name()), 0..4),
+        proptest::collection::btree_map(identifier(), proptest::option::of(name()), 0..4),
     )
         .prop_flat_map(|(app, volumes)| {
             let keys: Vec<String> = volumes.keys().cloned().collect();
             (
                 Just(app),
                 Just(volumes),
-                proptest::collection::btree_map(name(), function(keys), 1..4),
+                proptest::collection::btree_map(identifier(), function(keys), 1..4),
                 any::<proptest::sample::Index>(),
                 any::<bool>(),
             )
@@ -198,7 +204,7 @@ proptest! {
     }
 
     #[test]
-    fn bad_names_are_refused_where_they_stand(bad in "[A-Z_. /][a-zA-Z0-9_./ -]{0,8}") {
+    fn bad_names_are_refused_where_they_stand(bad in "[_. /][a-zA-Z0-9_./ -]{0,8}") {
         let text = format!("name = \"ok\"\n[functions.f]\nmodule = \"m.wasm\"\n[volumes.v]\npersist = {}\n",
             toml::Value::String(bad.clone()));
         let e = parse(Path::new("app.toml"), &text, base_dir()).unwrap_err();
