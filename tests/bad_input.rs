@@ -338,8 +338,8 @@ fn bad_names_are_usage_errors_and_reach_nothing() {
     let env = TestEnv::new();
     for bad in [
         "",
-        "Upper",
-        "under_score",
+        "_leading-underscore",
+        ".hidden",
         "../escape",
         "a/b",
         ".",
@@ -347,7 +347,7 @@ fn bad_names_are_usage_errors_and_reach_nothing() {
         "with space",
         "tab\there",
         "newline\nhere",
-        &"a".repeat(64),
+        &"a".repeat(65),
     ] {
         usage_error(&env, &["volume", "create", bad], &["invalid"]);
         usage_error(&env, &["volume", "ls", bad], &[]);

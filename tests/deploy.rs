@@ -73,7 +73,11 @@ mounts = { "/cache" = "model_cache" }
     assert_eq!(read.stdout(), "ok");
     // Still never a path.
     let bad = env.run(&["volume", "create", "../escape"]).code_is(2);
-    assert!(bad.stderr().contains("invalid volume name"), "{}", bad.stderr());
+    assert!(
+        bad.stderr().contains("invalid volume name"),
+        "{}",
+        bad.stderr()
+    );
 }
 
 /// An app whose function `fsops` mounts volume key `scratch` at /scratch,
@@ -100,8 +104,16 @@ fn a_redeploy_never_deletes_a_volume_under_a_running_call_unless_forced() {
     let env = TestEnv::new();
     let app = scratch_app(&env, "busy", None);
     env.run(&["deploy", path(&app)]).success();
-    env.run(&["call", "busy", "fsops", "--", "write", "/scratch/keep", "kept-data-7"])
-        .success();
+    env.run(&[
+        "call",
+        "busy",
+        "fsops",
+        "--",
+        "write",
+        "/scratch/keep",
+        "kept-data-7",
+    ])
+    .success();
     // A call that writes to the ephemeral volume until it is stopped.
     let mut writer = env.spawn(&[
         "call",
@@ -172,8 +184,16 @@ fn a_redeploy_that_discards_data_asks_first() {
     let env = TestEnv::new();
     let app = scratch_app(&env, "asks", None);
     env.run(&["deploy", path(&app)]).success();
-    env.run(&["call", "asks", "fsops", "--", "write", "/scratch/keep", "kept-data-7"])
-        .success();
+    env.run(&[
+        "call",
+        "asks",
+        "fsops",
+        "--",
+        "write",
+        "/scratch/keep",
+        "kept-data-7",
+    ])
+    .success();
     // Unchanged volumes: nothing to ask.
     env.run(&["deploy", path(&app)]).success();
 
@@ -352,6 +372,9 @@ concurrency = 1
         assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("was stopped"), "{stderr}");
     }
+    let mut waited = String::new();
+    std::io::Read::read_to_string(waiter.stdout.as_mut().unwrap(), &mut waited).unwrap();
+    assert_eq!(waited, "", "the second caller ran beside the first");
 }
 
 /// Copies the directory tree `from` to `to`.
@@ -427,7 +450,12 @@ fn a_home_made_by_the_previous_release_keeps_working() {
         .unwrap();
     assert_eq!(version, 3, "every migration ran");
     env.run(&["app", "stop", "fixture-app", "--yes"]).success();
-    assert_eq!(env.run(&["volume", "get", "fixture-data", "/hello.txt", "-"]).success().stdout(), "hello from 1625aba");
+    assert_eq!(
+        env.run(&["volume", "get", "fixture-data", "/hello.txt", "-"])
+            .success()
+            .stdout(),
+        "hello from 1625aba"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -152,7 +153,11 @@ impl DeployPlan {
 
 /// What deploying `manifest` now would destroy, so the caller can ask
 /// before [`deploy`] does it.
-pub fn plan_deploy(home: &Home, registry: &mut Registry, manifest: &AppManifest) -> Result<DeployPlan> {
+pub fn plan_deploy(
+    home: &Home,
+    registry: &mut Registry,
+    manifest: &AppManifest,
+) -> Result<DeployPlan> {
     registry.read(|tx| plan_in(tx, home, manifest))
 }
 
@@ -176,7 +181,11 @@ fn plan_in(tx: &Tx, home: &Home, manifest: &AppManifest) -> Result<DeployPlan> {
         .collect();
     let mut busy_calls = Vec::new();
     for call in tx.running_calls(Some(&app.id))? {
-        let uses_discarded = match app.manifest.as_ref().and_then(|m| m.functions.get(&call.function)) {
+        let uses_discarded = match app
+            .manifest
+            .as_ref()
+            .and_then(|m| m.functions.get(&call.function))
+        {
             Some(spec) => spec
                 .mounts
                 .iter()
@@ -218,8 +227,9 @@ pub fn deploy(
     agreed: &DeployPlan,
     force: bool,
 ) -> Result<Deployed> {
-    let (deployed, trashed) = with_new_dirs(home, |created| {
-        registry.write(|tx| {
+    let (deployed, trashed) =
+        with_new_dirs(home, |created| {
+            registry.write(|tx| {
             let plan = plan_in(tx, home, manifest)?;
             if plan
                 .discarded
@@ -275,10 +285,37 @@ pub fn deploy(
                 plan.discarded,
             ))
         })
-    })?;
+        })?;
+    wait_for_callers(home, &deployed.interrupted, CALLER_GRACE);
     trash_volumes(home, &trashed)?;
     remove_unused_modules(home, registry)?;
     Ok(deployed)
+}
+
+/// How long a forced deploy waits for the calls it cancelled to end: a
+/// caller sees the cancellation within a poll and gives its instances two
+/// seconds to unwind.
+const CALLER_GRACE: Duration = Duration::from_secs(10);
+
+/// Waits, at most `limit` in all, until the processes of `calls` have let
+/// go of their leases, so that they are interrupted rather than see their
+/// files vanish under them.
+fn wait_for_callers(home: &Home, calls: &[CallRecord], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    for call in calls {
+        loop {
+            match Lease::take_abandoned(home, &call.id) {
+                Ok(Some(lease)) => {
+                    lease.release();
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// Whether `volume`, mounted under a key, still fits that key's

@@ -47,6 +47,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
             let (manifest, function) = load_manifest(&app, function.as_deref())?;
             let inputs = read_map_inputs(&invoke)?;
             let spec = &manifest.functions[&function];
+            note_lowered_concurrency(&invoke, spec);
             // Compiled before `$WASMHOST_HOME` is opened, so that a module
             // wasmtime refuses creates nothing either.
             let runtime = Runtime::new(
@@ -240,6 +241,7 @@ fn call(
     let result = (|| {
         let inputs = read_map_inputs(invoke)?;
         let spec = &live.manifest.functions[&function];
+        note_lowered_concurrency(invoke, spec);
         let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_deref(), spec))?;
         let program = load_program(&runtime, &live.module(home, &function), &spec.module, None)?;
         serve(
@@ -264,20 +266,27 @@ fn call(
 /// How many instances of the function run at once: one, or with `--map` the
 /// `--concurrency` (default: the function's `concurrency`, else the number
 /// of cores), never more than there are inputs, nor than the function's
-/// `concurrency`: a `--concurrency` above it is lowered, with a note.
+/// `concurrency` (see [`note_lowered_concurrency`]).
 fn instances_at_once(invoke: &InvokeArgs, inputs: Option<&[String]>, spec: &FunctionSpec) -> usize {
     let Some(inputs) = inputs else { return 1 };
     let concurrency = match (invoke.concurrency, spec.concurrency) {
-        (Some(asked), Some(most)) if asked > most => {
-            eprintln!(
-                "note: running at most {most} at once, the function's `concurrency`, not --concurrency {asked}"
-            );
-            most as usize
-        }
-        (Some(n), _) | (None, Some(n)) => n as usize,
+        (Some(asked), Some(most)) => asked.min(most) as usize,
+        (Some(n), None) | (None, Some(n)) => n as usize,
         (None, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     concurrency.min(inputs.len()).max(1)
+}
+
+/// Says so when `--map --concurrency` asks for more than the function's
+/// `concurrency`, which is the most instances of it at once (SPEC section 3).
+fn note_lowered_concurrency(invoke: &InvokeArgs, spec: &FunctionSpec) {
+    if let (Some(_), Some(asked), Some(most)) = (&invoke.map, invoke.concurrency, spec.concurrency)
+        && asked > most
+    {
+        eprintln!(
+            "note: running at most {most} at once, the function's `concurrency`, not --concurrency {asked}"
+        );
+    }
 }
 
 enum Event {

@@ -240,7 +240,10 @@ fn stopped_from_elsewhere(
 ) -> Option<StopCause> {
     registry
         .read(|tx| {
-            if tx.app(app_id)?.is_some_and(|app| app.state == AppState::Stopped) {
+            if tx
+                .app(app_id)?
+                .is_some_and(|app| app.state == AppState::Stopped)
+            {
                 return Ok(Some(StopCause::AppStopped));
             }
             let cancelled = match call_id {

@@ -1,5 +1,7 @@
 //! Leases: how the next wasmhost command learns that a `run` process died
-//! without stopping its app (kill -9, power loss).
+//! without stopping its app (kill -9, power loss), and how a deploy tells a
+//! running `call` from one whose process died. A lease is named by the id
+//! of what it keeps alive: an app (`ap-…`) or a call (`ca-…`).
 //!
 //! The owner holds an exclusive `flock` on a lease file for as long as it
 //! lives; the kernel drops the lock when the process dies however it dies.
@@ -59,7 +61,8 @@ impl Lease {
     }
 
     /// Deletes lease files no live process holds whose app `is_running`
-    /// does not know: a process killed before it registered its app.
+    /// does not know: a process killed before it registered its app, or a
+    /// call's whose process died (its record is ended either way).
     pub fn remove_orphans(home: &Home, is_running: impl Fn(&str) -> bool) -> Result<()> {
         for entry in fs::read_dir(home.leases_dir())? {
             let path = entry?.path();
@@ -91,9 +94,9 @@ impl Lease {
         Ok(())
     }
 
-    /// Takes over the lease of `app_id` if its owner is gone.
-    pub fn take_abandoned(home: &Home, app_id: &str) -> Result<Option<Self>> {
-        let path = home.lease_file(app_id);
+    /// Takes over the lease of `id` (an app or a call) if its owner is gone.
+    pub fn take_abandoned(home: &Home, id: &str) -> Result<Option<Self>> {
+        let path = home.lease_file(id);
         let file = match OpenOptions::new().write(true).open(&path) {
             Ok(file) => file,
             // Removed only after the app was marked stopped; gone means dead.

@@ -28,8 +28,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn read(module: &Path) -> Result<Self> {
-        let bytes = fs::read(module)
-            .with_context(|| format!("cannot read module {}", module.display()))?;
+        let bytes =
+            fs::read(module).with_context(|| format!("cannot read module {}", module.display()))?;
         Ok(Self {
             digest: sha256_hex(&bytes),
             bytes,

@@ -17,8 +17,7 @@ pub const NAME_RULE: &str =
     "a letter or digit, then up to 63 letters, digits, `_`, `.` or `-` (e.g. `model-cache.v2`)";
 
 /// What a valid function name or volume key looks like, for error messages.
-pub const IDENTIFIER_RULE: &str =
-    "a letter or `_`, then up to 63 letters, digits, `_` or `-` (e.g. `expensive_computation`)";
+pub const IDENTIFIER_RULE: &str = "a letter or `_`, then up to 63 letters, digits, `_` or `-` (e.g. `model_cache`, `expensive_computation`)";
 
 /// An app, volume or secret name: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
 pub fn is_valid_name(name: &str) -> bool {

@@ -93,7 +93,9 @@ const MANIFEST_FORMAT: u64 = 2;
 /// State written by a newer wasmhost than this one: refused rather than
 /// misread, and never to be "repaired" by moving the registry aside.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} was written by a newer wasmhost ({found}; this one reads up to {known}); upgrade wasmhost")]
+#[error(
+    "{what} was written by a newer wasmhost ({found}; this one reads up to {known}); upgrade wasmhost"
+)]
 pub struct NewerThanThisWasmhost {
     pub what: String,
     pub found: String,
@@ -457,9 +459,7 @@ impl Tx<'_> {
         let sql = format!(
             "SELECT {APP_COLUMNS} FROM apps WHERE name = ?1 AND kind = ?2 ORDER BY (state = 'running') DESC, created_at DESC, rowid DESC LIMIT 1"
         );
-        Ok(self
-            .query_apps(&sql, params![name, kind_str(kind)])?
-            .pop())
+        Ok(self.query_apps(&sql, params![name, kind_str(kind)])?.pop())
     }
 
     pub fn list_apps(&self, include_stopped: bool) -> Result<Vec<AppRecord>> {
@@ -485,7 +485,7 @@ impl Tx<'_> {
     fn query_apps(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<AppRecord>> {
         let mut stmt = self.tx.prepare(sql)?;
         let rows = stmt.query_map(params, app_from_row)?;
-        rows.map(|row| {
+        rows.map(|row| -> Result<AppRecord> {
             let (mut app, manifest) = row?;
             app.manifest = manifest
                 .map(|json| decode_manifest(&json))
