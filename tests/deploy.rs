@@ -11,6 +11,34 @@ use std::time::Duration;
 
 use common::{Target, TestEnv, eventually, guest, path, wait_with_timeout};
 
+/// A wasmhost process that is killed if the test fails before it ends, so
+/// a failed test leaves no long-running caller behind.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn(env: &TestEnv, args: &[&str]) -> Spawned {
+    Spawned(env.spawn(args))
+}
+
 /// Reads `child`'s stdout until a line equal to `line` (bounded).
 fn wait_for_line(child: &mut Child, line: &str) {
     let stdout = child.stdout.take().unwrap();
@@ -99,33 +127,49 @@ mounts = {{ "/scratch" = "scratch" }}
     )
 }
 
-#[test]
-fn a_redeploy_never_deletes_a_volume_under_a_running_call_unless_forced() {
-    let env = TestEnv::new();
-    let app = scratch_app(&env, "busy", None);
+/// [`scratch_app`] `name`, deployed, with `kept-data-7` in /scratch/keep.
+fn deployed_with_data(env: &TestEnv, name: &str) -> PathBuf {
+    let app = scratch_app(env, name, None);
     env.run(&["deploy", path(&app)]).success();
-    env.run(&[
+    let write = [
         "call",
-        "busy",
+        name,
         "fsops",
         "--",
         "write",
         "/scratch/keep",
         "kept-data-7",
-    ])
-    .success();
+    ];
+    env.run(&write).success();
+    app
+}
+
+/// `fsops OP /scratch/keep` in a call of app `name`: its stdout.
+fn keep_file(env: &TestEnv, name: &str, op: &str) -> String {
+    env.run(&["call", name, "fsops", "--", op, "/scratch/keep"])
+        .success()
+        .stdout()
+}
+
+#[test]
+fn a_redeploy_never_deletes_a_volume_under_a_running_call_unless_forced() {
+    let env = TestEnv::new();
+    let app = deployed_with_data(&env, "busy");
     // A call that writes to the ephemeral volume until it is stopped.
-    let mut writer = env.spawn(&[
-        "call",
-        "busy",
-        "fsops",
-        "--",
-        "lock-then",
-        "/scratch/l",
-        "churn",
-        "1000000000",
-        "/scratch",
-    ]);
+    let mut writer = spawn(
+        &env,
+        &[
+            "call",
+            "busy",
+            "fsops",
+            "--",
+            "lock-then",
+            "/scratch/l",
+            "churn",
+            "1000000000",
+            "/scratch",
+        ],
+    );
     wait_for_line(&mut writer, "locked");
 
     // The same app with `scratch` now a named volume: the ephemeral one
@@ -148,10 +192,8 @@ fn a_redeploy_never_deletes_a_volume_under_a_running_call_unless_forced() {
         unconfirmed.stderr()
     );
     assert!(writer.try_wait().unwrap().is_none(), "the call was stopped");
-    let kept = env
-        .run(&["call", "busy", "fsops", "--", "read", "/scratch/keep"])
-        .success();
-    assert_eq!(kept.stdout(), "kept-data-7", "the volume's data is intact");
+    let kept = keep_file(&env, "busy", "read");
+    assert_eq!(kept, "kept-data-7", "the volume's data is intact");
 
     let forced = env
         .run(&["deploy", path(&app), "--force", "--yes"])
@@ -170,10 +212,8 @@ fn a_redeploy_never_deletes_a_volume_under_a_running_call_unless_forced() {
         "{stderr}"
     );
     // `scratch` is the new, empty named volume now.
-    let gone = env
-        .run(&["call", "busy", "fsops", "--", "exists", "/scratch/keep"])
-        .success();
-    assert_eq!(gone.stdout(), "no\n");
+    let gone = keep_file(&env, "busy", "exists");
+    assert_eq!(gone, "no\n");
     env.wait_for_empty_trash();
     assert!(env.files_containing("kept-data-7").is_empty());
     env.run(&["app", "stop", "busy", "--yes"]).success();
@@ -182,18 +222,7 @@ fn a_redeploy_never_deletes_a_volume_under_a_running_call_unless_forced() {
 #[test]
 fn a_redeploy_that_discards_data_asks_first() {
     let env = TestEnv::new();
-    let app = scratch_app(&env, "asks", None);
-    env.run(&["deploy", path(&app)]).success();
-    env.run(&[
-        "call",
-        "asks",
-        "fsops",
-        "--",
-        "write",
-        "/scratch/keep",
-        "kept-data-7",
-    ])
-    .success();
+    let app = deployed_with_data(&env, "asks");
     // Unchanged volumes: nothing to ask.
     env.run(&["deploy", path(&app)]).success();
 
@@ -206,15 +235,11 @@ fn a_redeploy_that_discards_data_asks_first() {
         "{}",
         refused.stderr()
     );
-    let kept = env
-        .run(&["call", "asks", "fsops", "--", "read", "/scratch/keep"])
-        .success();
-    assert_eq!(kept.stdout(), "kept-data-7");
+    let kept = keep_file(&env, "asks", "read");
+    assert_eq!(kept, "kept-data-7");
     env.run(&["deploy", path(&app), "--yes"]).success();
-    let gone = env
-        .run(&["call", "asks", "fsops", "--", "exists", "/scratch/keep"])
-        .success();
-    assert_eq!(gone.stdout(), "no\n");
+    let gone = keep_file(&env, "asks", "exists");
+    assert_eq!(gone, "no\n");
     env.run(&["app", "stop", "asks", "--yes"]).success();
 }
 
@@ -280,25 +305,33 @@ fn most_at_once(stdout: &str) -> usize {
         .unwrap_or_else(|| panic!("no `max` line in {stdout:?}"))
 }
 
+/// Deploys app `name` whose function `overlap` has `concurrency` and
+/// mounts an ephemeral volume at /runs for its markers.
+fn deploy_overlap(env: &TestEnv, name: &str, concurrency: u32) {
+    let app = env.app(
+        name,
+        &format!(
+            r#"
+name = "{name}"
+[volumes.runs]
+[functions.overlap]
+module = "{{guest:overlap}}"
+mounts = {{ "/runs" = "runs" }}
+concurrency = {concurrency}
+"#
+        ),
+    );
+    env.run(&["deploy", path(&app)]).success();
+}
+
 #[test]
 fn concurrency_caps_a_function_across_all_its_callers() {
     let env = TestEnv::new();
-    let app = env.app(
-        "capped",
-        r#"
-name = "capped"
-[volumes.runs]
-[functions.overlap]
-module = "{guest:overlap}"
-mounts = { "/runs" = "runs" }
-concurrency = 2
-"#,
-    );
-    env.run(&["deploy", path(&app)]).success();
+    deploy_overlap(&env, "capped", 2);
 
     // Ten calls in ten processes at once.
-    let mut callers: Vec<Child> = (0..10)
-        .map(|_| env.spawn(&["call", "capped", "overlap", "--", "/runs", "600"]))
+    let mut callers: Vec<Spawned> = (0..10)
+        .map(|_| spawn(&env, &["call", "capped", "overlap", "--", "/runs", "600"]))
         .collect();
     let mut most = 0;
     for caller in &mut callers {
@@ -339,21 +372,10 @@ concurrency = 2
 #[test]
 fn a_caller_waiting_for_a_slot_still_obeys_app_stop() {
     let env = TestEnv::new();
-    let app = env.app(
-        "single",
-        r#"
-name = "single"
-[volumes.runs]
-[functions.overlap]
-module = "{guest:overlap}"
-mounts = { "/runs" = "runs" }
-concurrency = 1
-"#,
-    );
-    env.run(&["deploy", path(&app)]).success();
-    let mut holder = env.spawn(&["call", "single", "overlap", "--", "/runs", "60000"]);
+    deploy_overlap(&env, "single", 1);
+    let mut holder = spawn(&env, &["call", "single", "overlap", "--", "/runs", "60000"]);
     wait_for_line(&mut holder, "started");
-    let mut waiter = env.spawn(&["call", "single", "overlap", "--", "/runs", "60000"]);
+    let mut waiter = spawn(&env, &["call", "single", "overlap", "--", "/runs", "60000"]);
     // The waiter has registered its call before it waits for the slot.
     eventually(Duration::from_secs(30), "two running calls", || {
         std::fs::read_dir(env.home().join("leases"))
