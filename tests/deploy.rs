@@ -295,6 +295,63 @@ fn a_deployed_app_runs_the_module_it_was_deployed_with() {
     assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
 }
 
+#[test]
+fn a_running_call_keeps_its_snapshot_through_a_redeploy() {
+    let env = TestEnv::new();
+    let dir = env.work.path().join("keep");
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("guest.wasm");
+    std::fs::copy(guest("fsops", Target::P1), &module).unwrap();
+    let app = dir.join("app.toml");
+    std::fs::write(
+        &app,
+        "name = \"keep\"\n[volumes.s]\n[functions.f]\nmodule = \"guest.wasm\"\nmounts = { \"/s\" = \"s\" }\n",
+    )
+    .unwrap();
+    env.run(&["deploy", path(&app)]).success();
+    let mut call = spawn(
+        &env,
+        &[
+            "call",
+            "keep",
+            "f",
+            "--",
+            "lock-then",
+            "/s/l",
+            "sleep",
+            "60000",
+        ],
+    );
+    wait_for_line(&mut call, "locked");
+
+    // A new module: the running call's snapshot stays beside the new one.
+    std::fs::copy(guest("hello", Target::P1), &module).unwrap();
+    env.run(&["deploy", path(&app)]).success();
+    assert_eq!(snapshots(&env).len(), 2, "{:?}", snapshots(&env));
+    let hello = env.run(&["call", "keep", "f"]).success().stdout();
+    assert!(hello.starts_with("hello from wasmhost"), "{hello}");
+
+    // Its caller killed, the next command ends the call and frees the old one.
+    call.kill().unwrap();
+    call.wait().unwrap();
+    env.run(&["app", "list"]).success();
+    assert_eq!(snapshots(&env).len(), 1, "{:?}", snapshots(&env));
+    let db = rusqlite::Connection::open(env.home().join("registry.db")).unwrap();
+    let ended: Vec<(String, Option<String>)> = db
+        .prepare("SELECT state, error FROM calls WHERE function = 'f' AND error LIKE '%died%'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        ended,
+        [("failed".into(), Some("its calling process died".into()))],
+        "the killed call is recorded as failed"
+    );
+    env.run(&["app", "stop", "keep", "--yes"]).success();
+}
+
 /// The most instances at once that `overlap` guests reported in `stdout`.
 fn most_at_once(stdout: &str) -> usize {
     stdout

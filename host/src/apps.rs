@@ -619,7 +619,8 @@ pub fn start_call(
             .select_function(Some(function))
             .map_err(|problem| usage!("{problem}"))?
             .to_owned();
-        tx.insert_running_call(&id, &live.record.id, &function)?;
+        let module = live.modules.get(&function).map(String::as_str);
+        tx.insert_running_call(&id, &live.record.id, &function, module)?;
         Ok((live, function))
     });
     match started {

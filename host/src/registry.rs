@@ -64,6 +64,8 @@ CREATE TABLE calls (
     started_at  INTEGER,
     finished_at INTEGER,
     error       TEXT,
+    -- The digest of the module snapshot the call runs: kept while it runs.
+    module      TEXT,
     CHECK (CASE state WHEN 'queued' THEN started_at IS NULL
                       WHEN 'cancelled' THEN 1
                       ELSE started_at IS NOT NULL END),
@@ -595,12 +597,19 @@ impl Tx<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Records a call that starts running now.
-    pub fn insert_running_call(&self, id: &str, app_id: &str, function: &str) -> Result<()> {
+    /// Records a call that starts running now, of the module snapshot
+    /// `module` (none for an app deployed before snapshots).
+    pub fn insert_running_call(
+        &self,
+        id: &str,
+        app_id: &str,
+        function: &str,
+        module: Option<&str>,
+    ) -> Result<()> {
         let now = now();
         self.tx.execute(
-            "INSERT INTO calls (id, app_id, function, state, created_at, started_at) VALUES (?1, ?2, ?3, 'running', ?4, ?4)",
-            params![id, app_id, function, now],
+            "INSERT INTO calls (id, app_id, function, state, created_at, started_at, module) VALUES (?1, ?2, ?3, 'running', ?4, ?4, ?5)",
+            params![id, app_id, function, now, module],
         )?;
         Ok(())
     }
@@ -668,10 +677,13 @@ impl Tx<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Digests of the module snapshots that running apps use.
+    /// Digests of the module snapshots that running apps use, and that
+    /// running calls use (a call started before a redeploy may still be
+    /// about to load the module it was started with).
     pub fn module_digests_in_use(&self) -> Result<BTreeSet<String>> {
         let mut stmt = self.tx.prepare(
-            "SELECT DISTINCT m.digest FROM app_modules m JOIN apps a ON a.id = m.app_id WHERE a.state = 'running'",
+            "SELECT m.digest FROM app_modules m JOIN apps a ON a.id = m.app_id WHERE a.state = 'running'
+             UNION SELECT module FROM calls WHERE state = 'running' AND module IS NOT NULL",
         )?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
