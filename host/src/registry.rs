@@ -794,3 +794,58 @@ pub fn new_id(prefix: &str) -> String {
         .collect();
     format!("{prefix}-{tail}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest as release 1625aba stored it (format 1: no `format` key).
+    /// A key added to `AppManifest` or `FunctionSpec` without a serde
+    /// default breaks this, as it would break every home of that release.
+    const FORMAT_1: &str = r#"{"name":"fixture-app","entrypoint":"fsops","volumes":{"data":"fixture-data","scratch":null},"functions":{"fsops":{"module":"/tmp/wasmhost-fixture/fsops.wasm","mounts":[{"guest_path":"/data","volume":"data","read_only":false},{"guest_path":"/scratch","volume":"scratch","read_only":false}],"args":[],"env":{"FLAVOUR":"old"},"timeout":{"secs":60,"nanos":0},"memory":268435456,"concurrency":4}}}"#;
+
+    #[test]
+    fn every_stored_manifest_format_decodes() {
+        let old = decode_manifest(FORMAT_1).unwrap();
+        assert_eq!(old.functions["fsops"].concurrency, Some(4));
+        let stored = encode_manifest(&old).unwrap();
+        assert!(
+            stored.contains(&format!("\"format\":{MANIFEST_FORMAT}")),
+            "{stored}"
+        );
+        assert_eq!(decode_manifest(&stored).unwrap(), old);
+    }
+
+    #[test]
+    fn a_newer_manifest_format_is_refused() {
+        let newer = FORMAT_1.replacen('{', "{\"format\":99,", 1);
+        let e = decode_manifest(&newer).unwrap_err();
+        assert!(e.is::<NewerThanThisWasmhost>(), "{e:#}");
+        assert!(format!("{e:#}").contains("manifest format 99"), "{e:#}");
+    }
+
+    #[test]
+    fn migrations_run_in_steps_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        // A registry of the first release: migration 1 only.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let mut registry = Registry::open(&path).unwrap();
+        let version: i64 = registry
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        registry.read(|tx| tx.running_calls(None)).unwrap();
+        drop(registry);
+
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let e = Registry::open(&path).err().unwrap();
+        assert!(e.is::<NewerThanThisWasmhost>(), "{e:#}");
+    }
+}
