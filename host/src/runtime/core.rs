@@ -11,11 +11,8 @@ use super::{Invocation, RunResult};
 use crate::locks::LockError;
 
 pub struct CoreState {
-    wasi: WasiP1Ctx,
+    pub(super) wasi: WasiP1Ctx,
     host: HostState,
-    /// wasmtime-wasi's own `poll_oneoff`, for the polls `p1_sleep` does not
-    /// serve itself.
-    pub(super) stock_poll_oneoff: Option<super::p1_sleep::PollOneoff>,
 }
 
 impl HasHost for CoreState {
@@ -96,7 +93,6 @@ pub async fn run(
     let state = CoreState {
         wasi: builder.build_p1(),
         host: HostState::new(invocation),
-        stock_poll_oneoff: None,
     };
     let mut store = Store::new(pre.module().engine(), state);
     let stop = configure_store(&mut store);
