@@ -50,8 +50,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
                 &Home::locate()?,
                 instances_at_once(&invoke, inputs.as_deref(), spec),
             )?;
-            let module = &spec.module;
-            let program = load_program(&runtime, module, Some((&app, &function)))?;
+            let program = load_program(&runtime, spec, Some((&app, &function)))?;
             let (home, mut registry) = open_state()?;
             run(
                 &home,
@@ -67,7 +66,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
             let manifest = manifest::load(&app)?;
             let runtime = Runtime::new(&Home::locate()?, 1)?;
             for (function, spec) in &manifest.functions {
-                load_program(&runtime, &spec.module, Some((&app, function)))?;
+                load_program(&runtime, spec, Some((&app, function)))?;
             }
             let (home, mut registry) = open_state()?;
             deploy(&home, &mut registry, &manifest)
@@ -117,22 +116,27 @@ fn load_manifest(path: &Path, function: Option<&str>) -> Result<(AppManifest, St
 }
 
 /// Compiles a function's module. A module wasmtime refuses is bad input,
-/// reported at the function's `module` in `app_toml` (app.toml, function)
-/// when there is one at hand; failing to store it in the cache is not.
+/// reported at the function's `module` (or `entry`) in `app_toml` (app.toml,
+/// function) when there is one at hand; failing to store it in the cache is
+/// not.
 fn load_program(
     runtime: &Runtime,
-    module: &Path,
+    spec: &FunctionSpec,
     app_toml: Option<(&Path, &str)>,
 ) -> Result<Program> {
-    runtime.load(module).map_err(|e| {
+    runtime.load(spec).map_err(|e| {
         let Some(bad) = e.downcast_ref::<BadModule>() else {
             return e;
         };
-        let problem = format!("module {} {bad}", module.display());
-        let fix = "rebuild it for wasm32-wasip1 or wasm32-wasip2 (wasmhost provides WASI and its own `wasmhost` imports, nothing else)";
+        let problem = format!("module {} {}", spec.module.display(), bad.problem);
         match app_toml {
-            Some((file, function)) => manifest::module_error(file, function, problem, fix).into(),
-            None => usage(format!("{problem}; fix: {fix}")),
+            Some((file, function)) if bad.at_entry => {
+                manifest::entry_error(file, function, problem, &bad.fix).into()
+            }
+            Some((file, function)) => {
+                manifest::module_error(file, function, problem, &bad.fix).into()
+            }
+            None => usage(format!("{problem}; fix: {}", bad.fix)),
         }
     })
 }
@@ -191,7 +195,7 @@ fn call(
     let inputs = read_map_inputs(invoke)?;
     let spec = &live.manifest.functions[&function];
     let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_deref(), spec))?;
-    let program = load_program(&runtime, &spec.module, None)?;
+    let program = load_program(&runtime, spec, None)?;
     serve(home, &live, &function, program, invoke, inputs)
 }
 

@@ -33,7 +33,8 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
     linker.func_wrap_async(
         MODULE,
         NAME,
-        |mut caller: Caller<'_, CoreState>, (subs, events, count, nevents): (i32, i32, i32, i32)| {
+        |mut caller: Caller<'_, CoreState>,
+         (subs, events, count, nevents): (i32, i32, i32, i32)| {
             Box::new(async move {
                 let Some((userdata, duration)) = lone_relative_sleep(&mut caller, subs, count)
                 else {
@@ -76,7 +77,9 @@ async fn stock_poll_oneoff(
             let (data, state) = memory.data_and_store_mut(&mut *caller);
             (GuestMemory::Unshared(data), state)
         }
-        Some(Extern::SharedMemory(memory)) => (GuestMemory::Shared(memory.data()), caller.data_mut()),
+        Some(Extern::SharedMemory(memory)) => {
+            (GuestMemory::Shared(memory.data()), caller.data_mut())
+        }
         _ => wasmtime::bail!("missing required memory export"),
     };
     state.wasi.set_hostcall_fuel(fuel);
