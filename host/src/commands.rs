@@ -54,8 +54,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
                 &Home::locate()?,
                 instances_at_once(&invoke, inputs.as_deref(), spec),
             )?;
-            let module = &spec.module;
-            let program = load_program(&runtime, module, module, Some((&app, &function)))?;
+            let program = load_program(&runtime, &spec.module, spec, Some((&app, &function)))?;
             let (home, mut registry) = open_state()?;
             run(
                 &home,
@@ -76,7 +75,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
             }
             let runtime = Runtime::new(&Home::locate()?, 1)?;
             for (function, spec) in &manifest.functions {
-                load_program(&runtime, &spec.module, &spec.module, Some((&app, function)))?;
+                load_program(&runtime, &spec.module, spec, Some((&app, function)))?;
             }
             let (home, mut registry) = open_state()?;
             deploy(&home, &mut registry, &manifest, &snapshots, force, yes)
@@ -126,24 +125,29 @@ fn load_manifest(path: &Path, function: Option<&str>) -> Result<(AppManifest, St
 }
 
 /// Compiles a function's module from `file` (a deployed app's snapshot of
-/// `module`, or `module` itself). A module wasmtime refuses is bad input,
-/// reported at the function's `module` in `app_toml` (app.toml, function)
-/// when there is one at hand; failing to store it in the cache is not.
+/// its `module`, or `module` itself). A module wasmtime refuses is bad input,
+/// reported at the function's `module` (or `entry`) in `app_toml` (app.toml,
+/// function) when there is one at hand; failing to store it in the cache is
+/// not.
 fn load_program(
     runtime: &Runtime,
     file: &Path,
-    module: &Path,
+    spec: &FunctionSpec,
     app_toml: Option<(&Path, &str)>,
 ) -> Result<Program> {
-    runtime.load_as(file, module).map_err(|e| {
+    runtime.load(file, spec).map_err(|e| {
         let Some(bad) = e.downcast_ref::<BadModule>() else {
             return e;
         };
-        let problem = format!("module {} {bad}", module.display());
-        let fix = "rebuild it for wasm32-wasip1 or wasm32-wasip2 (wasmhost provides WASI and its own `wasmhost` imports, nothing else)";
+        let problem = format!("module {} {}", spec.module.display(), bad.problem);
         match app_toml {
-            Some((file, function)) => manifest::module_error(file, function, problem, fix).into(),
-            None => usage(format!("{problem}; fix: {fix}")),
+            Some((file, function)) if bad.at_entry => {
+                manifest::entry_error(file, function, problem, &bad.fix).into()
+            }
+            Some((file, function)) => {
+                manifest::module_error(file, function, problem, &bad.fix).into()
+            }
+            None => usage(format!("{problem}; fix: {}", bad.fix)),
         }
     })
 }
@@ -243,7 +247,7 @@ fn call(
         let spec = &live.manifest.functions[&function];
         note_lowered_concurrency(invoke, spec);
         let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_deref(), spec))?;
-        let program = load_program(&runtime, &live.module(home, &function), &spec.module, None)?;
+        let program = load_program(&runtime, &live.module(home, &function), spec, None)?;
         serve(
             home,
             &live,

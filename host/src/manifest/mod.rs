@@ -44,6 +44,14 @@ pub struct FunctionSpec {
     /// Cap on linear memory, in bytes.
     pub memory: Option<u64>,
     pub concurrency: Option<u32>,
+    /// The export a reactor module runs, after its `_initialize`; `None`
+    /// runs a command's `_start`.
+    #[serde(default)]
+    pub entry: Option<String>,
+    /// `unknown_imports = "trap"`: imports wasmhost does not provide are
+    /// linked to functions that trap when called, rather than refused.
+    #[serde(default)]
+    pub trap_unknown_imports: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -138,13 +146,24 @@ pub fn module_error(
     problem: impl Into<String>,
     fix: impl Into<String>,
 ) -> ManifestError {
+    function_key_error(file, function, |f| f.module.span(), problem, fix)
+}
+
+/// An error at the key `span` picks in function `function`'s table.
+fn function_key_error(
+    file: &Path,
+    function: &str,
+    span: impl Fn(&RawFunction) -> Range<usize>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ManifestError {
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let position = toml::from_str::<RawApp>(&text).ok().and_then(|raw| {
         let (_, spec) = raw
             .functions
             .iter()
             .find(|(k, _)| k.get_ref() == function)?;
-        Some(line_column(&text, spec.module.span().start))
+        Some(line_column(&text, span(spec).start))
     });
     ManifestError {
         file: file.to_owned(),
@@ -152,6 +171,23 @@ pub fn module_error(
         problem: problem.into(),
         fix: fix.into(),
     }
+}
+
+/// A module whose exports do not offer function `function`'s `entry`,
+/// reported at that key (at `module` when there is no `entry` line).
+pub fn entry_error(
+    file: &Path,
+    function: &str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ManifestError {
+    function_key_error(
+        file,
+        function,
+        |f| f.entry.as_ref().map_or(f.module.span(), |e| e.span()),
+        problem,
+        fix,
+    )
 }
 
 /// Parses and validates manifest text; `base_dir` anchors module paths.
@@ -372,7 +408,40 @@ impl Validator<'_> {
             timeout,
             memory,
             concurrency,
+            entry: self.entry(raw)?,
+            trap_unknown_imports: self.unknown_imports(raw)?,
         })
+    }
+
+    /// An export name: any non-empty string wasm allows, but not one that
+    /// could not be typed in app.toml by mistake-free intent.
+    fn entry(&self, raw: &RawFunction) -> Result<Option<String>, ManifestError> {
+        let Some(entry) = &raw.entry else {
+            return Ok(None);
+        };
+        if entry.get_ref().is_empty() || entry.get_ref().contains(char::is_control) {
+            return Err(self.error(
+                Some(entry.span()),
+                format!(
+                    "`entry = \"{}\"` is not an export name",
+                    entry.get_ref().escape_debug()
+                ),
+                "name the module's exported function to call, e.g. entry = \"run\"",
+            ));
+        }
+        Ok(Some(entry.get_ref().clone()))
+    }
+
+    fn unknown_imports(&self, raw: &RawFunction) -> Result<bool, ManifestError> {
+        match raw.unknown_imports.as_ref().map(|u| (u, u.get_ref().as_str())) {
+            None | Some((_, "error")) => Ok(false),
+            Some((_, "trap")) => Ok(true),
+            Some((value, other)) => Err(self.error(
+                Some(value.span()),
+                format!("`unknown_imports = \"{}\"` is not a choice", other.escape_debug()),
+                "use \"error\" (the default: refuse the module) or \"trap\" (run it; a call to such an import traps)",
+            )),
+        }
     }
 
     /// The module must exist and start like WebAssembly; compiling it is the

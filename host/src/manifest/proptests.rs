@@ -79,16 +79,21 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
         1u64..=86_400_000,
         proptest::option::of(1u64..=(16 << 14)),
         proptest::option::of(1u32..=1024),
+        (proptest::option::of("[a-z_][a-z0-9_.]{0,8}"), any::<bool>()),
     )
         .prop_map(
-            |(mounts, args, env, timeout_ms, pages, concurrency)| FunctionSpec {
-                module: base_dir().join("m.wasm"),
-                mounts,
-                args,
-                env,
-                timeout: Duration::from_millis(timeout_ms),
-                memory: pages.map(|p| p << 16),
-                concurrency,
+            |(mounts, args, env, timeout_ms, pages, concurrency, (entry, trap_unknown_imports))| {
+                FunctionSpec {
+                    module: base_dir().join("m.wasm"),
+                    mounts,
+                    args,
+                    env,
+                    timeout: Duration::from_millis(timeout_ms),
+                    memory: pages.map(|p| p << 16),
+                    concurrency,
+                    entry,
+                    trap_unknown_imports,
+                }
             },
         )
 }
@@ -163,6 +168,12 @@ fn to_toml(m: &AppManifest) -> String {
         }
         if let Some(c) = f.concurrency {
             out += &format!("concurrency = {c}\n");
+        }
+        if let Some(entry) = &f.entry {
+            out += &format!("entry = {}\n", q(entry));
+        }
+        if f.trap_unknown_imports {
+            out += "unknown_imports = \"trap\"\n";
         }
     }
     out

@@ -38,6 +38,8 @@ pub struct RawFunction {
     pub timeout: Option<Spanned<String>>,
     pub memory: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<i64>>,
+    pub entry: Option<Spanned<String>>,
+    pub unknown_imports: Option<Spanned<String>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true }`.

@@ -77,7 +77,12 @@ impl ModuleCache {
         } else {
             engine.precompile_module(&bytes)
         }
-        .map_err(|e| super::BadModule(format!("does not compile: {:#}", anyhow::Error::from(e))))?;
+        .map_err(|e| {
+            super::BadModule::new(
+                format!("does not compile: {:#}", anyhow::Error::from(e)),
+                "wasmhost runs the standardized WebAssembly features wasmtime 48 supports (WebAssembly 3.0, exceptions among them), threads excepted: rebuild the module without the feature named there",
+            )
+        })?;
         // Created here rather than before compiling, so that a module that
         // does not compile leaves no state behind.
         fs::create_dir_all(&self.dir)

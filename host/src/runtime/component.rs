@@ -9,8 +9,9 @@ use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
-use super::{Invocation, RunResult};
+use super::{BadModule, Invocation, RunResult};
 use crate::locks::LockError;
+use crate::manifest::FunctionSpec;
 
 wasmtime::component::bindgen!({ path: "../wit", world: "guest" });
 
@@ -67,11 +68,27 @@ fn wit_error(error: LockError) -> lock::Error {
 }
 
 /// Links a component once; every invocation instantiates from the result.
-pub fn prelink(engine: &Engine, component: &Component) -> Result<CommandPre<ComponentState>> {
+pub fn prelink(
+    engine: &Engine,
+    component: &Component,
+    function: &FunctionSpec,
+) -> Result<CommandPre<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     lock::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
-    Ok(CommandPre::new(linker.instantiate_pre(component)?)?)
+    if function.trap_unknown_imports {
+        linker.define_unknown_imports_as_traps(component)?;
+    }
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(BadModule::unlinkable)?;
+    CommandPre::new(pre).map_err(|e| {
+        BadModule::new(
+            format!("does not export `wasi:cli/run`: {e:#}"),
+            "build it as a WASI command (a `main` program for wasm32-wasip2)",
+        )
+        .into()
+    })
 }
 
 /// Runs `wasi:cli/run` in a fresh instance.

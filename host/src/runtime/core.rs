@@ -3,19 +3,17 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{Caller, Engine, InstancePre, Linker, Module, Store};
+use wasmtime::{Caller, Engine, ExternType, InstancePre, Linker, Module, Store, ValType};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
 use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
-use super::{Invocation, RunResult};
+use super::{BadModule, Invocation, RunResult};
 use crate::locks::LockError;
+use crate::manifest::FunctionSpec;
 
 pub struct CoreState {
-    wasi: WasiP1Ctx,
+    pub(super) wasi: WasiP1Ctx,
     host: HostState,
-    /// wasmtime-wasi's own `poll_oneoff`, for the polls `p1_sleep` does not
-    /// serve itself.
-    pub(super) stock_poll_oneoff: Option<super::p1_sleep::PollOneoff>,
 }
 
 impl HasHost for CoreState {
@@ -24,8 +22,26 @@ impl HasHost for CoreState {
     }
 }
 
-/// Links a module once; every invocation instantiates from the result.
-pub fn prelink(engine: &Engine, module: &Module) -> Result<InstancePre<CoreState>> {
+/// A module linked once, with the export it runs; every invocation
+/// instantiates from it.
+pub struct Prelinked {
+    pre: InstancePre<CoreState>,
+    entry: Entry,
+}
+
+/// How an instance is started: a command's `_start`, or a reactor's
+/// `_initialize` (when it has one) and then its `entry` export.
+struct Entry {
+    name: String,
+    initialize: bool,
+    /// The export returns an i32 exit code (as reactors' `run` do).
+    returns_code: bool,
+}
+
+/// Links a module once, refusing (with a [`BadModule`]) imports wasmhost
+/// does not provide and an `entry` the module does not export.
+pub fn prelink(engine: &Engine, module: &Module, function: &FunctionSpec) -> Result<Prelinked> {
+    let entry = entry(module, function.entry.as_deref())?;
     let mut linker = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
     super::p1_sleep::add_to_linker(&mut linker)?;
@@ -62,7 +78,64 @@ pub fn prelink(engine: &Engine, module: &Module) -> Result<InstancePre<CoreState
             )
         },
     )?;
-    Ok(linker.instantiate_pre(module)?)
+    if function.trap_unknown_imports {
+        linker.define_unknown_imports_as_traps(module)?;
+    }
+    let pre = linker
+        .instantiate_pre(module)
+        .map_err(BadModule::unlinkable)?;
+    Ok(Prelinked { pre, entry })
+}
+
+/// The export to run: `entry`, else `_start`, checked against the module's
+/// exports so that a wrong one is reported before anything runs.
+fn entry(module: &Module, entry: Option<&str>) -> Result<Entry, BadModule> {
+    let runnable = |name: &str| match module.get_export(name) {
+        Some(ExternType::Func(ty)) if ty.params().len() == 0 => {
+            match ty.results().collect::<Vec<_>>()[..] {
+                [] => Some(false),
+                [ValType::I32] => Some(true),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let name = entry.unwrap_or("_start");
+    if let Some(returns_code) = runnable(name) {
+        return Ok(Entry {
+            name: name.to_owned(),
+            initialize: name != "_start" && runnable("_initialize") == Some(false),
+            returns_code,
+        });
+    }
+    let candidates: Vec<String> = module
+        .exports()
+        .map(|e| e.name())
+        .filter(|name| *name != "_initialize" && runnable(name).is_some())
+        .map(|name| format!("`{name}`"))
+        .collect();
+    let choose = if candidates.is_empty() {
+        "it exports no function without parameters that returns nothing or an i32 exit code, so wasmhost cannot start it".to_owned()
+    } else {
+        format!("set `entry` to one of {}", candidates.join(", "))
+    };
+    Err(match entry {
+        Some(name) => BadModule {
+            problem: match module.get_export(name) {
+                Some(_) => format!(
+                    "exports `{name}`, but not as a function without parameters that returns nothing or an i32 exit code"
+                ),
+                None => format!("has no export `{name}`"),
+            },
+            fix: choose,
+            at_entry: true,
+        },
+        None if runnable("_initialize").is_some() => BadModule::new(
+            "exports no `_start`: it is a reactor (it exports `_initialize`), not a command",
+            format!("{choose} under the function in app.toml, to run after `_initialize`"),
+        ),
+        None => BadModule::new("exports no `_start` function", choose),
+    })
 }
 
 fn status(result: Result<(), LockError>) -> i32 {
@@ -86,9 +159,9 @@ fn guest_str(caller: &mut Caller<CoreState>, ptr: i32, len: i32) -> Result<Strin
     String::from_utf8(bytes.to_vec()).map_err(|_| LockError::InvalidPath)
 }
 
-/// Runs `_start` in a fresh instance.
+/// Runs the module's entry in a fresh instance.
 pub async fn run(
-    pre: &InstancePre<CoreState>,
+    prelinked: &Prelinked,
     invocation: &Invocation<'_>,
     argv0: &str,
 ) -> Result<(RunResult, Option<Captured>)> {
@@ -96,20 +169,28 @@ pub async fn run(
     let state = CoreState {
         wasi: builder.build_p1(),
         host: HostState::new(invocation),
-        stock_poll_oneoff: None,
     };
+    let (pre, entry) = (&prelinked.pre, &prelinked.entry);
     let mut store = Store::new(pre.module().engine(), state);
     let stop = configure_store(&mut store);
     let (result, stopped) = until_stopped(&stop, async {
         let instance = pre.instantiate_async(&mut store).await?;
-        let start = instance
-            .get_typed_func::<(), ()>(&mut store, "_start")
-            .map_err(|_| {
-                wasmtime::format_err!(
-                    "the module exports no `_start` function; wasmhost runs WASI commands"
-                )
-            })?;
-        start.call_async(&mut store, ()).await
+        if entry.initialize {
+            let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize")?;
+            initialize.call_async(&mut store, ()).await?;
+        }
+        let code = if entry.returns_code {
+            let run = instance.get_typed_func::<(), i32>(&mut store, &entry.name)?;
+            run.call_async(&mut store, ()).await?
+        } else {
+            let run = instance.get_typed_func::<(), ()>(&mut store, &entry.name)?;
+            run.call_async(&mut store, ()).await?;
+            0
+        };
+        match code {
+            0 => Ok(()),
+            code => Err(wasmtime_wasi::I32Exit(code).into()),
+        }
     })
     .await;
     Ok((store.data().host.finish(result, stopped), captured))

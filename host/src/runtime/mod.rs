@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub use cache::CacheInfo;
@@ -30,14 +30,65 @@ use crate::manifest::units::{format_duration, format_size};
 /// How often the epoch advances: the granularity of timeouts and stops.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// A module wasmtime refuses to compile or link: bad input (exit 2), not a
-/// runtime failure. Reads after the module's name: "does not compile: ...".
+/// A module wasmtime refuses, or whose exports do not fit how app.toml runs
+/// it: bad input (exit 2), not a runtime failure.
 #[derive(Debug)]
-pub struct BadModule(pub String);
+pub struct BadModule {
+    /// Reads after the module's name: "does not compile: ...".
+    pub problem: String,
+    pub fix: String,
+    /// The fault is the function's `entry` key rather than its `module`.
+    pub at_entry: bool,
+}
+
+impl BadModule {
+    fn new(problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            problem: problem.into(),
+            fix: fix.into(),
+            at_entry: false,
+        }
+    }
+
+    /// wasmtime's refusal to link: the import it lacks, named.
+    fn unlinkable(error: wasmtime::Error) -> Self {
+        const OPT_IN: &str =
+            "or, if it never calls it, set `unknown_imports = \"trap\"` on the function";
+        if let Some(import) = error.downcast_ref::<wasmtime::UnknownImportError>() {
+            return Self::new(
+                format!(
+                    "imports `{}::{}` ({}), which wasmhost does not provide",
+                    import.module(),
+                    import.name(),
+                    extern_kind(&import.ty())
+                ),
+                format!(
+                    "wasmhost provides WASI preview 1 and its `wasmhost` lock functions: rebuild the module without that import, {OPT_IN}"
+                ),
+            );
+        }
+        Self::new(
+            format!("cannot be linked: {:#}", anyhow::Error::from(error)),
+            format!(
+                "wasmhost provides WASI (preview 1 to core modules, 0.2 to components) and its `wasmhost` lock functions, with their exact signatures: rebuild against those, {OPT_IN}"
+            ),
+        )
+    }
+}
+
+fn extern_kind(ty: &wasmtime::ExternType) -> &'static str {
+    match ty {
+        wasmtime::ExternType::Func(_) => "a function",
+        wasmtime::ExternType::Global(_) => "a global",
+        wasmtime::ExternType::Table(_) => "a table",
+        wasmtime::ExternType::Memory(_) => "a memory",
+        wasmtime::ExternType::Tag(_) => "a tag",
+    }
+}
 
 impl std::fmt::Display for BadModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{}; fix: {}", self.problem, self.fix)
     }
 }
 
@@ -79,21 +130,28 @@ impl Runtime {
         Ok(Self { engine, cache })
     }
 
-    /// Compiles (or loads from the cache) and pre-links the module in
-    /// `file`, whose guests see `name`'s file name as argv[0]: a deployed
-    /// app runs a snapshot (`modules/<sha256>.wasm`) of the file it named.
-    pub fn load_as(&self, file: &Path, name: &Path) -> Result<Program> {
+    /// Compiles (or loads from the cache) and pre-links a function's module
+    /// from `file`: the module itself, or a deployed app's snapshot of it
+    /// (`modules/<sha256>.wasm`). Guests see the module's own file name as
+    /// argv[0] either way.
+    pub fn load(&self, file: &Path, function: &FunctionSpec) -> Result<Program> {
         let module = file;
-        let argv0 = name
+        let argv0 = function
+            .module
             .file_name()
             .map_or_else(|| "main.wasm".into(), |n| n.to_string_lossy().into_owned());
-        let bad = |e: anyhow::Error| BadModule(format!("cannot be linked: {e:#}"));
         let linked = match self.cache.load(&self.engine, module)? {
-            Compiled::Core(module) => {
-                Linked::Core(core::prelink(&self.engine, &module).map_err(bad)?)
-            }
+            Compiled::Core(module) => Linked::Core(core::prelink(&self.engine, &module, function)?),
             Compiled::Component(component) => {
-                Linked::Component(component::prelink(&self.engine, &component).map_err(bad)?)
+                if function.entry.is_some() {
+                    return Err(BadModule {
+                        problem: "is a component, which `entry` does not apply to".into(),
+                        fix: "remove `entry`: a component runs its `wasi:cli/run` export".into(),
+                        at_entry: true,
+                    }
+                    .into());
+                }
+                Linked::Component(component::prelink(&self.engine, &component, function)?)
             }
         };
         Ok(Program { linked, argv0 })
@@ -108,17 +166,36 @@ impl Runtime {
     }
 }
 
-/// Slots for `n` instances at once. A component instance holds several core
-/// instances, memories and tables (the program, the WASI adapter, shims),
-/// hence the multipliers. Resetting the first pages of a memory or stack
-/// with memset, keeping them resident, rather than madvise and fault them
-/// in again is what makes tiny invocations cheap (3x faster `--map`).
+/// The most memories, tables and core instances one instance may have, as
+/// a core module or as a component (which holds several core instances: the
+/// program, the WASI adapter, shims). wasmtime checks a module against these
+/// when it loads it, so a module beyond them is refused up front, never in
+/// the middle of a `--map`.
+const MEMORIES_PER_INSTANCE: u32 = 4;
+const TABLES_PER_INSTANCE: u32 = 16;
+const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
+
+/// Slots for `n` instances at once: each total is `n` times what one
+/// instance can take, so no invocation can ever fail for want of a slot the
+/// user did not ask for. An instance runs on one fiber stack (host calls
+/// never re-enter wasm: see `p1_sleep`) and may take one GC heap, itself a
+/// linear memory, for exceptions or GC objects. Memory slots only reserve
+/// address space until used: 4 GiB each, 5 TiB at most with 256 instances,
+/// of the 128 TiB a process has. Resetting the first pages of a memory or
+/// stack with memset, keeping them resident, rather than madvise and fault
+/// them in again is what makes tiny invocations cheap (3x faster `--map`).
 fn pool(n: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
-        .total_core_instances(8 * n)
-        .total_memories(2 * n)
-        .total_tables(8 * n)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_INSTANCE)
+        .total_core_instances(n * CORE_INSTANCES_PER_INSTANCE)
+        .max_memories_per_module(MEMORIES_PER_INSTANCE)
+        .max_memories_per_component(MEMORIES_PER_INSTANCE)
+        .total_memories(n * (MEMORIES_PER_INSTANCE + 1))
+        .total_gc_heaps(n)
+        .max_tables_per_module(TABLES_PER_INSTANCE)
+        .max_tables_per_component(TABLES_PER_INSTANCE)
+        .total_tables(n * TABLES_PER_INSTANCE)
         .total_stacks(n)
         .table_elements(instance::MAX_TABLE_ELEMENTS)
         .linear_memory_keep_resident(2 << 20)
@@ -128,7 +205,7 @@ fn pool(n: u32) -> PoolingAllocationConfig {
 }
 
 enum Linked {
-    Core(InstancePre<core::CoreState>),
+    Core(core::Prelinked),
     Component(CommandPre<component::ComponentState>),
 }
 

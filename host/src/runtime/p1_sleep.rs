@@ -8,11 +8,12 @@
 //! which `instance::until_stopped` can drop, and hands every other poll to
 //! wasmtime-wasi's own `poll_oneoff`.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{Caller, Extern, Instance, Linker, Module, TypedFunc};
+use wasmtime::{AsContextMut, Caller, Extern, Linker};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1 as _};
+use wiggle::GuestMemory;
 
 use super::core::CoreState;
 
@@ -26,61 +27,18 @@ const SUBCLOCKFLAGS_ABSTIME: u16 = 1;
 const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_FAULT: i32 = 21;
 
-/// wasmtime-wasi's own `poll_oneoff` reads the guest's memory through its
-/// caller, so it cannot be called from the host directly; this module calls
-/// it on the guest's behalf:
-///
-/// ```wat
-/// (module
-///   (import "env" "memory" (memory 0))
-///   (import "wasi_snapshot_preview1" "poll_oneoff"
-///     (func $poll (param i32 i32 i32 i32) (result i32)))
-///   (export "memory" (memory 0))
-///   (func (export "poll_oneoff") (param i32 i32 i32 i32) (result i32)
-///     local.get 0 local.get 1 local.get 2 local.get 3 call $poll))
-/// ```
-const TRAMPOLINE: &[u8] = &[
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x09, 0x01, 0x60, 0x04, 0x7f, 0x7f, 0x7f,
-    0x7f, 0x01, 0x7f, 0x02, 0x34, 0x02, 0x03, 0x65, 0x6e, 0x76, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72,
-    0x79, 0x02, 0x00, 0x00, 0x16, 0x77, 0x61, 0x73, 0x69, 0x5f, 0x73, 0x6e, 0x61, 0x70, 0x73, 0x68,
-    0x6f, 0x74, 0x5f, 0x70, 0x72, 0x65, 0x76, 0x69, 0x65, 0x77, 0x31, 0x0b, 0x70, 0x6f, 0x6c, 0x6c,
-    0x5f, 0x6f, 0x6e, 0x65, 0x6f, 0x66, 0x66, 0x00, 0x00, 0x03, 0x02, 0x01, 0x00, 0x07, 0x18, 0x02,
-    0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x02, 0x00, 0x0b, 0x70, 0x6f, 0x6c, 0x6c, 0x5f, 0x6f,
-    0x6e, 0x65, 0x6f, 0x66, 0x66, 0x00, 0x01, 0x0a, 0x0e, 0x01, 0x0c, 0x00, 0x20, 0x00, 0x20, 0x01,
-    0x20, 0x02, 0x20, 0x03, 0x10, 0x00, 0x0b,
-];
-
-/// `poll_oneoff` as the guest imports it.
-pub type PollOneoff = TypedFunc<(i32, i32, i32, i32), i32>;
-
-/// What the replacement needs to reach wasmtime-wasi's `poll_oneoff`: the
-/// linker that defines it, and the trampoline, compiled on first use (most
-/// guests only ever sleep).
-struct Stock {
-    linker: Linker<CoreState>,
-    trampoline: OnceLock<Module>,
-}
-
 /// Replaces `poll_oneoff` in a linker that already has wasmtime-wasi's.
 pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
-    let stock = Arc::new(Stock {
-        linker: linker.clone(),
-        trampoline: OnceLock::new(),
-    });
     linker.allow_shadowing(true);
     linker.func_wrap_async(
         MODULE,
         NAME,
-        move |mut caller: Caller<'_, CoreState>,
-              (subs, events, count, nevents): (i32, i32, i32, i32)| {
-            let stock = Arc::clone(&stock);
+        |mut caller: Caller<'_, CoreState>,
+         (subs, events, count, nevents): (i32, i32, i32, i32)| {
             Box::new(async move {
                 let Some((userdata, duration)) = lone_relative_sleep(&mut caller, subs, count)
                 else {
-                    let poll = stock_poll_oneoff(&mut caller, &stock).await?;
-                    return poll
-                        .call_async(&mut caller, (subs, events, count, nevents))
-                        .await;
+                    return stock_poll_oneoff(&mut caller, subs, events, count, nevents).await;
                 };
                 tokio::time::sleep(duration).await;
                 let mut event = [0u8; EVENT_SIZE];
@@ -102,28 +60,30 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
     Ok(())
 }
 
-/// wasmtime-wasi's `poll_oneoff`, reached through a trampoline instance
-/// made once per store and bound to the guest's memory.
+/// wasmtime-wasi's own `poll_oneoff`, called as its linker entry calls it:
+/// on the guest's memory, with the store's host-call fuel (which bounds what
+/// the host copies on the guest's behalf).
 async fn stock_poll_oneoff(
     caller: &mut Caller<'_, CoreState>,
-    stock: &Stock,
-) -> wasmtime::Result<PollOneoff> {
-    if let Some(poll) = &caller.data().stock_poll_oneoff {
-        return Ok(poll.clone());
-    }
-    let memory = caller
-        .get_export("memory")
-        .and_then(Extern::into_memory)
-        .ok_or_else(|| wasmtime::format_err!("missing required memory export"))?;
-    let poll = stock.linker.get(&mut *caller, MODULE, NAME)?;
-    let engine = caller.engine().clone();
-    let trampoline = stock.trampoline.get_or_init(|| {
-        Module::new(&engine, TRAMPOLINE).expect("the poll_oneoff trampoline is valid wasm")
-    });
-    let instance = Instance::new_async(&mut *caller, trampoline, &[memory.into(), poll]).await?;
-    let poll = instance.get_typed_func(&mut *caller, NAME)?;
-    caller.data_mut().stock_poll_oneoff = Some(poll.clone());
-    Ok(poll)
+    subs: i32,
+    events: i32,
+    count: i32,
+    nevents: i32,
+) -> wasmtime::Result<i32> {
+    let fuel = caller.as_context_mut().hostcall_fuel();
+    let export = caller.get_export("memory");
+    let (mut memory, state) = match &export {
+        Some(Extern::Memory(memory)) => {
+            let (data, state) = memory.data_and_store_mut(&mut *caller);
+            (GuestMemory::Unshared(data), state)
+        }
+        Some(Extern::SharedMemory(memory)) => {
+            (GuestMemory::Shared(memory.data()), caller.data_mut())
+        }
+        _ => wasmtime::bail!("missing required memory export"),
+    };
+    state.wasi.set_hostcall_fuel(fuel);
+    p1::poll_oneoff(&mut state.wasi, &mut memory, subs, events, count, nevents).await
 }
 
 /// The userdata and length of a poll that is exactly one relative clock.
