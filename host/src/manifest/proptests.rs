@@ -73,16 +73,21 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
         1u64..=86_400_000,
         proptest::option::of(1u64..=(16 << 14)),
         proptest::option::of(1u32..=1024),
+        (16u32..=1_000_000, 1u32..=1_000_000),
     )
         .prop_map(
-            |(mounts, args, env, timeout_ms, pages, concurrency)| FunctionSpec {
-                module: base_dir().join("m.wasm"),
-                mounts,
-                args,
-                env,
-                timeout: Duration::from_millis(timeout_ms),
-                memory: pages.map(|p| p << 16),
-                concurrency,
+            |(mounts, args, env, timeout_ms, pages, concurrency, (max_open_files, max_locks))| {
+                FunctionSpec {
+                    module: base_dir().join("m.wasm"),
+                    mounts,
+                    args,
+                    env,
+                    timeout: Duration::from_millis(timeout_ms),
+                    memory: pages.map(|p| p << 16),
+                    concurrency,
+                    max_open_files,
+                    max_locks,
+                }
             },
         )
 }
@@ -158,6 +163,8 @@ fn to_toml(m: &AppManifest) -> String {
         if let Some(c) = f.concurrency {
             out += &format!("concurrency = {c}\n");
         }
+        out += &format!("max_open_files = {}\n", f.max_open_files);
+        out += &format!("max_locks = {}\n", f.max_locks);
     }
     out
 }

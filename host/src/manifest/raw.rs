@@ -38,6 +38,8 @@ pub struct RawFunction {
     pub timeout: Option<Spanned<String>>,
     pub memory: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<i64>>,
+    pub max_open_files: Option<Spanned<i64>>,
+    pub max_locks: Option<Spanned<i64>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true }`.

@@ -3,14 +3,19 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable, WasmStr};
+use wasmtime::{Engine, Store, StoreContextMut};
+use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
+use super::instance::{
+    Captured, HasHost, HostState, configure_store, limit_table, may_open, until_stopped,
+    wasi_builder,
+};
 use super::{Invocation, RunResult};
-use crate::locks::LockError;
+use crate::locks::{LockError, MAX_LOCK_PATH};
 
 wasmtime::component::bindgen!({ path: "../wit", world: "guest" });
 
@@ -37,23 +42,6 @@ impl WasiView for ComponentState {
     }
 }
 
-impl lock::Host for ComponentState {
-    fn acquire(&mut self, path: String, timeout_ms: u64) -> Result<(), lock::Error> {
-        self.host
-            .locks
-            .acquire(&path, Duration::from_millis(timeout_ms))
-            .map_err(wit_error)
-    }
-
-    fn try_acquire(&mut self, path: String) -> Result<bool, lock::Error> {
-        self.host.locks.try_acquire(&path).map_err(wit_error)
-    }
-
-    fn release(&mut self, path: String) -> Result<(), lock::Error> {
-        self.host.locks.release(&path).map_err(wit_error)
-    }
-}
-
 fn wit_error(error: LockError) -> lock::Error {
     match error {
         LockError::Timeout => lock::Error::Timeout,
@@ -63,15 +51,113 @@ fn wit_error(error: LockError) -> lock::Error {
         LockError::AlreadyHeld => lock::Error::AlreadyHeld,
         LockError::InvalidPath => lock::Error::InvalidPath,
         LockError::Io => lock::Error::Io,
+        LockError::TooManyLocks => lock::Error::TooManyLocks,
     }
 }
+
+/// The lock interface's name as components import it.
+const LOCK_INTERFACE: &str = "wasmhost:host/lock@0.1.0";
+/// wasmtime-wasi's filesystem interface, whose `open-at` is wrapped.
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// Links a component once; every invocation instantiates from the result.
 pub fn prelink(engine: &Engine, component: &Component) -> Result<CommandPre<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    lock::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+    add_lock_to_linker(&mut linker)?;
+    add_open_limit_to_linker(&mut linker)?;
     Ok(CommandPre::new(linker.instantiate_pre(component)?)?)
+}
+
+/// `wasmhost:host/lock`, by hand rather than through bindgen's `Host`
+/// trait: a path is taken as a view of guest memory ([`WasmStr`]), so a
+/// huge one is refused without the host ever copying it, and the waits are
+/// futures that a stop abandons.
+fn add_lock_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
+    let mut lock = linker.instance(LOCK_INTERFACE)?;
+    lock.func_wrap_async(
+        "acquire",
+        |mut store: StoreContextMut<'_, ComponentState>, (path, timeout_ms): (WasmStr, u64)| {
+            Box::new(async move {
+                let result = match lock_path(&store, &path) {
+                    Ok(path) => {
+                        let timeout = Duration::from_millis(timeout_ms);
+                        store.data_mut().host.locks.acquire(&path, timeout).await
+                    }
+                    Err(e) => Err(e),
+                };
+                Ok((result.map_err(wit_error),))
+            })
+        },
+    )?;
+    lock.func_wrap_async(
+        "try-acquire",
+        |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
+            Box::new(async move {
+                let result = match lock_path(&store, &path) {
+                    Ok(path) => store.data_mut().host.locks.try_acquire(&path).await,
+                    Err(e) => Err(e),
+                };
+                Ok((result.map_err(wit_error),))
+            })
+        },
+    )?;
+    lock.func_wrap(
+        "release",
+        |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
+            let result = lock_path(&store, &path)
+                .and_then(|path| store.data_mut().host.locks.release(&path));
+            Ok((result.map_err(wit_error),))
+        },
+    )?;
+    Ok(())
+}
+
+/// A lock path, refused if too long before it is copied out of the guest.
+fn lock_path(
+    store: &StoreContextMut<'_, ComponentState>,
+    path: &WasmStr,
+) -> Result<String, LockError> {
+    let path = path.to_str(store).map_err(|_| LockError::InvalidPath)?;
+    if path.len() > MAX_LOCK_PATH {
+        return Err(LockError::InvalidPath);
+    }
+    Ok(path.into_owned())
+}
+
+/// `descriptor.open-at` refused with `insufficient-memory` (wasi:filesystem
+/// has no "too many open files") once the instance holds `max_open_files`
+/// handles; wasmtime-wasi's own otherwise.
+fn add_open_limit_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(FILESYSTEM_TYPES)?.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (dir, path_flags, path, open_flags, flags): (
+            Resource<fs::Descriptor>,
+            fs::PathFlags,
+            String,
+            fs::OpenFlags,
+            fs::DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if !may_open(&mut state.table, &mut state.host.limits) {
+                    return Ok((Err(fs::ErrorCode::InsufficientMemory),));
+                }
+                let opened = state
+                    .filesystem()
+                    .open_at(dir, path_flags, path, open_flags, flags)
+                    .await;
+                Ok((match opened {
+                    Ok(descriptor) => Ok(descriptor),
+                    Err(e) => Err(e.downcast()?),
+                },))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Runs `wasi:cli/run` in a fresh instance.
@@ -81,11 +167,12 @@ pub async fn run(
     argv0: &str,
 ) -> Result<(RunResult, Option<Captured>)> {
     let (mut builder, captured) = wasi_builder(invocation, argv0)?;
-    let state = ComponentState {
+    let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
         host: HostState::new(invocation),
     };
+    limit_table(&mut state.table, invocation.function);
     let mut store = Store::new(pre.engine(), state);
     let stop = configure_store(&mut store);
     let (result, stopped) = until_stopped(&stop, async {
