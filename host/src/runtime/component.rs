@@ -125,9 +125,9 @@ fn lock_path(
     Ok(path.into_owned())
 }
 
-/// `descriptor.open-at` refused with `insufficient-memory` (wasi:filesystem
-/// has no "too many open files") once the instance holds `max_open_files`
-/// handles; wasmtime-wasi's own otherwise.
+/// `descriptor.open-at` refused with `quota` (EDQUOT in wasi-libc:
+/// wasi:filesystem has no "too many open files") once the instance holds
+/// `max_open_files` handles; wasmtime-wasi's own otherwise.
 fn add_open_limit_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.instance(FILESYSTEM_TYPES)?.func_wrap_async(
@@ -143,7 +143,7 @@ fn add_open_limit_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 if !may_open(&mut state.table, &mut state.host.limits) {
-                    return Ok((Err(fs::ErrorCode::InsufficientMemory),));
+                    return Ok((Err(fs::ErrorCode::Quota),));
                 }
                 let opened = state
                     .filesystem()

@@ -61,6 +61,25 @@ pub fn limit_table(table: &mut ResourceTable, function: &FunctionSpec) {
     table.set_max_capacity(function.max_open_files as usize + HANDLE_RESERVE);
 }
 
+/// Raises the process's soft limit on open descriptors to its hard limit.
+/// Instances are bounded by `max_open_files` each, but many run at once
+/// under `--map`, and a soft limit of 1024 (a common default) would fail
+/// them for a limit the user never set.
+pub fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Whether an open may add one more handle: not once the table holds
 /// `max_open_files`. wasmtime-wasi would trap at a full table; asking first
 /// lets the open fail with an error the guest can handle.
