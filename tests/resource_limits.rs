@@ -86,15 +86,18 @@ fn open_refusal(target: Target) -> &'static str {
 }
 
 /// One hoarder asking for 20,000 (files or locks, per `op`) under `--map`
-/// beside 40 siblings taking 4 each: the siblings all succeed, the hoarder
-/// is refused at the default limit of 1024 (files count stdio and mounts,
-/// so a few fewer), and the summary says which limit it hit.
+/// beside 40 siblings that wait until it has been refused, then take 4
+/// each: the siblings all succeed, the hoarder is refused at the default
+/// limit of 1024 (files count stdio and mounts, so a few fewer), and the
+/// summary says which limit it hit.
 fn hoarder_beside_siblings(target: Target, op: &str, refusal: &str, limit_note: &str) {
     let env = TestEnv::new();
-    let app = hoard_app(&env, "hoard", target, &[op, "/scratch", HOLD_MS], "");
+    let app = hoard_app(&env, "hoard", target, &["words"], "");
     let inputs = env.work.path().join("inputs.txt");
-    let lines: Vec<&str> = std::iter::once(HOARD)
-        .chain(std::iter::repeat_n("4", 40))
+    let hoarder = format!("{op} /scratch {HOLD_MS} {HOARD}");
+    let sibling = format!("after /scratch/full {op} /scratch 0 4");
+    let lines: Vec<&str> = std::iter::once(hoarder.as_str())
+        .chain(std::iter::repeat_n(sibling.as_str(), 40))
         .collect();
     std::fs::write(&inputs, lines.join("\n") + "\n").unwrap();
     let run = run_bounded(
@@ -123,7 +126,7 @@ fn hoarder_beside_siblings(target: Target, op: &str, refusal: &str, limit_note: 
     assert!(
         stderr.contains("1 of 41 invocations failed")
             && stderr.contains(&format!(
-                "input 1 `{HOARD}`: exited with code 1, after it hit its limit of 1024 {limit_note}"
+                "input 1 `{hoarder}`: exited with code 1, after it hit its limit of 1024 {limit_note}"
             )),
         "{stderr}"
     );
@@ -395,4 +398,21 @@ fn a_guest_outliving_its_deleted_volume_leaves_no_lock_directory() {
     // Any later command tidies what a lock call racing the delete made.
     env.run(&["volume", "list"]).success();
     assert!(!locks_dir.exists(), "{} came back", locks_dir.display());
+}
+
+#[test]
+fn components_built_against_the_first_lock_interface_still_lock() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "oldlock",
+        r#"
+name = "oldlock"
+[volumes.data]
+[functions.f]
+module = "{guest2:lock_v0_1}"
+mounts = { "/data" = "data" }
+"#,
+    );
+    let run = run_bounded(&env, &["run", path(&app), "--", "/data/k"]).success();
+    assert_eq!(run.stdout().trim(), "locked and released");
 }

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::component::{Component, Linker, Resource, ResourceTable, WasmStr};
+use wasmtime::component::{
+    Component, ComponentType, Linker, Lower, Resource, ResourceTable, WasmStr,
+};
 use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
@@ -55,8 +57,30 @@ fn wit_error(error: LockError) -> lock::Error {
     }
 }
 
-/// The lock interface's name as components import it.
-const LOCK_INTERFACE: &str = "wasmhost:host/lock@0.1.0";
+/// The first version of the lock interface (`wit/v0.1.0`), still served to
+/// components built against it: wasmtime links an enum only if its cases
+/// match exactly, so theirs cannot grow.
+mod v0_1 {
+    wasmtime::component::bindgen!({ path: "../wit/v0.1.0", world: "guest" });
+
+    pub use self::wasmhost::host::lock::Error;
+    use crate::locks::LockError;
+
+    pub fn wit_error(error: LockError) -> Error {
+        match error {
+            LockError::Timeout => Error::Timeout,
+            LockError::NotInMount => Error::NotInMount,
+            LockError::ReadOnly => Error::ReadOnly,
+            LockError::NotHeld => Error::NotHeld,
+            LockError::AlreadyHeld => Error::AlreadyHeld,
+            LockError::InvalidPath => Error::InvalidPath,
+            // It has no `too-many-locks`; the failure's summary says which
+            // limit it hit.
+            LockError::Io | LockError::TooManyLocks => Error::Io,
+        }
+    }
+}
+
 /// wasmtime-wasi's filesystem interface, whose `open-at` is wrapped.
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
@@ -64,20 +88,30 @@ const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 pub fn prelink(engine: &Engine, component: &Component) -> Result<CommandPre<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    add_lock_to_linker(&mut linker)?;
+    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
+    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
     add_open_limit_to_linker(&mut linker)?;
     Ok(CommandPre::new(linker.instantiate_pre(component)?)?)
 }
 
-/// `wasmhost:host/lock`, by hand rather than through bindgen's `Host`
-/// trait: a path is taken as a view of guest memory ([`WasmStr`]), so a
-/// huge one is refused without the host ever copying it, and the waits are
-/// futures that a stop abandons.
-fn add_lock_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
-    let mut lock = linker.instance(LOCK_INTERFACE)?;
+/// `wasmhost:host/lock` as `interface` names it, its errors in that
+/// version's enum. By hand rather than through bindgen's `Host` trait: a
+/// path is taken as a view of guest memory ([`WasmStr`]), so a huge one is
+/// refused without the host ever copying it, and the waits are futures
+/// that a stop abandons.
+fn add_lock_to_linker<E>(
+    linker: &mut Linker<ComponentState>,
+    interface: &str,
+    to_wit: fn(LockError) -> E,
+) -> Result<()>
+where
+    E: ComponentType + Lower + Send + Sync + 'static,
+{
+    let mut lock = linker.instance(interface)?;
     lock.func_wrap_async(
         "acquire",
-        |mut store: StoreContextMut<'_, ComponentState>, (path, timeout_ms): (WasmStr, u64)| {
+        move |mut store: StoreContextMut<'_, ComponentState>,
+              (path, timeout_ms): (WasmStr, u64)| {
             Box::new(async move {
                 let result = match lock_path(&store, &path) {
                     Ok(path) => {
@@ -86,28 +120,28 @@ fn add_lock_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
                     }
                     Err(e) => Err(e),
                 };
-                Ok((result.map_err(wit_error),))
+                Ok((result.map_err(to_wit),))
             })
         },
     )?;
     lock.func_wrap_async(
         "try-acquire",
-        |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
+        move |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
             Box::new(async move {
                 let result = match lock_path(&store, &path) {
                     Ok(path) => store.data_mut().host.locks.try_acquire(&path).await,
                     Err(e) => Err(e),
                 };
-                Ok((result.map_err(wit_error),))
+                Ok((result.map_err(to_wit),))
             })
         },
     )?;
     lock.func_wrap(
         "release",
-        |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
+        move |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
             let result = lock_path(&store, &path)
                 .and_then(|path| store.data_mut().host.locks.release(&path));
-            Ok((result.map_err(wit_error),))
+            Ok((result.map_err(to_wit),))
         },
     )?;
     Ok(())

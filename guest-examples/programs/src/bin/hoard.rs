@@ -3,10 +3,14 @@
 //!
 //! Usage: `hoard OP ARGS...`; under `--map` the input line is the last arg.
 //!
+//! - `words LINE`: runs the op that LINE spells, split on whitespace (for
+//!   `--map` inputs that each choose their own op).
+//! - `after PATH OP ARGS...`: waits (at most a minute) until PATH exists,
+//!   or cannot be looked up, then runs OP.
 //! - `open DIR HOLD_MS N`: opens N files in DIR and keeps them open. Prints
-//!   `took N`, or on the first error `took K then errno E: ERROR`,
-//!   keeps what it opened for HOLD_MS (so `--map` siblings run beside a
-//!   full hoard) and exits 1.
+//!   `took N`, or on the first error `took K then errno E: ERROR`, makes
+//!   the directory `DIR/full` (for `after`), keeps what it opened for
+//!   HOLD_MS (so `--map` siblings run beside a full hoard) and exits 1.
 //! - `open-panic DIR HOLD_MS N`: the same, but panics on the error.
 //! - `lock DIR HOLD_MS N`: the same with N distinct host locks.
 //! - `churn DIR N`: takes and releases N distinct locks, one at a time.
@@ -27,13 +31,29 @@ use wasmhost_guest::{Lock, LockGuard};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        ["open", dir, hold, n] => hoard(number(hold), number(n), false, |i| open(dir, i)),
-        ["open-panic", dir, hold, n] => hoard(number(hold), number(n), true, |i| open(dir, i)),
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+fn run(args: &[&str]) {
+    match args {
+        ["words", line] => run(&line.split_whitespace().collect::<Vec<_>>()),
+        ["after", path, op @ ..] => {
+            let end = Instant::now() + Duration::from_secs(60);
+            // An error (a host out of descriptors cannot even look) ends
+            // the wait too: what follows is then bound to show the damage.
+            while let Ok(false) = std::fs::exists(path) {
+                if Instant::now() > end {
+                    fail(&format!("{path} never appeared"));
+                }
+                sleep(Duration::from_millis(5));
+            }
+            run(op)
+        }
+        ["open", dir, hold, n] => hoard(dir, number(hold), number(n), false, |i| open(dir, i)),
+        ["open-panic", dir, hold, n] => hoard(dir, number(hold), number(n), true, |i| open(dir, i)),
         ["lock", dir, hold, n] => {
             let tag = unique_tag();
-            hoard(number(hold), number(n), false, |i| {
+            hoard(dir, number(hold), number(n), false, |i| {
                 let path = format!("{dir}/{tag}-{i}");
                 Lock::acquire(&path, Duration::from_secs(10)).map_err(|e| (0, e.to_string()))
             })
@@ -76,6 +96,7 @@ fn main() {
 
 /// Takes `n` of something with `take`, keeping each; see the module docs.
 fn hoard<T>(
+    dir: &str,
     hold_ms: usize,
     n: usize,
     panic: bool,
@@ -88,6 +109,8 @@ fn hoard<T>(
             Err((errno, error)) => {
                 println!("took {} then errno {errno}: {error}", kept.len());
                 std::io::stdout().flush().unwrap();
+                // A directory, which takes no descriptor to make.
+                let _ = std::fs::create_dir(format!("{dir}/full"));
                 sleep(Duration::from_millis(hold_ms as u64));
                 if panic {
                     panic!("hoard: {error}");
