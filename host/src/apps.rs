@@ -490,9 +490,10 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
     Ok(())
 }
 
-/// What every command does first: stop apps whose `run` process died, end
-/// calls whose caller died, trash volume directories and module snapshots
-/// a crash orphaned, and restart an interrupted purge.
+/// What every command does first: stop apps whose `run` process died (and
+/// remove the lock files it left), end calls whose caller died, trash volume
+/// directories and module snapshots a crash orphaned, and restart an
+/// interrupted purge.
 pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     let mut reaped = Vec::new();
     let leased = registry.read(|tx| tx.leased_running_apps())?;
@@ -515,6 +516,10 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
             })?;
             lease.release();
         }
+    }
+    if !reaped.is_empty() {
+        // A process that died holding locks left their files.
+        crate::locks::remove_unheld(home).context("cannot remove stale lock files")?;
     }
     registry.write(|tx| {
         volumes::trash_orphans(home, &tx.all_volume_ids()?)?;

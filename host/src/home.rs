@@ -94,7 +94,12 @@ impl Home {
 
     /// Host-side lock files of volume `volume_id`, outside every volume.
     pub fn volume_locks_dir(&self, volume_id: &str) -> PathBuf {
-        self.root.join(LOCKS_DIR).join(volume_id)
+        self.locks_dir().join(volume_id)
+    }
+
+    /// One directory of lock files per volume (see `locks`).
+    pub fn locks_dir(&self) -> PathBuf {
+        self.root.join(LOCKS_DIR)
     }
 
     pub fn cache_dir(&self) -> PathBuf {

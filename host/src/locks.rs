@@ -8,17 +8,32 @@
 //! the kernel drops the lock when the file is closed — when the instance's
 //! store is dropped after it returns, traps or times out, or when the process
 //! dies.
+//!
+//! Lock files do not outlive their use. Whoever holds a lock unlinks its file
+//! before letting go of it (on release, or when the instance ends), so a
+//! guest taking many distinct locks leaves nothing behind. That makes the
+//! file at a path change under a waiter: a waiter that wins the flock checks
+//! that the path still names the file it locked (fstat against stat) and
+//! starts over on the new file if not, so two holders never lock different
+//! files for one path. A process that dies holding locks leaves their files;
+//! housekeeping removes those ([`remove_unheld`]) under the same protocol
+//! when it finds such a process.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::apps::Mount;
 use crate::digest::sha256_hex;
 use crate::home::Home;
+
+/// The longest lock path a guest may pass, in bytes (Linux's `PATH_MAX`).
+/// Checked before the path is copied out of guest memory or split, so a
+/// guest cannot make the host allocate in proportion to a huge path.
+pub const MAX_LOCK_PATH: usize = 4096;
 
 /// The `error` enum of `wit/lock.wit`; `code()` is the wasip1 status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,10 +48,12 @@ pub enum LockError {
     NotHeld,
     #[error("lock is already held by this instance")]
     AlreadyHeld,
-    #[error("path is empty, not UTF-8, or climbs out of its mount")]
+    #[error("path is empty, longer than 4096 bytes, not UTF-8, or climbs out of its mount")]
     InvalidPath,
     #[error("the host could not create or lock its lock file")]
     Io,
+    #[error("the instance already holds as many locks as its `max_locks` allows")]
+    TooManyLocks,
 }
 
 impl LockError {
@@ -52,29 +69,46 @@ struct LockMount {
     read_only: bool,
 }
 
-/// The locks of one instance.
-pub struct InstanceLocks {
-    locks_root: Home,
-    mounts: Vec<LockMount>,
-    held: HashMap<String, File>,
-    /// Set when the invocation is interrupted, so a waiting acquire gives up.
-    cancelled: Arc<AtomicBool>,
-    /// The instance's own deadline (its function's `timeout`). A wait in
-    /// the host is out of reach of the epoch interruption that enforces it
-    /// in guest code, so `acquire` never waits past it; the guest then traps
-    /// at its next instruction.
-    deadline: Instant,
+/// A lock this instance holds: the locked file, and the path that names it
+/// (to unlink before the lock is let go).
+struct Held {
+    /// Kept open only to keep the flock: closing it releases the lock.
+    _file: File,
+    path: PathBuf,
 }
 
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Unlinked while still locked: anyone waiting on this file sees it
+        // is no longer the one at `path` and locks that one instead. Gone
+        // already if its volume was deleted meanwhile.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The locks of one instance. A wait for a lock is a future: a stop or the
+/// instance's timeout abandons it at once (`instance::until_stopped`), and
+/// dropping the table releases every lock still held.
+pub struct InstanceLocks {
+    home: Home,
+    mounts: Vec<LockMount>,
+    held: HashMap<String, Held>,
+    /// The function's `max_locks`.
+    max_locks: usize,
+    /// Whether an acquire was refused for `max_locks`, so a failure that
+    /// follows can say why.
+    limit_hit: bool,
+}
+
+/// How long a waiter sleeps between attempts, at first and at most: flock
+/// has no wait that a future could await.
+const FIRST_PAUSE: Duration = Duration::from_micros(200);
+const LONGEST_PAUSE: Duration = Duration::from_millis(10);
+
 impl InstanceLocks {
-    pub fn new(
-        home: &Home,
-        mounts: &[Mount],
-        cancelled: Arc<AtomicBool>,
-        deadline: Instant,
-    ) -> Self {
+    pub fn new(home: &Home, mounts: &[Mount], max_locks: u32) -> Self {
         Self {
-            locks_root: home.clone(),
+            home: home.clone(),
             mounts: mounts
                 .iter()
                 .map(|m| LockMount {
@@ -84,42 +118,62 @@ impl InstanceLocks {
                 })
                 .collect(),
             held: HashMap::new(),
-            cancelled,
-            deadline,
+            max_locks: max_locks as usize,
+            limit_hit: false,
         }
+    }
+
+    /// Whether the instance was refused a lock for its `max_locks`.
+    pub fn limit_hit(&self) -> bool {
+        self.limit_hit
     }
 
     /// Waits up to `timeout` for the lock on `path`.
-    pub fn acquire(&mut self, path: &str, timeout: Duration) -> Result<(), LockError> {
-        let (key, file_path) = self.resolve(path)?;
+    pub async fn acquire(&mut self, path: &str, timeout: Duration) -> Result<(), LockError> {
+        let (key, volume_id, file_path) = self.resolve(path)?;
         if self.held.contains_key(&key) {
             return Err(LockError::AlreadyHeld);
         }
-        let file = open_lock_file(&file_path)?;
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .map_or(self.deadline, |d| d.min(self.deadline));
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(fs::TryLockError::WouldBlock) => {}
-                Err(fs::TryLockError::Error(_)) => return Err(LockError::Io),
-            }
-            let now = Instant::now();
-            if now >= deadline || self.cancelled.load(Ordering::Relaxed) {
-                return Err(LockError::Timeout);
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(10));
+        if self.held.len() >= self.max_locks {
+            self.limit_hit = true;
+            return Err(LockError::TooManyLocks);
         }
-        self.held.insert(key, file);
-        Ok(())
+        let deadline = Instant::now().checked_add(timeout);
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let file = self.open_lock_file(volume_id, &file_path)?;
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(fs::TryLockError::WouldBlock) => {}
+                    Err(fs::TryLockError::Error(_)) => return Err(LockError::Io),
+                }
+                let now = Instant::now();
+                let left = deadline.map_or(LONGEST_PAUSE, |d| d.saturating_duration_since(now));
+                if left.is_zero() {
+                    return Err(LockError::Timeout);
+                }
+                tokio::time::sleep(pause.min(left)).await;
+                pause = (pause * 2).min(LONGEST_PAUSE);
+            }
+            if names_file(&file_path, &file) {
+                self.held.insert(
+                    key,
+                    Held {
+                        _file: file,
+                        path: file_path,
+                    },
+                );
+                return Ok(());
+            }
+            // Its holder unlinked it when letting go: lock the file that is
+            // at the path now.
+        }
     }
 
     /// Takes the lock on `path` if it is free.
-    pub fn try_acquire(&mut self, path: &str) -> Result<bool, LockError> {
-        match self.acquire(path, Duration::ZERO) {
+    pub async fn try_acquire(&mut self, path: &str) -> Result<bool, LockError> {
+        match self.acquire(path, Duration::ZERO).await {
             Ok(()) => Ok(true),
             Err(LockError::Timeout) => Ok(false),
             Err(e) => Err(e),
@@ -127,13 +181,14 @@ impl InstanceLocks {
     }
 
     pub fn release(&mut self, path: &str) -> Result<(), LockError> {
-        let (key, _) = self.resolve(path)?;
-        // Closing the file releases the flock.
+        let (key, _, _) = self.resolve(path)?;
+        // Dropping it unlinks the lock file, then closing it releases the flock.
         self.held.remove(&key).map(drop).ok_or(LockError::NotHeld)
     }
 
-    /// The lock's identity (`volume-id/relative/path`) and its lock file.
-    fn resolve(&self, path: &str) -> Result<(String, PathBuf), LockError> {
+    /// The lock's identity (`volume-id/relative/path`), its volume, and its
+    /// lock file.
+    fn resolve(&self, path: &str) -> Result<(String, &str, PathBuf), LockError> {
         let components = normalize(path)?;
         let absolute = path.starts_with('/');
         let mount = self
@@ -158,16 +213,57 @@ impl InstanceLocks {
         let relative = components[prefix_len..].join("/");
         let digest = sha256_hex(relative.as_bytes());
         let file = self
-            .locks_root
+            .home
             .volume_locks_dir(&mount.volume_id)
             .join(format!("{digest}.lock"));
-        Ok((format!("{}/{relative}", mount.volume_id), file))
+        Ok((
+            format!("{}/{relative}", mount.volume_id),
+            &mount.volume_id,
+            file,
+        ))
+    }
+
+    /// Opens (creating) the lock file at `path`. Its directory is made with
+    /// the volume; a home from before that gets it here, but only while the
+    /// volume exists, so a guest that outlives its deleted volume cannot
+    /// bring the directory back.
+    fn open_lock_file(&self, volume_id: &str, path: &Path) -> Result<File, LockError> {
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+        };
+        match open() {
+            Ok(file) => Ok(file),
+            Err(e)
+                if e.kind() == ErrorKind::NotFound && self.home.volume_dir(volume_id).is_dir() =>
+            {
+                match fs::create_dir(self.home.volume_locks_dir(volume_id)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(_) => return Err(LockError::Io),
+                }
+                open().map_err(|_| LockError::Io)
+            }
+            Err(_) => Err(LockError::Io),
+        }
+    }
+}
+
+/// Whether `path` still names the file `file` is open on.
+fn names_file(path: &Path, file: &File) -> bool {
+    match (fs::metadata(path), file.metadata()) {
+        (Ok(at_path), Ok(open)) => at_path.dev() == open.dev() && at_path.ino() == open.ino(),
+        _ => false,
     }
 }
 
 /// Path components with `.` and `..` applied; `..` above the root is refused.
 fn normalize(path: &str) -> Result<Vec<&str>, LockError> {
-    if path.is_empty() || path.contains('\0') {
+    if path.is_empty() || path.len() > MAX_LOCK_PATH || path.contains('\0') {
         return Err(LockError::InvalidPath);
     }
     let mut components = Vec::new();
@@ -183,44 +279,60 @@ fn normalize(path: &str) -> Result<Vec<&str>, LockError> {
     Ok(components)
 }
 
-fn open_lock_file(path: &PathBuf) -> Result<File, LockError> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-    };
-    open()
-        .or_else(|_| {
-            fs::create_dir_all(path.parent().expect("lock files live in a directory"))?;
-            open()
-        })
-        .map_err(|_| LockError::Io)
+/// Removes the lock files no one holds: what a process that died holding
+/// locks left. Each is locked first and unlinked only if it is still the
+/// file at its path, the protocol acquire follows, so a lock someone holds
+/// or is about to take is never pulled from under them.
+pub fn remove_unheld(home: &Home) -> std::io::Result<()> {
+    for volume in fs::read_dir(home.locks_dir())? {
+        let Ok(files) = fs::read_dir(volume?.path()) else {
+            continue;
+        };
+        for file in files {
+            let path = file?.path();
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_ok() && names_file(&path, &file) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn table(home: &Home, mounts: &[(&str, bool)]) -> InstanceLocks {
+    fn table(home: &Home, mounts: &[(&str, bool)], max_locks: u32) -> InstanceLocks {
         let mounts: Vec<Mount> = mounts
             .iter()
             .enumerate()
-            .map(|(i, (guest, ro))| Mount {
-                guest_path: guest.to_string(),
-                host_dir: PathBuf::from("/nonexistent"),
-                read_only: *ro,
-                volume_id: format!("vo-{i}"),
+            .map(|(i, (guest, ro))| {
+                let volume_id = format!("vo-{i}");
+                fs::create_dir_all(home.volume_dir(&volume_id)).unwrap();
+                Mount {
+                    guest_path: guest.to_string(),
+                    host_dir: PathBuf::from("/nonexistent"),
+                    read_only: *ro,
+                    volume_id,
+                }
             })
             .collect();
-        InstanceLocks::new(
-            home,
-            &mounts,
-            Arc::new(AtomicBool::new(false)),
-            Instant::now() + Duration::from_secs(60),
-        )
+        InstanceLocks::new(home, &mounts, max_locks)
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    fn lock_files(home: &Home) -> usize {
+        fs::read_dir(home.volume_locks_dir("vo-0")).map_or(0, |d| d.count())
     }
 
     #[test]
@@ -235,35 +347,136 @@ mod tests {
                 ("/ro", true),
                 ("data", false),
             ],
+            8,
         );
-        assert_eq!(locks.resolve("/cache/a/../b").unwrap().0, "vo-1/b");
-        assert_eq!(locks.resolve("/other/x").unwrap().0, "vo-0/other/x");
-        assert_eq!(locks.resolve("data/./k").unwrap().0, "vo-3/k");
-        assert_eq!(locks.resolve("/ro/k"), Err(LockError::ReadOnly));
-        assert_eq!(locks.resolve("elsewhere/k"), Err(LockError::NotInMount));
-        assert_eq!(locks.resolve("/../etc"), Err(LockError::InvalidPath));
-        assert_eq!(locks.resolve(""), Err(LockError::InvalidPath));
+        let key = |path| locks.resolve(path).map(|(key, _, _)| key);
+        assert_eq!(key("/cache/a/../b").unwrap(), "vo-1/b");
+        assert_eq!(key("/other/x").unwrap(), "vo-0/other/x");
+        assert_eq!(key("data/./k").unwrap(), "vo-3/k");
+        assert_eq!(key("/ro/k"), Err(LockError::ReadOnly));
+        assert_eq!(key("elsewhere/k"), Err(LockError::NotInMount));
+        assert_eq!(key("/../etc"), Err(LockError::InvalidPath));
+        assert_eq!(key(""), Err(LockError::InvalidPath));
+        let longest = format!("/{}", "a".repeat(MAX_LOCK_PATH - 1));
+        assert!(key(&longest).is_ok());
+        assert_eq!(key(&format!("{longest}a")), Err(LockError::InvalidPath));
     }
 
     #[test]
     fn excludes_other_instances_and_releases_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path().to_owned()).unwrap();
-        let mut first = table(&home, &[("/cache", false)]);
-        let mut second = table(&home, &[("/cache", false)]);
-        first.acquire("/cache/k", Duration::from_secs(1)).unwrap();
+        let mut first = table(&home, &[("/cache", false)], 8);
+        let mut second = table(&home, &[("/cache", false)], 8);
+        block_on(async {
+            first
+                .acquire("/cache/k", Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert_eq!(
+                first.acquire("/cache/k", Duration::ZERO).await,
+                Err(LockError::AlreadyHeld)
+            );
+            assert_eq!(second.try_acquire("/cache/k").await, Ok(false));
+            assert_eq!(
+                second.acquire("/cache/k", Duration::from_millis(20)).await,
+                Err(LockError::Timeout)
+            );
+            drop(first);
+            assert_eq!(second.try_acquire("/cache/k").await, Ok(true));
+            assert_eq!(second.release("/cache/k"), Ok(()));
+            assert_eq!(second.release("/cache/k"), Err(LockError::NotHeld));
+        });
+    }
+
+    #[test]
+    fn lock_files_go_with_their_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        let mut locks = table(&home, &[("/cache", false)], 8);
+        block_on(async {
+            for i in 0..100 {
+                locks
+                    .acquire(&format!("/cache/{i}"), Duration::ZERO)
+                    .await
+                    .unwrap();
+                locks.release(&format!("/cache/{i}")).unwrap();
+            }
+            assert_eq!(lock_files(&home), 0);
+            locks.acquire("/cache/kept", Duration::ZERO).await.unwrap();
+            assert_eq!(lock_files(&home), 1);
+        });
+        drop(locks);
+        assert_eq!(lock_files(&home), 0);
+    }
+
+    #[test]
+    fn a_waiter_locks_the_file_that_replaced_the_one_it_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        let mut holder = table(&home, &[("/cache", false)], 8);
+        let mut waiter = table(&home, &[("/cache", false)], 8);
+        let mut third = table(&home, &[("/cache", false)], 8);
+        block_on(async {
+            holder.acquire("/cache/k", Duration::ZERO).await.unwrap();
+            let wait = waiter.acquire("/cache/k", Duration::from_secs(5));
+            let release_then_retake = async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                holder.release("/cache/k").unwrap();
+                // A newcomer takes the new file at the path before the waiter
+                // wakes; the waiter must not also "hold" the unlinked one.
+                third.acquire("/cache/k", Duration::ZERO).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                third.release("/cache/k").unwrap();
+            };
+            let (waited, ()) = tokio::join!(wait, release_then_retake);
+            waited.unwrap();
+        });
+        assert_eq!(lock_files(&home), 1);
+        assert_eq!(block_on(third.try_acquire("/cache/k")), Ok(false));
+    }
+
+    #[test]
+    fn max_locks_bounds_the_locks_held_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        let mut locks = table(&home, &[("/cache", false)], 2);
+        block_on(async {
+            locks.acquire("/cache/a", Duration::ZERO).await.unwrap();
+            locks.acquire("/cache/b", Duration::ZERO).await.unwrap();
+            assert!(!locks.limit_hit());
+            assert_eq!(
+                locks.acquire("/cache/c", Duration::ZERO).await,
+                Err(LockError::TooManyLocks)
+            );
+            assert!(locks.limit_hit());
+            locks.release("/cache/a").unwrap();
+            locks.acquire("/cache/c", Duration::ZERO).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn no_lock_directory_for_a_deleted_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        let mut locks = table(&home, &[("/cache", false)], 8);
+        fs::remove_dir_all(home.volume_dir("vo-0")).unwrap();
         assert_eq!(
-            first.acquire("/cache/k", Duration::ZERO),
-            Err(LockError::AlreadyHeld)
+            block_on(locks.acquire("/cache/k", Duration::ZERO)),
+            Err(LockError::Io)
         );
-        assert_eq!(second.try_acquire("/cache/k"), Ok(false));
-        assert_eq!(
-            second.acquire("/cache/k", Duration::from_millis(20)),
-            Err(LockError::Timeout)
-        );
-        drop(first);
-        assert_eq!(second.try_acquire("/cache/k"), Ok(true));
-        assert_eq!(second.release("/cache/k"), Ok(()));
-        assert_eq!(second.release("/cache/k"), Err(LockError::NotHeld));
+        assert!(!home.volume_locks_dir("vo-0").exists());
+    }
+
+    #[test]
+    fn remove_unheld_spares_held_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        let mut locks = table(&home, &[("/cache", false)], 8);
+        block_on(locks.acquire("/cache/held", Duration::ZERO)).unwrap();
+        fs::write(home.volume_locks_dir("vo-0").join("left.lock"), "").unwrap();
+        remove_unheld(&home).unwrap();
+        assert_eq!(lock_files(&home), 1);
+        assert_eq!(locks.release("/cache/held"), Ok(()));
     }
 }

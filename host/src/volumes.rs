@@ -17,11 +17,15 @@ use crate::registry::new_id;
 /// Name of the flock that one purge process holds while it works.
 const PURGE_LOCK: &str = ".purge.lock";
 
-/// Makes the empty directory of a new volume.
+/// Makes the empty directories of a new volume: its files, and its
+/// host-side lock files (made here, never by a lock call, so none comes
+/// back after the volume is deleted).
 pub fn create_dir(home: &Home, volume_id: &str) -> Result<()> {
-    let dir = home.volume_dir(volume_id);
-    fs::create_dir(&dir)
-        .with_context(|| format!("cannot create volume directory {}", dir.display()))
+    for dir in [home.volume_dir(volume_id), home.volume_locks_dir(volume_id)] {
+        fs::create_dir(&dir)
+            .with_context(|| format!("cannot create volume directory {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Moves a volume's files, and its host-side lock files, into the trash.
@@ -40,15 +44,18 @@ pub fn trash(home: &Home, volume_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Trashes volume directories the registry does not know: what a process
-/// left when it died between committing a delete and moving the files.
+/// Trashes volume and lock directories the registry does not know: what a
+/// process left when it died between committing a delete and moving the
+/// files, or a lock directory a lock call made as its volume was deleted.
 /// Call inside a registry write transaction, so no volume is half-created.
 pub fn trash_orphans(home: &Home, known_ids: &[String]) -> Result<()> {
-    for entry in fs::read_dir(home.volumes_dir())? {
-        let name = entry?.file_name();
-        let Some(id) = name.to_str() else { continue };
-        if !known_ids.iter().any(|known| known == id) {
-            trash(home, id)?;
+    for parent in [home.volumes_dir(), home.locks_dir()] {
+        for entry in fs::read_dir(parent)? {
+            let name = entry?.file_name();
+            let Some(id) = name.to_str() else { continue };
+            if !known_ids.iter().any(|known| known == id) {
+                trash(home, id)?;
+            }
         }
     }
     Ok(())

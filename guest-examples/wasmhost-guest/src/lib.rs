@@ -18,6 +18,7 @@ pub enum LockError {
     AlreadyHeld,
     InvalidPath,
     Io,
+    TooManyLocks,
 }
 
 impl fmt::Display for LockError {
@@ -32,6 +33,9 @@ impl fmt::Display for LockError {
             }
             LockError::InvalidPath => "invalid lock path",
             LockError::Io => "host could not create or lock its lock file",
+            LockError::TooManyLocks => {
+                "instance holds as many locks as its function's `max_locks` allows"
+            }
         })
     }
 }
@@ -109,6 +113,7 @@ mod sys {
             4 => LockError::NotHeld,
             5 => LockError::AlreadyHeld,
             6 => LockError::InvalidPath,
+            8 => LockError::TooManyLocks,
             _ => LockError::Io,
         })
     }
@@ -148,6 +153,7 @@ mod sys {
             Error::AlreadyHeld => LockError::AlreadyHeld,
             Error::InvalidPath => LockError::InvalidPath,
             Error::Io => LockError::Io,
+            Error::TooManyLocks => LockError::TooManyLocks,
         }
     }
 

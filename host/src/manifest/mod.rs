@@ -22,6 +22,17 @@ use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_nam
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The most instances of one function at once that app.toml may ask for.
 pub const MAX_CONCURRENCY: i64 = 1024;
+/// `max_open_files` when app.toml gives none: more than programs open by
+/// accident (CPython at start holds about 10), few enough that `--map`
+/// instances of a hoarding guest cannot run the process out of descriptors.
+pub const DEFAULT_MAX_OPEN_FILES: u32 = 1024;
+/// `max_locks` when app.toml gives none; each held lock is a host file
+/// descriptor, so this bounds those too.
+pub const DEFAULT_MAX_LOCKS: u32 = 1024;
+/// The range app.toml may set `max_open_files` and `max_locks` in. The low
+/// end leaves room for stdio and a few mounts, which count as open files.
+const MAX_OPEN_FILES_RANGE: std::ops::RangeInclusive<i64> = 16..=1_000_000;
+const MAX_LOCKS_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
 
 /// A validated app.toml.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,6 +63,21 @@ pub struct FunctionSpec {
     /// linked to functions that trap when called, rather than refused.
     #[serde(default)]
     pub trap_unknown_imports: bool,
+    /// Most files, directories and other host handles (streams, pollables)
+    /// an instance holds at once, counting its stdio and mounts.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: u32,
+    /// Most `wasmhost:host/lock` locks an instance holds at once.
+    #[serde(default = "default_max_locks")]
+    pub max_locks: u32,
+}
+
+fn default_max_open_files() -> u32 {
+    DEFAULT_MAX_OPEN_FILES
+}
+
+fn default_max_locks() -> u32 {
+    DEFAULT_MAX_LOCKS
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -384,6 +410,18 @@ impl Validator<'_> {
             Some(c) => Some(*c.get_ref() as u32),
             None => None,
         };
+        let max_open_files = self.count(
+            raw.max_open_files.as_ref(),
+            "max_open_files",
+            MAX_OPEN_FILES_RANGE,
+            DEFAULT_MAX_OPEN_FILES,
+        )?;
+        let max_locks = self.count(
+            raw.max_locks.as_ref(),
+            "max_locks",
+            MAX_LOCKS_RANGE,
+            DEFAULT_MAX_LOCKS,
+        )?;
         for key in raw.env.keys() {
             if key.get_ref().is_empty() || key.get_ref().contains(['=', '\0']) {
                 return Err(self.error(
@@ -410,6 +448,8 @@ impl Validator<'_> {
             concurrency,
             entry: self.entry(raw)?,
             trap_unknown_imports: self.unknown_imports(raw)?,
+            max_open_files,
+            max_locks,
         })
     }
 
@@ -440,6 +480,29 @@ impl Validator<'_> {
                 Some(value.span()),
                 format!("`unknown_imports = \"{}\"` is not a choice", other.escape_debug()),
                 "use \"error\" (the default: refuse the module) or \"trap\" (run it; a call to such an import traps)",
+            )),
+        }
+    }
+
+    /// A per-instance count limit: `default` when absent, else in `range`.
+    fn count(
+        &self,
+        value: Option<&toml::Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+        default: u32,
+    ) -> Result<u32, ManifestError> {
+        match value {
+            None => Ok(default),
+            Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref() as u32),
+            Some(v) => Err(self.error(
+                Some(v.span()),
+                format!("`{key} = {}` is out of range", v.get_ref()),
+                format!(
+                    "use a whole number from {} to {} (default {default})",
+                    range.start(),
+                    range.end()
+                ),
             )),
         }
     }

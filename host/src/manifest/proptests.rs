@@ -80,9 +80,19 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
         proptest::option::of(1u64..=(16 << 14)),
         proptest::option::of(1u32..=1024),
         (proptest::option::of("[a-z_][a-z0-9_.]{0,8}"), any::<bool>()),
+        (16u32..=1_000_000, 1u32..=1_000_000),
     )
         .prop_map(
-            |(mounts, args, env, timeout_ms, pages, concurrency, (entry, trap_unknown_imports))| {
+            |(
+                mounts,
+                args,
+                env,
+                timeout_ms,
+                pages,
+                concurrency,
+                (entry, trap_unknown_imports),
+                (max_open_files, max_locks),
+            )| {
                 FunctionSpec {
                     module: base_dir().join("m.wasm"),
                     mounts,
@@ -93,6 +103,8 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     concurrency,
                     entry,
                     trap_unknown_imports,
+                    max_open_files,
+                    max_locks,
                 }
             },
         )
@@ -175,6 +187,8 @@ fn to_toml(m: &AppManifest) -> String {
         if f.trap_unknown_imports {
             out += "unknown_imports = \"trap\"\n";
         }
+        out += &format!("max_open_files = {}\n", f.max_open_files);
+        out += &format!("max_locks = {}\n", f.max_locks);
     }
     out
 }

@@ -40,6 +40,8 @@ pub struct RawFunction {
     pub concurrency: Option<Spanned<i64>>,
     pub entry: Option<Spanned<String>>,
     pub unknown_imports: Option<Spanned<String>>,
+    pub max_open_files: Option<Spanned<i64>>,
+    pub max_locks: Option<Spanned<i64>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true }`.

@@ -3,14 +3,21 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::component::{
+    Component, ComponentType, Linker, Lower, Resource, ResourceTable, WasmStr,
+};
+use wasmtime::{Engine, Store, StoreContextMut};
+use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
+use super::instance::{
+    Captured, HasHost, HostState, configure_store, limit_table, may_open, until_stopped,
+    wasi_builder,
+};
 use super::{BadModule, Invocation, RunResult};
-use crate::locks::LockError;
+use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
 
 wasmtime::component::bindgen!({ path: "../wit", world: "guest" });
@@ -38,23 +45,6 @@ impl WasiView for ComponentState {
     }
 }
 
-impl lock::Host for ComponentState {
-    fn acquire(&mut self, path: String, timeout_ms: u64) -> Result<(), lock::Error> {
-        self.host
-            .locks
-            .acquire(&path, Duration::from_millis(timeout_ms))
-            .map_err(wit_error)
-    }
-
-    fn try_acquire(&mut self, path: String) -> Result<bool, lock::Error> {
-        self.host.locks.try_acquire(&path).map_err(wit_error)
-    }
-
-    fn release(&mut self, path: String) -> Result<(), lock::Error> {
-        self.host.locks.release(&path).map_err(wit_error)
-    }
-}
-
 fn wit_error(error: LockError) -> lock::Error {
     match error {
         LockError::Timeout => lock::Error::Timeout,
@@ -64,8 +54,36 @@ fn wit_error(error: LockError) -> lock::Error {
         LockError::AlreadyHeld => lock::Error::AlreadyHeld,
         LockError::InvalidPath => lock::Error::InvalidPath,
         LockError::Io => lock::Error::Io,
+        LockError::TooManyLocks => lock::Error::TooManyLocks,
     }
 }
+
+/// The first version of the lock interface (`wit/v0.1.0`), still served to
+/// components built against it: wasmtime links an enum only if its cases
+/// match exactly, so theirs cannot grow.
+mod v0_1 {
+    wasmtime::component::bindgen!({ path: "../wit/v0.1.0", world: "guest" });
+
+    pub use self::wasmhost::host::lock::Error;
+    use crate::locks::LockError;
+
+    pub fn wit_error(error: LockError) -> Error {
+        match error {
+            LockError::Timeout => Error::Timeout,
+            LockError::NotInMount => Error::NotInMount,
+            LockError::ReadOnly => Error::ReadOnly,
+            LockError::NotHeld => Error::NotHeld,
+            LockError::AlreadyHeld => Error::AlreadyHeld,
+            LockError::InvalidPath => Error::InvalidPath,
+            // It has no `too-many-locks`; the failure's summary says which
+            // limit it hit.
+            LockError::Io | LockError::TooManyLocks => Error::Io,
+        }
+    }
+}
+
+/// wasmtime-wasi's filesystem interface, whose `open-at` is wrapped.
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// Links a component once; every invocation instantiates from the result.
 pub fn prelink(
@@ -75,7 +93,9 @@ pub fn prelink(
 ) -> Result<CommandPre<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    lock::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
+    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
+    add_open_limit_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(component)?;
     }
@@ -91,6 +111,106 @@ pub fn prelink(
     })
 }
 
+/// `wasmhost:host/lock` as `interface` names it, its errors in that
+/// version's enum. By hand rather than through bindgen's `Host` trait: a
+/// path is taken as a view of guest memory ([`WasmStr`]), so a huge one is
+/// refused without the host ever copying it, and the waits are futures
+/// that a stop abandons.
+fn add_lock_to_linker<E>(
+    linker: &mut Linker<ComponentState>,
+    interface: &str,
+    to_wit: fn(LockError) -> E,
+) -> Result<()>
+where
+    E: ComponentType + Lower + Send + Sync + 'static,
+{
+    let mut lock = linker.instance(interface)?;
+    lock.func_wrap_async(
+        "acquire",
+        move |mut store: StoreContextMut<'_, ComponentState>,
+              (path, timeout_ms): (WasmStr, u64)| {
+            Box::new(async move {
+                let result = match lock_path(&store, &path) {
+                    Ok(path) => {
+                        let timeout = Duration::from_millis(timeout_ms);
+                        store.data_mut().host.locks.acquire(&path, timeout).await
+                    }
+                    Err(e) => Err(e),
+                };
+                Ok((result.map_err(to_wit),))
+            })
+        },
+    )?;
+    lock.func_wrap_async(
+        "try-acquire",
+        move |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
+            Box::new(async move {
+                let result = match lock_path(&store, &path) {
+                    Ok(path) => store.data_mut().host.locks.try_acquire(&path).await,
+                    Err(e) => Err(e),
+                };
+                Ok((result.map_err(to_wit),))
+            })
+        },
+    )?;
+    lock.func_wrap(
+        "release",
+        move |mut store: StoreContextMut<'_, ComponentState>, (path,): (WasmStr,)| {
+            let result = lock_path(&store, &path)
+                .and_then(|path| store.data_mut().host.locks.release(&path));
+            Ok((result.map_err(to_wit),))
+        },
+    )?;
+    Ok(())
+}
+
+/// A lock path, refused if too long before it is copied out of the guest.
+fn lock_path(
+    store: &StoreContextMut<'_, ComponentState>,
+    path: &WasmStr,
+) -> Result<String, LockError> {
+    let path = path.to_str(store).map_err(|_| LockError::InvalidPath)?;
+    if path.len() > MAX_LOCK_PATH {
+        return Err(LockError::InvalidPath);
+    }
+    Ok(path.into_owned())
+}
+
+/// `descriptor.open-at` refused with `quota` (EDQUOT in wasi-libc:
+/// wasi:filesystem has no "too many open files") once the instance holds
+/// `max_open_files` handles; wasmtime-wasi's own otherwise.
+fn add_open_limit_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.instance(FILESYSTEM_TYPES)?.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (dir, path_flags, path, open_flags, flags): (
+            Resource<fs::Descriptor>,
+            fs::PathFlags,
+            String,
+            fs::OpenFlags,
+            fs::DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if !may_open(&mut state.table, &mut state.host.limits) {
+                    return Ok((Err(fs::ErrorCode::Quota),));
+                }
+                let opened = state
+                    .filesystem()
+                    .open_at(dir, path_flags, path, open_flags, flags)
+                    .await;
+                Ok((match opened {
+                    Ok(descriptor) => Ok(descriptor),
+                    Err(e) => Err(e.downcast()?),
+                },))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// Runs `wasi:cli/run` in a fresh instance.
 pub async fn run(
     pre: &CommandPre<ComponentState>,
@@ -98,11 +218,12 @@ pub async fn run(
     argv0: &str,
 ) -> Result<(RunResult, Option<Captured>)> {
     let (mut builder, captured) = wasi_builder(invocation, argv0)?;
-    let state = ComponentState {
+    let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
         host: HostState::new(invocation),
     };
+    limit_table(&mut state.table, invocation.function);
     let mut store = Store::new(pre.engine(), state);
     let stop = configure_store(&mut store);
     let (result, stopped) = until_stopped(&stop, async {

@@ -3,12 +3,21 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{Caller, Engine, ExternType, InstancePre, Linker, Module, Store, ValType};
+use wasmtime::{
+    AsContextMut, Caller, Engine, Extern, ExternType, InstancePre, Linker, Module, Store, ValType,
+};
+use wasmtime_wasi::WasiView;
+use wasmtime_wasi::p1::types::Errno;
+use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wiggle::GuestMemory;
 
-use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
+use super::instance::{
+    Captured, HasHost, HostState, configure_store, limit_table, may_open, until_stopped,
+    wasi_builder,
+};
 use super::{BadModule, Invocation, RunResult};
-use crate::locks::LockError;
+use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
 
 pub struct CoreState {
@@ -45,39 +54,8 @@ pub fn prelink(engine: &Engine, module: &Module, function: &FunctionSpec) -> Res
     let mut linker = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
     super::p1_sleep::add_to_linker(&mut linker)?;
-    linker.func_wrap(
-        "wasmhost",
-        "lock_acquire",
-        |mut caller: Caller<CoreState>, ptr: i32, len: i32, timeout_ms: i64| {
-            status(guest_str(&mut caller, ptr, len).and_then(|path| {
-                let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
-                caller.data_mut().host.locks.acquire(&path, timeout)
-            }))
-        },
-    )?;
-    linker.func_wrap(
-        "wasmhost",
-        "lock_try_acquire",
-        |mut caller: Caller<CoreState>, ptr: i32, len: i32| {
-            status(guest_str(&mut caller, ptr, len).and_then(|path| {
-                match caller.data_mut().host.locks.try_acquire(&path) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(LockError::Timeout),
-                    Err(e) => Err(e),
-                }
-            }))
-        },
-    )?;
-    linker.func_wrap(
-        "wasmhost",
-        "lock_release",
-        |mut caller: Caller<CoreState>, ptr: i32, len: i32| {
-            status(
-                guest_str(&mut caller, ptr, len)
-                    .and_then(|path| caller.data_mut().host.locks.release(&path)),
-            )
-        },
-    )?;
+    add_open_limit_to_linker(&mut linker)?;
+    add_locks_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(module)?;
     }
@@ -85,6 +63,105 @@ pub fn prelink(engine: &Engine, module: &Module, function: &FunctionSpec) -> Res
         .instantiate_pre(module)
         .map_err(BadModule::unlinkable)?;
     Ok(Prelinked { pre, entry })
+}
+
+/// The `wasmhost` lock imports. Waits are futures, so a stop or the
+/// instance's timeout abandons them at once.
+fn add_locks_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
+    linker.func_wrap_async(
+        "wasmhost",
+        "lock_acquire",
+        |mut caller: Caller<'_, CoreState>, (ptr, len, timeout_ms): (i32, i32, i64)| {
+            Box::new(async move {
+                let result = match guest_str(&mut caller, ptr, len) {
+                    Ok(path) => {
+                        let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+                        caller.data_mut().host.locks.acquire(&path, timeout).await
+                    }
+                    Err(e) => Err(e),
+                };
+                Ok(status(result))
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        "wasmhost",
+        "lock_try_acquire",
+        |mut caller: Caller<'_, CoreState>, (ptr, len): (i32, i32)| {
+            Box::new(async move {
+                let result = match guest_str(&mut caller, ptr, len) {
+                    Ok(path) => caller.data_mut().host.locks.try_acquire(&path).await,
+                    Err(e) => Err(e),
+                };
+                Ok(status(result.and_then(|taken| {
+                    taken.then_some(()).ok_or(LockError::Timeout)
+                })))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "wasmhost",
+        "lock_release",
+        |mut caller: Caller<'_, CoreState>, ptr: i32, len: i32| {
+            status(
+                guest_str(&mut caller, ptr, len)
+                    .and_then(|path| caller.data_mut().host.locks.release(&path)),
+            )
+        },
+    )?;
+    Ok(())
+}
+
+/// `path_open` failing with `EMFILE` once the instance holds
+/// `max_open_files` handles; wasmtime-wasi's own otherwise.
+fn add_open_limit_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap_async(
+        "wasi_snapshot_preview1",
+        "path_open",
+        |mut caller: Caller<'_, CoreState>,
+         (dir, lookup, path, path_len, oflags, base, inheriting, fdflags, opened): (
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i64,
+            i64,
+            i32,
+            i32,
+        )| {
+            Box::new(async move {
+                let state = caller.data_mut();
+                if !may_open(WasiView::ctx(&mut state.wasi).table, &mut state.host.limits) {
+                    return Ok(Errno::Mfile as i32);
+                }
+                // What wiggle's generated import does around the call.
+                let fuel = caller.as_context_mut().hostcall_fuel();
+                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                    wasmtime::bail!("missing required memory export");
+                };
+                let (memory, state) = memory.data_and_store_mut(&mut caller);
+                state.wasi.set_hostcall_fuel(fuel);
+                wasi_snapshot_preview1::path_open(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(memory),
+                    dir,
+                    lookup,
+                    path,
+                    path_len,
+                    oflags,
+                    base,
+                    inheriting,
+                    fdflags,
+                    opened,
+                )
+                .await
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// The export to run: `entry`, else `_start`, checked against the module's
@@ -142,16 +219,19 @@ fn status(result: Result<(), LockError>) -> i32 {
     result.map_or_else(LockError::code, |()| 0)
 }
 
-/// The UTF-8 string at `ptr..ptr+len` of the guest's exported memory.
+/// The UTF-8 string at `ptr..ptr+len` of the guest's exported memory,
+/// refused before it is copied if longer than a lock path may be.
 fn guest_str(caller: &mut Caller<CoreState>, ptr: i32, len: i32) -> Result<String, LockError> {
+    let len = len as u32 as usize;
+    if len > MAX_LOCK_PATH {
+        return Err(LockError::InvalidPath);
+    }
     let memory = caller
         .get_export("memory")
         .and_then(|e| e.into_memory())
         .ok_or(LockError::InvalidPath)?;
     let start = ptr as u32 as usize;
-    let end = start
-        .checked_add(len as u32 as usize)
-        .ok_or(LockError::InvalidPath)?;
+    let end = start.checked_add(len).ok_or(LockError::InvalidPath)?;
     let bytes = memory
         .data(&caller)
         .get(start..end)
@@ -166,11 +246,12 @@ pub async fn run(
     argv0: &str,
 ) -> Result<(RunResult, Option<Captured>)> {
     let (mut builder, captured) = wasi_builder(invocation, argv0)?;
-    let state = CoreState {
+    let mut state = CoreState {
         wasi: builder.build_p1(),
         host: HostState::new(invocation),
     };
     let (pre, entry) = (&prelinked.pre, &prelinked.entry);
+    limit_table(WasiView::ctx(&mut state.wasi).table, invocation.function);
     let mut store = Store::new(pre.module().engine(), state);
     let stop = configure_store(&mut store);
     let (result, stopped) = until_stopped(&stop, async {

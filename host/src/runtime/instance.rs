@@ -6,15 +6,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
+use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
+use crate::manifest::FunctionSpec;
 
 /// The most table elements an instance may grow to.
 pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Handles past `max_open_files` that an instance may still create other
+/// than by opening (a stream to read a file it has open, a pollable), so a
+/// guest at its file limit can go on using its files. Past these the
+/// handle table is full and the instance traps.
+const HANDLE_RESERVE: usize = 256;
 
 /// Why the host ended an instance early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +44,55 @@ pub trait HasHost: Send + 'static {
     fn host(&mut self) -> &mut HostState;
 }
 
-/// The memory cap, remembering whether the guest ran into it so a trap that
-/// follows a failed allocation can be reported as what it is.
+/// The memory cap and the open-files limit, remembering whether the guest
+/// ran into them so a failure that follows can be reported as what it is.
 pub struct Limits {
     pub memory_cap: Option<u64>,
     pub memory_cap_hit: bool,
+    pub max_open_files: usize,
+    pub open_files_hit: bool,
+}
+
+/// Bounds everything an instance keeps in its handle table (files,
+/// directories, streams, pollables: each may hold a host descriptor or
+/// host memory): a guest cannot run the process out of descriptors that
+/// the other instances need.
+pub fn limit_table(table: &mut ResourceTable, function: &FunctionSpec) {
+    table.set_max_capacity(function.max_open_files as usize + HANDLE_RESERVE);
+}
+
+/// Raises the process's soft limit on open descriptors to its hard limit.
+/// Instances are bounded by `max_open_files` each, but many run at once
+/// under `--map`, and a soft limit of 1024 (a common default) would fail
+/// them for a limit the user never set.
+pub fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Whether an open may add one more handle: not once the table holds
+/// `max_open_files`. wasmtime-wasi would trap at a full table; asking first
+/// lets the open fail with an error the guest can handle.
+pub fn may_open(table: &mut ResourceTable, limits: &mut Limits) -> bool {
+    let capacity = table.max_capacity();
+    table.set_max_capacity(limits.max_open_files);
+    // A slot for a new handle is free exactly when a probe fits.
+    let room = table
+        .push(())
+        .is_ok_and(|probe| table.delete(probe).is_ok());
+    table.set_max_capacity(capacity);
+    limits.open_files_hit |= !room;
+    room
 }
 
 impl ResourceLimiter for Limits {
@@ -80,12 +132,13 @@ impl HostState {
             limits: Limits {
                 memory_cap: invocation.function.memory,
                 memory_cap_hit: false,
+                max_open_files: invocation.function.max_open_files as usize,
+                open_files_hit: false,
             },
             locks: InstanceLocks::new(
                 invocation.home,
                 invocation.mounts,
-                invocation.cancelled.clone(),
-                deadline,
+                invocation.function.max_locks,
             ),
             watch: StopWatch {
                 cancelled: invocation.cancelled.clone(),
@@ -103,6 +156,9 @@ pub fn wasi_builder(
 ) -> Result<(WasiCtxBuilder, Option<Captured>)> {
     let mut builder = WasiCtxBuilder::new();
     builder.allow_blocking_current_thread(true);
+    // No network is granted, so no socket either: each would be a host
+    // descriptor a guest could hoard.
+    builder.allow_tcp(false).allow_udp(false);
     builder.arg(argv0);
     builder.args(&invocation.function.args);
     builder.args(invocation.args);
@@ -202,12 +258,14 @@ pub async fn until_stopped(
 
 impl HostState {
     /// How the instance ended: a stop seen by the epoch callback or by
-    /// [`until_stopped`], and whether it ran into its memory cap.
+    /// [`until_stopped`], and which of its limits it ran into.
     pub fn finish(&self, result: wasmtime::Result<()>, stopped: Option<StopReason>) -> RunResult {
         RunResult {
             result,
             stopped: self.stopped.or(stopped),
             memory_cap_hit: self.limits.memory_cap_hit,
+            open_files_hit: self.limits.open_files_hit,
+            locks_hit: self.locks.limit_hit(),
         }
     }
 }

@@ -108,6 +108,7 @@ impl Runtime {
     /// more than one (`--map`), instances come from a pool of slots whose
     /// memory stays mapped between invocations.
     pub fn new(home: &Home, instances_at_once: usize) -> Result<Self> {
+        instance::raise_descriptor_limit();
         let mut config = Config::new();
         config.epoch_interruption(true);
         if (2..=MAX_POOLED_INSTANCES).contains(&instances_at_once) {
@@ -259,6 +260,37 @@ struct RunResult {
     result: wasmtime::Result<()>,
     stopped: Option<StopReason>,
     memory_cap_hit: bool,
+    /// The guest was refused an open for `max_open_files`.
+    open_files_hit: bool,
+    /// The guest was refused a lock for `max_locks`.
+    locks_hit: bool,
+}
+
+impl RunResult {
+    /// ", after it hit its limit of …" for each count limit the guest ran
+    /// into, to follow a failure that the refusal likely caused.
+    fn limits_note(&self, function: &FunctionSpec) -> String {
+        let hit: Vec<String> = [
+            (
+                self.open_files_hit,
+                function.max_open_files,
+                "open files",
+                "max_open_files",
+            ),
+            (self.locks_hit, function.max_locks, "locks", "max_locks"),
+        ]
+        .into_iter()
+        .filter(|(hit, ..)| *hit)
+        .map(|(_, limit, what, key)| {
+            format!("its limit of {limit} {what} (the function's `{key}`)")
+        })
+        .collect();
+        if hit.is_empty() {
+            String::new()
+        } else {
+            format!(", after it hit {}", hit.join(" and "))
+        }
+    }
 }
 
 thread_local! {
@@ -283,7 +315,22 @@ impl Program {
             })
         });
         let (outcome, captured) = match ran {
-            Ok((run, captured)) => (outcome(run, invocation.function), captured),
+            Ok((run, captured)) => {
+                let note = run.limits_note(invocation.function);
+                let outcome = match (outcome(run, invocation.function), invocation.output) {
+                    // Under --map the exit code goes no further than the
+                    // summary, which can say why: a guest refused a file or
+                    // a lock often exits non-zero over it.
+                    (Outcome::Exited(code), Output::Capture { .. })
+                        if code != 0 && !note.is_empty() =>
+                    {
+                        Outcome::Failed(format!("exited with code {code}{note}"))
+                    }
+                    (Outcome::Failed(reason), _) => Outcome::Failed(format!("{reason}{note}")),
+                    (outcome, _) => outcome,
+                };
+                (outcome, captured)
+            }
             Err(e) => (
                 Outcome::Failed(format!("cannot start the instance: {e:#}")),
                 None,
