@@ -8,7 +8,7 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
+use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
 use super::{Invocation, RunResult};
 use crate::locks::LockError;
 
@@ -79,8 +79,8 @@ pub async fn run(
     pre: &CommandPre<ComponentState>,
     invocation: &Invocation<'_>,
     argv0: &str,
-) -> Result<(RunResult, Option<Captured>)> {
-    let (mut builder, captured) = wasi_builder(invocation, argv0)?;
+) -> Result<(RunResult, Outputs)> {
+    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
@@ -97,5 +97,6 @@ pub async fn run(
             .map_err(|()| wasmtime_wasi::I32Exit(1).into())
     })
     .await;
-    Ok((store.data().host.finish(result, stopped), captured))
+    let ran = outputs.end(store, &stop, result, stopped).await;
+    Ok((ran, outputs))
 }

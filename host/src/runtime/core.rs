@@ -6,7 +6,7 @@ use anyhow::Result;
 use wasmtime::{Caller, Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
+use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
 use super::{Invocation, RunResult};
 use crate::locks::LockError;
 
@@ -91,8 +91,8 @@ pub async fn run(
     pre: &InstancePre<CoreState>,
     invocation: &Invocation<'_>,
     argv0: &str,
-) -> Result<(RunResult, Option<Captured>)> {
-    let (mut builder, captured) = wasi_builder(invocation, argv0)?;
+) -> Result<(RunResult, Outputs)> {
+    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let state = CoreState {
         wasi: builder.build_p1(),
         host: HostState::new(invocation),
@@ -112,5 +112,6 @@ pub async fn run(
         start.call_async(&mut store, ()).await
     })
     .await;
-    Ok((store.data().host.finish(result, stopped), captured))
+    let ran = outputs.end(store, &stop, result, stopped).await;
+    Ok((ran, outputs))
 }
