@@ -1,5 +1,6 @@
 //! Test guest for `--map` streaming (tests/streaming.rs). Its arguments,
-//! joined and split at whitespace, are one op, so a `--map` line picks it:
+//! joined and split at whitespace, are one op, so a `--map` line picks it
+//! (words from a `#` on are padding, ignored):
 //!
 //! - `wait PATH TAG`: waits for PATH to exist, then prints TAG.
 //! - `emit TAG KIB COUNT`: appends TAG to the file COUNT (`-` for none),
@@ -21,7 +22,11 @@ fn main() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let words: Vec<&str> = words
+        .iter()
+        .map(String::as_str)
+        .take_while(|w| *w != "#")
+        .collect();
     let mut out = io::stdout().lock();
     match words.as_slice() {
         ["wait", path, tag] => {
