@@ -244,7 +244,15 @@ timeout = "2s"
 "#
             ),
         );
-        let mut child = env.spawn(&["run", s(&app), "--", "lock-then", "/data/l", "spew", "100000"]);
+        let mut child = env.spawn(&[
+            "run",
+            s(&app),
+            "--",
+            "lock-then",
+            "/data/l",
+            "spew",
+            "100000",
+        ]);
         // Read the `locked` line, then never read again: the pipe fills.
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
@@ -296,7 +304,9 @@ fn a_closed_stdout_ends_a_listing_quietly() {
 fn map_stops_starting_inputs_once_its_stdout_is_closed() {
     let env = TestEnv::new();
     let app = mapper_app(&env, "closed", "closed-data", 2);
-    let inputs: Vec<String> = (0..1000).map(|i| format!("emit {i} 0 /data/count")).collect();
+    let inputs: Vec<String> = (0..1000)
+        .map(|i| format!("emit {i} 0 /data/count"))
+        .collect();
     let list = env.work.path().join("inputs.txt");
     std::fs::write(&list, inputs.join("\n")).unwrap();
     let out = env
@@ -337,7 +347,14 @@ fn env_flags_override_app_toml_on_run_and_call() {
     let app = env_app(&env, "toml");
     let get = |how: &[&str], name: &str| {
         let mut args = how.to_vec();
-        args.extend(["--env", "BOTH=first", "--env", "BOTH=flag", "--env", "NEW=a=b"]);
+        args.extend([
+            "--env",
+            "BOTH=first",
+            "--env",
+            "BOTH=flag",
+            "--env",
+            "NEW=a=b",
+        ]);
         args.extend(["--", "env", name]);
         env.run(&args).success().stdout().trim().to_owned()
     };
@@ -350,7 +367,9 @@ fn env_flags_override_app_toml_on_run_and_call() {
     assert_eq!(get(&call, "BOTH"), "flag");
     assert_eq!(get(&call, "FROM_TOML"), "toml");
     for bad in ["=x", "NOEQUALS", ""] {
-        let out = env.run(&["run", s(&app), "--env", bad, "--", "env", "X"]).code_is(2);
+        let out = env
+            .run(&["run", s(&app), "--env", bad, "--", "env", "X"])
+            .code_is(2);
         assert!(out.stderr().contains("--env"), "{bad:?}: {}", out.stderr());
     }
 }

@@ -9,10 +9,10 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use wasmhost::apps::{self, LiveApp};
 use wasmhost::error::UsageError;
 use wasmhost::home::Home;
-use indicatif::{ProgressBar, ProgressStyle};
 use wasmhost::invoke::{
     MapInput, MapReport, MapSink, StopCause, Target, app_was_stopped, map_lines, watch_for_stop,
 };
@@ -233,7 +233,11 @@ fn call(
 /// How many instances of the function run at once: one, or with `--map` the
 /// `--concurrency` (default: the function's `concurrency`, else the number
 /// of cores), never more than there are inputs when that is known.
-fn instances_at_once(invoke: &InvokeArgs, inputs: Option<&MapInputs>, spec: &FunctionSpec) -> usize {
+fn instances_at_once(
+    invoke: &InvokeArgs,
+    inputs: Option<&MapInputs>,
+    spec: &FunctionSpec,
+) -> usize {
     let Some(inputs) = inputs else { return 1 };
     let concurrency = invoke.concurrency.or(spec.concurrency).map_or_else(
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -377,8 +381,7 @@ fn serve(
         {
             Some(StopCause::AppStopped)
         }
-        Event::Map(report) if report.failed > 0 && app_was_stopped(home, &live.record.id) =>
-        {
+        Event::Map(report) if report.failed > 0 && app_was_stopped(home, &live.record.id) => {
             Some(StopCause::AppStopped)
         }
         _ => None,
@@ -464,7 +467,8 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             let volume = apps::create_named_volume(home, registry, &name)?;
             outln!(
                 "created volume `{name}` ({}, app {})",
-                volume.id, volume.app_id
+                volume.id,
+                volume.app_id
             )?;
         }
         VolumeCommand::List { json } => {

@@ -148,7 +148,9 @@ impl Target<'_> {
                 pending.insert(index, (input, finished));
                 while let Some((input, finished)) = pending.remove(&report.total) {
                     shared.waiting().remove(size(&input, &finished));
-                    if !shared.sink_failed.load(Ordering::Relaxed) && sink.output(&finished).is_err() {
+                    if !shared.sink_failed.load(Ordering::Relaxed)
+                        && sink.output(&finished).is_err()
+                    {
                         shared.sink_failed.store(true, Ordering::Relaxed);
                         report.output_closed = true;
                     }
@@ -163,9 +165,8 @@ impl Target<'_> {
     /// The next input to start, once outputs waiting to be written leave
     /// room for it; None once there are no more or the map is stopping.
     fn next_input(&self, shared: &MapState) -> Option<(usize, MapInput)> {
-        let stopping = || {
-            self.cancelled.load(Ordering::Relaxed) || shared.sink_failed.load(Ordering::Relaxed)
-        };
+        let stopping =
+            || self.cancelled.load(Ordering::Relaxed) || shared.sink_failed.load(Ordering::Relaxed);
         let mut waiting = shared.waiting();
         while !waiting.has_room() {
             if stopping() {
@@ -237,7 +238,9 @@ impl Waiting {
 
 /// What a finished input holds in memory.
 fn size(input: &MapInput, finished: &Finished) -> usize {
-    let input = input.as_ref().map_or_else(|bad| bad.start.len(), String::len);
+    let input = input
+        .as_ref()
+        .map_or_else(|bad| bad.start.len(), String::len);
     input + finished.stdout.len() + finished.stderr.len()
 }
 
@@ -296,13 +299,19 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Option<MapInput>> {
         }
     }
     let bad = |line: &[u8], problem: String| {
-        let start = String::from_utf8_lossy(line).chars().take(SHOWN_INPUT_CHARS).collect();
+        let start = String::from_utf8_lossy(line)
+            .chars()
+            .take(SHOWN_INPUT_CHARS)
+            .collect();
         Ok(Some(Err(BadLine { start, problem })))
     };
     if line.len() > MAX_LINE {
         return bad(
             &line,
-            format!("the line is longer than {}, the most --map takes", format_size(MAX_LINE as u64)),
+            format!(
+                "the line is longer than {}, the most --map takes",
+                format_size(MAX_LINE as u64)
+            ),
         );
     }
     if line.contains(&0) {

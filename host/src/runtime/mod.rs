@@ -168,7 +168,11 @@ impl Invocation<'_> {
     /// The function's `env` with the invocation's own variables over it.
     fn environment(&self) -> impl Iterator<Item = (&String, &String)> {
         let overridden = |key: &&String| self.env.contains_key(*key);
-        let kept = self.function.env.iter().filter(move |(k, _)| !overridden(k));
+        let kept = self
+            .function
+            .env
+            .iter()
+            .filter(move |(k, _)| !overridden(k));
         kept.chain(self.env)
     }
 }
