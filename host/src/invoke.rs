@@ -423,3 +423,40 @@ fn is_stopped(registry: &mut Registry, app_id: &str) -> bool {
         .flatten()
         .is_some_and(|app| app.state == AppState::Stopped)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(bytes: &[u8]) -> Vec<Result<String, String>> {
+        map_lines(bytes)
+            .map(|input| input.map_err(|bad| bad.problem))
+            .collect()
+    }
+
+    #[test]
+    fn map_lines_splits_as_str_lines_does() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(lines(b"a\nb\r\n\nc"), [ok("a"), ok("b"), ok(""), ok("c")]);
+        assert_eq!(lines(b"a\n"), [ok("a")]);
+        assert!(lines(b"").is_empty());
+    }
+
+    #[test]
+    fn map_lines_fails_a_bad_line_alone() {
+        let mut text = b"a\n".to_vec();
+        text.extend(vec![b'x'; MAX_LINE + 1]);
+        text.extend(b"\nb\0c\n\xff\nd\n");
+        let got = lines(&text);
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0], Ok("a".to_owned()));
+        assert!(got[1].as_ref().unwrap_err().contains("longer than 1MiB"));
+        assert!(got[2].as_ref().unwrap_err().contains("NUL byte"));
+        assert!(got[3].as_ref().unwrap_err().contains("not UTF-8"));
+        assert_eq!(got[4], Ok("d".to_owned()));
+        // A line of exactly the most is taken, even with a `\r\n`.
+        let mut exact = vec![b'y'; MAX_LINE];
+        exact.extend(b"\r\n");
+        assert_eq!(lines(&exact), [Ok("y".repeat(MAX_LINE))]);
+    }
+}
