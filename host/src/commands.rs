@@ -1,27 +1,31 @@
 //! One function per command; each returns the process exit code.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use wasmhost::apps::{self, LiveApp};
 use wasmhost::error::UsageError;
 use wasmhost::home::Home;
-use wasmhost::invoke::{MapReport, StopCause, Target, stop_cause_now, watch_for_stop};
+use wasmhost::invoke::{
+    MapInput, MapReport, MapSink, StopCause, Target, map_lines, stop_cause_now, watch_for_stop,
+};
 use wasmhost::manifest::{self, AppManifest, FunctionSpec};
 use wasmhost::module_store::Snapshot;
 use wasmhost::registry::{AppKind, CallState, Registry};
-use wasmhost::runtime::{BadModule, Outcome, Program, Runtime};
+use wasmhost::runtime::{BadModule, Finished, Outcome, Program, Runtime};
 use wasmhost::slots::Slots;
 use wasmhost::volume_files::VolumeFiles;
 use wasmhost::volumes;
 
 use crate::confirm::confirm;
-use crate::output::{app_json, table, timestamp};
+use crate::output::{app_json, outln, table, timestamp};
 use crate::{AppCommand, CacheCommand, Command, InvokeArgs, VolumeCommand};
 
 /// How long a stopped process waits for its instances to notice.
@@ -45,14 +49,14 @@ pub fn dispatch(command: Command) -> Result<u8> {
             invoke,
         } => {
             let (manifest, function) = load_manifest(&app, function.as_deref())?;
-            let inputs = read_map_inputs(&invoke)?;
+            let inputs = open_map_inputs(&invoke)?;
             let spec = &manifest.functions[&function];
             note_lowered_concurrency(&invoke, spec);
             // Compiled before `$WASMHOST_HOME` is opened, so that a module
             // wasmtime refuses creates nothing either.
             let runtime = Runtime::new(
                 &Home::locate()?,
-                instances_at_once(&invoke, inputs.as_deref(), spec),
+                instances_at_once(&invoke, inputs.as_ref(), spec),
             )?;
             let program = load_program(&runtime, &spec.module, spec, Some((&app, &function)))?;
             let (home, mut registry) = open_state()?;
@@ -152,20 +156,50 @@ fn load_program(
     })
 }
 
-fn read_map_inputs(invoke: &InvokeArgs) -> Result<Option<Vec<String>>> {
+/// `--map` inputs, read as invocations start.
+struct MapInputs {
+    lines: Box<dyn Iterator<Item = MapInput> + Send>,
+    /// How many there are, when that is known (a regular file).
+    count: Option<usize>,
+}
+
+fn open_map_inputs(invoke: &InvokeArgs) -> Result<Option<MapInputs>> {
     let Some(source) = &invoke.map else {
         return Ok(None);
     };
-    let mut text = String::new();
     if source == "-" {
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read --map inputs from stdin")?;
-    } else {
-        text = std::fs::read_to_string(source)
-            .map_err(|e| usage(format!("cannot read --map file {source}: {e}")))?;
+        return Ok(Some(MapInputs {
+            lines: Box::new(map_lines(BufReader::new(std::io::stdin()))),
+            count: None,
+        }));
     }
-    Ok(Some(text.lines().map(str::to_owned).collect()))
+    let cannot = |e: std::io::Error| usage(format!("cannot read --map file {source}: {e}"));
+    let mut file = File::open(source).map_err(cannot)?;
+    let count = if file.metadata().map_err(cannot)?.is_file() {
+        let count = count_lines(&mut file).map_err(cannot)?;
+        file.rewind().map_err(cannot)?;
+        Some(count)
+    } else {
+        None
+    };
+    Ok(Some(MapInputs {
+        lines: Box::new(map_lines(BufReader::new(file))),
+        count,
+    }))
+}
+
+/// Lines as `map_lines` reads them: a last line needs no newline.
+fn count_lines(file: &mut File) -> std::io::Result<usize> {
+    let (mut lines, mut last) = (0, b'\n');
+    let mut buf = vec![0; 64 << 10];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines + usize::from(last != b'\n'));
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+        last = buf[n - 1];
+    }
 }
 
 fn run(
@@ -174,7 +208,7 @@ fn run(
     manifest: &AppManifest,
     function: &str,
     invoke: &InvokeArgs,
-    inputs: Option<Vec<String>>,
+    inputs: Option<MapInputs>,
     program: Program,
 ) -> Result<u8> {
     let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
@@ -230,7 +264,7 @@ fn deploy(
     } else {
         "deployed"
     };
-    println!("{verb} app `{}` ({})", live.record.name, live.record.id);
+    outln!("{verb} app `{}` ({})", live.record.name, live.record.id)?;
     Ok(0)
 }
 
@@ -243,10 +277,10 @@ fn call(
 ) -> Result<u8> {
     let (live, function, call) = apps::start_call(home, registry, app, function)?;
     let result = (|| {
-        let inputs = read_map_inputs(invoke)?;
+        let inputs = open_map_inputs(invoke)?;
         let spec = &live.manifest.functions[&function];
         note_lowered_concurrency(invoke, spec);
-        let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_deref(), spec))?;
+        let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_ref(), spec))?;
         let program = load_program(&runtime, &live.module(home, &function), spec, None)?;
         serve(
             home,
@@ -269,16 +303,70 @@ fn call(
 
 /// How many instances of the function run at once: one, or with `--map` the
 /// `--concurrency` (default: the function's `concurrency`, else the number
-/// of cores), never more than there are inputs, nor than the function's
-/// `concurrency` (see [`note_lowered_concurrency`]).
-fn instances_at_once(invoke: &InvokeArgs, inputs: Option<&[String]>, spec: &FunctionSpec) -> usize {
+/// of cores), never more than there are inputs when that is known, nor than
+/// the function's `concurrency` (see [`note_lowered_concurrency`]).
+fn instances_at_once(
+    invoke: &InvokeArgs,
+    inputs: Option<&MapInputs>,
+    spec: &FunctionSpec,
+) -> usize {
     let Some(inputs) = inputs else { return 1 };
     let concurrency = match (invoke.concurrency, spec.concurrency) {
         (Some(asked), Some(most)) => asked.min(most) as usize,
         (Some(n), None) | (None, Some(n)) => n as usize,
         (None, None) => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    concurrency.min(inputs.len()).max(1)
+    concurrency.min(inputs.count.unwrap_or(usize::MAX)).max(1)
+}
+
+/// `--map` outputs on the process's stdout and stderr, under a progress bar
+/// on a terminal.
+struct Terminal {
+    progress: ProgressBar,
+}
+
+impl Terminal {
+    /// A bar (of unknown length for stdin) on a terminal; nothing at all
+    /// when stderr is piped.
+    fn new(inputs: Option<usize>) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self {
+                progress: ProgressBar::hidden(),
+            };
+        }
+        let (progress, template) = match inputs {
+            Some(len) => (
+                ProgressBar::new(len as u64),
+                "{bar:40} {pos}/{len} {per_sec} eta {eta}",
+            ),
+            None => (ProgressBar::no_length(), "{spinner} {pos} {per_sec}"),
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            progress.set_style(style);
+        }
+        Self { progress }
+    }
+}
+
+impl MapSink for Terminal {
+    fn output(&mut self, finished: &Finished) -> std::io::Result<()> {
+        let written = self.progress.suspend(|| {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&finished.stdout)?;
+            stdout.flush()?;
+            // Only stdout's reader going away stops the map.
+            let _ = std::io::stderr().lock().write_all(&finished.stderr);
+            Ok(())
+        });
+        self.progress.inc(1);
+        written
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.progress.finish_and_clear();
+    }
 }
 
 /// Says so when `--map --concurrency` asks for more than the function's
@@ -308,11 +396,16 @@ fn serve(
     call_id: Option<&str>,
     program: Program,
     invoke: &InvokeArgs,
-    inputs: Option<Vec<String>>,
+    inputs: Option<MapInputs>,
 ) -> Result<u8> {
     let cancelled = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel();
+    let on_signal = (cancelled.clone(), stop_tx.clone());
+    ctrlc::set_handler(move || {
+        on_signal.0.store(true, Ordering::SeqCst);
+        let _ = on_signal.1.send(StopCause::Signal);
+    })?;
     watch_for_stop(home, &live.record.id, call_id, cancelled.clone(), stop_tx)?;
     let forward = events_tx.clone();
     std::thread::spawn(move || {
@@ -323,12 +416,13 @@ fn serve(
 
     let spec = live.manifest.functions[function].clone();
     let mounts = live.mounts(home, function);
-    let concurrency = instances_at_once(invoke, inputs.as_deref(), &spec);
+    let concurrency = instances_at_once(invoke, inputs.as_ref(), &spec);
     // Only a deployed app is called from several processes.
     let slots = spec
         .concurrency
         .filter(|_| live.record.kind == AppKind::Deployed)
         .map(|n| Slots::new(home, &live.record.id, function, n));
+    let env: BTreeMap<String, String> = invoke.env.iter().cloned().collect();
     let (worker_home, args, worker_cancelled) =
         (home.clone(), invoke.args.clone(), cancelled.clone());
     std::thread::spawn(move || {
@@ -337,12 +431,16 @@ fn serve(
             program: &program,
             function: &spec,
             mounts: &mounts,
+            env: &env,
             cancelled: worker_cancelled,
             slots,
         };
         let event = match inputs {
             None => Event::One(target.run_one(&args)),
-            Some(inputs) => Event::Map(target.run_map(&args, &inputs, concurrency)),
+            Some(inputs) => {
+                let mut terminal = Terminal::new(inputs.count);
+                Event::Map(target.run_map(&args, inputs.lines, concurrency, &mut terminal))
+            }
         };
         let _ = events_tx.send(event);
     });
@@ -373,7 +471,7 @@ fn serve(
         Event::One(Outcome::Failed(_) | Outcome::Interrupted) => {
             stop_cause_now(home, &live.record.id, call_id)
         }
-        Event::Map(report) if !report.failures.is_empty() => {
+        Event::Map(report) if report.failed > 0 => {
             stop_cause_now(home, &live.record.id, call_id)
         }
         _ => None,
@@ -394,7 +492,8 @@ fn serve(
         (None, Event::One(Outcome::Failed(reason))) => Err(anyhow::anyhow!(
             "function `{function}` of app {app} {reason}"
         )),
-        (None, Event::Map(report)) if report.failures.is_empty() => Ok(0),
+        // A closed stdout ends the map quietly: its reader had enough.
+        (None, Event::Map(report)) if report.failed == 0 => Ok(0),
         (None, Event::Map(report)) => {
             eprintln!("error: {}", report.summary());
             Ok(1)
@@ -408,10 +507,10 @@ fn app_command(home: &Home, registry: &mut Registry, command: AppCommand) -> Res
         AppCommand::List { all, json } => {
             let apps = registry.read(|tx| tx.list_apps(all))?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&apps.iter().map(app_json).collect::<Vec<_>>())?
-                );
+                )?;
             } else {
                 let rows: Vec<Vec<String>> = apps
                     .iter()
@@ -427,13 +526,13 @@ fn app_command(home: &Home, registry: &mut Registry, command: AppCommand) -> Res
                         ]
                     })
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     table(
                         &["ID", "NAME", "KIND", "STATE", "CREATED", "STOPPED"],
                         &rows
                     )
-                );
+                )?;
             }
             Ok(0)
         }
@@ -451,7 +550,7 @@ fn app_command(home: &Home, registry: &mut Registry, command: AppCommand) -> Res
             };
             confirm(&what, yes)?;
             apps::stop(home, registry, &record.id, false)?;
-            println!("stopped app `{}` ({})", record.name, record.id);
+            outln!("stopped app `{}` ({})", record.name, record.id)?;
             Ok(0)
         }
     }
@@ -461,10 +560,11 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
     match command {
         VolumeCommand::Create { name } => {
             let volume = apps::create_named_volume(home, registry, &name)?;
-            println!(
+            outln!(
                 "created volume `{name}` ({}, app {})",
-                volume.id, volume.app_id
-            );
+                volume.id,
+                volume.app_id
+            )?;
         }
         VolumeCommand::List { json } => {
             let volumes = registry.read(|tx| tx.named_volumes())?;
@@ -473,7 +573,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                     .iter()
                     .map(|v| serde_json::json!({"name": v.name, "id": v.id, "app_id": v.app_id, "created_at": timestamp(v.created_at)}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?)?;
             } else {
                 let rows: Vec<Vec<String>> = volumes
                     .iter()
@@ -486,13 +586,13 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                         ]
                     })
                     .collect();
-                println!("{}", table(&["NAME", "ID", "APP", "CREATED"], &rows));
+                outln!("{}", table(&["NAME", "ID", "APP", "CREATED"], &rows))?;
             }
         }
         VolumeCommand::Ls { name, path, json } => {
             let entries = open_volume(home, registry, &name)?.ls(&path)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                outln!("{}", serde_json::to_string_pretty(&entries)?)?;
             } else {
                 let rows: Vec<Vec<String>> = entries
                     .iter()
@@ -505,7 +605,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                         ]
                     })
                     .collect();
-                println!("{}", table(&["TYPE", "SIZE", "MODIFIED", "PATH"], &rows));
+                outln!("{}", table(&["TYPE", "SIZE", "MODIFIED", "PATH"], &rows))?;
             }
         }
         VolumeCommand::Put {
@@ -571,7 +671,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                 yes,
             )?;
             apps::stop(home, registry, &volume.app_id, force)?;
-            println!("deleted volume `{name}`");
+            outln!("deleted volume `{name}`")?;
         }
     }
     Ok(0)
@@ -595,16 +695,16 @@ fn cache_command(home: &Home, command: CacheCommand) -> Result<u8> {
     match command {
         CacheCommand::Info => {
             let info = runtime.cache_info()?;
-            println!(
+            outln!(
                 "{} entries, {} bytes in {}",
                 info.entries,
                 info.bytes,
                 info.dir.display()
-            );
+            )?;
         }
         CacheCommand::Clear => {
             let removed = runtime.clear_cache()?;
-            println!("removed {removed} entries");
+            outln!("removed {removed} entries")?;
         }
     }
     Ok(0)

@@ -1,26 +1,40 @@
-//! Running invocations: one streamed, or many (`--map`) in parallel with
-//! their output printed whole and in input order.
+//! Running invocations: one streamed, or many (`--map`) in parallel, each
+//! input started as it arrives and each output handed whole, in input
+//! order, to a sink the caller gives.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::io::{self, BufRead};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::apps::Mount;
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
+use crate::manifest::units::format_size;
 use crate::registry::{AppState, CallState, Registry};
 use crate::runtime::{Finished, Invocation, Outcome, Output, Program};
 use crate::slots::Slots;
 
 /// Most bytes of stdout (and of stderr) kept per `--map` invocation.
 const CAPTURE_LIMIT: usize = 16 << 20;
-/// How often a running process checks whether its app was stopped elsewhere.
+/// How often a running process checks whether its app was stopped elsewhere,
+/// and how often waiting `--map` workers check for a stop.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// The longest `--map` input line; a longer one fails as that input.
+pub const MAX_LINE: usize = 1 << 20;
+/// Finished outputs may wait behind a slower earlier input (they are written
+/// in input order) up to these bounds; past them no invocation starts until
+/// the head has finished, so a stuck input cannot make the host hold an
+/// unbounded backlog.
+const MAX_WAITING_BYTES: usize = 64 << 20;
+const MAX_WAITING_OUTPUTS: usize = 1024;
+/// Failures the summary lists one by one; the rest are counted.
+const MAX_LISTED_FAILURES: usize = 100;
+/// How much of a failed input the summary shows.
+const SHOWN_INPUT_CHARS: usize = 200;
 
 /// Everything invocations of one function share.
 pub struct Target<'a> {
@@ -28,25 +42,33 @@ pub struct Target<'a> {
     pub program: &'a Program,
     pub function: &'a FunctionSpec,
     pub mounts: &'a [Mount],
+    /// Environment variables of every invocation, over the function's `env`.
+    pub env: &'a BTreeMap<String, String>,
     pub cancelled: Arc<AtomicBool>,
     /// The function's `concurrency` across processes, for a deployed app.
     pub slots: Option<Slots>,
 }
 
-impl Target<'_> {
-    fn invocation<'b>(&'b self, args: &'b [String], output: Output) -> Invocation<'b> {
-        Invocation {
-            home: self.home,
-            function: self.function,
-            mounts: self.mounts,
-            args,
-            output,
-            cancelled: self.cancelled.clone(),
-        }
-    }
+/// One `--map` input: a line, or why the line cannot be an argument.
+pub type MapInput = Result<String, BadLine>;
 
-    /// One invocation, once a concurrency slot is free: the one place an
-    /// instance starts.
+/// A line that fails as its input without being invoked.
+#[derive(Debug)]
+pub struct BadLine {
+    /// The start of the line, for the summary.
+    pub start: String,
+    pub problem: String,
+}
+
+/// Where `run_map` puts each invocation's output, in input order.
+pub trait MapSink {
+    /// An error (stdout closed) makes the map start no more invocations.
+    fn output(&mut self, finished: &Finished) -> io::Result<()>;
+}
+
+impl Target<'_> {
+    /// One invocation, once a concurrency slot is free: where every
+    /// instance starts, alone or under `--map`.
     fn invoke(&self, args: &[String], output: Output) -> Finished {
         let _slot = match self.slots.as_ref().map(|s| s.acquire(&self.cancelled)) {
             Some(Ok(None)) => return ended(Outcome::Interrupted),
@@ -58,7 +80,15 @@ impl Target<'_> {
             Some(Ok(slot)) => slot,
             None => None,
         };
-        self.program.invoke(&self.invocation(args, output))
+        self.program.invoke(&Invocation {
+            home: self.home,
+            function: self.function,
+            mounts: self.mounts,
+            args,
+            env: self.env,
+            output,
+            cancelled: self.cancelled.clone(),
+        })
     }
 
     /// One invocation with stdio streamed.
@@ -66,58 +96,113 @@ impl Target<'_> {
         self.invoke(args, Output::Inherit).outcome
     }
 
-    /// One invocation per input, at most `concurrency` at once (the runtime
-    /// must have been made for that many). Each output is written whole, in
-    /// input order, as soon as all before it are written.
-    pub fn run_map(&self, args: &[String], inputs: &[String], concurrency: usize) -> MapReport {
-        let next = AtomicUsize::new(0);
-        let (done_tx, done_rx) = mpsc::channel::<(usize, Finished)>();
-        let progress = progress_bar(inputs.len());
-        let mut failures = Vec::new();
+    /// One invocation per input, each started as it arrives, at most
+    /// `concurrency` at once (the runtime must have been made for that
+    /// many). Each output goes to `sink` whole, in input order, as soon as
+    /// all before it have; once the sink fails, no more inputs are started.
+    pub fn run_map(
+        &self,
+        args: &[String],
+        inputs: impl Iterator<Item = MapInput> + Send + 'static,
+        concurrency: usize,
+        sink: &mut dyn MapSink,
+    ) -> MapReport {
+        let concurrency = concurrency.max(1);
+        let (input_tx, input_rx) = mpsc::sync_channel(concurrency);
+        // Reading blocks for as long as a pipe's writer likes, so it has a
+        // thread of its own, left behind when the map ends first.
+        std::thread::spawn(move || {
+            for input in inputs {
+                if input_tx.send(input).is_err() {
+                    return;
+                }
+            }
+        });
+        let shared = MapState {
+            inputs: Mutex::new((0, input_rx)),
+            waiting: Mutex::new(Waiting::default()),
+            room: Condvar::new(),
+            sink_failed: AtomicBool::new(false),
+        };
+        let (done_tx, done_rx) = mpsc::channel::<(usize, MapInput, Finished)>();
+        let mut report = MapReport::default();
         std::thread::scope(|scope| {
-            for _ in 0..concurrency.max(1) {
+            for _ in 0..concurrency {
                 let done_tx = done_tx.clone();
-                let next = &next;
+                let shared = &shared;
                 scope.spawn(move || {
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= inputs.len() || self.cancelled.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let mut all_args = args.to_vec();
-                        all_args.push(inputs[index].clone());
-                        let finished = self.invoke(
-                            &all_args,
-                            Output::Capture {
-                                limit: CAPTURE_LIMIT,
-                            },
-                        );
-                        if done_tx.send((index, finished)).is_err() {
-                            break;
+                    while let Some((index, input)) = self.next_input(shared) {
+                        let finished = match &input {
+                            Ok(line) => {
+                                let mut all_args = args.to_vec();
+                                all_args.push(line.clone());
+                                self.invoke(
+                                    &all_args,
+                                    Output::Capture {
+                                        limit: CAPTURE_LIMIT,
+                                    },
+                                )
+                            }
+                            Err(bad) => ended(Outcome::Failed(bad.problem.clone())),
+                        };
+                        if done_tx.send((index, input, finished)).is_err() {
+                            return;
                         }
                     }
                 });
             }
             drop(done_tx);
             let mut pending = BTreeMap::new();
-            let mut head = 0;
-            for (index, finished) in done_rx {
-                pending.insert(index, finished);
-                while let Some(finished) = pending.remove(&head) {
-                    progress.suspend(|| write_output(&finished));
-                    progress.inc(1);
-                    if finished.outcome != Outcome::Exited(0) {
-                        failures.push((head, inputs[head].clone(), finished.outcome));
+            for (index, input, finished) in done_rx {
+                shared.waiting().add(size(&input, &finished));
+                pending.insert(index, (input, finished));
+                while let Some((input, finished)) = pending.remove(&report.total) {
+                    shared.waiting().remove(size(&input, &finished));
+                    if !shared.sink_failed.load(Ordering::Relaxed)
+                        && sink.output(&finished).is_err()
+                    {
+                        shared.sink_failed.store(true, Ordering::Relaxed);
+                        report.output_closed = true;
                     }
-                    head += 1;
+                    report.record(input, finished.outcome);
                 }
+                shared.room.notify_all();
             }
         });
-        progress.finish_and_clear();
-        MapReport {
-            total: inputs.len(),
-            completed: next.load(Ordering::Relaxed).min(inputs.len()),
-            failures,
+        report
+    }
+
+    /// The next input to start, once outputs waiting to be written leave
+    /// room for it; None once there are no more or the map is stopping.
+    fn next_input(&self, shared: &MapState) -> Option<(usize, MapInput)> {
+        let stopping =
+            || self.cancelled.load(Ordering::Relaxed) || shared.sink_failed.load(Ordering::Relaxed);
+        let mut waiting = shared.waiting();
+        while !waiting.has_room() {
+            if stopping() {
+                return None;
+            }
+            waiting = shared
+                .room
+                .wait_timeout(waiting, STOP_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(waiting);
+        let mut inputs = shared.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if stopping() {
+                return None;
+            }
+            match inputs.1.recv_timeout(STOP_POLL) {
+                Ok(input) => {
+                    let index = inputs.0;
+                    inputs.0 += 1;
+                    return Some((index, input));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
         }
     }
 }
@@ -131,42 +216,165 @@ fn ended(outcome: Outcome) -> Finished {
     }
 }
 
-fn write_output(finished: &Finished) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(&finished.stdout);
-    let _ = stdout.flush();
-    let mut stderr = std::io::stderr().lock();
-    let _ = stderr.write_all(&finished.stderr);
+/// What the workers of one `--map` share.
+struct MapState {
+    /// The next input's index, and the inputs.
+    inputs: Mutex<(usize, mpsc::Receiver<MapInput>)>,
+    waiting: Mutex<Waiting>,
+    /// Signalled when outputs were written.
+    room: Condvar,
+    sink_failed: AtomicBool,
 }
 
-/// A bar on a terminal; nothing at all when stderr is piped.
-fn progress_bar(len: usize) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
+impl MapState {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let bar = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}") {
-        bar.set_style(style);
+}
+
+/// Finished outputs not yet written, behind a slower earlier input.
+#[derive(Default)]
+struct Waiting {
+    bytes: usize,
+    count: usize,
+}
+
+impl Waiting {
+    fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.count += 1;
     }
-    bar
+
+    fn remove(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        self.count -= 1;
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes < MAX_WAITING_BYTES && self.count < MAX_WAITING_OUTPUTS
+    }
+}
+
+/// What a finished input holds in memory.
+fn size(input: &MapInput, finished: &Finished) -> usize {
+    let input = input
+        .as_ref()
+        .map_or_else(|bad| bad.start.len(), String::len);
+    input + finished.stdout.len() + finished.stderr.len()
+}
+
+/// The lines of `reader` as `--map` inputs, read as they are asked for. A
+/// line longer than [`MAX_LINE`], not UTF-8 or holding a NUL (which WASI
+/// would cut for a wasip1 guest and pass whole to a wasip2 one) fails as
+/// that input only; a read error fails as the last input.
+pub fn map_lines(mut reader: impl BufRead) -> impl Iterator<Item = MapInput> {
+    let mut ended = false;
+    std::iter::from_fn(move || {
+        if ended {
+            return None;
+        }
+        match read_line(&mut reader) {
+            Ok(line) => line,
+            Err(e) => {
+                ended = true;
+                Some(Err(BadLine {
+                    start: String::new(),
+                    problem: format!("cannot read the input: {e}"),
+                }))
+            }
+        }
+    })
+}
+
+fn read_line(reader: &mut impl BufRead) -> io::Result<Option<MapInput>> {
+    // Room for the line and its `\r\n`, then one byte to tell it is too long.
+    let keep = MAX_LINE + 3;
+    let mut line = Vec::new();
+    let mut read_any = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        read_any = true;
+        let (take, ends) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = keep.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        reader.consume(take);
+        if ends {
+            break;
+        }
+    }
+    if !read_any {
+        return Ok(None);
+    }
+    if line.ends_with(b"\n") {
+        line.pop();
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
+    }
+    let bad = |line: &[u8], problem: String| {
+        let start = String::from_utf8_lossy(line)
+            .chars()
+            .take(SHOWN_INPUT_CHARS)
+            .collect();
+        Ok(Some(Err(BadLine { start, problem })))
+    };
+    if line.len() > MAX_LINE {
+        return bad(
+            &line,
+            format!(
+                "the line is longer than {}, the most --map takes",
+                format_size(MAX_LINE as u64)
+            ),
+        );
+    }
+    if line.contains(&0) {
+        return bad(
+            &line,
+            "the line holds a NUL byte, which WASI cannot pass to a guest in an argument".into(),
+        );
+    }
+    match String::from_utf8(line) {
+        Ok(text) => Ok(Some(Ok(text))),
+        Err(e) => bad(e.as_bytes(), "the line is not UTF-8".into()),
+    }
 }
 
 /// What a `--map` run did.
+#[derive(Default)]
 pub struct MapReport {
+    /// Inputs taken (all of them, unless the map stopped early).
     pub total: usize,
-    pub completed: usize,
-    /// (input index, input line, outcome) of each failed invocation.
+    pub failed: usize,
+    /// The first failed inputs: (input index, the start of its line, outcome).
     pub failures: Vec<(usize, String, Outcome)>,
+    /// The sink failed (stdout was closed): inputs after it were not started.
+    pub output_closed: bool,
 }
 
 impl MapReport {
+    fn record(&mut self, input: MapInput, outcome: Outcome) {
+        let index = self.total;
+        self.total += 1;
+        if outcome == Outcome::Exited(0) {
+            return;
+        }
+        self.failed += 1;
+        if self.failures.len() < MAX_LISTED_FAILURES {
+            let line = input.unwrap_or_else(|bad| bad.start);
+            let shown = line.chars().take(SHOWN_INPUT_CHARS).collect();
+            self.failures.push((index, shown, outcome));
+        }
+    }
+
     /// The summary printed after a `--map` with failures.
     pub fn summary(&self) -> String {
-        let mut text = format!(
-            "{} of {} invocations failed:",
-            self.failures.len(),
-            self.total
-        );
+        let mut text = format!("{} of {} invocations failed:", self.failed, self.total);
         for (index, input, outcome) in &self.failures {
             let why = match outcome {
                 Outcome::Exited(code) => format!("exit code {code}"),
@@ -177,6 +385,12 @@ impl MapReport {
                 "\n  input {} `{}`: {why}",
                 index + 1,
                 input.escape_debug()
+            ));
+        }
+        if self.failed > self.failures.len() {
+            text.push_str(&format!(
+                "\n  and {} more",
+                self.failed - self.failures.len()
             ));
         }
         text
@@ -193,9 +407,9 @@ pub enum StopCause {
     CallCancelled,
 }
 
-/// Sets `cancelled` and reports on `events` when Ctrl-C or SIGTERM arrives,
-/// or when `app_id` is stopped, or call `call_id` cancelled, from another
-/// process.
+/// Sets `cancelled` and reports on `events` when `app_id` is stopped, or
+/// call `call_id` cancelled, from another process. Signals are the
+/// caller's to watch.
 pub fn watch_for_stop(
     home: &Home,
     app_id: &str,
@@ -203,11 +417,6 @@ pub fn watch_for_stop(
     cancelled: Arc<AtomicBool>,
     events: mpsc::Sender<StopCause>,
 ) -> Result<()> {
-    let on_signal = (cancelled.clone(), events.clone());
-    ctrlc::set_handler(move || {
-        on_signal.0.store(true, Ordering::SeqCst);
-        let _ = on_signal.1.send(StopCause::Signal);
-    })?;
     let mut registry = Registry::open(&home.registry_file())?;
     let (app_id, call_id) = (app_id.to_owned(), call_id.map(str::to_owned));
     std::thread::spawn(move || {
@@ -256,4 +465,41 @@ fn stopped_from_elsewhere(
         })
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(bytes: &[u8]) -> Vec<Result<String, String>> {
+        map_lines(bytes)
+            .map(|input| input.map_err(|bad| bad.problem))
+            .collect()
+    }
+
+    #[test]
+    fn map_lines_splits_as_str_lines_does() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(lines(b"a\nb\r\n\nc"), [ok("a"), ok("b"), ok(""), ok("c")]);
+        assert_eq!(lines(b"a\n"), [ok("a")]);
+        assert!(lines(b"").is_empty());
+    }
+
+    #[test]
+    fn map_lines_fails_a_bad_line_alone() {
+        let mut text = b"a\n".to_vec();
+        text.extend(vec![b'x'; MAX_LINE + 1]);
+        text.extend(b"\nb\0c\n\xff\nd\n");
+        let got = lines(&text);
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0], Ok("a".to_owned()));
+        assert!(got[1].as_ref().unwrap_err().contains("longer than 1MiB"));
+        assert!(got[2].as_ref().unwrap_err().contains("NUL byte"));
+        assert!(got[3].as_ref().unwrap_err().contains("not UTF-8"));
+        assert_eq!(got[4], Ok("d".to_owned()));
+        // A line of exactly the most is taken, even with a `\r\n`.
+        let mut exact = vec![b'y'; MAX_LINE];
+        exact.extend(b"\r\n");
+        assert_eq!(lines(&exact), [Ok("y".repeat(MAX_LINE))]);
+    }
 }

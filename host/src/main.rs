@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use wasmhost::error::UsageError;
-use wasmhost::manifest::ManifestError;
+use wasmhost::manifest::{self, ManifestError};
 
 /// Serverless WebAssembly functions with shared, lockable volumes.
 #[derive(Parser)]
@@ -71,9 +71,31 @@ struct InvokeArgs {
     /// Most invocations at once with --map (default, and most: the function's `concurrency`; else the number of cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     concurrency: Option<u32>,
+    /// An environment variable for the function, over its `env` from app.toml (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
     /// Arguments for the function, after its `args` from app.toml.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// `K=V`, split at the first `=`, as app.toml's `env` would take it.
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or("expected K=V, e.g. --env LOG_LEVEL=debug")?;
+    if !manifest::valid_env_name(key) {
+        return Err(format!(
+            "environment variable name `{}` is invalid: use a non-empty name without `=` or NUL",
+            key.escape_debug()
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!(
+            "the value of `{key}` holds a NUL byte, which WASI cannot pass to a guest"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[derive(Subcommand)]
@@ -169,6 +191,7 @@ fn main() -> ExitCode {
     };
     match commands::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if output::stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             let usage = e

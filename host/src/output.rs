@@ -44,3 +44,23 @@ pub fn app_json(app: &AppRecord) -> serde_json::Value {
         "stopped_at": app.stopped_at.map(timestamp),
     })
 }
+
+/// `println!` that returns a closed stdout as an error, for `main` to end
+/// quietly on, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+pub(crate) use outln;
+
+/// Whether `error` is stdout's reader having gone (`| head`): the command
+/// ends quietly then, with exit code 0, as `head` means "enough".
+pub fn stdout_closed(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

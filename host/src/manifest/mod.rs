@@ -216,6 +216,12 @@ pub fn entry_error(
     )
 }
 
+/// Whether `name` can be an environment variable's name: WASI passes
+/// `NAME=value` as one C string.
+pub fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
+}
+
 /// Parses and validates manifest text; `base_dir` anchors module paths.
 pub fn parse(file: &Path, text: &str, base_dir: &Path) -> Result<AppManifest, ManifestError> {
     Validator { file, text }.validate(base_dir)
@@ -422,8 +428,8 @@ impl Validator<'_> {
             MAX_LOCKS_RANGE,
             DEFAULT_MAX_LOCKS,
         )?;
-        for key in raw.env.keys() {
-            if key.get_ref().is_empty() || key.get_ref().contains(['=', '\0']) {
+        for (key, value) in &raw.env {
+            if !valid_env_name(key.get_ref()) {
                 return Err(self.error(
                     Some(key.span()),
                     format!(
@@ -431,6 +437,13 @@ impl Validator<'_> {
                         key.get_ref().escape_debug()
                     ),
                     "use a non-empty name without `=` or NUL",
+                ));
+            }
+            if value.get_ref().contains('\0') {
+                return Err(self.error(
+                    Some(value.span()),
+                    format!("the value of `{}` holds a NUL byte", key.get_ref()),
+                    "remove it: WASI cannot pass a NUL to a guest",
                 ));
             }
         }
@@ -441,7 +454,7 @@ impl Validator<'_> {
             env: raw
                 .env
                 .iter()
-                .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+                .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
                 .collect(),
             timeout,
             memory,

@@ -34,7 +34,7 @@ pub struct RawFunction {
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default)]
-    pub env: BTreeMap<Spanned<String>, String>,
+    pub env: BTreeMap<Spanned<String>, Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub memory: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<i64>>,

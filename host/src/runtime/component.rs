@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::instance::{
-    Captured, HasHost, HostState, configure_store, limit_table, may_open, until_stopped,
+    HasHost, HostState, Outputs, configure_store, limit_table, may_open, until_stopped,
     wasi_builder,
 };
 use super::{BadModule, Invocation, RunResult};
@@ -216,8 +216,8 @@ pub async fn run(
     pre: &CommandPre<ComponentState>,
     invocation: &Invocation<'_>,
     argv0: &str,
-) -> Result<(RunResult, Option<Captured>)> {
-    let (mut builder, captured) = wasi_builder(invocation, argv0)?;
+) -> Result<(RunResult, Outputs)> {
+    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
@@ -235,5 +235,6 @@ pub async fn run(
             .map_err(|()| wasmtime_wasi::I32Exit(1).into())
     })
     .await;
-    Ok((store.data().host.finish(result, stopped), captured))
+    let ran = outputs.end(store, &stop, result, stopped).await;
+    Ok((ran, outputs))
 }

@@ -13,7 +13,7 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wiggle::GuestMemory;
 
 use super::instance::{
-    Captured, HasHost, HostState, configure_store, limit_table, may_open, until_stopped,
+    HasHost, HostState, Outputs, configure_store, limit_table, may_open, until_stopped,
     wasi_builder,
 };
 use super::{BadModule, Invocation, RunResult};
@@ -244,8 +244,8 @@ pub async fn run(
     prelinked: &Prelinked,
     invocation: &Invocation<'_>,
     argv0: &str,
-) -> Result<(RunResult, Option<Captured>)> {
-    let (mut builder, captured) = wasi_builder(invocation, argv0)?;
+) -> Result<(RunResult, Outputs)> {
+    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let mut state = CoreState {
         wasi: builder.build_p1(),
         host: HostState::new(invocation),
@@ -274,5 +274,6 @@ pub async fn run(
         }
     })
     .await;
-    Ok((store.data().host.finish(result, stopped), captured))
+    let ran = outputs.end(store, &stop, result, stopped).await;
+    Ok((ran, outputs))
 }

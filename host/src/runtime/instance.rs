@@ -11,6 +11,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use super::stdio::Streamed;
 use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
 use crate::manifest::FunctionSpec;
@@ -119,10 +120,50 @@ impl ResourceLimiter for Limits {
     }
 }
 
-/// Captured output of one invocation, when it is not streamed.
-pub struct Captured {
-    pub stdout: MemoryOutputPipe,
-    pub stderr: MemoryOutputPipe,
+/// Where an invocation's output went.
+pub enum Outputs {
+    /// To the process's stdout and stderr, through the writer thread.
+    Streamed(Arc<Streamed>),
+    /// Kept in memory.
+    Captured {
+        stdout: MemoryOutputPipe,
+        stderr: MemoryOutputPipe,
+    },
+}
+
+impl Outputs {
+    /// Ends an instance whose call has returned: its store goes first, and
+    /// with it its locks; then, within the same deadline, the process waits
+    /// for what the guest wrote to be written out.
+    pub async fn end<T: HasHost>(
+        &self,
+        mut store: Store<T>,
+        watch: &StopWatch,
+        result: wasmtime::Result<()>,
+        stopped: Option<StopReason>,
+    ) -> RunResult {
+        let ran = store.data_mut().host().finish(result, stopped);
+        drop(store);
+        let Self::Streamed(streamed) = self else {
+            return ran;
+        };
+        if ran.stopped.is_some() {
+            return ran;
+        }
+        match until_stopped(watch, async {
+            streamed.written().await;
+            Ok(())
+        })
+        .await
+        {
+            (_, None) => ran,
+            (_, Some(reason)) => RunResult {
+                result: Err(wasmtime::format_err!("stopped while writing its output")),
+                stopped: Some(reason),
+                ..ran
+            },
+        }
+    }
 }
 
 impl HostState {
@@ -150,19 +191,29 @@ impl HostState {
 }
 
 /// The WASI context of an invocation: args, env, mounts as preopens, stdio.
-pub fn wasi_builder(
-    invocation: &Invocation,
-    argv0: &str,
-) -> Result<(WasiCtxBuilder, Option<Captured>)> {
+pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuilder, Outputs)> {
     let mut builder = WasiCtxBuilder::new();
     builder.allow_blocking_current_thread(true);
     // No network is granted, so no socket either: each would be a host
     // descriptor a guest could hoard.
     builder.allow_tcp(false).allow_udp(false);
+    // WASI passes each as a C string: a wasip1 guest would see one cut at
+    // a NUL, a wasip2 guest whole.
+    let args = invocation.function.args.iter().chain(invocation.args);
+    if let Some(arg) = args.clone().find(|arg| arg.contains('\0')) {
+        anyhow::bail!(
+            "argument `{}` holds a NUL byte, which WASI cannot pass to a guest",
+            arg.escape_debug()
+        );
+    }
+    if let Some((key, _)) = invocation.environment().find(|(_, v)| v.contains('\0')) {
+        anyhow::bail!("the value of `{key}` holds a NUL byte, which WASI cannot pass to a guest");
+    }
     builder.arg(argv0);
-    builder.args(&invocation.function.args);
-    builder.args(invocation.args);
-    for (key, value) in &invocation.function.env {
+    for arg in args {
+        builder.arg(arg);
+    }
+    for (key, value) in invocation.environment() {
         builder.env(key, value);
     }
     for mount in invocation.mounts {
@@ -173,22 +224,20 @@ pub fn wasi_builder(
         };
         builder.preopened_dir(&mount.host_dir, &mount.guest_path, perms)?;
     }
-    let captured = match invocation.output {
+    let outputs = match invocation.output {
         Output::Inherit => {
-            builder.inherit_stdio();
-            None
+            let streamed = Streamed::new();
+            let (stdout, stderr) = streamed.streams();
+            builder.inherit_stdin().stdout(stdout).stderr(stderr);
+            Outputs::Streamed(streamed)
         }
         Output::Capture { limit } => {
-            let captured = Captured {
-                stdout: MemoryOutputPipe::new(limit),
-                stderr: MemoryOutputPipe::new(limit),
-            };
-            builder.stdout(captured.stdout.clone());
-            builder.stderr(captured.stderr.clone());
-            Some(captured)
+            let (stdout, stderr) = (MemoryOutputPipe::new(limit), MemoryOutputPipe::new(limit));
+            builder.stdout(stdout.clone()).stderr(stderr.clone());
+            Outputs::Captured { stdout, stderr }
         }
     };
-    Ok((builder, captured))
+    Ok((builder, outputs))
 }
 
 /// When an instance must stop: its app was stopped, or its deadline passed.

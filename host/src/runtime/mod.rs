@@ -8,7 +8,9 @@ mod component;
 mod core;
 mod instance;
 mod p1_sleep;
+mod stdio;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -20,7 +22,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub use cache::CacheInfo;
 use cache::{Compiled, ModuleCache};
-use instance::StopReason;
+use instance::{Outputs, StopReason};
 
 use crate::apps::Mount;
 use crate::home::Home;
@@ -220,7 +222,9 @@ pub struct Program {
 /// Where an invocation's stdout and stderr go.
 #[derive(Debug, Clone, Copy)]
 pub enum Output {
-    /// Streamed to wasmhost's own stdout and stderr (and stdin passed in).
+    /// Streamed to wasmhost's own stdout and stderr (and stdin passed in);
+    /// a reader that does not read holds the guest no longer than its
+    /// `timeout` (see `stdio`).
     Inherit,
     /// Kept in memory, at most `limit` bytes each; past that the guest's
     /// writes fail, so a flooding guest cannot exhaust host memory.
@@ -234,9 +238,24 @@ pub struct Invocation<'a> {
     pub mounts: &'a [Mount],
     /// The invocation's own arguments, after the function's `args`.
     pub args: &'a [String],
+    /// The invocation's own environment variables, over the function's `env`.
+    pub env: &'a BTreeMap<String, String>,
     pub output: Output,
     /// Set to stop the instance (app stopped, Ctrl-C).
     pub cancelled: Arc<AtomicBool>,
+}
+
+impl Invocation<'_> {
+    /// The function's `env` with the invocation's own variables over it.
+    fn environment(&self) -> impl Iterator<Item = (&String, &String)> {
+        let overridden = |key: &&String| self.env.contains_key(*key);
+        let kept = self
+            .function
+            .env
+            .iter()
+            .filter(move |(k, _)| !overridden(k));
+        kept.chain(self.env)
+    }
 }
 
 /// How an invocation ended.
@@ -314,8 +333,8 @@ impl Program {
                 }
             })
         });
-        let (outcome, captured) = match ran {
-            Ok((run, captured)) => {
+        let (outcome, outputs) = match ran {
+            Ok((run, outputs)) => {
                 let note = run.limits_note(invocation.function);
                 let outcome = match (outcome(run, invocation.function), invocation.output) {
                     // Under --map the exit code goes no further than the
@@ -329,16 +348,19 @@ impl Program {
                     (Outcome::Failed(reason), _) => Outcome::Failed(format!("{reason}{note}")),
                     (outcome, _) => outcome,
                 };
-                (outcome, captured)
+                (outcome, Some(outputs))
             }
             Err(e) => (
                 Outcome::Failed(format!("cannot start the instance: {e:#}")),
                 None,
             ),
         };
-        let (stdout, stderr) = captured.map_or_else(Default::default, |c| {
-            (c.stdout.contents().to_vec(), c.stderr.contents().to_vec())
-        });
+        let (stdout, stderr) = match outputs {
+            Some(Outputs::Captured { stdout, stderr }) => {
+                (stdout.contents().to_vec(), stderr.contents().to_vec())
+            }
+            _ => Default::default(),
+        };
         // A guest whose writes start failing at the cap often dies of it (a
         // Rust guest panics); say so, or the reason reads like a plain bug.
         let outcome = match (outcome, invocation.output) {

@@ -1,0 +1,404 @@
+//! Output and input as streams: `--map -` starts invocations as lines
+//! arrive and holds bounded memory, a guest blocked writing to a reader that
+//! does not read still times out (and lets go of its locks), a closed stdout
+//! ends a command quietly; `--env`, and NUL bytes WASI cannot carry.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{TestEnv, eventually, path as s, wait_with_timeout};
+
+/// An app whose function `mapper` (the `--map` test guest) mounts the named
+/// volume `volume` at /data, with `concurrency` instances at once.
+fn mapper_app(env: &TestEnv, name: &str, volume: &str, concurrency: u32) -> std::path::PathBuf {
+    env.app(
+        name,
+        &format!(
+            r#"
+name = "{name}"
+[volumes.data]
+persist = "{volume}"
+[functions.mapper]
+module = "{{guest:mapper}}"
+mounts = {{ "/data" = "data" }}
+concurrency = {concurrency}
+"#
+        ),
+    )
+}
+
+/// `run APP --map -` with stdin and stdout piped.
+fn spawn_map_stdin(env: &TestEnv, app: &Path) -> Child {
+    env.command()
+        .args(["run", s(app), "--map", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wasmhost")
+}
+
+/// The child's stdout lines, as they come, on a channel.
+fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn send(stdin: &mut ChildStdin, line: &str) {
+    stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+}
+
+/// A field of /proc/PID/status, in kB.
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    text
+}
+
+/// Lines of a file in a named volume (empty if it does not exist yet).
+fn volume_lines(env: &TestEnv, volume: &str, remote: &str) -> usize {
+    let got = env.run(&["volume", "get", volume, remote, "-"]);
+    if got.code() != 0 {
+        return 0;
+    }
+    got.stdout().lines().count()
+}
+
+#[test]
+fn map_from_stdin_starts_each_input_as_its_line_arrives() {
+    let env = TestEnv::new();
+    let app = mapper_app(&env, "stream", "stream-data", 4);
+    let mut child = spawn_map_stdin(&env, &app);
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = stdout_lines(&mut child);
+
+    // Input 2 is written only once input 1's output is out: a wasmhost that
+    // waits for the end of its input never prints it.
+    send(&mut stdin, "emit one 0 -");
+    let first = lines.recv_timeout(Duration::from_secs(60));
+    if first.is_err() {
+        let _ = child.kill();
+    }
+    assert_eq!(
+        first.as_deref(),
+        Ok("one"),
+        "input 1's output should appear before stdin ends"
+    );
+    send(&mut stdin, "emit two 0 -");
+    drop(stdin);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(status.success(), "stderr: {}", stderr_of(&mut child));
+    assert_eq!(rest, ["two"]);
+}
+
+/// Endless input (a `yes`): the process's memory stays bounded while it
+/// reads. Lines are padded to 4 KiB so that a wasmhost that keeps its input
+/// would pass the bound within the first 100 MB.
+#[test]
+fn map_of_endless_stdin_runs_in_bounded_memory() {
+    /// VmRSS bound: the runtime, two instances and a few lines in flight
+    /// take well under half of it.
+    const MAX_RSS_KB: u64 = 200 << 10;
+    let env = TestEnv::new();
+    let app = mapper_app(&env, "endless", "endless-data", 2);
+    let mut child = spawn_map_stdin(&env, &app);
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = stdout_lines(&mut child);
+    let pad = "p".repeat(4096);
+    // Bounded in count (400 MB) and time; stops early if wasmhost dies.
+    let writer = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut written = 0usize;
+        while written < 100_000 && Instant::now() < deadline {
+            let line = format!("emit {written} 0 - # {pad}\n");
+            if stdin.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+            written += 1;
+        }
+        written
+    });
+    let mut max_rss = 0;
+    while !writer.is_finished() {
+        max_rss = max_rss.max(status_kb(pid, "VmRSS"));
+        assert!(
+            max_rss < MAX_RSS_KB,
+            "wasmhost grew to {max_rss} kB reading endless input"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let written = writer.join().unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(120));
+    let outputs: Vec<String> = lines.iter().collect();
+    assert!(status.success(), "stderr: {}", stderr_of(&mut child));
+    // Every input ran, once, and its output came in input order.
+    let expected: Vec<String> = (0..written).map(|i| i.to_string()).collect();
+    assert_eq!(outputs.len(), written);
+    assert!(outputs == expected, "outputs are not in input order");
+    assert!(written > 100, "only {written} lines were taken in 8s");
+}
+
+/// One slow input at the head and hundreds of fast ones with big outputs
+/// behind it: the finished outputs wait (they are printed in input order),
+/// but only up to a bound; past it wasmhost starts nothing new until the
+/// head is done.
+#[test]
+fn map_behind_a_slow_input_holds_bounded_output() {
+    /// 300 outputs of 4 MiB would be 1.2 GB held.
+    const MAX_HWM_KB: u64 = 600 << 10;
+    let env = TestEnv::new();
+    let app = mapper_app(&env, "backlog", "backlog-data", 4);
+    let mut inputs = vec!["wait /data/go head".to_owned()];
+    inputs.extend((1..=300).map(|i| format!("emit {i} 4096 /data/count")));
+    let list = env.work.path().join("inputs.txt");
+    std::fs::write(&list, inputs.join("\n")).unwrap();
+    let mut child = env
+        .command()
+        .args(["run", s(&app), "--map", s(&list)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let lines = stdout_lines(&mut child);
+
+    // Enough followers have run to fill the backlog; give a wasmhost without
+    // the bound time to run far more, then look.
+    eventually(Duration::from_secs(60), "followers ran", || {
+        volume_lines(&env, "backlog-data", "/count") >= 10
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let ran = volume_lines(&env, "backlog-data", "/count");
+    let hwm = status_kb(pid, "VmHWM");
+    let go = env.work.path().join("go");
+    std::fs::write(&go, "").unwrap();
+    env.run(&["volume", "put", "backlog-data", s(&go), "/go"])
+        .success();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(120));
+    let tags: Vec<String> = lines
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert!(status.success(), "stderr: {}", stderr_of(&mut child));
+    assert!(
+        ran < 100,
+        "{ran} of 300 inputs ran while the head was stuck"
+    );
+    assert!(hwm < MAX_HWM_KB, "wasmhost peaked at {hwm} kB");
+    let mut order = tags;
+    order.dedup();
+    let expected: Vec<String> = std::iter::once("head".to_owned())
+        .chain((1..=300).map(|i| i.to_string()))
+        .collect();
+    assert!(order == expected, "outputs are not in input order");
+}
+
+/// A guest that holds a lock and floods a stdout nobody reads is blocked in
+/// its write; its `timeout` must still end it and free the lock.
+#[test]
+fn timeout_ends_a_guest_blocked_writing_to_an_unread_pipe() {
+    for target in ["guest", "guest2"] {
+        let env = TestEnv::new();
+        let app = env.app(
+            "flood",
+            &format!(
+                r#"
+name = "flood"
+[volumes.data]
+persist = "flood-data"
+[functions.fsops]
+module = "{{{target}:fsops}}"
+mounts = {{ "/data" = "data" }}
+timeout = "2s"
+"#
+            ),
+        );
+        let mut child = env.spawn(&[
+            "run",
+            s(&app),
+            "--",
+            "lock-then",
+            "/data/l",
+            "spew",
+            "100000",
+        ]);
+        // Read the `locked` line, then never read again: the pipe fills.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "locked\n", "{target}: the guest should take its lock");
+        let started = Instant::now();
+        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(1), "{target}");
+        let stderr = stderr_of(&mut child);
+        assert!(
+            stderr.contains("timed out after 2s"),
+            "{target}: stderr: {stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15), "{target}");
+        let other = env
+            .run(&["run", s(&app), "--", "try-lock", "/data/l"])
+            .success();
+        assert_eq!(other.stdout().trim(), "acquired", "{target}");
+        drop(stdout);
+    }
+}
+
+/// A pipe whose reader is already gone, for a child's stdout.
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "quiet-vol"]).success();
+    for args in [&["app", "list", "--all"][..], &["volume", "list"]] {
+        let out = env
+            .command()
+            .args(args)
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: stderr: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: stderr: {stderr}");
+    }
+}
+
+#[test]
+fn map_stops_starting_inputs_once_its_stdout_is_closed() {
+    let env = TestEnv::new();
+    let app = mapper_app(&env, "closed", "closed-data", 2);
+    let inputs: Vec<String> = (0..1000)
+        .map(|i| format!("emit {i} 0 /data/count"))
+        .collect();
+    let list = env.work.path().join("inputs.txt");
+    std::fs::write(&list, inputs.join("\n")).unwrap();
+    let out = env
+        .command()
+        .args(["run", s(&app), "--map", s(&list)])
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    let ran = volume_lines(&env, "closed-data", "/count");
+    assert!((1..100).contains(&ran), "{ran} of 1000 inputs ran");
+    // Its ephemeral app was stopped as usual.
+    let apps = env.apps();
+    let closed = apps.iter().find(|a| a["name"] == "closed").unwrap();
+    assert_eq!(closed["state"], "stopped");
+}
+
+fn env_app(env: &TestEnv, value: &str) -> std::path::PathBuf {
+    env.app(
+        "envs",
+        &format!(
+            r#"
+name = "envs"
+[functions.fsops]
+module = "{{guest:fsops}}"
+env = {{ FROM_TOML = "toml", BOTH = "{value}" }}
+"#
+        ),
+    )
+}
+
+#[test]
+fn env_flags_override_app_toml_on_run_and_call() {
+    let env = TestEnv::new();
+    let app = env_app(&env, "toml");
+    let get = |how: &[&str], name: &str| {
+        let mut args = how.to_vec();
+        args.extend([
+            "--env",
+            "BOTH=first",
+            "--env",
+            "BOTH=flag",
+            "--env",
+            "NEW=a=b",
+        ]);
+        args.extend(["--", "env", name]);
+        env.run(&args).success().stdout().trim().to_owned()
+    };
+    let run = ["run", s(&app)];
+    assert_eq!(get(&run, "BOTH"), "flag");
+    assert_eq!(get(&run, "NEW"), "a=b");
+    assert_eq!(get(&run, "FROM_TOML"), "toml");
+    env.run(&["deploy", s(&app)]).success();
+    let call = ["call", "envs", "fsops"];
+    assert_eq!(get(&call, "BOTH"), "flag");
+    assert_eq!(get(&call, "FROM_TOML"), "toml");
+    for bad in ["=x", "NOEQUALS", ""] {
+        let out = env
+            .run(&["run", s(&app), "--env", bad, "--", "env", "X"])
+            .code_is(2);
+        assert!(out.stderr().contains("--env"), "{bad:?}: {}", out.stderr());
+    }
+}
+
+#[test]
+fn a_nul_in_an_env_value_is_a_manifest_error_at_its_line() {
+    let env = TestEnv::new();
+    let app = env_app(&env, "a\\u0000b");
+    let out = env.run(&["run", s(&app), "--", "env", "BOTH"]).code_is(2);
+    assert!(
+        out.stderr().contains("app.toml:5:") && out.stderr().contains("NUL"),
+        "{}",
+        out.stderr()
+    );
+}
+
+#[test]
+fn a_map_line_with_a_nul_fails_that_input_only() {
+    let env = TestEnv::new();
+    let app = mapper_app(&env, "nul", "nul-data", 2);
+    let list = env.work.path().join("inputs.txt");
+    std::fs::write(&list, b"emit a 0 -\nemit b\0c 0 -\nemit d 0 -\n").unwrap();
+    let out = env.run(&["run", s(&app), "--map", s(&list)]).code_is(1);
+    assert_eq!(out.stdout(), "a\nd\n");
+    assert!(
+        out.stderr().contains("1 of 3 invocations failed")
+            && out.stderr().contains("input 2")
+            && out.stderr().contains("NUL byte"),
+        "{}",
+        out.stderr()
+    );
+}
