@@ -14,5 +14,8 @@ pub mod manifest;
 pub mod names;
 pub mod registry;
 pub mod runtime;
+pub mod sparse;
+pub mod text;
 pub mod volume_files;
+pub mod volume_walk;
 pub mod volumes;
