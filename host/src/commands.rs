@@ -421,9 +421,8 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             remote,
             force,
         } => {
-            let remote = remote.unwrap_or_else(|| {
-                Path::new("/").join(local.file_name().unwrap_or_default())
-            });
+            let remote = remote
+                .unwrap_or_else(|| Path::new("/").join(local.file_name().unwrap_or_default()));
             let report = open_volume(home, registry, &name)?.put(&local, &remote, force)?;
             report_skipped(&report.skipped);
             eprintln!(

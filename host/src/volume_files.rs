@@ -201,9 +201,9 @@ impl VolumeFiles {
         let into_dir = remote.as_os_str().as_bytes().ends_with(b"/")
             || !local_is_dir && self.is_dir(&remote_path);
         if into_dir {
-            let base = local
-                .file_name()
-                .ok_or_else(|| usage!("{} has no file name; give a REMOTE path", local.display()))?;
+            let base = local.file_name().ok_or_else(|| {
+                usage!("{} has no file name; give a REMOTE path", local.display())
+            })?;
             remote_path.push(base);
         }
         if remote_path.as_os_str().is_empty() && !local_is_dir {
@@ -241,8 +241,8 @@ impl VolumeFiles {
                     .descend(name)
                     .map_err(|e| self.refuse_link(&remote_path, e))?;
             }
-            let source = Cursor::open(local)
-                .with_context(|| format!("cannot read {}", local.display()))?;
+            let source =
+                Cursor::open(local).with_context(|| format!("cannot read {}", local.display()))?;
             let mut copier = Copier::new(target, Side::Local(local), self.side(), &mut report);
             volume_walk::walk(source, &mut copier)?;
         } else {
@@ -317,8 +317,8 @@ impl VolumeFiles {
                 }
                 _ => {}
             }
-            let target = Cursor::open(local)
-                .with_context(|| format!("cannot write {}", local.display()))?;
+            let target =
+                Cursor::open(local).with_context(|| format!("cannot write {}", local.display()))?;
             let mut copier = Copier::new(target, self.side(), Side::Local(local), &mut report);
             volume_walk::walk(dir, &mut copier)?;
         } else if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
@@ -352,13 +352,15 @@ impl VolumeFiles {
                 self.name
             );
         }
-        let name = name.filter(|_| kind == FileType::RegularFile).ok_or_else(|| {
-            usage!(
-                "{} in volume `{}` is not a file; `-` writes one file to stdout",
-                display(&remote_path),
-                self.name
-            )
-        })?;
+        let name = name
+            .filter(|_| kind == FileType::RegularFile)
+            .ok_or_else(|| {
+                usage!(
+                    "{} in volume `{}` is not a file; `-` writes one file to stdout",
+                    display(&remote_path),
+                    self.name
+                )
+            })?;
         let file = open_source(&dir, &name)
             .map_err(|e| self.side().error("read", e))?
             .ok_or_else(|| anyhow!("{} changed while being read", display(&remote_path)))?;
@@ -458,12 +460,11 @@ impl<'a> Copier<'a> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NONBLOCK;
         let open = || self.target.open_at(name, flags, 0o666);
         let fd = match (open(), &self.to) {
-            (Err(e), Side::Local(_)) if matches!(e.problem, Problem::Link) => {
-                self.target
-                    .unlink(name, false)
-                    .and_then(|()| open())
-                    .map_err(|e| self.to.error("write", e))?
-            }
+            (Err(e), Side::Local(_)) if matches!(e.problem, Problem::Link) => self
+                .target
+                .unlink(name, false)
+                .and_then(|()| open())
+                .map_err(|e| self.to.error("write", e))?,
             (Err(e), Side::Volume(volume)) if matches!(e.problem, Problem::Link) => bail!(
                 "{} in volume `{volume}` is a symbolic link; wasmhost does not write through links (remove it first)",
                 display(&e.path)
@@ -502,9 +503,7 @@ impl Visitor for Copier<'_> {
     }
 
     fn leave(&mut self, _: &Cursor, _: &OsStr) -> Result<()> {
-        self.target
-            .ascend()
-            .map_err(|e| self.to.error("write", e))
+        self.target.ascend().map_err(|e| self.to.error("write", e))
     }
 }
 

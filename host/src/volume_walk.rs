@@ -187,8 +187,17 @@ impl Cursor {
 
     /// Moves into directory `name`; a link there is refused.
     pub fn descend(&mut self, name: &OsStr) -> Result<(), WalkError> {
-        let fd = rustix::fs::openat(&self.fd, name, DIR_FLAGS, Mode::empty())
-            .map_err(|e| WalkError::new(self.child(name), e))?;
+        let fd = rustix::fs::openat(&self.fd, name, DIR_FLAGS, Mode::empty()).map_err(|e| {
+            let mut error = WalkError::new(self.child(name), e);
+            // With O_DIRECTORY, Linux says ENOTDIR for a link, not ELOOP.
+            let link = self
+                .stat(name)
+                .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
+            if link {
+                error.problem = Problem::Link;
+            }
+            error
+        })?;
         let id = rustix::fs::fstat(&fd).map_err(|e| WalkError::new(self.child(name), e))?;
         self.fd = fd;
         self.ids.push(dir_id(&id));
@@ -283,7 +292,11 @@ pub fn walk<V: Visitor>(mut cursor: Cursor, visitor: &mut V) -> Result<(), V::Er
             if pending.is_empty() {
                 break;
             }
-            let name = cursor.path.file_name().map(OsStr::to_owned).unwrap_or_default();
+            let name = cursor
+                .path
+                .file_name()
+                .map(OsStr::to_owned)
+                .unwrap_or_default();
             cursor.ascend()?;
             visitor.leave(&cursor, &name)?;
             continue;
@@ -321,7 +334,9 @@ pub fn remove(dir: &Cursor, name: &OsStr) -> Result<(), WalkError> {
     if !is_dir(&stat) {
         return dir.unlink(name, false);
     }
-    let mut inside = dir.try_clone().map_err(|e| WalkError::new(dir.child(name), e))?;
+    let mut inside = dir
+        .try_clone()
+        .map_err(|e| WalkError::new(dir.child(name), e))?;
     match inside.descend(name) {
         Err(e) if e.is_not_found() => return Ok(()),
         other => other?,
