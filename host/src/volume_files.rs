@@ -23,7 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use rustix::fs::{FileType, OFlags, Stat};
 use serde::Serialize;
 
-use crate::error::usage;
+use crate::error::{UsageError, usage};
 use crate::sparse;
 use crate::text::escape_name;
 use crate::volume_walk::{self, Cursor, Problem, Visitor, WalkError, is_dir, kind_name};
@@ -76,11 +76,19 @@ enum Side<'a> {
 }
 
 impl Side<'_> {
+    /// `relative` as messages show it: `/a/b` in a volume, or a local path.
+    fn name(&self, relative: &Path) -> String {
+        match self {
+            Side::Volume(_) => display(relative),
+            Side::Local(root) => escape_name(root.join(relative).as_os_str()),
+        }
+    }
+
     /// Where `relative` is, for a message: `/a/b in volume `v``, or a local path.
     fn place(&self, relative: &Path) -> String {
         match self {
-            Side::Volume(name) => format!("{} in volume `{name}`", display(relative)),
-            Side::Local(root) => escape_name(root.join(relative).as_os_str()),
+            Side::Volume(volume) => format!("{} in volume `{volume}`", display(relative)),
+            Side::Local(_) => self.name(relative),
         }
     }
 
@@ -92,18 +100,32 @@ impl Side<'_> {
         }
     }
 
+    /// The error of `verb`ing what `e` is about.
     fn error(&self, verb: &str, e: WalkError) -> anyhow::Error {
-        let place = self.place(&e.path);
+        let target = e.path.clone();
+        self.error_in(verb, &target, e)
+    }
+
+    /// The error of `verb`ing `target`, which `e` (about `target` or a
+    /// directory on the way to it) stopped.
+    fn error_in(&self, verb: &str, target: &Path, e: WalkError) -> anyhow::Error {
+        let what = format!("cannot {verb} {}", self.place(target));
+        let at = if e.path == target {
+            "it".to_owned()
+        } else {
+            self.name(&e.path)
+        };
         match e.problem {
             Problem::Link => anyhow!(
-                "cannot {verb} {place}: it is a symbolic link; wasmhost never follows links in a volume, which could lead outside it"
+                "{what}: {at} is a symbolic link; wasmhost never follows links in a volume, which could lead outside it"
             ),
-            Problem::NotDirectory => anyhow!("cannot {verb} {place}: it is not a directory"),
-            Problem::NotFound => anyhow!("cannot {verb} {place}: it does not exist"),
+            Problem::NotDirectory => anyhow!("{what}: {at} is not a directory"),
+            Problem::NotFound => anyhow!("{what}: {at} does not exist"),
             Problem::Moved => anyhow!(
-                "cannot {verb} {place}: it was moved while wasmhost walked it (by a running guest?); try again"
+                "{what}: {at} was moved while wasmhost walked it (by a running guest?); try again"
             ),
-            Problem::Io(io) => anyhow::Error::from(io).context(format!("cannot {verb} {place}")),
+            Problem::Io(io) if at == "it" => anyhow::Error::from(io).context(what),
+            Problem::Io(io) => anyhow::Error::from(io).context(format!("{what}: {at}")),
         }
     }
 }
@@ -155,13 +177,10 @@ impl VolumeFiles {
                 display(relative),
                 self.name
             ),
-            Problem::NotDirectory => usage!(
-                "cannot {verb} {} in volume `{}`: {} is not a directory",
-                display(relative),
-                self.name,
-                display(&e.path)
-            ),
-            _ => self.side().error(verb, e),
+            Problem::NotDirectory => {
+                UsageError(self.side().error_in(verb, relative, e).to_string()).into()
+            }
+            _ => self.side().error_in(verb, relative, e),
         }
     }
 
@@ -236,10 +255,9 @@ impl VolumeFiles {
         } else if local_is_dir {
             let mut target = dir;
             if let Some(name) = &name {
-                self.make_dir(&target, name, &remote_path)?;
                 target
-                    .descend(name)
-                    .map_err(|e| self.refuse_link(&remote_path, e))?;
+                    .descend_making(name)
+                    .map_err(|e| self.side().error_in("write", &remote_path, e))?;
             }
             let source =
                 Cursor::open(local).with_context(|| format!("cannot read {}", local.display()))?;
@@ -268,30 +286,10 @@ impl VolumeFiles {
             return Ok((dir, None));
         };
         for part in relative.parent().unwrap_or(Path::new("")).iter() {
-            let path = dir.child(part);
-            self.make_dir(&dir, part, &path)?;
-            dir.descend(part).map_err(|e| self.refuse_link(&path, e))?;
+            dir.descend_making(part)
+                .map_err(|e| self.side().error_in("write", relative, e))?;
         }
         Ok((dir, Some(name.to_owned())))
-    }
-
-    fn make_dir(&self, dir: &Cursor, name: &OsStr, relative: &Path) -> Result<()> {
-        dir.make_dir(name)
-            .map_err(|e| self.refuse_link(relative, e))
-    }
-
-    /// A link in the volume is never written through, even to overwrite it,
-    /// nor is a path whose directories include one.
-    fn refuse_link(&self, relative: &Path, e: WalkError) -> anyhow::Error {
-        if !matches!(e.problem, Problem::Link) {
-            return self.side().error("write", e);
-        }
-        anyhow!(
-            "{} in volume `{}` is a symbolic link; wasmhost does not write through links, which could lead outside the volume (remove it first)",
-            display(&e.path),
-            self.name
-        )
-        .context(format!("cannot write {}", display(relative)))
     }
 
     /// Copies `remote` (a file or directory) to `local`.
@@ -454,23 +452,19 @@ impl<'a> Copier<'a> {
     }
 
     /// Creates (or truncates) `name` in the target directory. A link there
-    /// is refused in a volume; on the local side, where the user asked for
-    /// `--force`, it is replaced, never written through.
+    /// is refused in a volume (a guest's: never written through, nor
+    /// removed); on the local side, where the user asked for `--force`, it
+    /// is replaced, never written through.
     fn create(&self, name: &OsStr) -> Result<File> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NONBLOCK;
         let open = || self.target.open_at(name, flags, 0o666);
         let fd = match (open(), &self.to) {
-            (Err(e), Side::Local(_)) if matches!(e.problem, Problem::Link) => self
-                .target
-                .unlink(name, false)
-                .and_then(|()| open())
-                .map_err(|e| self.to.error("write", e))?,
-            (Err(e), Side::Volume(volume)) if matches!(e.problem, Problem::Link) => bail!(
-                "{} in volume `{volume}` is a symbolic link; wasmhost does not write through links (remove it first)",
-                display(&e.path)
-            ),
-            (result, _) => result.map_err(|e| self.to.error("write", e))?,
-        };
+            (Err(e), Side::Local(_)) if matches!(e.problem, Problem::Link) => {
+                self.target.unlink(name, false).and_then(|()| open())
+            }
+            (result, _) => result,
+        }
+        .map_err(|e| self.to.error("write", e))?;
         let file = File::from(fd);
         if !file.metadata()?.is_file() {
             bail!(
@@ -495,11 +489,9 @@ impl Visitor for Copier<'_> {
     }
 
     fn enter(&mut self, _: &Cursor, name: &OsStr) -> Result<()> {
-        let descend = |target: &mut Cursor| {
-            target.make_dir(name)?;
-            target.descend(name)
-        };
-        descend(&mut self.target).map_err(|e| self.to.error("write", e))
+        self.target
+            .descend_making(name)
+            .map_err(|e| self.to.error("write", e))
     }
 
     fn leave(&mut self, _: &Cursor, _: &OsStr) -> Result<()> {

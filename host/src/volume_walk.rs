@@ -162,12 +162,12 @@ impl Cursor {
         .map_err(|e| WalkError::new(self.child(name), e))
     }
 
-    /// Makes directory `name` here unless one is there; what is there
-    /// otherwise is found by the next [`Cursor::descend`].
-    pub fn make_dir(&self, name: &OsStr) -> Result<(), WalkError> {
+    /// Moves into directory `name`, made first if nothing is there; a
+    /// link or a file there is refused.
+    pub fn descend_making(&mut self, name: &OsStr) -> Result<(), WalkError> {
         match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o777)) {
-            Err(rustix::io::Errno::EXIST) => Ok(()),
-            other => other.map_err(|e| WalkError::new(self.child(name), e)),
+            Ok(()) | Err(rustix::io::Errno::EXIST) => self.descend(name),
+            Err(e) => Err(WalkError::new(self.child(name), e)),
         }
     }
 
