@@ -100,6 +100,15 @@ impl Side<'_> {
         }
     }
 
+    /// A walk's error: the copy's own errors say where they are already;
+    /// the walker's, on this side, are told here.
+    fn walk_error(&self, e: anyhow::Error) -> anyhow::Error {
+        match e.downcast::<WalkError>() {
+            Ok(e) => self.error("read", e),
+            Err(e) => e,
+        }
+    }
+
     /// The error of `verb`ing what `e` is about.
     fn error(&self, verb: &str, e: WalkError) -> anyhow::Error {
         let target = e.path.clone();
@@ -262,7 +271,7 @@ impl VolumeFiles {
             let source =
                 Cursor::open(local).with_context(|| format!("cannot read {}", local.display()))?;
             let mut copier = Copier::new(target, Side::Local(local), self.side(), &mut report);
-            volume_walk::walk(source, &mut copier)?;
+            volume_walk::walk(source, &mut copier).map_err(|e| Side::Local(local).walk_error(e))?;
         } else {
             report.skipped.push(Skipped {
                 path: local.to_owned(),
@@ -318,7 +327,7 @@ impl VolumeFiles {
             let target =
                 Cursor::open(local).with_context(|| format!("cannot write {}", local.display()))?;
             let mut copier = Copier::new(target, self.side(), Side::Local(local), &mut report);
-            volume_walk::walk(dir, &mut copier)?;
+            volume_walk::walk(dir, &mut copier).map_err(|e| self.side().walk_error(e))?;
         } else if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
             let name = name.expect("the root is a directory");
             let (parent, target_dir, target_name) = local_parent(local)?;

@@ -359,3 +359,66 @@ impl Visitor for Remover {
         dir.unlink(name, true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what a walk visits; renames `a` to `z/a` on entering `a/b`.
+    struct Mover<'a> {
+        root: &'a Path,
+        seen: Vec<String>,
+    }
+
+    impl Visitor for Mover<'_> {
+        type Error = WalkError;
+        fn entry(&mut self, dir: &Cursor, name: &OsStr, _: &Stat) -> Result<(), WalkError> {
+            self.seen.push(dir.child(name).display().to_string());
+            Ok(())
+        }
+        fn enter(&mut self, dir: &Cursor, _: &OsStr) -> Result<(), WalkError> {
+            if dir.path() == Path::new("a/b") {
+                std::fs::rename(self.root.join("a"), self.root.join("z/a")).unwrap();
+            }
+            Ok(())
+        }
+        fn leave(&mut self, _: &Cursor, _: &OsStr) -> Result<(), WalkError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_directory_moved_under_the_walk_stops_it_there() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+        std::fs::create_dir(root.path().join("z")).unwrap();
+        std::fs::write(root.path().join("a/b/file"), "x").unwrap();
+        let mut mover = Mover {
+            root: root.path(),
+            seen: Vec::new(),
+        };
+        let error = walk(Cursor::open(root.path()).unwrap(), &mut mover).unwrap_err();
+        assert!(matches!(error.problem, Problem::Moved), "{error}");
+        assert_eq!(error.path, Path::new("a"));
+        // Nothing outside the tree as it was was visited.
+        assert_eq!(mover.seen, ["a/b/file"]);
+    }
+
+    #[test]
+    fn links_are_refused_at_any_component_and_removed_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "x").unwrap();
+        std::fs::create_dir(root.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", root.path().join("inside")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("real/out")).unwrap();
+        let mut cursor = Cursor::open(root.path()).unwrap();
+        let error = cursor.descend_path(Path::new("inside/x")).unwrap_err();
+        assert!(matches!(error.problem, Problem::Link), "{error}");
+        assert_eq!(error.path, Path::new("inside"));
+        let root_cursor = Cursor::open(root.path()).unwrap();
+        remove(&root_cursor, OsStr::new("real")).unwrap();
+        assert!(outside.path().join("keep").exists());
+        assert_eq!(root_cursor.names().unwrap(), [OsString::from("inside")]);
+    }
+}
