@@ -422,6 +422,12 @@ fn names_with_control_characters_are_escaped_in_human_output() {
         "{}",
         get.stderr()
     );
+    // Copied to a local file named after it: the summary names it escaped.
+    let get = env
+        .run(&["volume", "get", "ctl", &format!("/{EVIL}")])
+        .success();
+    assert_no_controls("the copy summary", &get.stderr());
+    assert!(env.work.path().join(EVIL).exists());
     // Error messages that name a path in the volume.
     let rm = env.run(&["volume", "rm", "ctl", &format!("/{EVIL}/below")]);
     assert_eq!(rm.code(), 2, "{}", rm.stderr());

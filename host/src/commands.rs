@@ -459,7 +459,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                 "copied {} file(s), {} bytes to {}",
                 report.files,
                 report.bytes,
-                local.display()
+                escape_name(local.as_os_str())
             );
         }
         VolumeCommand::Rm {

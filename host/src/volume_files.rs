@@ -222,7 +222,9 @@ impl VolumeFiles {
             Err(rustix::io::Errno::NOENT) => {
                 return Err(usage!("{} does not exist", escape_name(local.as_os_str())));
             }
-            other => other.with_context(|| format!("cannot read {}", local.display()))?,
+            other => {
+                other.with_context(|| format!("cannot read {}", escape_name(local.as_os_str())))?
+            }
         };
         let local_is_dir = is_dir(&local_stat);
         let mut remote_path = relative(remote)?;
@@ -230,7 +232,10 @@ impl VolumeFiles {
             || !local_is_dir && self.is_dir(&remote_path);
         if into_dir {
             let base = local.file_name().ok_or_else(|| {
-                usage!("{} has no file name; give a REMOTE path", local.display())
+                usage!(
+                    "{} has no file name; give a REMOTE path",
+                    escape_name(local.as_os_str())
+                )
             })?;
             remote_path.push(base);
         }
@@ -268,8 +273,8 @@ impl VolumeFiles {
                     .descend_making(name)
                     .map_err(|e| self.side().error_in("write", &remote_path, e))?;
             }
-            let source =
-                Cursor::open(local).with_context(|| format!("cannot read {}", local.display()))?;
+            let source = Cursor::open(local)
+                .with_context(|| format!("cannot read {}", escape_name(local.as_os_str())))?;
             let mut copier = Copier::new(target, Side::Local(local), self.side(), &mut report);
             volume_walk::walk(source, &mut copier).map_err(|e| Side::Local(local).walk_error(e))?;
         } else {
@@ -309,7 +314,7 @@ impl VolumeFiles {
         if !force && std::fs::symlink_metadata(local).is_ok() {
             return Err(usage!(
                 "{} already exists; pass --force to overwrite",
-                local.display()
+                escape_name(local.as_os_str())
             ));
         }
         let mut report = CopyReport::default();
@@ -320,12 +325,14 @@ impl VolumeFiles {
             }
             match std::fs::create_dir(local) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(e).with_context(|| format!("cannot create {}", local.display()));
+                    return Err(e).with_context(|| {
+                        format!("cannot create {}", escape_name(local.as_os_str()))
+                    });
                 }
                 _ => {}
             }
-            let target =
-                Cursor::open(local).with_context(|| format!("cannot write {}", local.display()))?;
+            let target = Cursor::open(local)
+                .with_context(|| format!("cannot write {}", escape_name(local.as_os_str())))?;
             let mut copier = Copier::new(target, self.side(), Side::Local(local), &mut report);
             volume_walk::walk(dir, &mut copier).map_err(|e| self.side().walk_error(e))?;
         } else if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
@@ -525,12 +532,13 @@ fn open_source(dir: &Cursor, name: &OsStr) -> Result<Option<File>, WalkError> {
 fn local_parent(local: &Path) -> Result<(&Path, Cursor, OsString)> {
     let name = local
         .file_name()
-        .ok_or_else(|| usage!("{} has no file name", local.display()))?;
+        .ok_or_else(|| usage!("{} has no file name", escape_name(local.as_os_str())))?;
     let parent = match local.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let dir = Cursor::open(parent).with_context(|| format!("cannot open {}", parent.display()))?;
+    let dir = Cursor::open(parent)
+        .with_context(|| format!("cannot open {}", escape_name(parent.as_os_str())))?;
     Ok((parent, dir, name.to_owned()))
 }
 
