@@ -303,7 +303,10 @@ fn serve(
         )),
         (None, Event::Map(report)) if report.failures.is_empty() => Ok(0),
         (None, Event::Map(report)) => {
-            eprintln!("error: {}", escape_control(&report.summary()));
+            // Reasons quote the module (trap messages name its functions);
+            // the summary's own lines stay lines.
+            let summary: Vec<String> = report.summary().lines().map(escape_control).collect();
+            eprintln!("error: {}", summary.join("\n"));
             Ok(1)
         }
         (None, Event::Stop(_)) => unreachable!("a stop event is always a stop"),
