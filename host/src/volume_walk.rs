@@ -282,7 +282,8 @@ pub trait Visitor {
 }
 
 /// Walks everything beneath the cursor's directory, depth first, names in
-/// sorted order, holding at most three descriptors at any depth.
+/// sorted order, holding a few descriptors (the cursor's, and one more
+/// while it moves or lists) whatever the depth.
 pub fn walk<V: Visitor>(mut cursor: Cursor, visitor: &mut V) -> Result<(), V::Error> {
     // The names still to visit at each level, last first.
     let mut pending = vec![reversed(cursor.names()?)];
