@@ -21,7 +21,8 @@ use wasmhost::module_store::Snapshot;
 use wasmhost::registry::{AppKind, CallState, Registry};
 use wasmhost::runtime::{BadModule, Finished, Outcome, Program, Runtime};
 use wasmhost::slots::Slots;
-use wasmhost::volume_files::VolumeFiles;
+use wasmhost::text::{escape_control, escape_name};
+use wasmhost::volume_files::{Skipped, VolumeFiles};
 use wasmhost::volumes;
 
 use crate::confirm::confirm;
@@ -495,7 +496,10 @@ fn serve(
         // A closed stdout ends the map quietly: its reader had enough.
         (None, Event::Map(report)) if report.failed == 0 => Ok(0),
         (None, Event::Map(report)) => {
-            eprintln!("error: {}", report.summary());
+            // Reasons quote the module (trap messages name its functions);
+            // the summary's own lines stay lines.
+            let summary: Vec<String> = report.summary().lines().map(escape_control).collect();
+            eprintln!("error: {}", summary.join("\n"));
             Ok(1)
         }
         (None, Event::Stop(_)) => unreachable!("a stop event is always a stop"),
@@ -601,7 +605,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                             e.kind.to_owned(),
                             e.size.to_string(),
                             e.modified.map(|m| timestamp(m as i64)).unwrap_or_default(),
-                            e.path.clone(),
+                            escape_name(e.raw_path.as_os_str()),
                         ]
                     })
                     .collect();
@@ -614,15 +618,10 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             remote,
             force,
         } => {
-            let remote = remote.unwrap_or_else(|| {
-                let base = local
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                format!("/{base}")
-            });
+            let remote = remote
+                .unwrap_or_else(|| Path::new("/").join(local.file_name().unwrap_or_default()));
             let report = open_volume(home, registry, &name)?.put(&local, &remote, force)?;
-            report_links(&report.skipped_links);
+            report_skipped(&report.skipped);
             eprintln!(
                 "copied {} file(s), {} bytes into volume `{name}`",
                 report.files, report.bytes
@@ -636,25 +635,28 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         } => {
             let files = open_volume(home, registry, &name)?;
             if local.as_deref() == Some(Path::new("-")) {
-                files.cat(&remote, &mut std::io::stdout().lock())?;
+                files.cat(&remote, std::io::stdout().lock())?;
                 return Ok(0);
             }
             let local = match local {
                 Some(local) => local,
                 None => {
-                    let base = Path::new(&remote)
-                        .file_name()
-                        .ok_or_else(|| usage(format!("give a LOCAL path to copy `{remote}` to")))?;
+                    let base = remote.file_name().ok_or_else(|| {
+                        usage(format!(
+                            "give a LOCAL path to copy `{}` to",
+                            escape_name(remote.as_os_str())
+                        ))
+                    })?;
                     PathBuf::from(base)
                 }
             };
             let report = files.get(&remote, &local, force)?;
-            report_links(&report.skipped_links);
+            report_skipped(&report.skipped);
             eprintln!(
                 "copied {} file(s), {} bytes to {}",
                 report.files,
                 report.bytes,
-                local.display()
+                escape_name(local.as_os_str())
             );
         }
         VolumeCommand::Rm {
@@ -682,11 +684,18 @@ fn open_volume(home: &Home, registry: &mut Registry, name: &str) -> Result<Volum
     VolumeFiles::open(&home.volume_dir(&volume.id), name)
 }
 
-fn report_links(links: &[String]) {
-    for link in links {
-        eprintln!(
-            "warning: skipped symbolic link {link}: wasmhost never follows or copies links between a volume and the host"
-        );
+fn report_skipped(skipped: &[Skipped]) {
+    for Skipped { path, kind } in skipped {
+        let path = escape_name(path.as_os_str());
+        if *kind == "symlink" {
+            eprintln!(
+                "warning: skipped symbolic link {path}: wasmhost never follows or copies links between a volume and the host"
+            );
+        } else {
+            eprintln!(
+                "warning: skipped {kind} {path}: wasmhost copies only regular files and directories"
+            );
+        }
     }
 }
 

@@ -13,6 +13,7 @@ const LOCKS_DIR: &str = "locks";
 const CACHE_DIR: &str = "cache";
 const MODULES_DIR: &str = "modules";
 const SLOTS_DIR: &str = "slots";
+const PURGE_REPORT: &str = "purge-errors.txt";
 
 /// The state directory, created on first use.
 #[derive(Debug, Clone)]
@@ -81,6 +82,11 @@ impl Home {
     /// Deleted data waits here for the background purge; no volume sees it.
     pub fn trash_dir(&self) -> PathBuf {
         self.root.join(TRASH_DIR)
+    }
+
+    /// What the last trash purge could not remove, if anything.
+    pub fn purge_report(&self) -> PathBuf {
+        self.root.join(PURGE_REPORT)
     }
 
     /// One lease file per app or call owned by a live process (see `lease`).

@@ -16,5 +16,8 @@ pub mod names;
 pub mod registry;
 pub mod runtime;
 pub mod slots;
+pub mod sparse;
+pub mod text;
 pub mod volume_files;
+pub mod volume_walk;
 pub mod volumes;

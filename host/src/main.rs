@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use wasmhost::error::UsageError;
 use wasmhost::manifest::{self, ManifestError};
+use wasmhost::text::escape_control;
 
 /// Serverless WebAssembly functions with shared, lockable volumes.
 #[derive(Parser)]
@@ -126,11 +127,13 @@ enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List files in a volume.
+    /// List files in a volume. Names are shown with control characters,
+    /// backslashes and bytes that are not UTF-8 escaped as in bash's `$'…'`;
+    /// give such a name back as `$'…'` to address it.
     Ls {
         name: String,
         #[arg(default_value = "/")]
-        path: String,
+        path: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -139,7 +142,7 @@ enum VolumeCommand {
         name: String,
         local: PathBuf,
         /// Destination in the volume (default: /NAME-OF-LOCAL; a trailing `/` puts it inside).
-        remote: Option<String>,
+        remote: Option<PathBuf>,
         /// Overwrite what is there.
         #[arg(long)]
         force: bool,
@@ -147,7 +150,7 @@ enum VolumeCommand {
     /// Copy a file or directory out of a volume (`-` writes a file to stdout).
     Get {
         name: String,
-        remote: String,
+        remote: PathBuf,
         /// Destination (default: the remote's own name, here).
         local: Option<PathBuf>,
         /// Overwrite what is there.
@@ -157,7 +160,7 @@ enum VolumeCommand {
     /// Remove a file (or, with --recursive, a directory) from a volume.
     Rm {
         name: String,
-        path: String,
+        path: PathBuf,
         #[arg(long, short)]
         recursive: bool,
     },
@@ -193,7 +196,12 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) if output::stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            // Errors quote names a guest or a module chose: escaped, so
+            // they cannot forge output or act on the terminal.
+            eprintln!(
+                "error: {}",
+                escape_control(&format!("{e:#}").replace('\n', " "))
+            );
             let usage = e
                 .chain()
                 .any(|c| c.is::<UsageError>() || c.is::<ManifestError>());

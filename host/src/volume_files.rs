@@ -1,47 +1,147 @@
 //! `volume ls|put|get|rm`: the host's hands on a volume's files.
 //!
-//! Guests are untrusted and may plant symbolic links (even swap a file for
-//! one while we work), so every path is resolved beneath the volume root by
-//! cap-std (`openat2(RESOLVE_BENEATH)` where the kernel has it), which refuses
-//! anything that would leave it. On top of that, links are never followed or
-//! copied, in either direction: they are skipped, and each skip is reported.
+//! Guests are untrusted: they plant symbolic links (and swap files for them
+//! while we work), nest directories deeper than any descriptor limit, write
+//! one byte at 16 TiB and pick names with escape sequences in them. So every
+//! path is resolved one component at a time beneath the volume root and a
+//! link at any component is refused ([`volume_walk`]); trees are walked with
+//! a bounded number of descriptors; copies keep holes ([`sparse`]); links,
+//! FIFOs, sockets and devices are never copied, in either direction, and
+//! each one skipped is reported; and names are escaped for the terminal
+//! ([`text`]) by whoever prints them.
+//!
+//! [`text`]: crate::text
 
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use cap_std::ambient_authority;
-use cap_std::fs::Dir;
+use anyhow::{Context, Result, anyhow, bail};
+use rustix::fs::{FileType, OFlags, Stat};
 use serde::Serialize;
 
-use crate::error::usage;
+use crate::error::{UsageError, usage};
+use crate::sparse;
+use crate::text::escape_name;
+use crate::volume_walk::{self, Cursor, Problem, Visitor, WalkError, is_dir, kind_name};
 
 /// A volume's root, opened so nothing can be reached outside it.
 pub struct VolumeFiles {
-    root: Dir,
+    root: Cursor,
     name: String,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Entry {
+    /// The path in the volume, exactly; for a name that is not UTF-8, its
+    /// escaped form (see [`crate::text`]), and `path_bytes` holds it exactly.
     pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
     pub kind: &'static str,
     pub size: u64,
     /// Unix seconds.
     pub modified: Option<u64>,
+    /// The path in the volume, for human output (escape it to print).
+    #[serde(skip)]
+    pub raw_path: PathBuf,
 }
 
-/// What a copy did, including the links it would not follow.
+/// What a copy did, including what it would not copy.
 #[derive(Debug, Default)]
 pub struct CopyReport {
     pub files: usize,
     pub bytes: u64,
-    pub skipped_links: Vec<String>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Something a copy passed over: a link, a FIFO, a socket or a device.
+#[derive(Debug)]
+pub struct Skipped {
+    /// As given (a local path) or in the volume (`/...`); escape to print.
+    pub path: PathBuf,
+    /// What it is, as `volume ls` names kinds (`symlink`, `fifo`, ...).
+    pub kind: &'static str,
+}
+
+/// One side of a copy, for saying where a problem is.
+enum Side<'a> {
+    /// The volume named so; cursor paths are relative to its root.
+    Volume(&'a str),
+    /// The local directory cursor paths are relative to.
+    Local(&'a Path),
+}
+
+impl Side<'_> {
+    /// `relative` as messages show it: `/a/b` in a volume, or a local path.
+    fn name(&self, relative: &Path) -> String {
+        match self {
+            Side::Volume(_) => display(relative),
+            Side::Local(root) => escape_name(root.join(relative).as_os_str()),
+        }
+    }
+
+    /// Where `relative` is, for a message: `/a/b in volume `v``, or a local path.
+    fn place(&self, relative: &Path) -> String {
+        match self {
+            Side::Volume(volume) => format!("{} in volume `{volume}`", display(relative)),
+            Side::Local(_) => self.name(relative),
+        }
+    }
+
+    /// The path a skipped entry is reported under.
+    fn skipped(&self, relative: &Path) -> PathBuf {
+        match self {
+            Side::Volume(_) => Path::new("/").join(relative),
+            Side::Local(root) => root.join(relative),
+        }
+    }
+
+    /// A walk's error: the copy's own errors say where they are already;
+    /// the walker's, on this side, are told here.
+    fn walk_error(&self, e: anyhow::Error) -> anyhow::Error {
+        match e.downcast::<WalkError>() {
+            Ok(e) => self.error("read", e),
+            Err(e) => e,
+        }
+    }
+
+    /// The error of `verb`ing what `e` is about.
+    fn error(&self, verb: &str, e: WalkError) -> anyhow::Error {
+        let target = e.path.clone();
+        self.error_in(verb, &target, e)
+    }
+
+    /// The error of `verb`ing `target`, which `e` (about `target` or a
+    /// directory on the way to it) stopped.
+    fn error_in(&self, verb: &str, target: &Path, e: WalkError) -> anyhow::Error {
+        let what = format!("cannot {verb} {}", self.place(target));
+        let at = if e.path == target {
+            "it".to_owned()
+        } else {
+            self.name(&e.path)
+        };
+        match e.problem {
+            Problem::Link => anyhow!(
+                "{what}: {at} is a symbolic link; wasmhost never follows links in a volume, which could lead outside it"
+            ),
+            Problem::NotDirectory => anyhow!("{what}: {at} is not a directory"),
+            Problem::NotFound => anyhow!("{what}: {at} does not exist"),
+            Problem::Moved => anyhow!(
+                "{what}: {at} was moved while wasmhost walked it (by a running guest?); try again"
+            ),
+            Problem::Io(io) if at == "it" => anyhow::Error::from(io).context(what),
+            Problem::Io(io) => anyhow::Error::from(io).context(format!("{what}: {at}")),
+        }
+    }
 }
 
 impl VolumeFiles {
     pub fn open(dir: &Path, name: &str) -> Result<Self> {
-        let root = Dir::open_ambient_dir(dir, ambient_authority())
+        let root = Cursor::open(dir)
             .with_context(|| format!("cannot open volume `{name}` at {}", dir.display()))?;
         Ok(Self {
             root,
@@ -49,47 +149,106 @@ impl VolumeFiles {
         })
     }
 
+    fn side(&self) -> Side<'_> {
+        Side::Volume(&self.name)
+    }
+
+    /// A cursor at the directory holding `relative`, and the last name of
+    /// `relative` (`None` for the root). A link, or a name that is not a
+    /// directory, on the way is refused; a missing one is bad usage.
+    fn locate(&self, relative: &Path, verb: &str) -> Result<(Cursor, Option<OsString>)> {
+        let mut cursor = self.root.try_clone()?;
+        let Some(name) = relative.file_name() else {
+            return Ok((cursor, None));
+        };
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        cursor
+            .descend_path(parent)
+            .map_err(|e| self.resolve_error(verb, relative, e))?;
+        Ok((cursor, Some(name.to_owned())))
+    }
+
+    /// What `name` in `dir` is (the root when `None`), not following a link.
+    fn stat(&self, dir: &Cursor, name: Option<&OsStr>, relative: &Path) -> Result<Stat> {
+        match name {
+            None => dir.stat_here(),
+            Some(name) => dir.stat(name),
+        }
+        .map_err(|e| self.resolve_error("read", relative, e))
+    }
+
+    /// A path the user gave that does not resolve: missing parts are bad
+    /// usage (exit 2); links and I/O errors are not.
+    fn resolve_error(&self, verb: &str, relative: &Path, e: WalkError) -> anyhow::Error {
+        match e.problem {
+            Problem::NotFound => usage!(
+                "{} does not exist in volume `{}`",
+                display(relative),
+                self.name
+            ),
+            Problem::NotDirectory => {
+                UsageError(self.side().error_in(verb, relative, e).to_string()).into()
+            }
+            _ => self.side().error_in(verb, relative, e),
+        }
+    }
+
     /// Entries of the directory at `path`, or the one entry `path` names.
-    pub fn ls(&self, path: &str) -> Result<Vec<Entry>> {
+    pub fn ls(&self, path: &Path) -> Result<Vec<Entry>> {
         let relative = relative(path)?;
-        let meta = self.metadata(&relative)?;
-        if !meta.is_dir() {
-            return Ok(vec![entry(display(&relative), &meta)]);
+        let (mut dir, name) = self.locate(&relative, "list")?;
+        let stat = self.stat(&dir, name.as_deref(), &relative)?;
+        if !is_dir(&stat) {
+            return Ok(vec![entry(&relative, &stat)]);
         }
-        let dir = self.open_dir(&relative)?;
+        if let Some(name) = &name {
+            dir.descend(name)
+                .map_err(|e| self.side().error("list", e))?;
+        }
         let mut entries = Vec::new();
-        for item in dir.entries()? {
-            let item = item?;
-            let meta = dir.symlink_metadata(item.file_name())?;
-            entries.push(entry(display(&relative.join(item.file_name())), &meta));
+        for name in dir.names().map_err(|e| self.side().error("list", e))? {
+            match dir.stat(&name) {
+                Ok(stat) => entries.push(entry(&dir.child(&name), &stat)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(self.side().error("list", e)),
+            }
         }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(entries)
     }
 
     /// Copies the local file or directory `local` to `remote` in the volume.
-    pub fn put(&self, local: &Path, remote: &str, force: bool) -> Result<CopyReport> {
-        let local_meta = std::fs::symlink_metadata(local)
-            .with_context(|| format!("cannot read {}", local.display()))?;
+    pub fn put(&self, local: &Path, remote: &Path, force: bool) -> Result<CopyReport> {
+        let local_stat = match rustix::fs::lstat(local) {
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(usage!("{} does not exist", escape_name(local.as_os_str())));
+            }
+            other => {
+                other.with_context(|| format!("cannot read {}", escape_name(local.as_os_str())))?
+            }
+        };
+        let local_is_dir = is_dir(&local_stat);
         let mut remote_path = relative(remote)?;
-        if remote.ends_with('/')
-            || self
-                .root
-                .symlink_metadata(&remote_path)
-                .is_ok_and(|m| m.is_dir())
-                && !local_meta.is_dir()
-        {
-            remote_path.push(local.file_name().context("LOCAL has no file name")?);
+        let into_dir = remote.as_os_str().as_bytes().ends_with(b"/")
+            || !local_is_dir && self.is_dir(&remote_path);
+        if into_dir {
+            let base = local.file_name().ok_or_else(|| {
+                usage!(
+                    "{} has no file name; give a REMOTE path",
+                    escape_name(local.as_os_str())
+                )
+            })?;
+            remote_path.push(base);
         }
-        if remote_path.as_os_str().is_empty() && !local_meta.is_dir() {
-            bail!(
+        if remote_path.as_os_str().is_empty() && !local_is_dir {
+            return Err(usage!(
                 "cannot put a file at the root of volume `{}`; give a REMOTE path",
                 self.name
-            );
+            ));
         }
-        if !force
-            && !remote_path.as_os_str().is_empty()
-            && self.root.symlink_metadata(&remote_path).is_ok()
+        let (dir, name) = self.make_parents(&remote_path)?;
+        if let Some(name) = &name
+            && !force
+            && dir.stat(name).is_ok()
         {
             return Err(usage!(
                 "{} already exists in volume `{}`; pass --force to overwrite",
@@ -97,168 +256,135 @@ impl VolumeFiles {
                 self.name
             ));
         }
-        if let Some(parent) = remote_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            self.refuse_link(parent)?;
-            self.root
-                .create_dir_all(parent)
-                .map_err(self.failed("create", parent))?;
-        }
         let mut report = CopyReport::default();
-        self.put_tree(local, &remote_path, &mut report)?;
+        let kind = FileType::from_raw_mode(local_stat.st_mode);
+        if kind == FileType::RegularFile {
+            let (parent, source_dir, source_name) = local_parent(local)?;
+            let name = name.expect("a file is never put at the root");
+            Copier::new(dir, Side::Local(parent), self.side(), &mut report).file(
+                &source_dir,
+                &source_name,
+                &name,
+            )?;
+        } else if local_is_dir {
+            let mut target = dir;
+            if let Some(name) = &name {
+                target
+                    .descend_making(name)
+                    .map_err(|e| self.side().error_in("write", &remote_path, e))?;
+            }
+            let source = Cursor::open(local)
+                .with_context(|| format!("cannot read {}", escape_name(local.as_os_str())))?;
+            let mut copier = Copier::new(target, Side::Local(local), self.side(), &mut report);
+            volume_walk::walk(source, &mut copier).map_err(|e| Side::Local(local).walk_error(e))?;
+        } else {
+            report.skipped.push(Skipped {
+                path: local.to_owned(),
+                kind: kind_name(&local_stat),
+            });
+        }
         Ok(report)
     }
 
-    fn put_tree(&self, local: &Path, remote: &Path, report: &mut CopyReport) -> Result<()> {
-        let meta = std::fs::symlink_metadata(local)?;
-        if meta.is_symlink() {
-            report.skipped_links.push(local.display().to_string());
-        } else if meta.is_dir() {
-            if !remote.as_os_str().is_empty() {
-                self.refuse_link(remote)?;
-                match self.root.create_dir(remote) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                        return Err(self.failed("create", remote)(e));
-                    }
-                    _ => {}
-                }
-            }
-            let mut children: Vec<_> = std::fs::read_dir(local)?.collect::<io::Result<_>>()?;
-            children.sort_by_key(|c| c.file_name());
-            for child in children {
-                self.put_tree(&child.path(), &remote.join(child.file_name()), report)?;
-            }
-        } else if meta.is_file() {
-            self.refuse_link(remote)?;
-            let mut source = std::fs::File::open(local)
-                .with_context(|| format!("cannot read {}", local.display()))?;
-            let mut target = self
-                .root
-                .create(remote)
-                .map_err(self.failed("write", remote))?;
-            report.bytes += io::copy(&mut source, &mut target).with_context(|| {
-                format!(
-                    "cannot copy {} into volume `{}`",
-                    local.display(),
-                    self.name
-                )
-            })?;
-            target.sync_all()?;
-            report.files += 1;
-        }
-        Ok(())
+    fn is_dir(&self, relative: &Path) -> bool {
+        self.locate(relative, "read")
+            .and_then(|(dir, name)| self.stat(&dir, name.as_deref(), relative))
+            .is_ok_and(|stat| is_dir(&stat))
     }
 
-    /// A link in the volume is never written through, even to overwrite it,
-    /// nor is a path whose directories include one.
-    fn refuse_link(&self, remote: &Path) -> Result<()> {
-        let link = remote
-            .ancestors()
-            .filter(|p| !p.as_os_str().is_empty())
-            .find(|p| self.root.symlink_metadata(p).is_ok_and(|m| m.is_symlink()));
-        if let Some(link) = link {
-            bail!(
-                "{} in volume `{}` is a symbolic link; wasmhost does not write through links (remove it first)",
-                display(link),
-                self.name
-            );
+    /// A cursor at the directory that will hold `relative`, made if missing,
+    /// and `relative`'s last name.
+    fn make_parents(&self, relative: &Path) -> Result<(Cursor, Option<OsString>)> {
+        let mut dir = self.root.try_clone()?;
+        let Some(name) = relative.file_name() else {
+            return Ok((dir, None));
+        };
+        for part in relative.parent().unwrap_or(Path::new("")).iter() {
+            dir.descend_making(part)
+                .map_err(|e| self.side().error_in("write", relative, e))?;
         }
-        Ok(())
-    }
-
-    /// The error of `verb`ing `relative`, saying so plainly when the path
-    /// would have led out of the volume (through a link a guest planted).
-    fn failed(&self, verb: &str, relative: &Path) -> impl FnOnce(io::Error) -> anyhow::Error {
-        let what = format!(
-            "cannot {verb} {} in volume `{}`",
-            display(relative),
-            self.name
-        );
-        move |e| {
-            // cap-std's refusal, or the kernel's for `openat2(RESOLVE_BENEATH)`.
-            let escape = e.raw_os_error() == Some(libc::EXDEV)
-                || e.to_string().contains("led outside of the filesystem");
-            if escape {
-                anyhow::anyhow!(
-                    "{what}: the path goes through a symbolic link that leads outside the volume; wasmhost never follows links out of a volume"
-                )
-            } else {
-                anyhow::Error::from(e).context(what)
-            }
-        }
+        Ok((dir, Some(name.to_owned())))
     }
 
     /// Copies `remote` (a file or directory) to `local`.
-    pub fn get(&self, remote: &str, local: &Path, force: bool) -> Result<CopyReport> {
+    pub fn get(&self, remote: &Path, local: &Path, force: bool) -> Result<CopyReport> {
         let remote_path = relative(remote)?;
-        self.metadata(&remote_path)?;
+        let (mut dir, name) = self.locate(&remote_path, "read")?;
+        let stat = self.stat(&dir, name.as_deref(), &remote_path)?;
         if !force && std::fs::symlink_metadata(local).is_ok() {
             return Err(usage!(
                 "{} already exists; pass --force to overwrite",
-                local.display()
+                escape_name(local.as_os_str())
             ));
         }
         let mut report = CopyReport::default();
-        self.get_tree(&remote_path, local, &mut report)?;
-        Ok(report)
-    }
-
-    fn get_tree(&self, remote: &Path, local: &Path, report: &mut CopyReport) -> Result<()> {
-        let meta = self.metadata(remote)?;
-        if meta.is_symlink() {
-            report.skipped_links.push(display(remote));
-        } else if meta.is_dir() {
+        if is_dir(&stat) {
+            if let Some(name) = &name {
+                dir.descend(name)
+                    .map_err(|e| self.side().error("read", e))?;
+            }
             match std::fs::create_dir(local) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(e).with_context(|| format!("cannot create {}", local.display()));
+                    return Err(e).with_context(|| {
+                        format!("cannot create {}", escape_name(local.as_os_str()))
+                    });
                 }
                 _ => {}
             }
-            let dir = self.open_dir(remote)?;
-            let mut names: Vec<_> = dir
-                .entries()?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<io::Result<_>>()?;
-            names.sort();
-            for name in names {
-                self.get_tree(&remote.join(&name), &local.join(&name), report)?;
-            }
-        } else if meta.is_file() {
-            let mut source = self.open_file(remote)?;
-            if std::fs::symlink_metadata(local).is_ok_and(|m| m.is_symlink()) {
-                std::fs::remove_file(local)?;
-            }
-            let mut target = std::fs::File::create(local)
-                .with_context(|| format!("cannot write {}", local.display()))?;
-            report.bytes += io::copy(&mut source, &mut target)?;
-            report.files += 1;
+            let target = Cursor::open(local)
+                .with_context(|| format!("cannot write {}", escape_name(local.as_os_str())))?;
+            let mut copier = Copier::new(target, self.side(), Side::Local(local), &mut report);
+            volume_walk::walk(dir, &mut copier).map_err(|e| self.side().walk_error(e))?;
+        } else if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
+            let name = name.expect("the root is a directory");
+            let (parent, target_dir, target_name) = local_parent(local)?;
+            Copier::new(target_dir, self.side(), Side::Local(parent), &mut report).file(
+                &dir,
+                &name,
+                &target_name,
+            )?;
+        } else {
+            report.skipped.push(Skipped {
+                path: self.side().skipped(&remote_path),
+                kind: kind_name(&stat),
+            });
         }
-        Ok(())
+        Ok(report)
     }
 
-    /// Writes the file `remote` to `out` (`volume get NAME REMOTE -`).
-    pub fn cat(&self, remote: &str, out: &mut impl Write) -> Result<u64> {
+    /// Writes the file `remote` to `out` (`volume get NAME REMOTE -`);
+    /// holes are kept when `out` is a new regular file (see [`sparse`]).
+    pub fn cat(&self, remote: &Path, out: impl Write + AsFd) -> Result<u64> {
         let remote_path = relative(remote)?;
-        let meta = self.metadata(&remote_path)?;
-        if meta.is_symlink() {
+        let (dir, name) = self.locate(&remote_path, "read")?;
+        let stat = self.stat(&dir, name.as_deref(), &remote_path)?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind == FileType::Symlink {
             bail!(
                 "{} in volume `{}` is a symbolic link; wasmhost does not follow links out of a volume",
                 display(&remote_path),
                 self.name
             );
         }
-        if !meta.is_file() {
-            return Err(usage!(
-                "{} in volume `{}` is not a file; `-` writes one file to stdout",
-                display(&remote_path),
-                self.name
-            ));
-        }
-        Ok(io::copy(&mut self.open_file(&remote_path)?, out)?)
+        let name = name
+            .filter(|_| kind == FileType::RegularFile)
+            .ok_or_else(|| {
+                usage!(
+                    "{} in volume `{}` is not a file; `-` writes one file to stdout",
+                    display(&remote_path),
+                    self.name
+                )
+            })?;
+        let file = open_source(&dir, &name)
+            .map_err(|e| self.side().error("read", e))?
+            .ok_or_else(|| anyhow!("{} changed while being read", display(&remote_path)))?;
+        sparse::copy_to(&file, out)
+            .with_context(|| format!("cannot copy {} to stdout", display(&remote_path)))
     }
 
     /// Removes `path`; a directory needs `recursive`. Links are removed, not
     /// followed.
-    pub fn rm(&self, path: &str, recursive: bool) -> Result<()> {
+    pub fn rm(&self, path: &Path, recursive: bool) -> Result<()> {
         let relative = relative(path)?;
         if relative.as_os_str().is_empty() {
             return Err(usage!(
@@ -267,66 +393,166 @@ impl VolumeFiles {
                 self.name
             ));
         }
-        let meta = self.metadata(&relative)?;
-        let result = match (meta.is_dir(), recursive) {
-            (true, false) => {
-                return Err(usage!(
-                    "{} in volume `{}` is a directory; pass --recursive",
-                    display(&relative),
-                    self.name
-                ));
-            }
-            (true, true) => self.root.remove_dir_all(&relative),
-            (false, _) => self.root.remove_file(&relative),
-        };
-        result.map_err(self.failed("remove", &relative))
-    }
-
-    fn metadata(&self, relative: &Path) -> Result<cap_std::fs::Metadata> {
-        let meta = if relative.as_os_str().is_empty() {
-            self.root.dir_metadata()
-        } else {
-            self.root.symlink_metadata(relative)
-        };
-        meta.map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => usage!(
-                "{} does not exist in volume `{}`",
-                display(relative),
+        let (dir, name) = self.locate(&relative, "remove")?;
+        let name = name.expect("not the root");
+        let stat = self.stat(&dir, Some(&name), &relative)?;
+        if is_dir(&stat) && !recursive {
+            return Err(usage!(
+                "{} in volume `{}` is a directory; pass --recursive",
+                display(&relative),
                 self.name
-            ),
-            _ => self.failed("read", relative)(e),
-        })
-    }
-
-    fn open_dir(&self, relative: &Path) -> Result<Dir> {
-        if relative.as_os_str().is_empty() {
-            return Ok(self.root.try_clone()?);
+            ));
         }
-        self.root
-            .open_dir(relative)
-            .map_err(self.failed("open", relative))
-    }
-
-    fn open_file(&self, relative: &Path) -> Result<cap_std::fs::File> {
-        let mut options = cap_std::fs::OpenOptions::new();
-        options.read(true);
-        cap_std::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
-        self.root
-            .open_with(relative, &options)
-            .map_err(self.failed("read", relative))
+        volume_walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))
     }
 }
 
+/// Copies what a walk finds into the directory `target` is at, and keeps
+/// `target` in step with the walk.
+struct Copier<'a> {
+    target: Cursor,
+    from: Side<'a>,
+    to: Side<'a>,
+    report: &'a mut CopyReport,
+}
+
+impl<'a> Copier<'a> {
+    fn new(target: Cursor, from: Side<'a>, to: Side<'a>, report: &'a mut CopyReport) -> Self {
+        Self {
+            target,
+            from,
+            to,
+            report,
+        }
+    }
+
+    fn skip(&mut self, relative: &Path, kind: &'static str) {
+        self.report.skipped.push(Skipped {
+            path: self.from.skipped(relative),
+            kind,
+        });
+    }
+
+    /// Copies the file `name` in `dir` to `target_name` in the target
+    /// directory, holes kept. A file that vanished or became something else
+    /// since the walk saw it is passed over (reported if it is not gone).
+    fn file(&mut self, dir: &Cursor, name: &OsStr, target_name: &OsStr) -> Result<()> {
+        let source = match open_source(dir, name) {
+            Ok(Some(file)) => file,
+            Ok(None) => {
+                let kind = dir.stat(name).map_or("other", |s| kind_name(&s));
+                self.skip(&dir.child(name), kind);
+                return Ok(());
+            }
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if matches!(e.problem, Problem::Link) => {
+                self.skip(&dir.child(name), "symlink");
+                return Ok(());
+            }
+            Err(e) => return Err(self.from.error("read", e)),
+        };
+        let target = self.create(target_name)?;
+        let bytes = sparse::copy(&source, &target).with_context(|| {
+            format!(
+                "cannot copy {} to {}",
+                self.from.place(&dir.child(name)),
+                self.to.place(&self.target.child(target_name))
+            )
+        })?;
+        if let Side::Volume(_) = self.to {
+            target.sync_all()?;
+        }
+        self.report.files += 1;
+        self.report.bytes += bytes;
+        Ok(())
+    }
+
+    /// Creates (or truncates) `name` in the target directory. A link there
+    /// is refused in a volume (a guest's: never written through, nor
+    /// removed); on the local side, where the user asked for `--force`, it
+    /// is replaced, never written through.
+    fn create(&self, name: &OsStr) -> Result<File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NONBLOCK;
+        let open = || self.target.open_at(name, flags, 0o666);
+        let fd = match (open(), &self.to) {
+            (Err(e), Side::Local(_)) if matches!(e.problem, Problem::Link) => {
+                self.target.unlink(name, false).and_then(|()| open())
+            }
+            (result, _) => result,
+        }
+        .map_err(|e| self.to.error("write", e))?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            bail!(
+                "cannot write {}: it is not a regular file",
+                self.to.place(&self.target.child(name))
+            );
+        }
+        Ok(file)
+    }
+}
+
+impl Visitor for Copier<'_> {
+    type Error = anyhow::Error;
+
+    fn entry(&mut self, dir: &Cursor, name: &OsStr, stat: &Stat) -> Result<()> {
+        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
+            self.file(dir, name, name)
+        } else {
+            self.skip(&dir.child(name), kind_name(stat));
+            Ok(())
+        }
+    }
+
+    fn enter(&mut self, _: &Cursor, name: &OsStr) -> Result<()> {
+        self.target
+            .descend_making(name)
+            .map_err(|e| self.to.error("write", e))
+    }
+
+    fn leave(&mut self, _: &Cursor, _: &OsStr) -> Result<()> {
+        self.target.ascend().map_err(|e| self.to.error("write", e))
+    }
+}
+
+/// The file `name` in `dir` opened to read, if it is still a regular file.
+/// `O_NONBLOCK`, so a FIFO swapped in cannot hang the host.
+fn open_source(dir: &Cursor, name: &OsStr) -> Result<Option<File>, WalkError> {
+    let fd = dir.open_at(name, OFlags::RDONLY | OFlags::NONBLOCK, 0)?;
+    let file = File::from(fd);
+    let regular = file
+        .metadata()
+        .map_err(|e| WalkError::new(dir.child(name), e))?
+        .is_file();
+    Ok(regular.then_some(file))
+}
+
+/// A local path as the directory holding it, that directory opened, and
+/// the path's last name.
+fn local_parent(local: &Path) -> Result<(&Path, Cursor, OsString)> {
+    let name = local
+        .file_name()
+        .ok_or_else(|| usage!("{} has no file name", escape_name(local.as_os_str())))?;
+    let parent = match local.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let dir = Cursor::open(parent)
+        .with_context(|| format!("cannot open {}", escape_name(parent.as_os_str())))?;
+    Ok((parent, dir, name.to_owned()))
+}
+
 /// A path inside a volume, relative to its root; `..` is refused outright.
-fn relative(path: &str) -> Result<PathBuf> {
+fn relative(path: &Path) -> Result<PathBuf> {
     let mut relative = PathBuf::new();
-    for component in Path::new(path).components() {
+    for component in path.components() {
         match component {
             Component::RootDir | Component::CurDir => {}
             Component::Normal(part) => relative.push(part),
             Component::ParentDir | Component::Prefix(_) => {
                 return Err(usage!(
-                    "volume path `{path}` has a `..` component; paths are relative to the volume root"
+                    "volume path `{}` has a `..` component; paths are relative to the volume root",
+                    escape_name(path.as_os_str())
                 ));
             }
         }
@@ -334,29 +560,26 @@ fn relative(path: &str) -> Result<PathBuf> {
     Ok(relative)
 }
 
+/// A path in a volume as messages show it: from the root, escaped.
 fn display(relative: &Path) -> String {
-    format!("/{}", relative.display())
+    format!("/{}", escape_name(relative.as_os_str()))
 }
 
-fn entry(path: String, meta: &cap_std::fs::Metadata) -> Entry {
-    let kind = if meta.is_symlink() {
-        "symlink"
-    } else if meta.is_dir() {
-        "dir"
-    } else if meta.is_file() {
-        "file"
-    } else {
-        "other"
+fn entry(relative: &Path, stat: &Stat) -> Entry {
+    let raw_path = Path::new("/").join(relative);
+    let (path, path_bytes) = match raw_path.to_str() {
+        Some(path) => (path.to_owned(), None),
+        None => (
+            escape_name(raw_path.as_os_str()),
+            Some(raw_path.as_os_str().as_bytes().to_owned()),
+        ),
     };
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.into_std().duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs());
     Entry {
         path,
-        kind,
-        size: meta.len(),
-        modified,
+        path_bytes,
+        kind: kind_name(stat),
+        size: stat.st_size as u64,
+        modified: u64::try_from(stat.st_mtime).ok(),
+        raw_path,
     }
 }

@@ -4,15 +4,17 @@
 //! returns at once however many files it wrote; a detached purge process
 //! empties the trash, and any later wasmhost command restarts it if it died.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::ErrorKind;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::home::Home;
 use crate::registry::new_id;
+use crate::volume_walk::{self, Cursor, WalkError};
 
 /// Name of the flock that one purge process holds while it works.
 const PURGE_LOCK: &str = ".purge.lock";
@@ -86,8 +88,12 @@ fn trash_has_entries(home: &Home) -> Result<bool> {
 }
 
 /// Empties the trash; returns at once if another process is already at it.
-/// `remove_dir_all` never follows symbolic links, so a link a guest planted
-/// to a host directory is removed, not what it points at.
+/// Entries are removed by [`volume_walk::remove`]: at any depth, never
+/// following a symbolic link, so a link a guest planted to a host directory
+/// is removed, not what it points at. An entry that cannot be removed is
+/// passed over, so it never keeps the others from being freed; it is named
+/// in the error and in [`Home::purge_report`], and the next purge (any
+/// wasmhost command starts one) tries it again.
 pub fn purge_trash(home: &Home) -> Result<()> {
     let lock_path = home.trash_dir().join(PURGE_LOCK);
     let lock = fs::File::create(&lock_path)
@@ -95,30 +101,47 @@ pub fn purge_trash(home: &Home) -> Result<()> {
     if lock.try_lock().is_err() {
         return Ok(());
     }
+    let trash = Cursor::open(&home.trash_dir())
+        .with_context(|| format!("cannot open {}", home.trash_dir().display()))?;
+    let mut failed = BTreeMap::new();
     loop {
-        let entries: Vec<_> = fs::read_dir(home.trash_dir())?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name() != PURGE_LOCK)
+        let entries: Vec<OsString> = trash
+            .names()?
+            .into_iter()
+            .filter(|name| name != PURGE_LOCK && !failed.contains_key(name))
             .collect();
         if entries.is_empty() {
-            return Ok(());
+            break;
         }
-        for entry in entries {
-            remove_entry(&entry.path())?;
+        for name in entries {
+            if let Err(e) = volume_walk::remove(&trash, &name) {
+                failed.insert(name, e);
+            }
         }
     }
+    report_failures(home, &failed)
 }
 
-fn remove_entry(path: &Path) -> Result<()> {
-    let result = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) => Err(e),
-    };
-    match result {
-        Err(e) if e.kind() != ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot delete {}", path.display()))
-        }
-        _ => Ok(()),
+/// Records what this purge left (or that it left nothing) and says so.
+fn report_failures(home: &Home, failed: &BTreeMap<OsString, WalkError>) -> Result<()> {
+    let report = home.purge_report();
+    if failed.is_empty() {
+        return match fs::remove_file(&report) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", report.display()))
+            }
+            _ => Ok(()),
+        };
     }
+    let lines: Vec<String> = failed
+        .values()
+        .map(|e| format!("cannot delete {}/{e}", home.trash_dir().display()))
+        .collect();
+    fs::write(&report, lines.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", report.display()))?;
+    bail!(
+        "the trash purge left {} entries, tried again by the next purge: {}",
+        failed.len(),
+        lines.join("; ")
+    )
 }

@@ -294,3 +294,34 @@ pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+impl TestEnv {
+    /// The host directory of the named volume `name` (from `volume list --json`).
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.run(&["volume", "list", "--json"]).success().stdout())
+                .expect("volume list --json is JSON");
+        let id = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("volume {name} is not listed"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        self.home().join("volumes").join(id)
+    }
+
+    /// What the trash holds, but the purge's lock.
+    pub fn trash_entries(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.home().join("trash"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name() != ".purge.lock")
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

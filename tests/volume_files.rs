@@ -1,0 +1,630 @@
+//! `volume ls|put|get|rm` and the trash purge against what a hostile guest
+//! plants in a volume: trees deeper than the descriptor limit, links in the
+//! middle of a path, sparse-file bombs, names that drive the terminal, and
+//! files that are neither files nor directories.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Run, TestEnv, path, wait_with_timeout};
+use rustix::fs::{Mode, OFlags};
+
+/// Deeper than the open-file limit the commands run under ([`FD_LIMIT`]).
+const DEPTH: usize = 1500;
+/// A usual default soft limit; the tests' own limit may be much higher.
+const FD_LIMIT: u64 = 1024;
+/// Eight bytes per level: paths to the bottom pass PATH_MAX (4096) too.
+const LEVEL: &str = "deep-dir";
+
+/// An app whose functions `fsops` and `volfiles` mount the named volume
+/// `volume` at /data.
+fn app(env: &TestEnv, volume: &str) -> PathBuf {
+    env.app(
+        &format!("{volume}-app"),
+        &format!(
+            r#"
+name = "{volume}-app"
+[volumes.data]
+persist = "{volume}"
+[functions.fsops]
+module = "{{guest:fsops}}"
+mounts = {{ "/data" = "data" }}
+[functions.volfiles]
+module = "{{guest:volfiles}}"
+mounts = {{ "/data" = "data" }}
+"#
+        ),
+    )
+}
+
+/// Runs function `function` of `app` with `args`, which must succeed.
+fn guest(env: &TestEnv, app: &Path, function: &str, args: &[&str]) {
+    let mut all = vec!["run", path(app), function, "--"];
+    all.extend_from_slice(args);
+    env.run(&all).success();
+}
+
+/// Runs wasmhost with at most [`FD_LIMIT`] open files, as the background
+/// purge it starts will.
+fn run_limited(env: &TestEnv, args: &[&str]) -> Run {
+    let mut command = env.command();
+    command.args(args);
+    // SAFETY: setrlimit is async-signal-safe, and nothing else runs here.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: FD_LIMIT,
+                rlim_max: FD_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Run(command.output().expect("run wasmhost"))
+}
+
+fn open_dir(at: &OwnedFd, name: &str) -> OwnedFd {
+    rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
+/// Makes `root/LEVEL/LEVEL/.../bottom.txt`, [`DEPTH`] levels deep, by
+/// descriptor (the path is longer than PATH_MAX) with two open at a time.
+fn plant_deep(root: &Path) {
+    let mut dir =
+        rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..DEPTH {
+        rustix::fs::mkdirat(&dir, LEVEL, Mode::from_raw_mode(0o755)).unwrap();
+        dir = open_dir(&dir, LEVEL);
+    }
+    let file = rustix::fs::openat(
+        &dir,
+        "bottom.txt",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    File::from(file).write_all_at(b"the bottom", 0).unwrap();
+}
+
+/// The contents of `bottom.txt` at the bottom of a tree [`plant_deep`] made.
+fn read_deep(root: &Path) -> String {
+    let mut dir =
+        rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..DEPTH {
+        dir = open_dir(&dir, LEVEL);
+    }
+    let file = rustix::fs::openat(&dir, "bottom.txt", OFlags::RDONLY, Mode::empty()).unwrap();
+    let mut text = String::new();
+    File::from(file).read_to_string(&mut text).unwrap();
+    text
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn trees_deeper_than_the_descriptor_limit_are_copied_removed_and_purged() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "deep"]).success();
+    let dir = env.volume_dir("deep");
+    plant_deep(&dir);
+    let out = env.work.path().join("out");
+    run_limited(&env, &["volume", "get", "deep", "/", path(&out)]).success();
+    assert_eq!(read_deep(&out), "the bottom");
+    // And back in, under another name.
+    run_limited(&env, &["volume", "put", "deep", path(&out), "/copy"]).success();
+    assert_eq!(read_deep(&dir.join("copy")), "the bottom");
+    run_limited(&env, &["volume", "rm", "deep", "/copy", "--recursive"]).success();
+    run_limited(&env, &["volume", "rm", "deep", &format!("/{LEVEL}"), "-r"]).success();
+    assert!(listing(&dir).is_empty(), "{:?}", listing(&dir));
+
+    // The purge after `volume delete`, and after `app stop` of a volume.
+    plant_deep(&dir);
+    run_limited(&env, &["volume", "delete", "deep", "--yes"]).success();
+    env.wait_for_empty_trash();
+    assert!(!dir.exists());
+    env.run(&["volume", "create", "deep2"]).success();
+    let dir = env.volume_dir("deep2");
+    plant_deep(&dir);
+    run_limited(&env, &["app", "stop", "deep2", "--yes"]).success();
+    env.wait_for_empty_trash();
+    assert!(!dir.exists());
+    assert!(!env.home().join("purge-errors.txt").exists());
+}
+
+/// Makes a file immutable (`chattr +i`), which even root cannot delete, and
+/// makes it mutable again when dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(file: &Path) -> Option<Self> {
+        let status = Command::new("chattr")
+            .arg("+i")
+            .arg(file)
+            .stderr(Stdio::null())
+            .status();
+        status
+            .is_ok_and(|s| s.success())
+            .then(|| Self(file.to_owned()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_trash_entry_that_cannot_be_removed_does_not_keep_the_others() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "stuck"]).success();
+    let stuck_file = env.volume_dir("stuck").join("pinned");
+    std::fs::write(&stuck_file, "x").unwrap();
+    let Some(mut immutable) = Immutable::new(&stuck_file) else {
+        eprintln!(
+            "skipped: `chattr +i` does not work here (not root, or the file system lacks it)"
+        );
+        return;
+    };
+    env.run(&["volume", "delete", "stuck", "--yes"]).success();
+    let trash = env.home().join("trash");
+    let stuck = env.trash_entries()[0].clone();
+    immutable.0 = stuck.join("pinned");
+    // Others after it, in any order of the directory: other deleted volumes
+    // and what a crash left.
+    for i in 0..30 {
+        let junk = trash.join(format!("left-by-a-crash-{i}"));
+        std::fs::create_dir_all(junk.join("sub")).unwrap();
+        std::fs::write(junk.join("sub/file"), "x").unwrap();
+    }
+    for name in ["freed-1", "freed-2"] {
+        env.run(&["volume", "create", name]).success();
+        std::fs::write(env.volume_dir(name).join("data"), "x").unwrap();
+        env.run(&["volume", "delete", name, "--yes"]).success();
+    }
+    // Commands go on starting purges, as they would; every one meets the
+    // stuck entry.
+    common::eventually(Duration::from_secs(30), "all but one entry purged", || {
+        env.run(&["volume", "list"]).success();
+        env.trash_entries().len() == 1
+    });
+    assert_eq!(env.trash_entries(), [stuck]);
+    let report = env.home().join("purge-errors.txt");
+    common::eventually(Duration::from_secs(30), "the purge's report", || {
+        std::fs::read_to_string(&report).is_ok_and(|r| r.contains("pinned"))
+    });
+
+    // Once it can be removed, a later command's purge removes it (the first
+    // may find an earlier purge still at work, and leave it that one).
+    drop(immutable);
+    common::eventually(Duration::from_secs(30), "the trash emptied", || {
+        env.run(&["volume", "list"]).success();
+        env.trash_entries().is_empty()
+    });
+    common::eventually(Duration::from_secs(30), "the report removed", || {
+        !report.exists()
+    });
+}
+
+#[test]
+fn links_in_the_middle_of_a_path_are_refused() {
+    let env = TestEnv::new();
+    let app = app(&env, "mid");
+    guest(&env, &app, "fsops", &["mkdir", "/data/realdir"]);
+    guest(
+        &env,
+        &app,
+        "fsops",
+        &["write", "/data/realdir/file", "real-data"],
+    );
+    guest(&env, &app, "fsops", &["symlink", "realdir", "/data/link"]);
+    let dir = env.volume_dir("mid");
+
+    let refused = |args: &[&str]| {
+        let run = env.run(args);
+        assert_eq!(run.code(), 1, "{args:?}: {}", run.stderr());
+        assert!(
+            run.stderr().contains("/link") && run.stderr().contains("symbolic link"),
+            "{args:?}: {}",
+            run.stderr()
+        );
+        assert!(!run.stdout().contains("real-data"), "{args:?} read through");
+        run
+    };
+    refused(&["volume", "get", "mid", "/link/file", "-"]);
+    let out = env.work.path().join("out");
+    refused(&["volume", "get", "mid", "/link/file", path(&out)]);
+    assert!(!out.exists());
+    refused(&["volume", "ls", "mid", "/link/file"]);
+    refused(&["volume", "rm", "mid", "/link/file"]);
+    refused(&["volume", "rm", "mid", "/link/file", "--recursive"]);
+    let local = env.work.path().join("local.txt");
+    std::fs::write(&local, "from the host").unwrap();
+    refused(&["volume", "put", "mid", path(&local), "/link/new"]);
+    refused(&[
+        "volume",
+        "put",
+        "mid",
+        path(&local),
+        "/link/file",
+        "--force",
+    ]);
+    assert_eq!(listing(&dir.join("realdir")), ["file"]);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("realdir/file")).unwrap(),
+        "real-data"
+    );
+    // The real path works, and the link itself is listed as a link.
+    let run = env
+        .run(&["volume", "get", "mid", "/realdir/file", "-"])
+        .success();
+    assert_eq!(run.stdout(), "real-data");
+    let ls = env
+        .run(&["volume", "ls", "mid", "/link", "--json"])
+        .success();
+    let entries: serde_json::Value = serde_json::from_str(&ls.stdout()).unwrap();
+    assert_eq!(entries[0]["kind"], "symlink", "{entries}");
+}
+
+/// One byte just under 16 TiB (ext4's largest file), after a hole.
+const FAR: u64 = (16 << 40) - 8192;
+
+fn assert_sparse_copy(file: &Path) {
+    let meta = std::fs::metadata(file).unwrap();
+    assert_eq!(meta.len(), FAR + 1, "{}", file.display());
+    assert!(
+        meta.blocks() < 1024,
+        "{} takes {} blocks",
+        file.display(),
+        meta.blocks()
+    );
+    let mut last = [0; 1];
+    File::open(file)
+        .unwrap()
+        .read_exact_at(&mut last, FAR)
+        .unwrap();
+    assert_eq!(&last, b"x");
+}
+
+#[test]
+fn sparse_files_keep_their_holes() {
+    let env = TestEnv::new();
+    let app = app(&env, "sparse");
+    guest(
+        &env,
+        &app,
+        "volfiles",
+        &["write-at", "/data/bomb", &FAR.to_string(), "x"],
+    );
+    let bounded = |args: &[&str], stdout: Stdio| {
+        let mut child = env
+            .command()
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Writing the zeros would take hours; keeping the holes, no time.
+        let status = wait_with_timeout(&mut child, Duration::from_secs(30));
+        assert!(status.success(), "{args:?}: {status}");
+    };
+    let out = env.work.path().join("out");
+    bounded(
+        &["volume", "get", "sparse", "/bomb", path(&out)],
+        Stdio::null(),
+    );
+    assert_sparse_copy(&out);
+    // `-` into a file keeps the holes too.
+    let stdout_file = env.work.path().join("stdout");
+    bounded(
+        &["volume", "get", "sparse", "/bomb", "-"],
+        File::create(&stdout_file).unwrap().into(),
+    );
+    assert_sparse_copy(&stdout_file);
+    // And `put` does.
+    bounded(
+        &["volume", "put", "sparse", path(&out), "/copy"],
+        Stdio::null(),
+    );
+    assert_sparse_copy(&env.volume_dir("sparse").join("copy"));
+    // Into a pipe, every byte is what the reader asked for: it gets zeros,
+    // and the copy ends when it stops reading.
+    let mut child = env
+        .command()
+        .args(["volume", "get", "sparse", "/bomb", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut head = vec![1; 1 << 20];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|&b| b == 0));
+    wait_with_timeout(&mut child, Duration::from_secs(30));
+}
+
+/// A name that moves the cursor, starts a line that reads like a row, and
+/// sets the terminal's title.
+const EVIL: &str = "evil\x1b]0;pwned\x07\r\nforged-row\u{202e}";
+const EVIL_ESCAPED: &str = "evil\\e]0;pwned\\a\\r\\nforged-row\\u202e";
+
+fn assert_no_controls(what: &str, text: &str) {
+    for c in ['\x1b', '\x07', '\r', '\u{202e}'] {
+        assert!(!text.contains(c), "{what} has {c:?} raw: {text:?}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with("forged-row")),
+        "{what} has a forged line: {text:?}"
+    );
+}
+
+#[test]
+fn names_with_control_characters_are_escaped_in_human_output() {
+    let env = TestEnv::new();
+    let app = app(&env, "ctl");
+    guest(
+        &env,
+        &app,
+        "fsops",
+        &["write", &format!("/data/{EVIL}"), "x"],
+    );
+    guest(
+        &env,
+        &app,
+        "fsops",
+        &["symlink", "nowhere", &format!("/data/link-{EVIL}")],
+    );
+    // ls: escaped in the table, exact in JSON.
+    let ls = env.run(&["volume", "ls", "ctl"]).success();
+    assert_no_controls("volume ls", &ls.stdout());
+    assert!(
+        ls.stdout().contains(&format!("/{EVIL_ESCAPED}")),
+        "{}",
+        ls.stdout()
+    );
+    let json = env.run(&["volume", "ls", "ctl", "--json"]).success();
+    let entries: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    let paths: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&format!("/{EVIL}").as_str()), "{paths:?}");
+    // The warning for a skipped link.
+    let out = env.work.path().join("out");
+    let get = env
+        .run(&["volume", "get", "ctl", "/", path(&out)])
+        .success();
+    assert_no_controls("the skipped-link warning", &get.stderr());
+    assert!(
+        get.stderr()
+            .contains(&format!("skipped symbolic link /link-{EVIL_ESCAPED}:")),
+        "{}",
+        get.stderr()
+    );
+    // Copied to a local file named after it: the summary names it escaped.
+    let get = env
+        .run(&["volume", "get", "ctl", &format!("/{EVIL}")])
+        .success();
+    assert_no_controls("the copy summary", &get.stderr());
+    assert!(env.work.path().join(EVIL).exists());
+    // Error messages that name a path in the volume.
+    let rm = env.run(&["volume", "rm", "ctl", &format!("/{EVIL}/below")]);
+    assert_eq!(rm.code(), 2, "{}", rm.stderr());
+    assert_no_controls("an error", &rm.stderr());
+    assert!(rm.stderr().contains(EVIL_ESCAPED), "{}", rm.stderr());
+    // A module whose import name is hostile: the link error quotes it.
+    let module = env.work.path().join("hostile.wasm");
+    std::fs::write(&module, module_importing(EVIL)).unwrap();
+    let hostile = env.app(
+        "hostile",
+        &format!(
+            "name = \"hostile\"\n[functions.f]\nmodule = \"{}\"\n",
+            path(&module)
+        ),
+    );
+    let run = env.run(&["run", path(&hostile)]);
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert_no_controls("a link error", &run.stderr());
+    assert_eq!(run.stderr().lines().count(), 1, "{}", run.stderr());
+    // Errors are one line: the newline reads as a space, the rest escaped.
+    assert!(
+        run.stderr()
+            .contains("evil\\e]0;pwned\\a\\r forged-row\\u202e"),
+        "{}",
+        run.stderr()
+    );
+}
+
+/// A core module that imports a function `env::NAME` and does nothing else.
+fn module_importing(name: &str) -> Vec<u8> {
+    let mut import = vec![1, 3];
+    import.extend_from_slice(b"env");
+    import.push(name.len() as u8);
+    import.extend_from_slice(name.as_bytes());
+    import.extend_from_slice(&[0x00, 0x00]);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.extend_from_slice(&[0x01, 0x04, 0x01, 0x60, 0x00, 0x00]);
+    module.push(0x02);
+    module.push(import.len() as u8);
+    module.extend_from_slice(&import);
+    module
+}
+
+#[test]
+fn names_that_are_not_utf8_print_distinctly_and_can_be_addressed() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "bytes"]).success();
+    let local = env.work.path().join("names");
+    std::fs::create_dir(&local).unwrap();
+    for byte in [0xe8u8, 0xe9] {
+        let name = [b'c', b'a', b'f', byte];
+        std::fs::write(local.join(OsStr::from_bytes(&name)), format!("{byte:x}")).unwrap();
+    }
+    env.run(&["volume", "put", "bytes", path(&local), "/names"])
+        .success();
+    let ls = env.run(&["volume", "ls", "bytes", "/names"]).success();
+    assert!(ls.stdout().contains("/names/caf\\xe8"), "{}", ls.stdout());
+    assert!(ls.stdout().contains("/names/caf\\xe9"), "{}", ls.stdout());
+    let json = env
+        .run(&["volume", "ls", "bytes", "/names", "--json"])
+        .success();
+    let entries: serde_json::Value = serde_json::from_str(&json.stdout()).unwrap();
+    let bytes: Vec<Vec<u8>> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_value(e["path_bytes"].clone()).unwrap())
+        .collect();
+    assert_eq!(
+        bytes,
+        [b"/names/caf\xe8".to_vec(), b"/names/caf\xe9".to_vec()]
+    );
+    // Addressed by their bytes, as `$'/names/caf\xe9'` gives them in bash.
+    let get = env
+        .command()
+        .args(["volume", "get", "bytes"])
+        .arg(OsStr::from_bytes(b"/names/caf\xe9"))
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(
+        get.status.success(),
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    assert_eq!(get.stdout, b"e9");
+    let rm = env
+        .command()
+        .args(["volume", "rm", "bytes"])
+        .arg(OsStr::from_bytes(b"/names/caf\xe8"))
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let left = env.run(&["volume", "ls", "bytes", "/names"]).success();
+    assert!(!left.stdout().contains("caf\\xe8"), "{}", left.stdout());
+}
+
+#[test]
+fn fifos_sockets_and_devices_are_skipped_with_a_warning_on_put() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "special"]).success();
+    let local = env.work.path().join("special");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("plain"), "x").unwrap();
+    let fifo = local.join("a-fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let socket = local.join("a-socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let put = env
+        .run(&["volume", "put", "special", path(&local), "/d"])
+        .success();
+    for (kind, file) in [("fifo", &fifo), ("socket", &socket)] {
+        assert!(
+            put.stderr()
+                .contains(&format!("warning: skipped {kind} {}", path(file))),
+            "{}",
+            put.stderr()
+        );
+    }
+    assert_eq!(listing(&env.volume_dir("special").join("d")), ["plain"]);
+    // One at the top, and a device.
+    let put = env
+        .run(&["volume", "put", "special", path(&fifo), "/f"])
+        .success();
+    assert!(put.stderr().contains("skipped fifo"), "{}", put.stderr());
+    let put = env
+        .run(&["volume", "put", "special", "/dev/null", "/n"])
+        .success();
+    assert!(
+        put.stderr().contains("skipped char-device /dev/null"),
+        "{}",
+        put.stderr()
+    );
+    assert_eq!(listing(&env.volume_dir("special")), ["d"]);
+}
+
+#[test]
+fn a_missing_local_file_is_bad_usage() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "usage"]).success();
+    let missing = env.work.path().join("no-such-file");
+    let run = env
+        .run(&["volume", "put", "usage", path(&missing), "/x"])
+        .code_is(2);
+    assert!(run.stderr().contains("does not exist"), "{}", run.stderr());
+}
+
+#[test]
+fn files_vanishing_under_volume_get_are_not_bad_usage() {
+    let env = TestEnv::new();
+    let app = app(&env, "churn");
+    let mut churn = env.spawn(&[
+        "run",
+        path(&app),
+        "volfiles",
+        "--",
+        "churn",
+        "/data/dir",
+        "8000",
+    ]);
+    let mut line = String::new();
+    BufReader::new(churn.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "churning\n");
+    let mut codes = Vec::new();
+    for i in 0..40 {
+        if churn.try_wait().unwrap().is_some() {
+            break;
+        }
+        let out = env.work.path().join(format!("out-{i}"));
+        let run = env.run(&["volume", "get", "churn", "/dir", path(&out)]);
+        assert_ne!(run.code(), 2, "a race is not bad usage: {}", run.stderr());
+        codes.push(run.code());
+    }
+    assert!(wait_with_timeout(&mut churn, Duration::from_secs(30)).success());
+    assert!(
+        codes.len() >= 5,
+        "only {} gets ran during the churn",
+        codes.len()
+    );
+    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
+}
