@@ -402,3 +402,31 @@ fn a_map_line_with_a_nul_fails_that_input_only() {
         out.stderr()
     );
 }
+
+/// Arguments cannot come with a NUL from a shell, but app.toml's `args` (and
+/// the library's other callers) can: the invocation fails, saying why,
+/// rather than a wasip1 guest seeing the argument cut short.
+#[test]
+fn an_argument_with_a_nul_fails_the_invocation() {
+    let env = TestEnv::new();
+    for target in ["guest", "guest2"] {
+        let app = env.app(
+            "nularg",
+            &format!(
+                r#"
+name = "nularg"
+[functions.fsops]
+module = "{{{target}:fsops}}"
+args = ["echo-line", "a\u0000b"]
+"#
+            ),
+        );
+        let out = env.run(&["run", s(&app)]).code_is(1);
+        assert_eq!(out.stdout(), "", "{target}");
+        assert!(
+            out.stderr().contains("holds a NUL byte"),
+            "{target}: {}",
+            out.stderr()
+        );
+    }
+}
