@@ -320,7 +320,9 @@ fn map_stops_starting_inputs_once_its_stdout_is_closed() {
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
     let ran = volume_lines(&env, "closed-data", "/count");
-    assert!((1..100).contains(&ran), "{ran} of 1000 inputs ran");
+    // The first output meets the closed pipe; a loaded machine may run a few
+    // more before the map sees it, never anywhere near all.
+    assert!((1..500).contains(&ran), "{ran} of 1000 inputs ran");
     // Its ephemeral app was stopped as usual.
     let apps = env.apps();
     let closed = apps.iter().find(|a| a["name"] == "closed").unwrap();
