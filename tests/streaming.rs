@@ -320,7 +320,9 @@ fn map_stops_starting_inputs_once_its_stdout_is_closed() {
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
     let ran = volume_lines(&env, "closed-data", "/count");
-    assert!((1..100).contains(&ran), "{ran} of 1000 inputs ran");
+    // The first output meets the closed pipe; a loaded machine may run a few
+    // more before the map sees it, never anywhere near all.
+    assert!((1..500).contains(&ran), "{ran} of 1000 inputs ran");
     // Its ephemeral app was stopped as usual.
     let apps = env.apps();
     let closed = apps.iter().find(|a| a["name"] == "closed").unwrap();
@@ -401,4 +403,32 @@ fn a_map_line_with_a_nul_fails_that_input_only() {
         "{}",
         out.stderr()
     );
+}
+
+/// Arguments cannot come with a NUL from a shell, but app.toml's `args` (and
+/// the library's other callers) can: the invocation fails, saying why,
+/// rather than a wasip1 guest seeing the argument cut short.
+#[test]
+fn an_argument_with_a_nul_fails_the_invocation() {
+    let env = TestEnv::new();
+    for target in ["guest", "guest2"] {
+        let app = env.app(
+            "nularg",
+            &format!(
+                r#"
+name = "nularg"
+[functions.fsops]
+module = "{{{target}:fsops}}"
+args = ["echo-line", "a\u0000b"]
+"#
+            ),
+        );
+        let out = env.run(&["run", s(&app)]).code_is(1);
+        assert_eq!(out.stdout(), "", "{target}");
+        assert!(
+            out.stderr().contains("holds a NUL byte"),
+            "{target}: {}",
+            out.stderr()
+        );
+    }
 }

@@ -185,12 +185,14 @@ fn write_now(fd: Fd, bytes: &[u8]) -> Option<io::Result<()>> {
     let raw = fd as usize + 1;
     let direct = KINDS.get_or_init(|| {
         [1, 2].map(|raw| {
-            // SAFETY: fstat only writes the struct it is given.
+            // SAFETY: `stat` is plain data, all zeroes is a valid value,
+            // and fstat only writes the struct it is given.
             let mut stat: libc::stat = unsafe { std::mem::zeroed() };
             let kind = match unsafe { libc::fstat(raw, &mut stat) } {
                 0 => stat.st_mode & libc::S_IFMT,
                 _ => 0,
             };
+            // SAFETY: isatty takes any descriptor number.
             let terminal = unsafe { libc::isatty(raw) } == 1;
             kind == libc::S_IFIFO || kind == libc::S_IFREG || (kind == libc::S_IFCHR && !terminal)
         })
