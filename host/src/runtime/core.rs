@@ -3,23 +3,19 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{AsContextMut, Caller, Engine, Extern, InstancePre, Linker, Module, Store};
+use wasmtime::{Caller, Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::WasiView;
-use wasmtime_wasi::p1::types::Errno;
-use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wiggle::GuestMemory;
 
 use super::instance::{
-    Captured, HasHost, HostState, configure_store, limit_table, may_open, until_stopped,
-    wasi_builder,
+    Captured, HasHost, HostState, configure_store, limit_table, until_stopped, wasi_builder,
 };
 use super::{Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 
 pub struct CoreState {
-    wasi: WasiP1Ctx,
-    host: HostState,
+    pub(super) wasi: WasiP1Ctx,
+    pub(super) host: HostState,
     /// wasmtime-wasi's own `poll_oneoff`, for the polls `p1_sleep` does not
     /// serve itself.
     pub(super) stock_poll_oneoff: Option<super::p1_sleep::PollOneoff>,
@@ -36,7 +32,7 @@ pub fn prelink(engine: &Engine, module: &Module) -> Result<InstancePre<CoreState
     let mut linker = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
     super::p1_sleep::add_to_linker(&mut linker)?;
-    add_open_limit_to_linker(&mut linker)?;
+    super::wasi_limits::add_to_p1_linker(&mut linker)?;
     add_locks_to_linker(&mut linker)?;
     Ok(linker.instantiate_pre(module)?)
 }
@@ -85,58 +81,6 @@ fn add_locks_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
             )
         },
     )?;
-    Ok(())
-}
-
-/// `path_open` failing with `EMFILE` once the instance holds
-/// `max_open_files` handles; wasmtime-wasi's own otherwise.
-fn add_open_limit_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
-    linker.allow_shadowing(true);
-    linker.func_wrap_async(
-        "wasi_snapshot_preview1",
-        "path_open",
-        |mut caller: Caller<'_, CoreState>,
-         (dir, lookup, path, path_len, oflags, base, inheriting, fdflags, opened): (
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i64,
-            i64,
-            i32,
-            i32,
-        )| {
-            Box::new(async move {
-                let state = caller.data_mut();
-                if !may_open(WasiView::ctx(&mut state.wasi).table, &mut state.host.limits) {
-                    return Ok(Errno::Mfile as i32);
-                }
-                // What wiggle's generated import does around the call.
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                    wasmtime::bail!("missing required memory export");
-                };
-                let (memory, state) = memory.data_and_store_mut(&mut caller);
-                state.wasi.set_hostcall_fuel(fuel);
-                wasi_snapshot_preview1::path_open(
-                    &mut state.wasi,
-                    &mut GuestMemory::Unshared(memory),
-                    dir,
-                    lookup,
-                    path,
-                    path_len,
-                    oflags,
-                    base,
-                    inheriting,
-                    fdflags,
-                    opened,
-                )
-                .await
-            })
-        },
-    )?;
-    linker.allow_shadowing(false);
     Ok(())
 }
 

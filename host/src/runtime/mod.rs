@@ -8,6 +8,7 @@ mod component;
 mod core;
 mod instance;
 mod p1_sleep;
+mod wasi_limits;
 
 use std::path::Path;
 use std::sync::Arc;
