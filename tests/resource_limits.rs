@@ -294,6 +294,48 @@ fn a_huge_lock_path_from_a_component_is_refused_without_copying_it() {
     huge_lock_path_costs_nothing(Target::P2, 120 << 20);
 }
 
+/// A guest stats a path of `bytes` bytes: it is refused as too long, and
+/// the host's peak memory beyond the guest's own linear memory stays below
+/// `host_bound` (what a component's path costs as the canonical ABI lifts
+/// it; nothing for a core module), so the host did not resolve it.
+fn huge_file_path_is_refused_early(target: Target, bytes: usize, host_bound: usize) {
+    let env = TestEnv::new();
+    let app = hoard_app(
+        &env,
+        "statpath",
+        target,
+        &["stat-long-path", "/scratch"],
+        "",
+    );
+    run_bounded(&env, &["run", path(&app), "--", "4"]).success();
+    let mut child = env.spawn(&["run", path(&app), "--", &bytes.to_string()]);
+    let (status, peak_kib) = wait_with_peak_rss(&mut child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status, 0, "{stdout}");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("Filename too long (os error 37)"));
+    let guest: usize = lines.next().unwrap()["memory ".len()..].parse().unwrap();
+    let host = (peak_kib as usize * 1024).saturating_sub(guest);
+    assert!(
+        host < host_bound,
+        "{target:?}: the host took {} MiB beyond the guest's {} MiB for a {} MiB path",
+        host >> 20,
+        guest >> 20,
+        bytes >> 20
+    );
+}
+
+#[test]
+fn a_huge_file_path_is_refused_before_the_host_resolves_it() {
+    huge_file_path_is_refused_early(Target::P1, 100 << 20, 50 << 20);
+}
+
+#[test]
+fn a_huge_file_path_from_a_component_is_refused_once_lifted() {
+    huge_file_path_is_refused_early(Target::P2, 120 << 20, 180 << 20);
+}
+
 /// The id of named volume `name`.
 fn volume_id(env: &TestEnv, name: &str) -> String {
     let list: serde_json::Value =

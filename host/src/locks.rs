@@ -33,7 +33,7 @@ use crate::home::Home;
 /// The longest lock path a guest may pass, in bytes (Linux's `PATH_MAX`).
 /// Checked before the path is copied out of guest memory or split, so a
 /// guest cannot make the host allocate in proportion to a huge path.
-pub const MAX_LOCK_PATH: usize = 4096;
+pub const MAX_LOCK_PATH: usize = libc::PATH_MAX as usize;
 
 /// The `error` enum of `wit/lock.wit`; `code()` is the wasip1 status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -3,18 +3,13 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::component::{
-    Component, ComponentType, Linker, Lower, Resource, ResourceTable, WasmStr,
-};
+use wasmtime::component::{Component, ComponentType, Linker, Lower, ResourceTable, WasmStr};
 use wasmtime::{Engine, Store, StoreContextMut};
-use wasmtime_wasi::filesystem::WasiFilesystemView;
-use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::instance::{
-    HasHost, HostState, Outputs, configure_store, limit_table, may_open, until_stopped,
-    wasi_builder,
+    HasHost, HostState, Outputs, configure_store, limit_table, until_stopped, wasi_builder,
 };
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
@@ -26,8 +21,8 @@ use self::wasmhost::host::lock;
 
 pub struct ComponentState {
     wasi: WasiCtx,
-    table: ResourceTable,
-    host: HostState,
+    pub(super) table: ResourceTable,
+    pub(super) host: HostState,
 }
 
 impl HasHost for ComponentState {
@@ -82,9 +77,6 @@ mod v0_1 {
     }
 }
 
-/// wasmtime-wasi's filesystem interface, whose `open-at` is wrapped.
-const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
-
 /// Links a component once; every invocation instantiates from the result.
 pub fn prelink(
     engine: &Engine,
@@ -95,7 +87,7 @@ pub fn prelink(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
-    add_open_limit_to_linker(&mut linker)?;
+    super::wasi_limits::add_to_p2_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(component)?;
     }
@@ -174,41 +166,6 @@ fn lock_path(
         return Err(LockError::InvalidPath);
     }
     Ok(path.into_owned())
-}
-
-/// `descriptor.open-at` refused with `quota` (EDQUOT in wasi-libc:
-/// wasi:filesystem has no "too many open files") once the instance holds
-/// `max_open_files` handles; wasmtime-wasi's own otherwise.
-fn add_open_limit_to_linker(linker: &mut Linker<ComponentState>) -> Result<()> {
-    linker.allow_shadowing(true);
-    linker.instance(FILESYSTEM_TYPES)?.func_wrap_async(
-        "[method]descriptor.open-at",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (dir, path_flags, path, open_flags, flags): (
-            Resource<fs::Descriptor>,
-            fs::PathFlags,
-            String,
-            fs::OpenFlags,
-            fs::DescriptorFlags,
-        )| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if !may_open(&mut state.table, &mut state.host.limits) {
-                    return Ok((Err(fs::ErrorCode::Quota),));
-                }
-                let opened = state
-                    .filesystem()
-                    .open_at(dir, path_flags, path, open_flags, flags)
-                    .await;
-                Ok((match opened {
-                    Ok(descriptor) => Ok(descriptor),
-                    Err(e) => Err(e.downcast()?),
-                },))
-            })
-        },
-    )?;
-    linker.allow_shadowing(false);
-    Ok(())
 }
 
 /// Runs `wasi:cli/run` in a fresh instance.

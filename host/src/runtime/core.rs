@@ -3,18 +3,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{
-    AsContextMut, Caller, Engine, Extern, ExternType, InstancePre, Linker, Module, Store, ValType,
-};
+use wasmtime::{Caller, Engine, ExternType, InstancePre, Linker, Module, Store, ValType};
 use wasmtime_wasi::WasiView;
-use wasmtime_wasi::p1::types::Errno;
-use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wiggle::GuestMemory;
 
 use super::instance::{
-    HasHost, HostState, Outputs, configure_store, limit_table, may_open, until_stopped,
-    wasi_builder,
+    HasHost, HostState, Outputs, configure_store, limit_table, until_stopped, wasi_builder,
 };
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
@@ -22,7 +16,7 @@ use crate::manifest::FunctionSpec;
 
 pub struct CoreState {
     pub(super) wasi: WasiP1Ctx,
-    host: HostState,
+    pub(super) host: HostState,
 }
 
 impl HasHost for CoreState {
@@ -54,7 +48,7 @@ pub fn prelink(engine: &Engine, module: &Module, function: &FunctionSpec) -> Res
     let mut linker = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
     super::p1_sleep::add_to_linker(&mut linker)?;
-    add_open_limit_to_linker(&mut linker)?;
+    super::wasi_limits::add_to_p1_linker(&mut linker)?;
     add_locks_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(module)?;
@@ -109,58 +103,6 @@ fn add_locks_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
             )
         },
     )?;
-    Ok(())
-}
-
-/// `path_open` failing with `EMFILE` once the instance holds
-/// `max_open_files` handles; wasmtime-wasi's own otherwise.
-fn add_open_limit_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
-    linker.allow_shadowing(true);
-    linker.func_wrap_async(
-        "wasi_snapshot_preview1",
-        "path_open",
-        |mut caller: Caller<'_, CoreState>,
-         (dir, lookup, path, path_len, oflags, base, inheriting, fdflags, opened): (
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i64,
-            i64,
-            i32,
-            i32,
-        )| {
-            Box::new(async move {
-                let state = caller.data_mut();
-                if !may_open(WasiView::ctx(&mut state.wasi).table, &mut state.host.limits) {
-                    return Ok(Errno::Mfile as i32);
-                }
-                // What wiggle's generated import does around the call.
-                let fuel = caller.as_context_mut().hostcall_fuel();
-                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                    wasmtime::bail!("missing required memory export");
-                };
-                let (memory, state) = memory.data_and_store_mut(&mut caller);
-                state.wasi.set_hostcall_fuel(fuel);
-                wasi_snapshot_preview1::path_open(
-                    &mut state.wasi,
-                    &mut GuestMemory::Unshared(memory),
-                    dir,
-                    lookup,
-                    path,
-                    path_len,
-                    oflags,
-                    base,
-                    inheriting,
-                    fdflags,
-                    opened,
-                )
-                .await
-            })
-        },
-    )?;
-    linker.allow_shadowing(false);
     Ok(())
 }
 

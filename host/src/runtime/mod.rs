@@ -9,6 +9,7 @@ mod core;
 mod instance;
 mod p1_sleep;
 mod stdio;
+mod wasi_limits;
 
 use std::collections::BTreeMap;
 use std::path::Path;

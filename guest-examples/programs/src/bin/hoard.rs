@@ -16,6 +16,8 @@
 //! - `churn DIR N`: takes and releases N distinct locks, one at a time.
 //! - `lock-loop DIR MS`: prints `locking`, then takes and releases distinct
 //!   locks for MS milliseconds, whatever the host answers.
+//! - `stat-long-path DIR BYTES`: stats a path of BYTES bytes under DIR,
+//!   prints the error, then `memory M`, the size of its linear memory.
 //! - `long-lock-path BYTES`: asks for a lock whose path is BYTES long, held
 //!   in fresh (never touched) memory, and prints the host's answer.
 
@@ -79,6 +81,20 @@ fn run(args: &[&str]) {
                 let _ = Lock::acquire(&format!("{dir}/{tag}-{i}"), Duration::ZERO);
                 i += 1;
             }
+        }
+        ["stat-long-path", dir, bytes] => {
+            // Built in place: the guest's memory holds the path once.
+            let mut path = String::with_capacity(number(bytes) + 2);
+            path.push_str(dir);
+            while path.len() < number(bytes) {
+                path.push_str("/a");
+            }
+            match std::fs::metadata(&path) {
+                Ok(_) => println!("found"),
+                Err(e) => println!("{e}"),
+            }
+            // What the guest's own memory (in the host's RSS) came to.
+            println!("memory {}", core::arch::wasm32::memory_size(0) * 65536);
         }
         ["long-lock-path", bytes] => {
             let path = untouched_str(number(bytes));

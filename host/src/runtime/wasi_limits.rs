@@ -1,0 +1,245 @@
+//! Shims between guests and wasmtime-wasi's file system that enforce what
+//! wasmtime-wasi leaves open: an open past `max_open_files` fails with an
+//! error the guest can handle (wasmtime-wasi would trap at a full handle
+//! table), and a path longer than `PATH_MAX` is refused before the host
+//! resolves it (resolving a path takes several times its length in host
+//! memory, and wasmtime lets one call pass up to 128 MiB).
+//!
+//! Each shim replaces one import and, when it lets the call through, calls
+//! wasmtime-wasi's own implementation with the same arguments.
+
+use anyhow::Result;
+use wasmtime::component::{self, Resource};
+use wasmtime::{AsContextMut, Caller, Extern, Linker, StoreContextMut};
+use wasmtime_wasi::WasiView;
+use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::p1::types::Errno;
+use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
+use wasmtime_wasi::p2::FsResult;
+use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
+use wiggle::GuestMemory;
+
+use super::component::ComponentState;
+use super::core::CoreState;
+use super::instance::may_open;
+
+/// The longest path a guest may hand the file system, in bytes: Linux's
+/// `PATH_MAX`, past which the kernel refuses a path anyway.
+pub const MAX_PATH: usize = libc::PATH_MAX as usize;
+
+const P1: &str = "wasi_snapshot_preview1";
+/// wasmtime-wasi's filesystem interface as its linker defines it.
+const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Calls wasmtime-wasi's p1 `$name` on the guest's behalf, as wiggle's
+/// generated import does: with the guest's memory and its hostcall fuel.
+macro_rules! stock_p1 {
+    ($caller:ident, $name:ident, $($arg:ident),*) => {{
+        let fuel = $caller.as_context_mut().hostcall_fuel();
+        let Some(Extern::Memory(memory)) = $caller.get_export("memory") else {
+            wasmtime::bail!("missing required memory export");
+        };
+        let (memory, state) = memory.data_and_store_mut(&mut $caller);
+        state.wasi.set_hostcall_fuel(fuel);
+        wasi_snapshot_preview1::$name(&mut state.wasi, &mut GuestMemory::Unshared(memory), $($arg),*)
+            .await
+    }};
+}
+
+/// Replaces p1 import `$name`: `ENAMETOOLONG` if any of the `$len`
+/// arguments (path lengths) is past [`MAX_PATH`], else the stock function.
+macro_rules! p1_paths_capped {
+    ($linker:ident, $name:ident, ($($arg:ident: $ty:ty),*), [$($len:ident),+]) => {
+        $linker.func_wrap_async(
+            P1,
+            stringify!($name),
+            |mut caller: Caller<'_, CoreState>, ($($arg,)*): ($($ty,)*)| {
+                Box::new(async move {
+                    if $(too_long_p1($len))||+ {
+                        return Ok(Errno::Nametoolong as i32);
+                    }
+                    stock_p1!(caller, $name, $($arg),*)
+                })
+            },
+        )?;
+    };
+}
+
+fn too_long_p1(len: i32) -> bool {
+    len as u32 as usize > MAX_PATH
+}
+
+/// Replaces wasmtime-wasi's p1 `path_*` imports in `linker`.
+pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap_async(
+        P1,
+        "path_open",
+        |mut caller: Caller<'_, CoreState>,
+         (dir, lookup, path, path_len, oflags, base, inheriting, fdflags, opened): (
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i64,
+            i64,
+            i32,
+            i32,
+        )| {
+            Box::new(async move {
+                if too_long_p1(path_len) {
+                    return Ok(Errno::Nametoolong as i32);
+                }
+                let state = caller.data_mut();
+                if !may_open(WasiView::ctx(&mut state.wasi).table, &mut state.host.limits) {
+                    return Ok(Errno::Mfile as i32);
+                }
+                stock_p1!(
+                    caller, path_open, dir, lookup, path, path_len, oflags, base, inheriting,
+                    fdflags, opened
+                )
+            })
+        },
+    )?;
+    p1_paths_capped!(linker, path_create_directory, (fd: i32, path: i32, len: i32), [len]);
+    p1_paths_capped!(
+        linker,
+        path_filestat_get,
+        (fd: i32, flags: i32, path: i32, len: i32, stat: i32),
+        [len]
+    );
+    p1_paths_capped!(
+        linker,
+        path_filestat_set_times,
+        (fd: i32, flags: i32, path: i32, len: i32, atim: i64, mtim: i64, set: i32),
+        [len]
+    );
+    p1_paths_capped!(
+        linker,
+        path_link,
+        (old_fd: i32, flags: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
+        [old_len, new_len]
+    );
+    p1_paths_capped!(
+        linker,
+        path_readlink,
+        (fd: i32, path: i32, len: i32, buf: i32, buf_len: i32, used: i32),
+        [len]
+    );
+    p1_paths_capped!(linker, path_remove_directory, (fd: i32, path: i32, len: i32), [len]);
+    p1_paths_capped!(
+        linker,
+        path_rename,
+        (fd: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
+        [old_len, new_len]
+    );
+    p1_paths_capped!(
+        linker,
+        path_symlink,
+        (old: i32, old_len: i32, fd: i32, new: i32, new_len: i32),
+        [old_len, new_len]
+    );
+    p1_paths_capped!(linker, path_unlink_file, (fd: i32, path: i32, len: i32), [len]);
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The result a component gets: wasmtime-wasi's error code, or its trap.
+fn p2_result<T>(result: FsResult<T>) -> wasmtime::Result<(Result<T, fs::ErrorCode>,)> {
+    Ok((match result {
+        Ok(value) => Ok(value),
+        Err(e) => Err(e.downcast()?),
+    },))
+}
+
+/// Replaces `[method]descriptor.$wit`: `name-too-long` if any of the
+/// `$path` arguments is past [`MAX_PATH`] (checked as soon as the canonical
+/// ABI has lifted it), else wasmtime-wasi's own `$method`.
+macro_rules! p2_paths_capped {
+    ($types:ident, $wit:literal, $method:ident, ($($arg:ident: $ty:ty),*), [$($path:ident),+]) => {
+        $types.func_wrap_async(
+            concat!("[method]descriptor.", $wit),
+            |mut store: StoreContextMut<'_, ComponentState>,
+             (dir, $($arg,)*): (Resource<fs::Descriptor>, $($ty,)*)| {
+                Box::new(async move {
+                    if $($path.len() > MAX_PATH)||+ {
+                        return Ok((Err(fs::ErrorCode::NameTooLong),));
+                    }
+                    p2_result(store.data_mut().filesystem().$method(dir, $($arg),*).await)
+                })
+            },
+        )?;
+    };
+}
+
+/// Replaces wasmtime-wasi's path-taking `descriptor` methods in `linker`.
+pub fn add_to_p2_linker(linker: &mut component::Linker<ComponentState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(FILESYSTEM_TYPES)?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (dir, path_flags, path, open_flags, flags): (
+            Resource<fs::Descriptor>,
+            fs::PathFlags,
+            String,
+            fs::OpenFlags,
+            fs::DescriptorFlags,
+        )| {
+            Box::new(async move {
+                if path.len() > MAX_PATH {
+                    return Ok((Err(fs::ErrorCode::NameTooLong),));
+                }
+                let state = store.data_mut();
+                // wasi:filesystem has no "too many open files"; `quota` is
+                // what wasi-libc reports as EDQUOT.
+                if !may_open(&mut state.table, &mut state.host.limits) {
+                    return Ok((Err(fs::ErrorCode::Quota),));
+                }
+                p2_result(
+                    state
+                        .filesystem()
+                        .open_at(dir, path_flags, path, open_flags, flags)
+                        .await,
+                )
+            })
+        },
+    )?;
+    p2_paths_capped!(types, "create-directory-at", create_directory_at, (path: String), [path]);
+    p2_paths_capped!(types, "stat-at", stat_at, (flags: fs::PathFlags, path: String), [path]);
+    p2_paths_capped!(
+        types,
+        "set-times-at",
+        set_times_at,
+        (flags: fs::PathFlags, path: String, atim: fs::NewTimestamp, mtim: fs::NewTimestamp),
+        [path]
+    );
+    p2_paths_capped!(
+        types,
+        "link-at",
+        link_at,
+        (flags: fs::PathFlags, old: String, new_dir: Resource<fs::Descriptor>, new: String),
+        [old, new]
+    );
+    p2_paths_capped!(types, "readlink-at", readlink_at, (path: String), [path]);
+    p2_paths_capped!(types, "remove-directory-at", remove_directory_at, (path: String), [path]);
+    p2_paths_capped!(
+        types,
+        "rename-at",
+        rename_at,
+        (old: String, new_dir: Resource<fs::Descriptor>, new: String),
+        [old, new]
+    );
+    p2_paths_capped!(types, "symlink-at", symlink_at, (old: String, new: String), [old, new]);
+    p2_paths_capped!(types, "unlink-file-at", unlink_file_at, (path: String), [path]);
+    p2_paths_capped!(
+        types,
+        "metadata-hash-at",
+        metadata_hash_at,
+        (flags: fs::PathFlags, path: String),
+        [path]
+    );
+    linker.allow_shadowing(false);
+    Ok(())
+}
