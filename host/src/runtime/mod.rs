@@ -79,11 +79,10 @@ impl Runtime {
         Ok(Self { engine, cache })
     }
 
-    /// Compiles (or loads from the cache) and pre-links the module in
-    /// `file`, whose guests see `name`'s file name as argv[0]: a deployed
-    /// app runs a snapshot (`modules/<sha256>.wasm`) of the file it named.
-    pub fn load_as(&self, file: &Path, name: &Path) -> Result<Program> {
-        let module = file;
+    /// Compiles (or loads from the cache) and pre-links `module`, whose
+    /// guests see `name`'s file name as argv[0]: a deployed app runs a
+    /// snapshot (`modules/<sha256>.wasm`) of the file it named.
+    pub fn load_as(&self, module: &Path, name: &Path) -> Result<Program> {
         let argv0 = name
             .file_name()
             .map_or_else(|| "main.wasm".into(), |n| n.to_string_lossy().into_owned());
