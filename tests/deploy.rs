@@ -249,19 +249,24 @@ fn snapshots(env: &TestEnv) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_deployed_app_runs_the_module_it_was_deployed_with() {
-    let env = TestEnv::new();
-    let dir = env.work.path().join("snap");
+/// App `name` in a directory of its own, with a copy of the fsops guest,
+/// `guest.wasm`, as the module of the function `tables` ends with. Returns
+/// the app.toml and the module's paths.
+fn app_with_own_module(env: &TestEnv, name: &str, tables: &str) -> (PathBuf, PathBuf) {
+    let dir = env.work.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let module = dir.join("guest.wasm");
     std::fs::copy(guest("fsops", Target::P1), &module).unwrap();
     let app = dir.join("app.toml");
-    std::fs::write(
-        &app,
-        "name = \"snap\"\n[functions.fsops]\nmodule = \"guest.wasm\"\n",
-    )
-    .unwrap();
+    let toml = format!("name = \"{name}\"\n{tables}module = \"guest.wasm\"\n");
+    std::fs::write(&app, toml).unwrap();
+    (app, module)
+}
+
+#[test]
+fn a_deployed_app_runs_the_module_it_was_deployed_with() {
+    let env = TestEnv::new();
+    let (app, module) = app_with_own_module(&env, "snap", "[functions.fsops]\n");
     env.run(&["deploy", path(&app)]).success();
     let echo = |word: &str| {
         env.run(&["call", "snap", "fsops", "--", "echo-line", word])
@@ -298,16 +303,11 @@ fn a_deployed_app_runs_the_module_it_was_deployed_with() {
 #[test]
 fn a_running_call_keeps_its_snapshot_through_a_redeploy() {
     let env = TestEnv::new();
-    let dir = env.work.path().join("keep");
-    std::fs::create_dir_all(&dir).unwrap();
-    let module = dir.join("guest.wasm");
-    std::fs::copy(guest("fsops", Target::P1), &module).unwrap();
-    let app = dir.join("app.toml");
-    std::fs::write(
-        &app,
-        "name = \"keep\"\n[volumes.s]\n[functions.f]\nmodule = \"guest.wasm\"\nmounts = { \"/s\" = \"s\" }\n",
-    )
-    .unwrap();
+    let (app, module) = app_with_own_module(
+        &env,
+        "keep",
+        "[volumes.s]\n[functions.f]\nmounts = { \"/s\" = \"s\" }\n",
+    );
     env.run(&["deploy", path(&app)]).success();
     let mut call = spawn(
         &env,
