@@ -249,19 +249,24 @@ fn snapshots(env: &TestEnv) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_deployed_app_runs_the_module_it_was_deployed_with() {
-    let env = TestEnv::new();
-    let dir = env.work.path().join("snap");
+/// App `name` in a directory of its own, with a copy of the fsops guest,
+/// `guest.wasm`, as the module of the function `tables` ends with. Returns
+/// the app.toml and the module's paths.
+fn app_with_own_module(env: &TestEnv, name: &str, tables: &str) -> (PathBuf, PathBuf) {
+    let dir = env.work.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let module = dir.join("guest.wasm");
     std::fs::copy(guest("fsops", Target::P1), &module).unwrap();
     let app = dir.join("app.toml");
-    std::fs::write(
-        &app,
-        "name = \"snap\"\n[functions.fsops]\nmodule = \"guest.wasm\"\n",
-    )
-    .unwrap();
+    let toml = format!("name = \"{name}\"\n{tables}module = \"guest.wasm\"\n");
+    std::fs::write(&app, toml).unwrap();
+    (app, module)
+}
+
+#[test]
+fn a_deployed_app_runs_the_module_it_was_deployed_with() {
+    let env = TestEnv::new();
+    let (app, module) = app_with_own_module(&env, "snap", "[functions.fsops]\n");
     env.run(&["deploy", path(&app)]).success();
     let echo = |word: &str| {
         env.run(&["call", "snap", "fsops", "--", "echo-line", word])
@@ -298,16 +303,11 @@ fn a_deployed_app_runs_the_module_it_was_deployed_with() {
 #[test]
 fn a_running_call_keeps_its_snapshot_through_a_redeploy() {
     let env = TestEnv::new();
-    let dir = env.work.path().join("keep");
-    std::fs::create_dir_all(&dir).unwrap();
-    let module = dir.join("guest.wasm");
-    std::fs::copy(guest("fsops", Target::P1), &module).unwrap();
-    let app = dir.join("app.toml");
-    std::fs::write(
-        &app,
-        "name = \"keep\"\n[volumes.s]\n[functions.f]\nmodule = \"guest.wasm\"\nmounts = { \"/s\" = \"s\" }\n",
-    )
-    .unwrap();
+    let (app, module) = app_with_own_module(
+        &env,
+        "keep",
+        "[volumes.s]\n[functions.f]\nmounts = { \"/s\" = \"s\" }\n",
+    );
     env.run(&["deploy", path(&app)]).success();
     let mut call = spawn(
         &env,
@@ -393,8 +393,7 @@ fn concurrency_caps_a_function_across_all_its_callers() {
     let mut most = 0;
     for caller in &mut callers {
         let status = wait_with_timeout(caller, Duration::from_secs(120));
-        let mut stdout = String::new();
-        std::io::Read::read_to_string(caller.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        let stdout = stdout_of(caller);
         assert!(status.success(), "{stdout}{}", stderr_of(caller));
         most = most.max(most_at_once(&stdout));
     }
@@ -426,34 +425,63 @@ fn concurrency_caps_a_function_across_all_its_callers() {
     env.run(&["app", "stop", "capped", "--yes"]).success();
 }
 
+/// Everything `child` wrote to stdout, once it has ended.
+fn stdout_of(child: &mut Child) -> String {
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    stdout
+}
+
 #[test]
-fn a_caller_waiting_for_a_slot_still_obeys_app_stop() {
+fn a_caller_waiting_for_a_slot_still_obeys_ctrl_c_and_app_stop() {
     let env = TestEnv::new();
     deploy_overlap(&env, "single", 1);
-    let mut holder = spawn(&env, &["call", "single", "overlap", "--", "/runs", "60000"]);
+    let call = ["call", "single", "overlap", "--", "/runs", "60000"];
+    let mut holder = spawn(&env, &call);
     wait_for_line(&mut holder, "started");
-    let mut waiter = spawn(&env, &["call", "single", "overlap", "--", "/runs", "60000"]);
-    // The waiter has registered its call before it waits for the slot.
-    eventually(Duration::from_secs(30), "two running calls", || {
+    let mut interrupted = spawn(&env, &call);
+    let mut stopped = spawn(&env, &call);
+    // The waiters have registered their calls before they wait for the slot.
+    eventually(Duration::from_secs(30), "three running calls", || {
         std::fs::read_dir(env.home().join("leases"))
             .map(|d| {
                 d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".lease"))
                     .filter(|e| e.file_name().to_string_lossy().starts_with("ca-"))
                     .count()
             })
             .unwrap_or(0)
-            == 2
+            == 3
     });
+
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &interrupted.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_with_timeout(&mut interrupted, Duration::from_secs(30));
+    let stderr = stderr_of(&mut interrupted);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        holder.try_wait().unwrap().is_none(),
+        "Ctrl-C reached the holder"
+    );
+
     env.run(&["app", "stop", "single", "--yes"]).success();
-    for child in [&mut holder, &mut waiter] {
+    for child in [&mut holder, &mut stopped] {
         let status = wait_with_timeout(child, Duration::from_secs(30));
         let stderr = stderr_of(child);
         assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("was stopped"), "{stderr}");
     }
-    let mut waited = String::new();
-    std::io::Read::read_to_string(waiter.stdout.as_mut().unwrap(), &mut waited).unwrap();
-    assert_eq!(waited, "", "the second caller ran beside the first");
+    for waiter in [&mut interrupted, &mut stopped] {
+        assert_eq!(
+            stdout_of(waiter),
+            "",
+            "a waiting caller ran beside the holder"
+        );
+    }
 }
 
 /// Copies the directory tree `from` to `to`.

@@ -486,8 +486,12 @@ fn serve(
             call_id.unwrap_or_default(),
             apps::why_cancelled(home, call_id.unwrap_or_default())
         )),
+        // A call's Ctrl-C ends the call; the deployed app stays.
         (Some(StopCause::Signal), _) | (None, Event::One(Outcome::Interrupted)) => {
-            Err(anyhow::anyhow!("interrupted; stopping app {app}"))
+            Err(match call_id {
+                Some(id) => anyhow::anyhow!("interrupted; call {id} of app {app} ended"),
+                None => anyhow::anyhow!("interrupted; stopping app {app}"),
+            })
         }
         (None, Event::One(Outcome::Exited(code))) => Ok(code as u8),
         (None, Event::One(Outcome::Failed(reason))) => Err(anyhow::anyhow!(

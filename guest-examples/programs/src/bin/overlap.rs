@@ -25,14 +25,17 @@ fn main() {
     let deadline = Instant::now() + Duration::from_millis(ms);
     let mut max = 0;
     while Instant::now() < deadline {
-        let running = fs::read_dir(dir)
-            .unwrap_or_else(|e| fail(dir, e))
-            .filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".running"))
-            })
-            .count();
-        max = max.max(running);
+        // A listing can fail when another instance removes its marker
+        // while it is read (WASI stats each entry): that look is skipped.
+        if let Ok(entries) = fs::read_dir(dir) {
+            let running = entries
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".running"))
+                })
+                .count();
+            max = max.max(running);
+        }
         sleep(Duration::from_millis(5));
     }
     fs::remove_file(&marker).unwrap_or_else(|e| fail(&marker, e));
