@@ -155,9 +155,10 @@ fn map_prints_300_results_in_input_order() {
 fn map_keeps_input_order_when_later_inputs_finish_first() {
     let env = TestEnv::new();
     let app = fsops_app(&env, Target::P1, "jitter", "jitter-data");
-    // Earlier inputs sleep longer, so completion order is the reverse.
+    // Earlier inputs sleep longer, so completion order is the reverse; each
+    // logs when it is done.
     let inputs: Vec<String> = (0..16)
-        .map(|i| format!("echo-after {} out-{i:02}", (16 - i) * 40))
+        .map(|i| format!("echo-after {} out-{i:02} /data/done.log", (16 - i) * 40))
         .collect();
     let file = map_file(&env, "inputs.txt", &inputs);
     let out = env
@@ -166,6 +167,12 @@ fn map_keeps_input_order_when_later_inputs_finish_first() {
         .stdout();
     let expected: Vec<String> = (0..16).map(|i| format!("out-{i:02}")).collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+    let done = volume_file(&env, "jitter-data", "/done.log");
+    let finished = |name: &str| done.lines().position(|l| l == name).unwrap();
+    assert!(
+        finished("out-07") < finished("out-00"),
+        "later inputs did not finish first, so the order was never at stake: {done}"
+    );
 }
 
 #[test]
@@ -465,7 +472,8 @@ fn waiting_for_a_lock_does_not_outlive_the_function_timeout() {
         "/data/w.lock",
         "120000",
     ]);
-    let run = finish_within(waiter, Duration::from_secs(60)).code_is(1);
+    // The 2 s timeout plus 10 s of slack.
+    let run = finish_within(waiter, Duration::from_secs(12)).code_is(1);
     assert!(
         run.stderr().contains("timed out after 2s"),
         "{}",
@@ -505,7 +513,8 @@ timeout = "120s"
         .collect();
     let mut values = BTreeMap::new();
     let mut misses = Vec::new();
-    for (run, file) in run_all(&env, &commands).into_iter().zip(&files) {
+    let mut computing = BTreeSet::new();
+    for (process, (run, file)) in run_all(&env, &commands).into_iter().zip(&files).enumerate() {
         let out = run.success().stdout();
         let inputs = std::fs::read_to_string(file).unwrap();
         assert_eq!(out.lines().count(), inputs.lines().count(), "{out}");
@@ -517,6 +526,7 @@ timeout = "120s"
             assert!(how == "hit" || how == "miss", "{line}");
             if how == "miss" {
                 misses.push(key.to_owned());
+                computing.insert(process);
             }
             let first = values
                 .entry(key.to_owned())
@@ -526,6 +536,12 @@ timeout = "120s"
     }
     misses.sort();
     assert_eq!(misses, keys, "each key computed (missed) exactly once");
+    // Each process starts at another key; one computing them all would mean
+    // the others came after it and nothing raced.
+    assert!(
+        computing.len() > 1,
+        "only process {computing:?} computed keys: the processes did not overlap"
+    );
     let mut computed: Vec<String> = volume_file(&env, "cache-vol", "/computed.log")
         .lines()
         .map(str::to_owned)
