@@ -563,6 +563,29 @@ fn symlink_swapped_by_another_process_is_not_followed() {
     canaries.assert_intact(&all);
 }
 
+/// No threads, processes or network for guests, core modules and
+/// components alike (components have wasi:sockets, but no network is
+/// granted), as README's "What WASI cannot do" says.
+#[test]
+fn guests_get_no_threads_processes_or_network() {
+    let env = TestEnv::new();
+    for module in ["{guest:fsops}", "{guest2:fsops}"] {
+        let app = env.app(
+            "beyond",
+            &format!("name = \"beyond\"\n[functions.f]\nmodule = \"{module}\"\n"),
+        );
+        let out = env
+            .run(&["run", path(&app), "--", "beyond-wasi"])
+            .success()
+            .stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{module}: {out}");
+        for line in lines {
+            assert!(!line.ends_with(": ok"), "{module}: {line}");
+        }
+    }
+}
+
 #[test]
 fn read_only_mount_refuses_every_write() {
     let env = TestEnv::new();

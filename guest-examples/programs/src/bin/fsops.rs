@@ -174,6 +174,25 @@ fn run(args: &[String]) {
                 Err(e) => lock_fail(op, path, e),
             }
         }
+        // What README's "What WASI cannot do" says a guest cannot do: one
+        // line per attempt, `ok` or the error it got.
+        ("beyond-wasi", []) => {
+            let thread = std::thread::Builder::new().spawn(|| ()).map(|_| ());
+            let process = std::process::Command::new("true").status().map(|_| ());
+            let connect = std::net::TcpStream::connect("127.0.0.1:9").map(|_| ());
+            let bind = std::net::TcpListener::bind("127.0.0.1:0").map(|_| ());
+            for (what, result) in [
+                ("thread", thread),
+                ("process", process),
+                ("connect", connect),
+                ("bind", bind),
+            ] {
+                match result {
+                    Ok(()) => println!("{what}: ok"),
+                    Err(e) => println!("{what}: {e}"),
+                }
+            }
+        }
         ("trap", []) => core::arch::wasm32::unreachable(),
         ("spin", []) => {
             let mut i = 0u64;
