@@ -283,11 +283,10 @@ fn eight_sleeps_at_concurrency_8_overlap() {
     );
 }
 
-/// Runs `commands` (`count` writers of one file) at once; asserts that
-/// every writer's span overlapped every other's (the last started before
-/// the first finished), and returns the count the file `remote` of
-/// `volume` ends at.
-fn count_together(env: &TestEnv, commands: &[Vec<&str>], volume: &str, remote: &str) -> u64 {
+/// Runs `commands` (`count` writers) at once and asserts that every
+/// writer's span overlapped every other's (the last started before the
+/// first finished): they raced, whatever they counted.
+fn count_at_once(env: &TestEnv, commands: &[Vec<&str>]) {
     let mut spans = Vec::new();
     for run in run_all(env, commands) {
         for line in run.success().stdout().lines() {
@@ -303,6 +302,11 @@ fn count_together(env: &TestEnv, commands: &[Vec<&str>], volume: &str, remote: &
         last_start < first_end,
         "the writers did not all run at once, so nothing raced: {spans:?}"
     );
+}
+
+/// [`count_at_once`], then the count the file `remote` of `volume` ends at.
+fn count_together(env: &TestEnv, commands: &[Vec<&str>], volume: &str, remote: &str) -> u64 {
+    count_at_once(env, commands);
     volume_file(env, volume, remote).trim().parse().unwrap()
 }
 
@@ -680,9 +684,7 @@ fn concurrent_calls_share_a_deployed_apps_ephemeral_volume() {
         "host",
         "/scratch/n",
     ];
-    for run in run_all(&env, &[call.clone(), call.clone(), call]) {
-        run.success();
-    }
+    count_at_once(&env, &[call.clone(), call.clone(), call]);
     let total = env
         .run(&["call", "svc", "fsops", "--", "read", "/scratch/n"])
         .success()

@@ -98,7 +98,8 @@ fn run(args: &[String]) {
             }
             println!("{line}")
         }
-        // Waits (at most 60 s) for PATH to exist, then runs OP...: a marker
+        // Waits (at most 60 s) for PATH to exist, then runs the ops after it
+        // (`;` between them, as for `lock-then`): a marker
         // from a sibling instance instead of a guessed sleep.
         ("wait-for", [path, then @ ..]) if !then.is_empty() => {
             let mut waited = 0;
@@ -114,9 +115,11 @@ fn run(args: &[String]) {
             run_seq(then)
         }
         // One argument holding a whole command, so one `--map` input line
-        // can pick its own ops: `words "exit 3"` runs `exit 3`, and
-        // `words "write /d/a x ; exit 3"` runs both in turn.
-        ("words", [line]) => run_seq(&line.split_whitespace().collect::<Vec<_>>()),
+        // can pick its own op: `words "exit 3"` runs `exit 3`.
+        ("words", [line]) => run(&line
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()),
         // Read-modify-write increments of the integer in PATH, each under
         // KIND of lock (`host`, `link` or `none`), with a pause between the
         // read and the write so that increments without a lock lose updates.
