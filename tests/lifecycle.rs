@@ -417,8 +417,13 @@ fn ctrl_c_and_app_stop_end_a_running_call() {
     let stderr = stopped_with_one_line(&mut child);
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(
-        stderr.contains("keeps running") && !stderr.contains("stopping"),
-        "a call's Ctrl-C does not stop the deployed app: {stderr}"
+        stderr.contains("ended") && !stderr.contains("stopping"),
+        "a call's Ctrl-C ends the call, it does not stop the deployed app: {stderr}"
+    );
+    assert!(
+        env.apps()
+            .iter()
+            .any(|a| a["name"] == "callee" && a["state"] == "running")
     );
     assert_eq!(
         call(&["try-lock", "/scratch/held"]).success().stdout(),
@@ -442,7 +447,7 @@ fn ctrl_c_and_app_stop_end_a_running_call() {
     wait_for_locked(&mut child);
     env.run(&["app", "stop", "callee", "--yes"]).success();
     let stderr = stopped_with_one_line(&mut child);
-    assert!(stderr.contains("was stopped"), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
     env.wait_for_empty_trash();
     assert!(env.files_containing("still here").is_empty());
 }

@@ -293,14 +293,6 @@ fn serve(
         (Some(StopCause::AppStopped), _) => Err(anyhow::anyhow!(
             "app {app} was stopped (`wasmhost app stop`); its invocations were interrupted"
         )),
-        // A `call` ends; the deployed app it called keeps running.
-        (Some(StopCause::Signal), _) | (None, Event::One(Outcome::Interrupted))
-            if live.record.kind == AppKind::Deployed =>
-        {
-            Err(anyhow::anyhow!(
-                "interrupted; this call of function `{function}` ended, app {app} keeps running"
-            ))
-        }
         (Some(StopCause::Signal), _) | (None, Event::One(Outcome::Interrupted)) => {
             Err(anyhow::anyhow!("interrupted; stopping app {app}"))
         }

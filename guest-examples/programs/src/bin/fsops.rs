@@ -120,6 +120,13 @@ fn run(args: &[String]) {
             .split_whitespace()
             .map(str::to_owned)
             .collect::<Vec<_>>()),
+        // N increments under the host lock (`count host PATH N` without the
+        // span line), as other test files use it.
+        ("counter-lock", [path, n]) => {
+            for _ in 0..number(n) {
+                count_once(op, "host", path);
+            }
+        }
         // Read-modify-write increments of the integer in PATH, each under
         // KIND of lock (`host`, `link` or `none`), with a pause between the
         // read and the write so that increments without a lock lose updates.
@@ -273,6 +280,17 @@ fn run(args: &[String]) {
         }
         // --- end escapes and limits ---
         // --- faults (tests/faults.rs) ---
+        // Writes, overwrites and renames small files in each DIR, ROUNDS
+        // times: a guest busy on its volumes whenever it is killed.
+        ("churn", [rounds, dirs @ ..]) if !dirs.is_empty() => {
+            for round in 0..number::<u64>(rounds) {
+                for dir in dirs {
+                    let path = format!("{dir}/churn-{}", round % 16);
+                    check(op, &path, fs::write(format!("{path}.tmp"), [b'x'; 4096]));
+                    check(op, &path, fs::rename(format!("{path}.tmp"), &path));
+                }
+            }
+        }
         // Appends CHUNKS 4 KiB chunks of a known pattern (chunk i is
         // `format!("{i:015}\n")` 256 times) to PATH, renaming a file in
         // SCRATCH after each; says `writing` once the first chunk is written,
