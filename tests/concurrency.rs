@@ -113,6 +113,15 @@ fn wait_for_locked(child: &mut Child) {
     assert_eq!(line, "locked\n", "the holder should report the lock taken");
 }
 
+/// The `busy`, `acquired` and `timeout` lines of a run's output, in order.
+fn lock_answers(run: &Run) -> Vec<String> {
+    run.stdout()
+        .lines()
+        .filter(|l| ["busy", "acquired", "timeout"].contains(l))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// What `try-lock` says about `lock` right now.
 fn try_lock(env: &TestEnv, app: &Path, lock: &str) -> String {
     env.run(&["run", s(app), "--", "try-lock", lock])
@@ -146,9 +155,10 @@ fn map_prints_300_results_in_input_order() {
 fn map_keeps_input_order_when_later_inputs_finish_first() {
     let env = TestEnv::new();
     let app = fsops_app(&env, Target::P1, "jitter", "jitter-data");
-    // Earlier inputs sleep longer, so completion order is the reverse.
+    // Earlier inputs sleep longer, so completion order is the reverse; each
+    // logs when it is done.
     let inputs: Vec<String> = (0..16)
-        .map(|i| format!("echo-after {} out-{i:02}", (16 - i) * 40))
+        .map(|i| format!("echo-after {} out-{i:02} /data/done.log", (16 - i) * 40))
         .collect();
     let file = map_file(&env, "inputs.txt", &inputs);
     let out = env
@@ -157,6 +167,12 @@ fn map_keeps_input_order_when_later_inputs_finish_first() {
         .stdout();
     let expected: Vec<String> = (0..16).map(|i| format!("out-{i:02}")).collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+    let done = volume_file(&env, "jitter-data", "/done.log");
+    let finished = |name: &str| done.lines().position(|l| l == name).unwrap();
+    assert!(
+        finished("out-07") < finished("out-00"),
+        "later inputs did not finish first, so the order was never at stake: {done}"
+    );
 }
 
 #[test]
@@ -267,81 +283,175 @@ fn eight_sleeps_at_concurrency_8_overlap() {
     );
 }
 
-/// Four processes, 100 increments each, under the lock `op` takes.
-fn four_processes_count_to_400(target: Target, op: &str) {
+/// Runs `commands` (`count` writers) at once and asserts that every
+/// writer's span overlapped every other's (the last started before the
+/// first finished): they raced, whatever they counted.
+fn count_at_once(env: &TestEnv, commands: &[Vec<&str>]) {
+    let mut spans = Vec::new();
+    for run in run_all(env, commands) {
+        for line in run.success().stdout().lines() {
+            if let Some(span) = line.strip_prefix("span ") {
+                let (start, end) = span.split_once(' ').unwrap();
+                spans.push((start.parse::<u128>().unwrap(), end.parse::<u128>().unwrap()));
+            }
+        }
+    }
+    let last_start = spans.iter().map(|s| s.0).max().unwrap();
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(
+        last_start < first_end,
+        "the writers did not all run at once, so nothing raced: {spans:?}"
+    );
+}
+
+/// [`count_at_once`], then the count the file `remote` of `volume` ends at.
+fn count_together(env: &TestEnv, commands: &[Vec<&str>], volume: &str, remote: &str) -> u64 {
+    count_at_once(env, commands);
+    volume_file(env, volume, remote).trim().parse().unwrap()
+}
+
+/// Four processes, 100 increments each, under the lock `kind` names; the
+/// same four without a lock must lose updates, else the setup raced nothing.
+fn four_processes_count_to_400(target: Target, kind: &str) {
     let env = TestEnv::new();
     let app = fsops_app(&env, target, "counter", "counter-vol");
-    let commands: Vec<Vec<&str>> = (0..4)
-        .map(|_| vec!["run", s(&app), "--", op, "/data/n", "100"])
-        .collect();
-    for run in run_all(&env, &commands) {
-        run.success();
-    }
-    assert_eq!(volume_file(&env, "counter-vol", "/n").trim(), "400");
+    let count = |kind, file| -> u64 {
+        let commands: Vec<Vec<&str>> = (0..4)
+            .map(|_| vec!["run", s(&app), "--", "count", kind, file, "100"])
+            .collect();
+        count_together(&env, &commands, "counter-vol", &file["/data".len()..])
+    };
+    let unlocked = count("none", "/data/control");
+    assert!(
+        unlocked < 400,
+        "without a lock the same writers lost no update ({unlocked}): the test proves nothing"
+    );
+    assert_eq!(
+        count(kind, "/data/n"),
+        400,
+        "updates lost under the {kind} lock"
+    );
 }
 
 #[test]
 fn four_processes_count_exactly_under_the_host_lock() {
-    four_processes_count_to_400(Target::P1, "counter-lock");
+    four_processes_count_to_400(Target::P1, "host");
 }
 
 #[test]
 fn four_processes_count_exactly_under_a_guest_link_lock() {
-    four_processes_count_to_400(Target::P1, "counter-linklock");
+    four_processes_count_to_400(Target::P1, "link");
 }
 
+/// Two `--map` processes of eight instances each: the host lock excludes
+/// instances of one process as it does processes.
 #[test]
 fn instances_of_one_process_exclude_each_other_too() {
     let env = TestEnv::new();
     let app = fsops_app(&env, Target::P1, "inproc", "inproc-vol");
-    let file = map_file(&env, "inputs.txt", &vec!["50".to_owned(); 8]);
-    let map = map_args(&app, &file, &["counter-lock", "/data/n"]);
-    for run in run_all(&env, &[map.clone(), map]) {
-        run.success();
-    }
-    assert_eq!(volume_file(&env, "inproc-vol", "/n").trim(), "800");
+    let file = map_file(&env, "inputs.txt", &vec!["25".to_owned(); 8]);
+    // The control: one process, its instances without a lock, lose updates.
+    let unlocked = count_together(
+        &env,
+        &[map_args(&app, &file, &["count", "none", "/data/control"])],
+        "inproc-vol",
+        "/control",
+    );
+    assert!(
+        unlocked < 200,
+        "unlocked instances lost nothing: {unlocked}"
+    );
+    let map = map_args(&app, &file, &["count", "host", "/data/n"]);
+    assert_eq!(
+        count_together(&env, &[map.clone(), map], "inproc-vol", "/n"),
+        400
+    );
 }
 
-#[test]
-fn a_lock_dies_with_its_holder() {
+/// A lock is released when its instance ends, not only when its process
+/// does: under `--map`, an instance that trapped, exited or timed out
+/// holding a lock leaves it free for a later instance of the same process
+/// (on a reused pool slot). A sibling sees it busy while the holder lives,
+/// so the `acquired` after it means the release, not a lock that never
+/// excluded within one process.
+fn a_lock_dies_with_its_instance(target: Target) -> (TestEnv, PathBuf) {
     let env = TestEnv::new();
-    let app = fsops_app(&env, Target::P1, "holder", "holder-data");
+    let app = fsops_app(&env, target, "holder", "holder-data");
 
-    // Trapped while holding it.
-    let trapped = env
-        .run(&["run", s(&app), "--", "lock-then-trap", "/data/a.lock"])
-        .code_is(1);
-    assert!(
-        trapped.stdout().contains("locked") && trapped.stderr().contains("trapped"),
-        "{}",
-        trapped.stderr()
+    // Two slots: each holder marks the lock taken, its sibling checks it is
+    // busy, lets the holder end without releasing, then waits for it.
+    let mut lines = Vec::new();
+    for (lock, end) in [("a", "trap"), ("b", "exit 0")] {
+        lines.push(format!(
+            "lock-then /data/{lock}.lock write /data/{lock}.held x ; wait-for /data/{lock}.seen {end}"
+        ));
+        lines.push(format!(
+            "wait-for /data/{lock}.held try-lock /data/{lock}.lock ; write /data/{lock}.seen x ; lock-timeout /data/{lock}.lock 10000"
+        ));
+    }
+    let file = map_file(&env, "pairs.txt", &lines);
+    let run = env.run(&[
+        "run",
+        s(&app),
+        "--map",
+        s(&file),
+        "--concurrency",
+        "2",
+        "--",
+        "words",
+    ]);
+    assert_eq!(
+        lock_answers(&run),
+        ["busy", "acquired", "busy", "acquired"],
+        "each sibling saw the lock busy, then acquired it: {}",
+        run.stderr()
     );
-    assert_eq!(try_lock(&env, &app, "/data/a.lock"), "acquired");
+    assert!(
+        run.stderr().contains("input 1 ") && run.stderr().contains("trapped"),
+        "{}",
+        run.stderr()
+    );
 
-    // Exited without releasing it.
-    env.run(&["run", s(&app), "--", "hold-lock", "/data/b.lock", "0"])
-        .success();
-    assert_eq!(try_lock(&env, &app, "/data/b.lock"), "acquired");
-
-    // Timed out while holding it.
-    let timed_out = env
+    // One slot, so the later instance reuses the holder's: timed out (the
+    // `short` function's 2 s), trapped or exited while holding it.
+    let file = map_file(
+        &env,
+        "serial.txt",
+        &[
+            "lock-then /data/c.lock spin".into(),
+            "try-lock /data/c.lock".into(),
+            "lock-then /data/d.lock trap".into(),
+            "try-lock /data/d.lock".into(),
+            "hold-lock /data/e.lock 0".into(),
+            "try-lock /data/e.lock".into(),
+        ],
+    );
+    let run = env
         .run(&[
             "run",
             s(&app),
             "short",
+            "--map",
+            s(&file),
+            "--concurrency",
+            "1",
             "--",
-            "lock-then",
-            "/data/c.lock",
-            "spin",
+            "words",
         ])
         .code_is(1);
+    assert_eq!(lock_answers(&run), ["acquired"; 3], "{}", run.stderr());
     assert!(
-        timed_out.stderr().contains("timed out"),
+        run.stderr().contains("input 1 ") && run.stderr().contains("timed out"),
         "{}",
-        timed_out.stderr()
+        run.stderr()
     );
-    assert_eq!(try_lock(&env, &app, "/data/c.lock"), "acquired");
 
+    (env, app)
+}
+
+#[test]
+fn a_lock_dies_with_its_holder() {
+    let (env, app) = a_lock_dies_with_its_instance(Target::P1);
     // Its process killed (SIGKILL) while holding it.
     let mut holder = env.spawn(&["run", s(&app), "--", "hold-lock", "/data/d.lock", "120000"]);
     wait_for_locked(&mut holder);
@@ -353,6 +463,11 @@ fn a_lock_dies_with_its_holder() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(try_lock(&env, &app, "/data/d.lock"), "acquired");
+}
+
+#[test]
+fn a_component_lock_dies_with_its_instance() {
+    a_lock_dies_with_its_instance(Target::P2);
 }
 
 #[test]
@@ -371,7 +486,8 @@ fn waiting_for_a_lock_does_not_outlive_the_function_timeout() {
         "/data/w.lock",
         "120000",
     ]);
-    let run = finish_within(waiter, Duration::from_secs(60)).code_is(1);
+    // The 2 s timeout plus 10 s of slack.
+    let run = finish_within(waiter, Duration::from_secs(12)).code_is(1);
     assert!(
         run.stderr().contains("timed out after 2s"),
         "{}",
@@ -411,7 +527,8 @@ timeout = "120s"
         .collect();
     let mut values = BTreeMap::new();
     let mut misses = Vec::new();
-    for (run, file) in run_all(&env, &commands).into_iter().zip(&files) {
+    let mut computing = BTreeSet::new();
+    for (process, (run, file)) in run_all(&env, &commands).into_iter().zip(&files).enumerate() {
         let out = run.success().stdout();
         let inputs = std::fs::read_to_string(file).unwrap();
         assert_eq!(out.lines().count(), inputs.lines().count(), "{out}");
@@ -423,6 +540,7 @@ timeout = "120s"
             assert!(how == "hit" || how == "miss", "{line}");
             if how == "miss" {
                 misses.push(key.to_owned());
+                computing.insert(process);
             }
             let first = values
                 .entry(key.to_owned())
@@ -432,6 +550,12 @@ timeout = "120s"
     }
     misses.sort();
     assert_eq!(misses, keys, "each key computed (missed) exactly once");
+    // Each process starts at another key; one computing them all would mean
+    // the others came after it and nothing raced.
+    assert!(
+        computing.len() > 1,
+        "only process {computing:?} computed keys: the processes did not overlap"
+    );
     let mut computed: Vec<String> = volume_file(&env, "cache-vol", "/computed.log")
         .lines()
         .map(str::to_owned)
@@ -484,23 +608,18 @@ fn wasip2_component_uses_volumes_args_env_exit_code_and_locks() {
 
     // Locks exclude between component processes...
     let commands: Vec<Vec<&str>> = (0..3)
-        .map(|_| vec!["run", s(&app), "--", "counter-lock", "/data/n", "50"])
+        .map(|_| vec!["run", s(&app), "--", "count", "host", "/data/n", "50"])
         .collect();
-    for run in run_all(&env, &commands) {
-        run.success();
-    }
-    assert_eq!(volume_file(&env, "compo-data", "/n").trim(), "150");
+    assert_eq!(count_together(&env, &commands, "compo-data", "/n"), 150);
 
-    // ...are busy while another holds them, and die with their holder.
+    // ...are busy while another holds them, and die with their process.
     let mut holder = env.spawn(&["run", s(&app), "--", "hold-lock", "/data/k.lock", "120000"]);
     wait_for_locked(&mut holder);
     assert_eq!(try_lock(&env, &app, "/data/k.lock"), "busy");
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert_eq!(try_lock(&env, &app, "/data/k.lock"), "acquired");
-    env.run(&["run", s(&app), "--", "lock-then-trap", "/data/t.lock"])
-        .code_is(1);
-    assert_eq!(try_lock(&env, &app, "/data/t.lock"), "acquired");
+    // (Release at instance end: `a_component_lock_dies_with_its_instance`.)
 
     // A core module and a component share one lock table.
     let core = fsops_app(&env, Target::P1, "core", "compo-data");
@@ -569,12 +688,11 @@ fn concurrent_calls_share_a_deployed_apps_ephemeral_volume() {
         "--concurrency",
         "4",
         "--",
-        "counter-lock",
+        "count",
+        "host",
         "/scratch/n",
     ];
-    for run in run_all(&env, &[call.clone(), call.clone(), call]) {
-        run.success();
-    }
+    count_at_once(&env, &[call.clone(), call.clone(), call]);
     let total = env
         .run(&["call", "svc", "fsops", "--", "read", "/scratch/n"])
         .success()

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
@@ -133,35 +134,88 @@ impl Rng {
     }
 }
 
+/// Asserts `data` is a prefix of what the `pattern` op writes: chunk i is
+/// `format!("{i:015}\n")` 256 times. A kill may cut it anywhere, but never
+/// leaves anything else.
+#[track_caller]
+fn assert_pattern_prefix(data: &[u8], context: &str) {
+    for (k, record) in data.chunks(16).enumerate() {
+        let expected = format!("{:015}\n", k / 256);
+        assert_eq!(
+            record,
+            &expected.as_bytes()[..record.len()],
+            "{context}: byte {} is not the pattern",
+            k * 16
+        );
+    }
+}
+
+/// Twenty `run`s killed with SIGKILL: even rounds at a random point from
+/// startup on, odd ones while the guest is writing a file (it said so), and
+/// each of those rounds shows the file partly written. After every kill the
+/// next command cleans up, and the named volume keeps exactly what was
+/// written.
 #[test]
 fn kill_9_of_run_at_random_points_leaves_nothing_behind() {
     let env = TestEnv::new();
     let app = env.fsops_app("killed", "killed-data");
-    // Once whole, so the named volume exists and the module is cached; the
-    // rounds then die in every phase from startup to the guest's writes.
-    env.run(&["run", path(&app), "--", "churn", "2", "/scratch", "/data"])
-        .success();
+    // Once whole, so the named volume exists and the module is cached.
+    env.run(&[
+        "run",
+        path(&app),
+        "--",
+        "pattern",
+        "/data/whole",
+        "2",
+        "/scratch",
+    ])
+    .success();
+    let volume = env
+        .home()
+        .join("volumes")
+        .join(&named_volumes(&env, env.home())[0].1);
     let mut rng = Rng::new();
+    let mut killed_mid_write = 0;
     for round in 0..20 {
-        let delay = rng.below(300);
+        let file = format!("round-{round}");
         let mut child = env.spawn(&[
             "run",
             path(&app),
             "--",
-            "churn",
+            "pattern",
+            &format!("/data/{file}"),
             "100000000",
             "/scratch",
-            "/data",
         ]);
+        let writing = round % 2 == 1;
+        let delay = if writing {
+            let mut line = String::new();
+            BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line, "writing\n", "round {round}");
+            rng.below(30)
+        } else {
+            rng.below(300)
+        };
         std::thread::sleep(Duration::from_millis(delay));
         // SIGKILL: no handler runs, exactly like a power cut for this process.
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_clean(
-            &env,
-            env.home(),
-            &format!("round {round}, killed after {delay} ms"),
-        );
+        let context = format!("round {round}, killed after {delay} ms");
+        let written = std::fs::read(volume.join(&file)).unwrap_or_default();
+        assert_pattern_prefix(&written, &context);
+        if writing {
+            assert!(
+                written.len() >= 4096,
+                "{context}: the first chunk is missing"
+            );
+        }
+        if !written.is_empty() {
+            killed_mid_write += 1;
+            std::fs::remove_file(volume.join(&file)).unwrap();
+        }
+        assert_clean(&env, env.home(), &context);
         let named = named_volumes(&env, env.home());
         assert_eq!(
             named.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
@@ -169,13 +223,24 @@ fn kill_9_of_run_at_random_points_leaves_nothing_behind() {
             "round {round}"
         );
     }
+    assert!(
+        killed_mid_write >= 10,
+        "{killed_mid_write} of 20 rounds killed a guest mid-write"
+    );
     // The named volume kept what the guests wrote, and still works.
-    let ls = env
-        .run(&["volume", "ls", "killed-data", "/", "--json"])
-        .success();
-    assert!(ls.stdout().contains("churn-0"), "{}", ls.stdout());
-    env.run(&["run", path(&app), "--", "churn", "1", "/scratch", "/data"])
-        .success();
+    let whole = std::fs::read(volume.join("whole")).unwrap();
+    assert_eq!(whole.len(), 2 * 4096);
+    assert_pattern_prefix(&whole, "the whole run");
+    env.run(&[
+        "run",
+        path(&app),
+        "--",
+        "pattern",
+        "/data/last",
+        "1",
+        "/scratch",
+    ])
+    .success();
     assert_clean(&env, env.home(), "after a last whole run");
 }
 
@@ -183,8 +248,16 @@ fn kill_9_of_run_at_random_points_leaves_nothing_behind() {
 fn racing_create_delete_and_mount_of_one_volume_leave_it_whole_or_absent() {
     let env = Arc::new(TestEnv::new());
     let app = env.fsops_app("racer", "contested");
-    env.run(&["run", path(&app), "--", "churn", "1", "/scratch", "/data"])
-        .success();
+    env.run(&[
+        "run",
+        path(&app),
+        "--",
+        "pattern",
+        "/data/w",
+        "1",
+        "/scratch",
+    ])
+    .success();
     env.run(&["volume", "delete", "contested", "--yes"])
         .success();
     const ROUNDS: usize = 40;

@@ -3,9 +3,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::process::Child;
 use std::time::Duration;
 
-use common::{TestEnv, eventually, path, wait_with_timeout};
+use common::{Target, TestEnv, eventually, guest, path, repo_root, wait_with_timeout};
 
 /// The id of the one running app named `name`, once it is running.
 fn wait_until_running(env: &TestEnv, name: &str) -> String {
@@ -28,6 +30,45 @@ fn wait_until_running(env: &TestEnv, name: &str) -> String {
         },
     );
     id
+}
+
+/// Reads the child's stdout up to the guest's `locked` line, so what follows
+/// lands on a running instance (one holding its lock), not on one starting.
+fn wait_for_locked(child: &mut Child) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "locked\n", "the guest should report the lock taken");
+}
+
+/// Sends `signal` (`-INT`, `-TERM`) to the child.
+fn send(signal: &str, child: &Child) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits (bounded) for a child stopped on purpose: exit 1 and one line of
+/// stderr, which is returned.
+fn stopped_with_one_line(child: &mut Child) -> String {
+    let status = wait_with_timeout(child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+/// What the fsops guest's `try-lock` says about `lock`, run in `app`.
+fn try_lock(env: &TestEnv, app: &std::path::Path, lock: &str) -> String {
+    env.run(&["run", path(app), "--", "try-lock", lock])
+        .success()
+        .stdout()
+        .trim()
+        .to_owned()
 }
 
 /// The ephemeral volume directories that currently exist.
@@ -280,19 +321,21 @@ fn killed_run_is_reaped_by_the_next_command() {
 fn app_stop_from_another_shell_ends_a_running_run() {
     let env = TestEnv::new();
     let app = env.fsops_app("stoppable", "stoppable-data");
-    let mut child = env.spawn(&["run", path(&app), "--", "spin"]);
+    let mut child = env.spawn(&["run", path(&app), "--", "lock-then", "/data/held", "spin"]);
+    wait_for_locked(&mut child);
     let id = wait_until_running(&env, "stoppable");
     env.run(&["app", "stop", &id, "--yes"]).success();
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stderr = stopped_with_one_line(&mut child);
     assert!(
         stderr.contains("was stopped") && stderr.contains(&id),
         "{stderr}"
     );
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(volume_dirs(&env).len(), 1, "only the named volume remains");
+    assert_eq!(
+        try_lock(&env, &app, "/data/held"),
+        "acquired",
+        "the instance ended"
+    );
 }
 
 /// A stop that lands while the run is still starting its instance (its
@@ -321,34 +364,257 @@ fn signals_end_a_running_run_and_delete_its_ephemeral_volumes() {
     for (signal, op) in [("-INT", "spin"), ("-TERM", "spin"), ("-TERM", "sleep")] {
         let env = TestEnv::new();
         let app = env.fsops_app("signalled", "signalled-data");
-        let guest_args: &[&str] = if op == "sleep" {
-            &["sleep", "600000"]
-        } else {
-            &["spin"]
-        };
-        let mut args = vec!["run", path(&app), "--"];
-        args.extend_from_slice(guest_args);
+        let mut args = vec!["run", path(&app), "--", "lock-then", "/data/held", op];
+        if op == "sleep" {
+            args.push("600000");
+        }
         let mut child = env.spawn(&args);
+        wait_for_locked(&mut child);
         let id = wait_until_running(&env, "signalled");
-        let sent = std::process::Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(1), "{signal} {op}: {stderr}");
+        send(signal, &child);
+        let stderr = stopped_with_one_line(&mut child);
         assert!(
             stderr.contains("interrupted") && stderr.contains(&id),
             "{signal} {op}: {stderr}"
         );
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert_eq!(volume_dirs(&env).len(), 1, "only the named volume remains");
         let apps = env.apps();
         let run_app = apps.iter().find(|a| a["id"] == id.as_str()).unwrap();
         assert_eq!(run_app["state"], "stopped", "{signal} {op}");
+        assert_eq!(
+            try_lock(&env, &app, "/data/held"),
+            "acquired",
+            "{signal} {op}"
+        );
     }
+}
+
+/// A `call` ends on Ctrl-C (the deployed app keeps running, with its
+/// volumes' data) and on `app stop` from another shell (the app stops).
+#[test]
+fn ctrl_c_and_app_stop_end_a_running_call() {
+    let env = TestEnv::new();
+    let app = env.fsops_app("callee", "callee-data");
+    env.run(&["deploy", path(&app)]).success();
+    let call = |args: &[&str]| {
+        let mut all = vec!["call", "callee", "fsops", "--"];
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+    call(&["write", "/scratch/kept", "still here"]).success();
+
+    let mut child = env.spawn(&[
+        "call",
+        "callee",
+        "fsops",
+        "--",
+        "lock-then",
+        "/scratch/held",
+        "spin",
+    ]);
+    wait_for_locked(&mut child);
+    send("-INT", &child);
+    let stderr = stopped_with_one_line(&mut child);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        stderr.contains("ended") && !stderr.contains("stopping"),
+        "a call's Ctrl-C ends the call, it does not stop the deployed app: {stderr}"
+    );
+    assert!(
+        env.apps()
+            .iter()
+            .any(|a| a["name"] == "callee" && a["state"] == "running")
+    );
+    assert_eq!(
+        call(&["try-lock", "/scratch/held"]).success().stdout(),
+        "acquired\n"
+    );
+    assert_eq!(
+        call(&["read", "/scratch/kept"]).success().stdout(),
+        "still here"
+    );
+
+    let mut child = env.spawn(&[
+        "call",
+        "callee",
+        "fsops",
+        "--",
+        "lock-then",
+        "/scratch/held",
+        "sleep",
+        "600000",
+    ]);
+    wait_for_locked(&mut child);
+    env.run(&["app", "stop", "callee", "--yes"]).success();
+    let stderr = stopped_with_one_line(&mut child);
+    assert!(stderr.contains("stopped"), "{stderr}");
+    env.wait_for_empty_trash();
+    assert!(env.files_containing("still here").is_empty());
+}
+
+/// A lock names a place in a named volume, not a mount point: two apps
+/// mounting one volume at /a and /b exclude each other on the same file.
+#[test]
+fn one_named_volumes_locks_are_shared_across_mount_paths() {
+    let env = TestEnv::new();
+    let mount = |name: &str, at: &str| {
+        env.app(
+            name,
+            &format!(
+                "name = \"{name}\"\n[volumes.v]\npersist = \"shared\"\n[functions.f]\nmodule = \"{{guest:fsops}}\"\nmounts = {{ \"{at}\" = \"v\" }}\n"
+            ),
+        )
+    };
+    let (a, b) = (mount("at-a", "/a"), mount("at-b", "/b"));
+    let mut holder = env.spawn(&["run", path(&a), "--", "hold-lock", "/a/dir/k", "120000"]);
+    wait_for_locked(&mut holder);
+    assert_eq!(try_lock(&env, &b, "/b/dir/k"), "busy");
+    assert_eq!(try_lock(&env, &b, "/b/dir/other"), "acquired");
+    assert_eq!(try_lock(&env, &a, "/a/dir/k"), "busy");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(try_lock(&env, &b, "/b/dir/k"), "acquired");
+}
+
+/// Guest paths `/` (the volume is the whole file system), and the relative
+/// preopen names `data` and `.`, as README's app.toml section says.
+#[test]
+fn guest_paths_root_relative_and_dot_mount_the_volume() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "paths",
+        r#"
+name = "paths"
+[volumes.v]
+persist = "paths-vol"
+[functions.root]
+module = "{guest:fsops}"
+mounts = { "/" = "v" }
+[functions.named]
+module = "{guest:fsops}"
+mounts = { "data" = "v" }
+[functions.dot]
+module = "{guest:fsops}"
+mounts = { "." = "v" }
+"#,
+    );
+    let guest = |function: &str, args: &[&str]| {
+        let mut all = vec!["run", path(&app), function, "--"];
+        all.extend_from_slice(args);
+        env.run(&all).success().stdout()
+    };
+    guest("root", &["write", "/from-root", "r"]);
+    guest("root", &["mkdir", "/sub"]);
+    guest("named", &["write", "data/sub/from-named", "n"]);
+    guest("dot", &["write", "from-dot", "d"]);
+    guest("dot", &["write", "./sub/from-dot", "d2"]);
+    let ls = env
+        .run(&["volume", "ls", "paths-vol", "/", "--json"])
+        .success();
+    let entries: serde_json::Value = serde_json::from_str(&ls.stdout()).unwrap();
+    let mut listed: Vec<&str> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["/from-dot", "/from-root", "/sub"]);
+    assert_eq!(guest("root", &["ls", "/sub"]), "from-dot\nfrom-named\n");
+    assert_eq!(guest("root", &["read", "/sub/from-named"]), "n");
+    assert_eq!(guest("named", &["read", "data/from-root"]), "r");
+    assert_eq!(guest("dot", &["read", "from-root"]), "r");
+    assert_eq!(guest("dot", &["read", "sub/from-dot"]), "d2");
+}
+
+/// `cache info` counts the compiled modules under `$WASMHOST_HOME/cache`;
+/// `cache clear` removes them, and the next run compiles again.
+#[test]
+fn cache_info_and_clear() {
+    let env = TestEnv::new();
+    let app = env.fsops_app("cached", "cached-data");
+    let info = || env.run(&["cache", "info"]).success().stdout();
+    let cache_dir = env.home().join("cache");
+    assert!(info().starts_with("0 entries, 0 bytes in "), "{}", info());
+    env.run(&["run", path(&app), "--", "exit", "0"]).success();
+    let after = info();
+    let bytes: u64 = after
+        .strip_prefix("1 entries, ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{after}"));
+    assert!(bytes > 10_000, "{after}");
+    assert!(after.trim_end().ends_with(path(&cache_dir)), "{after}");
+    assert_eq!(
+        env.run(&["cache", "clear"]).success().stdout(),
+        "removed 1 entries\n"
+    );
+    assert!(info().starts_with("0 entries, 0 bytes"), "{}", info());
+    env.run(&["run", path(&app), "--", "exit", "0"]).success();
+    assert!(info().starts_with("1 entries"), "{}", info());
+}
+
+/// The example apps run from their own app.toml files, as a user would run
+/// them after building the guests (the README's commands).
+#[test]
+fn example_apps_run_from_their_own_app_toml() {
+    let env = TestEnv::new();
+    // Builds the guests where the examples' app.toml files point.
+    guest("hello", Target::P1);
+    let example = |name: &str| {
+        repo_root()
+            .join("guest-examples/apps")
+            .join(name)
+            .join("app.toml")
+    };
+
+    let hello = env
+        .run(&[
+            "run",
+            path(&example("hello")),
+            "--",
+            "a",
+            "b",
+            "--exit",
+            "3",
+        ])
+        .code_is(3)
+        .stdout();
+    assert_eq!(
+        hello,
+        "hello from wasmhost\narg: a\narg: b\narg: --exit\narg: 3\nGREETING=hi\n"
+    );
+
+    let cache = |key: &str| {
+        env.run(&["run", path(&example("cache")), "--", key])
+            .success()
+            .stdout()
+    };
+    let first = cache("hello");
+    let [key, value, "miss"] = first.split_whitespace().collect::<Vec<_>>()[..] else {
+        panic!("{first}")
+    };
+    assert_eq!(key, "hello");
+    assert_eq!(cache("hello"), format!("hello {value} hit\n"));
+    assert!(
+        env.run(&["volume", "ls", "cache-demo-results"])
+            .success()
+            .stdout()
+            .contains("hello.result")
+    );
+
+    let data = env.work.path().join("mydata");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.txt"), "one\ntwo\n").unwrap();
+    env.run(&["volume", "create", "dataset-demo-data"])
+        .success();
+    env.run(&["volume", "put", "dataset-demo-data", path(&data), "/"])
+        .success();
+    let stats = env
+        .run(&["run", path(&example("dataset"))])
+        .success()
+        .stdout();
+    assert_eq!(stats, "mydata/a.txt 2 8\ntotal 1 2 8\n");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::sleep;
 use std::time::Duration;
 
-use wasmhost_guest::{Lock, LockError};
+use wasmhost_guest::{Lock, LockError, LockGuard};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -89,9 +89,30 @@ fn run(args: &[String]) {
             println!("{}", poll_two_clocks(number(first_ms), number(second_ms)))
         }
         ("echo-line", [.., line]) => println!("{line}"),
-        ("echo-after", [ms, line]) => {
+        // `echo-after MS LINE [LOG]`: LOG gets LINE appended when done, so
+        // tests can see the order in which invocations finished.
+        ("echo-after", [ms, line, log @ ..]) if log.len() <= 1 => {
             sleep(Duration::from_millis(number(ms)));
+            if let [log] = log {
+                append_line(op, log, line);
+            }
             println!("{line}")
+        }
+        // Waits (at most 60 s) for PATH to exist, then runs the ops after it
+        // (`;` between them, as for `lock-then`): a marker
+        // from a sibling instance instead of a guessed sleep.
+        ("wait-for", [path, then @ ..]) if !then.is_empty() => {
+            let mut waited = 0;
+            while !check(op, path, fs::exists(path)) {
+                if waited == 60_000 {
+                    eprintln!("fsops: {op} {path}: still missing after 60s");
+                    exit(1)
+                }
+                sleep(Duration::from_millis(5));
+                waited += 5;
+            }
+            drop(out);
+            run_seq(then)
         }
         // One argument holding a whole command, so one `--map` input line
         // can pick its own op: `words "exit 3"` runs `exit 3`.
@@ -99,31 +120,36 @@ fn run(args: &[String]) {
             .split_whitespace()
             .map(str::to_owned)
             .collect::<Vec<_>>()),
+        // N increments under the host lock (`count host PATH N` without the
+        // span line), as other test files use it.
         ("counter-lock", [path, n]) => {
-            let lock_path = format!("{path}.lock");
             for _ in 0..number(n) {
-                let guard = lock_or_exit(
-                    op,
-                    &lock_path,
-                    Lock::acquire(&lock_path, Duration::from_secs(60)),
-                );
-                increment(op, path);
-                if let Err(e) = guard.release() {
-                    lock_fail(op, &lock_path, e);
-                }
+                count_once(op, "host", path);
             }
         }
-        ("counter-linklock", [path, n]) => {
+        // Read-modify-write increments of the integer in PATH, each under
+        // KIND of lock (`host`, `link` or `none`), with a pause between the
+        // read and the write so that increments without a lock lose updates.
+        // Prints `span START END` (ns of the wall clock) so tests can show
+        // the writers overlapped.
+        ("count", [kind, path, n]) => {
+            let start = now_ns();
             for _ in 0..number(n) {
-                let lock = LinkLock::acquire(op, path);
-                increment(op, path);
-                lock.release(op);
+                count_once(op, kind, path);
+                // Off the lock for a moment, so a waiter gets a turn.
+                sleep(Duration::from_micros(500));
             }
+            println!("span {start} {}", now_ns());
         }
-        ("hold-lock", [path, ms]) => {
+        // `hold-lock PATH MS [READY]`: READY is a file created once the
+        // lock is held, for a sibling instance that cannot read our stdout.
+        ("hold-lock", [path, ms, ready @ ..]) if ready.len() <= 1 => {
             let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
             println!("locked");
             out.flush().unwrap();
+            if let [ready] = ready {
+                check(op, ready, fs::write(ready, "locked"));
+            }
             sleep(Duration::from_millis(number(ms)));
             // Exit without dropping the guard: the host must release it.
             exit(0)
@@ -134,12 +160,14 @@ fn run(args: &[String]) {
             out.flush().unwrap();
             core::arch::wasm32::unreachable()
         }
-        // Runs another op while holding the lock: `lock-then PATH spin`.
+        // Runs other ops (`;` between them) while holding the lock:
+        // `lock-then PATH spin`. An op that exits or traps keeps it held.
         ("lock-then", [path, then @ ..]) => {
             let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
             println!("locked");
             out.flush().unwrap();
-            run(&then.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            drop(out);
+            run_seq(then)
         }
         ("try-lock", [path]) => match Lock::try_acquire(path) {
             Ok(Some(_guard)) => println!("acquired"),
@@ -154,6 +182,25 @@ fn run(args: &[String]) {
                 Ok(_guard) => println!("acquired"),
                 Err(LockError::Timeout) => println!("timeout"),
                 Err(e) => lock_fail(op, path, e),
+            }
+        }
+        // What README's "What WASI cannot do" says a guest cannot do: one
+        // line per attempt, `ok` or the error it got.
+        ("beyond-wasi", []) => {
+            let thread = std::thread::Builder::new().spawn(|| ()).map(|_| ());
+            let process = std::process::Command::new("true").status().map(|_| ());
+            let connect = std::net::TcpStream::connect("127.0.0.1:9").map(|_| ());
+            let bind = std::net::TcpListener::bind("127.0.0.1:0").map(|_| ());
+            for (what, result) in [
+                ("thread", thread),
+                ("process", process),
+                ("connect", connect),
+                ("bind", bind),
+            ] {
+                match result {
+                    Ok(()) => println!("{what}: ok"),
+                    Err(e) => println!("{what}: {e}"),
+                }
             }
         }
         ("trap", []) => core::arch::wasm32::unreachable(),
@@ -222,11 +269,15 @@ fn run(args: &[String]) {
                 .and_then(|mut f| f.write_all(content.as_bytes())),
         ),
         ("race-swap", [link, target, rounds]) => race_swap(link, target, number(rounds)),
-        ("race-read", [path, rounds]) => race_read(path, number(rounds)),
+        ("race-read", [link, rounds]) => race_read(link, number(rounds)),
         // Under `--map` the input line comes last, so one map runs a swapper
-        // and a reader (of LINK/f) side by side.
+        // and a reader side by side; the reader stops the swapper when done.
         ("race", [link, target, rounds, "swap"]) => race_swap(link, target, number(rounds)),
-        ("race", [link, _, rounds, "read"]) => race_read(&format!("{link}/f"), number(rounds)),
+        ("race", [link, _, rounds, "read"]) => {
+            race_read(link, number(rounds));
+            let stop = format!("{link}.stop");
+            check(op, &stop, fs::write(&stop, "stop"));
+        }
         // --- end escapes and limits ---
         // --- faults (tests/faults.rs) ---
         // Writes, overwrites and renames small files in each DIR, ROUNDS
@@ -237,6 +288,27 @@ fn run(args: &[String]) {
                     let path = format!("{dir}/churn-{}", round % 16);
                     check(op, &path, fs::write(format!("{path}.tmp"), [b'x'; 4096]));
                     check(op, &path, fs::rename(format!("{path}.tmp"), &path));
+                }
+            }
+        }
+        // Appends CHUNKS 4 KiB chunks of a known pattern (chunk i is
+        // `format!("{i:015}\n")` 256 times) to PATH, renaming a file in
+        // SCRATCH after each; says `writing` once the first chunk is written,
+        // so a test can kill it mid-write and check what a kill leaves.
+        ("pattern", [path, chunks, scratch]) => {
+            let mut file = check(
+                op,
+                path,
+                OpenOptions::new().create(true).append(true).open(path),
+            );
+            for i in 0..number::<u64>(chunks) {
+                check(op, path, file.write_all(format!("{i:015}\n").repeat(256).as_bytes()));
+                let tmp = format!("{scratch}/churn.tmp");
+                check(op, &tmp, fs::write(&tmp, [b'x'; 4096]));
+                check(op, &tmp, fs::rename(&tmp, format!("{scratch}/churn")));
+                if i == 0 {
+                    println!("writing");
+                    out.flush().unwrap();
                 }
             }
         }
@@ -257,6 +329,13 @@ fn run(args: &[String]) {
         }
         // --- end faults ---
         _ => usage(),
+    }
+}
+
+/// Runs the ops in `words`, separated by `;` words, one after the other.
+fn run_seq(words: &[&str]) {
+    for op in words.split(|w| *w == ";") {
+        run(&op.iter().map(|w| w.to_string()).collect::<Vec<_>>());
     }
 }
 
@@ -288,9 +367,22 @@ fn lock_or_exit<T>(op: &str, path: &str, result: Result<T, LockError>) -> T {
     result.unwrap_or_else(|e| lock_fail(op, path, e))
 }
 
-/// Read-modify-write with no atomicity of its own: a lost update shows that
-/// the lock around it did not exclude.
-fn increment(op: &str, path: &str) {
+/// One increment of the integer in `path` under `kind` of lock. The read and
+/// the write are apart by a pause, so without a lock that excludes, two
+/// writers lose updates; the write is a rename, so a reader never sees half
+/// a number.
+fn count_once(op: &str, kind: &str, path: &str) {
+    let lock_path = format!("{path}.lock");
+    let held = match kind {
+        "host" => Held::Host(lock_or_exit(
+            op,
+            &lock_path,
+            Lock::acquire(&lock_path, Duration::from_secs(60)),
+        )),
+        "link" => Held::Link(LinkLock::acquire(op, path)),
+        "none" => Held::Nothing,
+        _ => usage(),
+    };
     let n: u64 = match fs::read_to_string(path) {
         Ok(s) => s.trim().parse().unwrap_or_else(|_| {
             eprintln!("fsops: {op} {path}: not an integer: {s:?}");
@@ -299,7 +391,47 @@ fn increment(op: &str, path: &str) {
         Err(e) if e.kind() == ErrorKind::NotFound => 0,
         Err(e) => check(op, path, Err(e)),
     };
-    check(op, path, fs::write(path, format!("{}\n", n + 1)));
+    sleep(Duration::from_millis(2));
+    let tmp = format!("{path}.{:016x}.tmp", random());
+    check(op, &tmp, fs::write(&tmp, format!("{}\n", n + 1)));
+    check(op, path, fs::rename(&tmp, path));
+    match held {
+        Held::Host(guard) => {
+            if let Err(e) = guard.release() {
+                lock_fail(op, &lock_path, e)
+            }
+        }
+        Held::Link(lock) => lock.release(op),
+        Held::Nothing => {}
+    }
+}
+
+/// The lock `count` holds around one increment.
+enum Held {
+    Host(LockGuard),
+    Link(LinkLock),
+    Nothing,
+}
+
+/// Nanoseconds since the Unix epoch: the host's wall clock, the same for
+/// every instance and process.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn append_line(op: &str, path: &str, line: &str) {
+    check(
+        op,
+        path,
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes())),
+    )
 }
 
 /// Overflows wasm's own call stack, so the host sees a stack-overflow trap.
@@ -368,12 +500,15 @@ fn random() -> u64 {
 // --- escapes and limits (tests/escapes.rs) ---
 
 /// Flips `link` between a real directory holding `f` = "inside" and a
-/// symlink to `target`, `rounds` times, while another instance reads through
-/// it. Errors are expected and ignored: the other side races.
+/// symlink to `target`, at most `rounds` times, until `LINK.stop` exists,
+/// while another instance reads through it. Errors are expected and
+/// ignored: the other side races.
 #[allow(deprecated)]
 fn race_swap(link: &str, target: &str, rounds: u64) {
     let inner = format!("{link}/f");
-    for _ in 0..rounds {
+    let stop = format!("{link}.stop");
+    let mut done = 0;
+    while done < rounds && !fs::exists(&stop).unwrap_or(true) {
         let _ = fs::remove_file(link);
         let _ = fs::create_dir(link);
         let _ = fs::write(&inner, "inside");
@@ -382,28 +517,37 @@ fn race_swap(link: &str, target: &str, rounds: u64) {
         let _ = fs::remove_dir(link);
         let _ = fs::soft_link(target, link);
         sleep(Duration::from_micros(50));
+        done += 1;
     }
     let _ = fs::remove_file(link);
-    println!("swapped {rounds}");
+    println!("swapped {done}");
 }
 
-/// Reads `path` `rounds` times; prints every distinct content it saw and how
-/// many reads failed.
-fn race_read(path: &str, rounds: u64) {
-    let mut seen = std::collections::BTreeSet::new();
-    let mut failed = 0u64;
+/// Reads `LINK/f` until it has seen the directory (`inside`) and the swapped
+/// link (a failed read) 20 times each, at most `rounds` times; prints how
+/// often each happened and every other content it read.
+fn race_read(link: &str, rounds: u64) {
+    let path = format!("{link}/f");
+    let mut other = std::collections::BTreeSet::new();
+    let (mut inside, mut empty, mut failed) = (0u64, 0u64, 0u64);
     for _ in 0..rounds {
-        match fs::read(path) {
+        match fs::read(&path) {
+            Ok(data) if data == b"inside" => inside += 1,
+            // Between the swapper's create and its write.
+            Ok(data) if data.is_empty() => empty += 1,
             Ok(data) => {
-                seen.insert(String::from_utf8_lossy(&data).into_owned());
+                other.insert(String::from_utf8_lossy(&data).into_owned());
             }
             Err(_) => failed += 1,
         }
+        if inside >= 20 && failed >= 20 {
+            break;
+        }
     }
-    for content in seen {
+    for content in other {
         println!("read: {content}");
     }
-    println!("failed: {failed} of {rounds}");
+    println!("inside {inside} empty {empty} failed {failed}");
 }
 // --- end escapes and limits ---
 
