@@ -7,9 +7,8 @@ use wasmtime::{Caller, Engine, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::instance::{
-    Captured, HasHost, HostState, configure_store, limit_table, until_stopped, wasi_builder,
-};
+use super::instance::{Captured, HasHost, HostState, configure_store, until_stopped, wasi_builder};
+use super::wasi_limits::limit_table;
 use super::{Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 
