@@ -140,6 +140,7 @@ impl InstanceLocks {
         }
         let deadline = Instant::now().checked_add(timeout);
         let mut pause = FIRST_PAUSE;
+        let mut replaced = false;
         loop {
             let file = self.open_lock_file(volume_id, &file_path)?;
             loop {
@@ -167,7 +168,13 @@ impl InstanceLocks {
                 return Ok(());
             }
             // Its holder unlinked it when letting go: lock the file that is
-            // at the path now.
+            // at the path now. Once more at least, whatever the timeout (the
+            // lock was free a moment ago); past that, not beyond the timeout
+            // however fast others take and let go of it.
+            if replaced && deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(LockError::Timeout);
+            }
+            replaced = true;
         }
     }
 

@@ -630,3 +630,19 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+mod stored {
+    use super::*;
+
+    /// A function stored by a release before the per-instance limits loads
+    /// with their defaults.
+    #[test]
+    fn functions_stored_without_the_limits_get_their_defaults() {
+        let stored = r#"{"module":"/m.wasm","mounts":[],"args":[],"env":{},
+            "timeout":{"secs":300,"nanos":0},"memory":null,"concurrency":null}"#;
+        let function: FunctionSpec = serde_json::from_str(stored).unwrap();
+        assert_eq!(function.max_open_files, DEFAULT_MAX_OPEN_FILES);
+        assert_eq!(function.max_locks, DEFAULT_MAX_LOCKS);
+    }
+}

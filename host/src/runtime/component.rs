@@ -8,9 +8,8 @@ use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::instance::{
-    HasHost, HostState, Outputs, configure_store, limit_table, until_stopped, wasi_builder,
-};
+use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
+use super::wasi_limits::limit_table;
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;

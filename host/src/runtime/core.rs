@@ -7,9 +7,8 @@ use wasmtime::{Caller, Engine, ExternType, InstancePre, Linker, Module, Store, V
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::instance::{
-    HasHost, HostState, Outputs, configure_store, limit_table, until_stopped, wasi_builder,
-};
+use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
+use super::wasi_limits::limit_table;
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;

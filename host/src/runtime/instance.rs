@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
-use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -14,16 +13,9 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use super::stdio::Streamed;
 use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
-use crate::manifest::FunctionSpec;
 
 /// The most table elements an instance may grow to.
 pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-
-/// Handles past `max_open_files` that an instance may still create other
-/// than by opening (a stream to read a file it has open, a pollable), so a
-/// guest at its file limit can go on using its files. Past these the
-/// handle table is full and the instance traps.
-const HANDLE_RESERVE: usize = 256;
 
 /// Why the host ended an instance early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,48 +44,6 @@ pub struct Limits {
     pub memory_cap_hit: bool,
     pub max_open_files: usize,
     pub open_files_hit: bool,
-}
-
-/// Bounds everything an instance keeps in its handle table (files,
-/// directories, streams, pollables: each may hold a host descriptor or
-/// host memory): a guest cannot run the process out of descriptors that
-/// the other instances need.
-pub fn limit_table(table: &mut ResourceTable, function: &FunctionSpec) {
-    table.set_max_capacity(function.max_open_files as usize + HANDLE_RESERVE);
-}
-
-/// Raises the process's soft limit on open descriptors to its hard limit.
-/// Instances are bounded by `max_open_files` each, but many run at once
-/// under `--map`, and a soft limit of 1024 (a common default) would fail
-/// them for a limit the user never set.
-pub fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-/// Whether an open may add one more handle: not once the table holds
-/// `max_open_files`. wasmtime-wasi would trap at a full table; asking first
-/// lets the open fail with an error the guest can handle.
-pub fn may_open(table: &mut ResourceTable, limits: &mut Limits) -> bool {
-    let capacity = table.max_capacity();
-    table.set_max_capacity(limits.max_open_files);
-    // A slot for a new handle is free exactly when a probe fits.
-    let room = table
-        .push(())
-        .is_ok_and(|probe| table.delete(probe).is_ok());
-    table.set_max_capacity(capacity);
-    limits.open_files_hit |= !room;
-    room
 }
 
 impl ResourceLimiter for Limits {

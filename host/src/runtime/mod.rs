@@ -111,7 +111,7 @@ impl Runtime {
     /// more than one (`--map`), instances come from a pool of slots whose
     /// memory stays mapped between invocations.
     pub fn new(home: &Home, instances_at_once: usize) -> Result<Self> {
-        instance::raise_descriptor_limit();
+        wasi_limits::raise_descriptor_limit();
         let mut config = Config::new();
         config.epoch_interruption(true);
         if (2..=MAX_POOLED_INSTANCES).contains(&instances_at_once) {

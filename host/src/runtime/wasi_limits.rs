@@ -1,15 +1,17 @@
-//! Shims between guests and wasmtime-wasi's file system that enforce what
-//! wasmtime-wasi leaves open: an open past `max_open_files` fails with an
-//! error the guest can handle (wasmtime-wasi would trap at a full handle
-//! table), and a path longer than `PATH_MAX` is refused before the host
-//! resolves it (resolving a path takes several times its length in host
-//! memory, and wasmtime lets one call pass up to 128 MiB).
+//! The limits on what an instance holds of the host (`max_open_files`, the
+//! handle table, the process's descriptor limit), and the shims between
+//! guests and wasmtime-wasi's file system that enforce what wasmtime-wasi
+//! leaves open: an open past `max_open_files` fails with an error the guest
+//! can handle (wasmtime-wasi would trap at a full handle table), and a path
+//! longer than `PATH_MAX` is refused before the host resolves it (resolving
+//! a path takes several times its length in host memory, and wasmtime lets
+//! one call pass up to 128 MiB).
 //!
 //! Each shim replaces one import and, when it lets the call through, calls
 //! wasmtime-wasi's own implementation with the same arguments.
 
 use anyhow::Result;
-use wasmtime::component::{self, Resource};
+use wasmtime::component::{self, Resource, ResourceTable};
 use wasmtime::{AsContextMut, Caller, Extern, Linker, StoreContextMut};
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::filesystem::WasiFilesystemView;
@@ -21,15 +23,64 @@ use wiggle::GuestMemory;
 
 use super::component::ComponentState;
 use super::core::CoreState;
-use super::instance::may_open;
+use super::instance::Limits;
+use crate::manifest::FunctionSpec;
 
 /// The longest path a guest may hand the file system, in bytes: Linux's
 /// `PATH_MAX`, past which the kernel refuses a path anyway.
 pub const MAX_PATH: usize = libc::PATH_MAX as usize;
 
+/// Handles past `max_open_files` that an instance may still create other
+/// than by opening (a stream to read a file it has open, a pollable), so a
+/// guest at its file limit can go on using its files. Past these the
+/// handle table is full and the instance traps.
+const HANDLE_RESERVE: usize = 256;
+
 const P1: &str = "wasi_snapshot_preview1";
 /// wasmtime-wasi's filesystem interface as its linker defines it.
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Bounds everything an instance keeps in its handle table (files,
+/// directories, streams, pollables: each may hold a host descriptor or
+/// host memory): a guest cannot run the process out of descriptors that
+/// the other instances need.
+pub fn limit_table(table: &mut ResourceTable, function: &FunctionSpec) {
+    table.set_max_capacity(function.max_open_files as usize + HANDLE_RESERVE);
+}
+
+/// Raises the process's soft limit on open descriptors to its hard limit.
+/// Instances are bounded by `max_open_files` each, but many run at once
+/// under `--map`, and a soft limit of 1024 (a common default) would fail
+/// them for a limit the user never set.
+pub fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Whether an open may add one more handle: not once the table holds
+/// `max_open_files`. wasmtime-wasi would trap at a full table; asking first
+/// lets the open fail with an error the guest can handle.
+fn may_open(table: &mut ResourceTable, limits: &mut Limits) -> bool {
+    let capacity = table.max_capacity();
+    table.set_max_capacity(limits.max_open_files);
+    // A slot for a new handle is free exactly when a probe fits.
+    let room = table
+        .push(())
+        .is_ok_and(|probe| table.delete(probe).is_ok());
+    table.set_max_capacity(capacity);
+    limits.open_files_hit |= !room;
+    room
+}
 
 /// Calls wasmtime-wasi's p1 `$name` on the guest's behalf, as wiggle's
 /// generated import does: with the guest's memory and its hostcall fuel.
