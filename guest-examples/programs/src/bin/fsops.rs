@@ -99,8 +99,8 @@ fn run(args: &[String]) {
             println!("{line}")
         }
         // Waits (at most 60 s) for PATH to exist, then runs the ops after it
-        // (`;` between them, as for `lock-then`): a marker
-        // from a sibling instance instead of a guessed sleep.
+        // (`;` between them, as for `lock-then`): a marker from a sibling
+        // instance instead of a guessed sleep.
         ("wait-for", [path, then @ ..]) if !then.is_empty() => {
             let mut waited = 0;
             while !check(op, path, fs::exists(path)) {
@@ -141,24 +141,13 @@ fn run(args: &[String]) {
             }
             println!("span {start} {}", now_ns());
         }
-        // `hold-lock PATH MS [READY]`: READY is a file created once the
-        // lock is held, for a sibling instance that cannot read our stdout.
-        ("hold-lock", [path, ms, ready @ ..]) if ready.len() <= 1 => {
+        ("hold-lock", [path, ms]) => {
             let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
             println!("locked");
             out.flush().unwrap();
-            if let [ready] = ready {
-                check(op, ready, fs::write(ready, "locked"));
-            }
             sleep(Duration::from_millis(number(ms)));
             // Exit without dropping the guard: the host must release it.
             exit(0)
-        }
-        ("lock-then-trap", [path]) => {
-            let _guard = lock_or_exit(op, path, Lock::acquire(path, Duration::from_secs(10)));
-            println!("locked");
-            out.flush().unwrap();
-            core::arch::wasm32::unreachable()
         }
         // Runs other ops (`;` between them) while holding the lock:
         // `lock-then PATH spin`. An op that exits or traps keeps it held.
