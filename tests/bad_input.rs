@@ -21,8 +21,12 @@ fn corpus_dir() -> PathBuf {
 
 /// The files app.toml cases may name as modules.
 fn write_fixtures(dir: &Path) {
-    // The smallest valid core module.
-    std::fs::write(dir.join("ok.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    // The smallest command: a `_start` that returns.
+    std::fs::write(
+        dir.join("ok.wasm"),
+        b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x03\x02\x01\0\x07\x0a\x01\x06_start\0\0\x0a\x04\x01\x02\0\x0b",
+    )
+    .unwrap();
     // A WebAssembly header followed by a type section that is garbage.
     std::fs::write(
         dir.join("broken.wasm"),

@@ -97,7 +97,7 @@ impl ModuleCache {
                 }
                 return Err(super::BadModule::new(
                     format!("does not compile: {:#}", anyhow::Error::from(e)),
-                    "wasmhost runs the standardized WebAssembly features wasmtime 48 supports (WebAssembly 3.0, exceptions among them), threads excepted: rebuild the module without the feature named there",
+                    "rebuild the module if it is damaged, or without the feature named there: wasmhost runs the standardized WebAssembly features wasmtime 48 supports (WebAssembly 3.0, exceptions among them), threads excepted",
                 )
                 .into());
             }
