@@ -345,6 +345,31 @@ fn pandas_reads_a_csv_from_a_read_only_named_volume() {
         run.stderr()
     );
 
+    // Under --map its instances come from the pool: it fits (its metadata
+    // alone is past wasmtime's default bound).
+    let inputs = env.work.path().join("items");
+    fs::write(&inputs, "apple\npear\nfig\n").unwrap();
+    let lookup = "import sys, pandas\n\
+        df = pandas.read_csv('/data/prices.csv').set_index('item')\n\
+        print(sys.argv[-1], df.loc[sys.argv[-1], 'price'])\n";
+    let run = env.run(&[
+        "run",
+        path(&app),
+        "--map",
+        path(&inputs),
+        "--concurrency",
+        "3",
+        "--",
+        "-c",
+        lookup,
+    ]);
+    assert_eq!(
+        (run.code(), run.stdout()),
+        (0, "apple 3\npear 4\nfig 5\n".into()),
+        "stderr: {}",
+        run.stderr()
+    );
+
     // The reactor's exit code is the run's.
     let run = env.run(&["run", path(&app), "--", "-c", "raise SystemExit(7)"]);
     assert_eq!(run.code(), 7, "stderr: {}", run.stderr());

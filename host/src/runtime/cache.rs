@@ -60,7 +60,7 @@ impl ModuleCache {
             "{digest}-{}.{kind}{ENTRY_SUFFIX}",
             self.engine_hash
         ));
-        if let Some(compiled) = load_entry(engine, &entry, component) {
+        if let Some(compiled) = load_entry(engine, &entry, component)? {
             return Ok(compiled);
         }
         let bytes = match bytes {
@@ -74,7 +74,7 @@ impl ModuleCache {
             .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
         let lock = CompileLock::acquire(&entry);
         // Compiled by the process we waited for.
-        if let Some(compiled) = load_entry(engine, &entry, component) {
+        if let Some(compiled) = load_entry(engine, &entry, component)? {
             return Ok(compiled);
         }
         if std::io::stderr().is_terminal() {
@@ -104,7 +104,7 @@ impl ModuleCache {
         };
         // A full disk costs the next start a compile, not this one its run.
         if write_atomically(&entry, &serialized).is_ok()
-            && let Some(compiled) = load_entry(engine, &entry, component)
+            && let Some(compiled) = load_entry(engine, &entry, component)?
         {
             return Ok(compiled);
         }
@@ -193,16 +193,28 @@ fn deserialize(engine: &Engine, entry: &Path, component: bool) -> Result<Compile
 }
 
 /// The entry at `entry` if it loads; one that does not (truncated,
-/// overwritten, another wasmtime's) is removed, to be rebuilt.
-fn load_entry(engine: &Engine, entry: &Path, component: bool) -> Option<Compiled> {
+/// overwritten, another wasmtime's) is removed, to be rebuilt. One that is
+/// sound but does not fit the engine's instance pool is kept: no rebuild
+/// would change that.
+fn load_entry(engine: &Engine, entry: &Path, component: bool) -> Result<Option<Compiled>> {
     if !entry.exists() {
-        return None;
+        return Ok(None);
     }
-    let loaded = deserialize(engine, entry, component).ok();
-    if loaded.is_none() {
-        let _ = fs::remove_file(entry);
+    match deserialize(engine, entry, component) {
+        Ok(compiled) => Ok(Some(compiled)),
+        // wasmtime says so only in words: it has no error type for it.
+        Err(e) if format!("{e:#}").contains("pooling allocator") => Err(super::BadModule::new(
+            format!(
+                "does not fit one instance's share of the pool wasmhost keeps for --map: {e:#}"
+            ),
+            "run it with --concurrency 1, where instances are allocated one by one",
+        )
+        .into()),
+        Err(_) => {
+            let _ = fs::remove_file(entry);
+            Ok(None)
+        }
     }
-    loaded
 }
 
 /// An exclusive `flock` on `ENTRY.lock`, held while compiling one entry, so
