@@ -435,3 +435,22 @@ fn an_unknown_import_or_export_is_named_at_its_app_toml_line() {
         run.stderr()
     );
 }
+
+#[test]
+fn entry_on_a_component_is_refused_at_its_line() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "comp",
+        "name = \"comp\"\n[functions.h]\nmodule = \"{guest2:hello}\"\nentry = \"run\"\n",
+    );
+    let run = env.run(&["run", path(&app)]).code_is(2);
+    assert!(
+        run.stderr()
+            .starts_with(&format!("error: {}:4:9: module ", path(&app)))
+            && run
+                .stderr()
+                .contains("is a component, which `entry` does not apply to; fix: remove `entry`"),
+        "{}",
+        run.stderr()
+    );
+}
