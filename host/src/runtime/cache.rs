@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
+use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -59,37 +60,62 @@ impl ModuleCache {
             "{digest}-{}.{kind}{ENTRY_SUFFIX}",
             self.engine_hash
         ));
-        if entry.exists() {
-            match deserialize(engine, &entry, component) {
-                Ok(compiled) => return Ok(compiled),
-                // Damaged (truncated, overwritten, another wasmtime): rebuild.
-                Err(_) => {
-                    let _ = fs::remove_file(&entry);
-                }
-            }
+        if let Some(compiled) = load_entry(engine, &entry, component)? {
+            return Ok(compiled);
         }
         let bytes = match bytes {
             Some(bytes) => bytes,
             None => read_module(module)?,
         };
-        let serialized = if component {
+        // Created before compiling, for the lock; removed again if the module
+        // does not compile, so that a bad module leaves no state behind.
+        let made = missing_dirs(&self.dir);
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
+        let lock = CompileLock::acquire(&entry);
+        // Compiled by the process we waited for.
+        if let Some(compiled) = load_entry(engine, &entry, component)? {
+            return Ok(compiled);
+        }
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "note: compiling {} (once: later starts load it from the cache)",
+                module.display()
+            );
+        }
+        let compiled = if component {
             engine.precompile_component(&bytes)
         } else {
             engine.precompile_module(&bytes)
+        };
+        let serialized = match compiled {
+            Ok(serialized) => serialized,
+            Err(e) => {
+                drop(lock);
+                for dir in &made {
+                    let _ = fs::remove_dir(dir);
+                }
+                return Err(super::BadModule::new(
+                    format!("does not compile: {:#}", anyhow::Error::from(e)),
+                    "rebuild the module if it is damaged, or without the feature named there: wasmhost runs the standardized WebAssembly features wasmtime 48 supports (WebAssembly 3.0, exceptions among them), threads excepted",
+                )
+                .into());
+            }
+        };
+        // A full disk costs the next start a compile, not this one its run.
+        if write_atomically(&entry, &serialized).is_ok()
+            && let Some(compiled) = load_entry(engine, &entry, component)?
+        {
+            return Ok(compiled);
         }
-        .map_err(|e| {
-            super::BadModule::new(
-                format!("does not compile: {:#}", anyhow::Error::from(e)),
-                "wasmhost runs the standardized WebAssembly features wasmtime 48 supports (WebAssembly 3.0, exceptions among them), threads excepted: rebuild the module without the feature named there",
-            )
-        })?;
-        // Created here rather than before compiling, so that a module that
-        // does not compile leaves no state behind.
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
-        write_atomically(&entry, &serialized)?;
-        deserialize(engine, &entry, component)
-            .with_context(|| format!("cannot load compiled {}", entry.display()))
+        // SAFETY: the bytes are wasmtime's own output of a moment ago.
+        unsafe {
+            Ok(if component {
+                Compiled::Component(Component::deserialize(engine, &serialized)?)
+            } else {
+                Compiled::Core(wasmtime::Module::deserialize(engine, &serialized)?)
+            })
+        }
     }
 
     /// The module's SHA-256, from its stamp when the file is unchanged; also
@@ -164,6 +190,74 @@ fn deserialize(engine: &Engine, entry: &Path, component: bool) -> Result<Compile
             Ok(wasmtime::Module::deserialize_file(engine, entry).map(Compiled::Core)?)
         }
     }
+}
+
+/// The entry at `entry` if it loads; one that does not (truncated,
+/// overwritten, another wasmtime's) is removed, to be rebuilt. One that is
+/// sound but does not fit the engine's instance pool is kept: no rebuild
+/// would change that.
+fn load_entry(engine: &Engine, entry: &Path, component: bool) -> Result<Option<Compiled>> {
+    if !entry.exists() {
+        return Ok(None);
+    }
+    match deserialize(engine, entry, component) {
+        Ok(compiled) => Ok(Some(compiled)),
+        // wasmtime says so only in words: it has no error type for it.
+        Err(e) if format!("{e:#}").contains("pooling allocator") => Err(super::BadModule::new(
+            format!(
+                "does not fit one instance's share of the pool wasmhost keeps for --map: {e:#}"
+            ),
+            "run it with --concurrency 1, where instances are allocated one by one",
+        )
+        .into()),
+        Err(_) => {
+            let _ = fs::remove_file(entry);
+            Ok(None)
+        }
+    }
+}
+
+/// An exclusive `flock` on `ENTRY.lock`, held while compiling one entry, so
+/// that processes starting the same uncached module at once compile it once
+/// (13 s and 280 MB each, for CPython): the others wait, then load the
+/// entry. The kernel drops the lock of a process that dies, so a crashed
+/// compiler only hands the compile to the next in line. Best effort: on a
+/// disk too full for an empty file, each process compiles for itself.
+struct CompileLock {
+    path: PathBuf,
+    _file: Option<fs::File>,
+}
+
+impl CompileLock {
+    fn acquire(entry: &Path) -> Self {
+        let path = entry.with_extension("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ok()
+            .filter(|file| file.lock().is_ok());
+        Self { path, _file: file }
+    }
+}
+
+impl Drop for CompileLock {
+    /// Removed while still held, after the entry is written: a process that
+    /// opens the old file waits and then finds the entry; one that makes a
+    /// new file finds it at once. Debris of a crash is removed by the next
+    /// compile of that entry, or by `cache clear`.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// `dir` and those of its ancestors that do not exist, innermost first.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_owned)
+        .collect()
 }
 
 fn read_header(module: &Path) -> Result<[u8; 8]> {

@@ -134,7 +134,7 @@ fn entry(module: &Module, entry: Option<&str>) -> Result<Entry, BadModule> {
         .map(|name| format!("`{name}`"))
         .collect();
     let choose = if candidates.is_empty() {
-        "it exports no function without parameters that returns nothing or an i32 exit code, so wasmhost cannot start it".to_owned()
+        "build it as a WASI command (a program with `main`), or export a function without parameters that returns nothing or an i32 exit code and name it in `entry`".to_owned()
     } else {
         format!("set `entry` to one of {}", candidates.join(", "))
     };

