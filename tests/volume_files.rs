@@ -474,6 +474,10 @@ fn module_importing(name: &str) -> Vec<u8> {
     module.push(0x02);
     module.push(import.len() as u8);
     module.extend_from_slice(&import);
+    // A `_start` of its own, so the import is all that is wrong with it.
+    module.extend_from_slice(&[0x03, 0x02, 0x01, 0x00]);
+    module.extend_from_slice(b"\x07\x0a\x01\x06_start\x00\x01");
+    module.extend_from_slice(&[0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b]);
     module
 }
 

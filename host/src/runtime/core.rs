@@ -43,6 +43,7 @@ struct Entry {
 /// Links a module once, refusing (with a [`BadModule`]) imports wasmhost
 /// does not provide and an `entry` the module does not export.
 pub fn prelink(engine: &Engine, module: &Module, function: &FunctionSpec) -> Result<Prelinked> {
+    let entry = entry(module, function.entry.as_deref())?;
     let mut linker = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
     super::p1_sleep::add_to_linker(&mut linker)?;
@@ -54,8 +55,6 @@ pub fn prelink(engine: &Engine, module: &Module, function: &FunctionSpec) -> Res
     let pre = linker
         .instantiate_pre(module)
         .map_err(BadModule::unlinkable)?;
-    // After linking: an import wasmhost lacks is the more basic problem.
-    let entry = entry(module, function.entry.as_deref())?;
     Ok(Prelinked { pre, entry })
 }
 
