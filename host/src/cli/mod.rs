@@ -1,0 +1,116 @@
+//! The `wasmhost` command line: one module per command group, each holding
+//! its clap arguments and an `execute` over the library.
+
+mod app;
+mod cache;
+mod call;
+mod confirm;
+mod deploy;
+mod invoke;
+pub mod output;
+mod run;
+mod volume;
+
+use std::path::Path;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use wasmhost::apps;
+use wasmhost::error::UsageError;
+use wasmhost::home::Home;
+use wasmhost::manifest::{self, FunctionSpec};
+use wasmhost::registry::Registry;
+use wasmhost::runtime::{BadModule, Program, Runtime};
+use wasmhost::volumes;
+
+/// Serverless WebAssembly functions with shared, lockable volumes.
+#[derive(Parser)]
+#[command(name = "wasmhost", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start an ephemeral app, invoke one function, stop the app.
+    Run(run::RunArgs),
+    /// Register (or update) a deployed app that stays until `app stop`.
+    Deploy(deploy::DeployArgs),
+    /// Invoke a function of a deployed app.
+    Call(call::CallArgs),
+    /// List and stop apps.
+    #[command(subcommand)]
+    App(app::AppCommand),
+    /// Manage named volumes and their files.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// The compiled-module cache.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Empties the trash; started in the background by other commands.
+    #[command(hide = true)]
+    InternalPurgeTrash,
+}
+
+/// Runs a command; returns the process exit code.
+pub fn dispatch(command: Command) -> Result<u8> {
+    match command {
+        Command::InternalPurgeTrash => {
+            volumes::purge_trash(&Home::from_env()?)?;
+            Ok(0)
+        }
+        Command::Run(args) => run::execute(args),
+        Command::Deploy(args) => deploy::execute(args),
+        Command::Call(args) => call::execute(args),
+        Command::App(command) => app::execute(command),
+        Command::Volume(command) => volume::execute(command),
+        Command::Cache(command) => cache::execute(command),
+    }
+}
+
+fn usage(message: String) -> anyhow::Error {
+    UsageError(message).into()
+}
+
+/// Opens `$WASMHOST_HOME` and its registry, after cleaning up what dead
+/// processes left behind.
+fn open_state() -> Result<(Home, Registry)> {
+    let home = Home::from_env()?;
+    let mut registry = Registry::open(&home.registry_file())?;
+    for app in apps::housekeeping(&home, &mut registry)? {
+        eprintln!(
+            "note: cleaned up app `{}` ({}), whose process died",
+            app.name, app.id
+        );
+    }
+    Ok((home, registry))
+}
+
+/// Compiles a function's module from `file` (a deployed app's snapshot of
+/// its `module`, or `module` itself). A module wasmtime refuses is bad input,
+/// reported at the function's `module` (or `entry`) in `app_toml` (app.toml,
+/// function) when there is one at hand; failing to store it in the cache is
+/// not.
+fn load_program(
+    runtime: &Runtime,
+    file: &Path,
+    spec: &FunctionSpec,
+    app_toml: Option<(&Path, &str)>,
+) -> Result<Program> {
+    runtime.load(file, spec).map_err(|e| {
+        let Some(bad) = e.downcast_ref::<BadModule>() else {
+            return e;
+        };
+        let problem = format!("module {} {}", spec.module.display(), bad.problem);
+        match app_toml {
+            Some((file, function)) if bad.at_entry => {
+                manifest::entry_error(file, function, problem, &bad.fix).into()
+            }
+            Some((file, function)) => {
+                manifest::module_error(file, function, problem, &bad.fix).into()
+            }
+            None => usage(format!("{problem}; fix: {}", bad.fix)),
+        }
+    })
+}

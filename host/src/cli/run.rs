@@ -1,0 +1,82 @@
+//! `wasmhost run`: an ephemeral app for one invocation (or one `--map`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use wasmhost::apps;
+use wasmhost::home::Home;
+use wasmhost::manifest::{self, AppManifest};
+use wasmhost::registry::Registry;
+use wasmhost::runtime::{Program, Runtime};
+
+use super::invoke::{
+    InvokeArgs, MapInputs, instances_at_once, note_lowered_concurrency, open_map_inputs, serve,
+};
+use super::{load_program, open_state, usage};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The app's app.toml.
+    app: PathBuf,
+    /// The function to invoke (default: `entrypoint`, else the only one).
+    function: Option<String>,
+    #[command(flatten)]
+    invoke: InvokeArgs,
+}
+
+/// app.toml is validated before any state is touched: a bad one creates
+/// nothing, not even `$WASMHOST_HOME`.
+pub fn execute(args: RunArgs) -> Result<u8> {
+    let RunArgs {
+        app,
+        function,
+        invoke,
+    } = args;
+    let (manifest, function) = load_manifest(&app, function.as_deref())?;
+    let inputs = open_map_inputs(&invoke)?;
+    let spec = &manifest.functions[&function];
+    note_lowered_concurrency(&invoke, spec);
+    // Compiled before `$WASMHOST_HOME` is opened, so that a module
+    // wasmtime refuses creates nothing either.
+    let runtime = Runtime::new(
+        &Home::locate()?,
+        instances_at_once(&invoke, inputs.as_ref(), spec),
+    )?;
+    let program = load_program(&runtime, &spec.module, spec, Some((&app, &function)))?;
+    let (home, mut registry) = open_state()?;
+    run(
+        &home,
+        &mut registry,
+        &manifest,
+        &function,
+        &invoke,
+        inputs,
+        program,
+    )
+}
+
+/// Loads and validates app.toml, refusing an unknown function.
+fn load_manifest(path: &Path, function: Option<&str>) -> Result<(AppManifest, String)> {
+    let manifest = manifest::load(path)?;
+    let function = manifest
+        .select_function(function)
+        .map_err(|problem| usage(format!("{}: {problem}", path.display())))?
+        .to_owned();
+    Ok((manifest, function))
+}
+
+fn run(
+    home: &Home,
+    registry: &mut Registry,
+    manifest: &AppManifest,
+    function: &str,
+    invoke: &InvokeArgs,
+    inputs: Option<MapInputs>,
+    program: Program,
+) -> Result<u8> {
+    let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
+    let served = serve(home, &live, function, None, program, invoke, inputs);
+    apps::stop_owned(home, registry, &live.record.id, lease)?;
+    served
+}
