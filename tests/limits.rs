@@ -34,18 +34,6 @@ memory = "32MiB"
     app
 }
 
-/// Runs to completion, asserting it did not hang.
-fn run_bounded(env: &TestEnv, args: &[&str]) -> Run {
-    let start = Instant::now();
-    let run = env.run(args);
-    assert!(
-        start.elapsed() < BOUND,
-        "{args:?} took {:?}",
-        start.elapsed()
-    );
-    run
-}
-
 /// The one line wasmhost itself wrote (guest output aside): `error: …`.
 #[track_caller]
 fn host_error(run: &Run) -> String {
@@ -65,7 +53,7 @@ fn host_error(run: &Run) -> String {
 fn fails_with(env: &TestEnv, app: &Path, guest_args: &[&str], needles: &[&str]) -> Run {
     let mut args = vec!["run", path(app), "--"];
     args.extend_from_slice(guest_args);
-    let run = run_bounded(env, &args).code_is(1);
+    let run = env.run_within(BOUND, &args).code_is(1);
     let line = host_error(&run);
     assert!(needles.iter().all(|n| line.contains(n)), "{line}");
     run
@@ -89,7 +77,9 @@ fn runaway_loop_ends_at_the_timeout_and_says_so() {
 fn guest_blocked_in_a_host_sleep_still_ends_at_the_timeout() {
     let env = TestEnv::new();
     let app = limited_app(&env, "sleeper", "{guest:fsops}");
-    let run = run_bounded(&env, &["run", path(&app), "--", "sleep", "600000"]).code_is(1);
+    let run = &env
+        .run_within(BOUND, &["run", path(&app), "--", "sleep", "600000"])
+        .code_is(1);
     let line = host_error(&run);
     assert!(
         line.contains("timed out after 1s") && line.contains("`timeout`"),
@@ -105,7 +95,9 @@ fn allocation_past_the_cap_ends_with_the_memory_limit_and_its_value() {
     let env = TestEnv::new();
     let app = limited_app(&env, "hungry", "{guest:fsops}");
     // Under the cap: fine.
-    let ok = run_bounded(&env, &["run", path(&app), "--", "alloc", "8"]).success();
+    let ok = &env
+        .run_within(BOUND, &["run", path(&app), "--", "alloc", "8"])
+        .success();
     assert_eq!(ok.stdout(), "allocated\n");
     let run = fails_with(
         &env,
@@ -128,7 +120,8 @@ fn stack_overflow_and_trap_give_a_one_line_reason() {
     );
     fails_with(&env, &app, &["trap"], &["trapped", "unreachable"]);
     // Nothing else broke: the next run of the same app works.
-    run_bounded(&env, &["run", path(&app), "--", "echo-line", "fine"]).success();
+    env.run_within(BOUND, &["run", path(&app), "--", "echo-line", "fine"])
+        .success();
 }
 
 /// Each failure ends only its own invocation: the others succeed and are
@@ -148,20 +141,21 @@ fn map_isolates_failures(module: &str, name: &str, failing: &[(&str, &str)]) {
     expected_out.push_str("last\n");
     let inputs = env.work.path().join("inputs.txt");
     std::fs::write(&inputs, lines.join("\n") + "\n").unwrap();
-    let run = run_bounded(
-        &env,
-        &[
-            "run",
-            path(&app),
-            "--map",
-            path(&inputs),
-            "--concurrency",
-            "2",
-            "--",
-            "words",
-        ],
-    )
-    .code_is(1);
+    let run = &env
+        .run_within(
+            BOUND,
+            &[
+                "run",
+                path(&app),
+                "--map",
+                path(&inputs),
+                "--concurrency",
+                "2",
+                "--",
+                "words",
+            ],
+        )
+        .code_is(1);
     assert_eq!(run.stdout(), expected_out, "stderr: {}", run.stderr());
     let stderr = run.stderr();
     assert!(
@@ -239,11 +233,12 @@ timeout = "120s"
     );
     let inputs = env.work.path().join("inputs.txt");
     std::fs::write(&inputs, "echo-line first\nspew 256\necho-line last\n").unwrap();
-    let run = run_bounded(
-        &env,
-        &["run", path(&app), "--map", path(&inputs), "--", "words"],
-    )
-    .code_is(1);
+    let run = &env
+        .run_within(
+            BOUND,
+            &["run", path(&app), "--map", path(&inputs), "--", "words"],
+        )
+        .code_is(1);
     let stdout = &run.0.stdout;
     assert!(
         stdout.starts_with(b"first\n") && stdout.ends_with(b"last\n"),
@@ -275,20 +270,21 @@ fn map_guest_blocked_in_a_host_sleep_ends_at_the_timeout() {
     let app = limited_app(&env, "map-sleeper", "{guest:fsops}");
     let inputs = env.work.path().join("sleeps.txt");
     std::fs::write(&inputs, "sleep 600000\necho-line after\n").unwrap();
-    let run = run_bounded(
-        &env,
-        &[
-            "run",
-            path(&app),
-            "--map",
-            inputs.to_str().unwrap(),
-            "--concurrency",
-            "1",
-            "--",
-            "words",
-        ],
-    )
-    .code_is(1);
+    let run = &env
+        .run_within(
+            BOUND,
+            &[
+                "run",
+                path(&app),
+                "--map",
+                inputs.to_str().unwrap(),
+                "--concurrency",
+                "1",
+                "--",
+                "words",
+            ],
+        )
+        .code_is(1);
     assert_eq!(run.stdout(), "after\n");
     assert!(
         run.stderr().contains("input 1") && run.stderr().contains("timed out after 1s"),
@@ -304,23 +300,24 @@ fn map_guest_blocked_in_a_host_sleep_ends_at_the_timeout() {
 fn poll_on_two_clocks_answers_and_ends_at_the_timeout() {
     let env = TestEnv::new();
     let app = limited_app(&env, "poller", "{guest:fsops}");
-    let run = run_bounded(
-        &env,
+    let run = env.run_within(
+        BOUND,
         &["run", path(&app), "--", "poll-two-clocks", "500", "50"],
     );
     assert_eq!(run.success().stdout(), "events: 2\n");
-    let run = run_bounded(
-        &env,
-        &[
-            "run",
-            path(&app),
-            "--",
-            "poll-two-clocks",
-            "600000",
-            "500000",
-        ],
-    )
-    .code_is(1);
+    let run = &env
+        .run_within(
+            BOUND,
+            &[
+                "run",
+                path(&app),
+                "--",
+                "poll-two-clocks",
+                "600000",
+                "500000",
+            ],
+        )
+        .code_is(1);
     assert!(
         host_error(&run).contains("timed out after 1s"),
         "{}",

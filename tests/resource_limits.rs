@@ -52,17 +52,6 @@ args = [{args}]
     )
 }
 
-fn run_bounded(env: &TestEnv, args: &[&str]) -> Run {
-    let start = Instant::now();
-    let run = env.run(args);
-    assert!(
-        start.elapsed() < HANG,
-        "{args:?} took {:?}",
-        start.elapsed()
-    );
-    run
-}
-
 /// `took K then errno E: …`: how many the hoarder got before its refusal.
 #[track_caller]
 fn refused_after(stdout: &str) -> (usize, String) {
@@ -100,18 +89,19 @@ fn hoarder_beside_siblings(target: Target, op: &str, refusal: &str, limit_note: 
         .chain(std::iter::repeat_n(sibling.as_str(), 40))
         .collect();
     std::fs::write(&inputs, lines.join("\n") + "\n").unwrap();
-    let run = run_bounded(
-        &env,
-        &[
-            "run",
-            path(&app),
-            "--map",
-            path(&inputs),
-            "--concurrency",
-            "8",
-        ],
-    )
-    .code_is(1);
+    let run = &env
+        .run_within(
+            HANG,
+            &[
+                "run",
+                path(&app),
+                "--map",
+                path(&inputs),
+                "--concurrency",
+                "8",
+            ],
+        )
+        .code_is(1);
     let stdout = run.stdout();
     assert_eq!(
         stdout.lines().filter(|l| *l == "took 4").count(),
@@ -176,7 +166,9 @@ fn a_lock_hoarding_component_stops_at_its_limit_and_its_siblings_still_lock() {
 /// returns how many it got and wasmhost's error line.
 fn single_hoard(env: &TestEnv, target: Target, op: &str, extra: &str) -> (usize, String) {
     let app = hoard_app(env, "single", target, &[op, "/scratch", "0"], extra);
-    let run = run_bounded(env, &["run", path(&app), "--", HOARD]).code_is(1);
+    let run = env
+        .run_within(HANG, &["run", path(&app), "--", HOARD])
+        .code_is(1);
     let (count, _) = refused_after(&run.stdout());
     let error = run
         .stderr()
@@ -267,7 +259,8 @@ fn huge_lock_path_costs_nothing(target: Target, bytes: usize) {
     let env = TestEnv::new();
     let app = hoard_app(&env, "longpath", target, &["long-lock-path"], "");
     // Compiling the guest is what costs memory; do it first.
-    run_bounded(&env, &["run", path(&app), "--", "4"]).success();
+    env.run_within(HANG, &["run", path(&app), "--", "4"])
+        .success();
     let mut child = env.spawn(&["run", path(&app), "--", &bytes.to_string()]);
     let (status, peak_kib) = wait_with_peak_rss(&mut child);
     let mut stdout = String::new();
@@ -307,7 +300,8 @@ fn huge_file_path_is_refused_early(target: Target, bytes: usize, host_bound: usi
         &["stat-long-path", "/scratch"],
         "",
     );
-    run_bounded(&env, &["run", path(&app), "--", "4"]).success();
+    env.run_within(HANG, &["run", path(&app), "--", "4"])
+        .success();
     let mut child = env.spawn(&["run", path(&app), "--", &bytes.to_string()]);
     let (status, peak_kib) = wait_with_peak_rss(&mut child);
     let mut stdout = String::new();
@@ -364,7 +358,9 @@ fn thousands_of_distinct_locks_leave_no_lock_files() {
     for target in [Target::P1, Target::P2] {
         let env = TestEnv::new();
         let app = hoard_app(&env, "churner", target, &["churn", "/data"], "");
-        let run = run_bounded(&env, &["run", path(&app), "--", "3000"]).success();
+        let run = &env
+            .run_within(HANG, &["run", path(&app), "--", "3000"])
+            .success();
         assert_eq!(run.stdout().trim(), "churned 3000");
         let id = volume_id(&env, "churner-data");
         assert_eq!(lock_files(&env, &id), Vec::<PathBuf>::new(), "{target:?}");
@@ -455,6 +451,8 @@ module = "{guest2:lock_v0_1}"
 mounts = { "/data" = "data" }
 "#,
     );
-    let run = run_bounded(&env, &["run", path(&app), "--", "/data/k"]).success();
+    let run = &env
+        .run_within(HANG, &["run", path(&app), "--", "/data/k"])
+        .success();
     assert_eq!(run.stdout().trim(), "locked and released");
 }

@@ -123,6 +123,19 @@ impl TestEnv {
         Run(self.command().args(args).output().expect("run wasmhost"))
     }
 
+    /// Runs wasmhost to completion, asserting it took less than `bound`
+    /// (a hang fails the test instead of stalling the suite).
+    pub fn run_within(&self, bound: Duration, args: &[&str]) -> Run {
+        let start = Instant::now();
+        let run = self.run(args);
+        assert!(
+            start.elapsed() < bound,
+            "{args:?} took {:?}",
+            start.elapsed()
+        );
+        run
+    }
+
     /// Starts wasmhost without waiting.
     pub fn spawn(&self, args: &[&str]) -> Child {
         self.command()
