@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Run, TestEnv, path};
 
@@ -80,7 +80,7 @@ fn guest_blocked_in_a_host_sleep_still_ends_at_the_timeout() {
     let run = &env
         .run_within(BOUND, &["run", path(&app), "--", "sleep", "600000"])
         .code_is(1);
-    let line = host_error(&run);
+    let line = host_error(run);
     assert!(
         line.contains("timed out after 1s") && line.contains("`timeout`"),
         "{line}"
@@ -319,7 +319,7 @@ fn poll_on_two_clocks_answers_and_ends_at_the_timeout() {
         )
         .code_is(1);
     assert!(
-        host_error(&run).contains("timed out after 1s"),
+        host_error(run).contains("timed out after 1s"),
         "{}",
         run.stderr()
     );

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Run, Target, TestEnv, path, wait_with_timeout};
+use common::{Target, TestEnv, path, wait_with_timeout};
 
 /// Generous: these runs take a second or two; the bound only catches a hang.
 const HANG: Duration = Duration::from_secs(120);
@@ -455,4 +455,59 @@ mounts = { "/data" = "data" }
         .run_within(HANG, &["run", path(&app), "--", "/data/k"])
         .success();
     assert_eq!(run.stdout().trim(), "locked and released");
+}
+
+/// Eight file hoarders at once, under a process limit of 3000 descriptors
+/// (`ulimit -n`), beside 40 siblings: at the default `max_open_files` of
+/// 1024 three hoarders would take every descriptor the process has, so
+/// each instance's limit is lowered to its share, and every hoarder is
+/// refused by its own limit (never by the host running out) while every
+/// sibling still opens its files.
+#[test]
+fn hoarders_share_the_process_descriptor_limit() {
+    let env = TestEnv::new();
+    let app = hoard_app(&env, "share", Target::P1, &["words"], "");
+    let inputs = env.work.path().join("inputs.txt");
+    let hoarder = format!("open /scratch {HOLD_MS} {HOARD}");
+    let sibling = "after /scratch/full open /scratch 0 4";
+    let lines: Vec<&str> = std::iter::repeat_n(hoarder.as_str(), 8)
+        .chain(std::iter::repeat_n(sibling, 40))
+        .collect();
+    std::fs::write(&inputs, lines.join("\n") + "\n").unwrap();
+    let command = env.command();
+    let mut child = std::process::Command::new("bash")
+        .args(["-c", "ulimit -n 3000 && exec \"$0\" \"$@\""])
+        .arg(command.get_program())
+        .args(["run", path(&app), "--map", path(&inputs)])
+        .args(["--concurrency", "9"])
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .current_dir(env.work.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut child, HANG);
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| *l == "took 4").count(),
+        40,
+        "every sibling takes its 4\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    let refusals: Vec<&str> = stdout.lines().filter(|l| l.contains(" then ")).collect();
+    assert_eq!(refusals.len(), 8, "{stdout}");
+    for line in refusals {
+        // (3000 - 512) / 9 instances / 2 = 138 files each, stdio and mounts included.
+        assert!(line.starts_with("took 13"), "{line}");
+        assert!(line.contains(open_refusal(Target::P1)), "{line}");
+    }
+    assert!(
+        stderr.contains("8 of 48 invocations failed")
+            && stderr.contains("its limit of 138 open files (its share of the process's 3000 descriptors, with 9 instances at once"),
+        "{stderr}"
+    );
 }

@@ -106,7 +106,7 @@ const FIRST_PAUSE: Duration = Duration::from_micros(200);
 const LONGEST_PAUSE: Duration = Duration::from_millis(10);
 
 impl InstanceLocks {
-    pub fn new(home: &Home, mounts: &[Mount], max_locks: u32) -> Self {
+    pub fn new(home: &Home, mounts: &[Mount], max_locks: usize) -> Self {
         Self {
             home: home.clone(),
             mounts: mounts
@@ -118,7 +118,7 @@ impl InstanceLocks {
                 })
                 .collect(),
             held: HashMap::new(),
-            max_locks: max_locks as usize,
+            max_locks,
             limit_hit: false,
         }
     }
@@ -312,7 +312,7 @@ pub fn remove_unheld(home: &Home) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn table(home: &Home, mounts: &[(&str, bool)], max_locks: u32) -> InstanceLocks {
+    fn table(home: &Home, mounts: &[(&str, bool)], max_locks: usize) -> InstanceLocks {
         let mounts: Vec<Mount> = mounts
             .iter()
             .enumerate()

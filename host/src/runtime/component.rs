@@ -9,7 +9,7 @@ use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
-use super::wasi_limits::limit_table;
+use super::wasi_limits::{CountLimits, limit_table};
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
@@ -172,14 +172,15 @@ pub async fn run(
     pre: &CommandPre<ComponentState>,
     invocation: &Invocation<'_>,
     argv0: &str,
+    limits: &CountLimits,
 ) -> Result<(RunResult, Outputs)> {
     let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
-        host: HostState::new(invocation),
+        host: HostState::new(invocation, limits),
     };
-    limit_table(&mut state.table, invocation.function);
+    limit_table(&mut state.table, limits);
     let mut store = Store::new(pre.engine(), state);
     let stop = configure_store(&mut store);
     let (result, stopped) = until_stopped(&stop, async {

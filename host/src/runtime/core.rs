@@ -8,7 +8,7 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
-use super::wasi_limits::limit_table;
+use super::wasi_limits::{CountLimits, limit_table};
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
@@ -185,14 +185,15 @@ pub async fn run(
     prelinked: &Prelinked,
     invocation: &Invocation<'_>,
     argv0: &str,
+    limits: &CountLimits,
 ) -> Result<(RunResult, Outputs)> {
     let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let mut state = CoreState {
         wasi: builder.build_p1(),
-        host: HostState::new(invocation),
+        host: HostState::new(invocation, limits),
     };
     let (pre, entry) = (&prelinked.pre, &prelinked.entry);
-    limit_table(WasiView::ctx(&mut state.wasi).table, invocation.function);
+    limit_table(WasiView::ctx(&mut state.wasi).table, limits);
     let mut store = Store::new(pre.module().engine(), state);
     let stop = configure_store(&mut store);
     let (result, stopped) = until_stopped(&stop, async {

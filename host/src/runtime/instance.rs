@@ -11,6 +11,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::stdio::Streamed;
+use super::wasi_limits::CountLimits;
 use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
 
@@ -117,20 +118,16 @@ impl Outputs {
 }
 
 impl HostState {
-    pub fn new(invocation: &Invocation) -> Self {
+    pub fn new(invocation: &Invocation, counts: &CountLimits) -> Self {
         let deadline = Instant::now() + invocation.function.timeout;
         Self {
             limits: Limits {
                 memory_cap: invocation.function.memory,
                 memory_cap_hit: false,
-                max_open_files: invocation.function.max_open_files as usize,
+                max_open_files: counts.open_files,
                 open_files_hit: false,
             },
-            locks: InstanceLocks::new(
-                invocation.home,
-                invocation.mounts,
-                invocation.function.max_locks,
-            ),
+            locks: InstanceLocks::new(invocation.home, invocation.mounts, counts.locks),
             watch: StopWatch {
                 cancelled: invocation.cancelled.clone(),
                 deadline,

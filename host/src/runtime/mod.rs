@@ -24,6 +24,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 pub use cache::CacheInfo;
 use cache::{Compiled, ModuleCache};
 use instance::{Outputs, StopReason};
+use wasi_limits::CountLimits;
 
 use crate::apps::Mount;
 use crate::home::Home;
@@ -100,6 +101,8 @@ impl std::error::Error for BadModule {}
 pub struct Runtime {
     engine: Engine,
     cache: ModuleCache,
+    /// The process's descriptor limit and the instances that share it.
+    descriptors: (usize, usize),
 }
 
 /// The most instances at once that get the pooling allocator: its slots
@@ -111,7 +114,7 @@ impl Runtime {
     /// more than one (`--map`), instances come from a pool of slots whose
     /// memory stays mapped between invocations.
     pub fn new(home: &Home, instances_at_once: usize) -> Result<Self> {
-        wasi_limits::raise_descriptor_limit();
+        let descriptors = (wasi_limits::raise_descriptor_limit(), instances_at_once);
         let mut config = Config::new();
         config.epoch_interruption(true);
         if (2..=MAX_POOLED_INSTANCES).contains(&instances_at_once) {
@@ -131,7 +134,11 @@ impl Runtime {
             }
         });
         let cache = ModuleCache::new(home.cache_dir(), &engine);
-        Ok(Self { engine, cache })
+        Ok(Self {
+            engine,
+            cache,
+            descriptors,
+        })
     }
 
     /// Compiles (or loads from the cache) and pre-links a function's module
@@ -158,7 +165,12 @@ impl Runtime {
                 Linked::Component(component::prelink(&self.engine, &component, function)?)
             }
         };
-        Ok(Program { linked, argv0 })
+        let (process, instances) = self.descriptors;
+        Ok(Program {
+            linked,
+            argv0,
+            limits: CountLimits::new(function, process, instances),
+        })
     }
 
     pub fn cache_info(&self) -> Result<CacheInfo> {
@@ -224,6 +236,7 @@ enum Linked {
 pub struct Program {
     linked: Linked,
     argv0: String,
+    limits: CountLimits,
 }
 
 /// Where an invocation's stdout and stderr go.
@@ -295,21 +308,25 @@ struct RunResult {
 impl RunResult {
     /// ", after it hit its limit of …" for each count limit the guest ran
     /// into, to follow a failure that the refusal likely caused.
-    fn limits_note(&self, function: &FunctionSpec) -> String {
+    fn limits_note(&self, limits: &CountLimits) -> String {
+        let why = |key: &str| match limits.shared {
+            None => format!("the function's `{key}`"),
+            Some((process, instances)) => format!(
+                "its share of the process's {process} descriptors, with {instances} instances at once; the function's `{key}` is higher"
+            ),
+        };
         let hit: Vec<String> = [
             (
                 self.open_files_hit,
-                function.max_open_files,
+                limits.open_files,
                 "open files",
                 "max_open_files",
             ),
-            (self.locks_hit, function.max_locks, "locks", "max_locks"),
+            (self.locks_hit, limits.locks, "locks", "max_locks"),
         ]
         .into_iter()
         .filter(|(hit, ..)| *hit)
-        .map(|(_, limit, what, key)| {
-            format!("its limit of {limit} {what} (the function's `{key}`)")
-        })
+        .map(|(_, limit, what, key)| format!("its limit of {limit} {what} ({})", why(key)))
         .collect();
         if hit.is_empty() {
             String::new()
@@ -335,14 +352,18 @@ impl Program {
         let ran = EXECUTOR.with(|executor| {
             executor.block_on(async {
                 match &self.linked {
-                    Linked::Core(pre) => core::run(pre, invocation, &self.argv0).await,
-                    Linked::Component(pre) => component::run(pre, invocation, &self.argv0).await,
+                    Linked::Core(pre) => {
+                        core::run(pre, invocation, &self.argv0, &self.limits).await
+                    }
+                    Linked::Component(pre) => {
+                        component::run(pre, invocation, &self.argv0, &self.limits).await
+                    }
                 }
             })
         });
         let (outcome, outputs) = match ran {
             Ok((run, outputs)) => {
-                let note = run.limits_note(invocation.function);
+                let note = run.limits_note(&self.limits);
                 let outcome = match (outcome(run, invocation.function), invocation.output) {
                     // Under --map the exit code goes no further than the
                     // summary, which can say why: a guest refused a file or

@@ -40,31 +40,78 @@ const P1: &str = "wasi_snapshot_preview1";
 /// wasmtime-wasi's filesystem interface as its linker defines it.
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
+/// Descriptors kept for wasmhost itself, whatever its instances hold: the
+/// registry, leases, slots, compiled-code maps, stdio, its threads' pipes.
+const HOST_DESCRIPTORS: usize = 512;
+
+/// The fewest open files (and locks) an instance is lowered to: room for
+/// its stdio, its mounts and a few files of its own.
+const MIN_SHARE: usize = 32;
+
+/// The count limits one instance runs under: the function's `max_open_files`
+/// and `max_locks`, lowered when that many instances at once could together
+/// hold more descriptors than the process may open. Each open file and each
+/// lock is a host descriptor; without the share, a few hoarding instances
+/// under `--map` would leave their siblings none (a failure for a limit the
+/// user never set).
+#[derive(Debug, Clone, Copy)]
+pub struct CountLimits {
+    pub open_files: usize,
+    pub locks: usize,
+    /// Set when a limit was lowered: (the process's descriptor limit,
+    /// instances at once), for the message of a guest that hits it.
+    pub shared: Option<(usize, usize)>,
+}
+
+impl CountLimits {
+    pub fn new(function: &FunctionSpec, process: usize, instances: usize) -> Self {
+        // Files and locks each get half of an instance's share.
+        let half = (process.saturating_sub(HOST_DESCRIPTORS) / instances.max(1) / 2).max(MIN_SHARE);
+        let open_files = (function.max_open_files as usize).min(half);
+        let locks = (function.max_locks as usize).min(half);
+        let lowered =
+            open_files < function.max_open_files as usize || locks < function.max_locks as usize;
+        Self {
+            open_files,
+            locks,
+            shared: lowered.then_some((process, instances)),
+        }
+    }
+}
+
 /// Bounds everything an instance keeps in its handle table (files,
 /// directories, streams, pollables: each may hold a host descriptor or
 /// host memory): a guest cannot run the process out of descriptors that
 /// the other instances need.
-pub fn limit_table(table: &mut ResourceTable, function: &FunctionSpec) {
-    table.set_max_capacity(function.max_open_files as usize + HANDLE_RESERVE);
+pub fn limit_table(table: &mut ResourceTable, limits: &CountLimits) {
+    table.set_max_capacity(limits.open_files + HANDLE_RESERVE);
 }
 
-/// Raises the process's soft limit on open descriptors to its hard limit.
-/// Instances are bounded by `max_open_files` each, but many run at once
-/// under `--map`, and a soft limit of 1024 (a common default) would fail
-/// them for a limit the user never set.
-pub fn raise_descriptor_limit() {
+/// Raises the process's soft limit on open descriptors to its hard limit,
+/// and returns the limit: instances are bounded by their share of it, and a
+/// soft limit of 1024 (a common default) would make that share small for
+/// no reason.
+pub fn raise_descriptor_limit() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
         }
     }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 /// Whether an open may add one more handle: not once the table holds
