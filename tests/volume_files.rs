@@ -194,7 +194,12 @@ fn a_trash_entry_that_cannot_be_removed_does_not_keep_the_others() {
     };
     env.run(&["volume", "delete", "stuck", "--yes"]).success();
     let trash = env.home().join("trash");
-    let stuck = env.trash_entries()[0].clone();
+    // The volume's files; its lock directory went to the trash beside them.
+    let stuck = env
+        .trash_entries()
+        .into_iter()
+        .find(|entry| entry.join("pinned").exists())
+        .expect("the deleted volume is in the trash");
     immutable.0 = stuck.join("pinned");
     // Others after it, in any order of the directory: other deleted volumes
     // and what a crash left.
