@@ -496,7 +496,8 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
 /// interrupted purge.
 pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     let mut reaped = Vec::new();
-    let leased = registry.read(|tx| tx.leased_running_apps())?;
+    let (leased, calls) =
+        registry.read(|tx| Ok((tx.leased_running_apps()?, tx.running_calls(None)?)))?;
     for app in &leased {
         if let Some(lease) = Lease::take_abandoned(home, &app.id)? {
             stop(home, registry, &app.id, true)
@@ -505,7 +506,9 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
             reaped.push(app.clone());
         }
     }
-    for call in registry.read(|tx| tx.running_calls(None))? {
+    // A call of an app just reaped was cancelled by its stop; finishing it
+    // again changes nothing.
+    for call in calls {
         if let Some(lease) = Lease::take_abandoned(home, &call.id)? {
             registry.write(|tx| {
                 tx.finish_call(

@@ -4,6 +4,7 @@
 //! -> mounted [`volumes`] -> [`runtime`] instances -> results ([`invoke`]).
 
 pub mod apps;
+pub mod atomic_file;
 pub mod digest;
 pub mod error;
 pub mod home;

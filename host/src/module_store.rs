@@ -11,14 +11,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::atomic_file;
 use crate::digest::sha256_hex;
 use crate::home::Home;
-use crate::registry::new_id;
 
 /// A module's bytes, read once at deploy time.
 pub struct Snapshot {
@@ -36,25 +36,15 @@ impl Snapshot {
         })
     }
 
-    /// Writes the snapshot unless it is there already: to a temporary file,
-    /// synced, then renamed into place, so a reader never sees part of one.
+    /// Writes the snapshot unless it is there already, whole or not at all.
     /// Call inside a registry write transaction (see the module header).
     pub fn store(&self, home: &Home) -> Result<()> {
         let path = home.module_snapshot(&self.digest);
         if fs::metadata(&path).is_ok_and(|m| m.len() == self.bytes.len() as u64) {
             return Ok(());
         }
-        let temp = home.modules_dir().join(format!(".{}.tmp", new_id("new")));
-        let written = fs::File::create_new(&temp)
-            .and_then(|mut file| {
-                file.write_all(&self.bytes)?;
-                file.sync_all()
-            })
-            .and_then(|()| fs::rename(&temp, &path));
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        written.with_context(|| format!("cannot store module snapshot {}", path.display()))
+        atomic_file::write(&path, &self.bytes)
+            .with_context(|| format!("cannot store module snapshot {}", path.display()))
     }
 }
 

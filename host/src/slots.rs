@@ -36,17 +36,19 @@ pub struct Slot {
 }
 
 impl Slots {
-    pub fn new(home: &Home, app_id: &str, function: &str, count: u32) -> Self {
-        Self {
-            dir: home.function_slots_dir(app_id, function),
+    /// Makes the slots' directory once, not at every invocation.
+    pub fn new(home: &Home, app_id: &str, function: &str, count: u32) -> Result<Self> {
+        let dir = home.function_slots_dir(app_id, function);
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create slot directory {}", dir.display()))?;
+        Ok(Self {
+            dir,
             count: count.max(1),
-        }
+        })
     }
 
     /// Waits for a free slot; `None` if `cancelled` is set first.
     pub fn acquire(&self, cancelled: &AtomicBool) -> Result<Option<Slot>> {
-        fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create slot directory {}", self.dir.display()))?;
         // Start at a different slot each time, so waiters do not all
         // contend for slot 0 first.
         let start = random_index(self.count);
@@ -93,7 +95,7 @@ mod tests {
     fn holds_at_most_count_and_frees_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path().to_owned()).unwrap();
-        let slots = Slots::new(&home, "ap-x", "f", 2);
+        let slots = Slots::new(&home, "ap-x", "f", 2).unwrap();
         let never = AtomicBool::new(false);
         let a = slots.acquire(&never).unwrap().unwrap();
         let _b = slots.acquire(&never).unwrap().unwrap();

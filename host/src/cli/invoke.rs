@@ -228,7 +228,8 @@ pub fn serve(
     let slots = spec
         .concurrency
         .filter(|_| live.record.kind == AppKind::Deployed)
-        .map(|n| Slots::new(home, &live.record.id, function, n));
+        .map(|n| Slots::new(home, &live.record.id, function, n))
+        .transpose()?;
     let env: BTreeMap<String, String> = invoke.env.iter().cloned().collect();
     let (worker_home, args, worker_cancelled) =
         (home.clone(), invoke.args.clone(), cancelled.clone());

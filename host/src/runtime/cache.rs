@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::atomic_file;
 use crate::digest::sha256_hex;
-use crate::registry::new_id;
 
 const ENTRY_SUFFIX: &str = ".cwasm";
 
@@ -278,11 +278,6 @@ pub fn is_component(bytes: &[u8]) -> bool {
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let temp = path.with_file_name(format!(".{}.tmp", new_id("tmp")));
-    fs::write(&temp, contents)
-        .and_then(|()| fs::rename(&temp, path))
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&temp);
-        })
+    atomic_file::write(path, contents)
         .with_context(|| format!("cannot write cache entry {}", path.display()))
 }
