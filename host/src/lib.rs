@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod atomic_file;
+pub mod calls;
 pub mod digest;
 pub mod error;
 pub mod home;

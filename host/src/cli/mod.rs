@@ -8,6 +8,7 @@ mod confirm;
 mod deploy;
 mod invoke;
 pub mod output;
+mod remote;
 mod run;
 mod volume;
 
