@@ -3,11 +3,38 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use wasmhost::registry::AppRecord;
+use wasmhost::text::escape_control;
 
 /// Unix seconds as `2026-11-25T07:30:00Z`.
 pub fn timestamp(secs: i64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
         .to_string()
+}
+
+/// Unix milliseconds as [`timestamp`] shows seconds.
+pub fn timestamp_ms(ms: i64) -> String {
+    timestamp(ms.div_euclid(1000))
+}
+
+/// `text` a guest wrote, for a terminal: each line's control characters
+/// escaped, its newlines kept, a last line without one ended.
+pub fn escape_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        out.push_str(&escape_control(line.strip_suffix('\n').unwrap_or(line)));
+        out.push('\n');
+    }
+    out
+}
+
+/// At most `max` characters of `text`, `…` ending a shortened one.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
+    short.push('…');
+    short
 }
 
 /// Left-aligned columns, two spaces apart.
