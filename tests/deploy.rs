@@ -188,7 +188,12 @@ fn a_redeploy_never_deletes_a_volume_under_a_running_call_unless_forced() {
     let left: Vec<_> = env
         .files_containing("kept-data-7")
         .into_iter()
-        .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with("registry."))
+        .filter(|f| {
+            !f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("registry.")
+        })
         .collect();
     assert!(left.is_empty(), "{left:?}");
     env.run(&["app", "stop", "busy", "--yes"]).success();

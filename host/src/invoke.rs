@@ -16,7 +16,7 @@ use crate::calls::{Ending, Recorder};
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::manifest::units::format_size;
-use crate::registry::{AppState, CallState, Registry, Stream, new_id};
+use crate::registry::{AppState, CallState, Registry, Stream, new_id, now_ms};
 use crate::runtime::{Finished, Invocation, Outcome, Output, OutputLog, Program};
 use crate::slots::Slots;
 
@@ -133,6 +133,7 @@ impl Target<'_> {
                 module: record.module.clone(),
                 holder: record.holder.clone(),
                 node: None,
+                started_at: now_ms(),
             },
             log.clone(),
         );

@@ -54,7 +54,7 @@ impl FullCall {
     pub fn read(tx: &Tx, call: CallRecord) -> anyhow::Result<Self> {
         let ([stdout, stderr], [dropped_stdout, dropped_stderr]) = tx.call_output(&call)?;
         Ok(Self {
-            attempt_history: tx.attempts(&call.id)?,
+            attempt_history: tx.attempts(&call)?,
             call,
             stdout,
             stderr,

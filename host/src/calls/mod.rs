@@ -95,6 +95,7 @@ pub fn start_call(
             module: live.modules.get(&function).map(String::as_str),
             max_attempts: 1,
             running: Some((&holder.id, holder.node.as_deref())),
+            ended: None,
         })?;
         Ok((live, function))
     })?;
@@ -156,6 +157,7 @@ pub fn queue_calls(
                     module: now.modules.get(&function).map(String::as_str),
                     max_attempts,
                     running: None,
+                    ended: None,
                 })?;
             }
             Ok(())

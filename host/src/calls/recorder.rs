@@ -11,19 +11,24 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use super::Ending;
 use crate::home::Home;
-use crate::registry::{NewCall, Registry};
+use crate::registry::{CallEnd, NewCall, Registry};
 use crate::runtime::{Lines, OutputLog};
 
 /// How often the output of running calls is recorded.
 pub const LOG_INTERVAL: Duration = Duration::from_millis(100);
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 4096;
+/// How long a call started in this process goes unrecorded, so that one
+/// that ends within it (most do) is written once, as it ended, rather than
+/// inserted and then updated. `calls list` and a cancel see it that much
+/// later; its output is kept meanwhile.
+const HOLD: Duration = Duration::from_millis(50);
 
 /// A call that starts running now, in this process.
 pub struct CallStart {
@@ -35,6 +40,8 @@ pub struct CallStart {
     pub module: Option<String>,
     pub holder: String,
     pub node: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
 }
 
 /// Told when the operation it was given with has been written (or not).
@@ -122,10 +129,17 @@ impl Recorder {
 
 fn run(mut registry: Registry, rx: mpsc::Receiver<Op>) {
     let mut live: BTreeMap<String, Live> = BTreeMap::new();
+    let mut held: Vec<(CallStart, Instant)> = Vec::new();
     loop {
-        let first = match rx.recv_timeout(LOG_INTERVAL) {
+        let wait = match held.first() {
+            Some((_, at)) => HOLD
+                .saturating_sub(at.elapsed())
+                .max(Duration::from_millis(1)),
+            None => LOG_INTERVAL,
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(op) => Some(op),
-            Err(RecvTimeoutError::Timeout) if live.is_empty() => continue,
+            Err(RecvTimeoutError::Timeout) if live.is_empty() && held.is_empty() => continue,
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
@@ -133,10 +147,13 @@ fn run(mut registry: Registry, rx: mpsc::Receiver<Op>) {
             .into_iter()
             .chain(rx.try_iter().take(MAX_BATCH))
             .collect();
-        let batch = Batch::gather(ops, &mut live);
-        let result = registry
-            .write(|tx| batch.apply(tx))
-            .map_err(|e| format!("cannot record calls in the registry: {e:#}"));
+        let batch = Batch::gather(ops, &mut live, &mut held);
+        let result = match batch.is_empty() {
+            true => Ok(()),
+            false => registry
+                .write(|tx| batch.apply(tx))
+                .map_err(|e| format!("cannot record calls in the registry: {e:#}")),
+        };
         if let Err(e) = &result {
             eprintln!("warning: {e}");
         }
@@ -149,7 +166,9 @@ fn run(mut registry: Registry, rx: mpsc::Receiver<Op>) {
 /// What one transaction writes.
 #[derive(Default)]
 struct Batch {
-    starts: Vec<CallStart>,
+    /// Calls started, with how they ended if that came in the same batch:
+    /// such a call is written once, as it ended.
+    starts: Vec<(CallStart, Option<Ending>)>,
     /// (call, app, attempt, lines, dropped bytes per stream)
     output: Vec<(String, String, u32, Lines, [u64; 2])>,
     endings: Vec<(String, Ending)>,
@@ -157,21 +176,29 @@ struct Batch {
 }
 
 impl Batch {
-    fn gather(ops: Vec<Op>, live: &mut BTreeMap<String, Live>) -> Self {
+    /// The batch `ops` make, with the starts `held` back that have ended
+    /// or been held long enough (all of them for a flush).
+    fn gather(
+        ops: Vec<Op>,
+        live: &mut BTreeMap<String, Live>,
+        held: &mut Vec<(CallStart, Instant)>,
+    ) -> Self {
         let mut batch = Batch::default();
-        let mut ending = Vec::new();
+        let mut ended = Vec::new();
+        let mut flush = false;
         for op in ops {
             match op {
                 Op::Start(call, log) => {
+                    let (app_id, attempt) = (call.app_id.clone(), 1);
                     live.insert(
                         call.id.clone(),
                         Live {
-                            app_id: call.app_id.clone(),
-                            attempt: 1,
+                            app_id,
+                            attempt,
                             log,
                         },
                     );
-                    batch.starts.push(call);
+                    held.push((call, Instant::now()));
                 }
                 Op::Watch {
                     id,
@@ -188,29 +215,52 @@ impl Batch {
                         },
                     );
                 }
-                Op::Finish {
-                    id,
-                    ending: e,
-                    done,
-                } => {
-                    ending.push((id, e));
+                Op::Finish { id, ending, done } => {
+                    ended.push(id.clone());
+                    let unwritten = held.iter().position(|(s, _)| s.id == id);
+                    match (unwritten, &ending) {
+                        (Some(at), Ending::Finished { .. }) => {
+                            batch.starts.push((held.remove(at).0, Some(ending)));
+                        }
+                        (Some(at), _) => {
+                            batch.starts.push((held.remove(at).0, None));
+                            batch.endings.push((id, ending));
+                        }
+                        (None, _) => batch.endings.push((id, ending)),
+                    }
                     batch.done.extend(done);
                 }
-                Op::Flush(done) => batch.done.push(done),
+                Op::Flush(done) => {
+                    flush = true;
+                    batch.done.push(done);
+                }
             }
         }
-        for (id, call) in live.iter() {
-            let (lines, dropped) = call.log.take(false);
-            batch.push_output(id, call, lines, dropped);
-        }
-        for (id, e) in ending {
+        let (due, kept) = std::mem::take(held)
+            .into_iter()
+            .partition(|(_, at)| flush || at.elapsed() >= HOLD);
+        *held = kept;
+        batch
+            .starts
+            .extend(due.into_iter().map(|(call, _)| (call, None)));
+        for id in ended {
             if let Some(call) = live.remove(&id) {
                 let (lines, dropped) = call.log.take(true);
                 batch.push_output(&id, &call, lines, dropped);
             }
-            batch.endings.push((id, e));
+        }
+        // Output waits with its call's unwritten start.
+        for (id, call) in live.iter() {
+            if !held.iter().any(|(s, _)| &s.id == id) {
+                let (lines, dropped) = call.log.take(false);
+                batch.push_output(id, call, lines, dropped);
+            }
         }
         batch
+    }
+
+    fn is_empty(&self) -> bool {
+        self.starts.is_empty() && self.output.is_empty() && self.endings.is_empty()
     }
 
     fn push_output(&mut self, id: &str, call: &Live, lines: Lines, dropped: [u64; 2]) {
@@ -226,7 +276,20 @@ impl Batch {
     }
 
     fn apply(&self, tx: &crate::registry::Tx) -> Result<()> {
-        for call in &self.starts {
+        for (call, ended) in &self.starts {
+            let ended = match ended {
+                Some(Ending::Finished {
+                    state,
+                    exit_code,
+                    error,
+                }) => Some(CallEnd {
+                    state: *state,
+                    exit_code: *exit_code,
+                    error: error.as_deref(),
+                    started_at: call.started_at,
+                }),
+                _ => None,
+            };
             tx.insert_call(&NewCall {
                 id: &call.id,
                 app_id: &call.app_id,
@@ -236,6 +299,7 @@ impl Batch {
                 module: call.module.as_deref(),
                 max_attempts: 1,
                 running: Some((&call.holder, call.node.as_deref())),
+                ended,
             })?;
         }
         for (id, app_id, attempt, lines, dropped) in &self.output {

@@ -23,7 +23,6 @@ use super::token::authorized;
 use super::worker::Worker;
 use crate::calls;
 use crate::error::UsageError;
-use crate::home::Home;
 use crate::manifest::{self, units};
 use crate::registry::{CallState, LogFilter, now_ms};
 use crate::views::{FullCall, app_json, volume_json};
@@ -45,11 +44,11 @@ struct Api {
 
 type Shared = State<Arc<Api>>;
 
-pub fn router(home: Home, worker: Arc<Worker>, token: String) -> Router {
+pub fn router(worker: Arc<Worker>, token: String) -> Router {
     let api = Arc::new(Api {
+        registries: worker.registries().clone(),
         worker,
         token,
-        registries: Registries::new(home),
     });
     let protected = Router::new()
         .route("/v1/openapi.json", get(openapi))
@@ -232,6 +231,28 @@ async fn create_call(
     let Json(request) = body.map_err(body_error)?;
     request.check()?;
     let CallRequest { args, env, spawn } = request;
+    if !spawn {
+        let (worker, app, function, args, env) = (
+            api.worker.clone(),
+            app.clone(),
+            function.clone(),
+            args.clone(),
+            env.clone(),
+        );
+        let now = tokio::task::spawn_blocking(move || worker.call_now(&app, &function, args, env))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+        if let Some(ended) = now {
+            let id = ended.await.map_err(|_| {
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the call's end was not recorded".into(),
+                )
+            })?;
+            return call_answer(&api, id).await;
+        }
+    }
     let id = api
         .registries
         .with(move |registry| {

@@ -56,7 +56,7 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
         ready(address, worker.node_id());
-        let app = api::router(home.clone(), worker.clone(), token);
+        let app = api::router(worker.clone(), token);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal(worker.clone()))
             .await
@@ -107,7 +107,7 @@ pub(crate) struct Registries {
 }
 
 impl Registries {
-    fn new(home: Home) -> Self {
+    pub(crate) fn new(home: Home) -> Self {
         Self {
             home,
             idle: Arc::default(),
@@ -120,20 +120,23 @@ impl Registries {
         f: impl FnOnce(&mut Registry) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let taken = this.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let mut registry = match taken {
-                Some(registry) => registry,
-                None => Registry::open(&this.home.registry_file())?,
-            };
-            let result = f(&mut registry);
-            this.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(registry);
-            result
-        })
-        .await
-        .context("a registry task failed")?
+        tokio::task::spawn_blocking(move || this.with_sync(f))
+            .await
+            .context("a registry task failed")?
+    }
+
+    /// Runs `f` with a connection on this thread.
+    pub(crate) fn with_sync<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
+        let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut registry = match taken {
+            Some(registry) => registry,
+            None => Registry::open(&self.home.registry_file())?,
+        };
+        let result = f(&mut registry);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(registry);
+        result
     }
 }

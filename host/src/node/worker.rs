@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
+use super::Registries;
 use crate::apps::{self, LiveApp};
+use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
 use crate::home::Home;
 use crate::invoke::Target;
-use crate::registry::{AppState, CallRecord, CallState, Registry};
+use crate::registry::{AppState, CallRecord, CallState, Registry, new_id, now_ms};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
 
@@ -30,6 +32,10 @@ const POLL: Duration = Duration::from_millis(100);
 const HOUSEKEEPING: Duration = Duration::from_secs(2);
 /// How often it deletes records past their bounds.
 const PRUNE: Duration = Duration::from_secs(60);
+/// How long an HTTP call may run from an app as read this long ago: how
+/// soon the node's immediate calls see a deploy, an update or a stop made
+/// elsewhere.
+const LIVE_APP_TTL: Duration = Duration::from_millis(250);
 
 /// A call running on this node.
 struct Running {
@@ -44,6 +50,10 @@ pub struct Worker {
     recorder: Recorder,
     max_calls: usize,
     programs: Mutex<HashMap<(String, String, Option<String>), Arc<Program>>>,
+    /// (app, function) as a request named them -> the app, the function's
+    /// name, and when they were read.
+    live_apps: Mutex<HashMap<(String, String), (Arc<LiveApp>, String, Instant)>>,
+    registries: Registries,
     running: Mutex<BTreeMap<String, Running>>,
     /// Calls whose end someone in this process waits for.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
@@ -65,6 +75,8 @@ impl Worker {
             recorder: Recorder::new(home)?,
             max_calls,
             programs: Mutex::default(),
+            live_apps: Mutex::default(),
+            registries: Registries::new(home.clone()),
             running: Mutex::default(),
             waiters: Mutex::default(),
             wake: (Mutex::new(false), Condvar::new()),
@@ -72,6 +84,11 @@ impl Worker {
             drained: tokio::sync::watch::Sender::new(false),
             interrupting: AtomicBool::new(false),
         }))
+    }
+
+    /// Registry connections for the node's request handlers.
+    pub fn registries(&self) -> &Registries {
+        &self.registries
     }
 
     pub fn node_id(&self) -> &str {
@@ -146,8 +163,8 @@ impl Worker {
             if free > 0 {
                 match self.claim(&mut registry, free) {
                     Ok(claimed) => {
-                        for call in claimed {
-                            self.start(call);
+                        for (call, live) in claimed {
+                            self.start(call, live);
                         }
                     }
                     Err(e) => eprintln!("warning: cannot claim queued calls: {e:#}"),
@@ -183,16 +200,36 @@ impl Worker {
 
     /// Claims up to `free` queued calls that their function's
     /// `concurrency` leaves room for.
-    fn claim(&self, registry: &mut Registry, free: usize) -> Result<Vec<CallRecord>> {
+    fn claim(
+        &self,
+        registry: &mut Registry,
+        free: usize,
+    ) -> Result<Vec<(CallRecord, Arc<LiveApp>)>> {
+        // Most looks find nothing: a read, not a write lock, tells.
+        if registry.read(|tx| tx.claimable_calls(1))?.is_empty() {
+            return Ok(Vec::new());
+        }
         let holder = &self.holder;
         registry.write(|tx| {
             let mut claimed = Vec::new();
             let mut counts: HashMap<(String, String), u32> = HashMap::new();
+            let mut apps: HashMap<String, Option<Arc<LiveApp>>> = HashMap::new();
             for call in tx.claimable_calls(free.max(64) * 4)? {
                 if claimed.len() == free {
                     break;
                 }
-                let Some(spec) = apps::function_of(tx, &call.app_id, &call.function)? else {
+                let live = match apps.get(&call.app_id) {
+                    Some(live) => live.clone(),
+                    None => {
+                        let live = apps::deployed_app_in(tx, &call.app_id).ok().map(Arc::new);
+                        apps.insert(call.app_id.clone(), live.clone());
+                        live
+                    }
+                };
+                let Some(spec) = live
+                    .as_ref()
+                    .and_then(|l| l.manifest.functions.get(&call.function))
+                else {
                     tx.finish_call(
                         &call.id,
                         CallState::Failed,
@@ -212,14 +249,29 @@ impl Worker {
                 }
                 if tx.claim_call(&call.id, &holder.id, holder.node.as_deref())? {
                     counts.insert(key, count + 1);
-                    claimed.push(tx.call(&call.id)?.context("a claimed call vanished")?);
+                    let call = tx.call(&call.id)?.context("a claimed call vanished")?;
+                    claimed.push((call, live.clone().expect("checked above")));
                 }
             }
             Ok(claimed)
         })
     }
 
-    fn start(self: &Arc<Self>, call: CallRecord) {
+    /// Runs a claimed call on a thread of its own.
+    fn start(self: &Arc<Self>, call: CallRecord, live: Arc<LiveApp>) {
+        let cancelled = self.track(&call);
+        let worker = self.clone();
+        std::thread::spawn(move || {
+            let log = OutputLog::new();
+            worker
+                .recorder
+                .watch(&call.id, &call.app_id, call.attempts, log.clone());
+            worker.run_call(call, &live, cancelled, log, None);
+        });
+    }
+
+    /// Counts `call` as running here; returns its stop flag.
+    fn track(&self, call: &CallRecord) -> Arc<AtomicBool> {
         let cancelled = Arc::new(AtomicBool::new(self.interrupting.load(Ordering::SeqCst)));
         lock(&self.running).insert(
             call.id.clone(),
@@ -228,41 +280,112 @@ impl Worker {
                 cancelled: cancelled.clone(),
             },
         );
-        let worker = self.clone();
-        std::thread::spawn(move || worker.run_call(call, cancelled));
+        cancelled
     }
 
-    fn run_call(self: Arc<Self>, call: CallRecord, cancelled: Arc<AtomicBool>) {
-        let live = Registry::open(&self.home.registry_file())
-            .and_then(|mut registry| registry.read(|tx| apps::deployed_app_in(tx, &call.app_id)));
-        let ending = match live {
-            Ok(live) => {
-                let spec = &live.manifest.functions[&call.function];
-                let outcome = self
-                    .invoke(&live, &call, cancelled)
-                    .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}").replace('\n', " ")));
-                match outcome {
-                    Outcome::Interrupted if self.interrupting.load(Ordering::SeqCst) => {
-                        Ending::failed(
-                            None,
-                            format!(
-                                "interrupted: node {} shut down and its grace period ran out",
-                                self.node_id()
-                            ),
-                            call.attempts,
-                            call.max_attempts,
-                            spec,
-                        )
-                    }
-                    outcome => Ending::of(&outcome, call.attempts, call.max_attempts, spec),
-                }
-            }
-            // Its app was stopped since the claim: the stop cancelled it.
-            Err(e) => Ending::Finished {
-                state: CallState::Failed,
-                exit_code: None,
-                error: Some(format!("{e:#}")),
+    /// Runs a call of a deployed app at once, on the calling thread, if the
+    /// node has room and nothing makes it wait its turn (a `concurrency`)
+    /// or come back (`retries`): what most HTTP calls are. Records it
+    /// without a transaction of its own (the recorder writes it with
+    /// others, once, as it ended). Returns its id once its record is
+    /// written, or None if it must be queued instead.
+    pub fn call_now(
+        self: &Arc<Self>,
+        app: &str,
+        function: &str,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+    ) -> Result<Option<oneshot::Receiver<String>>> {
+        if self.draining.load(Ordering::SeqCst) || self.running_count() >= self.max_calls {
+            return Ok(None);
+        }
+        let (live, function) = self.live_app(app, function)?;
+        let spec = &live.manifest.functions[&function];
+        if spec.concurrency.is_some() || spec.retries.max > 0 {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let call = CallRecord {
+            id: new_id("ca"),
+            app: live.record.name.clone(),
+            app_id: live.record.id.clone(),
+            function: function.clone(),
+            args,
+            env,
+            state: CallState::Running,
+            attempts: 1,
+            max_attempts: 1,
+            node: self.holder.node.clone(),
+            exit_code: None,
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: None,
+            holder: Some(self.holder.id.clone()),
+            module: live.modules.get(&function).cloned(),
+        };
+        let cancelled = self.track(&call);
+        let log = OutputLog::new();
+        self.recorder.start(
+            CallStart {
+                id: call.id.clone(),
+                app_id: call.app_id.clone(),
+                function: function.clone(),
+                args: call.args.clone(),
+                env: call.env.clone(),
+                module: call.module.clone(),
+                holder: self.holder.id.clone(),
+                node: self.holder.node.clone(),
+                started_at: now,
             },
+            log.clone(),
+        );
+        let (tx, rx) = oneshot::channel();
+        self.clone().run_call(call, &live, cancelled, log, Some(tx));
+        Ok(Some(rx))
+    }
+
+    /// The running deployed app `app` and its function `function`, read
+    /// from the registry at most every [`LIVE_APP_TTL`].
+    fn live_app(&self, app: &str, function: &str) -> Result<(Arc<LiveApp>, String)> {
+        let key = (app.to_owned(), function.to_owned());
+        if let Some((live, function, read)) = lock(&self.live_apps).get(&key)
+            && read.elapsed() < LIVE_APP_TTL
+        {
+            return Ok((live.clone(), function.clone()));
+        }
+        let (live, function) = self
+            .registries
+            .with_sync(|registry| calls::find_function(registry, app, function))?;
+        let live = Arc::new(live);
+        lock(&self.live_apps).insert(key, (live.clone(), function.clone(), Instant::now()));
+        Ok((live, function))
+    }
+
+    fn run_call(
+        self: Arc<Self>,
+        call: CallRecord,
+        live: &LiveApp,
+        cancelled: Arc<AtomicBool>,
+        log: Arc<OutputLog>,
+        ended: Option<oneshot::Sender<String>>,
+    ) {
+        let spec = &live.manifest.functions[&call.function];
+        let outcome = self
+            .invoke(live, &call, cancelled, log)
+            .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}").replace('\n', " ")));
+        let ending = match outcome {
+            Outcome::Interrupted if self.interrupting.load(Ordering::SeqCst) => Ending::failed(
+                None,
+                format!(
+                    "interrupted: node {} shut down and its grace period ran out",
+                    self.node_id()
+                ),
+                call.attempts,
+                call.max_attempts,
+                spec,
+            ),
+            outcome => Ending::of(&outcome, call.attempts, call.max_attempts, spec),
         };
         let worker = self.clone();
         let id = call.id.clone();
@@ -274,6 +397,9 @@ impl Worker {
                 for waiter in lock(&worker.waiters).remove(&id).unwrap_or_default() {
                     let _ = waiter.send(());
                 }
+                if let Some(ended) = ended {
+                    let _ = ended.send(id);
+                }
                 worker.wake();
             })),
         );
@@ -284,6 +410,7 @@ impl Worker {
         live: &LiveApp,
         call: &CallRecord,
         cancelled: Arc<AtomicBool>,
+        log: Arc<OutputLog>,
     ) -> Result<Outcome> {
         let spec = &live.manifest.functions[&call.function];
         let program = self.program(live, &call.function)?;
@@ -292,9 +419,6 @@ impl Worker {
             .concurrency
             .map(|n| Slots::new(&self.home, &live.record.id, &call.function, n))
             .transpose()?;
-        let log = OutputLog::new();
-        self.recorder
-            .watch(&call.id, &call.app_id, call.attempts, log.clone());
         let target = Target {
             home: &self.home,
             program: &program,

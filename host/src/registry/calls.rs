@@ -3,8 +3,10 @@
 //! the node's API read.
 //!
 //! Times are Unix milliseconds. A call's state implies its timestamps (the
-//! CHECKs of migration 2): a call put back in the queue for a retry loses
-//! its `started_at`, which its attempt rows keep.
+//! CHECKs of migration 2). The calls row holds its current (or last)
+//! attempt; an attempt followed by a retry is moved to `call_attempts` when
+//! the call goes back in the queue. So a call that runs once, as nearly all
+//! do, costs one row, and one output row per stream and recorder pass.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +32,17 @@ ALTER TABLE calls ADD COLUMN exit_code INTEGER;
 -- Output bytes past what is kept of each stream.
 ALTER TABLE calls ADD COLUMN dropped_stdout INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE calls ADD COLUMN dropped_stderr INTEGER NOT NULL DEFAULT 0;
+-- When whoever ran the current attempt let go of it (a cancelled call's
+-- runner may still be unwinding after its `finished_at`).
+ALTER TABLE calls ADD COLUMN released_at INTEGER;
 UPDATE calls SET attempts = 1 WHERE started_at IS NOT NULL;
+UPDATE calls SET released_at = finished_at;
+-- Indexes over calls that are not over only, which are few, so recording
+-- an ended call touches no more of them than it must.
+DROP INDEX calls_by_state;
+DROP INDEX calls_by_app;
+CREATE INDEX calls_by_app ON calls (app_id, created_at);
+CREATE INDEX calls_running ON calls (app_id, function) WHERE state = 'running';
 -- The claim's order, over queued calls only.
 CREATE INDEX calls_queue ON calls (run_after, created_at) WHERE state = 'queued';
 CREATE INDEX calls_by_created ON calls (created_at);
@@ -44,8 +56,9 @@ CREATE TABLE call_attempts (
     error       TEXT,
     PRIMARY KEY (call_id, attempt)
 );
--- Output as it was written: whole lines (with their newline), or the tail
--- of a line that was still open when its call ended.
+-- Output as it was written: whole lines (with their newlines) of one
+-- stream, written between two of the recorder's passes, or the tail of a
+-- line still open when its call ended; `time` is when the first was.
 CREATE TABLE call_output (
     id          INTEGER PRIMARY KEY,
     call_id     TEXT NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
@@ -175,6 +188,17 @@ pub struct NewCall<'a> {
     /// `Some((holder, node))`: it starts running now, under that lease;
     /// `None`: it is queued for the nodes.
     pub running: Option<(&'a str, Option<&'a str>)>,
+    /// How it already ended (a call recorded once it was over).
+    pub ended: Option<CallEnd<'a>>,
+}
+
+/// How a call ended, and when it had started.
+#[derive(Debug, Clone, Copy)]
+pub struct CallEnd<'a> {
+    pub state: CallState,
+    pub exit_code: Option<i32>,
+    pub error: Option<&'a str>,
+    pub started_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -219,7 +243,12 @@ pub struct LogFilter {
     pub after: i64,
 }
 
-const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module FROM calls c JOIN apps a ON a.id = c.app_id";
+/// The columns of a [`CallRecord`], from calls joined with their apps.
+/// `CROSS JOIN` makes SQLite drive every query from the calls' own indexes
+/// (the queue's and the running calls' are partial, and small); left to
+/// itself, it would walk every call of every running app to find queued
+/// ones.
+const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module FROM calls c CROSS JOIN apps a ON a.id = c.app_id";
 
 fn call_from_row(row: &rusqlite::Row) -> rusqlite::Result<CallRecord> {
     let json = |at: usize| -> rusqlite::Result<String> { row.get(at) };
@@ -257,24 +286,30 @@ impl Tx<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Records a call, queued or (with its first attempt) running.
+    /// Records a call: queued, running its first attempt, or over.
     pub fn insert_call(&self, call: &NewCall) -> Result<()> {
         let now = now_ms();
-        let (state, started, holder, node) = match call.running {
-            Some((holder, node)) => ("running", Some(now), Some(holder), node),
-            None => ("queued", None, None, None),
+        let (mut state, mut started, holder, node) = match call.running {
+            Some((holder, node)) => (CallState::Running, Some(now), Some(holder), node),
+            None => (CallState::Queued, None, None, None),
         };
+        let (mut finished, mut exit_code, mut error) = (None, None, None);
+        if let Some(end) = call.ended {
+            (state, started, finished) = (end.state, Some(end.started_at), Some(now));
+            (exit_code, error) = (end.exit_code, end.error);
+        }
         self.tx
             .prepare_cached(
-                "INSERT INTO calls (id, app_id, function, state, created_at, started_at, module, args, env, holder, node, attempts, max_attempts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                "INSERT INTO calls (id, app_id, function, state, created_at, started_at, module, args, env, holder, node,
+                                    attempts, max_attempts, finished_at, released_at, exit_code, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16)",
             )?
             .execute(params![
                 call.id,
                 call.app_id,
                 call.function,
-                state,
-                now,
+                state.as_str(),
+                started.unwrap_or(now).min(now),
                 started,
                 call.module,
                 serde_json::to_string(call.args)?,
@@ -283,19 +318,10 @@ impl Tx<'_> {
                 node,
                 u32::from(started.is_some()),
                 call.max_attempts.max(1),
+                finished,
+                exit_code,
+                error,
             ])?;
-        if started.is_some() {
-            self.insert_attempt(call.id, 1, node, now)?;
-        }
-        Ok(())
-    }
-
-    fn insert_attempt(&self, id: &str, attempt: u32, node: Option<&str>, now: i64) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO call_attempts (call_id, attempt, node, started_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, attempt, node, now])?;
         Ok(())
     }
 
@@ -315,7 +341,7 @@ impl Tx<'_> {
     /// Running calls, of one app or of all.
     pub fn running_calls(&self, app_id: Option<&str>) -> Result<Vec<CallRecord>> {
         let sql = format!(
-            "SELECT {CALL_COLUMNS} WHERE c.state = 'running' AND (?1 IS NULL OR c.app_id = ?1) ORDER BY c.created_at, c.rowid"
+            "SELECT {CALL_COLUMNS} WHERE c.state = 'running' AND (?1 IS NULL OR c.app_id = ?1) ORDER BY +c.created_at, c.rowid"
         );
         self.query_calls(&sql, params![app_id])
     }
@@ -340,24 +366,15 @@ impl Tx<'_> {
     /// Starts the next attempt of queued call `id` under `holder`; false if
     /// it is no longer queued.
     pub fn claim_call(&self, id: &str, holder: &str, node: Option<&str>) -> Result<bool> {
-        let now = now_ms();
         let changed = self
             .tx
             .prepare_cached(
-                "UPDATE calls SET state = 'running', started_at = ?2, holder = ?3, node = ?4, attempts = attempts + 1
+                "UPDATE calls SET state = 'running', started_at = ?2, holder = ?3, node = ?4,
+                 attempts = attempts + 1, released_at = NULL, exit_code = NULL, error = NULL
                  WHERE id = ?1 AND state = 'queued'",
             )?
-            .execute(params![id, now, holder, node])?;
-        if changed == 0 {
-            return Ok(false);
-        }
-        let attempt: u32 = self.tx.query_row(
-            "SELECT attempts FROM calls WHERE id = ?1",
-            params![id],
-            |r| r.get(0),
-        )?;
-        self.insert_attempt(id, attempt, node, now)?;
-        Ok(true)
+            .execute(params![id, now_ms(), holder, node])?;
+        Ok(changed == 1)
     }
 
     /// Ends call `id` as `state`; a call already ended (cancelled from
@@ -369,20 +386,32 @@ impl Tx<'_> {
         exit_code: Option<i32>,
         error: Option<&str>,
     ) -> Result<bool> {
-        let now = now_ms();
         let changed = self
             .tx
             .prepare_cached(
-                "UPDATE calls SET state = ?2, finished_at = ?3, exit_code = ?4, error = ?5
+                "UPDATE calls SET state = ?2, finished_at = ?3, released_at = ?3, exit_code = ?4, error = ?5
                  WHERE id = ?1 AND state IN ('queued', 'running')",
             )?
-            .execute(params![id, state.as_str(), now, exit_code, error])?;
-        self.end_attempt(id, now, exit_code, error)?;
+            .execute(params![id, state.as_str(), now_ms(), exit_code, error])?;
+        if changed == 0 {
+            self.release(id)?;
+        }
         Ok(changed == 1)
     }
 
-    /// Cancels a queued or running call; whoever runs it ends its attempt
-    /// when it has stopped (see [`Tx::attempt_open`]).
+    /// Says that the runner of call `id`, which ended otherwise (it was
+    /// cancelled), has let go of it.
+    fn release(&self, id: &str) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "UPDATE calls SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL",
+            )?
+            .execute(params![id, now_ms()])?;
+        Ok(())
+    }
+
+    /// Cancels a queued or running call; whoever runs it lets go of it once
+    /// it has stopped (see [`Tx::attempt_open`]).
     pub fn cancel_call(&self, id: &str, reason: &str) -> Result<bool> {
         let changed = self
             .tx
@@ -394,34 +423,20 @@ impl Tx<'_> {
         Ok(changed == 1)
     }
 
-    /// Whether an attempt of call `id` has started and not yet ended.
+    /// Whether an attempt of call `id` has started and its runner has not
+    /// let go of it yet.
     pub fn attempt_open(&self, id: &str) -> Result<bool> {
         Ok(self
             .tx
             .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM call_attempts WHERE call_id = ?1 AND finished_at IS NULL)",
+                "SELECT EXISTS (SELECT 1 FROM calls WHERE id = ?1 AND started_at IS NOT NULL AND released_at IS NULL)",
             )?
             .query_row(params![id], |r| r.get(0))?)
     }
 
-    fn end_attempt(
-        &self,
-        id: &str,
-        now: i64,
-        exit_code: Option<i32>,
-        error: Option<&str>,
-    ) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "UPDATE call_attempts SET finished_at = ?2, exit_code = ?3, error = ?4
-                 WHERE call_id = ?1 AND finished_at IS NULL",
-            )?
-            .execute(params![id, now, exit_code, error])?;
-        Ok(())
-    }
-
     /// Puts running call `id` back in the queue for another attempt no
-    /// earlier than `run_after`, its last attempt ended by `error`.
+    /// earlier than `run_after`, its attempt (moved to `call_attempts`)
+    /// ended by `error`.
     pub fn requeue_call(
         &self,
         id: &str,
@@ -429,18 +444,43 @@ impl Tx<'_> {
         exit_code: Option<i32>,
         error: &str,
     ) -> Result<bool> {
-        let changed = self
+        let moved = self
             .tx
             .prepare_cached(
+                "INSERT INTO call_attempts (call_id, attempt, node, started_at, finished_at, exit_code, error)
+                 SELECT id, attempts, node, started_at, ?2, ?3, ?4 FROM calls WHERE id = ?1 AND state = 'running'",
+            )?
+            .execute(params![id, now_ms(), exit_code, error])?;
+        if moved == 0 {
+            self.release(id)?;
+            return Ok(false);
+        }
+        self.tx
+            .prepare_cached(
                 "UPDATE calls SET state = 'queued', started_at = NULL, holder = NULL, run_after = ?2,
-                 exit_code = ?3, error = ?4 WHERE id = ?1 AND state = 'running'",
+                 exit_code = ?3, error = ?4 WHERE id = ?1",
             )?
             .execute(params![id, run_after, exit_code, error])?;
-        self.end_attempt(id, now_ms(), exit_code, Some(error))?;
-        Ok(changed == 1)
+        Ok(true)
     }
 
-    pub fn attempts(&self, id: &str) -> Result<Vec<Attempt>> {
+    /// Every attempt of `call` so far, the current one last.
+    pub fn attempts(&self, call: &CallRecord) -> Result<Vec<Attempt>> {
+        let mut attempts = self.earlier_attempts(&call.id)?;
+        if let Some(started_at) = call.started_at {
+            attempts.push(Attempt {
+                attempt: call.attempts,
+                node: call.node.clone(),
+                started_at,
+                finished_at: call.finished_at,
+                exit_code: call.exit_code,
+                error: call.error.clone(),
+            });
+        }
+        Ok(attempts)
+    }
+
+    fn earlier_attempts(&self, id: &str) -> Result<Vec<Attempt>> {
         let mut stmt = self.tx.prepare_cached(
             "SELECT attempt, node, started_at, finished_at, exit_code, error FROM call_attempts WHERE call_id = ?1 ORDER BY attempt",
         )?;
@@ -470,7 +510,10 @@ impl Tx<'_> {
         let mut insert = self.tx.prepare_cached(
             "INSERT INTO call_output (call_id, app_id, attempt, time, stream, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for (time, stream, data) in lines {
+        // One row per run of lines of one stream.
+        for run in lines.chunk_by(|a, b| a.1 == b.1) {
+            let (time, stream) = (run[0].0, run[0].1);
+            let data: String = run.iter().map(|l| l.2.as_str()).collect();
             insert.execute(params![
                 call_id,
                 app_id,
@@ -510,8 +553,8 @@ impl Tx<'_> {
         Ok((out, [dropped.0 as u64, dropped.1 as u64]))
     }
 
-    /// Log lines of `app_id` after `filter.after`, oldest first, at most
-    /// `limit`; with `tail`, the last `limit` of them.
+    /// Log lines of `app_id` after `filter.after`, oldest first: those of
+    /// at most `limit` output rows; with `tail`, the last `limit` lines.
     pub fn log_lines(
         &self,
         app_id: &str,
@@ -537,27 +580,38 @@ impl Tx<'_> {
                 limit as i64
             ],
             |r| {
-                let mut line: String = r.get(5)?;
-                if line.ends_with('\n') {
-                    line.pop();
-                }
-                Ok(LogLine {
+                let stream = match r.get::<_, String>(4)?.as_str() {
+                    "stderr" => Stream::Stderr,
+                    _ => Stream::Stdout,
+                };
+                let line = LogLine {
                     seq: r.get(0)?,
                     time: r.get(1)?,
                     call: r.get(2)?,
                     function: r.get(3)?,
-                    stream: if r.get::<_, String>(4)? == "stderr" {
-                        Stream::Stderr
-                    } else {
-                        Stream::Stdout
-                    },
-                    line,
-                })
+                    stream,
+                    line: String::new(),
+                };
+                Ok((line, r.get::<_, String>(5)?))
             },
         )?;
-        let mut lines: Vec<LogLine> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut rows: Vec<(LogLine, String)> = rows.collect::<rusqlite::Result<_>>()?;
         if tail {
-            lines.reverse();
+            rows.reverse();
+        }
+        let mut lines: Vec<LogLine> = rows
+            .into_iter()
+            .flat_map(|(row, data)| {
+                data.split_inclusive('\n')
+                    .map(|text| LogLine {
+                        line: text.strip_suffix('\n').unwrap_or(text).to_owned(),
+                        ..row.clone()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if tail && lines.len() > limit {
+            lines.drain(..lines.len() - limit);
         }
         Ok(lines)
     }

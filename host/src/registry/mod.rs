@@ -20,7 +20,7 @@ use crate::manifest::AppManifest;
 mod calls;
 
 pub use calls::{
-    Attempt, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
+    Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
 
 /// The registry's schema as an ordered list of migrations: applying
