@@ -13,12 +13,10 @@ use anyhow::{Context, Result};
 use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
-use crate::manifest::AppManifest;
+use crate::manifest::{AppManifest, FunctionSpec};
 use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
-use crate::registry::{
-    AppKind, AppRecord, AppState, CallRecord, CallState, Registry, Tx, VolumeRecord, new_id,
-};
+use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
 use crate::{slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
@@ -194,7 +192,7 @@ fn plan_in(tx: &Tx, home: &Home, manifest: &AppManifest) -> Result<DeployPlan> {
             None => !discarded.is_empty(),
         };
         // A call whose process died holds nothing (housekeeping ends it).
-        if uses_discarded && Lease::take_abandoned(home, &call.id)?.is_none() {
+        if uses_discarded && !holder_died(home, &call)? {
             busy_calls.push(call);
         }
     }
@@ -250,7 +248,7 @@ pub fn deploy(
                 manifest.name
             );
             for call in &plan.busy_calls {
-                tx.finish_call(&call.id, CallState::Cancelled, Some(&reason))?;
+                tx.cancel_call(&call.id, &reason)?;
             }
             let existing = running_deployed(tx, &manifest.name)?;
             let updated = existing.is_some();
@@ -292,6 +290,18 @@ pub fn deploy(
     Ok(deployed)
 }
 
+/// Whether the process running `call` has died (its lease is free).
+fn holder_died(home: &Home, call: &CallRecord) -> Result<bool> {
+    let holder = call.holder.as_deref().unwrap_or(&call.id);
+    Ok(Lease::take_abandoned(home, holder)?.is_some())
+}
+
+fn attempt_open(home: &Home, call_id: &str) -> bool {
+    Registry::open(&home.registry_file())
+        .and_then(|mut registry| registry.read(|tx| tx.attempt_open(call_id)))
+        .unwrap_or(false)
+}
+
 /// How long a forced deploy waits for the calls it cancelled to end: a
 /// caller sees the cancellation within a poll and gives its instances two
 /// seconds to unwind.
@@ -303,17 +313,13 @@ const CALLER_GRACE: Duration = Duration::from_secs(10);
 fn wait_for_callers(home: &Home, calls: &[CallRecord], limit: Duration) {
     let deadline = Instant::now() + limit;
     for call in calls {
-        loop {
-            match Lease::take_abandoned(home, &call.id) {
-                Ok(Some(lease)) => {
-                    lease.release();
-                    break;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => break,
+        while Instant::now() < deadline && !holder_died(home, call).unwrap_or(true) {
+            // A process that runs other calls too (a node) lives on: what
+            // tells it has let go of this one is its attempt's end.
+            if !attempt_open(home, &call.id) {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -460,7 +466,7 @@ pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> 
                 trashed.push(volume);
             }
             for call in tx.running_calls(Some(id))? {
-                tx.finish_call(&call.id, CallState::Cancelled, Some("its app was stopped"))?;
+                tx.cancel_call(&call.id, "its app was stopped")?;
             }
         }
         Ok((stopped, to_stop, trashed))
@@ -496,8 +502,7 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
 /// interrupted purge.
 pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     let mut reaped = Vec::new();
-    let (leased, calls) =
-        registry.read(|tx| Ok((tx.leased_running_apps()?, tx.running_calls(None)?)))?;
+    let leased = registry.read(|tx| tx.leased_running_apps())?;
     for app in &leased {
         if let Some(lease) = Lease::take_abandoned(home, &app.id)? {
             stop(home, registry, &app.id, true)
@@ -506,20 +511,9 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
             reaped.push(app.clone());
         }
     }
-    // A call of an app just reaped was cancelled by its stop; finishing it
+    // A call of an app just reaped was cancelled by its stop; ending it
     // again changes nothing.
-    for call in calls {
-        if let Some(lease) = Lease::take_abandoned(home, &call.id)? {
-            registry.write(|tx| {
-                tx.finish_call(
-                    &call.id,
-                    CallState::Failed,
-                    Some("its calling process died"),
-                )
-            })?;
-            lease.release();
-        }
-    }
+    crate::calls::reap_dead_holders(home, registry)?;
     if !reaped.is_empty() {
         // A process that died holding locks left their files.
         crate::locks::remove_unheld(home).context("cannot remove stale lock files")?;
@@ -564,8 +558,22 @@ fn running_app_in(tx: &Tx, id_or_name: &str) -> Result<AppRecord> {
     }
 }
 
+/// The app whose records (calls, logs) `id_or_name` asks for: the running
+/// one of that name, else the latest one, stopped or not.
+pub fn find_app_for_logs(registry: &mut Registry, id_or_name: &str) -> Result<AppRecord> {
+    let (apps, stopped) = registry.read(|tx| {
+        Ok((
+            tx.find_apps(id_or_name)?,
+            tx.latest_app_named(id_or_name, AppKind::Deployed)?,
+        ))
+    })?;
+    apps.into_iter().next().or(stopped).ok_or_else(|| {
+        usage!("no app has the id or name `{id_or_name}`; `wasmhost app list --all` shows them")
+    })
+}
+
 /// The running deployed app `id_or_name`, with its volumes and modules.
-fn deployed_app_in(tx: &Tx, id_or_name: &str) -> Result<LiveApp> {
+pub fn deployed_app_in(tx: &Tx, id_or_name: &str) -> Result<LiveApp> {
     let record = match tx.latest_app_named(id_or_name, AppKind::Deployed)? {
         Some(app) if app.state == AppState::Stopped => {
             return Err(usage!(
@@ -597,69 +605,12 @@ fn deployed_app_in(tx: &Tx, id_or_name: &str) -> Result<LiveApp> {
     })
 }
 
-/// A call of a deployed app running in this process. Its lease tells other
-/// processes (a deploy deciding whether volumes are in use) that its
-/// caller is alive; a caller that dies, however, frees it.
-pub struct Call {
-    /// `ca-…`.
-    pub id: String,
-    lease: Lease,
-}
-
-/// Starts a call of `function` of the deployed app `id_or_name`: records it
-/// as running, in the same transaction that reads the app, so a deploy
-/// either sees the call or is seen by it. Returns the app, the function's
-/// name and the call.
-pub fn start_call(
-    home: &Home,
-    registry: &mut Registry,
-    id_or_name: &str,
-    function: &str,
-) -> Result<(LiveApp, String, Call)> {
-    let id = new_id("ca");
-    // Taken before the call is recorded, so a recorded running call without
-    // a held lease is a dead one.
-    let lease = Lease::acquire(home, &id)?;
-    let started = registry.write(|tx| {
-        let live = deployed_app_in(tx, id_or_name)?;
-        let function = live
-            .manifest
-            .select_function(Some(function))
-            .map_err(|problem| usage!("{problem}"))?
-            .to_owned();
-        let module = live.modules.get(&function).map(String::as_str);
-        tx.insert_running_call(&id, &live.record.id, &function, module)?;
-        Ok((live, function))
-    });
-    match started {
-        Ok((live, function)) => Ok((live, function, Call { id, lease })),
-        Err(e) => {
-            lease.release();
-            Err(e)
-        }
-    }
-}
-
-/// Records how a call ended (a call cancelled meanwhile stays cancelled).
-pub fn finish_call(
-    registry: &mut Registry,
-    call: Call,
-    state: CallState,
-    error: Option<&str>,
-) -> Result<()> {
-    registry.write(|tx| tx.finish_call(&call.id, state, error))?;
-    call.lease.release();
-    Ok(())
-}
-
-/// Why call `call_id` was cancelled, as the registry has it.
-pub fn why_cancelled(home: &Home, call_id: &str) -> String {
-    Registry::open(&home.registry_file())
-        .and_then(|mut registry| registry.read(|tx| tx.call(call_id)))
-        .ok()
-        .flatten()
-        .and_then(|call| call.error)
-        .unwrap_or_else(|| "cancelled from another process".into())
+/// The spec of `function` of app `app_id`, if the app has it.
+pub fn function_of(tx: &Tx, app_id: &str, function: &str) -> Result<Option<FunctionSpec>> {
+    Ok(tx
+        .app(app_id)?
+        .and_then(|app| app.manifest)
+        .and_then(|m| m.functions.get(function).cloned()))
 }
 
 /// The named volume `name`, or a usage error naming what exists.

@@ -11,11 +11,13 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::apps::Mount;
+use crate::calls::recorder::CallStart;
+use crate::calls::{Ending, Recorder};
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::manifest::units::format_size;
-use crate::registry::{AppState, CallState, Registry};
-use crate::runtime::{Finished, Invocation, Outcome, Output, Program};
+use crate::registry::{AppState, CallState, Registry, Stream, new_id};
+use crate::runtime::{Finished, Invocation, Outcome, Output, OutputLog, Program};
 use crate::slots::Slots;
 
 /// Most bytes of stdout (and of stderr) kept per `--map` invocation.
@@ -47,6 +49,17 @@ pub struct Target<'a> {
     pub cancelled: Arc<AtomicBool>,
     /// The function's `concurrency` across processes, for a deployed app.
     pub slots: Option<Slots>,
+    /// Where each `--map` input is recorded as a call, for a deployed app.
+    pub record: Option<MapRecording>,
+}
+
+/// What recording each `--map` input as a call of its own takes.
+pub struct MapRecording {
+    pub recorder: Recorder,
+    pub app_id: String,
+    pub function: String,
+    pub module: Option<String>,
+    pub holder: String,
 }
 
 /// One `--map` input: a line, or why the line cannot be an argument.
@@ -91,9 +104,44 @@ impl Target<'_> {
         })
     }
 
-    /// One invocation with stdio streamed.
-    pub fn run_one(&self, args: &[String]) -> Outcome {
-        self.invoke(args, Output::Inherit).outcome
+    /// One invocation with stdio streamed, and copied to `copy`.
+    pub fn run_one(&self, args: &[String], copy: Option<Arc<OutputLog>>) -> Outcome {
+        self.invoke(args, Output::Inherit { copy }).outcome
+    }
+
+    /// One invocation whose output goes only to `log`.
+    pub fn run_logged(&self, args: &[String], log: Arc<OutputLog>) -> Outcome {
+        self.invoke(args, Output::Log(log)).outcome
+    }
+
+    /// One `--map` input's invocation, recorded as a call if the map is.
+    fn invoke_input(&self, args: Vec<String>) -> Finished {
+        let output = Output::Capture {
+            limit: CAPTURE_LIMIT,
+        };
+        let Some(record) = &self.record else {
+            return self.invoke(&args, output);
+        };
+        let (id, log) = (new_id("ca"), OutputLog::new());
+        record.recorder.start(
+            CallStart {
+                id: id.clone(),
+                app_id: record.app_id.clone(),
+                function: record.function.clone(),
+                args: args.clone(),
+                env: self.env.clone(),
+                module: record.module.clone(),
+                holder: record.holder.clone(),
+                node: None,
+            },
+            log.clone(),
+        );
+        let finished = self.invoke(&args, output);
+        log.write(Stream::Stdout, &finished.stdout);
+        log.write(Stream::Stderr, &finished.stderr);
+        let ending = Ending::of(&finished.outcome, 1, 1, self.function);
+        record.recorder.finish(&id, ending, None);
+        finished
     }
 
     /// One invocation per input, each started as it arrives, at most
@@ -136,12 +184,7 @@ impl Target<'_> {
                             Ok(line) => {
                                 let mut all_args = args.to_vec();
                                 all_args.push(line.clone());
-                                self.invoke(
-                                    &all_args,
-                                    Output::Capture {
-                                        limit: CAPTURE_LIMIT,
-                                    },
-                                )
+                                self.invoke_input(all_args)
                             }
                             Err(bad) => ended(Outcome::Failed(bad.problem.clone())),
                         };
@@ -358,7 +401,7 @@ pub struct MapReport {
 }
 
 impl MapReport {
-    fn record(&mut self, input: MapInput, outcome: Outcome) {
+    pub fn record(&mut self, input: MapInput, outcome: Outcome) {
         let index = self.total;
         self.total += 1;
         if outcome == Outcome::Exited(0) {

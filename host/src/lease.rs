@@ -94,6 +94,18 @@ impl Lease {
         Ok(())
     }
 
+    /// The ids of the leases there are, held or not.
+    pub fn ids(home: &Home) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(home.leases_dir())? {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_string_lossy().strip_suffix(".lease") {
+                ids.push(id.to_owned());
+            }
+        }
+        Ok(ids)
+    }
+
     /// Takes over the lease of `id` (an app or a call) if its owner is gone.
     pub fn take_abandoned(home: &Home, id: &str) -> Result<Option<Self>> {
         let path = home.lease_file(id);

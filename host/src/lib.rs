@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod atomic_file;
+pub mod calls;
 pub mod digest;
 pub mod error;
 pub mod home;
@@ -14,11 +15,13 @@ pub mod locks;
 pub mod manifest;
 pub mod module_store;
 pub mod names;
+pub mod node;
 pub mod registry;
 pub mod runtime;
 pub mod slots;
 pub mod sparse;
 pub mod text;
+pub mod views;
 pub mod volume_files;
 pub mod volume_walk;
 pub mod volumes;

@@ -11,14 +11,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use wasmhost::apps::{self, LiveApp};
+use wasmhost::apps::LiveApp;
 use wasmhost::home::Home;
 use wasmhost::invoke::{
-    MapInput, MapReport, MapSink, StopCause, Target, map_lines, stop_cause_now, watch_for_stop,
+    MapInput, MapRecording, MapReport, MapSink, StopCause, Target, map_lines, stop_cause_now,
+    watch_for_stop,
 };
 use wasmhost::manifest::{self, FunctionSpec};
 use wasmhost::registry::AppKind;
-use wasmhost::runtime::{Finished, Outcome, Program};
+use wasmhost::runtime::{Finished, Outcome, OutputLog, Program};
 use wasmhost::slots::Slots;
 use wasmhost::text::escape_control;
 
@@ -43,6 +44,24 @@ pub struct InvokeArgs {
     args: Vec<String>,
 }
 
+impl InvokeArgs {
+    pub fn env(&self) -> BTreeMap<String, String> {
+        self.env.iter().cloned().collect()
+    }
+
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    pub fn concurrency(&self) -> Option<u32> {
+        self.concurrency
+    }
+
+    pub fn map(&self) -> Option<&str> {
+        self.map.as_deref()
+    }
+}
+
 /// `K=V`, split at the first `=`, as app.toml's `env` would take it.
 fn parse_env(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
@@ -64,7 +83,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 /// `--map` inputs, read as invocations start.
 pub struct MapInputs {
-    lines: Box<dyn Iterator<Item = MapInput> + Send>,
+    pub lines: Box<dyn Iterator<Item = MapInput> + Send>,
     /// How many there are, when that is known (a regular file).
     count: Option<usize>,
 }
@@ -196,15 +215,34 @@ enum Event {
 
 /// Runs the invocation(s) on a worker thread while this one watches for a
 /// stop, so a guest stuck in a host call cannot keep the process alive.
+/// How the call(s) are recorded, for a deployed app.
+pub enum Recording {
+    /// Not at all (an ephemeral app).
+    None,
+    /// One call, recorded already, whose output is copied to a log.
+    One {
+        call_id: String,
+        copy: Arc<OutputLog>,
+    },
+    /// One call per `--map` input.
+    Map(MapRecording),
+}
+
 pub fn serve(
     home: &Home,
     live: &LiveApp,
     function: &str,
-    call_id: Option<&str>,
+    recording: Recording,
     program: Program,
     invoke: &InvokeArgs,
     inputs: Option<MapInputs>,
 ) -> Result<u8> {
+    let (call_id, copy, record) = match recording {
+        Recording::None => (None, None, None),
+        Recording::One { call_id, copy } => (Some(call_id), Some(copy), None),
+        Recording::Map(record) => (None, None, Some(record)),
+    };
+    let call_id = call_id.as_deref();
     let cancelled = Arc::new(AtomicBool::new(false));
     let (events_tx, events) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel();
@@ -242,9 +280,10 @@ pub fn serve(
             env: &env,
             cancelled: worker_cancelled,
             slots,
+            record,
         };
         let event = match inputs {
-            None => Event::One(target.run_one(&args)),
+            None => Event::One(target.run_one(&args, copy)),
             Some(inputs) => {
                 let mut terminal = Terminal::new(inputs.count);
                 Event::Map(target.run_map(&args, inputs.lines, concurrency, &mut terminal))
@@ -289,7 +328,7 @@ pub fn serve(
         (Some(StopCause::CallCancelled), _) => Err(anyhow::anyhow!(
             "call {} of app {app} was cancelled: {}",
             call_id.unwrap_or_default(),
-            apps::why_cancelled(home, call_id.unwrap_or_default())
+            wasmhost::calls::why_cancelled(home, call_id.unwrap_or_default())
         )),
         // A call's Ctrl-C ends the call; the deployed app stays.
         (Some(StopCause::Signal), _) | (None, Event::One(Outcome::Interrupted)) => {

@@ -8,7 +8,9 @@ mod confirm;
 mod deploy;
 mod invoke;
 pub mod output;
+mod remote;
 mod run;
+mod serve;
 mod volume;
 
 use std::path::Path;
@@ -45,6 +47,8 @@ pub enum Command {
     /// Manage named volumes and their files.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Run a node: serve deployed apps' queued calls and the HTTP API.
+    Serve(serve::ServeArgs),
     /// The compiled-module cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -66,6 +70,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::App(command) => app::execute(command),
         Command::Volume(command) => volume::execute(command),
         Command::Cache(command) => cache::execute(command),
+        Command::Serve(args) => serve::execute(args),
     }
 }
 

@@ -1,14 +1,6 @@
 //! Tables and JSON for listing commands.
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use wasmhost::registry::AppRecord;
-
-/// Unix seconds as `2026-11-25T07:30:00Z`.
-pub fn timestamp(secs: i64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
-        .to_string()
-}
+pub use wasmhost::views::{app_json, timestamp, volume_json};
 
 /// Left-aligned columns, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -32,17 +24,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.clone()));
     }
     out
-}
-
-pub fn app_json(app: &AppRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": app.id,
-        "name": app.name,
-        "kind": app.kind,
-        "state": app.state,
-        "created_at": timestamp(app.created_at),
-        "stopped_at": app.stopped_at.map(timestamp),
-    })
 }
 
 /// `println!` that returns a closed stdout as an error, for `main` to end

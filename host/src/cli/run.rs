@@ -11,7 +11,8 @@ use wasmhost::registry::Registry;
 use wasmhost::runtime::{Program, Runtime};
 
 use super::invoke::{
-    InvokeArgs, MapInputs, instances_at_once, note_lowered_concurrency, open_map_inputs, serve,
+    InvokeArgs, MapInputs, Recording, instances_at_once, note_lowered_concurrency, open_map_inputs,
+    serve,
 };
 use super::{load_program, open_state, usage};
 
@@ -76,7 +77,15 @@ fn run(
     program: Program,
 ) -> Result<u8> {
     let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
-    let served = serve(home, &live, function, None, program, invoke, inputs);
+    let served = serve(
+        home,
+        &live,
+        function,
+        Recording::None,
+        program,
+        invoke,
+        inputs,
+    );
     apps::stop_owned(home, registry, &live.record.id, lease)?;
     served
 }

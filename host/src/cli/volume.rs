@@ -12,7 +12,7 @@ use wasmhost::volume_files::{Skipped, VolumeFiles};
 
 use super::confirm::confirm;
 use super::open_state;
-use super::output::{outln, table, timestamp};
+use super::output::{outln, table, timestamp, volume_json};
 use super::usage;
 
 #[derive(Subcommand)]
@@ -91,10 +91,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         VolumeCommand::List { json } => {
             let volumes = registry.read(|tx| tx.named_volumes())?;
             if json {
-                let list: Vec<_> = volumes
-                    .iter()
-                    .map(|v| serde_json::json!({"name": v.name, "id": v.id, "app_id": v.app_id, "created_at": timestamp(v.created_at)}))
-                    .collect();
+                let list: Vec<_> = volumes.iter().map(volume_json).collect();
                 outln!("{}", serde_json::to_string_pretty(&list)?)?;
             } else {
                 let rows: Vec<Vec<String>> = volumes

@@ -3,6 +3,7 @@
 
 mod guest_path;
 mod raw;
+mod retries;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use guest_path::normalize_guest_path;
 use raw::{RawApp, RawFunction};
+pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
 
@@ -70,6 +72,10 @@ pub struct FunctionSpec {
     /// Most `wasmhost:host/lock` locks an instance holds at once.
     #[serde(default = "default_max_locks")]
     pub max_locks: u32,
+    /// Defaulted because functions stored before `retries` existed had
+    /// none, which is what the default is.
+    #[serde(default)]
+    pub retries: RetryPolicy,
 }
 
 fn default_max_open_files() -> u32 {
@@ -463,6 +469,7 @@ impl Validator<'_> {
             trap_unknown_imports: self.unknown_imports(raw)?,
             max_open_files,
             max_locks,
+            retries: self.retries(raw.retries.as_ref())?,
         })
     }
 
@@ -607,6 +614,8 @@ fn toml_message(message: &str, at: Option<&str>) -> String {
         .replace("unknown field", "unknown key")
         .replace("missing field", "missing key")
         .replace("expected i64", "expected a whole number")
+        .replace("expected i128", "expected a whole number")
+        .replace("expected f64", "expected a number")
         .replace("expected a map", "expected a table")
         .replace("invalid type: map", "invalid type: table")
         .replace("expected a sequence", "expected an array")
@@ -635,8 +644,8 @@ mod proptests;
 mod stored {
     use super::*;
 
-    /// A function stored by a release before the per-instance limits loads
-    /// with their defaults.
+    /// A function stored by a release before the per-instance limits and
+    /// `retries` loads with their defaults.
     #[test]
     fn functions_stored_without_the_limits_get_their_defaults() {
         let stored = r#"{"module":"/m.wasm","mounts":[],"args":[],"env":{},
@@ -644,5 +653,24 @@ mod stored {
         let function: FunctionSpec = serde_json::from_str(stored).unwrap();
         assert_eq!(function.max_open_files, DEFAULT_MAX_OPEN_FILES);
         assert_eq!(function.max_locks, DEFAULT_MAX_LOCKS);
+        assert_eq!(function.retries, RetryPolicy::default());
+    }
+
+    #[test]
+    fn retry_policies_survive_the_registry() {
+        let stored = r#"{"module":"/m.wasm","mounts":[],"args":[],"env":{},
+            "timeout":{"secs":300,"nanos":0},"memory":null,"concurrency":null}"#;
+        let mut function: FunctionSpec = serde_json::from_str(stored).unwrap();
+        function.retries = RetryPolicy {
+            max: 3,
+            initial_delay: Duration::from_millis(250),
+            backoff: 1.5,
+            max_delay: Duration::from_secs(90),
+        };
+        let json = serde_json::to_string(&function).unwrap();
+        assert_eq!(
+            serde_json::from_str::<FunctionSpec>(&json).unwrap(),
+            function
+        );
     }
 }

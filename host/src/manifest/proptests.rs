@@ -12,7 +12,7 @@ use super::units::{format_duration, format_size};
 use super::*;
 
 /// A directory holding `m.wasm`, a valid empty core module.
-fn base_dir() -> &'static Path {
+pub(super) fn base_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -52,6 +52,29 @@ fn guest_path() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Either form of `retries`: the count alone when the delays are the
+/// defaults, which is how a user would write it.
+fn retries() -> impl Strategy<Value = RetryPolicy> {
+    prop_oneof![
+        (0..=MAX_RETRIES).prop_map(|max| RetryPolicy {
+            max,
+            ..RetryPolicy::default()
+        }),
+        (
+            0..=MAX_RETRIES,
+            1u64..=86_400_000,
+            1u64..=86_400_000,
+            1.0..=MAX_BACKOFF
+        )
+            .prop_map(|(max, a, b, backoff)| RetryPolicy {
+                max,
+                initial_delay: Duration::from_millis(a.min(b)),
+                backoff,
+                max_delay: Duration::from_millis(a.max(b)),
+            }),
+    ]
+}
+
 fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
     let mounts = if volumes.is_empty() {
         Just(Vec::new()).boxed()
@@ -80,7 +103,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
         proptest::option::of(1u64..=(16 << 14)),
         proptest::option::of(1u32..=1024),
         (proptest::option::of("[a-z_][a-z0-9_.]{0,8}"), any::<bool>()),
-        (16u32..=1_000_000, 1u32..=1_000_000),
+        (16u32..=1_000_000, 1u32..=1_000_000, retries()),
     )
         .prop_map(
             |(
@@ -91,7 +114,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                 pages,
                 concurrency,
                 (entry, trap_unknown_imports),
-                (max_open_files, max_locks),
+                (max_open_files, max_locks, retries),
             )| {
                 FunctionSpec {
                     module: base_dir().join("m.wasm"),
@@ -105,6 +128,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     trap_unknown_imports,
                     max_open_files,
                     max_locks,
+                    retries,
                 }
             },
         )
@@ -189,6 +213,24 @@ fn to_toml(m: &AppManifest) -> String {
         }
         out += &format!("max_open_files = {}\n", f.max_open_files);
         out += &format!("max_locks = {}\n", f.max_locks);
+        let r = &f.retries;
+        if (r.initial_delay, r.backoff, r.max_delay) == {
+            let d = RetryPolicy::default();
+            (d.initial_delay, d.backoff, d.max_delay)
+        } {
+            if r.max != 0 {
+                out += &format!("retries = {}\n", r.max);
+            }
+        } else {
+            // `{:?}` keeps a `.0`, so a whole backoff is still written as a float.
+            out += &format!(
+                "retries = {{ max = {}, initial_delay = {}, backoff = {:?}, max_delay = {} }}\n",
+                r.max,
+                q(&format_duration(r.initial_delay)),
+                r.backoff,
+                q(&format_duration(r.max_delay))
+            );
+        }
     }
     out
 }

@@ -42,6 +42,7 @@ pub struct RawFunction {
     pub unknown_imports: Option<Spanned<String>>,
     pub max_open_files: Option<Spanned<i64>>,
     pub max_locks: Option<Spanned<i64>>,
+    pub retries: Option<Spanned<RawRetries>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true }`.
@@ -84,5 +85,52 @@ impl<'de> Deserialize<'de> for RawMount {
             }
         }
         deserializer.deserialize_any(MountVisitor)
+    }
+}
+
+/// `2` or `{ max = 2, initial_delay = "1s", backoff = 2.0, max_delay = "60s" }`.
+#[derive(Debug)]
+pub enum RawRetries {
+    /// Kept wide so that any whole number TOML holds reaches validation,
+    /// which can then say what range to use.
+    Count(i128),
+    Table(RawRetriesTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetriesTable {
+    pub max: Spanned<i128>,
+    pub initial_delay: Option<Spanned<String>>,
+    pub backoff: Option<Spanned<f64>>,
+    pub max_delay: Option<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawRetries {
+    /// Hand-written for the same reason as [`RawMount`]'s.
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RetriesVisitor;
+        impl<'de> Visitor<'de> for RetriesVisitor {
+            type Value = RawRetries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a whole number of retries, or a table `{ max = 2, initial_delay = \"1s\", backoff = 2.0, max_delay = \"60s\" }`",
+                )
+            }
+            fn visit_i64<E: de::Error>(self, count: i64) -> Result<RawRetries, E> {
+                Ok(RawRetries::Count(count.into()))
+            }
+            fn visit_u64<E: de::Error>(self, count: u64) -> Result<RawRetries, E> {
+                Ok(RawRetries::Count(count.into()))
+            }
+            fn visit_i128<E: de::Error>(self, count: i128) -> Result<RawRetries, E> {
+                Ok(RawRetries::Count(count))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRetries, A::Error> {
+                RawRetriesTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawRetries::Table)
+            }
+        }
+        deserializer.deserialize_any(RetriesVisitor)
     }
 }

@@ -17,6 +17,16 @@ pub const SIZE_UNITS: &str = "KiB, MiB, GiB, B, KB, MB or GB";
 /// Parses `"500ms"`, `"60s"`, `"2m"`, `"1h30m"`. Errors say what is wrong,
 /// not how to fix it: the caller knows where the text came from.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let total = parse_duration_or_zero(text)?;
+    if total.is_zero() {
+        return Err("a duration of zero would stop every invocation at once".to_owned());
+    }
+    Ok(total)
+}
+
+/// [`parse_duration`] letting `"0s"` through, for a caller whose reason to
+/// refuse zero is not a timeout's and so needs its own words.
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err("the duration is empty".to_owned());
@@ -46,9 +56,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .and_then(|n| unit.checked_mul(n))
             .ok_or_else(|| format!("`{text}` is too large; the most is 24h"))?;
         total = total.checked_add(part).unwrap_or(Duration::MAX);
-    }
-    if total.is_zero() {
-        return Err("a duration of zero would stop every invocation at once".to_owned());
     }
     if total > MAX_TIMEOUT {
         return Err(format!("`{text}` is too large; the most is 24h"));

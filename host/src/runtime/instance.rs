@@ -80,6 +80,8 @@ pub enum Outputs {
         stdout: MemoryOutputPipe,
         stderr: MemoryOutputPipe,
     },
+    /// To an `OutputLog`, which never makes the guest wait.
+    Logged,
 }
 
 impl Outputs {
@@ -171,17 +173,22 @@ pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuil
         };
         builder.preopened_dir(&mount.host_dir, &mount.guest_path, perms)?;
     }
-    let outputs = match invocation.output {
-        Output::Inherit => {
-            let streamed = Streamed::new();
+    let outputs = match &invocation.output {
+        Output::Inherit { copy } => {
+            let streamed = Streamed::new(copy.clone());
             let (stdout, stderr) = streamed.streams();
             builder.inherit_stdin().stdout(stdout).stderr(stderr);
             Outputs::Streamed(streamed)
         }
         Output::Capture { limit } => {
-            let (stdout, stderr) = (MemoryOutputPipe::new(limit), MemoryOutputPipe::new(limit));
+            let (stdout, stderr) = (MemoryOutputPipe::new(*limit), MemoryOutputPipe::new(*limit));
             builder.stdout(stdout.clone()).stderr(stderr.clone());
             Outputs::Captured { stdout, stderr }
+        }
+        Output::Log(log) => {
+            let (stdout, stderr) = log.streams();
+            builder.stdout(stdout).stderr(stderr);
+            Outputs::Logged
         }
     };
     Ok((builder, outputs))

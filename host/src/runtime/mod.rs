@@ -7,6 +7,7 @@ mod cache;
 mod component;
 mod core;
 mod instance;
+mod output_log;
 mod p1_sleep;
 mod stdio;
 mod wasi_limits;
@@ -24,6 +25,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 pub use cache::CacheInfo;
 use cache::{Compiled, ModuleCache};
 use instance::{Outputs, StopReason};
+pub use output_log::{KEPT_PER_STREAM, Lines, OutputLog};
 use wasi_limits::CountLimits;
 
 use crate::apps::Mount;
@@ -240,15 +242,18 @@ pub struct Program {
 }
 
 /// Where an invocation's stdout and stderr go.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub enum Output {
     /// Streamed to wasmhost's own stdout and stderr (and stdin passed in);
     /// a reader that does not read holds the guest no longer than its
-    /// `timeout` (see `stdio`).
-    Inherit,
+    /// `timeout` (see `stdio`). What is written is also copied to `copy`,
+    /// for the call's record.
+    Inherit { copy: Option<Arc<OutputLog>> },
     /// Kept in memory, at most `limit` bytes each; past that the guest's
     /// writes fail, so a flooding guest cannot exhaust host memory.
     Capture { limit: usize },
+    /// Kept for a call's record only (see `output_log`).
+    Log(Arc<OutputLog>),
 }
 
 /// One call of a function.
@@ -364,7 +369,7 @@ impl Program {
         let (outcome, outputs) = match ran {
             Ok((run, outputs)) => {
                 let note = run.limits_note(&self.limits);
-                let outcome = match (outcome(run, invocation.function), invocation.output) {
+                let outcome = match (outcome(run, invocation.function), &invocation.output) {
                     // Under --map the exit code goes no further than the
                     // summary, which can say why: a guest refused a file or
                     // a lock often exits non-zero over it.
@@ -391,13 +396,13 @@ impl Program {
         };
         // A guest whose writes start failing at the cap often dies of it (a
         // Rust guest panics); say so, or the reason reads like a plain bug.
-        let outcome = match (outcome, invocation.output) {
+        let outcome = match (outcome, &invocation.output) {
             (Outcome::Failed(reason), Output::Capture { limit })
-                if stdout.len() >= limit || stderr.len() >= limit =>
+                if stdout.len() >= *limit || stderr.len() >= *limit =>
             {
                 Outcome::Failed(format!(
                     "{reason}, after its output reached the {} that --map keeps of each invocation's stdout and stderr",
-                    format_size(limit as u64)
+                    format_size(*limit as u64)
                 ))
             }
             (outcome, _) => outcome,

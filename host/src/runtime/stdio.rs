@@ -22,6 +22,9 @@ use wasmtime_wasi::async_trait;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+use super::OutputLog;
+use crate::registry::Stream;
+
 /// Most bytes of an invocation handed to the writer and not yet written:
 /// what a blocked reader makes the host hold.
 const IN_FLIGHT: usize = 64 << 10;
@@ -34,9 +37,10 @@ enum Fd {
 
 /// One invocation's streamed output, shared by its stdout and stderr and
 /// by the writer thread.
-#[derive(Default)]
 pub struct Streamed {
     state: Mutex<State>,
+    /// Where what is written is also kept, for a call's record.
+    copy: Option<Arc<OutputLog>>,
 }
 
 #[derive(Default)]
@@ -77,8 +81,11 @@ struct Chunk {
 }
 
 impl Streamed {
-    pub fn new() -> Arc<Self> {
-        Arc::default()
+    pub fn new(copy: Option<Arc<OutputLog>>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            copy,
+        })
     }
 
     /// The guest's stdout and stderr.
@@ -116,6 +123,13 @@ impl Streamed {
     /// Writes `bytes` now if that cannot block, else hands them to the
     /// writer; the caller has checked there is room.
     fn send(self: &Arc<Self>, fd: Fd, bytes: Bytes) {
+        if let Some(copy) = &self.copy {
+            let stream = match fd {
+                Fd::Stdout => Stream::Stdout,
+                Fd::Stderr => Stream::Stderr,
+            };
+            copy.write(stream, &bytes);
+        }
         let mut state = self.state();
         if state.in_flight == 0
             && let Some(written) = write_now(fd, &bytes)

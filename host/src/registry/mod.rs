@@ -17,6 +17,12 @@ use serde::Serialize;
 
 use crate::manifest::AppManifest;
 
+mod calls;
+
+pub use calls::{
+    Attempt, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
+};
+
 /// The registry's schema as an ordered list of migrations: applying
 /// `MIGRATIONS[i]` takes a registry at version `i` (`PRAGMA user_version`)
 /// to `i + 1`, each in its own transaction. Append only: a migration that
@@ -89,6 +95,9 @@ CREATE INDEX app_modules_by_digest ON app_modules (digest);
     "
 CREATE INDEX apps_by_state ON apps (state, has_lease);
 ",
+    // 5: calls as a queue and a record (see `calls`): times in milliseconds,
+    // what a node needs to run a queued call, attempts, and output.
+    calls::MIGRATION_5,
 ];
 
 /// The format of the manifest JSON stored in `apps.manifest`, in its
@@ -159,54 +168,6 @@ pub struct VolumeRecord {
 pub struct MountedVolume {
     pub key: String,
     pub volume: VolumeRecord,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CallState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl CallState {
-    fn as_str(self) -> &'static str {
-        match self {
-            CallState::Queued => "queued",
-            CallState::Running => "running",
-            CallState::Succeeded => "succeeded",
-            CallState::Failed => "failed",
-            CallState::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(text: &str) -> Self {
-        match text {
-            "queued" => CallState::Queued,
-            "running" => CallState::Running,
-            "succeeded" => CallState::Succeeded,
-            "failed" => CallState::Failed,
-            _ => CallState::Cancelled,
-        }
-    }
-}
-
-/// One call of a deployed app's function.
-#[derive(Debug, Clone, Serialize)]
-pub struct CallRecord {
-    /// `ca-` and random characters.
-    pub id: String,
-    pub app_id: String,
-    pub function: String,
-    pub state: CallState,
-    /// Unix seconds.
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    /// Why it failed or was cancelled, in one line.
-    pub error: Option<String>,
 }
 
 pub struct Registry {
@@ -386,8 +347,6 @@ pub struct Tx<'a> {
 
 const APP_COLUMNS: &str = "id, name, kind, state, created_at, stopped_at, manifest, has_lease";
 const VOLUME_COLUMNS: &str = "v.id, v.app_id, v.key, v.name, v.created_at";
-const CALL_COLUMNS: &str =
-    "id, app_id, function, state, created_at, started_at, finished_at, error";
 
 impl Tx<'_> {
     pub fn insert_app(
@@ -597,63 +556,6 @@ impl Tx<'_> {
             Ok(MountedVolume {
                 key: row.get(0)?,
                 volume: volume_from_row_at(row, 1)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Records a call that starts running now, of the module snapshot
-    /// `module` (none for an app deployed before snapshots).
-    pub fn insert_running_call(
-        &self,
-        id: &str,
-        app_id: &str,
-        function: &str,
-        module: Option<&str>,
-    ) -> Result<()> {
-        let now = now();
-        self.tx.execute(
-            "INSERT INTO calls (id, app_id, function, state, created_at, started_at, module) VALUES (?1, ?2, ?3, 'running', ?4, ?4, ?5)",
-            params![id, app_id, function, now, module],
-        )?;
-        Ok(())
-    }
-
-    pub fn call(&self, id: &str) -> Result<Option<CallRecord>> {
-        let sql = format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1");
-        Ok(self.query_calls(&sql, params![id])?.pop())
-    }
-
-    /// Running calls, of one app or of all.
-    pub fn running_calls(&self, app_id: Option<&str>) -> Result<Vec<CallRecord>> {
-        let sql = format!(
-            "SELECT {CALL_COLUMNS} FROM calls WHERE state = 'running' AND (?1 IS NULL OR app_id = ?1) ORDER BY created_at, rowid"
-        );
-        self.query_calls(&sql, params![app_id])
-    }
-
-    /// Ends a running call as `state`; a call already ended (cancelled from
-    /// elsewhere) keeps its first ending. Returns whether this one counted.
-    pub fn finish_call(&self, id: &str, state: CallState, error: Option<&str>) -> Result<bool> {
-        let changed = self.tx.execute(
-            "UPDATE calls SET state = ?2, finished_at = ?3, error = ?4 WHERE id = ?1 AND state IN ('queued', 'running')",
-            params![id, state.as_str(), now(), error],
-        )?;
-        Ok(changed == 1)
-    }
-
-    fn query_calls(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<CallRecord>> {
-        let mut stmt = self.tx.prepare(sql)?;
-        let rows = stmt.query_map(params, |row| {
-            Ok(CallRecord {
-                id: row.get(0)?,
-                app_id: row.get(1)?,
-                function: row.get(2)?,
-                state: CallState::parse(&row.get::<_, String>(3)?),
-                created_at: row.get(4)?,
-                started_at: row.get(5)?,
-                finished_at: row.get(6)?,
-                error: row.get(7)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

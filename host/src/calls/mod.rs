@@ -1,0 +1,349 @@
+//! Calls of deployed apps, whoever runs them: a `wasmhost call` process
+//! (in-process), or a node that claimed them from the queue (`--spawn`,
+//! `--remote`, the HTTP API). Every call is recorded (see
+//! `registry::calls`); how one ends decides whether it is retried.
+//!
+//! A process that runs calls holds a [`Holder`] lease for as long as it
+//! lives, and its running calls name it: when it dies, however it dies,
+//! the next command's housekeeping (or a serving node's) finds its calls by
+//! the lost lease and retries or fails them, so none stays `running`.
+
+pub mod recorder;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::apps::{self, LiveApp};
+use crate::error::usage;
+use crate::home::Home;
+use crate::lease::Lease;
+use crate::manifest::FunctionSpec;
+use crate::registry::{CallRecord, CallState, NewCall, Registry, Tx, new_id, now_ms};
+use crate::runtime::Outcome;
+
+pub use recorder::Recorder;
+
+/// Calls kept in the registry: ended calls older than this are deleted...
+pub const KEEP_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// ...and so are all but the newest this many ended calls.
+pub const KEEP_AT_MOST: usize = 100_000;
+
+/// The lease of a process that runs calls: `pr-…` for a `wasmhost call`,
+/// the node's id (`no-…`) for a node.
+pub struct Holder {
+    pub id: String,
+    /// The node's id, for a node.
+    pub node: Option<String>,
+    lease: Lease,
+}
+
+impl Holder {
+    pub fn caller(home: &Home) -> Result<Self> {
+        let id = new_id("pr");
+        Ok(Self {
+            lease: Lease::acquire(home, &id)?,
+            id,
+            node: None,
+        })
+    }
+
+    pub fn node(home: &Home) -> Result<Self> {
+        let id = new_id("no");
+        Ok(Self {
+            lease: Lease::acquire(home, &id)?,
+            node: Some(id.clone()),
+            id,
+        })
+    }
+
+    pub fn release(self) {
+        self.lease.release();
+    }
+}
+
+/// The most attempts a call of `spec` gets.
+pub fn max_attempts(spec: &FunctionSpec) -> u32 {
+    1 + spec.retries.max
+}
+
+/// Starts a call of `function` of the deployed app `id_or_name` in this
+/// process: records it as running, in the same transaction that reads the
+/// app, so a deploy either sees the call or is seen by it. In-process calls
+/// are not retried (their output went to a terminal already). Returns the
+/// app, the function's name and the call's id.
+pub fn start_call(
+    registry: &mut Registry,
+    holder: &Holder,
+    id_or_name: &str,
+    function: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(LiveApp, String, String)> {
+    let id = new_id("ca");
+    let (live, function) = registry.write(|tx| {
+        let (live, function) = deployed_function(tx, id_or_name, function)?;
+        tx.insert_call(&NewCall {
+            id: &id,
+            app_id: &live.record.id,
+            function: &function,
+            args,
+            env,
+            module: live.modules.get(&function).map(String::as_str),
+            max_attempts: 1,
+            running: Some((&holder.id, holder.node.as_deref())),
+        })?;
+        Ok((live, function))
+    })?;
+    Ok((live, function, id))
+}
+
+fn deployed_function(tx: &Tx, id_or_name: &str, function: &str) -> Result<(LiveApp, String)> {
+    let live = apps::deployed_app_in(tx, id_or_name)?;
+    let function = live
+        .manifest
+        .select_function(Some(function))
+        .map_err(|problem| usage!("{problem}"))?
+        .to_owned();
+    Ok((live, function))
+}
+
+/// The deployed app `id_or_name` and the name of its function `function`.
+pub fn find_function(
+    registry: &mut Registry,
+    id_or_name: &str,
+    function: &str,
+) -> Result<(LiveApp, String)> {
+    registry.read(|tx| deployed_function(tx, id_or_name, function))
+}
+
+/// How many queued calls go into one transaction.
+const QUEUE_BATCH: usize = 1000;
+
+/// Queues one call of `function` per item of `args` for the nodes, in input
+/// order, handing each id to `queued` as soon as its batch has committed.
+/// Returns the app and the function's name.
+pub fn queue_calls(
+    registry: &mut Registry,
+    id_or_name: &str,
+    function: &str,
+    args: impl Iterator<Item = Vec<String>>,
+    env: &BTreeMap<String, String>,
+    mut queued: impl FnMut(&str) -> Result<()>,
+) -> Result<(LiveApp, String)> {
+    let (live, function) = find_function(registry, id_or_name, function)?;
+    let max_attempts = max_attempts(&live.manifest.functions[&function]);
+    let mut args = args.peekable();
+    while args.peek().is_some() {
+        let batch: Vec<(String, Vec<String>)> = args
+            .by_ref()
+            .take(QUEUE_BATCH)
+            .map(|a| (new_id("ca"), a))
+            .collect();
+        registry.write(|tx| {
+            // The app may have been stopped or updated since it was read.
+            let (now, _) = deployed_function(tx, &live.record.id, &function)?;
+            for (id, args) in &batch {
+                tx.insert_call(&NewCall {
+                    id,
+                    app_id: &now.record.id,
+                    function: &function,
+                    args,
+                    env,
+                    module: now.modules.get(&function).map(String::as_str),
+                    max_attempts,
+                    running: None,
+                })?;
+            }
+            Ok(())
+        })?;
+        for (id, _) in &batch {
+            queued(id)?;
+        }
+    }
+    Ok((live, function))
+}
+
+/// The call `id`, or a usage error saying there is none.
+pub fn find(registry: &mut Registry, id: &str) -> Result<CallRecord> {
+    registry.read(|tx| tx.call(id))?.ok_or_else(|| {
+        usage!(
+            "no call has the id `{}`; `wasmhost calls list` shows them",
+            id.escape_debug()
+        )
+    })
+}
+
+/// Cancels a queued or running call (whoever runs it sees the change
+/// within a poll and interrupts it). Returns the call as it was before.
+pub fn cancel(registry: &mut Registry, id: &str) -> Result<CallRecord> {
+    registry.write(|tx| {
+        let call = tx.call(id)?.ok_or_else(|| {
+            usage!(
+                "no call has the id `{}`; `wasmhost calls list` shows them",
+                id.escape_debug()
+            )
+        })?;
+        if call.state.is_final() {
+            return Err(usage!(
+                "call {id} has already ended ({})",
+                call.state.as_str()
+            ));
+        }
+        tx.cancel_call(id, "cancelled by `wasmhost calls cancel`")?;
+        Ok(call)
+    })
+}
+
+/// Why call `call_id` was cancelled, as the registry has it.
+pub fn why_cancelled(home: &Home, call_id: &str) -> String {
+    Registry::open(&home.registry_file())
+        .and_then(|mut registry| registry.read(|tx| tx.call(call_id)))
+        .ok()
+        .flatten()
+        .and_then(|call| call.error)
+        .unwrap_or_else(|| "cancelled from another process".into())
+}
+
+/// Whether a node serves this home: one holds its lease.
+pub fn node_serving(home: &Home) -> Result<bool> {
+    for id in Lease::ids(home)? {
+        if id.starts_with("no-") && Lease::take_abandoned(home, &id)?.is_none() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How an attempt's end changes its call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    Finished {
+        state: CallState,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    },
+    /// Queued again, to run no earlier than `run_after` (Unix ms).
+    Retry {
+        run_after: i64,
+        exit_code: Option<i32>,
+        error: String,
+    },
+}
+
+impl Ending {
+    /// The end of attempt `attempt` of a call of `spec` that gets
+    /// `max_attempts`: a failure is retried while attempts remain.
+    pub fn of(outcome: &Outcome, attempt: u32, max_attempts: u32, spec: &FunctionSpec) -> Self {
+        let (exit_code, error) = match outcome {
+            Outcome::Exited(0) => {
+                return Ending::Finished {
+                    state: CallState::Succeeded,
+                    exit_code: Some(0),
+                    error: None,
+                };
+            }
+            Outcome::Exited(code) => (Some(*code), format!("exited with code {code}")),
+            Outcome::Failed(reason) => (None, reason.clone()),
+            Outcome::Interrupted => (None, "interrupted".to_owned()),
+        };
+        Self::failed(exit_code, error, attempt, max_attempts, spec)
+    }
+
+    /// A failed attempt: retried if attempts remain, else the call failed.
+    pub fn failed(
+        exit_code: Option<i32>,
+        error: String,
+        attempt: u32,
+        max_attempts: u32,
+        spec: &FunctionSpec,
+    ) -> Self {
+        if attempt < max_attempts {
+            let delay = spec.retries.delay_before(attempt + 1);
+            Ending::Retry {
+                run_after: now_ms() + delay.as_millis() as i64,
+                exit_code,
+                error,
+            }
+        } else {
+            let error = if attempt > 1 {
+                format!("{error} (attempt {attempt} of {max_attempts})")
+            } else {
+                error
+            };
+            Ending::Finished {
+                state: CallState::Failed,
+                exit_code,
+                error: Some(error),
+            }
+        }
+    }
+
+    /// Records this ending of running call `id`; a call cancelled meanwhile
+    /// stays cancelled.
+    pub fn record(&self, tx: &Tx, id: &str) -> Result<()> {
+        match self {
+            Ending::Finished {
+                state,
+                exit_code,
+                error,
+            } => tx.finish_call(id, *state, *exit_code, error.as_deref())?,
+            Ending::Retry {
+                run_after,
+                exit_code,
+                error,
+            } => tx.requeue_call(id, *run_after, *exit_code, error)?,
+        };
+        Ok(())
+    }
+}
+
+/// Ends the running calls of holders that died (their lease is free):
+/// retried if attempts remain, else failed naming what died. Returns the
+/// calls it ended.
+pub fn reap_dead_holders(home: &Home, registry: &mut Registry) -> Result<Vec<CallRecord>> {
+    let running = registry.read(|tx| tx.running_calls(None))?;
+    let mut holders: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
+    for call in running {
+        // Calls recorded before holders ran under a lease of their own id.
+        let holder = call.holder.clone().unwrap_or_else(|| call.id.clone());
+        holders.entry(holder).or_default().push(call);
+    }
+    let mut reaped = Vec::new();
+    for (holder, calls) in holders {
+        let Some(lease) = Lease::take_abandoned(home, &holder)? else {
+            continue;
+        };
+        let what = match holder.starts_with("no-") {
+            true => format!("its node {holder} died while it ran"),
+            false => "its calling process died".to_owned(),
+        };
+        registry.write(|tx| {
+            for call in &calls {
+                let spec = apps::function_of(tx, &call.app_id, &call.function)?;
+                let ending = match spec {
+                    Some(spec) => {
+                        Ending::failed(None, what.clone(), call.attempts, call.max_attempts, &spec)
+                    }
+                    None => Ending::Finished {
+                        state: CallState::Failed,
+                        exit_code: None,
+                        error: Some(what.clone()),
+                    },
+                };
+                ending.record(tx, &call.id)?;
+            }
+            Ok(())
+        })?;
+        lease.release();
+        reaped.extend(calls);
+    }
+    Ok(reaped)
+}
+
+/// Deletes call records past the bounds ([`KEEP_FOR`], [`KEEP_AT_MOST`]).
+pub fn prune(registry: &mut Registry) -> Result<usize> {
+    let before = now_ms() - KEEP_FOR.as_millis() as i64;
+    registry.write(|tx| tx.prune_calls(before, KEEP_AT_MOST))
+}

@@ -1,0 +1,136 @@
+//! `call --spawn` and `call --remote`: calls queued in the registry for the
+//! nodes, which need no node address; `--remote` then waits for them and
+//! prints and exits as a call in this process would.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Result;
+use wasmhost::calls;
+use wasmhost::home::Home;
+use wasmhost::invoke::MapReport;
+use wasmhost::registry::{CallRecord, CallState, Registry};
+use wasmhost::runtime::Outcome;
+use wasmhost::text::escape_control;
+
+use super::invoke::{InvokeArgs, open_map_inputs};
+use super::output::outln;
+use super::usage;
+
+/// How often a waiting command looks at the registry.
+pub const WAIT_POLL: Duration = Duration::from_millis(100);
+
+pub fn queue(
+    home: &Home,
+    registry: &mut Registry,
+    app: &str,
+    function: &str,
+    invoke: &InvokeArgs,
+    wait: bool,
+) -> Result<u8> {
+    if invoke.concurrency().is_some() {
+        return Err(usage(
+            "--concurrency applies to calls in this process; queued calls run at most the function's `concurrency` at once".into(),
+        ));
+    }
+    // Read whole, so that a bad line queues nothing.
+    let inputs: Vec<Vec<String>> = match open_map_inputs(invoke)? {
+        None => vec![invoke.args().to_vec()],
+        Some(inputs) => inputs
+            .lines
+            .enumerate()
+            .map(|(i, line)| {
+                let line =
+                    line.map_err(|bad| usage(format!("input {}: {}", i + 1, bad.problem)))?;
+                let mut args = invoke.args().to_vec();
+                args.push(line);
+                Ok(args)
+            })
+            .collect::<Result<_>>()?,
+    };
+    let lines: Vec<String> = inputs
+        .iter()
+        .map(|a| a.last().cloned().unwrap_or_default())
+        .collect();
+    let mut ids = Vec::with_capacity(inputs.len());
+    calls::queue_calls(
+        registry,
+        app,
+        function,
+        inputs.into_iter(),
+        &invoke.env(),
+        |id| {
+            if !wait {
+                outln!("{id}")?;
+            }
+            ids.push(id.to_owned());
+            Ok(())
+        },
+    )?;
+    if !calls::node_serving(home)? {
+        eprintln!(
+            "note: no node is serving {}; the call(s) wait in the queue until `wasmhost serve` runs",
+            home.root().display()
+        );
+    }
+    if !wait {
+        return Ok(0);
+    }
+    let single = invoke.map().is_none();
+    let mut report = MapReport::default();
+    for (id, line) in ids.iter().zip(lines) {
+        let (call, [stdout, stderr]) = wait_for(registry, id)?;
+        std::io::stdout().write_all(stdout.as_bytes())?;
+        std::io::stdout().flush()?;
+        let _ = std::io::stderr().write_all(stderr.as_bytes());
+        let outcome = outcome(&call);
+        if single {
+            return match outcome {
+                Outcome::Exited(code) => Ok(code as u8),
+                Outcome::Failed(reason) => Err(anyhow::anyhow!(
+                    "call {id} of function `{function}` of app `{app}` {reason}"
+                )),
+                Outcome::Interrupted => Err(anyhow::anyhow!(
+                    "call {id} was cancelled: {}",
+                    call.error.unwrap_or_default()
+                )),
+            };
+        }
+        report.record(Ok(line), outcome);
+    }
+    if report.failed == 0 {
+        return Ok(0);
+    }
+    let summary: Vec<String> = report.summary().lines().map(escape_control).collect();
+    eprintln!("error: {}", summary.join("\n"));
+    Ok(1)
+}
+
+/// How a finished call ended, as a local invocation would say it.
+fn outcome(call: &CallRecord) -> Outcome {
+    match (call.state, call.exit_code) {
+        (CallState::Cancelled, _) => Outcome::Interrupted,
+        (_, Some(code)) => Outcome::Exited(code),
+        _ => Outcome::Failed(call.error.clone().unwrap_or_else(|| "failed".into())),
+    }
+}
+
+/// Waits for call `id` to end; returns it with its stdout and stderr.
+pub fn wait_for(registry: &mut Registry, id: &str) -> Result<(CallRecord, [String; 2])> {
+    loop {
+        let ended = registry.read(|tx| {
+            let call = tx
+                .call(id)?
+                .ok_or_else(|| anyhow::anyhow!("call {id} has been deleted"))?;
+            if !call.state.is_final() {
+                return Ok(None);
+            }
+            let (output, _) = tx.call_output(&call)?;
+            Ok(Some((call, output)))
+        })?;
+        if let Some(ended) = ended {
+            return Ok(ended);
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
+}

@@ -1,0 +1,424 @@
+//! The node's HTTP API (SPEC section 6): each handler parses a request,
+//! makes the library call the matching CLI command makes, and answers
+//! JSON. Bad input gets a 4xx and `{"error": "one line"}`, never a 500 or
+//! a dropped connection; nothing is recorded for a refused request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Registries;
+use super::token::authorized;
+use super::worker::Worker;
+use crate::calls;
+use crate::error::UsageError;
+use crate::home::Home;
+use crate::manifest::{self, units};
+use crate::registry::{CallState, LogFilter, now_ms};
+use crate::views::{app_json, call_json, volume_json};
+
+/// The largest request body: a call's arguments and environment.
+const MAX_BODY: usize = 1 << 20;
+/// How often `logs?follow=1` looks for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// Log lines per registry query.
+const LOG_PAGE: usize = 1000;
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+struct Api {
+    worker: Arc<Worker>,
+    token: String,
+    registries: Registries,
+}
+
+type Shared = State<Arc<Api>>;
+
+pub fn router(home: Home, worker: Arc<Worker>, token: String) -> Router {
+    let api = Arc::new(Api {
+        worker,
+        token,
+        registries: Registries::new(home),
+    });
+    let protected = Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/volumes", get(list_volumes))
+        .route(
+            "/v1/apps/{app}/functions/{function}/calls",
+            post(create_call),
+        )
+        .route("/v1/calls/{id}", get(get_call).delete(cancel_call))
+        .route("/v1/apps/{app}/logs", get(logs))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_token));
+    Router::new()
+        .route("/v1/health", get(health))
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+/// An error answer: its status and one line.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let line = self.1.replace('\n', " ");
+        (self.0, Json(json!({ "error": line }))).into_response()
+    }
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    /// A library error: what the CLI reports as bad usage is the client's
+    /// fault (`status`); anything else is the node's.
+    fn from_library(e: anyhow::Error, status: StatusCode) -> Self {
+        let line = format!("{e:#}");
+        if e.chain().any(|c| c.is::<UsageError>()) {
+            Self(status, line)
+        } else {
+            Self(StatusCode::INTERNAL_SERVER_ERROR, line)
+        }
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+async fn require_token(State(api): Shared, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if authorized(header, &api.token) {
+        next.run(request).await
+    } else {
+        let mut answer = ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token: send `Authorization: Bearer TOKEN` with the token in $WASMHOST_HOME/token".into(),
+        )
+        .into_response();
+        answer.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("a valid header"),
+        );
+        answer
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such route; see /v1/openapi.json".into(),
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method; see /v1/openapi.json".into(),
+    )
+}
+
+async fn health(State(api): Shared) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "node": api.worker.node_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn list_apps(State(api): Shared) -> Answer {
+    let apps = api
+        .registries
+        .with(|registry| registry.read(|tx| tx.list_apps(false)))
+        .await
+        .map_err(|e| ApiError::from_library(e, StatusCode::BAD_REQUEST))?;
+    Ok(Json(apps.iter().map(app_json).collect::<Vec<_>>()).into_response())
+}
+
+async fn list_volumes(State(api): Shared) -> Answer {
+    let volumes = api
+        .registries
+        .with(|registry| registry.read(|tx| tx.named_volumes()))
+        .await
+        .map_err(|e| ApiError::from_library(e, StatusCode::BAD_REQUEST))?;
+    Ok(Json(volumes.iter().map(volume_json).collect::<Vec<_>>()).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallRequest {
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    spawn: bool,
+}
+
+impl CallRequest {
+    /// What WASI cannot pass to a guest is refused here, before anything
+    /// is recorded.
+    fn check(&self) -> Result<(), ApiError> {
+        if let Some(arg) = self.args.iter().find(|a| a.contains('\0')) {
+            return Err(ApiError::bad(format!(
+                "argument `{}` holds a NUL byte, which WASI cannot pass to a guest",
+                arg.escape_debug()
+            )));
+        }
+        for (key, value) in &self.env {
+            if !manifest::valid_env_name(key) {
+                return Err(ApiError::bad(format!(
+                    "environment variable name `{}` is invalid: use a non-empty name without `=` or NUL",
+                    key.escape_debug()
+                )));
+            }
+            if value.contains('\0') {
+                return Err(ApiError::bad(format!(
+                    "the value of `{key}` holds a NUL byte, which WASI cannot pass to a guest"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// serde's and axum's words for a body that is not the request asked for.
+fn body_error(rejection: JsonRejection) -> ApiError {
+    let status = match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("the request body is larger than {MAX_BODY} bytes")
+        }
+        _ => rejection.body_text(),
+    };
+    ApiError(
+        status,
+        format!(
+            "{detail}; expected JSON {{\"args\": [strings], \"env\": {{name: string}}, \"spawn\": bool}}"
+        ),
+    )
+}
+
+async fn create_call(
+    State(api): Shared,
+    Path((app, function)): Path<(String, String)>,
+    body: Result<Json<CallRequest>, JsonRejection>,
+) -> Answer {
+    let Json(request) = body.map_err(body_error)?;
+    request.check()?;
+    let CallRequest { args, env, spawn } = request;
+    let id = api
+        .registries
+        .with(move |registry| {
+            let mut ids = Vec::new();
+            calls::queue_calls(
+                registry,
+                &app,
+                &function,
+                std::iter::once(args),
+                &env,
+                |id| {
+                    ids.push(id.to_owned());
+                    Ok(())
+                },
+            )?;
+            Ok(ids.pop().unwrap_or_default())
+        })
+        .await
+        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+    api.worker.wake();
+    if spawn {
+        let queued = json!({ "id": id, "state": CallState::Queued });
+        return Ok((StatusCode::ACCEPTED, Json(queued)).into_response());
+    }
+    let ended = api.worker.when_ended(&id);
+    let id_now = id.clone();
+    let final_now = api
+        .registries
+        .with(move |registry| {
+            registry.read(|tx| Ok(tx.call(&id_now)?.is_some_and(|c| c.state.is_final())))
+        })
+        .await
+        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+    if final_now {
+        api.worker.forget_waiters(&id);
+    } else {
+        tokio::select! {
+            _ = ended => {}
+            () = api.worker.draining() => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the node is shutting down; call {id} stays queued for the next node (`wasmhost calls get {id} --wait`)"),
+                ));
+            }
+        }
+    }
+    call_answer(&api, id).await
+}
+
+async fn call_answer(api: &Api, id: String) -> Answer {
+    let call = api
+        .registries
+        .with(move |registry| {
+            registry.read(|tx| match tx.call(&id)? {
+                Some(call) => Ok(Some(call_json(tx, &call)?)),
+                None => Ok(None),
+            })
+        })
+        .await
+        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+    match call {
+        Some(call) => Ok(Json(call).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no call has that id".into(),
+        )),
+    }
+}
+
+async fn get_call(State(api): Shared, Path(id): Path<String>) -> Answer {
+    call_answer(&api, id).await
+}
+
+async fn cancel_call(State(api): Shared, Path(id): Path<String>) -> Answer {
+    let (state, was) = api
+        .registries
+        .with(move |registry| {
+            let call = calls::find(registry, &id)?;
+            if call.state.is_final() {
+                return Ok((call.state, None));
+            }
+            let was = calls::cancel(registry, &id)?;
+            Ok((CallState::Cancelled, Some((was.id, was.state))))
+        })
+        .await
+        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+    match was {
+        Some((id, was)) => {
+            Ok(Json(json!({ "id": id, "state": state, "was": was })).into_response())
+        }
+        None => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("the call has already ended ({})", state.as_str()),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    function: Option<String>,
+    call: Option<String>,
+    /// A duration: lines newer than this long ago.
+    since: Option<String>,
+    #[serde(default)]
+    follow: Option<String>,
+}
+
+async fn logs(
+    State(api): Shared,
+    Path(app): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Answer {
+    let Query(query) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let since = match &query.since {
+        Some(text) => Some(
+            now_ms()
+                - units::parse_duration(text)
+                    .map_err(|e| ApiError::bad(format!("since: {e}")))?
+                    .as_millis() as i64,
+        ),
+        None => None,
+    };
+    let follow = match query.follow.as_deref() {
+        None | Some("0" | "false") => false,
+        Some("1" | "true" | "") => true,
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "follow: `{}` is not 1, true, 0 or false",
+                other.escape_debug()
+            )));
+        }
+    };
+    let app_id = api
+        .registries
+        .with(move |registry| Ok(crate::apps::find_app_for_logs(registry, &app)?.id))
+        .await
+        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+    let filter = LogFilter {
+        function: query.function,
+        call: query.call,
+        since,
+        after: 0,
+    };
+    let pages = futures_util::stream::unfold(
+        (api.clone(), filter, app_id, false),
+        move |(api, mut filter, app_id, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let (query_app, query_filter) = (app_id.clone(), filter.clone());
+                let lines = api
+                    .registries
+                    .with(move |registry| {
+                        registry.read(|tx| tx.log_lines(&query_app, &query_filter, LOG_PAGE, false))
+                    })
+                    .await;
+                let lines = match lines {
+                    Ok(lines) => lines,
+                    Err(e) => {
+                        let error = json!({ "error": format!("{e:#}") }).to_string() + "\n";
+                        return Some((Ok::<_, std::io::Error>(error), (api, filter, app_id, true)));
+                    }
+                };
+                if let Some(last) = lines.last() {
+                    filter.after = last.seq;
+                    let mut text = String::new();
+                    for line in &lines {
+                        text.push_str(&serde_json::to_string(line).unwrap_or_default());
+                        text.push('\n');
+                    }
+                    return Some((Ok(text), (api, filter, app_id, false)));
+                }
+                if !follow {
+                    return None;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                    () = api.worker.draining() => return None,
+                }
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(pages),
+    )
+        .into_response())
+}

@@ -1,0 +1,139 @@
+//! `wasmhost serve`: a node. It runs the queued calls of every running
+//! deployed app (see `worker`) and answers the HTTP API of SPEC section 6
+//! (see `api`), which only translates requests into the library calls the
+//! CLI makes.
+//!
+//! SIGTERM or SIGINT drains: the listener closes, no call is claimed any
+//! more, running calls get `grace` to finish, then are interrupted and
+//! retried per their function's `retries` (by the next node) or failed.
+
+mod api;
+mod token;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::calls::Holder;
+use crate::home::Home;
+use crate::registry::Registry;
+
+pub use token::token_file;
+use worker::Worker;
+
+/// A node's settings, from its command line (never from an app).
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    /// How long a drain lets running calls finish.
+    pub grace: Duration,
+    /// Most calls this node runs at once.
+    pub max_calls: usize,
+}
+
+/// How long interrupted calls get to unwind and be recorded after the grace.
+const UNWIND: Duration = Duration::from_secs(5);
+
+/// Runs a node until SIGTERM or SIGINT; `ready` is told the address it
+/// listens on.
+pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &str)) -> Result<()> {
+    let token = token::load_or_create(home)?;
+    let executor = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the node's executor")?;
+    let holder = Holder::node(home)?;
+    let worker = Worker::new(home, holder, config.max_calls)?;
+    let claims = {
+        let worker = worker.clone();
+        std::thread::spawn(move || worker.run())
+    };
+    let served = executor.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        ready(address, worker.node_id());
+        let app = api::router(home.clone(), worker.clone(), token);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal(worker.clone()))
+            .await
+            .context("the node's HTTP server failed")
+    });
+    worker.drain();
+    let _ = claims.join();
+    let deadline = Instant::now() + config.grace;
+    while worker.running_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if worker.running_count() > 0 {
+        worker.interrupt_all();
+        let deadline = Instant::now() + UNWIND;
+        while worker.running_count() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Long-polling handlers (`logs?follow=1`) must not hold the exit.
+    executor.shutdown_timeout(Duration::from_millis(100));
+    worker.finish()?;
+    served
+}
+
+/// Resolves at SIGTERM or SIGINT, having started the drain, so that
+/// requests waiting on the node give up and the listener can close.
+async fn shutdown_signal(worker: Arc<Worker>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    worker.drain();
+}
+
+/// Registry connections for request handlers, each used by one blocking
+/// task at a time.
+#[derive(Clone)]
+pub(crate) struct Registries {
+    home: Home,
+    idle: Arc<std::sync::Mutex<Vec<Registry>>>,
+}
+
+impl Registries {
+    fn new(home: Home) -> Self {
+        Self {
+            home,
+            idle: Arc::default(),
+        }
+    }
+
+    /// Runs `f` with a connection, on a thread where blocking is fine.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Registry) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let taken = this.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut registry = match taken {
+                Some(registry) => registry,
+                None => Registry::open(&this.home.registry_file())?,
+            };
+            let result = f(&mut registry);
+            this.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(registry);
+            result
+        })
+        .await
+        .context("a registry task failed")?
+    }
+}

@@ -1,0 +1,367 @@
+//! The node's worker: claims queued calls of running deployed apps, at most
+//! each function's `concurrency` at once across every caller and at most
+//! `max_calls` on this node, runs each on a thread of its own, and
+//! interrupts those whose call was cancelled or whose app was stopped.
+//!
+//! Claims are registry transactions (`BEGIN IMMEDIATE` on SQLite), so two
+//! nodes never claim one call. The loop wakes when this node queues a call
+//! or finishes one, and otherwise every [`POLL`], which is how it notices
+//! what other shells did: a new call, a deploy, an update or a stop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::oneshot;
+
+use crate::apps::{self, LiveApp};
+use crate::calls::{self, Ending, Holder, Recorder};
+use crate::home::Home;
+use crate::invoke::Target;
+use crate::registry::{AppState, CallRecord, CallState, Registry};
+use crate::runtime::{Outcome, OutputLog, Program, Runtime};
+use crate::slots::Slots;
+
+/// How often the worker looks for queued calls and cancellations.
+const POLL: Duration = Duration::from_millis(100);
+/// How often it reaps what dead processes and nodes left.
+const HOUSEKEEPING: Duration = Duration::from_secs(2);
+/// How often it deletes records past their bounds.
+const PRUNE: Duration = Duration::from_secs(60);
+
+/// A call running on this node.
+struct Running {
+    app_id: String,
+    cancelled: Arc<AtomicBool>,
+}
+
+pub struct Worker {
+    home: Home,
+    holder: Holder,
+    runtime: Runtime,
+    recorder: Recorder,
+    max_calls: usize,
+    programs: Mutex<HashMap<(String, String, Option<String>), Arc<Program>>>,
+    running: Mutex<BTreeMap<String, Running>>,
+    /// Calls whose end someone in this process waits for.
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    wake: (Mutex<bool>, Condvar),
+    draining: AtomicBool,
+    /// Tells request handlers that wait (a call's end, a log's next line)
+    /// to give up: the node is draining.
+    drained: tokio::sync::watch::Sender<bool>,
+    /// Set once the grace period of a drain has passed.
+    interrupting: AtomicBool,
+}
+
+impl Worker {
+    pub fn new(home: &Home, holder: Holder, max_calls: usize) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            home: home.clone(),
+            holder,
+            runtime: Runtime::new(home, max_calls)?,
+            recorder: Recorder::new(home)?,
+            max_calls,
+            programs: Mutex::default(),
+            running: Mutex::default(),
+            waiters: Mutex::default(),
+            wake: (Mutex::new(false), Condvar::new()),
+            draining: AtomicBool::new(false),
+            drained: tokio::sync::watch::Sender::new(false),
+            interrupting: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.holder.id
+    }
+
+    /// Makes the loop look at the queue now.
+    pub fn wake(&self) {
+        *self.wake.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.1.notify_one();
+    }
+
+    /// A receiver told when call `id` has ended and its record is written;
+    /// the caller checks the registry after asking, in case it already had.
+    pub fn when_ended(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiters)
+            .entry(id.to_owned())
+            .or_default()
+            .push(tx);
+        rx
+    }
+
+    /// Stops claiming; running calls go on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.drained.send_replace(true);
+        self.wake();
+    }
+
+    /// Resolves once the node drains.
+    pub async fn draining(&self) {
+        let mut drained = self.drained.subscribe();
+        let _ = drained.wait_for(|d| *d).await;
+    }
+
+    /// Forgets the waiters of call `id` (it had ended before they waited).
+    pub fn forget_waiters(&self, id: &str) {
+        lock(&self.waiters).remove(id);
+    }
+
+    pub fn running_count(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Interrupts every running call (the drain's grace period is over).
+    pub fn interrupt_all(&self) {
+        self.interrupting.store(true, Ordering::SeqCst);
+        for running in lock(&self.running).values() {
+            running.cancelled.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Writes what is left to record and gives up the node's lease.
+    pub fn finish(self: Arc<Self>) -> Result<()> {
+        self.recorder.flush()?;
+        match Arc::try_unwrap(self) {
+            Ok(worker) => worker.holder.release(),
+            // A call thread still holds it: the lease goes with the process.
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The claim loop; returns once draining.
+    pub fn run(self: Arc<Self>) -> Result<()> {
+        let mut registry = Registry::open(&self.home.registry_file())?;
+        let (mut housekept, mut pruned) = (Instant::now(), Instant::now());
+        self.housekeeping(&mut registry);
+        while !self.draining.load(Ordering::SeqCst) {
+            let free = self.max_calls.saturating_sub(self.running_count());
+            if free > 0 {
+                match self.claim(&mut registry, free) {
+                    Ok(claimed) => {
+                        for call in claimed {
+                            self.start(call);
+                        }
+                    }
+                    Err(e) => eprintln!("warning: cannot claim queued calls: {e:#}"),
+                }
+            }
+            self.interrupt_stopped(&mut registry);
+            if housekept.elapsed() >= HOUSEKEEPING {
+                self.housekeeping(&mut registry);
+                housekept = Instant::now();
+            }
+            if pruned.elapsed() >= PRUNE {
+                if let Err(e) = calls::prune(&mut registry) {
+                    eprintln!("warning: cannot prune call records: {e:#}");
+                }
+                pruned = Instant::now();
+            }
+            let woken = lock(&self.wake.0);
+            let (mut woken, _) = self
+                .wake
+                .1
+                .wait_timeout_while(woken, POLL, |woken| !*woken)
+                .unwrap_or_else(|e| e.into_inner());
+            *woken = false;
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&self, registry: &mut Registry) {
+        if let Err(e) = apps::housekeeping(&self.home, registry) {
+            eprintln!("warning: housekeeping failed: {e:#}");
+        }
+    }
+
+    /// Claims up to `free` queued calls that their function's
+    /// `concurrency` leaves room for.
+    fn claim(&self, registry: &mut Registry, free: usize) -> Result<Vec<CallRecord>> {
+        let holder = &self.holder;
+        registry.write(|tx| {
+            let mut claimed = Vec::new();
+            let mut counts: HashMap<(String, String), u32> = HashMap::new();
+            for call in tx.claimable_calls(free.max(64) * 4)? {
+                if claimed.len() == free {
+                    break;
+                }
+                let Some(spec) = apps::function_of(tx, &call.app_id, &call.function)? else {
+                    tx.finish_call(
+                        &call.id,
+                        CallState::Failed,
+                        None,
+                        Some("its function is no longer in the app (it was updated)"),
+                    )?;
+                    continue;
+                };
+                let key = (call.app_id.clone(), call.function.clone());
+                let count = match counts.get(&key) {
+                    Some(count) => *count,
+                    None => tx.running_count(&call.app_id, &call.function)?,
+                };
+                if spec.concurrency.is_some_and(|most| count >= most) {
+                    counts.insert(key, count);
+                    continue;
+                }
+                if tx.claim_call(&call.id, &holder.id, holder.node.as_deref())? {
+                    counts.insert(key, count + 1);
+                    claimed.push(tx.call(&call.id)?.context("a claimed call vanished")?);
+                }
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn start(self: &Arc<Self>, call: CallRecord) {
+        let cancelled = Arc::new(AtomicBool::new(self.interrupting.load(Ordering::SeqCst)));
+        lock(&self.running).insert(
+            call.id.clone(),
+            Running {
+                app_id: call.app_id.clone(),
+                cancelled: cancelled.clone(),
+            },
+        );
+        let worker = self.clone();
+        std::thread::spawn(move || worker.run_call(call, cancelled));
+    }
+
+    fn run_call(self: Arc<Self>, call: CallRecord, cancelled: Arc<AtomicBool>) {
+        let live = Registry::open(&self.home.registry_file())
+            .and_then(|mut registry| registry.read(|tx| apps::deployed_app_in(tx, &call.app_id)));
+        let ending = match live {
+            Ok(live) => {
+                let spec = &live.manifest.functions[&call.function];
+                let outcome = self
+                    .invoke(&live, &call, cancelled)
+                    .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}").replace('\n', " ")));
+                match outcome {
+                    Outcome::Interrupted if self.interrupting.load(Ordering::SeqCst) => {
+                        Ending::failed(
+                            None,
+                            format!(
+                                "interrupted: node {} shut down and its grace period ran out",
+                                self.node_id()
+                            ),
+                            call.attempts,
+                            call.max_attempts,
+                            spec,
+                        )
+                    }
+                    outcome => Ending::of(&outcome, call.attempts, call.max_attempts, spec),
+                }
+            }
+            // Its app was stopped since the claim: the stop cancelled it.
+            Err(e) => Ending::Finished {
+                state: CallState::Failed,
+                exit_code: None,
+                error: Some(format!("{e:#}")),
+            },
+        };
+        let worker = self.clone();
+        let id = call.id.clone();
+        self.recorder.finish(
+            &call.id,
+            ending,
+            Some(Box::new(move |_| {
+                lock(&worker.running).remove(&id);
+                for waiter in lock(&worker.waiters).remove(&id).unwrap_or_default() {
+                    let _ = waiter.send(());
+                }
+                worker.wake();
+            })),
+        );
+    }
+
+    fn invoke(
+        &self,
+        live: &LiveApp,
+        call: &CallRecord,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Outcome> {
+        let spec = &live.manifest.functions[&call.function];
+        let program = self.program(live, &call.function)?;
+        let mounts = live.mounts(&self.home, &call.function);
+        let slots = spec
+            .concurrency
+            .map(|n| Slots::new(&self.home, &live.record.id, &call.function, n))
+            .transpose()?;
+        let log = OutputLog::new();
+        self.recorder
+            .watch(&call.id, &call.app_id, call.attempts, log.clone());
+        let target = Target {
+            home: &self.home,
+            program: &program,
+            function: spec,
+            mounts: &mounts,
+            env: &call.env,
+            cancelled,
+            slots,
+            record: None,
+        };
+        Ok(target.run_logged(&call.args, log))
+    }
+
+    /// The function's compiled, linked program, made once per module.
+    fn program(&self, live: &LiveApp, function: &str) -> Result<Arc<Program>> {
+        let key = (
+            live.record.id.clone(),
+            function.to_owned(),
+            live.modules.get(function).cloned(),
+        );
+        if let Some(program) = lock(&self.programs).get(&key) {
+            return Ok(program.clone());
+        }
+        let spec = &live.manifest.functions[function];
+        let program = Arc::new(
+            self.runtime
+                .load(&live.module(&self.home, function), spec)
+                .with_context(|| format!("cannot load the module of function `{function}`"))?,
+        );
+        lock(&self.programs).insert(key, program.clone());
+        Ok(program)
+    }
+
+    /// Interrupts running calls that were cancelled, or whose app was
+    /// stopped, from anywhere.
+    fn interrupt_stopped(&self, registry: &mut Registry) {
+        let ids: Vec<(String, String)> = lock(&self.running)
+            .iter()
+            .map(|(id, r)| (id.clone(), r.app_id.clone()))
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let stopped = registry.read(|tx| {
+            let mut stopped = Vec::new();
+            for (id, app_id) in &ids {
+                let cancelled = tx
+                    .call(id)?
+                    .is_some_and(|c| c.state == CallState::Cancelled);
+                let app_stopped = tx.app(app_id)?.is_none_or(|a| a.state == AppState::Stopped);
+                if cancelled || app_stopped {
+                    stopped.push(id.clone());
+                }
+            }
+            Ok(stopped)
+        });
+        if let Ok(stopped) = stopped {
+            let running = lock(&self.running);
+            for id in stopped {
+                if let Some(call) = running.get(&id) {
+                    call.cancelled.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

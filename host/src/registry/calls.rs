@@ -1,0 +1,582 @@
+//! Calls of deployed apps: a queue that nodes claim from, and the record of
+//! every call with its attempts and output, which `calls`, `app logs` and
+//! the node's API read.
+//!
+//! Times are Unix milliseconds. A call's state implies its timestamps (the
+//! CHECKs of migration 2): a call put back in the queue for a retry loses
+//! its `started_at`, which its attempt rows keep.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use rusqlite::{OptionalExtension, params};
+use serde::{Serialize, Serializer};
+
+use super::Tx;
+
+pub(super) const MIGRATION_5: &str = "
+UPDATE calls SET created_at = created_at * 1000, started_at = started_at * 1000,
+                 finished_at = finished_at * 1000;
+ALTER TABLE calls ADD COLUMN args TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE calls ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+-- The lease (a node's id, or a calling process's) whose loss ends the call.
+ALTER TABLE calls ADD COLUMN holder TEXT;
+ALTER TABLE calls ADD COLUMN node TEXT;
+ALTER TABLE calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 1;
+-- A queued call is claimed no earlier than this (a retry's backoff).
+ALTER TABLE calls ADD COLUMN run_after INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN exit_code INTEGER;
+-- Output bytes past what is kept of each stream.
+ALTER TABLE calls ADD COLUMN dropped_stdout INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN dropped_stderr INTEGER NOT NULL DEFAULT 0;
+UPDATE calls SET attempts = 1 WHERE started_at IS NOT NULL;
+-- The claim's order, over queued calls only.
+CREATE INDEX calls_queue ON calls (run_after, created_at) WHERE state = 'queued';
+CREATE INDEX calls_by_created ON calls (created_at);
+CREATE TABLE call_attempts (
+    call_id     TEXT NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
+    attempt     INTEGER NOT NULL,
+    node        TEXT,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    exit_code   INTEGER,
+    error       TEXT,
+    PRIMARY KEY (call_id, attempt)
+);
+-- Output as it was written: whole lines (with their newline), or the tail
+-- of a line that was still open when its call ended.
+CREATE TABLE call_output (
+    id          INTEGER PRIMARY KEY,
+    call_id     TEXT NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
+    app_id      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    time        INTEGER NOT NULL,
+    stream      TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr')),
+    data        TEXT NOT NULL
+);
+CREATE INDEX call_output_by_call ON call_output (call_id, attempt, id);
+CREATE INDEX call_output_by_app ON call_output (app_id, id);
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Queued => "queued",
+            CallState::Running => "running",
+            CallState::Succeeded => "succeeded",
+            CallState::Failed => "failed",
+            CallState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "queued" => CallState::Queued,
+            "running" => CallState::Running,
+            "succeeded" => CallState::Succeeded,
+            "failed" => CallState::Failed,
+            _ => CallState::Cancelled,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, CallState::Queued | CallState::Running)
+    }
+}
+
+/// One call of a deployed app's function, as `calls get --json` shows it
+/// (without its output, which [`Tx::call_output`] reads).
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    /// `ca-` and random characters.
+    pub id: String,
+    /// The app's name.
+    pub app: String,
+    pub app_id: String,
+    pub function: String,
+    pub args: Vec<String>,
+    /// Not shown: a caller's variables may hold credentials.
+    #[serde(skip)]
+    pub env: BTreeMap<String, String>,
+    pub state: CallState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    #[serde(skip)]
+    pub max_attempts: u32,
+    /// The node that ran the last attempt; none for a call run by a
+    /// `wasmhost call` process.
+    pub node: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why it failed or was cancelled, in one line.
+    pub error: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: i64,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub started_at: Option<i64>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<i64>,
+    #[serde(skip)]
+    pub holder: Option<String>,
+    /// The module snapshot's digest.
+    #[serde(skip)]
+    pub module: Option<String>,
+}
+
+/// Unix milliseconds as RFC 3339 (`2026-11-27T18:00:00.123Z`).
+pub fn format_ms(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_ms(*ms))
+}
+
+fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => rfc3339(ms, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// One attempt of a call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub node: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub started_at: i64,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// A call to record.
+pub struct NewCall<'a> {
+    pub id: &'a str,
+    pub app_id: &'a str,
+    pub function: &'a str,
+    pub args: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+    pub module: Option<&'a str>,
+    pub max_attempts: u32,
+    /// `Some((holder, node))`: it starts running now, under that lease;
+    /// `None`: it is queued for the nodes.
+    pub running: Option<(&'a str, Option<&'a str>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line of a call's output, as `app logs` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    /// Where `--follow` continues from.
+    #[serde(skip)]
+    pub seq: i64,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: i64,
+    pub call: String,
+    pub function: String,
+    pub stream: Stream,
+    /// Without its newline.
+    pub line: String,
+}
+
+/// Which lines `app logs` wants.
+#[derive(Debug, Default, Clone)]
+pub struct LogFilter {
+    pub function: Option<String>,
+    pub call: Option<String>,
+    /// Unix milliseconds.
+    pub since: Option<i64>,
+    /// Only lines after this one (`LogLine::seq`).
+    pub after: i64,
+}
+
+const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module FROM calls c JOIN apps a ON a.id = c.app_id";
+
+fn call_from_row(row: &rusqlite::Row) -> rusqlite::Result<CallRecord> {
+    let json = |at: usize| -> rusqlite::Result<String> { row.get(at) };
+    Ok(CallRecord {
+        id: row.get(0)?,
+        app: row.get(1)?,
+        app_id: row.get(2)?,
+        function: row.get(3)?,
+        args: serde_json::from_str(&json(4)?).unwrap_or_default(),
+        env: serde_json::from_str(&json(5)?).unwrap_or_default(),
+        state: CallState::parse(&row.get::<_, String>(6)?),
+        attempts: row.get(7)?,
+        max_attempts: row.get(8)?,
+        node: row.get(9)?,
+        exit_code: row.get(10)?,
+        error: row.get(11)?,
+        created_at: row.get(12)?,
+        started_at: row.get(13)?,
+        finished_at: row.get(14)?,
+        holder: row.get(15)?,
+        module: row.get(16)?,
+    })
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Tx<'_> {
+    fn query_calls(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<CallRecord>> {
+        let mut stmt = self.tx.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, call_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a call, queued or (with its first attempt) running.
+    pub fn insert_call(&self, call: &NewCall) -> Result<()> {
+        let now = now_ms();
+        let (state, started, holder, node) = match call.running {
+            Some((holder, node)) => ("running", Some(now), Some(holder), node),
+            None => ("queued", None, None, None),
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO calls (id, app_id, function, state, created_at, started_at, module, args, env, holder, node, attempts, max_attempts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                call.id,
+                call.app_id,
+                call.function,
+                state,
+                now,
+                started,
+                call.module,
+                serde_json::to_string(call.args)?,
+                serde_json::to_string(call.env)?,
+                holder,
+                node,
+                u32::from(started.is_some()),
+                call.max_attempts.max(1),
+            ])?;
+        if started.is_some() {
+            self.insert_attempt(call.id, 1, node, now)?;
+        }
+        Ok(())
+    }
+
+    fn insert_attempt(&self, id: &str, attempt: u32, node: Option<&str>, now: i64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO call_attempts (call_id, attempt, node, started_at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, attempt, node, now])?;
+        Ok(())
+    }
+
+    pub fn call(&self, id: &str) -> Result<Option<CallRecord>> {
+        let sql = format!("SELECT {CALL_COLUMNS} WHERE c.id = ?1");
+        Ok(self.query_calls(&sql, params![id])?.pop())
+    }
+
+    /// The newest calls first, of one app or of all, at most `limit`.
+    pub fn list_calls(&self, app_id: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} WHERE (?1 IS NULL OR c.app_id = ?1) ORDER BY c.created_at DESC, c.rowid DESC LIMIT ?2"
+        );
+        self.query_calls(&sql, params![app_id, limit as i64])
+    }
+
+    /// Running calls, of one app or of all.
+    pub fn running_calls(&self, app_id: Option<&str>) -> Result<Vec<CallRecord>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} WHERE c.state = 'running' AND (?1 IS NULL OR c.app_id = ?1) ORDER BY c.created_at, c.rowid"
+        );
+        self.query_calls(&sql, params![app_id])
+    }
+
+    /// Queued calls of running apps that may start now, oldest first.
+    pub fn claimable_calls(&self, limit: usize) -> Result<Vec<CallRecord>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} WHERE c.state = 'queued' AND c.run_after <= ?1 AND a.state = 'running'
+             ORDER BY c.run_after, c.created_at LIMIT ?2"
+        );
+        self.query_calls(&sql, params![now_ms(), limit as i64])
+    }
+
+    /// How many calls of `function` of `app_id` run now, by anyone.
+    pub fn running_count(&self, app_id: &str, function: &str) -> Result<u32> {
+        Ok(self.tx.prepare_cached(
+            "SELECT count(*) FROM calls WHERE app_id = ?1 AND function = ?2 AND state = 'running'",
+        )?
+        .query_row(params![app_id, function], |r| r.get(0))?)
+    }
+
+    /// Starts the next attempt of queued call `id` under `holder`; false if
+    /// it is no longer queued.
+    pub fn claim_call(&self, id: &str, holder: &str, node: Option<&str>) -> Result<bool> {
+        let now = now_ms();
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE calls SET state = 'running', started_at = ?2, holder = ?3, node = ?4, attempts = attempts + 1
+                 WHERE id = ?1 AND state = 'queued'",
+            )?
+            .execute(params![id, now, holder, node])?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        let attempt: u32 = self.tx.query_row(
+            "SELECT attempts FROM calls WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
+        self.insert_attempt(id, attempt, node, now)?;
+        Ok(true)
+    }
+
+    /// Ends call `id` as `state`; a call already ended (cancelled from
+    /// elsewhere) keeps its first ending. Returns whether this one counted.
+    pub fn finish_call(
+        &self,
+        id: &str,
+        state: CallState,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE calls SET state = ?2, finished_at = ?3, exit_code = ?4, error = ?5
+                 WHERE id = ?1 AND state IN ('queued', 'running')",
+            )?
+            .execute(params![id, state.as_str(), now, exit_code, error])?;
+        self.end_attempt(id, now, exit_code, error)?;
+        Ok(changed == 1)
+    }
+
+    /// Cancels a queued or running call; whoever runs it ends its attempt
+    /// when it has stopped (see [`Tx::attempt_open`]).
+    pub fn cancel_call(&self, id: &str, reason: &str) -> Result<bool> {
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3
+                 WHERE id = ?1 AND state IN ('queued', 'running')",
+            )?
+            .execute(params![id, now_ms(), reason])?;
+        Ok(changed == 1)
+    }
+
+    /// Whether an attempt of call `id` has started and not yet ended.
+    pub fn attempt_open(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM call_attempts WHERE call_id = ?1 AND finished_at IS NULL)",
+            )?
+            .query_row(params![id], |r| r.get(0))?)
+    }
+
+    fn end_attempt(
+        &self,
+        id: &str,
+        now: i64,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "UPDATE call_attempts SET finished_at = ?2, exit_code = ?3, error = ?4
+                 WHERE call_id = ?1 AND finished_at IS NULL",
+            )?
+            .execute(params![id, now, exit_code, error])?;
+        Ok(())
+    }
+
+    /// Puts running call `id` back in the queue for another attempt no
+    /// earlier than `run_after`, its last attempt ended by `error`.
+    pub fn requeue_call(
+        &self,
+        id: &str,
+        run_after: i64,
+        exit_code: Option<i32>,
+        error: &str,
+    ) -> Result<bool> {
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE calls SET state = 'queued', started_at = NULL, holder = NULL, run_after = ?2,
+                 exit_code = ?3, error = ?4 WHERE id = ?1 AND state = 'running'",
+            )?
+            .execute(params![id, run_after, exit_code, error])?;
+        self.end_attempt(id, now_ms(), exit_code, Some(error))?;
+        Ok(changed == 1)
+    }
+
+    pub fn attempts(&self, id: &str) -> Result<Vec<Attempt>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT attempt, node, started_at, finished_at, exit_code, error FROM call_attempts WHERE call_id = ?1 ORDER BY attempt",
+        )?;
+        let rows = stmt.query_map(params![id], |r| {
+            Ok(Attempt {
+                attempt: r.get(0)?,
+                node: r.get(1)?,
+                started_at: r.get(2)?,
+                finished_at: r.get(3)?,
+                exit_code: r.get(4)?,
+                error: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds output of attempt `attempt` of a call; `dropped` more bytes of
+    /// it were not kept.
+    pub fn append_output(
+        &self,
+        call_id: &str,
+        app_id: &str,
+        attempt: u32,
+        lines: &[(i64, Stream, String)],
+        dropped: [u64; 2],
+    ) -> Result<()> {
+        let mut insert = self.tx.prepare_cached(
+            "INSERT INTO call_output (call_id, app_id, attempt, time, stream, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (time, stream, data) in lines {
+            insert.execute(params![
+                call_id,
+                app_id,
+                attempt,
+                time,
+                stream.as_str(),
+                data
+            ])?;
+        }
+        if dropped != [0, 0] {
+            self.tx
+                .prepare_cached(
+                    "UPDATE calls SET dropped_stdout = dropped_stdout + ?2, dropped_stderr = dropped_stderr + ?3 WHERE id = ?1",
+                )?
+                .execute(params![call_id, dropped[0] as i64, dropped[1] as i64])?;
+        }
+        Ok(())
+    }
+
+    /// The kept stdout and stderr of a call's last attempt, and how many
+    /// bytes of each were not kept.
+    pub fn call_output(&self, call: &CallRecord) -> Result<([String; 2], [u64; 2])> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT stream, data FROM call_output WHERE call_id = ?1 AND attempt = ?2 ORDER BY id",
+        )?;
+        let mut out = [String::new(), String::new()];
+        let mut rows = stmt.query(params![call.id, call.attempts])?;
+        while let Some(row) = rows.next()? {
+            let at = usize::from(row.get::<_, String>(0)? == "stderr");
+            out[at].push_str(&row.get::<_, String>(1)?);
+        }
+        let dropped: (i64, i64) = self.tx.query_row(
+            "SELECT dropped_stdout, dropped_stderr FROM calls WHERE id = ?1",
+            params![call.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((out, [dropped.0 as u64, dropped.1 as u64]))
+    }
+
+    /// Log lines of `app_id` after `filter.after`, oldest first, at most
+    /// `limit`; with `tail`, the last `limit` of them.
+    pub fn log_lines(
+        &self,
+        app_id: &str,
+        filter: &LogFilter,
+        limit: usize,
+        tail: bool,
+    ) -> Result<Vec<LogLine>> {
+        let order = if tail { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT o.id, o.time, o.call_id, c.function, o.stream, o.data FROM call_output o JOIN calls c ON c.id = o.call_id
+             WHERE o.app_id = ?1 AND o.id > ?2 AND (?3 IS NULL OR c.function = ?3) AND (?4 IS NULL OR o.call_id = ?4)
+               AND (?5 IS NULL OR o.time >= ?5)
+             ORDER BY o.id {order} LIMIT ?6"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![
+                app_id,
+                filter.after,
+                filter.function,
+                filter.call,
+                filter.since,
+                limit as i64
+            ],
+            |r| {
+                let mut line: String = r.get(5)?;
+                if line.ends_with('\n') {
+                    line.pop();
+                }
+                Ok(LogLine {
+                    seq: r.get(0)?,
+                    time: r.get(1)?,
+                    call: r.get(2)?,
+                    function: r.get(3)?,
+                    stream: if r.get::<_, String>(4)? == "stderr" {
+                        Stream::Stderr
+                    } else {
+                        Stream::Stdout
+                    },
+                    line,
+                })
+            },
+        )?;
+        let mut lines: Vec<LogLine> = rows.collect::<rusqlite::Result<_>>()?;
+        if tail {
+            lines.reverse();
+        }
+        Ok(lines)
+    }
+
+    /// Deletes ended calls (with their attempts and output) created before
+    /// `before`, and all but the newest `keep` ended calls. Returns how many.
+    pub fn prune_calls(&self, before: i64, keep: usize) -> Result<usize> {
+        let cutoff: Option<i64> = self
+            .tx
+            .query_row(
+                "SELECT created_at FROM calls WHERE finished_at IS NOT NULL ORDER BY created_at DESC LIMIT 1 OFFSET ?1",
+                params![keep as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let before = cutoff.map_or(before, |c| c.max(before));
+        Ok(self.tx.execute(
+            "DELETE FROM calls WHERE finished_at IS NOT NULL AND created_at < ?1",
+            params![before],
+        )?)
+    }
+}
