@@ -119,8 +119,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller files (a smoke run)")
     parser.add_argument("--only", metavar="NAME,...",
-                        help=f"run only these benchmarks (of {','.join(BENCHMARKS)}) and print their rows; "
-                             "BENCHMARKS.md is left alone")
+                        help=f"run only these benchmarks (of {','.join(BENCHMARKS)}) and print their rows and "
+                             "commands; BENCHMARKS.md is left alone")
     opts = parser.parse_args()
     only = opts.only.split(",") if opts.only else BENCHMARKS
     if unknown := set(only) - set(BENCHMARKS):
@@ -285,13 +285,14 @@ def main():
             "on": [wh, "call", "hello", "main", "--map", str(inputs)],
             "off": [wh, "run", hello_app, "main", "--map", str(inputs)],
         }
-        commands += [f"{wh} deploy {hello_app}"] + [" ".join(map(str, c)) for c in recorded.values()]
+        commands += [f"{wh} deploy {hello_app}   # WASMHOST_HOME={records_env['WASMHOST_HOME']}, also below"]
+        commands += [" ".join(map(str, c)) for c in recorded.values()]
         t = interleaved(recorded, rounds, records_env)
         row(f"--map over {map_inputs} tiny inputs, call records on (`call`) vs off (`run`), median",
             map_inputs / t["on"], map_inputs / t["off"], "invocations/s", ">= 0.9x")
 
     if opts.only:
-        print("\n".join(table(rows)))
+        print("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"]))
     else:
         write_report(rows, commands, opts.quick, tools["wasmtime"])
     shutil.rmtree(work, ignore_errors=True)
