@@ -449,7 +449,7 @@ fn ctrl_c_and_app_stop_end_a_running_call() {
     let stderr = stopped_with_one_line(&mut child);
     assert!(stderr.contains("stopped"), "{stderr}");
     env.wait_for_empty_trash();
-    assert!(env.files_containing("still here").is_empty());
+    assert!(env.data_files_containing("still here").is_empty());
 }
 
 /// A lock names a place in a named volume, not a mount point: two apps
@@ -656,7 +656,7 @@ fn deployed_app_shares_its_ephemeral_volume_between_calls() {
         after.stderr()
     );
     env.wait_for_empty_trash();
-    assert!(env.files_containing("from call one").is_empty());
+    assert!(env.data_files_containing("from call one").is_empty());
 }
 
 #[test]

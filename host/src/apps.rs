@@ -514,6 +514,7 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
     // A call of an app just reaped was cancelled by its stop; ending it
     // again changes nothing.
     crate::calls::reap_dead_holders(home, registry)?;
+    crate::calls::prune_if_due(home, registry)?;
     if !reaped.is_empty() {
         // A process that died holding locks left their files.
         crate::locks::remove_unheld(home).context("cannot remove stale lock files")?;

@@ -189,6 +189,16 @@ mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
         )
     }
 
+    /// Files under `$WASMHOST_HOME` other than the registry's that hold
+    /// `needle`: where a volume's data could be left behind. (The registry
+    /// keeps each call's arguments and output in its records.)
+    pub fn data_files_containing(&self, needle: &str) -> Vec<PathBuf> {
+        self.files_containing(needle)
+            .into_iter()
+            .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with("registry."))
+            .collect()
+    }
+
     /// Every regular file under `$WASMHOST_HOME` whose contents include `needle`.
     pub fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
         let mut found = Vec::new();

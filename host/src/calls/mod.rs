@@ -352,6 +352,26 @@ pub fn prune(registry: &mut Registry) -> Result<usize> {
     registry.write(|tx| tx.prune_calls(before, KEEP_AT_MOST))
 }
 
+/// How often commands prune records when no node does it for them.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes if no process has in the last [`PRUNE_EVERY`] (the mtime of
+/// `$WASMHOST_HOME/pruned-at` says when one last did), so that a home used
+/// only by `call` keeps its records within bounds too, at the cost of one
+/// stat per command.
+pub fn prune_if_due(home: &Home, registry: &mut Registry) -> Result<()> {
+    let marker = home.root().join("pruned-at");
+    let due = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .map_or(true, |at| at.elapsed().map_or(true, |age| age >= PRUNE_EVERY));
+    // Marked first, so that many commands starting at once prune once; a
+    // disk too full for the mark is left to a node or a later command.
+    if due && std::fs::write(&marker, b"").is_ok() {
+        prune(registry)?;
+    }
+    Ok(())
+}
+
 /// The newest calls first, at most `limit`: of every app whose id or name
 /// is `app` (a redeployed app has a new id, under the same name), or of all
 /// apps. An app that never existed is a usage error.

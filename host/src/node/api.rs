@@ -244,13 +244,14 @@ async fn create_call(
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
         if let Some(ended) = now {
-            let id = ended.await.map_err(|_| {
-                ApiError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the call's end was not recorded".into(),
-                )
-            })?;
-            return call_answer(&api, id).await;
+            let answer = ended
+                .await
+                .map_err(|_| "the node stopped before the call ended".to_owned())
+                .and_then(|answer| answer);
+            return match answer {
+                Ok(call) => Ok(Json(call).into_response()),
+                Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e)),
+            };
         }
     }
     let id = api

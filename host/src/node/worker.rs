@@ -22,7 +22,8 @@ use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
 use crate::home::Home;
 use crate::invoke::Target;
-use crate::registry::{AppState, CallRecord, CallState, Registry, new_id, now_ms};
+use crate::registry::{Attempt, AppState, CallRecord, CallState, Registry, new_id, now_ms};
+use crate::views::FullCall;
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
 
@@ -295,7 +296,7 @@ impl Worker {
         function: &str,
         args: Vec<String>,
         env: BTreeMap<String, String>,
-    ) -> Result<Option<oneshot::Receiver<String>>> {
+    ) -> Result<Option<oneshot::Receiver<Answer>>> {
         if self.draining.load(Ordering::SeqCst) || self.running_count() >= self.max_calls {
             return Ok(None);
         }
@@ -325,7 +326,7 @@ impl Worker {
             module: live.modules.get(&function).cloned(),
         };
         let cancelled = self.track(&call);
-        let log = OutputLog::new();
+        let log = OutputLog::retaining();
         self.recorder.start(
             CallStart {
                 id: call.id.clone(),
@@ -368,11 +369,11 @@ impl Worker {
         live: &LiveApp,
         cancelled: Arc<AtomicBool>,
         log: Arc<OutputLog>,
-        ended: Option<oneshot::Sender<String>>,
+        ended: Option<oneshot::Sender<Answer>>,
     ) {
         let spec = &live.manifest.functions[&call.function];
         let outcome = self
-            .invoke(live, &call, cancelled, log)
+            .invoke(live, &call, cancelled, log.clone())
             .unwrap_or_else(|e| Outcome::Failed(format!("{e:#}").replace('\n', " ")));
         let ending = match outcome {
             Outcome::Interrupted if self.interrupting.load(Ordering::SeqCst) => Ending::failed(
@@ -387,18 +388,19 @@ impl Worker {
             ),
             outcome => Ending::of(&outcome, call.attempts, call.max_attempts, spec),
         };
+        let answer = ended.map(|to| (to, ended_call(call.clone(), &ending, &log)));
         let worker = self.clone();
         let id = call.id.clone();
         self.recorder.finish(
             &call.id,
             ending,
-            Some(Box::new(move |_| {
+            Some(Box::new(move |written| {
                 lock(&worker.running).remove(&id);
                 for waiter in lock(&worker.waiters).remove(&id).unwrap_or_default() {
                     let _ = waiter.send(());
                 }
-                if let Some(ended) = ended {
-                    let _ = ended.send(id);
+                if let Some((to, answer)) = answer {
+                    let _ = to.send(written.map(|()| answer));
                 }
                 worker.wake();
             })),
@@ -483,6 +485,41 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// A call run at once, as it ended: or why its record could not be written.
+pub type Answer = Result<FullCall, String>;
+
+/// The record of a call run at once, as it ended with `ending`, built
+/// from what this node saw rather than read back from the registry.
+fn ended_call(mut call: CallRecord, ending: &Ending, log: &OutputLog) -> FullCall {
+    let finished_at = now_ms();
+    if let Ending::Finished {
+        state,
+        exit_code,
+        error,
+    } = ending
+    {
+        (call.state, call.exit_code, call.error) = (*state, *exit_code, error.clone());
+        call.finished_at = Some(finished_at);
+    }
+    let ([stdout, stderr], [dropped_stdout, dropped_stderr]) = log.retained();
+    let attempt = Attempt {
+        attempt: call.attempts,
+        node: call.node.clone(),
+        started_at: call.started_at.unwrap_or(finished_at),
+        finished_at: call.finished_at,
+        exit_code: call.exit_code,
+        error: call.error.clone(),
+    };
+    FullCall {
+        call,
+        stdout,
+        stderr,
+        dropped_stdout,
+        dropped_stderr,
+        attempt_history: vec![attempt],
     }
 }
 

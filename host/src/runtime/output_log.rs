@@ -31,6 +31,10 @@ pub struct OutputLog {
 
 #[derive(Default)]
 struct LogState {
+    /// A copy of what is kept, for a caller that answers with it (an HTTP
+    /// call) without reading the record back.
+    retained: Option<[Vec<u8>; 2]>,
+    dropped_in_all: [u64; 2],
     kept: [usize; 2],
     /// Bytes not kept, since the last `take`.
     dropped: [u64; 2],
@@ -51,6 +55,28 @@ impl OutputLog {
         Arc::default()
     }
 
+    /// A log that also keeps a copy of what it keeps (see [`Self::retained`]).
+    pub fn retaining() -> Arc<Self> {
+        let log = Self::default();
+        log.state().retained = Some(Default::default());
+        Arc::new(log)
+    }
+
+    /// Everything kept of stdout and stderr (UTF-8, invalid bytes
+    /// replaced), and the bytes of each not kept; empty unless made by
+    /// [`Self::retaining`].
+    pub fn retained(&self) -> ([String; 2], [u64; 2]) {
+        let state = self.state();
+        let text = |at: usize| {
+            state
+                .retained
+                .as_ref()
+                .map(|r| String::from_utf8_lossy(&r[at]).into_owned())
+                .unwrap_or_default()
+        };
+        ([text(0), text(1)], state.dropped_in_all)
+    }
+
     fn state(&self) -> MutexGuard<'_, LogState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -61,9 +87,13 @@ impl OutputLog {
         let room = KEPT_PER_STREAM - state.kept[at];
         if bytes.len() > room {
             state.dropped[at] += (bytes.len() - room) as u64;
+            state.dropped_in_all[at] += (bytes.len() - room) as u64;
             bytes = &bytes[..room];
         }
         state.kept[at] += bytes.len();
+        if let Some(retained) = &mut state.retained {
+            retained[at].extend_from_slice(bytes);
+        }
         let now = now_ms();
         while !bytes.is_empty() {
             let (line, ends) = match bytes.iter().position(|&b| b == b'\n') {
