@@ -394,6 +394,19 @@ impl Tx<'_> {
         Ok(changed == 1)
     }
 
+    /// Cancels every queued or running call of app `app_id` (it was
+    /// stopped): a queued one would otherwise wait forever, since calls of
+    /// a stopped app are never claimed. Returns how many.
+    pub fn cancel_app_calls(&self, app_id: &str, reason: &str) -> Result<usize> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3
+                 WHERE app_id = ?1 AND state IN ('queued', 'running')",
+            )?
+            .execute(params![app_id, now_ms(), reason])?)
+    }
+
     /// Whether an attempt of call `id` has started and not yet ended.
     pub fn attempt_open(&self, id: &str) -> Result<bool> {
         Ok(self
