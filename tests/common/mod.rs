@@ -2,6 +2,8 @@
 //! the test run itself, and a private `$WASMHOST_HOME` per test.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
