@@ -556,20 +556,6 @@ fn running_app_in(tx: &Tx, id_or_name: &str) -> Result<AppRecord> {
     }
 }
 
-/// The app whose records (calls, logs) `id_or_name` asks for: the running
-/// one of that name, else the latest one, stopped or not.
-pub fn find_app_for_logs(registry: &mut Registry, id_or_name: &str) -> Result<AppRecord> {
-    let (apps, stopped) = registry.read(|tx| {
-        Ok((
-            tx.find_apps(id_or_name)?,
-            tx.latest_app_named(id_or_name, AppKind::Deployed)?,
-        ))
-    })?;
-    apps.into_iter().next().or(stopped).ok_or_else(|| {
-        usage!("no app has the id or name `{id_or_name}`; `wasmhost app list --all` shows them")
-    })
-}
-
 /// The running deployed app `id_or_name`, with its volumes and modules.
 pub fn deployed_app_in(tx: &Tx, id_or_name: &str) -> Result<LiveApp> {
     let record = match tx.latest_app_named(id_or_name, AppKind::Deployed)? {

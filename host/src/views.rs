@@ -3,9 +3,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::registry::{AppRecord, VolumeRecord};
+use crate::registry::{AppRecord, Attempt, CallRecord, Tx, VolumeRecord};
 
 /// Unix seconds as `2026-11-25T07:30:00Z`.
 pub fn timestamp(secs: i64) -> String {
@@ -36,22 +37,29 @@ pub fn volume_json(volume: &VolumeRecord) -> Value {
 }
 
 /// A call as `calls get --json` and `GET /v1/calls/{id}` show it: its
-/// record, every attempt, and its kept output (SPEC section 6).
-pub fn call_json(
-    tx: &crate::registry::Tx,
-    call: &crate::registry::CallRecord,
-) -> anyhow::Result<Value> {
-    let ([stdout, stderr], [dropped_stdout, dropped_stderr]) = tx.call_output(call)?;
-    let mut value = serde_json::to_value(call)?;
-    if let Value::Object(fields) = &mut value {
-        fields.insert("stdout".into(), stdout.into());
-        fields.insert("stderr".into(), stderr.into());
-        fields.insert("dropped_stdout".into(), dropped_stdout.into());
-        fields.insert("dropped_stderr".into(), dropped_stderr.into());
-        fields.insert(
-            "attempt_history".into(),
-            serde_json::to_value(tx.attempts(&call.id)?)?,
-        );
+/// record, its last attempt's output (and how many bytes of it were not
+/// kept), and every attempt (SPEC section 6).
+#[derive(Serialize)]
+pub struct FullCall {
+    #[serde(flatten)]
+    pub call: CallRecord,
+    pub stdout: String,
+    pub stderr: String,
+    pub dropped_stdout: u64,
+    pub dropped_stderr: u64,
+    pub attempt_history: Vec<Attempt>,
+}
+
+impl FullCall {
+    pub fn read(tx: &Tx, call: CallRecord) -> anyhow::Result<Self> {
+        let ([stdout, stderr], [dropped_stdout, dropped_stderr]) = tx.call_output(&call)?;
+        Ok(Self {
+            attempt_history: tx.attempts(&call.id)?,
+            call,
+            stdout,
+            stderr,
+            dropped_stdout,
+            dropped_stderr,
+        })
     }
-    Ok(value)
 }

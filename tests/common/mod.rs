@@ -148,6 +148,11 @@ impl TestEnv {
             .expect("spawn wasmhost")
     }
 
+    /// Starts wasmhost without waiting, killed if the test ends first.
+    pub fn spawn_guarded(&self, args: &[&str]) -> Spawned {
+        Spawned(self.spawn(args))
+    }
+
     /// Writes `work/NAME/app.toml` with `{guest:NAME}` (wasip1) and
     /// `{guest2:NAME}` (wasip2) replaced by absolute module paths.
     pub fn app(&self, name: &str, toml: &str) -> PathBuf {
@@ -338,5 +343,75 @@ impl TestEnv {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// A wasmhost process that is killed if the test fails before it ends, so
+/// a failed test leaves no long-running process behind.
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// The lines of a child's stdout as it writes them, read by a thread.
+pub struct StdoutLines(std::sync::mpsc::Receiver<String>);
+
+impl StdoutLines {
+    pub fn of(child: &mut Child) -> Self {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// The next line, or `None` if none comes within `limit` (or stdout ended).
+    pub fn next_within(&self, limit: Duration) -> Option<String> {
+        self.0.recv_timeout(limit).ok()
+    }
+
+    /// Lines up to and including the first that contains `needle`; panics
+    /// if none does within `limit`.
+    #[track_caller]
+    pub fn until(&self, needle: &str, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?} within {limit:?}; got {seen:?}"),
+            }
+        }
     }
 }

@@ -20,7 +20,9 @@ use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::FunctionSpec;
-use crate::registry::{CallRecord, CallState, NewCall, Registry, Tx, new_id, now_ms};
+use crate::registry::{
+    AppKind, AppRecord, CallRecord, CallState, NewCall, Registry, Tx, new_id, now_ms,
+};
 use crate::runtime::Outcome;
 
 pub use recorder::Recorder;
@@ -346,4 +348,44 @@ pub fn reap_dead_holders(home: &Home, registry: &mut Registry) -> Result<Vec<Cal
 pub fn prune(registry: &mut Registry) -> Result<usize> {
     let before = now_ms() - KEEP_FOR.as_millis() as i64;
     registry.write(|tx| tx.prune_calls(before, KEEP_AT_MOST))
+}
+
+/// The newest calls first, at most `limit`: of every app whose id or name
+/// is `app` (a redeployed app has a new id, under the same name), or of all
+/// apps. An app that never existed is a usage error.
+pub fn list(registry: &mut Registry, app: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
+    registry.read(|tx| match app {
+        None => tx.list_calls(None, limit),
+        Some(app) => {
+            let known = !tx.find_apps(app)?.is_empty()
+                || tx.latest_app_named(app, AppKind::Deployed)?.is_some();
+            if !known {
+                return Err(usage!(
+                    "no app has the id or name `{}`; `wasmhost app list --all` shows them",
+                    app.escape_debug()
+                ));
+            }
+            tx.list_calls_of(app, limit)
+        }
+    })
+}
+
+/// The app whose calls' output `app logs APP` shows: the app with that id,
+/// else the newest deployed app of that name (running first), else the one
+/// running app of that name.
+pub fn logs_app(registry: &mut Registry, id_or_name: &str) -> Result<AppRecord> {
+    registry.read(|tx| {
+        if let Some(app) = tx.app(id_or_name)? {
+            return Ok(app);
+        }
+        if let Some(app) = tx.latest_app_named(id_or_name, AppKind::Deployed)? {
+            return Ok(app);
+        }
+        tx.find_apps(id_or_name)?.pop().ok_or_else(|| {
+            usage!(
+                "no app has the id or name `{}`; `wasmhost app list --all` shows them",
+                id_or_name.escape_debug()
+            )
+        })
+    })
 }

@@ -10,7 +10,8 @@ use wasmhost::registry::{CallState, Registry};
 use wasmhost::runtime::{OutputLog, Runtime};
 
 use super::invoke::{
-    InvokeArgs, Recording, instances_at_once, note_lowered_concurrency, open_map_inputs, serve,
+    InvocationFailed, InvokeArgs, Recording, instances_at_once, note_lowered_concurrency,
+    open_map_inputs, serve,
 };
 use super::{load_program, open_state, remote};
 
@@ -119,10 +120,17 @@ fn call(
                 Some(i32::from(*code)),
                 Some(format!("exited with code {code}")),
             ),
+            // The record names the call's function and app already.
             Err(e) => (
                 CallState::Failed,
                 None,
-                Some(format!("{e:#}").replace('\n', " ")),
+                Some(
+                    match e.downcast_ref::<InvocationFailed>() {
+                        Some(failed) => failed.reason.clone(),
+                        None => format!("{e:#}"),
+                    }
+                    .replace('\n', " "),
+                ),
             ),
         };
         let ending = Ending::Finished {

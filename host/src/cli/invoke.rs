@@ -228,6 +228,15 @@ pub enum Recording {
     Map(MapRecording),
 }
 
+/// An invocation that ended without an exit code (a trap, a timeout): `what`
+/// failed, `reason` says how, which is what a call's record keeps.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {reason}")]
+pub struct InvocationFailed {
+    pub what: String,
+    pub reason: String,
+}
+
 pub fn serve(
     home: &Home,
     live: &LiveApp,
@@ -338,9 +347,11 @@ pub fn serve(
             })
         }
         (None, Event::One(Outcome::Exited(code))) => Ok(code as u8),
-        (None, Event::One(Outcome::Failed(reason))) => Err(anyhow::anyhow!(
-            "function `{function}` of app {app} {reason}"
-        )),
+        (None, Event::One(Outcome::Failed(reason))) => Err(InvocationFailed {
+            what: format!("function `{function}` of app {app}"),
+            reason,
+        }
+        .into()),
         // A closed stdout ends the map quietly: its reader had enough.
         (None, Event::Map(report)) if report.failed == 0 => Ok(0),
         (None, Event::Map(report)) => {

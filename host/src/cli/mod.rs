@@ -4,6 +4,7 @@
 mod app;
 mod cache;
 mod call;
+mod calls;
 mod confirm;
 mod deploy;
 mod invoke;
@@ -41,7 +42,10 @@ pub enum Command {
     Deploy(deploy::DeployArgs),
     /// Invoke a function of a deployed app.
     Call(call::CallArgs),
-    /// List and stop apps.
+    /// List, show and cancel the recorded calls of deployed apps.
+    #[command(subcommand)]
+    Calls(calls::CallsCommand),
+    /// List and stop apps; show their calls' output.
     #[command(subcommand)]
     App(app::AppCommand),
     /// Manage named volumes and their files.
@@ -67,6 +71,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::Run(args) => run::execute(args),
         Command::Deploy(args) => deploy::execute(args),
         Command::Call(args) => call::execute(args),
+        Command::Calls(command) => calls::execute(command),
         Command::App(command) => app::execute(command),
         Command::Volume(command) => volume::execute(command),
         Command::Cache(command) => cache::execute(command),

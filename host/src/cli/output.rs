@@ -1,6 +1,33 @@
 //! Tables and JSON for listing commands.
 
+use wasmhost::text::escape_control;
 pub use wasmhost::views::{app_json, timestamp, volume_json};
+
+/// Unix milliseconds as [`timestamp`] shows seconds.
+pub fn timestamp_ms(ms: i64) -> String {
+    timestamp(ms.div_euclid(1000))
+}
+
+/// `text` a guest wrote, for a terminal: each line's control characters
+/// escaped, its newlines kept, a last line without one ended.
+pub fn escape_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        out.push_str(&escape_control(line.strip_suffix('\n').unwrap_or(line)));
+        out.push('\n');
+    }
+    out
+}
+
+/// At most `max` characters of `text`, `…` ending a shortened one.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
+    short.push('…');
+    short
+}
 
 /// Left-aligned columns, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {

@@ -79,24 +79,12 @@ pub fn queue(
     let single = invoke.map().is_none();
     let mut report = MapReport::default();
     for (id, line) in ids.iter().zip(lines) {
-        let (call, [stdout, stderr]) = wait_for(registry, id)?;
-        std::io::stdout().write_all(stdout.as_bytes())?;
-        std::io::stdout().flush()?;
-        let _ = std::io::stderr().write_all(stderr.as_bytes());
-        let outcome = outcome(&call);
+        let (call, output) = wait_for(registry, id)?;
+        print_output(&output)?;
         if single {
-            return match outcome {
-                Outcome::Exited(code) => Ok(code as u8),
-                Outcome::Failed(reason) => Err(anyhow::anyhow!(
-                    "call {id} of function `{function}` of app `{app}` {reason}"
-                )),
-                Outcome::Interrupted => Err(anyhow::anyhow!(
-                    "call {id} was cancelled: {}",
-                    call.error.unwrap_or_default()
-                )),
-            };
+            return exit_code(&call);
         }
-        report.record(Ok(line), outcome);
+        report.record(Ok(line), outcome(&call));
     }
     if report.failed == 0 {
         return Ok(0);
@@ -104,6 +92,32 @@ pub fn queue(
     let summary: Vec<String> = report.summary().lines().map(escape_control).collect();
     eprintln!("error: {}", summary.join("\n"));
     Ok(1)
+}
+
+/// A finished call's stdout and stderr, written raw as the guest wrote them.
+pub fn print_output([stdout, stderr]: &[String; 2]) -> Result<()> {
+    std::io::stdout().write_all(stdout.as_bytes())?;
+    std::io::stdout().flush()?;
+    let _ = std::io::stderr().write_all(stderr.as_bytes());
+    Ok(())
+}
+
+/// How a finished call ends a command that waited for it, as a call in
+/// this process would: its exit code, or an error saying why it has none.
+pub fn exit_code(call: &CallRecord) -> Result<u8> {
+    let id = &call.id;
+    match outcome(call) {
+        Outcome::Exited(code) => Ok(code as u8),
+        Outcome::Failed(reason) => Err(anyhow::anyhow!(
+            "call {id} of function `{}` of app `{}` {reason}",
+            call.function,
+            call.app
+        )),
+        Outcome::Interrupted => Err(anyhow::anyhow!(
+            "call {id} was cancelled: {}",
+            call.error.as_deref().unwrap_or_default()
+        )),
+    }
 }
 
 /// How a finished call ended, as a local invocation would say it.

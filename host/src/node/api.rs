@@ -26,7 +26,7 @@ use crate::error::UsageError;
 use crate::home::Home;
 use crate::manifest::{self, units};
 use crate::registry::{CallState, LogFilter, now_ms};
-use crate::views::{app_json, call_json, volume_json};
+use crate::views::{FullCall, app_json, volume_json};
 
 /// The largest request body: a call's arguments and environment.
 const MAX_BODY: usize = 1 << 20;
@@ -286,7 +286,7 @@ async fn call_answer(api: &Api, id: String) -> Answer {
         .registries
         .with(move |registry| {
             registry.read(|tx| match tx.call(&id)? {
-                Some(call) => Ok(Some(call_json(tx, &call)?)),
+                Some(call) => Ok(Some(FullCall::read(tx, call)?)),
                 None => Ok(None),
             })
         })
@@ -367,7 +367,7 @@ async fn logs(
     };
     let app_id = api
         .registries
-        .with(move |registry| Ok(crate::apps::find_app_for_logs(registry, &app)?.id))
+        .with(move |registry| Ok(calls::logs_app(registry, &app)?.id))
         .await
         .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
     let filter = LogFilter {

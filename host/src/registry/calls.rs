@@ -592,4 +592,13 @@ impl Tx<'_> {
             params![before],
         )?)
     }
+
+    /// The newest calls first of every app whose id or name is `app`, at
+    /// most `limit`.
+    pub fn list_calls_of(&self, app: &str, limit: usize) -> Result<Vec<CallRecord>> {
+        let sql = format!(
+            "SELECT {CALL_COLUMNS} WHERE c.app_id = ?1 OR a.name = ?1 ORDER BY c.created_at DESC, c.rowid DESC LIMIT ?2"
+        );
+        self.query_calls(&sql, params![app, limit as i64])
+    }
 }
