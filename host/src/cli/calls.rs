@@ -5,11 +5,11 @@ use std::io::Write;
 
 use anyhow::Result;
 use clap::Subcommand;
-use serde::Serialize;
 use wasmhost::calls;
 use wasmhost::home::Home;
-use wasmhost::registry::{Attempt, CallRecord, CallState, Registry, format_ms};
+use wasmhost::registry::{CallRecord, CallState, Registry, format_ms};
 use wasmhost::text::escape_control;
+use wasmhost::views::FullCall;
 
 use super::open_state;
 use super::output::{escape_lines, outln, shorten, table, timestamp_ms};
