@@ -267,8 +267,22 @@ mounts = { "/marks" = "marks" }
         .flat_map(|p| (0..125).map(move |i| format!("in-{p}-{i}")))
         .collect();
     assert_eq!(made, wanted, "one file per input, each made once");
-    let rows = calls_of(&env, "many");
-    assert_eq!(rows.len(), 500, "the registry records 500 calls");
+    let (code, listed, stderr) = run_bounded(
+        &env,
+        &["calls", "list", "many", "--json", "--limit", "1000"],
+        CALLS_BOUND,
+    );
+    assert_eq!(code, 0, "calls list: {stderr}");
+    let listed: Vec<Value> = serde_json::from_str(&listed).expect("calls list --json is JSON");
+    assert_eq!(listed.len(), 500, "calls list has one row per call");
+    let listed_ids: BTreeSet<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(listed_ids, distinct.iter().map(|id| id.as_str()).collect());
+    assert!(
+        listed
+            .iter()
+            .all(|c| c["state"] == "succeeded" && c["attempts"] == 1),
+        "{listed:?}"
+    );
 
     // `--remote --map` waits and prints every output in input order, the
     // later inputs finishing first.
