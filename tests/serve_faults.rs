@@ -331,12 +331,17 @@ retries = 1
 fn calls_of_a_killed_node_are_retried_by_the_next_node_or_failed() {
     let env = TestEnv::new();
     deploy_pair(&env, "crash");
+    // Read now: `volume list` is a command, and every command's
+    // housekeeping would end the dead node's calls before the next node.
+    let gates = env.volume_dir("crash-gates");
     let mut first = Node::start_with(&env, &["--max-calls", "16"]);
+    // Every call waits for /gates/open, made once the node is dead.
+    let wait = ["wait-for", "/gates/open", "echo-line", "through"];
     let retried: Vec<String> = (0..8)
-        .map(|_| spawn_call(&env, "crash", "retried", &["sleep", "3000"]))
+        .map(|_| spawn_call(&env, "crash", "retried", &wait))
         .collect();
     let once: Vec<String> = (0..2)
-        .map(|_| spawn_call(&env, "crash", "once", &["sleep", "3000"]))
+        .map(|_| spawn_call(&env, "crash", "once", &wait))
         .collect();
     let all: Vec<String> = retried.iter().chain(&once).cloned().collect();
     wait_all_running(&env, &all, &first.id);
@@ -351,6 +356,7 @@ fn calls_of_a_killed_node_are_retried_by_the_next_node_or_failed() {
             "no one has noticed yet"
         );
     }
+    std::fs::write(gates.join("open"), "").unwrap();
 
     let second = Node::start_with(&env, &["--max-calls", "16"]);
     assert_ne!(second.id, dead);
@@ -370,6 +376,7 @@ fn calls_of_a_killed_node_are_retried_by_the_next_node_or_failed() {
         );
         assert_eq!(history[1]["node"], second.id.as_str(), "{call}");
         assert_eq!(history[1]["exit_code"], 0, "{call}");
+        assert_eq!(call["stdout"], "through\n", "{call}");
     }
     for id in &once {
         let call = api_call(&second, id);
@@ -461,12 +468,28 @@ fn sigterm_lets_a_call_finish_within_the_grace_then_exits_0() {
     let env = TestEnv::new();
     deploy_pair(&env, "drain");
     let mut node = Node::start_with(&env, &["--grace", "10s"]);
-    let id = spawn_call(&env, "drain", "once", &["echo-after", "2500", "finished"]);
+    let id = spawn_call(
+        &env,
+        "drain",
+        "once",
+        &["wait-for", "/gates/open", "echo-line", "finished"],
+    );
     wait_all_running(&env, std::slice::from_ref(&id), &node.id);
     let signalled = Instant::now();
     node.signal(libc::SIGTERM);
     // A call queued during the drain is not claimed by the draining node.
     let late = spawn_call(&env, "drain", "once", &["echo-line", "late"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        node.try_wait().is_none(),
+        "the node waits for its running call\n{}",
+        node.stderr()
+    );
+    assert_eq!(call_row(&env, &id).state, "running");
+    let gate = env.work.path().join("open");
+    std::fs::write(&gate, "").unwrap();
+    env.run(&["volume", "put", "drain-gates", path(&gate), "/open"])
+        .success();
     let status = node.wait_exit(Duration::from_secs(20));
     let took = signalled.elapsed();
     assert!(
@@ -651,7 +674,6 @@ env = {{ GREETING = "{greeting}" }}
             ),
         )
     };
-    deploy(&env, &other("fsops", "one"));
     let node = Node::start(&env);
 
     // One call running and one queued behind it (concurrency = 1).
@@ -681,7 +703,9 @@ env = {{ GREETING = "{greeting}" }}
     );
     assert_eq!(call["attempts"], 0, "{call}");
 
-    // The node serves the other app on, and runs what was deployed last.
+    // The node serves on: an app deployed while it runs, then updated,
+    // runs what was deployed last.
+    deploy(&env, &other("fsops", "one"));
     let id = spawn_call(&env, "other", "f", &["env", "GREETING"]);
     let call = node.wait_call(&id, CALLS_BOUND);
     assert_eq!(call["state"], "succeeded", "{call}");
