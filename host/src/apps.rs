@@ -433,7 +433,7 @@ pub struct VolumeInUse {
 }
 
 /// Stops an app and deletes its ephemeral volumes (a volume app: its one
-/// named volume), cancelling its running calls. A volume that running apps
+/// named volume), cancelling its queued and running calls. A volume that running apps
 /// mount is refused, unless `force`, which stops them first. Returns false
 /// if it was already stopped.
 pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> Result<bool> {
@@ -465,9 +465,7 @@ pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> 
                 tx.delete_volume(&volume.id)?;
                 trashed.push(volume);
             }
-            for call in tx.running_calls(Some(id))? {
-                tx.cancel_call(&call.id, "its app was stopped")?;
-            }
+            tx.cancel_app_calls(id, "its app was stopped")?;
         }
         Ok((stopped, to_stop, trashed))
     })?;

@@ -2,6 +2,8 @@
 //! the test run itself, and a private `$WASMHOST_HOME` per test.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -195,7 +197,12 @@ mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
     pub fn data_files_containing(&self, needle: &str) -> Vec<PathBuf> {
         self.files_containing(needle)
             .into_iter()
-            .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with("registry."))
+            .filter(|f| {
+                !f.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("registry.")
+            })
             .collect()
     }
 

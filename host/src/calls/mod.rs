@@ -363,7 +363,9 @@ pub fn prune_if_due(home: &Home, registry: &mut Registry) -> Result<()> {
     let marker = home.root().join("pruned-at");
     let due = std::fs::metadata(&marker)
         .and_then(|m| m.modified())
-        .map_or(true, |at| at.elapsed().map_or(true, |age| age >= PRUNE_EVERY));
+        .map_or(true, |at| {
+            at.elapsed().map_or(true, |age| age >= PRUNE_EVERY)
+        });
     // Marked first, so that many commands starting at once prune once; a
     // disk too full for the mark is left to a node or a later command.
     if due && std::fs::write(&marker, b"").is_ok() {

@@ -22,10 +22,10 @@ use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
 use crate::home::Home;
 use crate::invoke::Target;
-use crate::registry::{Attempt, AppState, CallRecord, CallState, Registry, new_id, now_ms};
-use crate::views::FullCall;
+use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_id, now_ms};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
+use crate::views::FullCall;
 
 /// How often the worker looks for queued calls and cancellations.
 const POLL: Duration = Duration::from_millis(100);

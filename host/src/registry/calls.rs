@@ -423,6 +423,24 @@ impl Tx<'_> {
         Ok(changed == 1)
     }
 
+    /// Cancels every queued or running call of app `app_id` (it was
+    /// stopped): a queued one would otherwise wait forever, since calls of
+    /// a stopped app are never claimed. Returns how many.
+    pub fn cancel_app_calls(&self, app_id: &str, reason: &str) -> Result<usize> {
+        let mut cancelled = 0;
+        // One state at a time, written out, so each uses its partial index.
+        for sql in [
+            "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3 WHERE state = 'running' AND app_id = ?1",
+            "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3 WHERE state = 'queued' AND app_id = ?1",
+        ] {
+            cancelled += self
+                .tx
+                .prepare_cached(sql)?
+                .execute(params![app_id, now_ms(), reason])?;
+        }
+        Ok(cancelled)
+    }
+
     /// Whether an attempt of call `id` has started and its runner has not
     /// let go of it yet.
     pub fn attempt_open(&self, id: &str) -> Result<bool> {

@@ -1,0 +1,729 @@
+//! A node under load and faults (SPEC sections 3, 6 and 7's Retries):
+//! hundreds of spawned calls from several processes at once, each run
+//! exactly once; a node killed with calls running, whose calls a new node
+//! retries or fails; a function's `concurrency` across a node's calls;
+//! SIGTERM and SIGINT drains within and past their grace; calls queued
+//! while no node serves; `app stop` and a redeploy while a node serves.
+//!
+//! Call records are read through the node's API where a node runs, and
+//! from the registry file (read-only) where none does.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::node::Node;
+use common::{TestEnv, eventually, path, wait_with_timeout};
+use serde_json::Value;
+
+/// A bound on the end of a few short calls.
+const CALLS_BOUND: Duration = Duration::from_secs(30);
+
+/// The registry, read-only, waiting out writers.
+fn registry(env: &TestEnv) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open_with_flags(
+        env.home().join("registry.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db
+}
+
+/// A call as the registry has it.
+#[derive(Debug, Clone)]
+struct Row {
+    state: String,
+    attempts: u32,
+    node: Option<String>,
+    error: Option<String>,
+}
+
+const ROW_COLUMNS: &str = "c.state, c.attempts, c.node, c.error FROM calls c";
+
+fn to_row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
+    Ok(Row {
+        state: r.get(0)?,
+        attempts: r.get(1)?,
+        node: r.get(2)?,
+        error: r.get(3)?,
+    })
+}
+
+/// Every call of app `name`, oldest first.
+fn calls_of(env: &TestEnv, name: &str) -> Vec<Row> {
+    registry(env)
+        .prepare(&format!(
+            "SELECT {ROW_COLUMNS} JOIN apps a ON a.id = c.app_id WHERE a.name = ?1
+             ORDER BY c.created_at, c.rowid"
+        ))
+        .unwrap()
+        .query_map([name], to_row)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Call `id` as the registry has it.
+fn call_row(env: &TestEnv, id: &str) -> Row {
+    row_in(&registry(env), id)
+}
+
+fn row_in(db: &rusqlite::Connection, id: &str) -> Row {
+    db.prepare_cached(&format!("SELECT {ROW_COLUMNS} WHERE c.id = ?1"))
+        .unwrap()
+        .query_row([id], to_row)
+        .unwrap_or_else(|e| panic!("no call {id} in the registry: {e}"))
+}
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "cancelled")
+}
+
+/// Waits (bounded) until every call in `ids` has ended.
+fn wait_all_final(env: &TestEnv, ids: &[String], bound: Duration) {
+    let deadline = Instant::now() + bound;
+    let db = registry(env);
+    loop {
+        let left: Vec<String> = ids
+            .iter()
+            .filter(|id| !is_final(&row_in(&db, id).state))
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} calls have not ended after {bound:?}, e.g. {:?}",
+            left.len(),
+            ids.len(),
+            row_in(&db, &left[0])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (bounded) until the calls `ids` all run on node `node`.
+fn wait_all_running(env: &TestEnv, ids: &[String], node: &str) {
+    eventually(
+        CALLS_BOUND,
+        &format!("{} calls running on node {node}", ids.len()),
+        || {
+            ids.iter().all(|id| {
+                let row = call_row(env, id);
+                row.state == "running" && row.node.as_deref() == Some(node)
+            })
+        },
+    );
+}
+
+/// Runs wasmhost to completion within `bound`: (exit code, stdout, stderr).
+fn run_bounded(env: &TestEnv, args: &[&str], bound: Duration) -> (i32, String, String) {
+    let child = env.spawn(args);
+    finish(child, args, bound)
+}
+
+/// Waits for `child` within `bound` (killing it past it) and reads what it
+/// printed; its output must fit the pipes' buffers.
+fn finish(mut child: Child, args: &[&str], bound: Duration) -> (i32, String, String) {
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let (stdout, stderr) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let start = Instant::now();
+    let status = wait_with_timeout(&mut child, bound);
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(
+        start.elapsed() < bound,
+        "{args:?} took {:?}: {stderr}",
+        start.elapsed()
+    );
+    (status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// `call APP FUNCTION --spawn -- ARGS`: the one id it printed.
+fn spawn_call(env: &TestEnv, app: &str, function: &str, args: &[&str]) -> String {
+    let mut all = vec!["call", app, function, "--spawn", "--"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = run_bounded(env, &all, CALLS_BOUND);
+    assert_eq!(code, 0, "{all:?}: {stderr}");
+    let id = stdout.trim().to_owned();
+    assert!(
+        id.starts_with("ca-") && !id.contains('\n'),
+        "--spawn prints one call id: {stdout:?}"
+    );
+    id
+}
+
+/// The call `id` from the node's API.
+fn api_call(node: &Node, id: &str) -> Value {
+    node.get_json(&format!("/v1/calls/{id}"), 200)
+}
+
+fn deploy(env: &TestEnv, app: &Path) {
+    let (code, _, stderr) = run_bounded(env, &["deploy", path(app), "--yes"], CALLS_BOUND);
+    assert_eq!(code, 0, "deploy: {stderr}");
+}
+
+/// Writes `lines` to a file under the work directory and returns its path.
+fn input_file(env: &TestEnv, name: &str, lines: &[String]) -> String {
+    let file = env.work.path().join(name);
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    path(&file).to_owned()
+}
+
+#[test]
+fn five_hundred_calls_spawned_by_four_processes_each_run_exactly_once() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "many",
+        r#"
+name = "many"
+[volumes.marks]
+persist = "marks"
+[functions.fsops]
+module = "{guest:fsops}"
+mounts = { "/marks" = "marks" }
+"#,
+    );
+    deploy(&env, &app);
+    let node = Node::start(&env);
+
+    // Each call creates, with O_EXCL, a file named by its input: a second
+    // run of one input would fail, and a lost one would leave no file.
+    let inputs: Vec<Vec<String>> = (0..4)
+        .map(|p| {
+            (0..125)
+                .map(|i| format!("create-excl /marks/in-{p}-{i} {p}.{i}"))
+                .collect()
+        })
+        .collect();
+    let files: Vec<String> = inputs
+        .iter()
+        .enumerate()
+        .map(|(p, lines)| input_file(&env, &format!("inputs-{p}"), lines))
+        .collect();
+    let spawners: Vec<Child> = files
+        .iter()
+        .map(|file| {
+            env.spawn(&[
+                "call", "many", "fsops", "--spawn", "--map", file, "--", "words",
+            ])
+        })
+        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    for (spawner, lines) in spawners.into_iter().zip(&inputs) {
+        let (code, stdout, stderr) = finish(spawner, &["call", "--spawn"], CALLS_BOUND);
+        assert_eq!(code, 0, "call --spawn --map: {stderr}");
+        assert!(
+            !stderr.contains("no node"),
+            "a node serves this home: {stderr}"
+        );
+        let printed: Vec<String> = stdout.lines().map(str::to_owned).collect();
+        assert_eq!(printed.len(), lines.len(), "one id per input: {stdout}");
+        // The ids come in input order: each names the call of its line.
+        for (id, line) in printed.iter().zip(lines) {
+            assert!(id.starts_with("ca-"), "{id:?}");
+            let args: Vec<String> = registry(&env)
+                .query_row("SELECT args FROM calls WHERE id = ?1", [id], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map(|a| serde_json::from_str(&a).unwrap())
+                .unwrap();
+            assert_eq!(args, ["words", line.as_str()], "call {id}");
+        }
+        ids.extend(printed);
+    }
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 500, "500 distinct call ids");
+
+    wait_all_final(&env, &ids, Duration::from_secs(90));
+    for id in &ids {
+        let call = api_call(&node, id);
+        assert_eq!(call["state"], "succeeded", "{call}");
+        assert_eq!(call["attempts"], 1, "run once: {call}");
+        assert_eq!(call["node"], node.id.as_str(), "{call}");
+        assert_eq!(
+            call["attempt_history"].as_array().map(Vec::len),
+            Some(1),
+            "{call}"
+        );
+    }
+    let made: BTreeSet<String> = std::fs::read_dir(env.volume_dir("marks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let wanted: BTreeSet<String> = (0..4)
+        .flat_map(|p| (0..125).map(move |i| format!("in-{p}-{i}")))
+        .collect();
+    assert_eq!(made, wanted, "one file per input, each made once");
+    let (code, listed, stderr) = run_bounded(
+        &env,
+        &["calls", "list", "many", "--json", "--limit", "1000"],
+        CALLS_BOUND,
+    );
+    assert_eq!(code, 0, "calls list: {stderr}");
+    let listed: Vec<Value> = serde_json::from_str(&listed).expect("calls list --json is JSON");
+    assert_eq!(listed.len(), 500, "calls list has one row per call");
+    let listed_ids: BTreeSet<&str> = listed.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(listed_ids, distinct.iter().map(|id| id.as_str()).collect());
+    assert!(
+        listed
+            .iter()
+            .all(|c| c["state"] == "succeeded" && c["attempts"] == 1),
+        "{listed:?}"
+    );
+
+    // `--remote --map` waits and prints every output in input order, the
+    // later inputs finishing first.
+    let lines: Vec<String> = (0..100)
+        .map(|i| format!("echo-after {} out-{i}", (99 - i) % 10 * 5))
+        .collect();
+    let file = input_file(&env, "remote", &lines);
+    let (code, stdout, stderr) = run_bounded(
+        &env,
+        &[
+            "call", "many", "fsops", "--remote", "--map", &file, "--", "words",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "call --remote --map: {stderr}");
+    let wanted: String = (0..100).map(|i| format!("out-{i}\n")).collect();
+    assert_eq!(stdout, wanted, "100 outputs in input order");
+    assert_eq!(calls_of(&env, "many").len(), 600);
+}
+
+/// Deploys app `name`: functions `once` (no retries) and `retried` (one
+/// retry) of the `fsops` guest, both mounting the named volume
+/// `NAME-gates` at /gates.
+fn deploy_pair(env: &TestEnv, name: &str) {
+    let app = env.app(
+        name,
+        &format!(
+            r#"
+name = "{name}"
+[volumes.gates]
+persist = "{name}-gates"
+[functions.once]
+module = "{{guest:fsops}}"
+mounts = {{ "/gates" = "gates" }}
+[functions.retried]
+module = "{{guest:fsops}}"
+mounts = {{ "/gates" = "gates" }}
+retries = 1
+"#
+        ),
+    );
+    deploy(env, &app);
+}
+
+#[test]
+fn calls_of_a_killed_node_are_retried_by_the_next_node_or_failed() {
+    let env = TestEnv::new();
+    deploy_pair(&env, "crash");
+    // Read now: `volume list` is a command, and every command's
+    // housekeeping would end the dead node's calls before the next node.
+    let gates = env.volume_dir("crash-gates");
+    let mut first = Node::start_with(&env, &["--max-calls", "16"]);
+    // Every call waits for /gates/open, made once the node is dead.
+    let wait = ["wait-for", "/gates/open", "echo-line", "through"];
+    let retried: Vec<String> = (0..8)
+        .map(|_| spawn_call(&env, "crash", "retried", &wait))
+        .collect();
+    let once: Vec<String> = (0..2)
+        .map(|_| spawn_call(&env, "crash", "once", &wait))
+        .collect();
+    let all: Vec<String> = retried.iter().chain(&once).cloned().collect();
+    wait_all_running(&env, &all, &first.id);
+
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(10));
+    let dead = first.id.clone();
+    for id in &all {
+        assert_eq!(
+            call_row(&env, id).state,
+            "running",
+            "no one has noticed yet"
+        );
+    }
+    std::fs::write(gates.join("open"), "").unwrap();
+
+    let second = Node::start_with(&env, &["--max-calls", "16"]);
+    assert_ne!(second.id, dead);
+    wait_all_final(&env, &all, CALLS_BOUND);
+    for id in &retried {
+        let call = api_call(&second, id);
+        assert_eq!(call["state"], "succeeded", "{call}");
+        assert_eq!(call["attempts"], 2, "{call}");
+        assert_eq!(call["node"], second.id.as_str(), "{call}");
+        let history = call["attempt_history"].as_array().unwrap();
+        assert_eq!(history.len(), 2, "{call}");
+        assert_eq!(history[0]["node"], dead.as_str(), "{call}");
+        let error = history[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&dead) && error.contains("died"),
+            "the first attempt's error names the dead node: {call}"
+        );
+        assert_eq!(history[1]["node"], second.id.as_str(), "{call}");
+        assert_eq!(history[1]["exit_code"], 0, "{call}");
+        assert_eq!(call["stdout"], "through\n", "{call}");
+    }
+    for id in &once {
+        let call = api_call(&second, id);
+        assert_eq!(call["state"], "failed", "{call}");
+        assert_eq!(call["attempts"], 1, "{call}");
+        let error = call["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&dead) && error.contains("died"),
+            "the error names the node's death: {call}"
+        );
+    }
+    assert!(
+        calls_of(&env, "crash").iter().all(|c| c.state != "running"),
+        "none stays running"
+    );
+}
+
+/// The `max N` an `overlap` guest printed.
+fn most_at_once(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `max` line in {stdout:?}"))
+}
+
+#[test]
+fn a_node_runs_at_most_a_functions_concurrency_of_its_calls_at_once() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "capped",
+        r#"
+name = "capped"
+[volumes.runs]
+[functions.overlap]
+module = "{guest:overlap}"
+mounts = { "/runs" = "runs" }
+concurrency = 2
+"#,
+    );
+    deploy(&env, &app);
+    let node = Node::start(&env);
+    let lines: Vec<String> = (0..10).map(|i| format!("input-{i}")).collect();
+    let file = input_file(&env, "inputs", &lines);
+    let (code, stdout, stderr) = run_bounded(
+        &env,
+        &[
+            "call", "capped", "overlap", "--spawn", "--map", &file, "--", "/runs", "300",
+        ],
+        CALLS_BOUND,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    assert_eq!(ids.len(), 10, "{stdout}");
+    wait_all_final(&env, &ids, Duration::from_secs(60));
+    let mut most = 0;
+    for id in &ids {
+        let call = api_call(&node, id);
+        assert_eq!(call["state"], "succeeded", "{call}");
+        let at_once = most_at_once(call["stdout"].as_str().unwrap());
+        assert!(at_once <= 2, "{at_once} instances at once: {call}");
+        most = most.max(at_once);
+    }
+    assert_eq!(
+        most, 2,
+        "ten queued calls of a function with concurrency = 2"
+    );
+
+    // As the registry recorded them, too: no instant had three attempts.
+    let spans: Vec<(i64, i64)> = registry(&env)
+        .prepare("SELECT started_at, finished_at FROM call_attempts")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(spans.len(), 10);
+    for &(start, _) in &spans {
+        let at_once = spans
+            .iter()
+            .filter(|&&(s, e)| s <= start && start < e)
+            .count();
+        assert!(at_once <= 2, "{at_once} attempts ran at once: {spans:?}");
+    }
+}
+
+#[test]
+fn sigterm_lets_a_call_finish_within_the_grace_then_exits_0() {
+    let env = TestEnv::new();
+    deploy_pair(&env, "drain");
+    let mut node = Node::start_with(&env, &["--grace", "10s"]);
+    let id = spawn_call(
+        &env,
+        "drain",
+        "once",
+        &["wait-for", "/gates/open", "echo-line", "finished"],
+    );
+    wait_all_running(&env, std::slice::from_ref(&id), &node.id);
+    let signalled = Instant::now();
+    node.signal(libc::SIGTERM);
+    // A call queued during the drain is not claimed by the draining node.
+    let late = spawn_call(&env, "drain", "once", &["echo-line", "late"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        node.try_wait().is_none(),
+        "the node waits for its running call\n{}",
+        node.stderr()
+    );
+    assert_eq!(call_row(&env, &id).state, "running");
+    let gate = env.work.path().join("open");
+    std::fs::write(&gate, "").unwrap();
+    env.run(&["volume", "put", "drain-gates", path(&gate), "/open"])
+        .success();
+    let status = node.wait_exit(Duration::from_secs(20));
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "the drained node exits 0: {status:?}\n{}",
+        node.stderr()
+    );
+    let call = call_row(&env, &id);
+    assert_eq!(call.state, "succeeded", "{call:?}");
+    assert_eq!(call.attempts, 1, "{call:?}");
+    assert!(
+        took < Duration::from_secs(9),
+        "the node exits once its call ends, not at the grace's end: {took:?}"
+    );
+    let output: String = registry(&env)
+        .query_row(
+            "SELECT group_concat(data, '') FROM call_output WHERE call_id = ?1 AND stream = 'stdout'",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(output, "finished\n");
+    let late = call_row(&env, &late);
+    assert_eq!(
+        (late.state.as_str(), late.attempts),
+        ("queued", 0),
+        "a draining node claims nothing: {late:?}"
+    );
+}
+
+#[test]
+fn sigint_past_the_grace_interrupts_the_call_and_fails_it() {
+    let env = TestEnv::new();
+    deploy_pair(&env, "drain");
+    let mut node = Node::start_with(&env, &["--grace", "1s"]);
+    let id = spawn_call(&env, "drain", "once", &["sleep", "60000"]);
+    wait_all_running(&env, std::slice::from_ref(&id), &node.id);
+    let signalled = Instant::now();
+    node.signal(libc::SIGINT);
+    let status = node.wait_exit(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "a 1 s grace, then the interrupt: the node took {took:?}"
+    );
+    assert!(
+        status.code().is_some(),
+        "the node exits, not killed: {status:?}"
+    );
+    let call = call_row(&env, &id);
+    assert_eq!(call.state, "failed", "{call:?}");
+    let error = call.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("shut down") && error.contains(&node.id),
+        "the error says the node shut down: {call:?}"
+    );
+}
+
+#[test]
+fn sigterm_past_the_grace_requeues_a_call_with_retries_for_the_next_node() {
+    let env = TestEnv::new();
+    deploy_pair(&env, "drain");
+    let mut first = Node::start_with(&env, &["--grace", "1s"]);
+    // Waits for /gates/open (at most 60 s), which exists only once the
+    // first node has gone.
+    let id = spawn_call(
+        &env,
+        "drain",
+        "retried",
+        &["wait-for", "/gates/open", "echo-line", "through"],
+    );
+    wait_all_running(&env, std::slice::from_ref(&id), &first.id);
+    let signalled = Instant::now();
+    first.signal(libc::SIGTERM);
+    first.wait_exit(Duration::from_secs(15));
+    assert!(signalled.elapsed() < Duration::from_secs(8));
+    let call = call_row(&env, &id);
+    assert_eq!(
+        (call.state.as_str(), call.attempts),
+        ("queued", 1),
+        "queued again for another node: {call:?}"
+    );
+    assert!(
+        call.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("shut down"),
+        "{call:?}"
+    );
+
+    let gate = env.work.path().join("open");
+    std::fs::write(&gate, "").unwrap();
+    env.run(&["volume", "put", "drain-gates", path(&gate), "/open"])
+        .success();
+    let second = Node::start(&env);
+    let call = second.wait_call(&id, CALLS_BOUND);
+    assert_eq!(call["state"], "succeeded", "{call}");
+    assert_eq!(call["attempts"], 2, "{call}");
+    assert_eq!(call["node"], second.id.as_str(), "{call}");
+    assert_eq!(call["stdout"], "through\n", "{call}");
+    let history = call["attempt_history"].as_array().unwrap();
+    assert_eq!(history[0]["node"], first.id.as_str(), "{call}");
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shut down"),
+        "{call}"
+    );
+}
+
+#[test]
+fn a_call_spawned_with_no_node_waits_queued_for_one() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "later",
+        r#"
+name = "later"
+[functions.fsops]
+module = "{guest:fsops}"
+"#,
+    );
+    deploy(&env, &app);
+    let (code, stdout, stderr) = run_bounded(
+        &env,
+        &[
+            "call",
+            "later",
+            "fsops",
+            "--spawn",
+            "--",
+            "echo-line",
+            "ran",
+        ],
+        CALLS_BOUND,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let id = stdout.trim().to_owned();
+    assert!(id.starts_with("ca-") && !id.contains('\n'), "{stdout:?}");
+    assert!(
+        stderr.contains("no node is serving"),
+        "--spawn says no node serves: {stderr:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let call = call_row(&env, &id);
+    assert_eq!(
+        (call.state.as_str(), call.attempts),
+        ("queued", 0),
+        "{call:?}"
+    );
+
+    let node = Node::start(&env);
+    let call = node.wait_call(&id, CALLS_BOUND);
+    assert_eq!(call["state"], "succeeded", "{call}");
+    assert_eq!(call["node"], node.id.as_str(), "{call}");
+    assert_eq!(call["stdout"], "ran\n", "{call}");
+}
+
+#[test]
+fn app_stop_interrupts_its_calls_and_the_node_serves_on_and_picks_up_updates() {
+    let env = TestEnv::new();
+    let stopped = env.app(
+        "stopped",
+        r#"
+name = "stopped"
+[functions.fsops]
+module = "{guest:fsops}"
+concurrency = 1
+"#,
+    );
+    deploy(&env, &stopped);
+    let other = |module: &str, greeting: &str| {
+        env.app(
+            "other",
+            &format!(
+                r#"
+name = "other"
+[functions.f]
+module = "{{guest:{module}}}"
+env = {{ GREETING = "{greeting}" }}
+"#
+            ),
+        )
+    };
+    let node = Node::start(&env);
+
+    // One call running and one queued behind it (concurrency = 1).
+    let running = spawn_call(&env, "stopped", "fsops", &["sleep", "60000"]);
+    wait_all_running(&env, std::slice::from_ref(&running), &node.id);
+    let queued = spawn_call(&env, "stopped", "fsops", &["echo-line", "never"]);
+    let stopping = Instant::now();
+    let (code, _, stderr) = run_bounded(&env, &["app", "stop", "stopped", "--yes"], CALLS_BOUND);
+    assert_eq!(code, 0, "{stderr}");
+    let call = node.wait_call(&running, Duration::from_secs(10));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "interrupted within a bound"
+    );
+    assert_eq!(call["state"], "cancelled", "{call}");
+    assert!(
+        call["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped"),
+        "{call}"
+    );
+    let call = node.wait_call(&queued, Duration::from_secs(10));
+    assert_eq!(
+        call["state"], "cancelled",
+        "a queued call of a stopped app ends: {call}"
+    );
+    assert_eq!(call["attempts"], 0, "{call}");
+
+    // The node serves on: an app deployed while it runs, then updated,
+    // runs what was deployed last.
+    deploy(&env, &other("fsops", "one"));
+    let id = spawn_call(&env, "other", "f", &["env", "GREETING"]);
+    let call = node.wait_call(&id, CALLS_BOUND);
+    assert_eq!(call["state"], "succeeded", "{call}");
+    assert_eq!(call["stdout"], "one\n", "{call}");
+    deploy(&env, &other("fsops", "two"));
+    let id = spawn_call(&env, "other", "f", &["env", "GREETING"]);
+    let call = node.wait_call(&id, CALLS_BOUND);
+    assert_eq!(call["stdout"], "two\n", "the updated env: {call}");
+    deploy(&env, &other("hello", "three"));
+    let id = spawn_call(&env, "other", "f", &[]);
+    let call = node.wait_call(&id, CALLS_BOUND);
+    assert_eq!(
+        call["stdout"], "hello from wasmhost\nGREETING=three\n",
+        "the updated module: {call}"
+    );
+    assert!(
+        calls_of(&env, "stopped").iter().all(|c| is_final(&c.state)),
+        "{:?}",
+        calls_of(&env, "stopped")
+    );
+}
