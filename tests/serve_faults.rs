@@ -447,7 +447,7 @@ concurrency = 2
 
     // As the registry recorded them, too: no instant had three attempts.
     let spans: Vec<(i64, i64)> = registry(&env)
-        .prepare("SELECT started_at, finished_at FROM call_attempts")
+        .prepare("SELECT started_at, finished_at FROM calls WHERE started_at IS NOT NULL")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()

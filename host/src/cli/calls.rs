@@ -108,7 +108,8 @@ fn get(home: &Home, registry: &mut Registry, id: &str, wait: bool, json: bool) -
                 call.id
             );
         }
-        let (call, output) = wait_for(registry, &call.id)?;
+        let (call, output) =
+            wait_for(registry, &call.id, None)?.expect("only an interrupt ends the wait early");
         if !json {
             print_output(&output)?;
             return exit_code(&call);

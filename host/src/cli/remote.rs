@@ -3,6 +3,8 @@
 //! prints and exits as a call in this process would.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -77,9 +79,21 @@ pub fn queue(
         return Ok(0);
     }
     let single = invoke.map().is_none();
+    // Ctrl-C ends queued calls as it ends calls in this process: cancelled.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
     let mut report = MapReport::default();
     for (id, line) in ids.iter().zip(lines) {
-        let (call, output) = wait_for(registry, id)?;
+        let Some((call, output)) = wait_for(registry, id, Some(&interrupted))? else {
+            let mut cancelled = 0;
+            for id in &ids {
+                cancelled += usize::from(calls::cancel(registry, id).is_ok());
+            }
+            return Err(anyhow::anyhow!(
+                "interrupted; {cancelled} call(s) of function `{function}` of app `{app}` that had not ended were cancelled"
+            ));
+        };
         print_output(&output)?;
         if single {
             return exit_code(&call);
@@ -130,8 +144,16 @@ fn outcome(call: &CallRecord) -> Outcome {
 }
 
 /// Waits for call `id` to end; returns it with its stdout and stderr.
-pub fn wait_for(registry: &mut Registry, id: &str) -> Result<(CallRecord, [String; 2])> {
+/// None if `interrupted` was set first.
+pub fn wait_for(
+    registry: &mut Registry,
+    id: &str,
+    interrupted: Option<&AtomicBool>,
+) -> Result<Option<(CallRecord, [String; 2])>> {
     loop {
+        if interrupted.is_some_and(|i| i.load(Ordering::SeqCst)) {
+            return Ok(None);
+        }
         let ended = registry.read(|tx| {
             let call = tx
                 .call(id)?
@@ -143,7 +165,7 @@ pub fn wait_for(registry: &mut Registry, id: &str) -> Result<(CallRecord, [Strin
             Ok(Some((call, output)))
         })?;
         if let Some(ended) = ended {
-            return Ok(ended);
+            return Ok(Some(ended));
         }
         std::thread::sleep(WAIT_POLL);
     }

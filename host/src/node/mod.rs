@@ -63,6 +63,12 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
             .context("the node's HTTP server failed")
     });
     worker.drain();
+    // A second signal during the drain interrupts the running calls now.
+    let impatient = worker.clone();
+    executor.spawn(async move {
+        shutdown_signal(impatient.clone()).await;
+        impatient.interrupt_all();
+    });
     let _ = claims.join();
     let deadline = Instant::now() + config.grace;
     while worker.running_count() > 0 && Instant::now() < deadline {

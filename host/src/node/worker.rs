@@ -450,7 +450,10 @@ impl Worker {
                 .load(&live.module(&self.home, function), spec)
                 .with_context(|| format!("cannot load the module of function `{function}`"))?,
         );
-        lock(&self.programs).insert(key, program.clone());
+        let mut programs = lock(&self.programs);
+        // An update replaced what the function runs: its old program goes.
+        programs.retain(|(app, f, _), _| (app, f) != (&key.0, &key.1));
+        programs.insert(key, program.clone());
         Ok(program)
     }
 
