@@ -16,7 +16,7 @@ use crate::calls::{Ending, Recorder};
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::manifest::units::format_size;
-use crate::registry::{AppState, CallState, Registry, Stream, new_id, now_ms};
+use crate::registry::{AppState, CallState, Registry, Stream, new_call_id, now_ms};
 use crate::runtime::{Finished, Invocation, Outcome, Output, OutputLog, Program};
 use crate::slots::Slots;
 
@@ -122,7 +122,7 @@ impl Target<'_> {
         let Some(record) = &self.record else {
             return self.invoke(&args, output);
         };
-        let (id, log) = (new_id("ca"), OutputLog::new());
+        let (id, log) = (new_call_id(), OutputLog::new());
         record.recorder.start(
             CallStart {
                 id: id.clone(),

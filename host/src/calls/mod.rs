@@ -21,7 +21,7 @@ use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::FunctionSpec;
 use crate::registry::{
-    AppKind, AppRecord, CallRecord, CallState, NewCall, Registry, Tx, new_id, now_ms,
+    AppKind, AppRecord, CallRecord, CallState, NewCall, Registry, Tx, new_call_id, new_id, now_ms,
 };
 use crate::runtime::Outcome;
 
@@ -83,7 +83,7 @@ pub fn start_call(
     args: &[String],
     env: &BTreeMap<String, String>,
 ) -> Result<(LiveApp, String, String)> {
-    let id = new_id("ca");
+    let id = new_call_id();
     let (live, function) = registry.write(|tx| {
         let (live, function) = deployed_function(tx, id_or_name, function)?;
         tx.insert_call(&NewCall {
@@ -142,7 +142,7 @@ pub fn queue_calls(
         let batch: Vec<(String, Vec<String>)> = args
             .by_ref()
             .take(QUEUE_BATCH)
-            .map(|a| (new_id("ca"), a))
+            .map(|a| (new_call_id(), a))
             .collect();
         registry.write(|tx| {
             // The app may have been stopped or updated since it was read.

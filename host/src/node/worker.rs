@@ -22,7 +22,7 @@ use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
 use crate::home::Home;
 use crate::invoke::Target;
-use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_id, now_ms};
+use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_call_id, now_ms};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
 use crate::views::FullCall;
@@ -307,7 +307,7 @@ impl Worker {
         }
         let now = now_ms();
         let call = CallRecord {
-            id: new_id("ca"),
+            id: new_call_id(),
             app: live.record.name.clone(),
             app_id: live.record.id.clone(),
             function: function.clone(),
@@ -399,10 +399,14 @@ impl Worker {
                 for waiter in lock(&worker.waiters).remove(&id).unwrap_or_default() {
                     let _ = waiter.send(());
                 }
-                if let Some((to, answer)) = answer {
-                    let _ = to.send(written.map(|()| answer));
+                match answer {
+                    Some((to, answer)) => {
+                        let _ = to.send(written.map(|()| answer));
+                    }
+                    // Room for a queued call (an immediate one makes none
+                    // that the next look would not find).
+                    None => worker.wake(),
                 }
-                worker.wake();
             })),
         );
     }

@@ -41,11 +41,10 @@ UPDATE calls SET released_at = finished_at;
 -- an ended call touches no more of them than it must.
 DROP INDEX calls_by_state;
 DROP INDEX calls_by_app;
-CREATE INDEX calls_by_app ON calls (app_id, created_at);
+CREATE INDEX calls_by_app ON calls (app_id, id);
 CREATE INDEX calls_running ON calls (app_id, function) WHERE state = 'running';
 -- The claim's order, over queued calls only.
 CREATE INDEX calls_queue ON calls (run_after, created_at) WHERE state = 'queued';
-CREATE INDEX calls_by_created ON calls (created_at);
 CREATE TABLE call_attempts (
     call_id     TEXT NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
     attempt     INTEGER NOT NULL,
