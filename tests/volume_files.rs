@@ -203,10 +203,13 @@ fn a_trash_entry_that_cannot_be_removed_does_not_keep_the_others() {
     immutable.0 = stuck.join("pinned");
     // Others after it, in any order of the directory: other deleted volumes
     // and what a crash left.
+    // Made beside the trash and renamed in whole: the purge the delete
+    // started may already be emptying the trash.
     for i in 0..30 {
-        let junk = trash.join(format!("left-by-a-crash-{i}"));
+        let junk = env.home().join(format!("left-by-a-crash-{i}"));
         std::fs::create_dir_all(junk.join("sub")).unwrap();
         std::fs::write(junk.join("sub/file"), "x").unwrap();
+        std::fs::rename(&junk, trash.join(format!("left-by-a-crash-{i}"))).unwrap();
     }
     for name in ["freed-1", "freed-2"] {
         env.run(&["volume", "create", name]).success();
