@@ -334,7 +334,7 @@ async fn cancel_call(State(api): Shared, Path(id): Path<String>) -> Answer {
 struct LogsQuery {
     function: Option<String>,
     call: Option<String>,
-    /// A duration: lines newer than this long ago.
+    /// A duration (`10m`, `0s`, `72h`): lines newer than this long ago.
     since: Option<String>,
     #[serde(default)]
     follow: Option<String>,
@@ -347,12 +347,12 @@ async fn logs(
 ) -> Answer {
     let Query(query) = query.map_err(|e| ApiError::bad(e.body_text()))?;
     let since = match &query.since {
-        Some(text) => Some(
-            now_ms()
-                - units::parse_duration(text)
-                    .map_err(|e| ApiError::bad(format!("since: {e}")))?
-                    .as_millis() as i64,
-        ),
+        Some(text) => {
+            let back =
+                units::parse_lookback(text).map_err(|e| ApiError::bad(format!("since: {e}")))?;
+            let back = i64::try_from(back.as_millis()).unwrap_or(i64::MAX);
+            Some(now_ms().saturating_sub(back))
+        }
         None => None,
     };
     let follow = match query.follow.as_deref() {
