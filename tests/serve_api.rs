@@ -351,6 +351,10 @@ fn cancel_interrupts_a_running_call_and_frees_its_lock() {
     };
     assert!(call["finished_at"].is_string(), "{call}");
     assert_eq!(call["exit_code"], Value::Null, "{call}");
+    assert_eq!(
+        call["error"], "cancelled by DELETE /v1/calls/{id} on the node API",
+        "{call}"
+    );
 
     // And the lock it held is free.
     let after = call_ok(

@@ -357,7 +357,7 @@ async fn cancel_call(State(api): Shared, path: Result<Path<String>, PathRejectio
             if call.state.is_final() {
                 return Ok((call.state, None));
             }
-            let was = calls::cancel(registry, &id)?;
+            let was = calls::cancel(registry, &id, "DELETE /v1/calls/{id} on the node API")?;
             Ok((CallState::Cancelled, Some((was.id, was.state))))
         })
         .await
