@@ -180,8 +180,9 @@ pub fn find(registry: &mut Registry, id: &str) -> Result<CallRecord> {
 }
 
 /// Cancels a queued or running call (whoever runs it sees the change
-/// within a poll and interrupts it). Returns the call as it was before.
-pub fn cancel(registry: &mut Registry, id: &str) -> Result<CallRecord> {
+/// within a poll and interrupts it); `by` names who asked (`the API`), for
+/// the call's error. Returns the call as it was before.
+pub fn cancel(registry: &mut Registry, id: &str, by: &str) -> Result<CallRecord> {
     registry.write(|tx| {
         let call = tx.call(id)?.ok_or_else(|| {
             usage!(
@@ -195,7 +196,7 @@ pub fn cancel(registry: &mut Registry, id: &str) -> Result<CallRecord> {
                 call.state.as_str()
             ));
         }
-        tx.cancel_call(id, "cancelled by `wasmhost calls cancel`")?;
+        tx.cancel_call(id, &format!("cancelled by {by}"))?;
         Ok(call)
     })
 }

@@ -51,7 +51,7 @@ pub fn execute(command: CallsCommand) -> Result<u8> {
         CallsCommand::List { app, json, limit } => list(&mut registry, app.as_deref(), json, limit),
         CallsCommand::Get { call, wait, json } => get(&home, &mut registry, &call, wait, json),
         CallsCommand::Cancel { call } => {
-            let was = calls::cancel(&mut registry, &call)?;
+            let was = calls::cancel(&mut registry, &call, "`wasmhost calls cancel`")?;
             outln!("cancelled call {} (was {})", was.id, was.state.as_str())?;
             Ok(0)
         }

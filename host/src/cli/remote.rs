@@ -88,7 +88,9 @@ pub fn queue(
         let Some((call, output)) = wait_for(registry, id, Some(&interrupted))? else {
             let mut cancelled = 0;
             for id in &ids {
-                cancelled += usize::from(calls::cancel(registry, id).is_ok());
+                cancelled += usize::from(
+                    calls::cancel(registry, id, "Ctrl-C on `wasmhost call --remote`").is_ok(),
+                );
             }
             return Err(anyhow::anyhow!(
                 "interrupted; {cancelled} call(s) of function `{function}` of app `{app}` that had not ended were cancelled"

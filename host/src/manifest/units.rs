@@ -27,19 +27,35 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// [`parse_duration`] letting `"0s"` through, for a caller whose reason to
 /// refuse zero is not a timeout's and so needs its own words.
 pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
-    let mut rest = text.trim();
+    let total = sum_parts(text, text.trim(), false)?;
+    if total > MAX_TIMEOUT {
+        return Err(format!("`{text}` is too large; the most is 24h"));
+    }
+    Ok(total)
+}
+
+/// A look back in time (`logs?since=`): the syntax of [`parse_duration`]
+/// with zero allowed, no bound (past the largest duration it means
+/// "everything") and no spaces around it.
+pub fn parse_lookback(text: &str) -> Result<Duration, String> {
+    sum_parts(text, text, true)
+}
+
+/// The sum of the `NUMBER UNIT` parts of `rest` (`text`, as written, is for
+/// messages); one too large for a `Duration` is an error, or with
+/// `saturate` the largest duration.
+fn sum_parts(text: &str, mut rest: &str, saturate: bool) -> Result<Duration, String> {
     if rest.is_empty() {
         return Err("the duration is empty".to_owned());
     }
+    let too_large = || format!("`{text}` is too large; the most is 24h");
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
             return Err(format!("`{text}` is not a duration"));
         }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{text}` is too large; the most is 24h"))?;
+        let number: Option<u64> = rest[..digits].parse().ok();
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = match &rest[..unit_len] {
@@ -51,14 +67,15 @@ pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
             other => return Err(format!("`{other}` in `{text}` is not a unit")),
         };
         rest = &rest[unit_len..];
-        let part = u32::try_from(number)
-            .ok()
-            .and_then(|n| unit.checked_mul(n))
-            .ok_or_else(|| format!("`{text}` is too large; the most is 24h"))?;
-        total = total.checked_add(part).unwrap_or(Duration::MAX);
-    }
-    if total > MAX_TIMEOUT {
-        return Err(format!("`{text}` is too large; the most is 24h"));
+        let part = number
+            .and_then(|n| u32::try_from(n).ok())
+            .and_then(|n| unit.checked_mul(n));
+        let part = match part {
+            Some(part) => part,
+            None if saturate => Duration::MAX,
+            None => return Err(too_large()),
+        };
+        total = total.saturating_add(part);
     }
     Ok(total)
 }
@@ -136,6 +153,19 @@ mod tests {
             "99999999999999999999s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn lookbacks_allow_zero_and_any_length_but_no_spaces() {
+        assert_eq!(parse_lookback("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_lookback("48h"), Ok(Duration::from_secs(48 * 3600)));
+        assert_eq!(
+            parse_lookback("99999999999999999999s1ms"),
+            Ok(Duration::MAX)
+        );
+        for bad in ["", " 1h", "1h ", "1h\n", "1", "h", "1x", "-1s"] {
+            assert!(parse_lookback(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 

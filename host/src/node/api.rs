@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -165,8 +165,8 @@ async fn list_volumes(State(api): Shared) -> Answer {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CallRequest {
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
+struct CallFields {
     #[serde(default)]
     args: Vec<String>,
     #[serde(default)]
@@ -175,7 +175,43 @@ struct CallRequest {
     spawn: bool,
 }
 
-impl CallRequest {
+/// A call's request body: a JSON object only (serde's derived structs
+/// also take an array, `[args, env, spawn]`, which the document does not).
+struct CallRequest(CallFields);
+
+impl<'de> Deserialize<'de> for CallRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        CallFields::deserialize(ObjectOnly(deserializer)).map(CallRequest)
+    }
+}
+
+/// Deserializes a struct from a JSON object, refusing an array.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+impl CallFields {
     /// What WASI cannot pass to a guest is refused here, before anything
     /// is recorded.
     fn check(&self) -> Result<(), ApiError> {
@@ -202,6 +238,11 @@ impl CallRequest {
     }
 }
 
+/// axum's words for a path it cannot decode (`%FF`), as a JSON error.
+fn path_error(rejection: PathRejection) -> ApiError {
+    ApiError::bad(rejection.body_text())
+}
+
 /// serde's and axum's words for a body that is not the request asked for.
 fn body_error(rejection: JsonRejection) -> ApiError {
     let status = match rejection.status() {
@@ -225,12 +266,13 @@ fn body_error(rejection: JsonRejection) -> ApiError {
 
 async fn create_call(
     State(api): Shared,
-    Path((app, function)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Json<CallRequest>, JsonRejection>,
 ) -> Answer {
-    let Json(request) = body.map_err(body_error)?;
+    let Path((app, function)) = path.map_err(path_error)?;
+    let Json(CallRequest(request)) = body.map_err(body_error)?;
     request.check()?;
-    let CallRequest { args, env, spawn } = request;
+    let CallFields { args, env, spawn } = request;
     if !spawn {
         let (worker, app, function, args, env) = (
             api.worker.clone(),
@@ -323,11 +365,13 @@ async fn call_answer(api: &Api, id: String) -> Answer {
     }
 }
 
-async fn get_call(State(api): Shared, Path(id): Path<String>) -> Answer {
+async fn get_call(State(api): Shared, path: Result<Path<String>, PathRejection>) -> Answer {
+    let Path(id) = path.map_err(path_error)?;
     call_answer(&api, id).await
 }
 
-async fn cancel_call(State(api): Shared, Path(id): Path<String>) -> Answer {
+async fn cancel_call(State(api): Shared, path: Result<Path<String>, PathRejection>) -> Answer {
+    let Path(id) = path.map_err(path_error)?;
     let (state, was) = api
         .registries
         .with(move |registry| {
@@ -335,7 +379,7 @@ async fn cancel_call(State(api): Shared, Path(id): Path<String>) -> Answer {
             if call.state.is_final() {
                 return Ok((call.state, None));
             }
-            let was = calls::cancel(registry, &id)?;
+            let was = calls::cancel(registry, &id, "DELETE /v1/calls/{id} on the node API")?;
             Ok((CallState::Cancelled, Some((was.id, was.state))))
         })
         .await
@@ -356,7 +400,7 @@ async fn cancel_call(State(api): Shared, Path(id): Path<String>) -> Answer {
 struct LogsQuery {
     function: Option<String>,
     call: Option<String>,
-    /// A duration: lines newer than this long ago.
+    /// A duration (`10m`, `0s`, `72h`): lines newer than this long ago.
     since: Option<String>,
     #[serde(default)]
     follow: Option<String>,
@@ -364,17 +408,18 @@ struct LogsQuery {
 
 async fn logs(
     State(api): Shared,
-    Path(app): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Answer {
+    let Path(app) = path.map_err(path_error)?;
     let Query(query) = query.map_err(|e| ApiError::bad(e.body_text()))?;
     let since = match &query.since {
-        Some(text) => Some(
-            now_ms()
-                - units::parse_duration(text)
-                    .map_err(|e| ApiError::bad(format!("since: {e}")))?
-                    .as_millis() as i64,
-        ),
+        Some(text) => {
+            let back =
+                units::parse_lookback(text).map_err(|e| ApiError::bad(format!("since: {e}")))?;
+            let back = i64::try_from(back.as_millis()).unwrap_or(i64::MAX);
+            Some(now_ms().saturating_sub(back))
+        }
         None => None,
     };
     let follow = match query.follow.as_deref() {

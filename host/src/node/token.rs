@@ -50,12 +50,17 @@ pub fn load_or_create(home: &Home) -> Result<String> {
     }
 }
 
-/// Whether an `Authorization` header value carries `token`.
+/// Whether an `Authorization` header value carries `token`. The scheme's
+/// name is case-insensitive (RFC 9110 section 11.1): `bearer` is `Bearer`.
 pub fn authorized(header: Option<&[u8]>, token: &str) -> bool {
-    let Some(given) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+    let Some(header) = header else {
         return false;
     };
-    given.ct_eq(token.as_bytes()).into()
+    let scheme = b"bearer ";
+    if header.len() < scheme.len() || !header[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return false;
+    }
+    header[scheme.len()..].ct_eq(token.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -73,6 +78,15 @@ mod tests {
             "secret-token-123"
         ));
         assert!(!authorized(Some(b"secret-token-123"), "secret-token-123"));
+        assert!(authorized(
+            Some(b"bEARER secret-token-123"),
+            "secret-token-123"
+        ));
+        assert!(!authorized(Some(b"Bearer"), "secret-token-123"));
+        assert!(!authorized(
+            Some(b"Bearer  secret-token-123"),
+            "secret-token-123"
+        ));
         assert!(!authorized(
             Some(b"Basic secret-token-123"),
             "secret-token-123"
