@@ -8,7 +8,7 @@
 //! [`LOG_INTERVAL`], which is how `app logs --follow` sees lines as a call
 //! prints them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ use crate::runtime::{Lines, OutputLog};
 pub const LOG_INTERVAL: Duration = Duration::from_millis(100);
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 4096;
+/// How long operations nobody waits for may gather before they are written.
+const COMMIT_EVERY: Duration = Duration::from_millis(20);
 /// How long a call started in this process goes unrecorded, so that one
 /// that ends within it (most do) is written once, as it ended, rather than
 /// inserted and then updated. `calls list` and a cancel see it that much
@@ -127,39 +129,118 @@ impl Recorder {
     }
 }
 
+/// Starts not yet written (see [`HOLD`]), by id and in the order they came.
+#[derive(Default)]
+struct Held {
+    by_id: HashMap<String, CallStart>,
+    /// Oldest first; may name starts that have since been taken.
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Held {
+    fn push(&mut self, call: CallStart) {
+        self.order.push_back((Instant::now(), call.id.clone()));
+        self.by_id.insert(call.id.clone(), call);
+    }
+
+    fn take(&mut self, id: &str) -> Option<CallStart> {
+        self.by_id.remove(id)
+    }
+
+    /// The starts held for [`HOLD`] (all of them, with `all`).
+    fn due(&mut self, all: bool) -> Vec<CallStart> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.order.front() {
+            if !all && at.elapsed() < HOLD {
+                break;
+            }
+            let (_, id) = self.order.pop_front().expect("a front");
+            due.extend(self.by_id.remove(&id));
+        }
+        due
+    }
+
+    /// How long until the oldest is due.
+    fn wait(&self) -> Option<Duration> {
+        let (at, _) = self.order.front()?;
+        Some(
+            HOLD.saturating_sub(at.elapsed())
+                .max(Duration::from_millis(1)),
+        )
+    }
+}
+
 fn run(mut registry: Registry, rx: mpsc::Receiver<Op>) {
     let mut live: BTreeMap<String, Live> = BTreeMap::new();
-    let mut held: Vec<(CallStart, Instant)> = Vec::new();
+    let mut held = Held::default();
+    let (mut drained, mut committed) = (Instant::now(), Instant::now());
+    let mut pending: Vec<Op> = Vec::new();
     loop {
-        let wait = match held.first() {
-            Some((_, at)) => HOLD
-                .saturating_sub(at.elapsed())
-                .max(Duration::from_millis(1)),
-            None => LOG_INTERVAL,
+        let mut wait = held.wait().unwrap_or(LOG_INTERVAL).min(LOG_INTERVAL);
+        if !pending.is_empty() {
+            wait = wait.min(COMMIT_EVERY.saturating_sub(committed.elapsed()));
+        }
+        let ended = match rx.recv_timeout(wait) {
+            Ok(op) => {
+                pending.push(op);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            // Every sender is gone: write what is held, then end.
+            Err(RecvTimeoutError::Disconnected) => {
+                pending.push(Op::Flush(Box::new(|_| {})));
+                true
+            }
         };
-        let first = match rx.recv_timeout(wait) {
-            Ok(op) => Some(op),
-            Err(RecvTimeoutError::Timeout) if live.is_empty() && held.is_empty() => continue,
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let ops: Vec<Op> = first
-            .into_iter()
-            .chain(rx.try_iter().take(MAX_BATCH))
-            .collect();
-        let batch = Batch::gather(ops, &mut live, &mut held);
+        pending.extend(rx.try_iter().take(MAX_BATCH));
+        // What nobody waits for is written with more, at most every
+        // COMMIT_EVERY: a transaction costs the same for one call or many.
+        let waited_on = pending.iter().any(Op::waited_on);
+        let due = committed.elapsed() >= COMMIT_EVERY || pending.len() >= MAX_BATCH;
+        if !(waited_on || due || ended) {
+            continue;
+        }
+        if pending.is_empty() && live.is_empty() && held.by_id.is_empty() {
+            if ended {
+                return;
+            }
+            continue;
+        }
+        // Running calls' output is drained every LOG_INTERVAL, not at every
+        // batch: a busy recorder writes many batches in that time.
+        let drain = drained.elapsed() >= LOG_INTERVAL;
+        if drain {
+            drained = Instant::now();
+        }
+        let batch = Batch::gather(
+            std::mem::take(&mut pending),
+            &mut live,
+            &mut held,
+            drain || ended,
+        );
         let result = match batch.is_empty() {
             true => Ok(()),
             false => registry
                 .write(|tx| batch.apply(tx))
                 .map_err(|e| format!("cannot record calls in the registry: {e:#}")),
         };
+        committed = Instant::now();
         if let Err(e) = &result {
             eprintln!("warning: {e}");
         }
         for done in batch.done {
             done(result.clone());
         }
+        if ended {
+            return;
+        }
+    }
+}
+
+impl Op {
+    /// Whether someone waits for this operation to be written.
+    fn waited_on(&self) -> bool {
+        matches!(self, Op::Flush(_) | Op::Finish { done: Some(_), .. })
     }
 }
 
@@ -181,7 +262,8 @@ impl Batch {
     fn gather(
         ops: Vec<Op>,
         live: &mut BTreeMap<String, Live>,
-        held: &mut Vec<(CallStart, Instant)>,
+        held: &mut Held,
+        drain: bool,
     ) -> Self {
         let mut batch = Batch::default();
         let mut ended = Vec::new();
@@ -198,7 +280,7 @@ impl Batch {
                             log,
                         },
                     );
-                    held.push((call, Instant::now()));
+                    held.push(call);
                 }
                 Op::Watch {
                     id,
@@ -217,13 +299,12 @@ impl Batch {
                 }
                 Op::Finish { id, ending, done } => {
                     ended.push(id.clone());
-                    let unwritten = held.iter().position(|(s, _)| s.id == id);
-                    match (unwritten, &ending) {
-                        (Some(at), Ending::Finished { .. }) => {
-                            batch.starts.push((held.remove(at).0, Some(ending)));
+                    match (held.take(&id), &ending) {
+                        (Some(start), Ending::Finished { .. }) => {
+                            batch.starts.push((start, Some(ending)));
                         }
-                        (Some(at), _) => {
-                            batch.starts.push((held.remove(at).0, None));
+                        (Some(start), _) => {
+                            batch.starts.push((start, None));
                             batch.endings.push((id, ending));
                         }
                         (None, _) => batch.endings.push((id, ending)),
@@ -236,13 +317,9 @@ impl Batch {
                 }
             }
         }
-        let (due, kept) = std::mem::take(held)
-            .into_iter()
-            .partition(|(_, at)| flush || at.elapsed() >= HOLD);
-        *held = kept;
         batch
             .starts
-            .extend(due.into_iter().map(|(call, _)| (call, None)));
+            .extend(held.due(flush).into_iter().map(|call| (call, None)));
         for id in ended {
             if let Some(call) = live.remove(&id) {
                 let (lines, dropped) = call.log.take(true);
@@ -250,8 +327,8 @@ impl Batch {
             }
         }
         // Output waits with its call's unwritten start.
-        for (id, call) in live.iter() {
-            if !held.iter().any(|(s, _)| &s.id == id) {
+        for (id, call) in live.iter().filter(|_| drain || flush) {
+            if !held.by_id.contains_key(id) {
                 let (lines, dropped) = call.log.take(false);
                 batch.push_output(id, call, lines, dropped);
             }
