@@ -228,6 +228,9 @@ pub enum Ending {
         state: CallState,
         exit_code: Option<i32>,
         error: Option<String>,
+        /// When (Unix ms), as the record and any answer made from memory
+        /// both say.
+        at: i64,
     },
     /// Queued again, to run no earlier than `run_after` (Unix ms).
     Retry {
@@ -247,6 +250,7 @@ impl Ending {
                     state: CallState::Succeeded,
                     exit_code: Some(0),
                     error: None,
+                    at: now_ms(),
                 };
             }
             Outcome::Exited(code) => (Some(*code), format!("exited with code {code}")),
@@ -281,6 +285,7 @@ impl Ending {
                 state: CallState::Failed,
                 exit_code,
                 error: Some(error),
+                at: now_ms(),
             }
         }
     }
@@ -293,7 +298,8 @@ impl Ending {
                 state,
                 exit_code,
                 error,
-            } => tx.finish_call(id, *state, *exit_code, error.as_deref())?,
+                at,
+            } => tx.finish_call(id, *state, *exit_code, error.as_deref(), *at)?,
             Ending::Retry {
                 run_after,
                 exit_code,
@@ -335,6 +341,7 @@ pub fn reap_dead_holders(home: &Home, registry: &mut Registry) -> Result<Vec<Cal
                         state: CallState::Failed,
                         exit_code: None,
                         error: Some(what.clone()),
+                        at: now_ms(),
                     },
                 };
                 ending.record(tx, &call.id)?;

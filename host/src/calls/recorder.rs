@@ -9,8 +9,8 @@
 //! prints them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -75,20 +75,43 @@ struct Live {
 
 #[derive(Clone)]
 pub struct Recorder {
-    ops: mpsc::Sender<Op>,
+    queue: Arc<Queue>,
+}
+
+/// Operations on their way to the recorder's thread. A sender wakes the
+/// thread only for what someone waits for; the rest is picked up at its
+/// next pass, so a `--map` of thousands of calls a second does not wake it
+/// (and preempt an instance) thousands of times.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<Queued>,
+    waited_on: Condvar,
+}
+
+#[derive(Default)]
+struct Queued {
+    ops: Vec<Op>,
+    /// Whether one of `ops` is waited on.
+    urgent: bool,
 }
 
 impl Recorder {
     pub fn new(home: &Home) -> Result<Self> {
         let registry = Registry::open(&home.registry_file())?;
-        let (ops, rx) = mpsc::channel();
-        std::thread::spawn(move || run(registry, rx));
-        Ok(Self { ops })
+        let queue = Arc::new(Queue::default());
+        let thread_queue = queue.clone();
+        std::thread::spawn(move || run(registry, thread_queue));
+        Ok(Self { queue })
     }
 
     fn send(&self, op: Op) {
-        // The thread ends only when every sender has gone.
-        let _ = self.ops.send(op);
+        let urgent = op.waited_on();
+        let mut queued = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        queued.ops.push(op);
+        if urgent {
+            queued.urgent = true;
+            self.queue.waited_on.notify_one();
+        }
     }
 
     /// Records a call started in this process; its output goes to `log`.
@@ -170,7 +193,7 @@ impl Held {
     }
 }
 
-fn run(mut registry: Registry, rx: mpsc::Receiver<Op>) {
+fn run(mut registry: Registry, queue: Arc<Queue>) {
     let mut live: BTreeMap<String, Live> = BTreeMap::new();
     let mut held = Held::default();
     let (mut drained, mut committed) = (Instant::now(), Instant::now());
@@ -180,19 +203,20 @@ fn run(mut registry: Registry, rx: mpsc::Receiver<Op>) {
         if !pending.is_empty() {
             wait = wait.min(COMMIT_EVERY.saturating_sub(committed.elapsed()));
         }
-        let ended = match rx.recv_timeout(wait) {
-            Ok(op) => {
-                pending.push(op);
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            // Every sender is gone: write what is held, then end.
-            Err(RecvTimeoutError::Disconnected) => {
-                pending.push(Op::Flush(Box::new(|_| {})));
-                true
-            }
-        };
-        pending.extend(rx.try_iter().take(MAX_BATCH));
+        let queued = queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut queued, _) = queue
+            .waited_on
+            .wait_timeout_while(queued, wait, |q| !q.urgent)
+            .unwrap_or_else(|e| e.into_inner());
+        queued.urgent = false;
+        pending.append(&mut queued.ops);
+        drop(queued);
+        // Every recorder has gone (only this thread holds the queue): write
+        // what is held, then end.
+        let ended = Arc::strong_count(&queue) == 1;
+        if ended {
+            pending.push(Op::Flush(Box::new(|_| {})));
+        }
         // What nobody waits for is written with more, at most every
         // COMMIT_EVERY: a transaction costs the same for one call or many.
         let waited_on = pending.iter().any(Op::waited_on);
@@ -359,11 +383,13 @@ impl Batch {
                     state,
                     exit_code,
                     error,
+                    at,
                 }) => Some(CallEnd {
                     state: *state,
                     exit_code: *exit_code,
                     error: error.as_deref(),
                     started_at: call.started_at,
+                    finished_at: *at,
                 }),
                 _ => None,
             };

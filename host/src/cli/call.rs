@@ -137,6 +137,7 @@ fn call(
             state,
             exit_code,
             error,
+            at: wasmhost::registry::now_ms(),
         };
         recorder.finish(&id, ending, None);
     }

@@ -236,6 +236,7 @@ impl Worker {
                         CallState::Failed,
                         None,
                         Some("its function is no longer in the app (it was updated)"),
+                        now_ms(),
                     )?;
                     continue;
                 };
@@ -501,14 +502,16 @@ pub type Answer = Result<FullCall, String>;
 /// The record of a call run at once, as it ended with `ending`, built
 /// from what this node saw rather than read back from the registry.
 fn ended_call(mut call: CallRecord, ending: &Ending, log: &OutputLog) -> FullCall {
-    let finished_at = now_ms();
+    let mut finished_at = now_ms();
     if let Ending::Finished {
         state,
         exit_code,
         error,
+        at,
     } = ending
     {
         (call.state, call.exit_code, call.error) = (*state, *exit_code, error.clone());
+        finished_at = *at;
         call.finished_at = Some(finished_at);
     }
     let ([stdout, stderr], [dropped_stdout, dropped_stderr]) = log.retained();

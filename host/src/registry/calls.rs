@@ -198,6 +198,7 @@ pub struct CallEnd<'a> {
     pub exit_code: Option<i32>,
     pub error: Option<&'a str>,
     pub started_at: i64,
+    pub finished_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -294,7 +295,7 @@ impl Tx<'_> {
         };
         let (mut finished, mut exit_code, mut error) = (None, None, None);
         if let Some(end) = call.ended {
-            (state, started, finished) = (end.state, Some(end.started_at), Some(now));
+            (state, started, finished) = (end.state, Some(end.started_at), Some(end.finished_at));
             (exit_code, error) = (end.exit_code, end.error);
         }
         self.tx
@@ -384,6 +385,7 @@ impl Tx<'_> {
         state: CallState,
         exit_code: Option<i32>,
         error: Option<&str>,
+        at: i64,
     ) -> Result<bool> {
         let changed = self
             .tx
@@ -391,7 +393,7 @@ impl Tx<'_> {
                 "UPDATE calls SET state = ?2, finished_at = ?3, released_at = ?3, exit_code = ?4, error = ?5
                  WHERE id = ?1 AND state IN ('queued', 'running')",
             )?
-            .execute(params![id, state.as_str(), now_ms(), exit_code, error])?;
+            .execute(params![id, state.as_str(), at, exit_code, error])?;
         if changed == 0 {
             self.release(id)?;
         }
