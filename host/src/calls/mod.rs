@@ -268,6 +268,8 @@ impl Ending {
         max_attempts: u32,
         spec: &FunctionSpec,
     ) -> Self {
+        // A record's error is one line (trap messages can hold several).
+        let error = error.replace('\n', " ");
         if attempt < max_attempts {
             let delay = spec.retries.delay_before(attempt + 1);
             Ending::Retry {
