@@ -171,7 +171,11 @@ pub fn queue_calls(
 
 /// The call `id`, or a usage error saying there is none.
 pub fn find(registry: &mut Registry, id: &str) -> Result<CallRecord> {
-    registry.read(|tx| tx.call(id))?.ok_or_else(|| {
+    registry.read(|tx| call_in(tx, id))
+}
+
+fn call_in(tx: &Tx, id: &str) -> Result<CallRecord> {
+    tx.call(id)?.ok_or_else(|| {
         usage!(
             "no call has the id `{}`; `wasmhost calls list` shows them",
             id.escape_debug()
@@ -179,17 +183,19 @@ pub fn find(registry: &mut Registry, id: &str) -> Result<CallRecord> {
     })
 }
 
+fn no_such_app(id_or_name: &str) -> anyhow::Error {
+    usage!(
+        "no app has the id or name `{}`; `wasmhost app list --all` shows them",
+        id_or_name.escape_debug()
+    )
+}
+
 /// Cancels a queued or running call (whoever runs it sees the change
 /// within a poll and interrupts it); `by` names who asked (`the API`), for
 /// the call's error. Returns the call as it was before.
 pub fn cancel(registry: &mut Registry, id: &str, by: &str) -> Result<CallRecord> {
     registry.write(|tx| {
-        let call = tx.call(id)?.ok_or_else(|| {
-            usage!(
-                "no call has the id `{}`; `wasmhost calls list` shows them",
-                id.escape_debug()
-            )
-        })?;
+        let call = call_in(tx, id)?;
         if call.state.is_final() {
             return Err(usage!(
                 "call {id} has already ended ({})",
@@ -357,7 +363,7 @@ pub fn reap_dead_holders(home: &Home, registry: &mut Registry) -> Result<Vec<Cal
 }
 
 /// Deletes call records past the bounds ([`KEEP_FOR`], [`KEEP_AT_MOST`]).
-pub fn prune(registry: &mut Registry) -> Result<usize> {
+fn prune(registry: &mut Registry) -> Result<usize> {
     let before = now_ms() - KEEP_FOR.as_millis() as i64;
     registry.write(|tx| tx.prune_calls(before, KEEP_AT_MOST))
 }
@@ -388,19 +394,14 @@ pub fn prune_if_due(home: &Home, registry: &mut Registry) -> Result<()> {
 /// is `app` (a redeployed app has a new id, under the same name), or of all
 /// apps. An app that never existed is a usage error.
 pub fn list(registry: &mut Registry, app: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
-    registry.read(|tx| match app {
-        None => tx.list_calls(None, limit),
-        Some(app) => {
-            let known = !tx.find_apps(app)?.is_empty()
-                || tx.latest_app_named(app, AppKind::Deployed)?.is_some();
-            if !known {
-                return Err(usage!(
-                    "no app has the id or name `{}`; `wasmhost app list --all` shows them",
-                    app.escape_debug()
-                ));
-            }
-            tx.list_calls_of(app, limit)
+    registry.read(|tx| {
+        if let Some(app) = app
+            && tx.find_apps(app)?.is_empty()
+            && tx.latest_app_named(app, AppKind::Deployed)?.is_none()
+        {
+            return Err(no_such_app(app));
         }
+        tx.list_calls(app, limit)
     })
 }
 
@@ -415,11 +416,8 @@ pub fn logs_app(registry: &mut Registry, id_or_name: &str) -> Result<AppRecord> 
         if let Some(app) = tx.latest_app_named(id_or_name, AppKind::Deployed)? {
             return Ok(app);
         }
-        tx.find_apps(id_or_name)?.pop().ok_or_else(|| {
-            usage!(
-                "no app has the id or name `{}`; `wasmhost app list --all` shows them",
-                id_or_name.escape_debug()
-            )
-        })
+        tx.find_apps(id_or_name)?
+            .pop()
+            .ok_or_else(|| no_such_app(id_or_name))
     })
 }

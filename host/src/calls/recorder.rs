@@ -1,8 +1,9 @@
 //! Writes call records in batches, from one thread with its own registry
 //! connection: a `--map` of thousands of tiny calls, or a node answering
 //! many requests at once, costs a transaction per batch rather than several
-//! per call (group commit). A batch is whatever arrived while the previous
-//! one was being written, so a lone call waits for no timer.
+//! per call (group commit). What someone waits for (an HTTP answer, a
+//! flush) is written at once, with whatever else has arrived; the rest at
+//! most every [`COMMIT_EVERY`].
 //!
 //! The output of running calls is drained into the registry every
 //! [`LOG_INTERVAL`], which is how `app logs --follow` sees lines as a call

@@ -273,28 +273,17 @@ async fn create_call(
     let Json(CallRequest(request)) = body.map_err(body_error)?;
     request.check()?;
     let CallFields { args, env, spawn } = request;
-    if !spawn {
-        let (worker, app, function, args, env) = (
-            api.worker.clone(),
+    if !spawn
+        && let Some(answer) = call_at_once(
+            &api,
             app.clone(),
             function.clone(),
             args.clone(),
             env.clone(),
-        );
-        let now = tokio::task::spawn_blocking(move || worker.call_now(&app, &function, args, env))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
-        if let Some(ended) = now {
-            let answer = ended
-                .await
-                .map_err(|_| "the node stopped before the call ended".to_owned())
-                .and_then(|answer| answer);
-            return match answer {
-                Ok(call) => Ok(Json(call).into_response()),
-                Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e)),
-            };
-        }
+        )
+        .await?
+    {
+        return Ok(answer);
     }
     let id = api
         .registries
@@ -343,6 +332,33 @@ async fn create_call(
         }
     }
     call_answer(&api, id).await
+}
+
+/// Runs the call in this request if the node may (see
+/// `Worker::call_now`); None if it must go through the queue.
+async fn call_at_once(
+    api: &Api,
+    app: String,
+    function: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+) -> Result<Option<Response>, ApiError> {
+    let worker = api.worker.clone();
+    let now = tokio::task::spawn_blocking(move || worker.call_now(&app, &function, args, env))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+    let Some(ended) = now else {
+        return Ok(None);
+    };
+    match ended.await {
+        Ok(Ok(call)) => Ok(Some(Json(call).into_response())),
+        Ok(Err(e)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(_) => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the node stopped before the call ended".into(),
+        )),
+    }
 }
 
 async fn call_answer(api: &Api, id: String) -> Answer {

@@ -29,10 +29,9 @@ use crate::views::FullCall;
 
 /// How often the worker looks for queued calls and cancellations.
 const POLL: Duration = Duration::from_millis(100);
-/// How often it reaps what dead processes and nodes left.
+/// How often it reaps what dead processes and nodes left (housekeeping
+/// also prunes call records, when they are due).
 const HOUSEKEEPING: Duration = Duration::from_secs(2);
-/// How often it deletes records past their bounds.
-const PRUNE: Duration = Duration::from_secs(60);
 /// How long an HTTP call may run from an app as read this long ago: how
 /// soon the node's immediate calls see a deploy, an update or a stop made
 /// elsewhere.
@@ -157,7 +156,7 @@ impl Worker {
     /// The claim loop; returns once draining.
     pub fn run(self: Arc<Self>) -> Result<()> {
         let mut registry = Registry::open(&self.home.registry_file())?;
-        let (mut housekept, mut pruned) = (Instant::now(), Instant::now());
+        let mut housekept = Instant::now();
         self.housekeeping(&mut registry);
         while !self.draining.load(Ordering::SeqCst) {
             let free = self.max_calls.saturating_sub(self.running_count());
@@ -175,12 +174,6 @@ impl Worker {
             if housekept.elapsed() >= HOUSEKEEPING {
                 self.housekeeping(&mut registry);
                 housekept = Instant::now();
-            }
-            if pruned.elapsed() >= PRUNE {
-                if let Err(e) = calls::prune(&mut registry) {
-                    eprintln!("warning: cannot prune call records: {e:#}");
-                }
-                pruned = Instant::now();
             }
             let woken = lock(&self.wake.0);
             let (mut woken, _) = self

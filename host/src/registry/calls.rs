@@ -330,12 +330,15 @@ impl Tx<'_> {
         Ok(self.query_calls(&sql, params![id])?.pop())
     }
 
-    /// The newest calls first, of one app or of all, at most `limit`.
-    pub fn list_calls(&self, app_id: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
+    /// The newest calls first, at most `limit`: of every app whose id or
+    /// name is `app` (a redeployed app has a new id, under the same name),
+    /// or of all apps.
+    pub fn list_calls(&self, app: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
         let sql = format!(
-            "SELECT {CALL_COLUMNS} WHERE (?1 IS NULL OR c.app_id = ?1) ORDER BY c.created_at DESC, c.rowid DESC LIMIT ?2"
+            "SELECT {CALL_COLUMNS} WHERE ?1 IS NULL OR c.app_id = ?1 OR a.name = ?1
+             ORDER BY c.created_at DESC, c.rowid DESC LIMIT ?2"
         );
-        self.query_calls(&sql, params![app_id, limit as i64])
+        self.query_calls(&sql, params![app, limit as i64])
     }
 
     /// Running calls, of one app or of all.
@@ -651,14 +654,5 @@ impl Tx<'_> {
             "DELETE FROM calls WHERE finished_at IS NOT NULL AND created_at < ?1",
             params![before],
         )?)
-    }
-
-    /// The newest calls first of every app whose id or name is `app`, at
-    /// most `limit`.
-    pub fn list_calls_of(&self, app: &str, limit: usize) -> Result<Vec<CallRecord>> {
-        let sql = format!(
-            "SELECT {CALL_COLUMNS} WHERE c.app_id = ?1 OR a.name = ?1 ORDER BY c.created_at DESC, c.rowid DESC LIMIT ?2"
-        );
-        self.query_calls(&sql, params![app, limit as i64])
     }
 }
