@@ -58,9 +58,8 @@ pub struct Worker {
     /// Calls whose end someone in this process waits for.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     wake: (Mutex<bool>, Condvar),
-    draining: AtomicBool,
-    /// Tells request handlers that wait (a call's end, a log's next line)
-    /// to give up: the node is draining.
+    /// Set once the node drains: the claim loop ends, and request handlers
+    /// that wait (a call's end, a log's next line) give up.
     drained: tokio::sync::watch::Sender<bool>,
     /// Set once the grace period of a drain has passed.
     interrupting: AtomicBool,
@@ -80,7 +79,6 @@ impl Worker {
             running: Mutex::default(),
             waiters: Mutex::default(),
             wake: (Mutex::new(false), Condvar::new()),
-            draining: AtomicBool::new(false),
             drained: tokio::sync::watch::Sender::new(false),
             interrupting: AtomicBool::new(false),
         }))
@@ -97,7 +95,7 @@ impl Worker {
 
     /// Makes the loop look at the queue now.
     pub fn wake(&self) {
-        *self.wake.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *lock(&self.wake.0) = true;
         self.wake.1.notify_one();
     }
 
@@ -114,9 +112,12 @@ impl Worker {
 
     /// Stops claiming; running calls go on.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::SeqCst);
         self.drained.send_replace(true);
         self.wake();
+    }
+
+    fn is_draining(&self) -> bool {
+        *self.drained.borrow()
     }
 
     /// Resolves once the node drains.
@@ -145,10 +146,10 @@ impl Worker {
     /// Writes what is left to record and gives up the node's lease.
     pub fn finish(self: Arc<Self>) -> Result<()> {
         self.recorder.flush()?;
-        match Arc::try_unwrap(self) {
-            Ok(worker) => worker.holder.release(),
-            // A call thread still holds it: the lease goes with the process.
-            Err(_) => {}
+        // If a call thread still holds the worker, the lease goes with the
+        // process.
+        if let Ok(worker) = Arc::try_unwrap(self) {
+            worker.holder.release();
         }
         Ok(())
     }
@@ -158,7 +159,7 @@ impl Worker {
         let mut registry = Registry::open(&self.home.registry_file())?;
         let mut housekept = Instant::now();
         self.housekeeping(&mut registry);
-        while !self.draining.load(Ordering::SeqCst) {
+        while !self.is_draining() {
             let free = self.max_calls.saturating_sub(self.running_count());
             if free > 0 {
                 match self.claim(&mut registry, free) {
@@ -282,8 +283,8 @@ impl Worker {
     /// node has room and nothing makes it wait its turn (a `concurrency`)
     /// or come back (`retries`): what most HTTP calls are. Records it
     /// without a transaction of its own (the recorder writes it with
-    /// others, once, as it ended). Returns its id once its record is
-    /// written, or None if it must be queued instead.
+    /// others, once, as it ended). Returns where its record comes once it
+    /// is written, or None if the call must be queued instead.
     pub fn call_now(
         self: &Arc<Self>,
         app: &str,
@@ -291,7 +292,7 @@ impl Worker {
         args: Vec<String>,
         env: BTreeMap<String, String>,
     ) -> Result<Option<oneshot::Receiver<Answer>>> {
-        if self.draining.load(Ordering::SeqCst) || self.running_count() >= self.max_calls {
+        if self.is_draining() || self.running_count() >= self.max_calls {
             return Ok(None);
         }
         let (live, function) = self.live_app(app, function)?;
