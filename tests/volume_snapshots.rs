@@ -47,7 +47,12 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             let meta = std::fs::symlink_metadata(&entry).unwrap();
             let value = if meta.is_symlink() {
                 let mut v = b"link:".to_vec();
-                v.extend(std::fs::read_link(&entry).unwrap().as_os_str().as_encoded_bytes());
+                v.extend(
+                    std::fs::read_link(&entry)
+                        .unwrap()
+                        .as_os_str()
+                        .as_encoded_bytes(),
+                );
                 v
             } else if meta.is_dir() {
                 stack.push(entry.clone());
@@ -119,8 +124,15 @@ mounts = { "/cache" = { volume = "data", read_only = true, sub_path = "host-link
     run("sub", &["write", "/cache/weights", "w"]).success();
     let volume = env.volume_dir("models");
     assert_eq!(std::fs::read(volume.join("hf/v2/weights")).unwrap(), b"w");
-    assert_eq!(run("sub", &["ls", "/cache"]).success().stdout(), "weights\n");
-    for escape in ["/cache/../secret", "/cache/../../secret", "/cache/./../../secret"] {
+    assert_eq!(
+        run("sub", &["ls", "/cache"]).success().stdout(),
+        "weights\n"
+    );
+    for escape in [
+        "/cache/../secret",
+        "/cache/../../secret",
+        "/cache/./../../secret",
+    ] {
         let read = run("sub", &["read", escape]);
         assert_eq!(read.code(), 1, "{escape}: {}", read.stdout());
         assert!(!read.stdout().contains("top"));
@@ -171,11 +183,22 @@ module = "{guest:fsops}"
 mounts = { "/cache" = { volume = "data", sub_path = "hf" } }
 "#,
     );
-    let mut child = env.spawn_guarded(&["run", path(&holder), "--", "hold-lock", "/data/hf/k", "60000"]);
+    let mut child = env.spawn_guarded(&[
+        "run",
+        path(&holder),
+        "--",
+        "hold-lock",
+        "/data/hf/k",
+        "60000",
+    ]);
     StdoutLines::of(&mut child).until("locked", Duration::from_secs(60));
-    let answer = guest(&env, &sub, &["try-lock", "/cache/k"]).success().stdout();
+    let answer = guest(&env, &sub, &["try-lock", "/cache/k"])
+        .success()
+        .stdout();
     assert_eq!(answer.trim(), "busy");
-    let other = guest(&env, &sub, &["try-lock", "/cache/other"]).success().stdout();
+    let other = guest(&env, &sub, &["try-lock", "/cache/other"])
+        .success()
+        .stdout();
     assert_eq!(other.trim(), "acquired");
 }
 
@@ -189,7 +212,10 @@ fn bad_sub_paths_and_writable_snapshots_are_app_toml_errors() {
         (r#"sub_path = "/etc""#, "is absolute"),
         (r#"sub_path = "a//b""#, "empty component"),
         (r#"sub_path = "a/./b""#, "`.` component"),
-        (r#"snapshot = "v1", read_only = false"#, "cannot be writable"),
+        (
+            r#"snapshot = "v1", read_only = false"#,
+            "cannot be writable",
+        ),
         (r#"snapshot = "../v1""#, "invalid snapshot name"),
     ];
     for (i, (keys, problem)) in cases.iter().enumerate() {
@@ -229,13 +255,20 @@ fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
     }
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(env.work.path().join("big"), &big).unwrap();
-    env.run(&["volume", "put", "data", path(&env.work.path().join("big")), "/d/big"])
-        .success();
+    env.run(&[
+        "volume",
+        "put",
+        "data",
+        path(&env.work.path().join("big")),
+        "/d/big",
+    ])
+    .success();
     let volume = env.volume_dir("data");
     let original = tree(&volume);
     assert_eq!(original.len(), 6, "{:?}", original.keys());
 
-    env.run(&["volume", "snapshot", "create", "data", "v1"]).success();
+    env.run(&["volume", "snapshot", "create", "data", "v1"])
+        .success();
     assert_eq!(snapshot_names(&env, "data"), ["v1"]);
 
     for args in [
@@ -256,8 +289,18 @@ fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
         "data",
         r#", "/snap" = { volume = "data", snapshot = "v1" }"#,
     );
-    assert_eq!(guest(&env, &reader, &["read", "/snap/a"]).success().stdout(), "one");
-    assert_eq!(guest(&env, &reader, &["read", "/snap/d/b"]).success().stdout(), "two");
+    assert_eq!(
+        guest(&env, &reader, &["read", "/snap/a"])
+            .success()
+            .stdout(),
+        "one"
+    );
+    assert_eq!(
+        guest(&env, &reader, &["read", "/snap/d/b"])
+            .success()
+            .stdout(),
+        "two"
+    );
     for write in [
         &["write", "/snap/a", "overwritten"][..],
         &["write", "/snap/fresh", "x"],
@@ -274,11 +317,13 @@ fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
         .join("v1");
     assert_eq!(tree(&snapshot_dir), original);
 
-    env.run(&["volume", "snapshot", "restore", "data", "v1"]).success();
+    env.run(&["volume", "snapshot", "restore", "data", "v1"])
+        .success();
     assert_eq!(tree(&volume), original);
 
     // A fork is the snapshot, and then its own.
-    env.run(&["volume", "create", "fork", "--from", "data@v1"]).success();
+    env.run(&["volume", "create", "fork", "--from", "data@v1"])
+        .success();
     let fork_dir = env.volume_dir("fork");
     assert_eq!(tree(&fork_dir), original);
     let fork_writer = app(&env, "fork-writer", "fork", "");
@@ -305,7 +350,8 @@ fn rename_keeps_data_and_locks_and_frees_the_old_name() {
     let env = TestEnv::new();
     let old_app = app(&env, "old-app", "old", "");
     guest(&env, &old_app, &["write", "/data/kept", "data"]).success();
-    env.run(&["volume", "snapshot", "create", "old", "s1"]).success();
+    env.run(&["volume", "snapshot", "create", "old", "s1"])
+        .success();
     let mut holder =
         env.spawn_guarded(&["run", path(&old_app), "--", "hold-lock", "/data/k", "60000"]);
     StdoutLines::of(&mut holder).until("locked", Duration::from_secs(60));
@@ -316,20 +362,33 @@ fn rename_keeps_data_and_locks_and_frees_the_old_name() {
     one_line_error(&refused, 1, "pass --force");
     assert_eq!(env.volume_dir("old"), dir);
 
-    env.run(&["volume", "rename", "old", "new", "--force"]).success();
+    env.run(&["volume", "rename", "old", "new", "--force"])
+        .success();
     assert_eq!(env.volume_dir("new"), dir);
     let new_app = app(&env, "new-app", "new", "");
-    assert_eq!(guest(&env, &new_app, &["read", "/data/kept"]).success().stdout(), "data");
-    let answer = guest(&env, &new_app, &["try-lock", "/data/k"]).success().stdout();
+    assert_eq!(
+        guest(&env, &new_app, &["read", "/data/kept"])
+            .success()
+            .stdout(),
+        "data"
+    );
+    let answer = guest(&env, &new_app, &["try-lock", "/data/k"])
+        .success()
+        .stdout();
     assert_eq!(answer.trim(), "busy", "the lock held under the old name");
     assert_eq!(snapshot_names(&env, "new"), ["s1"]);
 
     // The old name names nothing; an app naming it gets a new, empty volume.
     let missing = env.run(&["volume", "ls", "old"]);
     one_line_error(&missing, 2, "no volume is named `old`");
-    assert_eq!(guest(&env, &old_app, &["ls", "/data"]).success().stdout(), "");
+    assert_eq!(
+        guest(&env, &old_app, &["ls", "/data"]).success().stdout(),
+        ""
+    );
     assert_ne!(env.volume_dir("old"), dir);
-    let answer = guest(&env, &old_app, &["try-lock", "/data/k"]).success().stdout();
+    let answer = guest(&env, &old_app, &["try-lock", "/data/k"])
+        .success()
+        .stdout();
     assert_eq!(answer.trim(), "acquired");
 }
 
@@ -340,8 +399,10 @@ fn snapshots_and_restores_are_refused_while_running_apps_write() {
     let env = TestEnv::new();
     let writer = app(&env, "writer", "busy", "");
     guest(&env, &writer, &["write", "/data/a", "one"]).success();
-    env.run(&["volume", "snapshot", "create", "busy", "v1"]).success();
-    let mut child = env.spawn_guarded(&["run", path(&writer), "--", "hold-lock", "/data/k", "60000"]);
+    env.run(&["volume", "snapshot", "create", "busy", "v1"])
+        .success();
+    let mut child =
+        env.spawn_guarded(&["run", path(&writer), "--", "hold-lock", "/data/k", "60000"]);
     StdoutLines::of(&mut child).until("locked", Duration::from_secs(60));
 
     one_line_error(
@@ -374,9 +435,12 @@ mounts = { "/snap" = { volume = "data", snapshot = "v1" } }
     );
     let mut child = env.spawn_guarded(&["run", path(&reader), "--", "echo-after", "60000", "x"]);
     common::eventually(Duration::from_secs(60), "the reader running", || {
-        env.apps().iter().any(|a| a["name"] == "reader" && a["state"] == "running")
+        env.apps()
+            .iter()
+            .any(|a| a["name"] == "reader" && a["state"] == "running")
     });
-    env.run(&["volume", "snapshot", "create", "busy", "v3"]).success();
+    env.run(&["volume", "snapshot", "create", "busy", "v3"])
+        .success();
     one_line_error(
         &env.run(&["volume", "snapshot", "delete", "busy", "v1"]),
         1,
@@ -384,7 +448,8 @@ mounts = { "/snap" = { volume = "data", snapshot = "v1" } }
     );
     let _ = child.kill();
     let _ = child.wait();
-    env.run(&["volume", "snapshot", "delete", "busy", "v1"]).success();
+    env.run(&["volume", "snapshot", "delete", "busy", "v1"])
+        .success();
     assert_eq!(snapshot_names(&env, "busy"), ["v2", "v3"]);
 }
 
@@ -416,8 +481,10 @@ fn cp_copies_inside_a_volume_without_following_links() {
         Path::new("/etc/passwd")
     );
     // A file into a directory, and a file to a new name.
-    env.run(&["volume", "cp", "cpvol", "/src/f", "/other"]).success();
-    env.run(&["volume", "cp", "cpvol", "/src/sub/g", "/other/h"]).success();
+    env.run(&["volume", "cp", "cpvol", "/src/f", "/other"])
+        .success();
+    env.run(&["volume", "cp", "cpvol", "/src/sub/g", "/other/h"])
+        .success();
     assert_eq!(std::fs::read(volume.join("other/f")).unwrap(), b"file");
     assert_eq!(std::fs::read(volume.join("other/h")).unwrap(), b"deeper");
     // --force replaces (not merges).
@@ -428,7 +495,11 @@ fn cp_copies_inside_a_volume_without_following_links() {
     // A directory on the way to SRC that is a link is refused.
     let refused = env.run(&["volume", "cp", "cpvol", "/src/up/other/f", "/x"]);
     assert_eq!(refused.code(), 1, "{}", refused.stderr());
-    assert!(refused.stderr().contains("symbolic link"), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("symbolic link"),
+        "{}",
+        refused.stderr()
+    );
     assert!(!volume.join("x").exists());
 }
 
@@ -445,7 +516,8 @@ fn bad_input_to_each_command_changes_nothing() {
         guest(&env, &writer, args).success();
     }
     env.run(&["volume", "create", "other"]).success();
-    env.run(&["volume", "snapshot", "create", "data", "v1"]).success();
+    env.run(&["volume", "snapshot", "create", "data", "v1"])
+        .success();
     let volume = env.volume_dir("data");
     let before = (
         tree(env.home().join("volumes").as_path()),
@@ -453,28 +525,79 @@ fn bad_input_to_each_command_changes_nothing() {
         env.run(&["volume", "list", "--json"]).success().stdout(),
     );
     let cases: &[(&[&str], &str)] = &[
-        (&["snapshot", "create", "nosuch", "v2"], "no volume is named `nosuch`"),
-        (&["snapshot", "create", "data", "../v2"], "invalid snapshot name"),
-        (&["snapshot", "create", "data", "v1"], "already has a snapshot `v1`"),
-        (&["snapshot", "list", "nosuch"], "no volume is named `nosuch`"),
-        (&["snapshot", "restore", "data", "nosuch"], "has no snapshot `nosuch`"),
-        (&["snapshot", "restore", "nosuch", "v1"], "no volume is named"),
-        (&["snapshot", "delete", "data", "nosuch"], "has no snapshot `nosuch`"),
-        (&["snapshot", "delete", "data", "a/b"], "invalid snapshot name"),
-        (&["create", "fork", "--from", "data@nosuch"], "has no snapshot `nosuch`"),
-        (&["create", "fork", "--from", "nosuch@v1"], "no volume is named"),
+        (
+            &["snapshot", "create", "nosuch", "v2"],
+            "no volume is named `nosuch`",
+        ),
+        (
+            &["snapshot", "create", "data", "../v2"],
+            "invalid snapshot name",
+        ),
+        (
+            &["snapshot", "create", "data", "v1"],
+            "already has a snapshot `v1`",
+        ),
+        (
+            &["snapshot", "list", "nosuch"],
+            "no volume is named `nosuch`",
+        ),
+        (
+            &["snapshot", "restore", "data", "nosuch"],
+            "has no snapshot `nosuch`",
+        ),
+        (
+            &["snapshot", "restore", "nosuch", "v1"],
+            "no volume is named",
+        ),
+        (
+            &["snapshot", "delete", "data", "nosuch"],
+            "has no snapshot `nosuch`",
+        ),
+        (
+            &["snapshot", "delete", "data", "a/b"],
+            "invalid snapshot name",
+        ),
+        (
+            &["create", "fork", "--from", "data@nosuch"],
+            "has no snapshot `nosuch`",
+        ),
+        (
+            &["create", "fork", "--from", "nosuch@v1"],
+            "no volume is named",
+        ),
         (&["create", "fork", "--from", "data"], "names no snapshot"),
-        (&["create", "other", "--from", "data@v1"], "volume `other` already exists"),
-        (&["create", "bad/name", "--from", "data@v1"], "invalid volume name"),
-        (&["cp", "data", "/dir", "/dir2"], "is a directory; pass --recursive"),
-        (&["cp", "data", "/file", "/dir/f"], "already exists in volume `data`; pass --force"),
-        (&["cp", "data", "/dir", "/dir/inner", "-r"], "one is inside the other"),
-        (&["cp", "data", "/dir/f", "/dir", "--force"], "one is inside the other"),
+        (
+            &["create", "other", "--from", "data@v1"],
+            "volume `other` already exists",
+        ),
+        (
+            &["create", "bad/name", "--from", "data@v1"],
+            "invalid volume name",
+        ),
+        (
+            &["cp", "data", "/dir", "/dir2"],
+            "is a directory; pass --recursive",
+        ),
+        (
+            &["cp", "data", "/file", "/dir/f"],
+            "already exists in volume `data`; pass --force",
+        ),
+        (
+            &["cp", "data", "/dir", "/dir/inner", "-r"],
+            "one is inside the other",
+        ),
+        (
+            &["cp", "data", "/dir/f", "/dir", "--force"],
+            "one is inside the other",
+        ),
         (&["cp", "data", "/nosuch", "/x"], "/nosuch does not exist"),
         (&["cp", "data", "/../file", "/x"], "`..` component"),
         (&["cp", "nosuch", "/file", "/x"], "no volume is named"),
         (&["rename", "nosuch", "new"], "no volume is named"),
-        (&["rename", "data", "other"], "volume `other` already exists"),
+        (
+            &["rename", "data", "other"],
+            "volume `other` already exists",
+        ),
         (&["rename", "data", "bad name"], "invalid volume name"),
     ];
     for (args, needle) in cases {

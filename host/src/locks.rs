@@ -118,7 +118,10 @@ impl InstanceLocks {
                     guest_path: m.guest_path.clone(),
                     volume_id: m.volume_id.clone(),
                     read_only: m.read_only,
-                    sub_path: m.sub_path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                    sub_path: m
+                        .sub_path
+                        .as_ref()
+                        .map(|p| p.to_string_lossy().into_owned()),
                 })
                 .collect(),
             held: HashMap::new(),

@@ -130,20 +130,18 @@ pub fn create(
         (volume, &shown),
         progress,
         |dir, report| {
-            registry.write(|tx| {
-                same_volume(tx, volume, &record.id)?;
-                check(tx)?;
-                let snapshot = tx.insert_snapshot(
-                    &record.id,
-                    name,
-                    report.bytes,
-                    report.files as u64,
-                )?;
-                fs::rename(dir, &target)
-                    .with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
-                Ok(snapshot)
-            })
-            .map(|snapshot| (snapshot, report))
+            registry
+                .write(|tx| {
+                    same_volume(tx, volume, &record.id)?;
+                    check(tx)?;
+                    let snapshot =
+                        tx.insert_snapshot(&record.id, name, report.bytes, report.files as u64)?;
+                    fs::rename(dir, &target).with_context(|| {
+                        format!("cannot move the snapshot to {}", target.display())
+                    })?;
+                    Ok(snapshot)
+                })
+                .map(|snapshot| (snapshot, report))
         },
     )
 }

@@ -278,8 +278,8 @@ impl VolumeFiles {
         source_is_dir: bool,
     ) -> Result<PathBuf> {
         let mut path = relative(given)?;
-        let into_dir = given.as_os_str().as_bytes().ends_with(b"/")
-            || !source_is_dir && self.is_dir(&path);
+        let into_dir =
+            given.as_os_str().as_bytes().ends_with(b"/") || !source_is_dir && self.is_dir(&path);
         if into_dir {
             path.push(base?);
         }
@@ -351,8 +351,8 @@ impl VolumeFiles {
             self.refuse_existing(&dir, Some(&name), &dst_path)?;
         }
         let mut report = CopyReport::default();
-        let mut copier = Copier::new(dir.try_clone()?, self.side(), self.side(), &mut report)
-            .within(progress);
+        let mut copier =
+            Copier::new(dir.try_clone()?, self.side(), self.side(), &mut report).within(progress);
         if src_is_dir {
             let mut source = src_dir;
             source
@@ -567,12 +567,9 @@ impl<'a> Copier<'a> {
             ))
         };
         let bytes = match &mut self.within {
-            Some(within) => {
-                let bytes = clone_or_copy(&source, &target, &mut within.reflink)
-                    .and_then(|bytes| keep_mode_and_times(&source, &target).map(|()| bytes))
-                    .map_err(|e| failed(e, self))?;
-                bytes
-            }
+            Some(within) => clone_or_copy(&source, &target, &mut within.reflink)
+                .and_then(|bytes| keep_mode_and_times(&source, &target).map(|()| bytes))
+                .map_err(|e| failed(e, self))?,
             None => {
                 let bytes = sparse::copy(&source, &target).map_err(|e| failed(e, self))?;
                 if let Side::Volume(_) = self.to {
@@ -594,7 +591,9 @@ impl<'a> Copier<'a> {
     fn link(&mut self, dir: &Cursor, name: &OsStr, target_name: &OsStr) -> Result<()> {
         let text = match rustix::fs::readlinkat(dir.fd(), name, Vec::new()) {
             Err(rustix::io::Errno::NOENT) => return Ok(()),
-            other => other.map_err(|e| self.from.error("read", WalkError::new(dir.child(name), e)))?,
+            other => {
+                other.map_err(|e| self.from.error("read", WalkError::new(dir.child(name), e)))?
+            }
         };
         rustix::fs::symlinkat(text.as_c_str(), self.target.fd(), target_name).map_err(|e| {
             self.to
@@ -684,7 +683,10 @@ fn clone_or_copy(source: &File, target: &File, reflink: &mut bool) -> io::Result
 /// Gives `target` the permission bits and times of `source`.
 fn keep_mode_and_times(source: &File, target: &File) -> io::Result<()> {
     let stat = rustix::fs::fstat(source)?;
-    rustix::fs::fchmod(target, rustix::fs::Mode::from_raw_mode(stat.st_mode & 0o7777))?;
+    rustix::fs::fchmod(
+        target,
+        rustix::fs::Mode::from_raw_mode(stat.st_mode & 0o7777),
+    )?;
     let time = |sec, nsec| rustix::fs::Timespec {
         tv_sec: sec,
         tv_nsec: nsec as _,
@@ -719,9 +721,13 @@ pub fn clone_tree(
     let source = Cursor::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     let target = Cursor::open(to).with_context(|| format!("cannot open {}", to.display()))?;
     let mut report = CopyReport::default();
-    let mut copier =
-        Copier::new(target.try_clone()?, Side::Volume(names.0), Side::Volume(names.1), &mut report)
-            .within(progress);
+    let mut copier = Copier::new(
+        target.try_clone()?,
+        Side::Volume(names.0),
+        Side::Volume(names.1),
+        &mut report,
+    )
+    .within(progress);
     volume_walk::walk(source, &mut copier).map_err(|e| Side::Volume(names.0).walk_error(e))?;
     sync_fs(&target)?;
     Ok(report)

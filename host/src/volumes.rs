@@ -61,7 +61,11 @@ pub fn trash_dir(home: &Home, dir: &Path) -> Result<()> {
 /// moving the files, a lock directory a lock call made as its volume was
 /// deleted, or a snapshot copy whose process died (see `snapshots`).
 /// Call inside a registry write transaction, so no volume is half-created.
-pub fn trash_orphans(home: &Home, known_ids: &[String], snapshots: &[SnapshotRecord]) -> Result<()> {
+pub fn trash_orphans(
+    home: &Home,
+    known_ids: &[String],
+    snapshots: &[SnapshotRecord],
+) -> Result<()> {
     for parent in [home.volumes_dir(), home.locks_dir(), home.snapshots_dir()] {
         for entry in fs::read_dir(parent)? {
             let name = entry?.file_name();

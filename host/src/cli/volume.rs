@@ -299,9 +299,8 @@ fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotComma
             snapshot,
             force,
         } => {
-            let (record, report) = with_progress(|p| {
-                snapshots::create(home, registry, &volume, &snapshot, force, p)
-            })?;
+            let (record, report) =
+                with_progress(|p| snapshots::create(home, registry, &volume, &snapshot, force, p))?;
             report_skipped(&report.skipped);
             outln!(
                 "created snapshot `{snapshot}` of volume `{volume}` at {}: {} file(s), {} bytes",

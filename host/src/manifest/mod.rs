@@ -246,7 +246,9 @@ pub fn check_sub_path(sub_path: &str) -> Result<String, String> {
                 return Err(format!("`sub_path = \"{shown}\"` has a `{part}` component"));
             }
             _ if part.contains(|c: char| c.is_control()) => {
-                return Err(format!("`sub_path = \"{shown}\"` holds a control character"));
+                return Err(format!(
+                    "`sub_path = \"{shown}\"` holds a control character"
+                ));
             }
             _ => {}
         }

@@ -20,10 +20,10 @@ use crate::manifest::AppManifest;
 mod calls;
 mod snapshots;
 
-pub use snapshots::SnapshotRecord;
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
+pub use snapshots::SnapshotRecord;
 
 /// The registry's schema as an ordered list of migrations: applying
 /// `MIGRATIONS[i]` takes a registry at version `i` (`PRAGMA user_version`)

@@ -65,7 +65,8 @@ impl Tx<'_> {
     }
 
     pub fn snapshot(&self, volume_id: &str, name: &str) -> Result<Option<SnapshotRecord>> {
-        let sql = format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE volume_id = ?1 AND name = ?2");
+        let sql =
+            format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE volume_id = ?1 AND name = ?2");
         Ok(self
             .tx
             .query_row(&sql, params![volume_id, name], snapshot_from_row)
