@@ -54,25 +54,52 @@ impl Staging {
         }
         Ok(Self { dir, lease })
     }
+}
 
-    /// Fills the directory with a copy of `from` and runs `place` (which
-    /// moves it into place inside a registry transaction); on any failure
-    /// the copy goes to the trash.
-    fn fill_and_place<T>(
+/// What one copy is: where it comes from, what messages call its two
+/// sides (`data`, `data@v1`), and the registry checks that must pass
+/// before it starts and again as it is placed.
+struct CopyJob<'a, C> {
+    /// The named volume the copy is of, or from a snapshot of.
+    volume: &'a VolumeRecord,
+    from: PathBuf,
+    names: (&'a str, &'a str),
+    check: C,
+}
+
+impl<C: Fn(&Tx) -> Result<()>> CopyJob<'_, C> {
+    /// Checks, copies into a new staging directory, then, in one registry
+    /// transaction, checks again (the volume is still the one it was too)
+    /// and runs `place`, which records the copy and moves it into place.
+    /// On any failure the copy goes to the trash.
+    fn run<T>(
         self,
         home: &Home,
-        from: &Path,
-        names: (&str, &str),
+        registry: &mut Registry,
         progress: Progress,
-        place: impl FnOnce(&Path, CopyReport) -> Result<T>,
-    ) -> Result<T> {
-        let result = volume_files::clone_tree(from, &self.dir, names, progress)
-            .and_then(|report| place(&self.dir, report));
+        place: impl Fn(&Tx, &Path, &CopyReport) -> Result<T>,
+    ) -> Result<(T, CopyReport)> {
+        registry.read(&self.check)?;
+        let staging = Staging::new(home, &self.volume.id)?;
+        let result = volume_files::clone_tree(&self.from, &staging.dir, self.names, progress)
+            .and_then(|report| {
+                let placed = registry.write(|tx| {
+                    let name = self.volume.name.as_deref().unwrap_or_default();
+                    if apps::named_volume_in(tx, name)?.id != self.volume.id {
+                        anyhow::bail!(
+                            "volume `{name}` was deleted or replaced while it was being copied"
+                        );
+                    }
+                    (self.check)(tx)?;
+                    place(tx, &staging.dir, &report)
+                })?;
+                Ok((placed, report))
+            });
         if result.is_err() {
-            volumes::trash_dir(home, &self.dir)?;
-            volumes::purge_in_background(home)?;
+            volumes::trash_dir(home, &staging.dir)?;
         }
-        self.lease.release();
+        staging.lease.release();
+        volumes::purge_in_background(home)?;
         result
     }
 }
@@ -84,15 +111,6 @@ fn snapshot_in(tx: &Tx, volume: &VolumeRecord, name: &str) -> Result<SnapshotRec
             "volume `{volume}` has no snapshot `{name}`; `wasmhost volume snapshot list {volume}` shows them"
         )
     })
-}
-
-/// The volume named `name` still, with the same id as when a copy began.
-fn same_volume(tx: &Tx, name: &str, id: &str) -> Result<VolumeRecord> {
-    let volume = apps::named_volume_in(tx, name)?;
-    if volume.id != id {
-        anyhow::bail!("volume `{name}` was deleted or replaced while it was being copied");
-    }
-    Ok(volume)
 }
 
 /// `volume snapshot create VOLUME NAME`: copies the volume (sharing data
@@ -108,42 +126,32 @@ pub fn create(
 ) -> Result<(SnapshotRecord, CopyReport)> {
     check_name(name, "snapshot")?;
     let record = apps::named_volume(registry, volume)?;
-    let check = |tx: &Tx| {
-        if tx.snapshot(&record.id, name)?.is_some() {
-            return Err(usage!(
-                "volume `{volume}` already has a snapshot `{name}`; delete it first with `wasmhost volume snapshot delete {volume} {name}`, or choose another name"
-            ));
-        }
-        apps::refuse_if_mounted(
-            tx,
-            &record,
-            MountFilter::Writable,
-            Some((force, "snapshot it while they may write")),
-        )
-    };
-    registry.read(check)?;
-    let target = home.snapshot_dir(&record.id, name);
     let shown = format!("{volume}@{name}");
-    Staging::new(home, &record.id)?.fill_and_place(
-        home,
-        &home.volume_dir(&record.id),
-        (volume, &shown),
-        progress,
-        |dir, report| {
-            registry
-                .write(|tx| {
-                    same_volume(tx, volume, &record.id)?;
-                    check(tx)?;
-                    let snapshot =
-                        tx.insert_snapshot(&record.id, name, report.bytes, report.files as u64)?;
-                    fs::rename(dir, &target).with_context(|| {
-                        format!("cannot move the snapshot to {}", target.display())
-                    })?;
-                    Ok(snapshot)
-                })
-                .map(|snapshot| (snapshot, report))
+    let copy = CopyJob {
+        volume: &record,
+        from: home.volume_dir(&record.id),
+        names: (volume, &shown),
+        check: |tx: &Tx| {
+            if tx.snapshot(&record.id, name)?.is_some() {
+                return Err(usage!(
+                    "volume `{volume}` already has a snapshot `{name}`; delete it first with `wasmhost volume snapshot delete {volume} {name}`, or choose another name"
+                ));
+            }
+            apps::refuse_if_mounted(
+                tx,
+                &record,
+                MountFilter::Writable,
+                Some((force, "snapshot it while they may write")),
+            )
         },
-    )
+    };
+    copy.run(home, registry, progress, |tx, dir, report| {
+        let snapshot = tx.insert_snapshot(&record.id, name, report.bytes, report.files as u64)?;
+        let target = home.snapshot_dir(&record.id, name);
+        fs::rename(dir, &target)
+            .with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
+        Ok(snapshot)
+    })
 }
 
 /// `volume snapshot list VOLUME`.
@@ -183,33 +191,23 @@ pub fn restore(
 ) -> Result<CopyReport> {
     check_name(name, "snapshot")?;
     let record = apps::named_volume(registry, volume)?;
-    let check = |tx: &Tx| {
-        snapshot_in(tx, &record, name)?;
-        apps::refuse_if_mounted(
-            tx,
-            &record,
-            MountFilter::Any,
-            Some((force, "restore it anyway")),
-        )
-    };
-    registry.read(check)?;
-    let live = home.volume_dir(&record.id);
     let shown = format!("{volume}@{name}");
-    let report = Staging::new(home, &record.id)?.fill_and_place(
-        home,
-        &home.snapshot_dir(&record.id, name),
-        (&shown, volume),
-        progress,
-        |dir, report| {
-            registry.write(|tx| {
-                same_volume(tx, volume, &record.id)?;
-                check(tx)?;
-                swap(home, dir, &live)
-            })?;
-            Ok(report)
+    let copy = CopyJob {
+        volume: &record,
+        from: home.snapshot_dir(&record.id, name),
+        names: (&shown, volume),
+        check: |tx: &Tx| {
+            snapshot_in(tx, &record, name)?;
+            apps::refuse_if_mounted(
+                tx,
+                &record,
+                MountFilter::Any,
+                Some((force, "restore it anyway")),
+            )
         },
-    )?;
-    volumes::purge_in_background(home)?;
+    };
+    let live = home.volume_dir(&record.id);
+    let ((), report) = copy.run(home, registry, progress, |_, dir, _| swap(home, dir, &live))?;
     Ok(report)
 }
 
@@ -242,36 +240,26 @@ pub fn fork(
     })?;
     check_name(name, "snapshot")?;
     let record = apps::named_volume(registry, volume)?;
-    let check = |tx: &Tx| {
-        if tx.named_volume(new)?.is_some() {
-            return Err(usage!("volume `{new}` already exists"));
-        }
-        snapshot_in(tx, &record, name)
-    };
-    registry.read(check)?;
-    Staging::new(home, &record.id)?.fill_and_place(
-        home,
-        &home.snapshot_dir(&record.id, name),
-        (from, new),
-        progress,
-        |dir, report| {
-            registry
-                .write(|tx| {
-                    same_volume(tx, volume, &record.id)?;
-                    check(tx)?;
-                    let created = apps::insert_named_volume(tx, new)?;
-                    let target = home.volume_dir(&created.id);
-                    fs::rename(dir, &target).with_context(|| {
-                        format!("cannot move the new volume to {}", target.display())
-                    })?;
-                    fs::create_dir(home.volume_locks_dir(&created.id)).with_context(|| {
-                        format!("cannot create volume `{new}`'s lock directory")
-                    })?;
-                    Ok(created)
-                })
-                .map(|created| (created, report))
+    let copy = CopyJob {
+        volume: &record,
+        from: home.snapshot_dir(&record.id, name),
+        names: (from, new),
+        check: |tx: &Tx| {
+            if tx.named_volume(new)?.is_some() {
+                return Err(usage!("volume `{new}` already exists"));
+            }
+            snapshot_in(tx, &record, name).map(drop)
         },
-    )
+    };
+    copy.run(home, registry, progress, |tx, dir, _| {
+        let created = apps::insert_named_volume(tx, new)?;
+        let target = home.volume_dir(&created.id);
+        fs::rename(dir, &target)
+            .with_context(|| format!("cannot move the new volume to {}", target.display()))?;
+        fs::create_dir(home.volume_locks_dir(&created.id))
+            .with_context(|| format!("cannot create volume `{new}`'s lock directory"))?;
+        Ok(created)
+    })
 }
 
 /// Trashes what the snapshot directories of known volumes hold that the
