@@ -392,8 +392,9 @@ fn rename_keeps_data_and_locks_and_frees_the_old_name() {
     assert_eq!(answer.trim(), "acquired");
 }
 
-/// A snapshot and a restore are refused while running apps may write the
-/// volume (unless --force); a mount of only a snapshot does not count.
+/// A snapshot is refused while running apps may write the volume, a
+/// restore while they mount it (unless --force); a mount of only a
+/// snapshot counts for neither, but keeps that snapshot from deletion.
 #[test]
 fn snapshots_and_restores_are_refused_while_running_apps_write() {
     let env = TestEnv::new();
@@ -440,6 +441,8 @@ mounts = { "/snap" = { volume = "data", snapshot = "v1" } }
             .any(|a| a["name"] == "reader" && a["state"] == "running")
     });
     env.run(&["volume", "snapshot", "create", "busy", "v3"])
+        .success();
+    env.run(&["volume", "snapshot", "restore", "busy", "v2"])
         .success();
     one_line_error(
         &env.run(&["volume", "snapshot", "delete", "busy", "v1"]),

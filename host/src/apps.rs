@@ -508,8 +508,10 @@ pub struct VolumeInUse {
 /// Which of a volume's mounts by running apps matter to an operation.
 #[derive(Clone, Copy)]
 pub enum MountFilter<'a> {
-    /// Every mount (rename, restore).
+    /// Every mount (rename).
     Any,
+    /// Mounts of the volume itself, not of its snapshots (restore).
+    Live,
     /// Mounts a guest can write through (taking a snapshot).
     Writable,
     /// Mounts of this snapshot of it (deleting the snapshot).
@@ -520,6 +522,7 @@ impl MountFilter<'_> {
     fn matches(self, mount: &MountSpec) -> bool {
         match self {
             MountFilter::Any => true,
+            MountFilter::Live => mount.snapshot.is_none(),
             MountFilter::Writable => !mount.read_only,
             MountFilter::Snapshot(name) => mount.snapshot.as_deref() == Some(name),
         }

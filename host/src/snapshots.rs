@@ -178,9 +178,9 @@ pub fn delete(home: &Home, registry: &mut Registry, volume: &str, name: &str) ->
 /// `volume snapshot restore VOLUME NAME`: the volume becomes the snapshot
 /// again. The snapshot is copied beside the volume's directory, then the
 /// two are swapped at once (`RENAME_EXCHANGE`) and the old tree goes to the
-/// trash. Refused while running apps mount the volume, unless `force`
-/// (their instances then keep the old tree until they end). Returns what
-/// was copied.
+/// trash. Refused while running apps mount the volume (its snapshots do
+/// not count), unless `force` (their instances then keep the old tree
+/// until they end). Returns what was copied.
 pub fn restore(
     home: &Home,
     registry: &mut Registry,
@@ -201,7 +201,7 @@ pub fn restore(
             apps::refuse_if_mounted(
                 tx,
                 &record,
-                MountFilter::Any,
+                MountFilter::Live,
                 Some((force, "restore it anyway")),
             )
         },
