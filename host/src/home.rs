@@ -13,6 +13,7 @@ const LOCKS_DIR: &str = "locks";
 const CACHE_DIR: &str = "cache";
 const MODULES_DIR: &str = "modules";
 const SLOTS_DIR: &str = "slots";
+const SNAPSHOTS_DIR: &str = "snapshots";
 const PURGE_REPORT: &str = "purge-errors.txt";
 
 /// The state directory, created on first use.
@@ -54,6 +55,7 @@ impl Home {
             CACHE_DIR,
             MODULES_DIR,
             SLOTS_DIR,
+            SNAPSHOTS_DIR,
         ] {
             let path = home.root.join(dir);
             std::fs::create_dir_all(&path)
@@ -73,6 +75,22 @@ impl Home {
     /// Where the files of volume `volume_id` live.
     pub fn volume_dir(&self, volume_id: &str) -> PathBuf {
         self.root.join(VOLUMES_DIR).join(volume_id)
+    }
+
+    /// One directory per volume that has snapshots: each snapshot is a
+    /// directory in it named as the snapshot, beside the copies under way
+    /// (`.op-ID`, see `snapshots`). Outside every volume, so no guest sees
+    /// them but through a snapshot mount.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join(SNAPSHOTS_DIR)
+    }
+
+    pub fn volume_snapshots_dir(&self, volume_id: &str) -> PathBuf {
+        self.snapshots_dir().join(volume_id)
+    }
+
+    pub fn snapshot_dir(&self, volume_id: &str, snapshot: &str) -> PathBuf {
+        self.volume_snapshots_dir(volume_id).join(snapshot)
     }
 
     pub fn volumes_dir(&self) -> PathBuf {

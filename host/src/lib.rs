@@ -19,6 +19,7 @@ pub mod node;
 pub mod registry;
 pub mod runtime;
 pub mod slots;
+pub mod snapshots;
 pub mod sparse;
 pub mod text;
 pub mod views;

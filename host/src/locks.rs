@@ -67,6 +67,9 @@ struct LockMount {
     guest_path: String,
     volume_id: String,
     read_only: bool,
+    /// The mount's `sub_path`, which a lock's path in the volume starts
+    /// with: one lock whichever mount of the volume names it.
+    sub_path: Option<String>,
 }
 
 /// A lock this instance holds: the locked file, and the path that names it
@@ -115,6 +118,10 @@ impl InstanceLocks {
                     guest_path: m.guest_path.clone(),
                     volume_id: m.volume_id.clone(),
                     read_only: m.read_only,
+                    sub_path: m
+                        .sub_path
+                        .as_ref()
+                        .map(|p| p.to_string_lossy().into_owned()),
                 })
                 .collect(),
             held: HashMap::new(),
@@ -217,7 +224,13 @@ impl InstanceLocks {
         if mount.read_only {
             return Err(LockError::ReadOnly);
         }
-        let relative = components[prefix_len..].join("/");
+        let relative = mount
+            .sub_path
+            .iter()
+            .map(String::as_str)
+            .chain(components[prefix_len..].iter().copied())
+            .collect::<Vec<_>>()
+            .join("/");
         let digest = sha256_hex(relative.as_bytes());
         let file = self
             .home
@@ -322,7 +335,9 @@ mod tests {
                 Mount {
                     guest_path: guest.to_string(),
                     host_dir: PathBuf::from("/nonexistent"),
+                    sub_path: None,
                     read_only: *ro,
+                    snapshot: false,
                     volume_id,
                 }
             })

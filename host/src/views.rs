@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::registry::{AppRecord, Attempt, CallRecord, Tx, VolumeRecord};
+use crate::registry::{AppRecord, Attempt, CallRecord, SnapshotRecord, Tx, VolumeRecord};
 
 /// Unix seconds as `2026-11-25T07:30:00Z`.
 pub fn timestamp(secs: i64) -> String {
@@ -33,6 +33,16 @@ pub fn volume_json(volume: &VolumeRecord) -> Value {
         "id": volume.id,
         "app_id": volume.app_id,
         "created_at": timestamp(volume.created_at),
+    })
+}
+
+/// A row of `volume snapshot list --json`.
+pub fn snapshot_json(snapshot: &SnapshotRecord) -> Value {
+    json!({
+        "name": snapshot.name,
+        "created_at": timestamp(snapshot.created_at),
+        "files": snapshot.files,
+        "bytes": snapshot.bytes,
     })
 }
 

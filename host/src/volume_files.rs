@@ -227,34 +227,16 @@ impl VolumeFiles {
             }
         };
         let local_is_dir = is_dir(&local_stat);
-        let mut remote_path = relative(remote)?;
-        let into_dir = remote.as_os_str().as_bytes().ends_with(b"/")
-            || !local_is_dir && self.is_dir(&remote_path);
-        if into_dir {
-            let base = local.file_name().ok_or_else(|| {
-                usage!(
-                    "{} has no file name; give a REMOTE path",
-                    escape_name(local.as_os_str())
-                )
-            })?;
-            remote_path.push(base);
-        }
-        if remote_path.as_os_str().is_empty() && !local_is_dir {
-            return Err(usage!(
-                "cannot put a file at the root of volume `{}`; give a REMOTE path",
-                self.name
-            ));
-        }
+        let base = local.file_name().ok_or_else(|| {
+            usage!(
+                "{} has no file name; give a REMOTE path",
+                escape_name(local.as_os_str())
+            )
+        });
+        let remote_path = self.destination(remote, base, local_is_dir)?;
         let (dir, name) = self.make_parents(&remote_path)?;
-        if let Some(name) = &name
-            && !force
-            && dir.stat(name).is_ok()
-        {
-            return Err(usage!(
-                "{} already exists in volume `{}`; pass --force to overwrite",
-                display(&remote_path),
-                self.name
-            ));
+        if !force {
+            self.refuse_existing(&dir, name.as_deref(), &remote_path)?;
         }
         let mut report = CopyReport::default();
         let kind = FileType::from_raw_mode(local_stat.st_mode);
@@ -283,6 +265,108 @@ impl VolumeFiles {
                 kind: kind_name(&local_stat),
             });
         }
+        Ok(report)
+    }
+
+    /// Where a copy of something named `base` (a directory if `is_dir`)
+    /// given `given` as its destination goes: inside `given` when it ends
+    /// with `/`, or when it is a directory and what is copied is not.
+    fn destination(
+        &self,
+        given: &Path,
+        base: Result<&OsStr>,
+        source_is_dir: bool,
+    ) -> Result<PathBuf> {
+        let mut path = relative(given)?;
+        let into_dir =
+            given.as_os_str().as_bytes().ends_with(b"/") || !source_is_dir && self.is_dir(&path);
+        if into_dir {
+            path.push(base?);
+        }
+        if path.as_os_str().is_empty() && !source_is_dir {
+            return Err(usage!(
+                "cannot copy a file to the root of volume `{}`; give a destination path",
+                self.name
+            ));
+        }
+        Ok(path)
+    }
+
+    /// Refuses `name` in `dir` (the root when `None`) if it exists.
+    fn refuse_existing(&self, dir: &Cursor, name: Option<&OsStr>, relative: &Path) -> Result<()> {
+        if let Some(name) = name
+            && dir.stat(name).is_ok()
+        {
+            return Err(usage!(
+                "{} already exists in volume `{}`; pass --force to overwrite",
+                display(relative),
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// `volume cp`: copies `src` to `dst` inside this volume, through no
+    /// link: a symbolic link is copied as a link (its text unchanged, never
+    /// followed), modes and times are kept, and data is shared by reflink
+    /// where the file system can. A directory needs `recursive`; an
+    /// existing `dst` needs `force`, and is then replaced, not merged. One
+    /// inside the other is refused. Returns what was copied.
+    pub fn cp(
+        &self,
+        src: &Path,
+        dst: &Path,
+        recursive: bool,
+        force: bool,
+        progress: &mut dyn FnMut(&CopyReport),
+    ) -> Result<CopyReport> {
+        let src_path = relative(src)?;
+        let (src_dir, src_name) = self.locate(&src_path, "read")?;
+        let stat = self.stat(&src_dir, src_name.as_deref(), &src_path)?;
+        let src_is_dir = is_dir(&stat);
+        if src_is_dir && !recursive {
+            return Err(usage!(
+                "{} in volume `{}` is a directory; pass --recursive",
+                display(&src_path),
+                self.name
+            ));
+        }
+        let base = src_name
+            .as_deref()
+            .ok_or_else(|| usage!("the root of volume `{}` has no name", self.name));
+        let dst_path = self.destination(dst, base, src_is_dir)?;
+        if dst_path.starts_with(&src_path) || src_path.starts_with(&dst_path) {
+            return Err(usage!(
+                "cannot copy {} to {} in volume `{}`: one is inside the other",
+                display(&src_path),
+                display(&dst_path),
+                self.name
+            ));
+        }
+        let (dir, name) = self.make_parents(&dst_path)?;
+        let name = name.expect("the root is inside every source");
+        if force {
+            volume_walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))?;
+        } else {
+            self.refuse_existing(&dir, Some(&name), &dst_path)?;
+        }
+        let mut report = CopyReport::default();
+        let mut copier =
+            Copier::new(dir.try_clone()?, self.side(), self.side(), &mut report).within(progress);
+        if src_is_dir {
+            let mut source = src_dir;
+            source
+                .descend(src_name.as_deref().expect("not the root"))
+                .map_err(|e| self.side().error("read", e))?;
+            copier
+                .target
+                .descend_making(&name)
+                .map_err(|e| self.side().error_in("write", &dst_path, e))?;
+            volume_walk::walk(source, &mut copier).map_err(|e| self.side().walk_error(e))?;
+        } else {
+            copier.entry_as(&src_dir, src_name.as_deref().expect("a file"), &stat, &name)?;
+        }
+        sync_fs(&dir)?;
         Ok(report)
     }
 
@@ -414,6 +498,20 @@ struct Copier<'a> {
     from: Side<'a>,
     to: Side<'a>,
     report: &'a mut CopyReport,
+    /// Set by [`Copier::within`]: a copy inside wasmhost's own store.
+    within: Option<Within<'a>>,
+}
+
+/// How a copy inside wasmhost's store (a volume to itself, or to and from
+/// a snapshot) differs from one across the host boundary: it is to be the
+/// same tree again, so links are copied as links (never followed), modes
+/// and times are kept, data is shared by reflink where the file system
+/// can, and the caller syncs once at the end rather than per file.
+struct Within<'a> {
+    /// False once a reflink failed: the file system cannot, so every file
+    /// after is copied.
+    reflink: bool,
+    progress: &'a mut dyn FnMut(&CopyReport),
 }
 
 impl<'a> Copier<'a> {
@@ -423,7 +521,16 @@ impl<'a> Copier<'a> {
             from,
             to,
             report,
+            within: None,
         }
+    }
+
+    fn within(mut self, progress: &'a mut dyn FnMut(&CopyReport)) -> Self {
+        self.within = Some(Within {
+            reflink: true,
+            progress,
+        });
+        self
     }
 
     fn skip(&mut self, relative: &Path, kind: &'static str) {
@@ -452,19 +559,67 @@ impl<'a> Copier<'a> {
             Err(e) => return Err(self.from.error("read", e)),
         };
         let target = self.create(target_name)?;
-        let bytes = sparse::copy(&source, &target).with_context(|| {
-            format!(
+        let failed = |e: io::Error, this: &Self| {
+            anyhow::Error::from(e).context(format!(
                 "cannot copy {} to {}",
-                self.from.place(&dir.child(name)),
-                self.to.place(&self.target.child(target_name))
-            )
-        })?;
-        if let Side::Volume(_) = self.to {
-            target.sync_all()?;
-        }
+                this.from.place(&dir.child(name)),
+                this.to.place(&this.target.child(target_name))
+            ))
+        };
+        let bytes = match &mut self.within {
+            Some(within) => clone_or_copy(&source, &target, &mut within.reflink)
+                .and_then(|bytes| keep_mode_and_times(&source, &target).map(|()| bytes))
+                .map_err(|e| failed(e, self))?,
+            None => {
+                let bytes = sparse::copy(&source, &target).map_err(|e| failed(e, self))?;
+                if let Side::Volume(_) = self.to {
+                    target.sync_all()?;
+                }
+                bytes
+            }
+        };
         self.report.files += 1;
         self.report.bytes += bytes;
+        if let Some(within) = &mut self.within {
+            (within.progress)(self.report);
+        }
         Ok(())
+    }
+
+    /// Copies the link `name` in `dir` as a link named `target_name`: its
+    /// text, never what it points at.
+    fn link(&mut self, dir: &Cursor, name: &OsStr, target_name: &OsStr) -> Result<()> {
+        let text = match rustix::fs::readlinkat(dir.fd(), name, Vec::new()) {
+            Err(rustix::io::Errno::NOENT) => return Ok(()),
+            other => {
+                other.map_err(|e| self.from.error("read", WalkError::new(dir.child(name), e)))?
+            }
+        };
+        rustix::fs::symlinkat(text.as_c_str(), self.target.fd(), target_name).map_err(|e| {
+            self.to
+                .error("write", WalkError::new(self.target.child(target_name), e))
+        })?;
+        self.report.files += 1;
+        Ok(())
+    }
+
+    /// Copies what `name` in `dir` is (`stat`) to `target_name`: a file; a
+    /// link, inside wasmhost's store; anything else is skipped.
+    fn entry_as(
+        &mut self,
+        dir: &Cursor,
+        name: &OsStr,
+        stat: &Stat,
+        target_name: &OsStr,
+    ) -> Result<()> {
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => self.file(dir, name, target_name),
+            FileType::Symlink if self.within.is_some() => self.link(dir, name, target_name),
+            _ => {
+                self.skip(&dir.child(name), kind_name(stat));
+                Ok(())
+            }
+        }
     }
 
     /// Creates (or truncates) `name` in the target directory. A link there
@@ -496,12 +651,7 @@ impl Visitor for Copier<'_> {
     type Error = anyhow::Error;
 
     fn entry(&mut self, dir: &Cursor, name: &OsStr, stat: &Stat) -> Result<()> {
-        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
-            self.file(dir, name, name)
-        } else {
-            self.skip(&dir.child(name), kind_name(stat));
-            Ok(())
-        }
+        self.entry_as(dir, name, stat, name)
     }
 
     fn enter(&mut self, _: &Cursor, name: &OsStr) -> Result<()> {
@@ -513,6 +663,74 @@ impl Visitor for Copier<'_> {
     fn leave(&mut self, _: &Cursor, _: &OsStr) -> Result<()> {
         self.target.ascend().map_err(|e| self.to.error("write", e))
     }
+}
+
+/// Makes `target` (empty) hold what `source` holds: a reflink (`FICLONE`,
+/// btrfs and XFS), which shares the data until either is written, while
+/// `reflink` says the file system may take one; else a copy that keeps
+/// holes. Returns the length.
+fn clone_or_copy(source: &File, target: &File, reflink: &mut bool) -> io::Result<u64> {
+    if *reflink {
+        match rustix::fs::ioctl_ficlone(target, source) {
+            Ok(()) => return Ok(source.metadata()?.len()),
+            // Not this file system (or not across these two): copy from now on.
+            Err(_) => *reflink = false,
+        }
+    }
+    sparse::copy(source, target)
+}
+
+/// Gives `target` the permission bits and times of `source`.
+fn keep_mode_and_times(source: &File, target: &File) -> io::Result<()> {
+    let stat = rustix::fs::fstat(source)?;
+    rustix::fs::fchmod(
+        target,
+        rustix::fs::Mode::from_raw_mode(stat.st_mode & 0o7777),
+    )?;
+    let time = |sec, nsec| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::futimens(
+        target,
+        &rustix::fs::Timestamps {
+            last_access: time(stat.st_atime, stat.st_atime_nsec),
+            last_modification: time(stat.st_mtime, stat.st_mtime_nsec),
+        },
+    )?;
+    Ok(())
+}
+
+/// Writes what a copy inside wasmhost's store made to disk: once, for the
+/// whole file system `dir` is on, rather than a sync per file.
+fn sync_fs(dir: &Cursor) -> Result<()> {
+    rustix::fs::syncfs(dir.fd()).context("cannot sync the copy to disk")
+}
+
+/// Copies the whole tree at `from` into the empty directory `to`, both
+/// wasmhost's own (a volume root, a snapshot, a copy under way), as
+/// `volume cp` copies inside a volume (see [`VolumeFiles::cp`]);
+/// `names` are what messages call the two (`data`, `data@v1`). Returns
+/// what was copied, and tells `progress` after each file.
+pub fn clone_tree(
+    from: &Path,
+    to: &Path,
+    names: (&str, &str),
+    progress: &mut dyn FnMut(&CopyReport),
+) -> Result<CopyReport> {
+    let source = Cursor::open(from).with_context(|| format!("cannot open {}", from.display()))?;
+    let target = Cursor::open(to).with_context(|| format!("cannot open {}", to.display()))?;
+    let mut report = CopyReport::default();
+    let mut copier = Copier::new(
+        target.try_clone()?,
+        Side::Volume(names.0),
+        Side::Volume(names.1),
+        &mut report,
+    )
+    .within(progress);
+    volume_walk::walk(source, &mut copier).map_err(|e| Side::Volume(names.0).walk_error(e))?;
+    sync_fs(&target)?;
+    Ok(report)
 }
 
 /// The file `name` in `dir` opened to read, if it is still a regular file.

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::ErrorKind;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
 use crate::home::Home;
-use crate::registry::new_id;
+use crate::registry::{SnapshotRecord, new_id};
 use crate::volume_walk::{self, Cursor, WalkError};
 
 /// Name of the flock that one purge process holds while it works.
@@ -30,28 +31,42 @@ pub fn create_dir(home: &Home, volume_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Moves a volume's files, and its host-side lock files, into the trash.
+/// Moves a volume's files, its host-side lock files and its snapshots into
+/// the trash.
 pub fn trash(home: &Home, volume_id: &str) -> Result<()> {
-    for dir in [home.volume_dir(volume_id), home.volume_locks_dir(volume_id)] {
-        let target = home.trash_dir().join(new_id(volume_id));
-        match fs::rename(&dir, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot move {} to the trash", dir.display()));
-            }
-        }
+    for dir in [
+        home.volume_dir(volume_id),
+        home.volume_locks_dir(volume_id),
+        home.volume_snapshots_dir(volume_id),
+    ] {
+        trash_dir(home, &dir)?;
     }
     Ok(())
 }
 
-/// Trashes volume and lock directories the registry does not know: what a
-/// process left when it died between committing a delete and moving the
-/// files, or a lock directory a lock call made as its volume was deleted.
+/// Moves `dir` (a volume's, a snapshot, a copy abandoned half-way) into
+/// the trash; one that is gone already is not an error.
+pub fn trash_dir(home: &Home, dir: &Path) -> Result<()> {
+    let target = home.trash_dir().join(new_id("tr"));
+    match fs::rename(dir, &target) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot move {} to the trash", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Trashes volume, lock and snapshot directories the registry does not
+/// know: what a process left when it died between committing a delete and
+/// moving the files, a lock directory a lock call made as its volume was
+/// deleted, or a snapshot copy whose process died (see `snapshots`).
 /// Call inside a registry write transaction, so no volume is half-created.
-pub fn trash_orphans(home: &Home, known_ids: &[String]) -> Result<()> {
-    for parent in [home.volumes_dir(), home.locks_dir()] {
+pub fn trash_orphans(
+    home: &Home,
+    known_ids: &[String],
+    snapshots: &[SnapshotRecord],
+) -> Result<()> {
+    for parent in [home.volumes_dir(), home.locks_dir(), home.snapshots_dir()] {
         for entry in fs::read_dir(parent)? {
             let name = entry?.file_name();
             let Some(id) = name.to_str() else { continue };
@@ -60,7 +75,7 @@ pub fn trash_orphans(home: &Home, known_ids: &[String]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    crate::snapshots::trash_orphans(home, snapshots)
 }
 
 /// Starts a detached purge process if the trash holds anything.

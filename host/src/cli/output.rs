@@ -1,7 +1,7 @@
 //! Tables and JSON for listing commands.
 
 use wasmhost::text::escape_control;
-pub use wasmhost::views::{app_json, timestamp, volume_json};
+pub use wasmhost::views::{app_json, snapshot_json, timestamp, volume_json};
 
 /// Unix milliseconds as [`timestamp`] shows seconds.
 pub fn timestamp_ms(ms: i64) -> String {

@@ -1,24 +1,33 @@
 //! `wasmhost volume …`: named volumes and their files, from the host.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
 use wasmhost::apps;
 use wasmhost::home::Home;
 use wasmhost::registry::Registry;
+use wasmhost::snapshots::{self, Progress};
 use wasmhost::text::escape_name;
-use wasmhost::volume_files::{Skipped, VolumeFiles};
+use wasmhost::volume_files::{CopyReport, Skipped, VolumeFiles};
 
 use super::confirm::confirm;
 use super::open_state;
-use super::output::{outln, table, timestamp, volume_json};
+use super::output::{outln, snapshot_json, table, timestamp, volume_json};
 use super::usage;
 
 #[derive(Subcommand)]
 pub enum VolumeCommand {
-    /// Create an empty named volume.
-    Create { name: String },
+    /// Create an empty named volume, or one forked from a snapshot.
+    Create {
+        name: String,
+        /// A snapshot to copy, as VOLUME@SNAPSHOT: the new volume is
+        /// independent of both.
+        #[arg(long, value_name = "VOLUME@SNAPSHOT")]
+        from: Option<String>,
+    },
     /// List named volumes.
     List {
         #[arg(long)]
@@ -61,6 +70,32 @@ pub enum VolumeCommand {
         #[arg(long, short)]
         recursive: bool,
     },
+    /// Copy a file or directory inside a volume. Symbolic links are copied
+    /// as links, never followed.
+    Cp {
+        name: String,
+        src: PathBuf,
+        /// Destination in the volume (a trailing `/` puts it inside).
+        dst: PathBuf,
+        /// Copy a directory and everything in it.
+        #[arg(long, short)]
+        recursive: bool,
+        /// Replace what is at DST.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rename a named volume, keeping its data, locks and snapshots; the old
+    /// name then names nothing.
+    Rename {
+        old: String,
+        new: String,
+        /// Rename it even while running apps mount it (they keep it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Read-only, point-in-time copies of a named volume.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Delete a named volume and all its data.
     Delete {
         name: String,
@@ -73,6 +108,36 @@ pub enum VolumeCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot (refused while running apps mount the volume
+    /// writable, unless --force).
+    Create {
+        volume: String,
+        snapshot: String,
+        /// Take it even while running apps may write the volume.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List a volume's snapshots.
+    List {
+        volume: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the volume back to a snapshot (refused while running apps mount
+    /// the volume, unless --force).
+    Restore {
+        volume: String,
+        snapshot: String,
+        /// Restore it even while running apps mount the volume.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a snapshot.
+    Delete { volume: String, snapshot: String },
+}
+
 pub fn execute(command: VolumeCommand) -> Result<u8> {
     let (home, mut registry) = open_state()?;
     volume_command(&home, &mut registry, command)
@@ -80,7 +145,7 @@ pub fn execute(command: VolumeCommand) -> Result<u8> {
 
 fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) -> Result<u8> {
     match command {
-        VolumeCommand::Create { name } => {
+        VolumeCommand::Create { name, from: None } => {
             let volume = apps::create_named_volume(home, registry, &name)?;
             outln!(
                 "created volume `{name}` ({}, app {})",
@@ -88,6 +153,39 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                 volume.app_id
             )?;
         }
+        VolumeCommand::Create {
+            name,
+            from: Some(from),
+        } => {
+            let (volume, report) =
+                with_progress(|p| snapshots::fork(home, registry, &name, &from, p))?;
+            outln!(
+                "created volume `{name}` ({}) from `{from}`: {} file(s), {} bytes",
+                volume.id,
+                report.files,
+                report.bytes
+            )?;
+        }
+        VolumeCommand::Cp {
+            name,
+            src,
+            dst,
+            recursive,
+            force,
+        } => {
+            let files = open_volume(home, registry, &name)?;
+            let report = with_progress(|p| files.cp(&src, &dst, recursive, force, p))?;
+            report_skipped(&report.skipped);
+            eprintln!(
+                "copied {} file(s), {} bytes in volume `{name}`",
+                report.files, report.bytes
+            );
+        }
+        VolumeCommand::Rename { old, new, force } => {
+            let volume = apps::rename_named_volume(registry, &old, &new, force)?;
+            outln!("renamed volume `{old}` ({}) to `{new}`", volume.id)?;
+        }
+        VolumeCommand::Snapshot(command) => snapshot_command(home, registry, command)?,
         VolumeCommand::List { json } => {
             let volumes = registry.read(|tx| tx.named_volumes())?;
             if json {
@@ -192,6 +290,83 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         }
     }
     Ok(0)
+}
+
+fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotCommand) -> Result<()> {
+    match command {
+        SnapshotCommand::Create {
+            volume,
+            snapshot,
+            force,
+        } => {
+            let (record, report) =
+                with_progress(|p| snapshots::create(home, registry, &volume, &snapshot, force, p))?;
+            report_skipped(&report.skipped);
+            outln!(
+                "created snapshot `{snapshot}` of volume `{volume}` at {}: {} file(s), {} bytes",
+                timestamp(record.created_at),
+                report.files,
+                report.bytes
+            )?;
+        }
+        SnapshotCommand::List { volume, json } => {
+            let list = snapshots::list(registry, &volume)?;
+            if json {
+                let list: Vec<_> = list.iter().map(snapshot_json).collect();
+                outln!("{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            timestamp(s.created_at),
+                            s.files.to_string(),
+                            s.bytes.to_string(),
+                        ]
+                    })
+                    .collect();
+                outln!("{}", table(&["NAME", "CREATED", "FILES", "BYTES"], &rows))?;
+            }
+        }
+        SnapshotCommand::Restore {
+            volume,
+            snapshot,
+            force,
+        } => {
+            let report = with_progress(|p| {
+                snapshots::restore(home, registry, &volume, &snapshot, force, p)
+            })?;
+            outln!(
+                "restored volume `{volume}` to snapshot `{snapshot}`: {} file(s), {} bytes",
+                report.files,
+                report.bytes
+            )?;
+        }
+        SnapshotCommand::Delete { volume, snapshot } => {
+            snapshots::delete(home, registry, &volume, &snapshot)?;
+            outln!("deleted snapshot `{snapshot}` of volume `{volume}`")?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a copy under a spinner counting its files, on a terminal only.
+fn with_progress<T>(copy: impl FnOnce(Progress) -> Result<T>) -> Result<T> {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::no_length()
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {pos} files {msg} {per_sec}") {
+        bar.set_style(style);
+    }
+    let result = copy(&mut |report: &CopyReport| {
+        bar.set_position(report.files as u64);
+        bar.set_message(format!("{} bytes", report.bytes));
+    });
+    bar.finish_and_clear();
+    result
 }
 
 fn open_volume(home: &Home, registry: &mut Registry, name: &str) -> Result<VolumeFiles> {

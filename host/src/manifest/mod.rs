@@ -92,6 +92,14 @@ pub struct MountSpec {
     pub guest_path: String,
     pub volume: String,
     pub read_only: bool,
+    /// A directory inside the volume that the guest sees as the mount's
+    /// root: plain names joined by `/`, none `.` or `..`.
+    #[serde(default)]
+    pub sub_path: Option<String>,
+    /// A snapshot of the volume to mount instead of the volume itself
+    /// (always read-only).
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 impl AppManifest {
@@ -220,6 +228,32 @@ pub fn entry_error(
         problem,
         fix,
     )
+}
+
+/// A mount's `sub_path`: relative, plain names (no `.`, `..` or empty
+/// component), so it names a place beneath the volume root before any
+/// link is looked at; returned without a trailing `/`.
+pub fn check_sub_path(sub_path: &str) -> Result<String, String> {
+    let shown = sub_path.escape_debug();
+    if sub_path.starts_with('/') {
+        return Err(format!("`sub_path = \"{shown}\"` is absolute"));
+    }
+    let trimmed = sub_path.strip_suffix('/').unwrap_or(sub_path);
+    for part in trimmed.split('/') {
+        match part {
+            "" => return Err(format!("`sub_path = \"{shown}\"` has an empty component")),
+            "." | ".." => {
+                return Err(format!("`sub_path = \"{shown}\"` has a `{part}` component"));
+            }
+            _ if part.contains(|c: char| c.is_control()) => {
+                return Err(format!(
+                    "`sub_path = \"{shown}\"` holds a control character"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// Whether `name` can be an environment variable's name: WASI passes
@@ -379,11 +413,7 @@ impl Validator<'_> {
                     fix,
                 ));
             }
-            mounts.push(MountSpec {
-                guest_path: normalized,
-                volume: volume.clone(),
-                read_only: mount.get_ref().read_only,
-            });
+            mounts.push(self.mount(normalized, mount.get_ref())?);
         }
         let timeout = match &raw.timeout {
             Some(t) => units::parse_duration(t.get_ref()).map_err(|p| {
@@ -470,6 +500,42 @@ impl Validator<'_> {
             max_open_files,
             max_locks,
             retries: self.retries(raw.retries.as_ref())?,
+        })
+    }
+
+    /// A mount's `read_only`, `sub_path` and `snapshot`, checked.
+    fn mount(&self, guest_path: String, raw: &raw::RawMount) -> Result<MountSpec, ManifestError> {
+        let sub_path = match &raw.sub_path {
+            Some(sub) => Some(check_sub_path(sub.get_ref()).map_err(|problem| {
+                self.error(
+                    Some(sub.span()),
+                    problem,
+                    "name a directory inside the volume, e.g. sub_path = \"models/hf\"",
+                )
+            })?),
+            None => None,
+        };
+        let snapshot = match &raw.snapshot {
+            Some(snapshot) => Some(self.name(snapshot, "snapshot name", Rule::Name)?),
+            None => None,
+        };
+        let read_only = match (&raw.read_only, &snapshot) {
+            (Some(ro), Some(_)) if !ro.get_ref() => {
+                return Err(self.error(
+                    Some(ro.span()),
+                    "a snapshot mount cannot be writable",
+                    "remove `read_only = false`: a snapshot is always mounted read-only",
+                ));
+            }
+            (_, Some(_)) => true,
+            (ro, None) => ro.as_ref().is_some_and(|ro| *ro.get_ref()),
+        };
+        Ok(MountSpec {
+            guest_path,
+            volume: raw.volume.clone(),
+            read_only,
+            sub_path,
+            snapshot,
         })
     }
 

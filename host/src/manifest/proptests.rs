@@ -90,6 +90,8 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     guest_path,
                     volume,
                     read_only,
+                    sub_path: None,
+                    snapshot: None,
                 })
                 .collect()
         })

@@ -45,19 +45,25 @@ pub struct RawFunction {
     pub retries: Option<Spanned<RawRetries>>,
 }
 
-/// `"key"` or `{ volume = "key", read_only = true }`.
+/// `"key"` or `{ volume = "key", read_only = true, sub_path = "hf",
+/// snapshot = "v1" }`.
 #[derive(Debug)]
 pub struct RawMount {
     pub volume: String,
-    pub read_only: bool,
+    /// `None` when not given: a snapshot mount is read-only unless it says
+    /// otherwise, which is an error.
+    pub read_only: Option<Spanned<bool>>,
+    pub sub_path: Option<Spanned<String>>,
+    pub snapshot: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMountTable {
     volume: String,
-    #[serde(default)]
-    read_only: bool,
+    read_only: Option<Spanned<bool>>,
+    sub_path: Option<Spanned<String>>,
+    snapshot: Option<Spanned<String>>,
 }
 
 impl<'de> Deserialize<'de> for RawMount {
@@ -73,7 +79,9 @@ impl<'de> Deserialize<'de> for RawMount {
             fn visit_str<E: de::Error>(self, volume: &str) -> Result<RawMount, E> {
                 Ok(RawMount {
                     volume: volume.to_owned(),
-                    read_only: false,
+                    read_only: None,
+                    sub_path: None,
+                    snapshot: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawMount, A::Error> {
@@ -81,6 +89,8 @@ impl<'de> Deserialize<'de> for RawMount {
                 Ok(RawMount {
                     volume: table.volume,
                     read_only: table.read_only,
+                    sub_path: table.sub_path,
+                    snapshot: table.snapshot,
                 })
             }
         }

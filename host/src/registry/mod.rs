@@ -18,10 +18,12 @@ use serde::Serialize;
 use crate::manifest::AppManifest;
 
 mod calls;
+mod snapshots;
 
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
+pub use snapshots::SnapshotRecord;
 
 /// The registry's schema as an ordered list of migrations: applying
 /// `MIGRATIONS[i]` takes a registry at version `i` (`PRAGMA user_version`)
@@ -98,6 +100,8 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     // 5: calls as a queue and a record (see `calls`): times in milliseconds,
     // what a node needs to run a queued call, attempts, and output.
     calls::MIGRATION_5,
+    // 7 (6 is usage and quotas, merged beside it): snapshots of volumes.
+    snapshots::MIGRATION_7,
 ];
 
 /// The format of the manifest JSON stored in `apps.manifest`, in its
@@ -483,7 +487,9 @@ impl Tx<'_> {
         })
     }
 
+    /// Deletes a volume's row with its mounts and its snapshots' rows.
     pub fn delete_volume(&self, volume_id: &str) -> Result<()> {
+        self.delete_snapshots(volume_id, None)?;
         self.tx.execute(
             "DELETE FROM mounts WHERE volume_id = ?1",
             params![volume_id],

@@ -1,6 +1,7 @@
 //! What every instance has, whatever its kind: WASI context, limits, locks,
 //! and the reason it was stopped, if it was.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -171,7 +172,17 @@ pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuil
         } else {
             FsPerms::ReadWrite
         };
-        builder.preopened_dir(&mount.host_dir, &mount.guest_path, perms)?;
+        match &mount.sub_path {
+            None => builder.preopened_dir(&mount.host_dir, &mount.guest_path, perms)?,
+            Some(sub_path) => {
+                // Opened by descriptor, then preopened through the
+                // descriptor's own /proc entry: the directory already
+                // reached, not a path resolved again.
+                let dir = mount.open_sub_path(sub_path)?;
+                let path = format!("/proc/self/fd/{}", dir.fd().as_raw_fd());
+                builder.preopened_dir(path, &mount.guest_path, perms)?
+            }
+        };
     }
     let outputs = match &invocation.output {
         Output::Inherit { copy } => {
