@@ -144,6 +144,10 @@ fn fetch(env: &TestEnv, app: &str, args: &[&str]) -> Run {
     env.run_within(BOUND, &all)
 }
 
+/// How Rust's std reports a lookup wasmhost refused
+/// (`permanent-resolver-failure`, `EAI_FAIL`).
+const LOOKUP_REFUSED: &str = "failed to lookup address information: Non-recoverable error";
+
 /// The guest's refusal, as it prints it.
 #[track_caller]
 fn refused(run: Run, error: &str) {
@@ -181,7 +185,10 @@ fn requests_to_other_ports_schemes_and_hosts_fail_in_the_guest() {
         Some(&format!("[\"http://127.0.0.1:{}\"]", server.port)),
     );
     let other_port = format!("http://127.0.0.1:{}/file.bin", other.port());
-    refused(fetch(&env, &app, &["http", &other_port]), "HttpRequestDenied");
+    refused(
+        fetch(&env, &app, &["http", &other_port]),
+        "HttpRequestDenied",
+    );
     assert!(!other.reached(), "a denied request reached its server");
     // The same server under another scheme or another name for its host.
     for url in [
@@ -190,7 +197,11 @@ fn requests_to_other_ports_schemes_and_hosts_fail_in_the_guest() {
     ] {
         refused(fetch(&env, &app, &["http", &url]), "HttpRequestDenied");
     }
-    assert_eq!(server.connections(), 0, "a denied request reached the server");
+    assert_eq!(
+        server.connections(),
+        0,
+        "a denied request reached the server"
+    );
 }
 
 #[test]
@@ -203,12 +214,16 @@ fn without_allowed_hosts_every_request_and_connection_fails() {
         "HttpRequestDenied",
     );
     let addr = format!("127.0.0.1:{}", server.port);
-    refused(fetch(&env, &app, &["tcp", &addr]), &addr);
+    refused(fetch(&env, &app, &["tcp", &addr]), "PermissionDenied");
     refused(
         fetch(&env, &app, &["tcp", &format!("localhost:{}", server.port)]),
-        "localhost",
+        LOOKUP_REFUSED,
     );
-    assert_eq!(server.connections(), 0, "a denied request reached the server");
+    assert_eq!(
+        server.connections(),
+        0,
+        "a denied request reached the server"
+    );
 }
 
 #[test]
@@ -228,7 +243,10 @@ fn tcp_connects_only_to_allowed_addresses_and_ports() {
 
     let denied = format!("127.0.0.1:{}", other.port());
     refused(fetch(&env, &app, &["tcp", &denied]), "PermissionDenied");
-    assert!(!other.reached(), "a refused connection reached its listener");
+    assert!(
+        !other.reached(),
+        "a refused connection reached its listener"
+    );
 }
 
 #[test]
@@ -240,7 +258,7 @@ fn only_allowed_names_resolve() {
         Some(&format!("[\"http://127.0.0.1:{}\"]", server.port)),
     );
     let by_name = format!("localhost:{}", server.port);
-    refused(fetch(&env, &by_address, &["tcp", &by_name]), &by_name);
+    refused(fetch(&env, &by_address, &["tcp", &by_name]), LOOKUP_REFUSED);
     assert_eq!(server.connections(), 0);
 
     // `localhost` allowed: the name resolves and its loopback addresses
@@ -261,8 +279,14 @@ fn malformed_host_patterns_are_refused_at_their_line_and_column() {
         ("https://example.com/models", "has a path (`/models`)"),
         ("huggingface.co", "has no scheme"),
         ("ftp://example.com", "neither http nor https"),
-        ("https://a.*.example.com", "other than as its whole first label"),
-        ("http://127.0.0.1:port", "not a number from 1 to 65535 or `*`"),
+        (
+            "https://a.*.example.com",
+            "other than as its whole first label",
+        ),
+        (
+            "http://127.0.0.1:port",
+            "not a number from 1 to 65535 or `*`",
+        ),
     ] {
         let app = env.app(
             "bad",
@@ -271,13 +295,14 @@ fn malformed_host_patterns_are_refused_at_their_line_and_column() {
             ),
         );
         let run = env.run(&["run", path(&app)]).code_is(2);
-        let expected = format!(
-            "error: {}:5:43: host pattern `{pattern}` {problem}",
-            path(&app)
-        );
+        let at = format!("error: {}:5:43: host pattern `{pattern}` ", path(&app));
         let stderr = run.stderr();
-        assert!(stderr.starts_with(&expected), "{stderr}");
-        assert!(stderr.contains("; fix: write it as SCHEME://HOST[:PORT]"), "{stderr}");
+        assert!(stderr.starts_with(&at), "{stderr}");
+        assert!(stderr.contains(problem), "{stderr}");
+        assert!(
+            stderr.contains("; fix: write it as SCHEME://HOST[:PORT]"),
+            "{stderr}"
+        );
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
     assert!(!env.home().join("registry.db").exists());
@@ -301,11 +326,17 @@ fn the_cache_download_example_fetches_once_then_serves_from_its_volume() {
     let first = env
         .run_within(BOUND, &["run", path(&app), "--", &url])
         .success();
-    assert_eq!(first.stdout(), format!("model.bin downloaded ({size} bytes)\n"));
+    assert_eq!(
+        first.stdout(),
+        format!("model.bin downloaded ({size} bytes)\n")
+    );
     let second = env
         .run_within(BOUND, &["run", path(&app), "--", &url])
         .success();
-    assert_eq!(second.stdout(), format!("model.bin cached ({size} bytes)\n"));
+    assert_eq!(
+        second.stdout(),
+        format!("model.bin cached ({size} bytes)\n")
+    );
     assert_eq!(server.connections(), 1, "the file was downloaded twice");
     let kept = std::fs::read(env.volume_dir("cache-demo-downloads").join("model.bin")).unwrap();
     assert!(kept == body(), "the volume holds another file");

@@ -61,7 +61,8 @@ impl HostPattern {
         }
         let (host, port) = split_port(authority)
             .ok_or_else(|| format!("host pattern `{text}` has an unclosed `[`"))?;
-        let host = parse_host(host).map_err(|problem| format!("host pattern `{text}` {problem}"))?;
+        let host =
+            parse_host(host).map_err(|problem| format!("host pattern `{text}` {problem}"))?;
         let port = match port {
             None => Some(if https { 443 } else { 80 }),
             Some("*") => None,
@@ -106,7 +107,11 @@ fn split_port(authority: &str) -> Option<(&str, Option<&str>)> {
     if authority.starts_with('[') {
         let end = authority.find(']')?;
         let (host, rest) = authority.split_at(end + 1);
-        return Some((host, rest.strip_prefix(':').or(Some(rest).filter(|r| !r.is_empty()))));
+        return Some((
+            host,
+            rest.strip_prefix(':')
+                .or(Some(rest).filter(|r| !r.is_empty())),
+        ));
     }
     Some(match authority.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
@@ -125,6 +130,9 @@ fn parse_host(host: &str) -> Result<HostMatch, String> {
             .and_then(|ip| ip.parse::<Ipv6Addr>().ok())
             .map(|ip| HostMatch::Ip(IpAddr::V6(ip)))
             .ok_or_else(|| format!("has `{host}`, which is not an IPv6 address"));
+    }
+    if host == "*" {
+        return Err("has host `*`, which would allow every host: name them".into());
     }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(HostMatch::Ip(IpAddr::V4(ip)));
@@ -218,9 +226,18 @@ mod tests {
 
     #[test]
     fn patterns_parse_into_scheme_host_and_port() {
-        assert_eq!(ok("http://127.0.0.1:8080").to_string(), "http://127.0.0.1:8080");
-        assert_eq!(ok("https://HuggingFace.co").to_string(), "https://huggingface.co:443");
-        assert_eq!(ok("https://*.example.com").to_string(), "https://*.example.com:443");
+        assert_eq!(
+            ok("http://127.0.0.1:8080").to_string(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            ok("https://HuggingFace.co").to_string(),
+            "https://huggingface.co:443"
+        );
+        assert_eq!(
+            ok("https://*.example.com").to_string(),
+            "https://*.example.com:443"
+        );
         assert_eq!(ok("http://localhost:*").to_string(), "http://localhost:*");
         assert_eq!(ok("http://[::1]:8080").to_string(), "http://[::1]:8080");
         assert_eq!(ok("http://[::1]").port, Some(80));
@@ -235,9 +252,15 @@ mod tests {
             ("https://example.com/", "has a path (`/`)"),
             ("https://", "has no host"),
             ("https://:443", "has no host"),
-            ("https://*", "not a DNS name"),
-            ("https://a.*.example.com", "other than as its whole first label"),
-            ("https://*example.com", "other than as its whole first label"),
+            ("https://*", "would allow every host"),
+            (
+                "https://a.*.example.com",
+                "other than as its whole first label",
+            ),
+            (
+                "https://*example.com",
+                "other than as its whole first label",
+            ),
             ("http://example.com:http", "not a number from 1 to 65535"),
             ("http://example.com:0", "not a number from 1 to 65535"),
             ("http://example.com:70000", "not a number from 1 to 65535"),

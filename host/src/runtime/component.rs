@@ -11,8 +11,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::http_view::{self, HttpState};
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
-use super::wasi_limits::{CountLimits, limit_table};
 use super::outbound::Outbound;
+use super::wasi_limits::{CountLimits, limit_table};
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;

@@ -157,7 +157,10 @@ mod tests {
         let p = policy(&["http://127.0.0.1:8080", "http://localhost:*"]);
         assert!(p.allows_connect("127.0.0.1:8080".parse().unwrap()).await);
         assert!(p.allows_connect("[::1]:9".parse().unwrap()).await);
-        assert!(p.allows_connect("[::ffff:127.0.0.1]:9".parse().unwrap()).await);
+        assert!(
+            p.allows_connect("[::ffff:127.0.0.1]:9".parse().unwrap())
+                .await
+        );
         assert!(!p.allows_connect("10.0.0.1:8080".parse().unwrap()).await);
         let q = policy(&["http://127.0.0.1:8080"]);
         assert!(!q.allows_connect("127.0.0.1:8081".parse().unwrap()).await);
