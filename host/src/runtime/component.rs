@@ -201,5 +201,9 @@ pub async fn run(
     })
     .await;
     let ran = outputs.end(store, &stop, result, stopped).await;
+    // Dropping the store aborted the tasks its HTTP requests spawned on this
+    // thread's executor; one turn of it lets them go, and their connections
+    // with them, rather than at the thread's next invocation.
+    tokio::task::yield_now().await;
     Ok((ran, outputs))
 }
