@@ -2,6 +2,7 @@
 //! wasmhost can trust. Nothing is created until this has passed.
 
 mod guest_path;
+mod hosts;
 mod raw;
 mod retries;
 pub mod units;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use guest_path::normalize_guest_path;
+pub use hosts::{HostMatch, HostPattern};
 use raw::{RawApp, RawFunction};
 pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
@@ -76,6 +78,10 @@ pub struct FunctionSpec {
     /// none, which is what the default is.
     #[serde(default)]
     pub retries: RetryPolicy,
+    /// Where the guest may connect (`allowed_hosts`); empty, the default
+    /// and what functions stored before it had, is no network at all.
+    #[serde(default)]
+    pub allowed_hosts: Vec<HostPattern>,
 }
 
 fn default_max_open_files() -> u32 {
@@ -500,6 +506,7 @@ impl Validator<'_> {
             max_open_files,
             max_locks,
             retries: self.retries(raw.retries.as_ref())?,
+            allowed_hosts: self.allowed_hosts(&raw.allowed_hosts)?,
         })
     }
 
@@ -720,6 +727,7 @@ mod stored {
         assert_eq!(function.max_open_files, DEFAULT_MAX_OPEN_FILES);
         assert_eq!(function.max_locks, DEFAULT_MAX_LOCKS);
         assert_eq!(function.retries, RetryPolicy::default());
+        assert!(function.allowed_hosts.is_empty());
     }
 
     #[test]

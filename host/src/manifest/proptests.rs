@@ -75,6 +75,21 @@ fn retries() -> impl Strategy<Value = RetryPolicy> {
     ]
 }
 
+/// An `allowed_hosts` entry, written as its canonical text (which always
+/// has a port) so that it parses back to itself.
+fn host_pattern() -> impl Strategy<Value = HostPattern> {
+    (
+        any::<bool>(),
+        prop_oneof![
+            "[a-z]([a-z0-9-]{0,7}[a-z0-9])?(\\.[a-z]{1,6}){0,2}".prop_map(HostMatch::Name),
+            "[a-z]{1,8}\\.[a-z]{1,6}".prop_map(HostMatch::Subdomains),
+            any::<std::net::IpAddr>().prop_map(HostMatch::Ip),
+        ],
+        proptest::option::of(1u16..),
+    )
+        .prop_map(|(https, host, port)| HostPattern { https, host, port })
+}
+
 fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
     let mounts = if volumes.is_empty() {
         Just(Vec::new()).boxed()
@@ -106,6 +121,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
         proptest::option::of(1u32..=1024),
         (proptest::option::of("[a-z_][a-z0-9_.]{0,8}"), any::<bool>()),
         (16u32..=1_000_000, 1u32..=1_000_000, retries()),
+        proptest::collection::vec(host_pattern(), 0..3),
     )
         .prop_map(
             |(
@@ -117,6 +133,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                 concurrency,
                 (entry, trap_unknown_imports),
                 (max_open_files, max_locks, retries),
+                allowed_hosts,
             )| {
                 FunctionSpec {
                     module: base_dir().join("m.wasm"),
@@ -131,6 +148,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     max_open_files,
                     max_locks,
                     retries,
+                    allowed_hosts,
                 }
             },
         )
@@ -215,6 +233,8 @@ fn to_toml(m: &AppManifest) -> String {
         }
         out += &format!("max_open_files = {}\n", f.max_open_files);
         out += &format!("max_locks = {}\n", f.max_locks);
+        let hosts: Vec<String> = f.allowed_hosts.iter().map(|h| q(&h.to_string())).collect();
+        out += &format!("allowed_hosts = [{}]\n", hosts.join(", "));
         let r = &f.retries;
         if (r.initial_delay, r.backoff, r.max_delay) == {
             let d = RetryPolicy::default();

@@ -43,6 +43,8 @@ pub struct RawFunction {
     pub max_open_files: Option<Spanned<i64>>,
     pub max_locks: Option<Spanned<i64>>,
     pub retries: Option<Spanned<RawRetries>>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<Spanned<String>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true, sub_path = "hf",

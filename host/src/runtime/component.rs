@@ -1,4 +1,5 @@
-//! wasip2 components: WASI preview 2 plus `wasmhost:host/lock`.
+//! wasip2 components: WASI preview 2 plus `wasmhost:host/lock`, and
+//! `wasi:http/outgoing-handler` (see `http_view`).
 
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::http_view::{self, HttpState};
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
+use super::outbound::Outbound;
 use super::wasi_limits::{CountLimits, limit_table};
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
@@ -22,6 +25,7 @@ pub struct ComponentState {
     wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) host: HostState,
+    pub(super) http: HttpState,
 }
 
 impl HasHost for ComponentState {
@@ -84,6 +88,7 @@ pub fn prelink(
 ) -> Result<CommandPre<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    http_view::add_to_linker(&mut linker)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
     super::wasi_limits::add_to_p2_linker(&mut linker)?;
@@ -175,10 +180,13 @@ pub async fn run(
     limits: &CountLimits,
 ) -> Result<(RunResult, Outputs)> {
     let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
+    let outbound = Outbound::new(&invocation.function.allowed_hosts);
+    outbound.grant(&mut builder);
     let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
         host: HostState::new(invocation, limits),
+        http: HttpState::new(outbound),
     };
     limit_table(&mut state.table, limits);
     let mut store = Store::new(pre.engine(), state);
@@ -193,5 +201,9 @@ pub async fn run(
     })
     .await;
     let ran = outputs.end(store, &stop, result, stopped).await;
+    // Dropping the store aborted the tasks its HTTP requests spawned on this
+    // thread's executor; one turn of it lets them go, and their connections
+    // with them, rather than at the thread's next invocation.
+    tokio::task::yield_now().await;
     Ok((ran, outputs))
 }

@@ -144,8 +144,8 @@ impl HostState {
 pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuilder, Outputs)> {
     let mut builder = WasiCtxBuilder::new();
     builder.allow_blocking_current_thread(true);
-    // No network is granted, so no socket either: each would be a host
-    // descriptor a guest could hoard.
+    // No network unless the function's `allowed_hosts` grant it (to
+    // components, in `component::run`; wasip1 has no sockets to grant).
     builder.allow_tcp(false).allow_udp(false);
     // WASI passes each as a C string: a wasip1 guest would see one cut at
     // a NUL, a wasip2 guest whole.

@@ -6,7 +6,9 @@
 mod cache;
 mod component;
 mod core;
+mod http_view;
 mod instance;
+mod outbound;
 mod output_log;
 mod p1_sleep;
 mod stdio;
