@@ -17,7 +17,7 @@ use crate::manifest::{AppManifest, FunctionSpec};
 use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
-use crate::{slots, volumes};
+use crate::{schedule, slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
 #[derive(Debug, Clone)]
@@ -269,6 +269,7 @@ pub fn deploy(
                 modules.insert(function.clone(), snapshot.digest.clone());
             }
             tx.set_app_modules(&record.id, &modules)?;
+            tx.set_schedules(&record.id, &schedule::first_ticks(manifest))?;
             Ok((
                 Deployed {
                     live: LiveApp {

@@ -19,6 +19,7 @@ use raw::{RawApp, RawFunction};
 pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
+use crate::schedule::Schedule;
 
 /// `timeout` when app.toml gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -76,6 +77,13 @@ pub struct FunctionSpec {
     /// none, which is what the default is.
     #[serde(default)]
     pub retries: RetryPolicy,
+    /// Named secrets whose variables the function gets, in this order
+    /// (a later one's over an earlier's), after `env`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// When a deployed app's function runs on its own, while a node serves.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
 }
 
 fn default_max_open_files() -> u32 {
@@ -217,6 +225,29 @@ pub fn entry_error(
         file,
         function,
         |f| f.entry.as_ref().map_or(f.module.span(), |e| e.span()),
+        problem,
+        fix,
+    )
+}
+
+/// A secret that does not exist, reported at its name in function
+/// `function`'s `secrets` (found by the registry, after validation).
+pub fn secret_error(
+    file: &Path,
+    function: &str,
+    secret: &str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ManifestError {
+    function_key_error(
+        file,
+        function,
+        |f| {
+            f.secrets
+                .iter()
+                .find(|s| s.get_ref() == secret)
+                .map_or(f.module.span(), |s| s.span())
+        },
         problem,
         fix,
     )
@@ -470,6 +501,37 @@ impl Validator<'_> {
             max_open_files,
             max_locks,
             retries: self.retries(raw.retries.as_ref())?,
+            secrets: self.secrets(raw)?,
+            schedule: self.schedule(raw)?,
+        })
+    }
+
+    fn secrets(&self, raw: &RawFunction) -> Result<Vec<String>, ManifestError> {
+        let mut secrets: Vec<String> = Vec::new();
+        for secret in &raw.secrets {
+            let name = self.name(secret, "secret name", Rule::Name)?;
+            if secrets.contains(&name) {
+                return Err(self.error(
+                    Some(secret.span()),
+                    format!("secret `{name}` is listed twice"),
+                    "list each secret once",
+                ));
+            }
+            secrets.push(name);
+        }
+        Ok(secrets)
+    }
+
+    fn schedule(&self, raw: &RawFunction) -> Result<Option<Schedule>, ManifestError> {
+        let Some(schedule) = &raw.schedule else {
+            return Ok(None);
+        };
+        Schedule::parse(schedule.get_ref()).map(Some).map_err(|problem| {
+            self.error(
+                Some(schedule.span()),
+                format!("bad `schedule`: {problem}"),
+                "write \"every DURATION\" (e.g. \"every 10m\", at least 1s) or a five-field cron line in UTC (minute hour day month weekday, e.g. \"0 3 * * *\")",
+            )
         })
     }
 

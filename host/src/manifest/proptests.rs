@@ -129,6 +129,8 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     max_open_files,
                     max_locks,
                     retries,
+                    secrets: Vec::new(),
+                    schedule: None,
                 }
             },
         )

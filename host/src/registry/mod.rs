@@ -18,10 +18,14 @@ use serde::Serialize;
 use crate::manifest::AppManifest;
 
 mod calls;
+mod schedules;
+mod secrets;
 
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
+pub use schedules::DueTick;
+pub use secrets::{SealedSecret, SecretRecord};
 
 /// The registry's schema as an ordered list of migrations: applying
 /// `MIGRATIONS[i]` takes a registry at version `i` (`PRAGMA user_version`)
@@ -98,6 +102,8 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     // 5: calls as a queue and a record (see `calls`): times in milliseconds,
     // what a node needs to run a queued call, attempts, and output.
     calls::MIGRATION_5,
+    // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.
+    schedules::MIGRATION_8,
 ];
 
 /// The format of the manifest JSON stored in `apps.manifest`, in its
@@ -220,8 +226,6 @@ impl Registry {
             .with_context(broken)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .with_context(broken)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .with_context(broken)?;
         let mut registry = Self {
             conn,
             path: path.to_owned(),
@@ -234,6 +238,13 @@ impl Registry {
                 e.context(broken())
             }
         })?;
+        // After migrating, which rebuilds tables as SQLite's ALTER TABLE
+        // documents: with foreign keys off, so that dropping a table that
+        // others reference deletes nothing of theirs.
+        registry
+            .conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .with_context(broken)?;
         registry.keep_reserve();
         Ok(registry)
     }
@@ -395,8 +406,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Marks a running app stopped and forgets its mounts. Returns false if it
-    /// was already stopped (someone else got there first).
+    /// Marks a running app stopped and forgets its mounts and schedules.
+    /// Returns false if it was already stopped (someone else got there first).
     pub fn mark_stopped(&self, app_id: &str) -> Result<bool> {
         let changed = self.tx.execute(
             "UPDATE apps SET state = 'stopped', stopped_at = ?2 WHERE id = ?1 AND state = 'running'",
@@ -404,6 +415,7 @@ impl Tx<'_> {
         )?;
         self.tx
             .execute("DELETE FROM mounts WHERE app_id = ?1", params![app_id])?;
+        self.delete_schedules(app_id)?;
         Ok(changed == 1)
     }
 
