@@ -155,6 +155,10 @@ pub struct AppRecord {
     pub manifest: Option<AppManifest>,
     #[serde(skip)]
     pub has_lease: bool,
+    /// Function -> when its schedule next runs it (Unix ms), for a running
+    /// deployed app's scheduled functions; filled by [`Tx::list_apps`].
+    #[serde(skip)]
+    pub next_ticks: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -395,6 +399,7 @@ impl Tx<'_> {
             stopped_at: None,
             manifest: manifest.cloned(),
             has_lease,
+            next_ticks: BTreeMap::new(),
         })
     }
 
@@ -440,16 +445,32 @@ impl Tx<'_> {
         Ok(self.query_apps(&sql, params![name, kind_str(kind)])?.pop())
     }
 
+    /// Apps with their next ticks.
     pub fn list_apps(&self, include_stopped: bool) -> Result<Vec<AppRecord>> {
         let filter = if include_stopped {
             ""
         } else {
             "WHERE state = 'running'"
         };
-        self.query_apps(
+        let mut apps = self.query_apps(
             &format!("SELECT {APP_COLUMNS} FROM apps {filter} ORDER BY created_at, rowid"),
             [],
-        )
+        )?;
+        let mut ticks = self.next_ticks()?;
+        let now = now_ms();
+        for app in &mut apps {
+            let (Some(stored), Some(manifest)) = (ticks.remove(&app.id), &app.manifest) else {
+                continue;
+            };
+            app.next_ticks = stored
+                .into_iter()
+                .filter_map(|(function, tick)| {
+                    let schedule = manifest.functions.get(&function)?.schedule.as_ref()?;
+                    Some((function, schedule.upcoming(tick, now)?))
+                })
+                .collect();
+        }
+        Ok(apps)
     }
 
     /// Running apps that hold a lease, i.e. belong to a live `run` process.
@@ -648,6 +669,7 @@ fn app_from_row(row: &rusqlite::Row) -> rusqlite::Result<(AppRecord, Option<Stri
         stopped_at: row.get(5)?,
         manifest: None,
         has_lease: row.get(7)?,
+        next_ticks: BTreeMap::new(),
     };
     Ok((app, row.get(6)?))
 }
