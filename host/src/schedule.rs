@@ -13,6 +13,7 @@
 //! the next tick after now. A tick that comes while the previous tick's
 //! call is still queued or running is recorded as a `skipped` call.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -25,13 +26,17 @@ use serde::{Deserialize, Serialize};
 use crate::apps;
 use crate::calls::max_attempts;
 use crate::manifest::AppManifest;
-use crate::registry::{NewCall, Registry, new_call_id, now_ms};
+use crate::registry::{NewCall, Registry, format_ms, new_call_id, now_ms};
 
 /// How late a due tick may be claimed and still run. Past it, the tick
 /// passed while no node served its app, and is dropped rather than run
 /// late: a daily job does not run at noon because the nodes were down at
 /// three.
 pub const LATE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The environment variable that tells a schedule's call which tick it
+/// runs for (RFC 3339, UTC), e.g. to name what it writes.
+pub const TICK_VARIABLE: &str = "WASMHOST_SCHEDULE_TICK";
 
 /// The shortest `every` interval: a node looks for due ticks every 100 ms,
 /// so shorter ones would be late as often as not.
@@ -175,12 +180,13 @@ pub fn run_due(registry: &mut Registry) -> Result<usize> {
                 )?;
                 continue;
             }
+            let env = BTreeMap::from([(TICK_VARIABLE.to_owned(), format_ms(due.next_tick))]);
             tx.insert_call(&NewCall {
                 id: &id,
                 app_id: &due.app_id,
                 function: &due.function,
                 args: &[],
-                env: &Default::default(),
+                env: &env,
                 module: live.modules.get(&due.function).map(String::as_str),
                 max_attempts: max_attempts(spec),
                 running: None,
