@@ -55,7 +55,9 @@ fn tick_files(env: &TestEnv, volume: &str) -> BTreeSet<String> {
 }
 
 fn tick_of(call: &Value) -> SystemTime {
-    let tick = call["tick"].as_str().unwrap_or_else(|| panic!("no tick: {call}"));
+    let tick = call["tick"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no tick: {call}"));
     humantime::parse_rfc3339(tick).unwrap()
 }
 
@@ -66,7 +68,9 @@ fn every_second_runs_once_per_tick_across_two_nodes_until_the_app_stops() {
     let _a = Node::start(&env);
     let _b = Node::start(&env);
     eventually(BOUND, "the first tick's run", || {
-        calls(&env, "pulse").iter().any(|c| c["state"] == "succeeded")
+        calls(&env, "pulse")
+            .iter()
+            .any(|c| c["state"] == "succeeded")
     });
     let first = calls(&env, "pulse")
         .iter()
@@ -108,8 +112,16 @@ fn every_second_runs_once_per_tick_across_two_nodes_until_the_app_stops() {
 
     // Stopped: nothing more, though both nodes still serve.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(calls(&env, "pulse").len(), all.len(), "a run after the stop");
-    assert_eq!(tick_files(&env, "pulse-ticks"), files, "a run after the stop");
+    assert_eq!(
+        calls(&env, "pulse").len(),
+        all.len(),
+        "a run after the stop"
+    );
+    assert_eq!(
+        tick_files(&env, "pulse-ticks"),
+        files,
+        "a run after the stop"
+    );
 }
 
 #[test]
@@ -133,7 +145,10 @@ fn a_run_longer_than_its_interval_skips_the_ticks_meanwhile() {
     assert!(skipped["started_at"].is_null(), "{skipped:#}");
     let id = skipped["id"].as_str().unwrap();
     let shown = env.run(&["calls", "get", id]).success().stdout();
-    assert!(shown.contains("skipped") && shown.contains("tick:"), "{shown}");
+    assert!(
+        shown.contains("skipped") && shown.contains("tick:"),
+        "{shown}"
+    );
     let table = env.run(&["calls", "list", "slow"]).success().stdout();
     assert!(table.contains(" skipped "), "{table}");
     // No run overlapped another: every tick file names a different tick.
@@ -157,7 +172,10 @@ fn a_cron_line_shows_its_next_tick_at_the_next_whole_minute() {
         .unwrap()
         .as_millis();
     assert_eq!(secs % 60_000, 0, "{next:?} is not a whole minute");
-    assert!(next > before && next <= before + Duration::from_secs(60), "{next:?}");
+    assert!(
+        next > before && next <= before + Duration::from_secs(60),
+        "{next:?}"
+    );
 
     let table = env.run(&["app", "list"]).success().stdout();
     assert!(table.contains("NEXT TICK"), "{table}");

@@ -70,10 +70,8 @@ struct Outputs(Vec<(String, String)>);
 
 impl Outputs {
     fn keep(&mut self, what: &str, run: Run) -> Run {
-        self.0
-            .push((format!("{what} (stdout)"), run.stdout()));
-        self.0
-            .push((format!("{what} (stderr)"), run.stderr()));
+        self.0.push((format!("{what} (stdout)"), run.stdout()));
+        self.0.push((format!("{what} (stderr)"), run.stderr()));
         run
     }
 
@@ -85,7 +83,10 @@ impl Outputs {
     fn assert_clean(&self) {
         for (what, text) in &self.0 {
             for value in [TOKEN, PIPED] {
-                assert!(!text.contains(value), "{what} shows a secret's value:\n{text}");
+                assert!(
+                    !text.contains(value),
+                    "{what} shows a secret's value:\n{text}"
+                );
             }
         }
     }
@@ -99,7 +100,13 @@ fn a_secrets_values_reach_the_guest_and_nothing_else() {
         "secret create",
         create_with_stdin(
             &env,
-            &["secret", "create", "hf", &format!("HF_TOKEN={TOKEN}"), "PIPED=-"],
+            &[
+                "secret",
+                "create",
+                "hf",
+                &format!("HF_TOKEN={TOKEN}"),
+                "PIPED=-",
+            ],
             &format!("{PIPED}\n"),
         )
         .success(),
@@ -109,7 +116,10 @@ fn a_secrets_values_reach_the_guest_and_nothing_else() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.len(), 32);
 
-    let list = seen.run(&env, &["secret", "list", "--json"]).success().stdout();
+    let list = seen
+        .run(&env, &["secret", "list", "--json"])
+        .success()
+        .stdout();
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list[0]["name"], "hf");
     assert_eq!(list[0]["keys"], serde_json::json!(["HF_TOKEN", "PIPED"]));
@@ -126,14 +136,19 @@ fn a_secrets_values_reach_the_guest_and_nothing_else() {
     assert_eq!(written(&env, "sec-out", "HF_TOKEN"), TOKEN);
     std::fs::remove_file(env.volume_dir("sec-out").join("HF_TOKEN")).unwrap();
     let node = Node::start(&env);
-    seen.run(&env, &["call", "sec", "dump", "--remote"]).success();
+    seen.run(&env, &["call", "sec", "dump", "--remote"])
+        .success();
     assert_eq!(written(&env, "sec-out", "HF_TOKEN"), TOKEN);
 
     seen.run(&env, &["app", "logs", "sec"]).success();
     seen.run(&env, &["app", "logs", "sec", "--json"]).success();
-    seen.run(&env, &["app", "list", "--all", "--json"]).success();
+    seen.run(&env, &["app", "list", "--all", "--json"])
+        .success();
     seen.run(&env, &["app", "list", "--all"]).success();
-    let calls = seen.run(&env, &["calls", "list", "--json"]).success().stdout();
+    let calls = seen
+        .run(&env, &["calls", "list", "--json"])
+        .success()
+        .stdout();
     let calls: Vec<serde_json::Value> = serde_json::from_str(&calls).unwrap();
     assert_eq!(calls.len(), 2);
     for call in &calls {
@@ -155,7 +170,11 @@ fn a_secrets_values_reach_the_guest_and_nothing_else() {
         assert!(!found.is_empty(), "the guest's file is missing");
         let volumes = env.home().join("volumes");
         for file in found {
-            assert!(file.starts_with(&volumes), "{} holds {value}", file.display());
+            assert!(
+                file.starts_with(&volumes),
+                "{} holds {value}",
+                file.display()
+            );
         }
     }
 }
@@ -265,7 +284,9 @@ fn deleting_a_secret_an_app_uses_fails_its_next_call_clearly() {
     env.run(&["secret", "delete", "hf", "--yes"]).success();
 
     let missing = "secret `hf` does not exist (it was deleted)";
-    let run = env.run_within(BOUND, &["call", "orphan", "dump"]).code_is(1);
+    let run = env
+        .run_within(BOUND, &["call", "orphan", "dump"])
+        .code_is(1);
     let error = one_line_error(&run);
     assert!(error.contains(missing), "{error}");
     // A node's call fails with the same reason in its record.
@@ -274,11 +295,17 @@ fn deleting_a_secret_an_app_uses_fails_its_next_call_clearly() {
         .run_within(BOUND, &["call", "orphan", "dump", "--remote"])
         .code_is(1);
     assert!(run.stderr().contains(missing), "{}", run.stderr());
-    let calls = env.run(&["calls", "list", "orphan", "--json"]).success().stdout();
+    let calls = env
+        .run(&["calls", "list", "orphan", "--json"])
+        .success()
+        .stdout();
     let calls: Vec<serde_json::Value> = serde_json::from_str(&calls).unwrap();
     let failed: Vec<_> = calls.iter().filter(|c| c["state"] == "failed").collect();
     assert_eq!(failed.len(), 2, "{calls:#?}");
     for call in failed {
-        assert!(call["error"].as_str().unwrap().contains(missing), "{call:#}");
+        assert!(
+            call["error"].as_str().unwrap().contains(missing),
+            "{call:#}"
+        );
     }
 }

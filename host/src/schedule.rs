@@ -57,7 +57,9 @@ pub enum Schedule {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Schedule::Every(interval) => write!(f, "every {}", humantime::format_duration(*interval)),
+            Schedule::Every(interval) => {
+                write!(f, "every {}", humantime::format_duration(*interval))
+            }
             Schedule::Cron(line) => f.write_str(line),
         }
     }
@@ -135,7 +137,11 @@ pub fn first_ticks(manifest: &AppManifest) -> Vec<(String, String, i64)> {
         .iter()
         .filter_map(|(function, spec)| {
             let schedule = spec.schedule.as_ref()?;
-            Some((function.clone(), schedule.to_string(), schedule.next_after(now)?))
+            Some((
+                function.clone(),
+                schedule.to_string(),
+                schedule.next_after(now)?,
+            ))
         })
         .collect()
 }

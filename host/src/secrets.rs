@@ -59,7 +59,8 @@ impl SecretKey {
             return Ok(Self::new(key, path));
         }
         let mut key = [0u8; KEY_LEN];
-        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+        getrandom::fill(&mut key)
+            .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
         let temp = path.with_file_name(format!(".{}.tmp", new_id("key")));
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -75,9 +76,8 @@ impl SecretKey {
         match written {
             Ok(()) => Ok(Self::new(key, path)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(home),
-            Err(e) => Err(e).with_context(|| {
-                format!("cannot create the secret key file {}", path.display())
-            }),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot create the secret key file {}", path.display())),
         }
     }
 
@@ -90,7 +90,8 @@ impl SecretKey {
 
     fn seal(&self, name: &str, values: &BTreeMap<String, String>) -> Result<SealedSecret> {
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+        getrandom::fill(&mut nonce)
+            .map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
         let plain = serde_json::to_vec(values)?;
         let sealed = self
             .cipher
@@ -138,7 +139,9 @@ impl SecretKey {
 fn read_key(path: &Path) -> Result<Option<[u8; KEY_LEN]>> {
     let meta = match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        meta => meta.with_context(|| format!("cannot read the secret key file {}", path.display()))?,
+        meta => {
+            meta.with_context(|| format!("cannot read the secret key file {}", path.display()))?
+        }
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -258,7 +261,9 @@ pub fn check_declared(tx: &Tx, manifest: &AppManifest, file: &Path) -> Result<()
                 function,
                 missing,
                 format!("secret `{missing}` does not exist"),
-                format!("create it with `wasmhost secret create {missing} KEY=VALUE...`, or correct the name (`wasmhost secret list` shows them)"),
+                format!(
+                    "create it with `wasmhost secret create {missing} KEY=VALUE...`, or correct the name (`wasmhost secret list` shows them)"
+                ),
             ));
         }
     }

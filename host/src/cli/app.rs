@@ -97,7 +97,15 @@ fn app_command(home: &Home, registry: &mut Registry, command: AppCommand) -> Res
                 outln!(
                     "{}",
                     table(
-                        &["ID", "NAME", "KIND", "STATE", "CREATED", "STOPPED", "NEXT TICK"],
+                        &[
+                            "ID",
+                            "NAME",
+                            "KIND",
+                            "STATE",
+                            "CREATED",
+                            "STOPPED",
+                            "NEXT TICK"
+                        ],
                         &rows
                     )
                 )?;

@@ -19,8 +19,8 @@ use wasmhost::invoke::{
 };
 use wasmhost::manifest::{self, FunctionSpec};
 use wasmhost::registry::{AppKind, Registry};
-use wasmhost::secrets;
 use wasmhost::runtime::{Finished, Outcome, OutputLog, Program};
+use wasmhost::secrets;
 use wasmhost::slots::Slots;
 use wasmhost::text::escape_control;
 

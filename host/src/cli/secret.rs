@@ -105,7 +105,9 @@ pub fn execute(command: SecretCommand) -> Result<u8> {
         }
         SecretCommand::Delete { name, yes } => {
             confirm(
-                &format!("Delete secret `{name}`? Functions that use it fail until it is created again."),
+                &format!(
+                    "Delete secret `{name}`? Functions that use it fail until it is created again."
+                ),
                 yes,
             )?;
             secrets::delete(&mut registry, &name)?;
@@ -170,7 +172,10 @@ impl Values {
 
     fn read_file(&mut self, file: &Path) -> Result<()> {
         let text = std::fs::read_to_string(file).map_err(|e| {
-            usage(format!("cannot read --from-env-file {}: {e}", file.display()))
+            usage(format!(
+                "cannot read --from-env-file {}: {e}",
+                file.display()
+            ))
         })?;
         for (at, line) in text.lines().enumerate() {
             let from = format!("{}:{}", file.display(), at + 1);

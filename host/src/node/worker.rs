@@ -27,8 +27,8 @@ use crate::invoke::Target;
 use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_call_id, now_ms};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
-use crate::{schedule, secrets};
 use crate::views::FullCall;
+use crate::{schedule, secrets};
 
 /// How often the worker looks for queued calls and cancellations.
 const POLL: Duration = Duration::from_millis(100);

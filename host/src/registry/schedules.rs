@@ -142,7 +142,13 @@ impl Tx<'_> {
 
     /// Claims tick `tick` of a schedule by moving it on to `next`; false if
     /// someone else claimed it first.
-    pub fn advance_schedule(&self, app_id: &str, function: &str, tick: i64, next: i64) -> Result<bool> {
+    pub fn advance_schedule(
+        &self,
+        app_id: &str,
+        function: &str,
+        tick: i64,
+        next: i64,
+    ) -> Result<bool> {
         let changed = self
             .tx
             .prepare_cached(

@@ -32,7 +32,11 @@ impl Tx<'_> {
         sealed: &SealedSecret,
         replace: bool,
     ) -> Result<bool> {
-        let verb = if replace { "INSERT OR REPLACE" } else { "INSERT OR IGNORE" };
+        let verb = if replace {
+            "INSERT OR REPLACE"
+        } else {
+            "INSERT OR IGNORE"
+        };
         let changed = self.tx.execute(
             &format!(
                 "{verb} INTO secrets (name, keys, nonce, sealed, created_at) VALUES (?1, ?2, ?3, ?4, ?5)"
