@@ -230,6 +230,10 @@ impl Registry {
             .with_context(broken)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .with_context(broken)?;
+        // Off while migrating (the bundled SQLite turns them on by default),
+        // then on: see below.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .with_context(broken)?;
         let mut registry = Self {
             conn,
             path: path.to_owned(),

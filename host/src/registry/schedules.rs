@@ -204,3 +204,64 @@ impl Tx<'_> {
         Ok(ticks)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::super::{MIGRATIONS, Registry};
+
+    /// Rebuilding `calls` keeps every call, and the attempts and output
+    /// that reference them (which a drop with foreign keys on would
+    /// delete).
+    #[test]
+    fn migration_8_keeps_calls_their_attempts_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for migration in &MIGRATIONS[..5] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO apps (id, name, kind, state, created_at) VALUES ('ap-1', 'a', 'deployed', 'running', 1);
+             INSERT INTO calls (id, app_id, function, state, created_at, started_at, finished_at, released_at, attempts, args)
+                 VALUES ('ca-1', 'ap-1', 'f', 'failed', 1, 2, 3, 3, 2, '[\"x\"]');
+             INSERT INTO call_attempts (call_id, attempt, started_at, finished_at, error) VALUES ('ca-1', 1, 1, 2, 'boom');
+             INSERT INTO call_output (call_id, app_id, attempt, time, stream, data) VALUES ('ca-1', 'ap-1', 2, 2, 'stdout', 'hi\n');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let mut registry = Registry::open(&path).unwrap();
+        registry
+            .read(|tx| {
+                let call = tx.call("ca-1")?.expect("the call survived");
+                assert_eq!(
+                    (&call.args[..], call.attempts, call.tick),
+                    (&["x".to_owned()][..], 2, None)
+                );
+                assert_eq!(tx.attempts(&call)?.len(), 2);
+                assert_eq!(tx.call_output(&call)?.0[0], "hi\n");
+                Ok(())
+            })
+            .unwrap();
+        // Foreign keys are on again once migrated.
+        let on: bool = registry
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(on);
+        registry
+            .write(|tx| {
+                tx.insert_skipped("ca-2", "ap-1", "f", 1000, "busy")?;
+                assert!(
+                    tx.insert_skipped("ca-3", "ap-1", "f", 1000, "busy")
+                        .is_err()
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+}
