@@ -309,3 +309,54 @@ fn deleting_a_secret_an_app_uses_fails_its_next_call_clearly() {
         );
     }
 }
+
+#[test]
+fn values_can_come_from_the_environment_and_a_file_and_mistakes_do_not_echo_them() {
+    let env = TestEnv::new();
+    let file = env.work.path().join("prod.env");
+    std::fs::write(
+        &file,
+        format!("# a comment\n\nexport FROM_FILE=\"{TOKEN}\"\nPLAIN=p\n"),
+    )
+    .unwrap();
+    let run = env
+        .command()
+        .args(["secret", "create", "mixed", "--from-env", "FROM_ENV"])
+        .arg("--from-env-file")
+        .arg(&file)
+        .env("FROM_ENV", PIPED)
+        .output()
+        .unwrap();
+    let run = Run(run).success();
+    assert!(!run.stdout().contains(TOKEN) && !run.stdout().contains(PIPED));
+    let toml = app(
+        &env,
+        "mixed",
+        &["FROM_FILE", "FROM_ENV", "PLAIN"],
+        "secrets = [\"mixed\"]",
+    );
+    env.run(&["run", path(&toml)]).success();
+    let got: Vec<String> = ["FROM_FILE", "FROM_ENV", "PLAIN"]
+        .iter()
+        .map(|k| written(&env, "mixed-out", k))
+        .collect();
+    assert_eq!(got, [TOKEN, PIPED, "p"]);
+
+    // A value given without its KEY=, or twice, is refused without echoing it.
+    for args in [
+        vec!["secret", "create", "oops", TOKEN],
+        vec![
+            "secret",
+            "create",
+            "oops",
+            &format!("A={TOKEN}"),
+            &format!("A={TOKEN}"),
+        ],
+    ] {
+        let run = env.run(&args).code_is(2);
+        let error = one_line_error(&run);
+        assert!(!error.contains(TOKEN), "{error}");
+    }
+    let run = env.run(&["secret", "create", "mixed", "A=1"]).code_is(2);
+    assert!(one_line_error(&run).contains("--force"));
+}

@@ -182,7 +182,7 @@ pub fn run_due(registry: &mut Registry) -> Result<usize> {
                     &due.app_id,
                     &due.function,
                     due.next_tick,
-                    "the previous tick's call was still queued or running",
+                    "was skipped: the previous tick's call was still queued or running",
                 )?;
                 continue;
             }
