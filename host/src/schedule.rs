@@ -88,9 +88,13 @@ impl Schedule {
                 Schedule::Every(interval)
             }
             None => {
-                cron_parser()
-                    .parse(text)
-                    .map_err(|e| format!("`{text}` is not a five-field cron line: {e}"))?;
+                cron_parser().parse(text).map_err(|e| {
+                    let why = e.to_string();
+                    format!(
+                        "`{text}` is not a five-field cron line ({})",
+                        why.trim_end_matches('.')
+                    )
+                })?;
                 Schedule::Cron(text.trim().to_owned())
             }
         };
