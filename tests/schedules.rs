@@ -81,10 +81,12 @@ fn every_second_runs_once_per_tick_across_two_nodes_until_the_app_stops() {
     env.run(&["app", "stop", "pulse", "--yes"]).success();
 
     let all = calls(&env, "pulse");
-    // Over the 10 s from the first tick on: one run per tick.
+    // Over the 10 s from the first tick on: one run per tick (a tick that
+    // came while a slow machine had not yet run the one before is
+    // `skipped`, not run).
     let window: Vec<&Value> = all
         .iter()
-        .filter(|c| tick_of(c) < first + Duration::from_secs(10))
+        .filter(|c| tick_of(c) < first + Duration::from_secs(10) && c["state"] != "skipped")
         .collect();
     assert!(
         (9..=11).contains(&window.len()),
@@ -97,7 +99,7 @@ fn every_second_runs_once_per_tick_across_two_nodes_until_the_app_stops() {
     let ran: Vec<&Value> = all.iter().filter(|c| c["state"] == "succeeded").collect();
     for call in &all {
         assert!(
-            ["succeeded", "cancelled"].contains(&call["state"].as_str().unwrap()),
+            ["succeeded", "cancelled", "skipped"].contains(&call["state"].as_str().unwrap()),
             "{call:#}"
         );
     }
