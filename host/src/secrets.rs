@@ -24,7 +24,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::error::usage;
 use crate::home::Home;
-use crate::manifest::{self, AppManifest, ManifestError};
+use crate::manifest::{self, AppManifest};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{Registry, SealedSecret, SecretRecord, Tx, new_id};
 
@@ -248,12 +248,8 @@ pub fn environment(
 
 /// Refuses an app.toml whose functions name secrets that do not exist, at
 /// the line and column of the first such name.
-pub fn check_declared(tx: &Tx, manifest: &AppManifest, file: &Path) -> Result<(), ManifestError> {
-    let known: Vec<String> = match tx.secrets() {
-        Ok(secrets) => secrets.into_iter().map(|s| s.name).collect(),
-        // Not the manifest's fault: the caller's next registry use says why.
-        Err(_) => return Ok(()),
-    };
+pub fn check_declared(tx: &Tx, manifest: &AppManifest, file: &Path) -> Result<()> {
+    let known: Vec<String> = tx.secrets()?.into_iter().map(|s| s.name).collect();
     for (function, spec) in &manifest.functions {
         if let Some(missing) = spec.secrets.iter().find(|s| !known.contains(s)) {
             return Err(manifest::secret_error(
@@ -264,7 +260,8 @@ pub fn check_declared(tx: &Tx, manifest: &AppManifest, file: &Path) -> Result<()
                 format!(
                     "create it with `wasmhost secret create {missing} KEY=VALUE...`, or correct the name (`wasmhost secret list` shows them)"
                 ),
-            ));
+            )
+            .into());
         }
     }
     Ok(())

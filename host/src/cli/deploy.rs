@@ -42,7 +42,7 @@ pub fn execute(args: DeployArgs) -> Result<u8> {
         load_program(&runtime, &spec.module, spec, Some((&app, function)))?;
     }
     let (home, mut registry) = open_state()?;
-    registry.read(|tx| Ok(secrets::check_declared(tx, &manifest, &app)?))?;
+    registry.read(|tx| secrets::check_declared(tx, &manifest, &app))?;
     deploy(&home, &mut registry, &manifest, &snapshots, force, yes)
 }
 

@@ -47,7 +47,7 @@ pub fn execute(args: RunArgs) -> Result<u8> {
     )?;
     let program = load_program(&runtime, &spec.module, spec, Some((&app, &function)))?;
     let (home, mut registry) = open_state()?;
-    registry.read(|tx| Ok(secrets::check_declared(tx, &manifest, &app)?))?;
+    registry.read(|tx| secrets::check_declared(tx, &manifest, &app))?;
     run(
         &home,
         &mut registry,
