@@ -225,3 +225,35 @@ fn a_schedule_that_does_not_parse_is_refused_at_its_line() {
     }
     assert!(env.apps().is_empty());
 }
+
+#[test]
+fn ticks_missed_while_no_node_served_are_not_made_up() {
+    let env = TestEnv::new();
+    deploy(&env, "dozing", "every 1s", 0);
+    // No node for longer than a tick may be late (5 s).
+    std::thread::sleep(Duration::from_secs(7));
+    let started = SystemTime::now();
+    let _node = Node::start(&env);
+    eventually(BOUND, "a run once a node serves", || {
+        calls(&env, "dozing")
+            .iter()
+            .any(|c| c["state"] == "succeeded")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    env.run(&["app", "stop", "dozing", "--yes"]).success();
+    let all = calls(&env, "dozing");
+    // The node began at the next tick after it started: none of the ticks
+    // it missed ran late, and none in a burst.
+    for call in &all {
+        assert!(
+            tick_of(call) + Duration::from_secs(1) >= started,
+            "a missed tick ran: {call:#}"
+        );
+    }
+    let first = all.iter().map(tick_of).min().unwrap();
+    let early = all
+        .iter()
+        .filter(|c| tick_of(c) < first + Duration::from_secs(2))
+        .count();
+    assert!(early <= 2, "a burst: {all:#?}");
+}
