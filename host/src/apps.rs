@@ -18,7 +18,7 @@ use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
 use crate::volume_walk::Cursor;
-use crate::{slots, volumes};
+use crate::{schedule, slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
 #[derive(Debug, Clone)]
@@ -307,6 +307,7 @@ pub fn deploy(
                 modules.insert(function.clone(), snapshot.digest.clone());
             }
             tx.set_app_modules(&record.id, &modules)?;
+            tx.set_schedules(&record.id, &schedule::first_ticks(manifest))?;
             Ok((
                 Deployed {
                     live: LiveApp {

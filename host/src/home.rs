@@ -15,6 +15,7 @@ const MODULES_DIR: &str = "modules";
 const SLOTS_DIR: &str = "slots";
 const SNAPSHOTS_DIR: &str = "snapshots";
 const PURGE_REPORT: &str = "purge-errors.txt";
+const SECRET_KEY_FILE: &str = "secret.key";
 
 /// The state directory, created on first use.
 #[derive(Debug, Clone)]
@@ -100,6 +101,11 @@ impl Home {
     /// Deleted data waits here for the background purge; no volume sees it.
     pub fn trash_dir(&self) -> PathBuf {
         self.root.join(TRASH_DIR)
+    }
+
+    /// The key that seals secrets (see `secrets`), outside the registry.
+    pub fn secret_key_file(&self) -> PathBuf {
+        self.root.join(SECRET_KEY_FILE)
     }
 
     /// What the last trash purge could not remove, if anything.

@@ -44,7 +44,10 @@ pub struct Target<'a> {
     pub program: &'a Program,
     pub function: &'a FunctionSpec,
     pub mounts: &'a [Mount],
-    /// Environment variables of every invocation, over the function's `env`.
+    /// The variables of the function's `secrets` (never recorded).
+    pub secrets: &'a BTreeMap<String, String>,
+    /// Environment variables of every invocation, over the function's `env`
+    /// and its secrets.
     pub env: &'a BTreeMap<String, String>,
     pub cancelled: Arc<AtomicBool>,
     /// The function's `concurrency` across processes, for a deployed app.
@@ -98,6 +101,7 @@ impl Target<'_> {
             function: self.function,
             mounts: self.mounts,
             args,
+            secrets: self.secrets,
             env: self.env,
             output,
             cancelled: self.cancelled.clone(),

@@ -6,7 +6,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::registry::{AppRecord, Attempt, CallRecord, SnapshotRecord, Tx, VolumeRecord};
+use crate::registry::{
+    AppRecord, Attempt, CallRecord, SnapshotRecord, Tx, VolumeRecord, format_ms,
+};
 
 /// Unix seconds as `2026-11-25T07:30:00Z`.
 pub fn timestamp(secs: i64) -> String {
@@ -14,7 +16,8 @@ pub fn timestamp(secs: i64) -> String {
         .to_string()
 }
 
-/// A row of `app list --json` and of `GET /v1/apps`.
+/// A row of `app list --json` and of `GET /v1/apps`: `next_ticks` maps
+/// each scheduled function to when it next runs.
 pub fn app_json(app: &AppRecord) -> Value {
     json!({
         "id": app.id,
@@ -23,6 +26,9 @@ pub fn app_json(app: &AppRecord) -> Value {
         "state": app.state,
         "created_at": timestamp(app.created_at),
         "stopped_at": app.stopped_at.map(timestamp),
+        "next_ticks": app.next_ticks.iter()
+            .map(|(function, tick)| (function.clone(), format_ms(*tick).into()))
+            .collect::<serde_json::Map<String, Value>>(),
     })
 }
 

@@ -96,6 +96,7 @@ pub fn start_call(
             max_attempts: 1,
             running: Some((&holder.id, holder.node.as_deref())),
             ended: None,
+            tick: None,
         })?;
         Ok((live, function))
     })?;
@@ -158,6 +159,7 @@ pub fn queue_calls(
                     max_attempts,
                     running: None,
                     ended: None,
+                    tick: None,
                 })?;
             }
             Ok(())

@@ -404,6 +404,7 @@ impl Batch {
                 max_attempts: 1,
                 running: Some((&call.holder, call.node.as_deref())),
                 ended,
+                tick: None,
             })?;
         }
         for (id, app_id, attempt, lines, dropped) in &self.output {

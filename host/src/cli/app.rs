@@ -9,12 +9,14 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use wasmhost::home::Home;
 use wasmhost::manifest::units::{self, DURATION_UNITS};
-use wasmhost::registry::{AppKind, LogFilter, LogLine, Registry, Stream, format_ms, now_ms};
+use wasmhost::registry::{
+    AppKind, AppRecord, LogFilter, LogLine, Registry, Stream, format_ms, now_ms,
+};
 use wasmhost::text::escape_control;
 use wasmhost::{apps, calls};
 
 use super::confirm::confirm;
-use super::output::{app_json, outln, table, timestamp};
+use super::output::{app_json, outln, table, timestamp, timestamp_ms};
 use super::{open_state, usage};
 
 #[derive(Subcommand)]
@@ -88,13 +90,22 @@ fn app_command(home: &Home, registry: &mut Registry, command: AppCommand) -> Res
                             json["state"].as_str().unwrap_or_default().to_owned(),
                             timestamp(a.created_at),
                             a.stopped_at.map(timestamp).unwrap_or_default(),
+                            next_tick(a),
                         ]
                     })
                     .collect();
                 outln!(
                     "{}",
                     table(
-                        &["ID", "NAME", "KIND", "STATE", "CREATED", "STOPPED"],
+                        &[
+                            "ID",
+                            "NAME",
+                            "KIND",
+                            "STATE",
+                            "CREATED",
+                            "STOPPED",
+                            "NEXT TICK"
+                        ],
                         &rows
                     )
                 )?;
@@ -119,6 +130,18 @@ fn app_command(home: &Home, registry: &mut Registry, command: AppCommand) -> Res
             Ok(0)
         }
         AppCommand::Logs(args) => logs(registry, args),
+    }
+}
+
+/// The soonest tick of an app's schedules, and whose it is when the app
+/// has several scheduled functions.
+fn next_tick(app: &AppRecord) -> String {
+    let Some((function, tick)) = app.next_ticks.iter().min_by_key(|(_, tick)| **tick) else {
+        return String::new();
+    };
+    match app.next_ticks.len() {
+        1 => timestamp_ms(*tick),
+        _ => format!("{} ({function})", timestamp_ms(*tick)),
     }
 }
 

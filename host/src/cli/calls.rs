@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use wasmhost::calls;
 use wasmhost::home::Home;
-use wasmhost::registry::{CallRecord, CallState, Registry, format_ms};
+use wasmhost::registry::{AppKind, CallRecord, CallState, Registry, format_ms};
 use wasmhost::text::escape_control;
 use wasmhost::views::FullCall;
 
@@ -61,8 +61,10 @@ pub fn execute(command: CallsCommand) -> Result<u8> {
 /// How much of a call's error the table shows.
 const ERROR_COLUMN: usize = 60;
 
-fn list(registry: &mut Registry, app: Option<&str>, json: bool, limit: usize) -> Result<u8> {
-    let calls = calls::list(registry, app, limit)?;
+/// Calls as a table, then when each scheduled function (of `app_filter`'s
+/// app, or of all) runs next; with `json`, the calls alone.
+fn list(registry: &mut Registry, app_filter: Option<&str>, json: bool, limit: usize) -> Result<u8> {
+    let calls = calls::list(registry, app_filter, limit)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&calls)?)?;
         return Ok(0);
@@ -94,6 +96,22 @@ fn list(registry: &mut Registry, app: Option<&str>, json: bool, limit: usize) ->
             &rows
         )
     )?;
+    // What comes next, under what has been.
+    for app in registry.read(|tx| tx.list_apps(false))? {
+        if app.next_ticks.is_empty() || app.kind != AppKind::Deployed {
+            continue;
+        }
+        if app_filter.is_some_and(|filter| filter != app.id && filter != app.name) {
+            continue;
+        }
+        for (function, tick) in &app.next_ticks {
+            outln!(
+                "next tick: {}/{function} at {}",
+                app.name,
+                timestamp_ms(*tick)
+            )?;
+        }
+    }
     Ok(0)
 }
 
@@ -177,7 +195,7 @@ fn get(home: &Home, registry: &mut Registry, id: &str, wait: bool, json: bool) -
 fn fields(call: &CallRecord) -> String {
     let or_none = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let args = serde_json::to_string(&call.args).unwrap_or_default();
-    let rows: [(&str, String); 12] = [
+    let rows: [(&str, String); 13] = [
         ("id", call.id.clone()),
         ("app", format!("{} ({})", call.app, call.app_id)),
         ("function", call.function.clone()),
@@ -193,6 +211,7 @@ fn fields(call: &CallRecord) -> String {
         ("created", format_ms(call.created_at)),
         ("started", or_none(call.started_at.map(format_ms))),
         ("finished", or_none(call.finished_at.map(format_ms))),
+        ("tick", or_none(call.tick.map(format_ms))),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     rows.iter()

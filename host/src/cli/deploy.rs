@@ -11,6 +11,7 @@ use wasmhost::manifest::{self, AppManifest};
 use wasmhost::module_store::Snapshot;
 use wasmhost::registry::Registry;
 use wasmhost::runtime::Runtime;
+use wasmhost::secrets;
 
 use super::confirm::confirm;
 use super::output::outln;
@@ -41,6 +42,7 @@ pub fn execute(args: DeployArgs) -> Result<u8> {
         load_program(&runtime, &spec.module, spec, Some((&app, function)))?;
     }
     let (home, mut registry) = open_state()?;
+    registry.read(|tx| secrets::check_declared(tx, &manifest, &app))?;
     deploy(&home, &mut registry, &manifest, &snapshots, force, yes)
 }
 

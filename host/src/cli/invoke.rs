@@ -18,8 +18,9 @@ use wasmhost::invoke::{
     watch_for_stop,
 };
 use wasmhost::manifest::{self, FunctionSpec};
-use wasmhost::registry::AppKind;
+use wasmhost::registry::{AppKind, Registry};
 use wasmhost::runtime::{Finished, Outcome, OutputLog, Program};
+use wasmhost::secrets;
 use wasmhost::slots::Slots;
 use wasmhost::text::escape_control;
 
@@ -277,6 +278,8 @@ pub fn serve(
         .filter(|_| live.record.kind == AppKind::Deployed)
         .map(|n| Slots::new(home, &live.record.id, function, n))
         .transpose()?;
+    let secrets = Registry::open(&home.registry_file())
+        .and_then(|mut registry| secrets::environment(home, &mut registry, &spec.secrets))?;
     let env: BTreeMap<String, String> = invoke.env.iter().cloned().collect();
     let (worker_home, args, worker_cancelled) =
         (home.clone(), invoke.args.clone(), cancelled.clone());
@@ -286,6 +289,7 @@ pub fn serve(
             program: &program,
             function: &spec,
             mounts: &mounts,
+            secrets: &secrets,
             env: &env,
             cancelled: worker_cancelled,
             slots,

@@ -11,6 +11,7 @@ mod invoke;
 pub mod output;
 mod remote;
 mod run;
+mod secret;
 mod serve;
 mod volume;
 
@@ -51,6 +52,9 @@ pub enum Command {
     /// Manage named volumes and their files.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// Named sets of environment variables, sealed at rest, for functions' `secrets`.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Run a node: serve deployed apps' queued calls and the HTTP API.
     Serve(serve::ServeArgs),
     /// The compiled-module cache.
@@ -75,6 +79,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::App(command) => app::execute(command),
         Command::Volume(command) => volume::execute(command),
         Command::Cache(command) => cache::execute(command),
+        Command::Secret(command) => secret::execute(command),
         Command::Serve(args) => serve::execute(args),
     }
 }

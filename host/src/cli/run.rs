@@ -9,6 +9,7 @@ use wasmhost::home::Home;
 use wasmhost::manifest::{self, AppManifest};
 use wasmhost::registry::Registry;
 use wasmhost::runtime::{Program, Runtime};
+use wasmhost::secrets;
 
 use super::invoke::{
     InvokeArgs, MapInputs, Recording, instances_at_once, note_lowered_concurrency, open_map_inputs,
@@ -46,6 +47,7 @@ pub fn execute(args: RunArgs) -> Result<u8> {
     )?;
     let program = load_program(&runtime, &spec.module, spec, Some((&app, &function)))?;
     let (home, mut registry) = open_state()?;
+    registry.read(|tx| secrets::check_declared(tx, &manifest, &app))?;
     run(
         &home,
         &mut registry,

@@ -21,6 +21,7 @@ use raw::{RawApp, RawFunction};
 pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
+use crate::schedule::Schedule;
 
 /// `timeout` when app.toml gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -82,6 +83,13 @@ pub struct FunctionSpec {
     /// and what functions stored before it had, is no network at all.
     #[serde(default)]
     pub allowed_hosts: Vec<HostPattern>,
+    /// Named secrets whose variables the function gets, in this order
+    /// (a later one's over an earlier's), after `env`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// When a deployed app's function runs on its own, while a node serves.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
 }
 
 fn default_max_open_files() -> u32 {
@@ -260,6 +268,29 @@ pub fn check_sub_path(sub_path: &str) -> Result<String, String> {
         }
     }
     Ok(trimmed.to_owned())
+}
+
+/// A secret that does not exist, reported at its name in function
+/// `function`'s `secrets` (found by the registry, after validation).
+pub fn secret_error(
+    file: &Path,
+    function: &str,
+    secret: &str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ManifestError {
+    function_key_error(
+        file,
+        function,
+        |f| {
+            f.secrets
+                .iter()
+                .find(|s| s.get_ref() == secret)
+                .map_or(f.module.span(), |s| s.span())
+        },
+        problem,
+        fix,
+    )
 }
 
 /// Whether `name` can be an environment variable's name: WASI passes
@@ -507,6 +538,8 @@ impl Validator<'_> {
             max_locks,
             retries: self.retries(raw.retries.as_ref())?,
             allowed_hosts: self.allowed_hosts(&raw.allowed_hosts)?,
+            secrets: self.secrets(raw)?,
+            schedule: self.schedule(raw)?,
         })
     }
 
@@ -543,6 +576,35 @@ impl Validator<'_> {
             read_only,
             sub_path,
             snapshot,
+        })
+    }
+
+    fn secrets(&self, raw: &RawFunction) -> Result<Vec<String>, ManifestError> {
+        let mut secrets: Vec<String> = Vec::new();
+        for secret in &raw.secrets {
+            let name = self.name(secret, "secret name", Rule::Name)?;
+            if secrets.contains(&name) {
+                return Err(self.error(
+                    Some(secret.span()),
+                    format!("secret `{name}` is listed twice"),
+                    "list each secret once",
+                ));
+            }
+            secrets.push(name);
+        }
+        Ok(secrets)
+    }
+
+    fn schedule(&self, raw: &RawFunction) -> Result<Option<Schedule>, ManifestError> {
+        let Some(schedule) = &raw.schedule else {
+            return Ok(None);
+        };
+        Schedule::parse(schedule.get_ref()).map(Some).map_err(|problem| {
+            self.error(
+                Some(schedule.span()),
+                format!("bad `schedule`: {problem}"),
+                "write \"every DURATION\" (e.g. \"every 10m\", at least 1s) or a five-field cron line in UTC (minute hour day month weekday, e.g. \"0 3 * * *\")",
+            )
         })
     }
 

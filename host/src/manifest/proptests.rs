@@ -52,6 +52,20 @@ fn guest_path() -> impl Strategy<Value = String> {
     ]
 }
 
+/// An interval in whole seconds (as humantime writes it back), or a cron line.
+fn schedule() -> impl Strategy<Value = Schedule> {
+    prop_oneof![
+        (1u64..=10_000_000).prop_map(|secs| Schedule::Every(Duration::from_secs(secs))),
+        proptest::sample::select(vec![
+            "* * * * *",
+            "0 3 * * *",
+            "*/15 9-17 * * 1-5",
+            "30 0 1 */2 *"
+        ])
+        .prop_map(|line| Schedule::Cron(line.to_owned())),
+    ]
+}
+
 /// Either form of `retries`: the count alone when the delays are the
 /// defaults, which is how a user would write it.
 fn retries() -> impl Strategy<Value = RetryPolicy> {
@@ -121,7 +135,11 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
         proptest::option::of(1u32..=1024),
         (proptest::option::of("[a-z_][a-z0-9_.]{0,8}"), any::<bool>()),
         (16u32..=1_000_000, 1u32..=1_000_000, retries()),
-        proptest::collection::vec(host_pattern(), 0..3),
+        (
+            proptest::collection::vec(host_pattern(), 0..3),
+            proptest::collection::btree_set(name(), 0..3),
+            proptest::option::of(schedule()),
+        ),
     )
         .prop_map(
             |(
@@ -133,7 +151,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                 concurrency,
                 (entry, trap_unknown_imports),
                 (max_open_files, max_locks, retries),
-                allowed_hosts,
+                (allowed_hosts, secrets, schedule),
             )| {
                 FunctionSpec {
                     module: base_dir().join("m.wasm"),
@@ -149,6 +167,8 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     max_locks,
                     retries,
                     allowed_hosts,
+                    secrets: secrets.into_iter().collect(),
+                    schedule,
                 }
             },
         )
@@ -230,6 +250,11 @@ fn to_toml(m: &AppManifest) -> String {
         }
         if f.trap_unknown_imports {
             out += "unknown_imports = \"trap\"\n";
+        }
+        let secrets: Vec<String> = f.secrets.iter().map(|s| q(s)).collect();
+        out += &format!("secrets = [{}]\n", secrets.join(", "));
+        if let Some(schedule) = &f.schedule {
+            out += &format!("schedule = {}\n", q(&schedule.to_string()));
         }
         out += &format!("max_open_files = {}\n", f.max_open_files);
         out += &format!("max_locks = {}\n", f.max_locks);

@@ -45,6 +45,9 @@ pub struct RawFunction {
     pub retries: Option<Spanned<RawRetries>>,
     #[serde(default)]
     pub allowed_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
+    pub schedule: Option<Spanned<String>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true, sub_path = "hf",

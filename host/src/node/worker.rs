@@ -6,7 +6,9 @@
 //! Claims are registry transactions (`BEGIN IMMEDIATE` on SQLite), so two
 //! nodes never claim one call. The loop wakes when this node queues a call
 //! or finishes one, and otherwise every [`POLL`], which is how it notices
-//! what other shells did: a new call, a deploy, an update or a stop.
+//! what other shells did: a new call, a deploy, an update or a stop. Each
+//! look also queues the calls of schedules whose tick has come (see
+//! `schedule`), which the same look then claims like any other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +28,7 @@ use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_ca
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
 use crate::views::FullCall;
+use crate::{schedule, secrets};
 
 /// How often the worker looks for queued calls and cancellations.
 const POLL: Duration = Duration::from_millis(100);
@@ -160,6 +163,9 @@ impl Worker {
         let mut housekept = Instant::now();
         self.housekeeping(&mut registry);
         while !self.is_draining() {
+            if let Err(e) = schedule::run_due(&mut registry) {
+                eprintln!("warning: cannot queue the calls of due schedules: {e:#}");
+            }
             let free = self.max_calls.saturating_sub(self.running_count());
             if free > 0 {
                 match self.claim(&mut registry, free) {
@@ -319,6 +325,7 @@ impl Worker {
             finished_at: None,
             holder: Some(self.holder.id.clone()),
             module: live.modules.get(&function).cloned(),
+            tick: None,
         };
         let cancelled = self.track(&call);
         let log = OutputLog::retaining();
@@ -420,11 +427,15 @@ impl Worker {
             .concurrency
             .map(|n| Slots::new(&self.home, &live.record.id, &call.function, n))
             .transpose()?;
+        let secrets = self
+            .registries
+            .with_sync(|registry| secrets::environment(&self.home, registry, &spec.secrets))?;
         let target = Target {
             home: &self.home,
             program: &program,
             function: spec,
             mounts: &mounts,
+            secrets: &secrets,
             env: &call.env,
             cancelled,
             slots,

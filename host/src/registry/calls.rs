@@ -79,6 +79,9 @@ pub enum CallState {
     Succeeded,
     Failed,
     Cancelled,
+    /// A schedule's tick that came while the previous tick's call was
+    /// still queued or running: recorded, never run.
+    Skipped,
 }
 
 impl CallState {
@@ -89,6 +92,7 @@ impl CallState {
             CallState::Succeeded => "succeeded",
             CallState::Failed => "failed",
             CallState::Cancelled => "cancelled",
+            CallState::Skipped => "skipped",
         }
     }
 
@@ -98,6 +102,7 @@ impl CallState {
             "running" => CallState::Running,
             "succeeded" => CallState::Succeeded,
             "failed" => CallState::Failed,
+            "skipped" => CallState::Skipped,
             _ => CallState::Cancelled,
         }
     }
@@ -143,6 +148,10 @@ pub struct CallRecord {
     /// The module snapshot's digest.
     #[serde(skip)]
     pub module: Option<String>,
+    /// The schedule's tick this call ran (or skipped) for; none for a call
+    /// someone made.
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub tick: Option<i64>,
 }
 
 /// Unix milliseconds as RFC 3339 (`2026-11-27T18:00:00.123Z`).
@@ -189,6 +198,8 @@ pub struct NewCall<'a> {
     pub running: Option<(&'a str, Option<&'a str>)>,
     /// How it already ended (a call recorded once it was over).
     pub ended: Option<CallEnd<'a>>,
+    /// The schedule's tick it runs for (Unix ms), if a schedule made it.
+    pub tick: Option<i64>,
 }
 
 /// How a call ended, and when it had started.
@@ -248,7 +259,7 @@ pub struct LogFilter {
 /// (the queue's and the running calls' are partial, and small); left to
 /// itself, it would walk every call of every running app to find queued
 /// ones.
-const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module FROM calls c CROSS JOIN apps a ON a.id = c.app_id";
+const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module, c.tick FROM calls c CROSS JOIN apps a ON a.id = c.app_id";
 
 fn call_from_row(row: &rusqlite::Row) -> rusqlite::Result<CallRecord> {
     let json = |at: usize| -> rusqlite::Result<String> { row.get(at) };
@@ -270,6 +281,7 @@ fn call_from_row(row: &rusqlite::Row) -> rusqlite::Result<CallRecord> {
         finished_at: row.get(14)?,
         holder: row.get(15)?,
         module: row.get(16)?,
+        tick: row.get(17)?,
     })
 }
 
@@ -301,8 +313,8 @@ impl Tx<'_> {
         self.tx
             .prepare_cached(
                 "INSERT INTO calls (id, app_id, function, state, created_at, started_at, module, args, env, holder, node,
-                                    attempts, max_attempts, finished_at, released_at, exit_code, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16)",
+                                    attempts, max_attempts, finished_at, released_at, exit_code, error, tick)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17)",
             )?
             .execute(params![
                 call.id,
@@ -321,6 +333,7 @@ impl Tx<'_> {
                 finished,
                 exit_code,
                 error,
+                call.tick,
             ])?;
         Ok(())
     }

@@ -18,12 +18,16 @@ use serde::Serialize;
 use crate::manifest::AppManifest;
 
 mod calls;
+mod schedules;
+mod secrets;
 mod snapshots;
 
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
 pub use snapshots::SnapshotRecord;
+pub use schedules::DueTick;
+pub use secrets::{SealedSecret, SecretRecord};
 
 /// The registry's schema as an ordered list of migrations: applying
 /// `MIGRATIONS[i]` takes a registry at version `i` (`PRAGMA user_version`)
@@ -102,6 +106,8 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     calls::MIGRATION_5,
     // 7 (6 is usage and quotas, merged beside it): snapshots of volumes.
     snapshots::MIGRATION_7,
+    // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.
+    schedules::MIGRATION_8,
 ];
 
 /// The format of the manifest JSON stored in `apps.manifest`, in its
@@ -153,6 +159,10 @@ pub struct AppRecord {
     pub manifest: Option<AppManifest>,
     #[serde(skip)]
     pub has_lease: bool,
+    /// Function -> when its schedule next runs it (Unix ms), for a running
+    /// deployed app's scheduled functions; filled by [`Tx::list_apps`].
+    #[serde(skip)]
+    pub next_ticks: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -224,7 +234,9 @@ impl Registry {
             .with_context(broken)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .with_context(broken)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
+        // Off while migrating (the bundled SQLite turns them on by default),
+        // then on: see below.
+        conn.pragma_update(None, "foreign_keys", "OFF")
             .with_context(broken)?;
         let mut registry = Self {
             conn,
@@ -238,6 +250,13 @@ impl Registry {
                 e.context(broken())
             }
         })?;
+        // After migrating, which rebuilds tables as SQLite's ALTER TABLE
+        // documents: with foreign keys off, so that dropping a table that
+        // others reference deletes nothing of theirs.
+        registry
+            .conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .with_context(broken)?;
         registry.keep_reserve();
         Ok(registry)
     }
@@ -388,6 +407,7 @@ impl Tx<'_> {
             stopped_at: None,
             manifest: manifest.cloned(),
             has_lease,
+            next_ticks: BTreeMap::new(),
         })
     }
 
@@ -399,8 +419,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Marks a running app stopped and forgets its mounts. Returns false if it
-    /// was already stopped (someone else got there first).
+    /// Marks a running app stopped and forgets its mounts and schedules.
+    /// Returns false if it was already stopped (someone else got there first).
     pub fn mark_stopped(&self, app_id: &str) -> Result<bool> {
         let changed = self.tx.execute(
             "UPDATE apps SET state = 'stopped', stopped_at = ?2 WHERE id = ?1 AND state = 'running'",
@@ -408,6 +428,7 @@ impl Tx<'_> {
         )?;
         self.tx
             .execute("DELETE FROM mounts WHERE app_id = ?1", params![app_id])?;
+        self.delete_schedules(app_id)?;
         Ok(changed == 1)
     }
 
@@ -432,16 +453,32 @@ impl Tx<'_> {
         Ok(self.query_apps(&sql, params![name, kind_str(kind)])?.pop())
     }
 
+    /// Apps with their next ticks.
     pub fn list_apps(&self, include_stopped: bool) -> Result<Vec<AppRecord>> {
         let filter = if include_stopped {
             ""
         } else {
             "WHERE state = 'running'"
         };
-        self.query_apps(
+        let mut apps = self.query_apps(
             &format!("SELECT {APP_COLUMNS} FROM apps {filter} ORDER BY created_at, rowid"),
             [],
-        )
+        )?;
+        let mut ticks = self.next_ticks()?;
+        let now = now_ms();
+        for app in &mut apps {
+            let (Some(stored), Some(manifest)) = (ticks.remove(&app.id), &app.manifest) else {
+                continue;
+            };
+            app.next_ticks = stored
+                .into_iter()
+                .filter_map(|(function, tick)| {
+                    let schedule = manifest.functions.get(&function)?.schedule.as_ref()?;
+                    Some((function, schedule.upcoming(tick, now)?))
+                })
+                .collect();
+        }
+        Ok(apps)
     }
 
     /// Running apps that hold a lease, i.e. belong to a live `run` process.
@@ -642,6 +679,7 @@ fn app_from_row(row: &rusqlite::Row) -> rusqlite::Result<(AppRecord, Option<Stri
         stopped_at: row.get(5)?,
         manifest: None,
         has_lease: row.get(7)?,
+        next_ticks: BTreeMap::new(),
     };
     Ok((app, row.get(6)?))
 }

@@ -265,7 +265,10 @@ pub struct Invocation<'a> {
     pub mounts: &'a [Mount],
     /// The invocation's own arguments, after the function's `args`.
     pub args: &'a [String],
-    /// The invocation's own environment variables, over the function's `env`.
+    /// The variables of the function's `secrets`, over its `env`.
+    pub secrets: &'a BTreeMap<String, String>,
+    /// The invocation's own environment variables, over the function's
+    /// `env` and its secrets.
     pub env: &'a BTreeMap<String, String>,
     pub output: Output,
     /// Set to stop the instance (app stopped, Ctrl-C).
@@ -273,15 +276,17 @@ pub struct Invocation<'a> {
 }
 
 impl Invocation<'_> {
-    /// The function's `env` with the invocation's own variables over it.
+    /// The function's `env`, its secrets over that, and the invocation's
+    /// own variables over both.
     fn environment(&self) -> impl Iterator<Item = (&String, &String)> {
-        let overridden = |key: &&String| self.env.contains_key(*key);
-        let kept = self
+        let (secrets, env) = (self.secrets, self.env);
+        let function = self
             .function
             .env
             .iter()
-            .filter(move |(k, _)| !overridden(k));
-        kept.chain(self.env)
+            .filter(move |(k, _)| !secrets.contains_key(*k) && !env.contains_key(*k));
+        let secrets = secrets.iter().filter(move |(k, _)| !env.contains_key(*k));
+        function.chain(secrets).chain(env)
     }
 }
 

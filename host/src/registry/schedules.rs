@@ -1,0 +1,267 @@
+//! Schedules' next ticks, and the calls they make (see `crate::schedule`).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use rusqlite::params;
+
+use super::Tx;
+use super::calls::now_ms;
+
+/// Calls gain the tick they ran for and the state `skipped`, which a CHECK
+/// names, so the table is rebuilt (SQLite cannot alter a CHECK): migrations
+/// run with foreign keys off, so dropping the old table leaves the attempts
+/// and output that reference it alone. Then the schedules' next ticks, and
+/// the secrets (see `secrets`).
+///
+/// The rebuild copies every column `calls` had after migration 5; a
+/// migration before this one that adds a column to `calls` must add it here.
+pub(super) const MIGRATION_8: &str = "
+CREATE TABLE calls_new (
+    id              TEXT PRIMARY KEY,
+    app_id          TEXT NOT NULL REFERENCES apps (id),
+    function        TEXT NOT NULL,
+    state           TEXT NOT NULL
+                    CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'skipped')),
+    created_at      INTEGER NOT NULL,
+    started_at      INTEGER,
+    finished_at     INTEGER,
+    error           TEXT,
+    module          TEXT,
+    args            TEXT NOT NULL DEFAULT '[]',
+    env             TEXT NOT NULL DEFAULT '{}',
+    holder          TEXT,
+    node            TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    max_attempts    INTEGER NOT NULL DEFAULT 1,
+    run_after       INTEGER NOT NULL DEFAULT 0,
+    exit_code       INTEGER,
+    dropped_stdout  INTEGER NOT NULL DEFAULT 0,
+    dropped_stderr  INTEGER NOT NULL DEFAULT 0,
+    released_at     INTEGER,
+    -- The schedule's tick (Unix ms) a call ran or was skipped for.
+    tick            INTEGER,
+    CHECK (CASE state WHEN 'queued' THEN started_at IS NULL
+                      WHEN 'skipped' THEN started_at IS NULL
+                      WHEN 'cancelled' THEN 1
+                      ELSE started_at IS NOT NULL END),
+    CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
+);
+INSERT INTO calls_new (id, app_id, function, state, created_at, started_at, finished_at, error, module,
+                       args, env, holder, node, attempts, max_attempts, run_after, exit_code,
+                       dropped_stdout, dropped_stderr, released_at)
+SELECT id, app_id, function, state, created_at, started_at, finished_at, error, module,
+       args, env, holder, node, attempts, max_attempts, run_after, exit_code,
+       dropped_stdout, dropped_stderr, released_at FROM calls;
+DROP TABLE calls;
+ALTER TABLE calls_new RENAME TO calls;
+CREATE INDEX calls_by_app ON calls (app_id, id);
+CREATE INDEX calls_running ON calls (app_id, function) WHERE state = 'running';
+CREATE INDEX calls_queue ON calls (run_after, created_at) WHERE state = 'queued';
+-- One call per tick, whatever a node does wrong.
+CREATE UNIQUE INDEX calls_by_tick ON calls (app_id, function, tick) WHERE tick IS NOT NULL;
+-- Whether a tick's previous call is still going.
+CREATE INDEX calls_ticking ON calls (app_id, function)
+    WHERE tick IS NOT NULL AND state IN ('queued', 'running');
+-- The next tick of each scheduled function of a deployed app, and the
+-- schedule it was computed from (a deploy that changes it starts anew).
+CREATE TABLE schedules (
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    function    TEXT NOT NULL,
+    schedule    TEXT NOT NULL,
+    next_tick   INTEGER NOT NULL,
+    PRIMARY KEY (app_id, function)
+);
+CREATE INDEX schedules_due ON schedules (next_tick);
+-- Named sets of environment variables, sealed (see `secrets`): the names
+-- of their variables in clear, for listing; their values only sealed.
+CREATE TABLE secrets (
+    name        TEXT PRIMARY KEY,
+    keys        TEXT NOT NULL,
+    nonce       BLOB NOT NULL,
+    sealed      BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+";
+
+/// A scheduled function whose next tick has come.
+#[derive(Debug, Clone)]
+pub struct DueTick {
+    pub app_id: String,
+    pub function: String,
+    /// Unix ms.
+    pub next_tick: i64,
+}
+
+impl Tx<'_> {
+    /// Sets the scheduled functions of `app_id`: (function, schedule as
+    /// written, its first tick). A function whose schedule is unchanged
+    /// keeps its next tick; one no longer listed loses its row.
+    pub fn set_schedules(&self, app_id: &str, schedules: &[(String, String, i64)]) -> Result<()> {
+        let mut kept = Vec::new();
+        for (function, schedule, first_tick) in schedules {
+            self.tx.execute(
+                "INSERT INTO schedules (app_id, function, schedule, next_tick) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (app_id, function) DO UPDATE SET schedule = excluded.schedule, next_tick = excluded.next_tick
+                 WHERE schedule != excluded.schedule",
+                params![app_id, function, schedule, first_tick],
+            )?;
+            kept.push(function.as_str());
+        }
+        let kept = serde_json::to_string(&kept)?;
+        self.tx.execute(
+            "DELETE FROM schedules WHERE app_id = ?1 AND function NOT IN (SELECT value FROM json_each(?2))",
+            params![app_id, kept],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the schedules of `app_id` (it stopped).
+    pub(super) fn delete_schedules(&self, app_id: &str) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM schedules WHERE app_id = ?1", params![app_id])?;
+        Ok(())
+    }
+
+    /// Scheduled functions of running apps whose next tick is at or before
+    /// `now` (Unix ms).
+    pub fn due_schedules(&self, now: i64) -> Result<Vec<DueTick>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT s.app_id, s.function, s.next_tick FROM schedules s JOIN apps a ON a.id = s.app_id
+             WHERE s.next_tick <= ?1 AND a.state = 'running' ORDER BY s.next_tick",
+        )?;
+        let rows = stmt.query_map(params![now], |r| {
+            Ok(DueTick {
+                app_id: r.get(0)?,
+                function: r.get(1)?,
+                next_tick: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Claims tick `tick` of a schedule by moving it on to `next`; false if
+    /// someone else claimed it first.
+    pub fn advance_schedule(
+        &self,
+        app_id: &str,
+        function: &str,
+        tick: i64,
+        next: i64,
+    ) -> Result<bool> {
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE schedules SET next_tick = ?4 WHERE app_id = ?1 AND function = ?2 AND next_tick = ?3",
+            )?
+            .execute(params![app_id, function, tick, next])?;
+        Ok(changed == 1)
+    }
+
+    /// Whether a call an earlier tick made is still queued or running.
+    pub fn scheduled_run_going(&self, app_id: &str, function: &str) -> Result<bool> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM calls WHERE app_id = ?1 AND function = ?2
+                                AND tick IS NOT NULL AND state IN ('queued', 'running'))",
+            )?
+            .query_row(params![app_id, function], |r| r.get(0))?)
+    }
+
+    /// Records tick `tick` as skipped, `why`.
+    pub fn insert_skipped(
+        &self,
+        id: &str,
+        app_id: &str,
+        function: &str,
+        tick: i64,
+        why: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        self.tx
+            .prepare_cached(
+                "INSERT INTO calls (id, app_id, function, state, created_at, finished_at, released_at, error, tick)
+                 VALUES (?1, ?2, ?3, 'skipped', ?4, ?4, ?4, ?5, ?6)",
+            )?
+            .execute(params![id, app_id, function, now, why, tick])?;
+        Ok(())
+    }
+
+    /// App id -> function -> (next tick as stored, Unix ms), for every
+    /// scheduled function of a running app.
+    pub fn next_ticks(&self) -> Result<BTreeMap<String, BTreeMap<String, i64>>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT s.app_id, s.function, s.next_tick FROM schedules s JOIN apps a ON a.id = s.app_id
+             WHERE a.state = 'running'",
+        )?;
+        let mut ticks: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        for row in rows {
+            let (app, function, tick): (String, String, i64) = row?;
+            ticks.entry(app).or_default().insert(function, tick);
+        }
+        Ok(ticks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::super::{MIGRATIONS, Registry};
+
+    /// Rebuilding `calls` keeps every call, and the attempts and output
+    /// that reference them (which a drop with foreign keys on would
+    /// delete).
+    #[test]
+    fn migration_8_keeps_calls_their_attempts_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for migration in &MIGRATIONS[..5] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO apps (id, name, kind, state, created_at) VALUES ('ap-1', 'a', 'deployed', 'running', 1);
+             INSERT INTO calls (id, app_id, function, state, created_at, started_at, finished_at, released_at, attempts, args)
+                 VALUES ('ca-1', 'ap-1', 'f', 'failed', 1, 2, 3, 3, 2, '[\"x\"]');
+             INSERT INTO call_attempts (call_id, attempt, started_at, finished_at, error) VALUES ('ca-1', 1, 1, 2, 'boom');
+             INSERT INTO call_output (call_id, app_id, attempt, time, stream, data) VALUES ('ca-1', 'ap-1', 2, 2, 'stdout', 'hi\n');",
+        )
+        .unwrap();
+        drop(conn);
+
+        let mut registry = Registry::open(&path).unwrap();
+        registry
+            .read(|tx| {
+                let call = tx.call("ca-1")?.expect("the call survived");
+                assert_eq!(
+                    (&call.args[..], call.attempts, call.tick),
+                    (&["x".to_owned()][..], 2, None)
+                );
+                assert_eq!(tx.attempts(&call)?.len(), 2);
+                assert_eq!(tx.call_output(&call)?.0[0], "hi\n");
+                Ok(())
+            })
+            .unwrap();
+        // Foreign keys are on again once migrated.
+        let on: bool = registry
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(on);
+        registry
+            .write(|tx| {
+                tx.insert_skipped("ca-2", "ap-1", "f", 1000, "busy")?;
+                assert!(
+                    tx.insert_skipped("ca-3", "ap-1", "f", 1000, "busy")
+                        .is_err()
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -1,0 +1,362 @@
+//! Secrets (SPEC section 7): `secret create/list/delete`, `secrets = [...]`
+//! injecting them into a function's environment between its `env` and
+//! `--env`, and their values found nowhere but in the guest: not in any
+//! output, record or file under `$WASMHOST_HOME`.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::node::Node;
+use common::{Run, TestEnv, path};
+
+const BOUND: Duration = Duration::from_secs(60);
+/// Values no output or file but the guest's own may hold.
+const TOKEN: &str = "tok-9f2c41d7e3b5a8610";
+const PIPED: &str = "piped-55ae73c0b19d42f8";
+
+/// App `name` whose function `dump` writes the variables `names` to the
+/// named volume `{name}-out`, with `extra` lines added to its table.
+fn app(env: &TestEnv, name: &str, names: &[&str], extra: &str) -> PathBuf {
+    let args: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    env.app(
+        name,
+        &format!(
+            r#"name = "{name}"
+[volumes.out]
+persist = "{name}-out"
+[functions.dump]
+module = "{{guest:envfile}}"
+mounts = {{ "/data" = "out" }}
+args = ["/data", {}]
+{extra}
+"#,
+            args.join(", ")
+        ),
+    )
+}
+
+/// What the guest wrote for variable `key`.
+fn written(env: &TestEnv, volume: &str, key: &str) -> String {
+    std::fs::read_to_string(env.volume_dir(volume).join(key)).unwrap()
+}
+
+/// `secret create NAME ARGS...` with `stdin` on its standard input.
+fn create_with_stdin(env: &TestEnv, args: &[&str], stdin: &str) -> Run {
+    let mut child = env
+        .command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    Run(child.wait_with_output().unwrap())
+}
+
+/// Every output gathered, checked for the values.
+#[derive(Default)]
+struct Outputs(Vec<(String, String)>);
+
+impl Outputs {
+    fn keep(&mut self, what: &str, run: Run) -> Run {
+        self.0.push((format!("{what} (stdout)"), run.stdout()));
+        self.0.push((format!("{what} (stderr)"), run.stderr()));
+        run
+    }
+
+    fn run(&mut self, env: &TestEnv, args: &[&str]) -> Run {
+        let run = env.run_within(BOUND, args);
+        self.keep(&args.join(" "), run)
+    }
+
+    fn assert_clean(&self) {
+        for (what, text) in &self.0 {
+            for value in [TOKEN, PIPED] {
+                assert!(
+                    !text.contains(value),
+                    "{what} shows a secret's value:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_secrets_values_reach_the_guest_and_nothing_else() {
+    let env = TestEnv::new();
+    let mut seen = Outputs::default();
+    seen.keep(
+        "secret create",
+        create_with_stdin(
+            &env,
+            &[
+                "secret",
+                "create",
+                "hf",
+                &format!("HF_TOKEN={TOKEN}"),
+                "PIPED=-",
+            ],
+            &format!("{PIPED}\n"),
+        )
+        .success(),
+    );
+    let key = env.home().join("secret.key");
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+
+    let list = seen
+        .run(&env, &["secret", "list", "--json"])
+        .success()
+        .stdout();
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["name"], "hf");
+    assert_eq!(list[0]["keys"], serde_json::json!(["HF_TOKEN", "PIPED"]));
+    seen.run(&env, &["secret", "list"]).success();
+
+    let toml = app(&env, "sec", &["HF_TOKEN", "PIPED"], "secrets = [\"hf\"]");
+    // `run`, a `call` in this process, and a call a node runs.
+    seen.run(&env, &["run", path(&toml)]).success();
+    assert_eq!(written(&env, "sec-out", "HF_TOKEN"), TOKEN);
+    assert_eq!(written(&env, "sec-out", "PIPED"), PIPED);
+    std::fs::remove_file(env.volume_dir("sec-out").join("HF_TOKEN")).unwrap();
+    seen.run(&env, &["deploy", path(&toml)]).success();
+    seen.run(&env, &["call", "sec", "dump"]).success();
+    assert_eq!(written(&env, "sec-out", "HF_TOKEN"), TOKEN);
+    std::fs::remove_file(env.volume_dir("sec-out").join("HF_TOKEN")).unwrap();
+    let node = Node::start(&env);
+    seen.run(&env, &["call", "sec", "dump", "--remote"])
+        .success();
+    assert_eq!(written(&env, "sec-out", "HF_TOKEN"), TOKEN);
+
+    seen.run(&env, &["app", "logs", "sec"]).success();
+    seen.run(&env, &["app", "logs", "sec", "--json"]).success();
+    seen.run(&env, &["app", "list", "--all", "--json"])
+        .success();
+    seen.run(&env, &["app", "list", "--all"]).success();
+    let calls = seen
+        .run(&env, &["calls", "list", "--json"])
+        .success()
+        .stdout();
+    let calls: Vec<serde_json::Value> = serde_json::from_str(&calls).unwrap();
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        let id = call["id"].as_str().unwrap();
+        seen.run(&env, &["calls", "get", id, "--json"]).success();
+        seen.run(&env, &["calls", "get", id]).success();
+    }
+    let (status, body) = node.get("/v1/apps");
+    assert_eq!(status, 200);
+    seen.0.push(("GET /v1/apps".into(), body));
+    seen.0.push(("the node's stderr".into(), node.stderr()));
+    drop(node);
+    seen.assert_clean();
+
+    // Under $WASMHOST_HOME, only the guest's own files hold them: not the
+    // registry, its WAL, the key or anything else.
+    for value in [TOKEN, PIPED] {
+        let found = env.files_containing(value);
+        assert!(!found.is_empty(), "the guest's file is missing");
+        let volumes = env.home().join("volumes");
+        for file in found {
+            assert!(
+                file.starts_with(&volumes),
+                "{} holds {value}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn variables_come_from_env_then_secrets_then_the_invocations_env() {
+    let env = TestEnv::new();
+    env.run(&["secret", "create", "layer", "B=secret", "C=secret"])
+        .success();
+    let toml = app(
+        &env,
+        "order",
+        &["A", "B", "C"],
+        "env = { A = \"env\", B = \"env\", C = \"env\" }\nsecrets = [\"layer\"]",
+    );
+    env.run(&["run", path(&toml), "--env", "C=cli"]).success();
+    let got: Vec<String> = ["A", "B", "C"]
+        .iter()
+        .map(|k| written(&env, "order-out", k))
+        .collect();
+    assert_eq!(got, ["env", "secret", "cli"]);
+}
+
+/// The error lines a failed command printed.
+fn one_line_error(run: &Run) -> String {
+    let stderr = run.stderr();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn the_key_file_must_be_private_and_the_one_secrets_were_sealed_with() {
+    let env = TestEnv::new();
+    env.run(&["secret", "create", "hf", &format!("HF_TOKEN={TOKEN}")])
+        .success();
+    let toml = app(&env, "keyed", &["HF_TOKEN"], "secrets = [\"hf\"]");
+    let key = env.home().join("secret.key");
+    let good = std::fs::read(&key).unwrap();
+    let set_mode = |mode| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode));
+
+    set_mode(0o644).unwrap();
+    for args in [
+        vec!["run", path(&toml)],
+        vec!["secret", "create", "other", "A=1"],
+    ] {
+        let run = env.run_within(BOUND, &args).code_is(1);
+        let error = one_line_error(&run);
+        assert!(
+            error.contains("has mode 0644") && error.contains("chmod 600"),
+            "{error}"
+        );
+    }
+
+    set_mode(0o600).unwrap();
+    std::fs::write(&key, &good[..16]).unwrap();
+    let run = env.run_within(BOUND, &["run", path(&toml)]).code_is(1);
+    let error = one_line_error(&run);
+    assert!(error.contains("holds 16 bytes, not 32"), "{error}");
+
+    std::fs::write(&key, [0x5a; 32]).unwrap();
+    let run = env.run_within(BOUND, &["run", path(&toml)]).code_is(1);
+    let error = one_line_error(&run);
+    assert!(
+        error.contains("cannot open secret `hf`") && error.contains("another key"),
+        "{error}"
+    );
+    assert!(!run.stderr().contains(TOKEN) && !run.stdout().contains(TOKEN));
+
+    std::fs::write(&key, &good).unwrap();
+    env.run_within(BOUND, &["run", path(&toml)]).success();
+    assert_eq!(written(&env, "keyed-out", "HF_TOKEN"), TOKEN);
+}
+
+#[test]
+fn an_undeclared_secret_is_refused_at_its_line() {
+    let env = TestEnv::new();
+    env.run(&["secret", "create", "real", "A=1"]).success();
+    let toml = app(&env, "undeclared", &["A"], "secrets = [\"real\", \"nope\"]");
+    for command in ["run", "deploy"] {
+        let run = env.run_within(BOUND, &[command, path(&toml)]).code_is(2);
+        let error = one_line_error(&run);
+        assert!(
+            error.contains(&format!(
+                "{}:8:20: secret `nope` does not exist",
+                toml.display()
+            )) && error.contains("wasmhost secret create nope"),
+            "{error}"
+        );
+    }
+    assert!(
+        !env.apps().iter().any(|a| a["name"] == "undeclared"),
+        "an app was made"
+    );
+}
+
+#[test]
+fn deleting_a_secret_an_app_uses_fails_its_next_call_clearly() {
+    let env = TestEnv::new();
+    env.run(&["secret", "create", "hf", &format!("HF_TOKEN={TOKEN}")])
+        .success();
+    let toml = app(&env, "orphan", &["HF_TOKEN"], "secrets = [\"hf\"]");
+    env.run(&["deploy", path(&toml)]).success();
+    env.run(&["call", "orphan", "dump"]).success();
+    let refused = env.run(&["secret", "delete", "hf"]).code_is(2);
+    assert!(refused.stderr().contains("--yes"), "{}", refused.stderr());
+    env.run(&["secret", "delete", "hf", "--yes"]).success();
+
+    let missing = "secret `hf` does not exist (it was deleted)";
+    let run = env
+        .run_within(BOUND, &["call", "orphan", "dump"])
+        .code_is(1);
+    let error = one_line_error(&run);
+    assert!(error.contains(missing), "{error}");
+    // A node's call fails with the same reason in its record.
+    let _node = Node::start(&env);
+    let run = env
+        .run_within(BOUND, &["call", "orphan", "dump", "--remote"])
+        .code_is(1);
+    assert!(run.stderr().contains(missing), "{}", run.stderr());
+    let calls = env
+        .run(&["calls", "list", "orphan", "--json"])
+        .success()
+        .stdout();
+    let calls: Vec<serde_json::Value> = serde_json::from_str(&calls).unwrap();
+    let failed: Vec<_> = calls.iter().filter(|c| c["state"] == "failed").collect();
+    assert_eq!(failed.len(), 2, "{calls:#?}");
+    for call in failed {
+        assert!(
+            call["error"].as_str().unwrap().contains(missing),
+            "{call:#}"
+        );
+    }
+}
+
+#[test]
+fn values_can_come_from_the_environment_and_a_file_and_mistakes_do_not_echo_them() {
+    let env = TestEnv::new();
+    let file = env.work.path().join("prod.env");
+    std::fs::write(
+        &file,
+        format!("# a comment\n\nexport FROM_FILE=\"{TOKEN}\"\nPLAIN=p\n"),
+    )
+    .unwrap();
+    let run = env
+        .command()
+        .args(["secret", "create", "mixed", "--from-env", "FROM_ENV"])
+        .arg("--from-env-file")
+        .arg(&file)
+        .env("FROM_ENV", PIPED)
+        .output()
+        .unwrap();
+    let run = Run(run).success();
+    assert!(!run.stdout().contains(TOKEN) && !run.stdout().contains(PIPED));
+    let toml = app(
+        &env,
+        "mixed",
+        &["FROM_FILE", "FROM_ENV", "PLAIN"],
+        "secrets = [\"mixed\"]",
+    );
+    env.run(&["run", path(&toml)]).success();
+    let got: Vec<String> = ["FROM_FILE", "FROM_ENV", "PLAIN"]
+        .iter()
+        .map(|k| written(&env, "mixed-out", k))
+        .collect();
+    assert_eq!(got, [TOKEN, PIPED, "p"]);
+
+    // A value given without its KEY=, or twice, is refused without echoing it.
+    for args in [
+        vec!["secret", "create", "oops", TOKEN],
+        vec![
+            "secret",
+            "create",
+            "oops",
+            &format!("A={TOKEN}"),
+            &format!("A={TOKEN}"),
+        ],
+    ] {
+        let run = env.run(&args).code_is(2);
+        let error = one_line_error(&run);
+        assert!(!error.contains(TOKEN), "{error}");
+    }
+    let run = env.run(&["secret", "create", "mixed", "A=1"]).code_is(2);
+    assert!(one_line_error(&run).contains("--force"));
+}
