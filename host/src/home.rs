@@ -13,6 +13,7 @@ const LOCKS_DIR: &str = "locks";
 const CACHE_DIR: &str = "cache";
 const MODULES_DIR: &str = "modules";
 const SLOTS_DIR: &str = "slots";
+const USAGE_DIR: &str = "usage";
 const PURGE_REPORT: &str = "purge-errors.txt";
 
 /// The state directory, created on first use.
@@ -54,6 +55,7 @@ impl Home {
             CACHE_DIR,
             MODULES_DIR,
             SLOTS_DIR,
+            USAGE_DIR,
         ] {
             let path = home.root.join(dir);
             std::fs::create_dir_all(&path)
@@ -106,6 +108,15 @@ impl Home {
     /// One directory of lock files per volume (see `locks`).
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join(LOCKS_DIR)
+    }
+
+    /// One usage file per volume (see `volume_usage`).
+    pub fn usage_dir(&self) -> PathBuf {
+        self.root.join(USAGE_DIR)
+    }
+
+    pub fn volume_usage_file(&self, volume_id: &str) -> PathBuf {
+        self.usage_dir().join(volume_id)
     }
 
     pub fn cache_dir(&self) -> PathBuf {

@@ -324,6 +324,7 @@ mod tests {
                     host_dir: PathBuf::from("/nonexistent"),
                     read_only: *ro,
                     volume_id,
+                    quota: Default::default(),
                 }
             })
             .collect();

@@ -30,9 +30,14 @@ pub fn create_dir(home: &Home, volume_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Moves a volume's files, and its host-side lock files, into the trash.
+/// Moves a volume's files, its host-side lock files and its usage file
+/// into the trash.
 pub fn trash(home: &Home, volume_id: &str) -> Result<()> {
-    for dir in [home.volume_dir(volume_id), home.volume_locks_dir(volume_id)] {
+    for dir in [
+        home.volume_dir(volume_id),
+        home.volume_locks_dir(volume_id),
+        home.volume_usage_file(volume_id),
+    ] {
         let target = home.trash_dir().join(new_id(volume_id));
         match fs::rename(&dir, &target) {
             Ok(()) => {}
@@ -46,12 +51,12 @@ pub fn trash(home: &Home, volume_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Trashes volume and lock directories the registry does not know: what a
+/// Trashes volume and lock directories (and usage files) the registry does not know: what a
 /// process left when it died between committing a delete and moving the
 /// files, or a lock directory a lock call made as its volume was deleted.
 /// Call inside a registry write transaction, so no volume is half-created.
 pub fn trash_orphans(home: &Home, known_ids: &[String]) -> Result<()> {
-    for parent in [home.volumes_dir(), home.locks_dir()] {
+    for parent in [home.volumes_dir(), home.locks_dir(), home.usage_dir()] {
         for entry in fs::read_dir(parent)? {
             let name = entry?.file_name();
             let Some(id) = name.to_str() else { continue };
