@@ -90,6 +90,12 @@ pub fn apply_quota(home: &Home, volume_id: &str, quota: Quota) -> Result<()> {
     Ok(())
 }
 
+/// What `volume` holds now: exact unless a process is writing it (then
+/// what the writers have reserved), recounted first if stale.
+pub fn counts_now(home: &Home, volume: &crate::registry::VolumeRecord) -> Result<Counts> {
+    Ok(Usage::open(home, &volume.id, volume.quota)?.counts())
+}
+
 /// A reservation refused: it would take the volume past its quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the volume's quota has no room for it")]
