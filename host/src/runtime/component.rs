@@ -178,7 +178,7 @@ pub async fn run(
     let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
-        host: HostState::new(invocation, limits),
+        host: HostState::new(invocation, limits)?,
     };
     limit_table(&mut state.table, limits);
     let mut store = Store::new(pre.engine(), state);

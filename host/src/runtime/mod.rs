@@ -9,6 +9,8 @@ mod core;
 mod instance;
 mod output_log;
 mod p1_sleep;
+mod quota;
+mod quota_p1;
 mod stdio;
 mod wasi_limits;
 

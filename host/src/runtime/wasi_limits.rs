@@ -36,7 +36,7 @@ pub const MAX_PATH: usize = libc::PATH_MAX as usize;
 /// handle table is full and the instance traps.
 const HANDLE_RESERVE: usize = 256;
 
-const P1: &str = "wasi_snapshot_preview1";
+pub(super) const P1: &str = "wasi_snapshot_preview1";
 /// wasmtime-wasi's filesystem interface as its linker defines it.
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
@@ -143,6 +143,7 @@ macro_rules! stock_p1 {
             .await
     }};
 }
+pub(super) use stock_p1;
 
 /// Replaces p1 import `$name`: `ENAMETOOLONG` if any of the `$len`
 /// arguments (path lengths) is past [`MAX_PATH`], else the stock function.
@@ -163,11 +164,12 @@ macro_rules! p1_paths_capped {
     };
 }
 
-fn too_long_p1(len: i32) -> bool {
+pub(super) fn too_long_p1(len: i32) -> bool {
     len as u32 as usize > MAX_PATH
 }
 
-/// Replaces wasmtime-wasi's p1 `path_*` imports in `linker`.
+/// Replaces wasmtime-wasi's p1 `path_*` imports in `linker` (those that
+/// create or remove entries are `quota_p1`'s, which check paths too).
 pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.func_wrap_async(
@@ -193,14 +195,22 @@ pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
                 if !may_open(WasiView::ctx(&mut state.wasi).table, &mut state.host.limits) {
                     return Ok(Errno::Mfile as i32);
                 }
-                stock_p1!(
-                    caller, path_open, dir, lookup, path, path_len, oflags, base, inheriting,
-                    fdflags, opened
+                super::quota_p1::path_open(
+                    &mut caller,
+                    dir,
+                    lookup,
+                    path,
+                    path_len,
+                    oflags,
+                    base,
+                    inheriting,
+                    fdflags,
+                    opened,
                 )
+                .await
             })
         },
     )?;
-    p1_paths_capped!(linker, path_create_directory, (fd: i32, path: i32, len: i32), [len]);
     p1_paths_capped!(
         linker,
         path_filestat_get,
@@ -215,30 +225,10 @@ pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
     );
     p1_paths_capped!(
         linker,
-        path_link,
-        (old_fd: i32, flags: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
-        [old_len, new_len]
-    );
-    p1_paths_capped!(
-        linker,
         path_readlink,
         (fd: i32, path: i32, len: i32, buf: i32, buf_len: i32, used: i32),
         [len]
     );
-    p1_paths_capped!(linker, path_remove_directory, (fd: i32, path: i32, len: i32), [len]);
-    p1_paths_capped!(
-        linker,
-        path_rename,
-        (fd: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
-        [old_len, new_len]
-    );
-    p1_paths_capped!(
-        linker,
-        path_symlink,
-        (old: i32, old_len: i32, fd: i32, new: i32, new_len: i32),
-        [old_len, new_len]
-    );
-    p1_paths_capped!(linker, path_unlink_file, (fd: i32, path: i32, len: i32), [len]);
     linker.allow_shadowing(false);
     Ok(())
 }
