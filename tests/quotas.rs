@@ -76,9 +76,15 @@ fn guest_quota_is_enforced(guest: &str) {
     let env = TestEnv::new();
     let app = quota_app(&env, "qa", guest, "max_size = \"1MiB\"\nmax_files = 10");
     // One big write past the quota fails whole.
-    assert_eq!(run_q(&env, &app, &["write", "2000000", "/data/big"]), "nospc 0\n");
+    assert_eq!(
+        run_q(&env, &app, &["write", "2000000", "/data/big"]),
+        "nospc 0\n"
+    );
     // The same in the unlimited volume next to it succeeds.
-    assert_eq!(run_q(&env, &app, &["write", "2000000", "/free/big"]), "done 1\n");
+    assert_eq!(
+        run_q(&env, &app, &["write", "2000000", "/free/big"]),
+        "done 1\n"
+    );
     let (bytes, _) = listed(&env, "qa-data");
     assert_eq!(bytes, 0, "nothing of the refused write is counted");
     // Many small writes: the one that would cross fails.
@@ -90,14 +96,23 @@ fn guest_quota_is_enforced(guest: &str) {
     assert!(bytes <= 1 << 20, "{bytes}");
     assert_eq!((bytes, files), walk(&env.volume_dir("qa-data")));
     // Extending with ftruncate and a pwrite past the end cross it too.
-    assert_eq!(run_q(&env, &app, &["extend", "/data/small", "2000000"]), "nospc 0\n");
+    assert_eq!(
+        run_q(&env, &app, &["extend", "/data/small", "2000000"]),
+        "nospc 0\n"
+    );
     assert_eq!(
         run_q(&env, &app, &["pwrite", "/data/small", "1048000", "1000"]),
         "nospc 0\n"
     );
     // In place (no growth) is fine; shrinking gives room back.
-    assert_eq!(run_q(&env, &app, &["pwrite", "/data/small", "0", "1000"]), "done 1\n");
-    assert_eq!(run_q(&env, &app, &["extend", "/data/small", "0"]), "done 1\n");
+    assert_eq!(
+        run_q(&env, &app, &["pwrite", "/data/small", "0", "1000"]),
+        "done 1\n"
+    );
+    assert_eq!(
+        run_q(&env, &app, &["extend", "/data/small", "0"]),
+        "done 1\n"
+    );
     assert_eq!(listed(&env, "qa-data").0, 0);
     // max_files: 10 entries, two of them `small` and `big` (created empty
     // before its write was refused).
@@ -136,7 +151,15 @@ fn instances_in_two_processes_share_one_quota() {
         .iter()
         .map(|m| {
             env.spawn(&[
-                "call", "qb", "q", "--map", path(m), "--concurrency", "4", "--", "write",
+                "call",
+                "qb",
+                "q",
+                "--map",
+                path(m),
+                "--concurrency",
+                "4",
+                "--",
+                "write",
                 "1048576",
             ])
         })
@@ -167,11 +190,24 @@ fn listed_usage_matches_a_walk_after_mixed_changes() {
     let run = env.run_within(
         BOUND,
         &[
-            "run", path(&app), "--map", path(&map), "--concurrency", "4", "--", "mixed", "/data",
+            "run",
+            path(&app),
+            "--map",
+            path(&map),
+            "--concurrency",
+            "4",
+            "--",
+            "mixed",
+            "/data",
             "100",
         ],
     );
-    assert_eq!(run.stdout().matches("done 100").count(), 10, "{}", run.stdout());
+    assert_eq!(
+        run.stdout().matches("done 100").count(),
+        10,
+        "{}",
+        run.stdout()
+    );
     let walked = walk(&env.volume_dir("qc-data"));
     assert!(walked.1 > 0);
     assert_eq!(listed(&env, "qc-data"), walked);
@@ -180,13 +216,25 @@ fn listed_usage_matches_a_walk_after_mixed_changes() {
 #[test]
 fn volume_create_and_set_change_the_quota_and_info_shows_it() {
     let env = TestEnv::new();
-    env.run(&["volume", "create", "v", "--max-size", "1MiB"]).success();
-    let info = env.run(&["volume", "info", "v", "--json"]).success().stdout();
+    env.run(&["volume", "create", "v", "--max-size", "1MiB"])
+        .success();
+    let info = env
+        .run(&["volume", "info", "v", "--json"])
+        .success()
+        .stdout();
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["max_size"], 1 << 20);
     assert_eq!(info["bytes"], 0);
-    env.run(&["volume", "set", "v", "--max-size", "none", "--max-files", "5"])
-        .success();
+    env.run(&[
+        "volume",
+        "set",
+        "v",
+        "--max-size",
+        "none",
+        "--max-files",
+        "5",
+    ])
+    .success();
     let info = env.run(&["volume", "info", "v"]).success().stdout();
     assert!(info.contains("max_size none, max_files 5"), "{info}");
 }
@@ -195,15 +243,31 @@ fn volume_create_and_set_change_the_quota_and_info_shows_it() {
 fn bad_quotas_are_refused_with_where_and_how() {
     let env = TestEnv::new();
     let app = quota_app(&env, "qd", "{guest:quota}", "max_size = \"lots\"");
-    let run = env.run(&["run", path(&app), "--", "write", "1", "/data/x"]).code_is(2);
+    let run = env
+        .run(&["run", path(&app), "--", "write", "1", "/data/x"])
+        .code_is(2);
     assert!(run.stderr().contains("app.toml:5:12"), "{}", run.stderr());
     assert!(run.stderr().contains("bad `max_size`"), "{}", run.stderr());
     let app = quota_app(&env, "qe", "{guest:quota}", "max_files = 0");
-    let run = env.run(&["run", path(&app), "--", "write", "1", "/data/x"]).code_is(2);
-    assert!(run.stderr().contains("`max_files = 0` is out of range"), "{}", run.stderr());
-    let run = env.run(&["volume", "set", "missing", "--max-size", "1MiB"]).code_is(2);
-    assert!(run.stderr().contains("no volume is named `missing`"), "{}", run.stderr());
-    let run = env.run(&["volume", "create", "w", "--max-size", "0"]).code_is(2);
+    let run = env
+        .run(&["run", path(&app), "--", "write", "1", "/data/x"])
+        .code_is(2);
+    assert!(
+        run.stderr().contains("`max_files = 0` is out of range"),
+        "{}",
+        run.stderr()
+    );
+    let run = env
+        .run(&["volume", "set", "missing", "--max-size", "1MiB"])
+        .code_is(2);
+    assert!(
+        run.stderr().contains("no volume is named `missing`"),
+        "{}",
+        run.stderr()
+    );
+    let run = env
+        .run(&["volume", "create", "w", "--max-size", "0"])
+        .code_is(2);
     assert!(run.stderr().contains("zero bytes"), "{}", run.stderr());
     env.run(&["volume", "create", "w"]).success();
     env.run(&["volume", "set", "w"]).code_is(2);

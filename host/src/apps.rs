@@ -462,9 +462,9 @@ pub fn set_volume_quota(
 ) -> Result<VolumeRecord> {
     check_name(name, "volume")?;
     registry.write(|tx| {
-        let mut volume = tx
-            .named_volume(name)?
-            .ok_or_else(|| usage!("no volume is named `{name}`; `wasmhost volume list` shows them"))?;
+        let mut volume = tx.named_volume(name)?.ok_or_else(|| {
+            usage!("no volume is named `{name}`; `wasmhost volume list` shows them")
+        })?;
         volume.quota = change(volume.quota);
         tx.set_volume_quota(&volume.id, volume.quota)?;
         volume_usage::apply_quota(home, &volume.id, volume.quota)?;

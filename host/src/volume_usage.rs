@@ -96,6 +96,63 @@ pub fn counts_now(home: &Home, volume: &crate::registry::VolumeRecord) -> Result
     Ok(Usage::open(home, &volume.id, volume.quota)?.counts())
 }
 
+/// Reserves room for copying `local` (a file or a directory, as `volume
+/// put` copies it) into volume `volume`, before anything is copied: refused
+/// with a message saying how much is missing. The room stays taken and the
+/// count is marked for a recount: overwritten files make it high until
+/// then, never low.
+pub fn reserve_put(
+    home: &Home,
+    volume: &crate::registry::VolumeRecord,
+    local: &Path,
+) -> Result<()> {
+    let counts = match std::fs::symlink_metadata(local) {
+        Ok(meta) if meta.is_dir() => count(local)
+            .with_context(|| format!("cannot count {}", local.display()))
+            .map(|c| Counts {
+                files: c.files + 1,
+                ..c
+            })?,
+        Ok(meta) => Counts {
+            bytes: meta.len(),
+            files: 1,
+        },
+        // `put` says what is wrong with it.
+        Err(_) => return Ok(()),
+    };
+    let usage = Usage::open(home, &volume.id, volume.quota)?;
+    if usage.reserve(counts.bytes, counts.files).is_err() {
+        let now = usage.counts();
+        let quota = usage.quota();
+        anyhow::bail!(
+            "{} ({} bytes, {} files) does not fit in volume `{}`: it holds {} bytes and {} files of its quota of {} bytes and {} files; free space in it, or raise its quota with `wasmhost volume set`",
+            local.display(),
+            counts.bytes,
+            counts.files,
+            volume.name.as_deref().unwrap_or(&volume.id),
+            now.bytes,
+            now.files,
+            quota
+                .max_bytes
+                .map_or("unlimited".into(), |b| b.to_string()),
+            quota
+                .max_files
+                .map_or("unlimited".into(), |f| f.to_string()),
+        );
+    }
+    usage.mark_stale();
+    Ok(())
+}
+
+/// Marks volume `volume`'s count for a recount, after the host changed its
+/// files other than through a guest (`volume rm`, and copies or restores
+/// of files into it: what the snapshot and `volume cp` work should call
+/// after it writes a volume, or [`Usage::reserve`] first to keep a quota).
+pub fn files_changed(home: &Home, volume: &crate::registry::VolumeRecord) -> Result<()> {
+    Usage::open(home, &volume.id, volume.quota)?.mark_stale();
+    Ok(())
+}
+
 /// A reservation refused: it would take the volume past its quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the volume's quota has no room for it")]
@@ -142,11 +199,14 @@ impl Usage {
                 || usage.get(Slot::Users) != 0
                 || usage.get(Slot::Stale) != 0
             {
-                let counts = count(&home.volume_dir(volume_id)).with_context(|| {
-                    format!("cannot count the usage of volume {volume_id}")
-                })?;
-                usage.slot(Slot::Bytes).store(counts.bytes, Ordering::SeqCst);
-                usage.slot(Slot::Files).store(counts.files, Ordering::SeqCst);
+                let counts = count(&home.volume_dir(volume_id))
+                    .with_context(|| format!("cannot count the usage of volume {volume_id}"))?;
+                usage
+                    .slot(Slot::Bytes)
+                    .store(counts.bytes, Ordering::SeqCst);
+                usage
+                    .slot(Slot::Files)
+                    .store(counts.files, Ordering::SeqCst);
                 usage.slot(Slot::Users).store(0, Ordering::SeqCst);
                 usage.slot(Slot::Stale).store(0, Ordering::SeqCst);
                 usage.slot(Slot::Magic).store(MAGIC, Ordering::SeqCst);
@@ -190,7 +250,10 @@ impl Usage {
     }
 
     fn store_quota(&self, quota: Quota) {
-        let store = |slot, max: Option<u64>| self.slot(slot).store(max.unwrap_or(UNLIMITED), Ordering::SeqCst);
+        let store = |slot, max: Option<u64>| {
+            self.slot(slot)
+                .store(max.unwrap_or(UNLIMITED), Ordering::SeqCst)
+        };
         store(Slot::MaxBytes, quota.max_bytes);
         store(Slot::MaxFiles, quota.max_files);
     }
@@ -360,7 +423,13 @@ mod tests {
         assert_eq!(usage.reserve(41, 0), Err(NoRoom));
         assert_eq!(usage.reserve(40, 1), Ok(()));
         assert_eq!(usage.reserve(0, 1), Err(NoRoom));
-        assert_eq!(usage.counts(), Counts { bytes: 100, files: 2 });
+        assert_eq!(
+            usage.counts(),
+            Counts {
+                bytes: 100,
+                files: 2
+            }
+        );
         usage.set_quota(Quota {
             max_bytes: Some(10),
             max_files: None,
@@ -381,12 +450,24 @@ mod tests {
         std::fs::hard_link(volume.join("a"), volume.join("b")).unwrap();
         std::fs::create_dir(volume.join("d")).unwrap();
         let usage = Usage::open(&home, "vo-1", Quota::default()).unwrap();
-        assert_eq!(usage.counts(), Counts { bytes: 10, files: 3 });
+        assert_eq!(
+            usage.counts(),
+            Counts {
+                bytes: 10,
+                files: 3
+            }
+        );
         usage.reserve(1000, 0).unwrap();
         // A crash: the process lets go of the file without closing its open.
         usage.slot(Slot::Users).fetch_add(1, Ordering::SeqCst);
         drop(usage);
         let usage = Usage::open(&home, "vo-1", Quota::default()).unwrap();
-        assert_eq!(usage.counts(), Counts { bytes: 10, files: 3 });
+        assert_eq!(
+            usage.counts(),
+            Counts {
+                bytes: 10,
+                files: 3
+            }
+        );
     }
 }

@@ -114,7 +114,12 @@ fn parse_max_size(text: &str) -> Result<Limit, String> {
     }
     units::parse_quota_size(text)
         .map(|bytes| Limit(Some(bytes)))
-        .map_err(|p| format!("{p}; write a number and a unit ({}), e.g. 50GiB, or `none`", units::QUOTA_UNITS))
+        .map_err(|p| {
+            format!(
+                "{p}; write a number and a unit ({}), e.g. 50GiB, or `none`",
+                units::QUOTA_UNITS
+            )
+        })
 }
 
 fn parse_max_files(text: &str) -> Result<Limit, String> {
@@ -218,7 +223,14 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                     ("bytes", counts.bytes.to_string()),
                     ("files", counts.files.to_string()),
                     ("quota", quota_text(volume.quota)),
-                    ("mounted by", if apps.is_empty() { "-".into() } else { apps.join(", ") }),
+                    (
+                        "mounted by",
+                        if apps.is_empty() {
+                            "-".into()
+                        } else {
+                            apps.join(", ")
+                        },
+                    ),
                     ("created", timestamp(volume.created_at)),
                     // The snapshots go here.
                 ];
@@ -254,7 +266,9 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         } => {
             let remote = remote
                 .unwrap_or_else(|| Path::new("/").join(local.file_name().unwrap_or_default()));
-            let report = open_volume(home, registry, &name)?.put(&local, &remote, force)?;
+            let files = open_volume(home, registry, &name)?;
+            volume_usage::reserve_put(home, &apps::named_volume(registry, &name)?, &local)?;
+            let report = files.put(&local, &remote, force)?;
             report_skipped(&report.skipped);
             eprintln!(
                 "copied {} file(s), {} bytes into volume `{name}`",
@@ -299,6 +313,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             recursive,
         } => {
             open_volume(home, registry, &name)?.rm(&path, recursive)?;
+            volume_usage::files_changed(home, &apps::named_volume(registry, &name)?)?;
         }
         VolumeCommand::Delete { name, yes, force } => {
             let volume = apps::named_volume(registry, &name)?;

@@ -14,20 +14,15 @@
 //! rename between file systems would be. A hard link counts as a file and
 //! no bytes: a file's bytes are counted once however many names it has.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::Invocation;
 use crate::volume_usage::{NoRoom, Usage};
 
 /// One mount as the shims see it.
 struct MountUsage {
-    /// The volume's directory, resolved, to tell which mount a descriptor's
-    /// file is in.
-    root: PathBuf,
     volume_id: String,
     /// `None` for a read-only mount: it can neither grow nor shrink.
     usage: Option<Arc<Usage>>,
@@ -58,10 +53,6 @@ impl VolumeQuotas {
     pub fn open(invocation: &Invocation) -> Result<Self> {
         let mut mounts: Vec<MountUsage> = Vec::new();
         for mount in invocation.mounts {
-            let root = mount
-                .host_dir
-                .canonicalize()
-                .with_context(|| format!("cannot resolve {}", mount.host_dir.display()))?;
             // Two mounts of one volume share one open.
             let shared = mounts
                 .iter()
@@ -77,7 +68,6 @@ impl VolumeQuotas {
                 )?)),
             };
             mounts.push(MountUsage {
-                root,
                 volume_id: mount.volume_id.clone(),
                 usage,
             });
@@ -101,17 +91,6 @@ impl VolumeQuotas {
             _ => false,
         }
     }
-
-    /// The mount the file or directory open as `fd` is in, by the path the
-    /// kernel knows it by.
-    pub fn mount_of(&self, fd: BorrowedFd) -> Option<usize> {
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        self.mounts.iter().position(|m| within(&path, &m.root))
-    }
-}
-
-fn within(path: &Path, root: &Path) -> bool {
-    path.starts_with(root)
 }
 
 /// What removing or replacing an entry gives back: a directory or a link

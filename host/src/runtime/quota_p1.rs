@@ -128,7 +128,9 @@ fn p1_fd(fd: i32) -> types::Fd {
 }
 
 async fn fd_stat(caller: &mut Caller<'_, CoreState>, fd: i32) -> wasmtime::Result<Option<Stat>> {
-    Ok(stock_method!(caller, fd_filestat_get, p1_fd(fd)).ok().map(Stat::from))
+    Ok(stock_method!(caller, fd_filestat_get, p1_fd(fd))
+        .ok()
+        .map(Stat::from))
 }
 
 /// `path` under `dir` (`flags`: its lookup flags), or `None` if it cannot be
@@ -142,9 +144,11 @@ async fn path_stat(
 ) -> wasmtime::Result<Option<Stat>> {
     let path = GuestPtr::new((path as u32, len as u32));
     let flags = types::Lookupflags::from_bits_truncate(flags as u32);
-    Ok(stock_method!(caller, path_filestat_get, p1_fd(dir), flags, path)
-        .ok()
-        .map(Stat::from))
+    Ok(
+        stock_method!(caller, path_filestat_get, p1_fd(dir), flags, path)
+            .ok()
+            .map(Stat::from),
+    )
 }
 
 /// Where a write on `fd` starts: at `offset`, or (`None`) its position; at
@@ -164,7 +168,8 @@ async fn write_start(
         return Ok(offset);
     }
     let fuel = caller.as_context_mut().hostcall_fuel();
-    let memory = memory(caller).ok_or_else(|| wasmtime::format_err!("missing required memory export"))?;
+    let memory =
+        memory(caller).ok_or_else(|| wasmtime::format_err!("missing required memory export"))?;
     let (memory, state) = memory.data_and_store_mut(&mut *caller);
     state.wasi.set_hostcall_fuel(fuel);
     Ok(state
@@ -433,7 +438,15 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
         P1,
         "path_link",
         |mut caller: Caller<'_, CoreState>,
-         (old_fd, flags, old, old_len, new_fd, new, new_len): (i32, i32, i32, i32, i32, i32, i32)| {
+         (old_fd, flags, old, old_len, new_fd, new, new_len): (
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+        )| {
             Box::new(async move {
                 if too_long_p1(old_len) || too_long_p1(new_len) {
                     return Ok(Errno::Nametoolong as i32);
@@ -445,8 +458,9 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
                     Ok(mount) => mount,
                     Err(errno) => return Ok(errno),
                 };
-                let errno =
-                    stock_p1!(caller, path_link, old_fd, flags, old, old_len, new_fd, new, new_len)?;
+                let errno = stock_p1!(
+                    caller, path_link, old_fd, flags, old, old_len, new_fd, new, new_len
+                )?;
                 if errno != ERRNO_SUCCESS {
                     release(&caller, mount, (0, 1));
                 }
@@ -464,7 +478,9 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
                 }
                 let mount = quota_mount(&caller, fd);
                 let freed = match mount {
-                    Some(_) => path_stat(&mut caller, fd, 0, path, len).await?.map(|s| s.freed()),
+                    Some(_) => path_stat(&mut caller, fd, 0, path, len)
+                        .await?
+                        .map(|s| s.freed()),
                     None => None,
                 };
                 let errno = stock_p1!(caller, path_unlink_file, fd, path, len)?;
