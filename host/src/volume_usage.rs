@@ -263,6 +263,7 @@ impl Usage {
     /// growing by zero, so a volume over a lowered quota still shrinks and
     /// rewrites in place.
     pub fn reserve(&self, bytes: u64, files: u64) -> Result<(), NoRoom> {
+        self.note_concurrency();
         add_within(self.slot(Slot::Files), files, self.get(Slot::MaxFiles))?;
         if let Err(e) = add_within(self.slot(Slot::Bytes), bytes, self.get(Slot::MaxBytes)) {
             self.release(0, files);
@@ -280,6 +281,7 @@ impl Usage {
 
     /// Gives back room: what was reserved but not used, or what was freed.
     pub fn release(&self, bytes: u64, files: u64) {
+        self.note_concurrency();
         sub_saturating(self.slot(Slot::Bytes), bytes);
         sub_saturating(self.slot(Slot::Files), files);
     }
@@ -293,7 +295,18 @@ impl Usage {
         }
     }
 
-    /// Says the count may be too high: the next exclusive open recounts.
+    /// Marks the count for a recount when others have the volume open too:
+    /// a writer reckons growth and shrinkage from what it saw just before
+    /// its call, and two writers changing one file at once can each reckon
+    /// the same change (two creates of one name, two truncates of one
+    /// file). One atomic load when nothing else writes the volume.
+    fn note_concurrency(&self) {
+        if self.get(Slot::Users) > 1 && self.get(Slot::Stale) == 0 {
+            self.mark_stale();
+        }
+    }
+
+    /// Says the count may be off: the next exclusive open recounts.
     pub fn mark_stale(&self) {
         self.slot(Slot::Stale).store(1, Ordering::SeqCst);
     }

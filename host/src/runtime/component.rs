@@ -9,6 +9,7 @@ use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
+use super::quota_p2::FileStreams;
 use super::wasi_limits::{CountLimits, limit_table};
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
@@ -22,6 +23,7 @@ pub struct ComponentState {
     wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) host: HostState,
+    pub(super) streams: FileStreams,
 }
 
 impl HasHost for ComponentState {
@@ -87,6 +89,7 @@ pub fn prelink(
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
     super::wasi_limits::add_to_p2_linker(&mut linker)?;
+    super::quota_p2::add_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(component)?;
     }
@@ -179,6 +182,7 @@ pub async fn run(
         wasi: builder.build(),
         table: ResourceTable::new(),
         host: HostState::new(invocation, limits)?,
+        streams: FileStreams::default(),
     };
     limit_table(&mut state.table, limits);
     let mut store = Store::new(pre.engine(), state);

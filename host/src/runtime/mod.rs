@@ -11,6 +11,7 @@ mod output_log;
 mod p1_sleep;
 mod quota;
 mod quota_p1;
+mod quota_p2;
 mod stdio;
 mod wasi_limits;
 

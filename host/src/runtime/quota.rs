@@ -14,15 +14,20 @@
 //! rename between file systems would be. A hard link counts as a file and
 //! no bytes: a file's bytes are counted once however many names it has.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::Invocation;
 use crate::volume_usage::{NoRoom, Usage};
 
 /// One mount as the shims see it.
 struct MountUsage {
+    /// The volume's directory, resolved, to tell which mount a host
+    /// descriptor's file is in.
+    root: PathBuf,
     volume_id: String,
     /// `None` for a read-only mount: it can neither grow nor shrink.
     usage: Option<Arc<Usage>>,
@@ -53,6 +58,10 @@ impl VolumeQuotas {
     pub fn open(invocation: &Invocation) -> Result<Self> {
         let mut mounts: Vec<MountUsage> = Vec::new();
         for mount in invocation.mounts {
+            let root = mount
+                .host_dir
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", mount.host_dir.display()))?;
             // Two mounts of one volume share one open.
             let shared = mounts
                 .iter()
@@ -68,6 +77,7 @@ impl VolumeQuotas {
                 )?)),
             };
             mounts.push(MountUsage {
+                root,
                 volume_id: mount.volume_id.clone(),
                 usage,
             });
@@ -90,6 +100,13 @@ impl VolumeQuotas {
             (Some(a), Some(b)) => a.volume_id == b.volume_id,
             _ => false,
         }
+    }
+
+    /// The mount the file or directory open as `fd` is in, by the path the
+    /// kernel knows it by (a file unlinked since keeps its directory's).
+    pub fn mount_of(&self, fd: BorrowedFd) -> Option<usize> {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        self.mounts.iter().position(|m| path.starts_with(&m.root))
     }
 }
 

@@ -38,7 +38,7 @@ const HANDLE_RESERVE: usize = 256;
 
 pub(super) const P1: &str = "wasi_snapshot_preview1";
 /// wasmtime-wasi's filesystem interface as its linker defines it.
-const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+pub(super) const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// Descriptors kept for wasmhost itself, whatever its instances hold: the
 /// registry, leases, slots, compiled-code maps, stdio, its threads' pipes.
@@ -234,7 +234,7 @@ pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
 }
 
 /// The result a component gets: wasmtime-wasi's error code, or its trap.
-fn p2_result<T>(result: FsResult<T>) -> wasmtime::Result<(Result<T, fs::ErrorCode>,)> {
+pub(super) fn p2_result<T>(result: FsResult<T>) -> wasmtime::Result<(Result<T, fs::ErrorCode>,)> {
     Ok((match result {
         Ok(value) => Ok(value),
         Err(e) => Err(e.downcast()?),
@@ -261,7 +261,9 @@ macro_rules! p2_paths_capped {
     };
 }
 
-/// Replaces wasmtime-wasi's path-taking `descriptor` methods in `linker`.
+/// Replaces wasmtime-wasi's path-taking `descriptor` methods in `linker`
+/// (those that create or remove entries are `quota_p2`'s, which check
+/// paths too).
 pub fn add_to_p2_linker(linker: &mut component::Linker<ComponentState>) -> Result<()> {
     linker.allow_shadowing(true);
     let mut types = linker.instance(FILESYSTEM_TYPES)?;
@@ -285,16 +287,10 @@ pub fn add_to_p2_linker(linker: &mut component::Linker<ComponentState>) -> Resul
                 if !may_open(&mut state.table, &mut state.host.limits) {
                     return Ok((Err(fs::ErrorCode::Quota),));
                 }
-                p2_result(
-                    state
-                        .filesystem()
-                        .open_at(dir, path_flags, path, open_flags, flags)
-                        .await,
-                )
+                super::quota_p2::open_at(state, dir, path_flags, path, open_flags, flags).await
             })
         },
     )?;
-    p2_paths_capped!(types, "create-directory-at", create_directory_at, (path: String), [path]);
     p2_paths_capped!(types, "stat-at", stat_at, (flags: fs::PathFlags, path: String), [path]);
     p2_paths_capped!(
         types,
@@ -303,24 +299,7 @@ pub fn add_to_p2_linker(linker: &mut component::Linker<ComponentState>) -> Resul
         (flags: fs::PathFlags, path: String, atim: fs::NewTimestamp, mtim: fs::NewTimestamp),
         [path]
     );
-    p2_paths_capped!(
-        types,
-        "link-at",
-        link_at,
-        (flags: fs::PathFlags, old: String, new_dir: Resource<fs::Descriptor>, new: String),
-        [old, new]
-    );
     p2_paths_capped!(types, "readlink-at", readlink_at, (path: String), [path]);
-    p2_paths_capped!(types, "remove-directory-at", remove_directory_at, (path: String), [path]);
-    p2_paths_capped!(
-        types,
-        "rename-at",
-        rename_at,
-        (old: String, new_dir: Resource<fs::Descriptor>, new: String),
-        [old, new]
-    );
-    p2_paths_capped!(types, "symlink-at", symlink_at, (old: String, new: String), [old, new]);
-    p2_paths_capped!(types, "unlink-file-at", unlink_file_at, (path: String), [path]);
     p2_paths_capped!(
         types,
         "metadata-hash-at",
