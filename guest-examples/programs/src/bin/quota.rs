@@ -10,7 +10,8 @@
 //! - `extend PATH BYTES`: `set_len` (ftruncate) to BYTES;
 //! - `pwrite PATH OFFSET BYTES`: one write at OFFSET of an existing file
 //!   (a seek and a write);
-//! - `files DIR COUNT`: creates COUNT empty files, stopping at a refusal;
+//! - `files DIR COUNT`: creates COUNT empty files in DIR (made if
+//!   missing), stopping at a refusal;
 //! - `mixed DIR COUNT SEED`: COUNT creates, writes, truncates, renames and
 //!   deletes chosen by SEED.
 //!
@@ -46,9 +47,10 @@ fn main() {
             file.seek(SeekFrom::Start(number(offset)))?;
             file.write_all(&vec![1u8; number(bytes) as usize])
         }),
-        ["files", dir, count] => steps(number(count), |i| {
-            File::create(format!("{dir}/f{i}")).map(drop)
-        }),
+        ["files", dir, count] => {
+            fs::create_dir_all(dir).unwrap_or_else(|e| fail(0, &e));
+            steps(number(count), |i| File::create(format!("{dir}/f{i}")).map(drop))
+        }
         ["mixed", dir, count, seed] => {
             let mut rng = number(seed) | 1;
             steps(number(count), |i| mixed_step(dir, i, &mut rng))
