@@ -281,3 +281,22 @@ fn bad_quotas_are_refused_with_where_and_how() {
     env.run(&["volume", "create", "w"]).success();
     env.run(&["volume", "set", "w"]).code_is(2);
 }
+
+/// `volume put` of more than fits copies nothing; what fits is counted.
+#[test]
+fn volume_put_checks_the_quota_first_and_leaves_nothing() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "p", "--max-size", "100KiB"]).success();
+    let local = env.work.path().join("tree");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("a"), vec![1u8; 60 << 10]).unwrap();
+    std::fs::write(local.join("sub/b"), vec![2u8; 60 << 10]).unwrap();
+    let run = env.run(&["volume", "put", "p", path(&local), "/tree"]).code_is(1);
+    assert!(run.stderr().contains("does not fit in volume `p`"), "{}", run.stderr());
+    assert_eq!(walk(&env.volume_dir("p")), (0, 0), "nothing was copied");
+    assert_eq!(listed(&env, "p"), (0, 0));
+    env.run(&["volume", "put", "p", path(&local.join("a")), "/a"]).success();
+    assert_eq!(listed(&env, "p"), (60 << 10, 1));
+    env.run(&["volume", "rm", "p", "/a"]).success();
+    assert_eq!(listed(&env, "p"), (0, 0));
+}
