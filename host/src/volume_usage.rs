@@ -162,7 +162,7 @@ pub struct NoRoom;
 /// process recounts while this one writes.
 pub struct Usage {
     map: NonNull<AtomicU64>,
-    _file: File,
+    file: File,
 }
 
 // SAFETY: the mapping is only ever accessed through atomics, and lives as
@@ -189,9 +189,9 @@ impl Usage {
         }
         let usage = Self {
             map: map(&file).with_context(|| format!("cannot map {}", path.display()))?,
-            _file: file,
+            file,
         };
-        if usage._file.try_lock().is_ok() {
+        if usage.file.try_lock().is_ok() {
             if usage.get(Slot::Magic) != MAGIC {
                 usage.store_quota(quota);
             }
@@ -214,7 +214,7 @@ impl Usage {
         }
         // Shared from here on (converting an exclusive lock, or waiting
         // for a recount elsewhere to end).
-        usage._file.lock_shared()?;
+        usage.file.lock_shared()?;
         usage.slot(Slot::Users).fetch_add(1, Ordering::SeqCst);
         Ok(usage)
     }
