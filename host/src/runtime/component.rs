@@ -9,8 +9,8 @@ use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
-use super::quota_p2::FileStreams;
-use super::wasi_limits::{CountLimits, limit_table};
+use super::wasi::limits::{CountLimits, limit_table};
+use super::wasi::quota_p2::FileStreams;
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
@@ -88,8 +88,8 @@ pub fn prelink(
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
-    super::wasi_limits::add_to_p2_linker(&mut linker)?;
-    super::quota_p2::add_to_linker(&mut linker)?;
+    super::wasi::limits::add_to_p2_linker(&mut linker)?;
+    super::wasi::quota_p2::add_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(component)?;
     }

@@ -10,9 +10,9 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use super::quota::VolumeQuotas;
 use super::stdio::Streamed;
-use super::wasi_limits::CountLimits;
+use super::wasi::limits::CountLimits;
+use super::wasi::quota::VolumeQuotas;
 use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
 

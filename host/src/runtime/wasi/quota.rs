@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-use super::Invocation;
+use crate::runtime::Invocation;
 use crate::volume_usage::{NoRoom, Usage};
 
 /// One mount as the shims see it.

@@ -21,10 +21,10 @@ use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
 use wiggle::GuestMemory;
 
-use super::component::ComponentState;
-use super::core::CoreState;
-use super::instance::Limits;
 use crate::manifest::FunctionSpec;
+use crate::runtime::component::ComponentState;
+use crate::runtime::core::CoreState;
+use crate::runtime::instance::Limits;
 
 /// The longest path a guest may hand the file system, in bytes: Linux's
 /// `PATH_MAX`, past which the kernel refuses a path anyway.

@@ -14,9 +14,9 @@ use wasmtime_wasi::p1::types::{self, Errno};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wiggle::{GuestMemory, GuestPtr};
 
-use super::core::CoreState;
+use super::limits::{P1, stock_p1, too_long_p1};
 use super::quota::{Refusal, freed_by, growth};
-use super::wasi_limits::{P1, stock_p1, too_long_p1};
+use crate::runtime::core::CoreState;
 
 /// The first p1 descriptor of a preopen (0-2 are stdio).
 const FIRST_PREOPEN: u32 = 3;
@@ -332,7 +332,7 @@ macro_rules! creates_file {
 }
 
 /// Replaces wasmtime-wasi's p1 calls that grow or shrink a volume in
-/// `linker` (after `wasi_limits`, whose checks these make too).
+/// `linker` (after `limits`, whose checks these make too).
 pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.func_wrap_async(

@@ -21,9 +21,9 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor}
 use wasmtime_wasi::p2::bindings::io::streams::{self, Host as _, HostOutputStream};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamResult};
 
-use super::component::ComponentState;
+use super::limits::{FILESYSTEM_TYPES, MAX_PATH, p2_result};
 use super::quota::{Refusal, freed_by, growth};
-use super::wasi_limits::{FILESYSTEM_TYPES, MAX_PATH, p2_result};
+use crate::runtime::component::ComponentState;
 
 const STREAMS: &str = "wasi:io/streams@0.2.12";
 
@@ -236,7 +236,7 @@ macro_rules! stream_write {
 }
 
 /// Replaces wasmtime-wasi's calls that grow or shrink a volume in a
-/// component linker (after `wasi_limits`, whose path checks these make too).
+/// component linker (after `limits`, whose path checks these make too).
 pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<()> {
     linker.allow_shadowing(true);
     let mut types = linker.instance(FILESYSTEM_TYPES)?;
