@@ -235,6 +235,100 @@ macro_rules! stream_write {
     };
 }
 
+/// What a call that adds or removes an entry does to its volume's usage:
+/// `reserved` is taken before it and given back if it fails; `freed` is
+/// given back if it succeeds.
+struct EntryChange {
+    mount: Option<usize>,
+    reserved: (u64, u64),
+    freed: (u64, u64),
+}
+
+impl EntryChange {
+    fn finish(self, state: &ComponentState, succeeded: bool) {
+        release(
+            state,
+            self.mount,
+            if succeeded { self.freed } else { self.reserved },
+        );
+    }
+}
+
+/// A new entry under `dir`: one file reserved.
+fn created(state: &ComponentState, dir: &Resource<fs::Descriptor>) -> Result<EntryChange, Refusal> {
+    Ok(EntryChange {
+        mount: reserve_new(state, dir)?,
+        reserved: (0, 1),
+        freed: (0, 0),
+    })
+}
+
+/// `path` under `dir` removed: what it held comes back.
+async fn removed(
+    state: &mut ComponentState,
+    dir: &Resource<fs::Descriptor>,
+    path: &str,
+) -> EntryChange {
+    let mount = quota_mount(state, dir);
+    let freed = match mount {
+        Some(_) => freed_at(state, dir, path).await.unwrap_or_default(),
+        None => (0, 0),
+    };
+    EntryChange {
+        mount,
+        reserved: (0, 0),
+        freed,
+    }
+}
+
+/// `old` renamed to `new`: what `new` held comes back (unless it is
+/// another name of the same file, which makes the rename change nothing).
+async fn renamed(
+    state: &mut ComponentState,
+    dir: &Resource<fs::Descriptor>,
+    old: &str,
+    new_dir: &Resource<fs::Descriptor>,
+    new: &str,
+) -> Result<EntryChange, Refusal> {
+    if crosses_volumes(state, dir, new_dir) {
+        return Err(Refusal::CrossVolume);
+    }
+    let mut change = removed(state, new_dir, new).await;
+    if change.freed == (0, 1) && same_file(state, dir, old, new_dir, new).await {
+        change.freed = (0, 0);
+    }
+    Ok(change)
+}
+
+/// Replaces `[method]descriptor.$wit`, which adds or removes an entry:
+/// `name-too-long` for a path past `MAX_PATH`, then `$prepare` (an
+/// [`EntryChange`], or the refusal), wasmtime-wasi's own `$method`, and the
+/// change settled by how it went.
+macro_rules! entry_change {
+    ($types:ident, $wit:literal, $method:ident, $dir:ident, ($($arg:ident: $ty:ty),*),
+     [$($path:ident),+], |$state:ident| $prepare:expr) => {
+        $types.func_wrap_async(
+            concat!("[method]descriptor.", $wit),
+            |mut store: StoreContextMut<'_, ComponentState>,
+             ($dir, $($arg,)*): (Resource<fs::Descriptor>, $($ty,)*)| {
+                Box::new(async move {
+                    if $($path.len() > MAX_PATH)||+ {
+                        return Ok((Err(fs::ErrorCode::NameTooLong),));
+                    }
+                    let $state = store.data_mut();
+                    let change = match $prepare {
+                        Ok(change) => change,
+                        Err(refusal) => return Ok((Err(error_code(refusal)),)),
+                    };
+                    let result = p2_result($state.filesystem().$method($dir, $($arg),*).await)?;
+                    change.finish($state, result.0.is_ok());
+                    Ok(result)
+                })
+            },
+        )?;
+    };
+}
+
 /// Replaces wasmtime-wasi's calls that grow or shrink a volume in a
 /// component linker (after `limits`, whose path checks these make too).
 pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<()> {
@@ -311,158 +405,40 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
             open_stream(state, fd, None)
         },
     )?;
-    types.func_wrap_async(
-        "[method]descriptor.create-directory-at",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (dir, path): (Resource<fs::Descriptor>, String)| {
-            Box::new(async move {
-                if path.len() > MAX_PATH {
-                    return Ok((Err(fs::ErrorCode::NameTooLong),));
-                }
-                let state = store.data_mut();
-                let mount = match reserve_new(state, &dir) {
-                    Ok(mount) => mount,
-                    Err(refusal) => return Ok((Err(error_code(refusal)),)),
-                };
-                let result = p2_result(state.filesystem().create_directory_at(dir, path).await)?;
-                if result.0.is_err() {
-                    release(state, mount, (0, 1));
-                }
-                Ok(result)
-            })
-        },
-    )?;
-    types.func_wrap_async(
-        "[method]descriptor.symlink-at",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (dir, old, new): (Resource<fs::Descriptor>, String, String)| {
-            Box::new(async move {
-                if old.len() > MAX_PATH || new.len() > MAX_PATH {
-                    return Ok((Err(fs::ErrorCode::NameTooLong),));
-                }
-                let state = store.data_mut();
-                let mount = match reserve_new(state, &dir) {
-                    Ok(mount) => mount,
-                    Err(refusal) => return Ok((Err(error_code(refusal)),)),
-                };
-                let result = p2_result(state.filesystem().symlink_at(dir, old, new).await)?;
-                if result.0.is_err() {
-                    release(state, mount, (0, 1));
-                }
-                Ok(result)
-            })
-        },
-    )?;
-    types.func_wrap_async(
-        "[method]descriptor.link-at",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (dir, flags, old, new_dir, new): (
-            Resource<fs::Descriptor>,
-            fs::PathFlags,
-            String,
-            Resource<fs::Descriptor>,
-            String,
-        )| {
-            Box::new(async move {
-                if old.len() > MAX_PATH || new.len() > MAX_PATH {
-                    return Ok((Err(fs::ErrorCode::NameTooLong),));
-                }
-                let state = store.data_mut();
-                if crosses_volumes(state, &dir, &new_dir) {
-                    return Ok((Err(error_code(Refusal::CrossVolume)),));
-                }
-                let mount = match reserve_new(state, &new_dir) {
-                    Ok(mount) => mount,
-                    Err(refusal) => return Ok((Err(error_code(refusal)),)),
-                };
-                let result = p2_result(
-                    state
-                        .filesystem()
-                        .link_at(dir, flags, old, new_dir, new)
-                        .await,
-                )?;
-                if result.0.is_err() {
-                    release(state, mount, (0, 1));
-                }
-                Ok(result)
-            })
-        },
-    )?;
-    types.func_wrap_async(
-        "[method]descriptor.unlink-file-at",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (dir, path): (Resource<fs::Descriptor>, String)| {
-            Box::new(async move {
-                if path.len() > MAX_PATH {
-                    return Ok((Err(fs::ErrorCode::NameTooLong),));
-                }
-                let state = store.data_mut();
-                let mount = quota_mount(state, &dir);
-                let freed = match mount {
-                    Some(_) => freed_at(state, &dir, &path).await,
-                    None => None,
-                };
-                let result = p2_result(state.filesystem().unlink_file_at(dir, path).await)?;
-                if result.0.is_ok() {
-                    release(state, mount, freed.unwrap_or_default());
-                }
-                Ok(result)
-            })
-        },
-    )?;
-    types.func_wrap_async(
-        "[method]descriptor.remove-directory-at",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (dir, path): (Resource<fs::Descriptor>, String)| {
-            Box::new(async move {
-                if path.len() > MAX_PATH {
-                    return Ok((Err(fs::ErrorCode::NameTooLong),));
-                }
-                let state = store.data_mut();
-                let mount = quota_mount(state, &dir);
-                let result = p2_result(state.filesystem().remove_directory_at(dir, path).await)?;
-                if result.0.is_ok() {
-                    release(state, mount, (0, 1));
-                }
-                Ok(result)
-            })
-        },
-    )?;
-    types.func_wrap_async(
-        "[method]descriptor.rename-at",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (dir, old, new_dir, new): (
-            Resource<fs::Descriptor>,
-            String,
-            Resource<fs::Descriptor>,
-            String,
-        )| {
-            Box::new(async move {
-                if old.len() > MAX_PATH || new.len() > MAX_PATH {
-                    return Ok((Err(fs::ErrorCode::NameTooLong),));
-                }
-                let state = store.data_mut();
-                if crosses_volumes(state, &dir, &new_dir) {
-                    return Ok((Err(error_code(Refusal::CrossVolume)),));
-                }
-                let mount = quota_mount(state, &new_dir);
-                let mut freed = None;
-                if mount.is_some() {
-                    freed = freed_at(state, &new_dir, &new).await;
-                    // A name renamed onto another name of the same file
-                    // changes nothing.
-                    if freed == Some((0, 1)) && same_file(state, &dir, &old, &new_dir, &new).await {
-                        freed = None;
-                    }
-                }
-                let result = p2_result(state.filesystem().rename_at(dir, old, new_dir, new).await)?;
-                if result.0.is_ok() {
-                    release(state, mount, freed.unwrap_or_default());
-                }
-                Ok(result)
-            })
-        },
-    )?;
+    entry_change!(types, "create-directory-at", create_directory_at, dir, (path: String), [path],
+        |state| created(state, &dir));
+    entry_change!(types, "symlink-at", symlink_at, dir, (old: String, new: String), [old, new],
+        |state| created(state, &dir));
+    entry_change!(
+        types,
+        "link-at",
+        link_at,
+        dir,
+        (flags: fs::PathFlags, old: String, new_dir: Resource<fs::Descriptor>, new: String),
+        [old, new],
+        |state| if crosses_volumes(state, &dir, &new_dir) {
+            Err(Refusal::CrossVolume)
+        } else {
+            created(state, &new_dir)
+        }
+    );
+    entry_change!(types, "unlink-file-at", unlink_file_at, dir, (path: String), [path],
+        |state| Ok(removed(state, &dir, &path).await));
+    entry_change!(types, "remove-directory-at", remove_directory_at, dir, (path: String), [path],
+    |state| Ok(EntryChange {
+        mount: quota_mount(state, &dir),
+        freed: (0, 1),
+        reserved: (0, 0),
+    }));
+    entry_change!(
+        types,
+        "rename-at",
+        rename_at,
+        dir,
+        (old: String, new_dir: Resource<fs::Descriptor>, new: String),
+        [old, new],
+        |state| renamed(state, &dir, &old, &new_dir, &new).await
+    );
     let mut streams = linker.instance(STREAMS)?;
     stream_write!(
         streams,
