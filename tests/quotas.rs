@@ -40,18 +40,12 @@ fn run_q(env: &TestEnv, app: &Path, args: &[&str]) -> String {
 
 /// `bytes` and `files` of named volume `name` from `volume list --json`.
 fn listed(env: &TestEnv, name: &str) -> (u64, u64) {
-    let list: serde_json::Value =
-        serde_json::from_str(&env.run(&["volume", "list", "--json"]).success().stdout()).unwrap();
-    let volume = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not listed"));
-    (
-        volume["bytes"].as_u64().unwrap(),
-        volume["files"].as_u64().unwrap(),
-    )
+    let stdout = env.run(&["volume", "list", "--json"]).success().stdout();
+    let volumes: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let volume = volumes.into_iter().find(|v| v["name"] == name);
+    let volume = volume.unwrap_or_else(|| panic!("{name} not listed: {stdout}"));
+    let count = |key: &str| volume[key].as_u64().unwrap();
+    (count("bytes"), count("files"))
 }
 
 /// Bytes of regular files and entries beneath `dir`, walked here.

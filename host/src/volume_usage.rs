@@ -462,25 +462,18 @@ mod tests {
         std::fs::write(volume.join("a"), [0u8; 10]).unwrap();
         std::fs::hard_link(volume.join("a"), volume.join("b")).unwrap();
         std::fs::create_dir(volume.join("d")).unwrap();
+        // The two names of `a` hold its 10 bytes once.
+        let on_disk = Counts {
+            bytes: 10,
+            files: 3,
+        };
         let usage = Usage::open(&home, "vo-1", Quota::default()).unwrap();
-        assert_eq!(
-            usage.counts(),
-            Counts {
-                bytes: 10,
-                files: 3
-            }
-        );
+        assert_eq!(usage.counts(), on_disk);
         usage.reserve(1000, 0).unwrap();
         // A crash: the process lets go of the file without closing its open.
         usage.slot(Slot::Users).fetch_add(1, Ordering::SeqCst);
         drop(usage);
         let usage = Usage::open(&home, "vo-1", Quota::default()).unwrap();
-        assert_eq!(
-            usage.counts(),
-            Counts {
-                bytes: 10,
-                files: 3
-            }
-        );
+        assert_eq!(usage.counts(), on_disk);
     }
 }
