@@ -146,23 +146,31 @@ macro_rules! stock_p1 {
 pub(super) use stock_p1;
 
 /// Replaces p1 import `$name`: `ENAMETOOLONG` if any of the `$len`
-/// arguments (path lengths) is past [`MAX_PATH`], else the stock function.
+/// arguments (path lengths) is past [`MAX_PATH`], else `$body` (by default
+/// the stock function), which has the guest's arguments and `$caller`.
 macro_rules! p1_paths_capped {
     ($linker:ident, $name:ident, ($($arg:ident: $ty:ty),*), [$($len:ident),+]) => {
+        p1_paths_capped!($linker, $name, ($($arg: $ty),*), [$($len),+], |caller| {
+            stock_p1!(caller, $name, $($arg),*)
+        })
+    };
+    ($linker:ident, $name:ident, ($($arg:ident: $ty:ty),*), [$($len:ident),+],
+     |$caller:ident| $body:expr) => {
         $linker.func_wrap_async(
             P1,
             stringify!($name),
-            |mut caller: Caller<'_, CoreState>, ($($arg,)*): ($($ty,)*)| {
+            |mut $caller: Caller<'_, CoreState>, ($($arg,)*): ($($ty,)*)| {
                 Box::new(async move {
                     if $(too_long_p1($len))||+ {
                         return Ok(Errno::Nametoolong as i32);
                     }
-                    stock_p1!(caller, $name, $($arg),*)
+                    $body
                 })
             },
         )?;
     };
 }
+pub(super) use p1_paths_capped;
 
 pub(super) fn too_long_p1(len: i32) -> bool {
     len as u32 as usize > MAX_PATH

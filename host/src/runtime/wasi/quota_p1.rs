@@ -14,7 +14,7 @@ use wasmtime_wasi::p1::types::{self, Errno};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wiggle::{GuestMemory, GuestPtr};
 
-use super::limits::{P1, stock_p1, too_long_p1};
+use super::limits::{P1, p1_paths_capped, stock_p1, too_long_p1};
 use super::quota::{Refusal, freed_by, growth};
 use crate::runtime::core::CoreState;
 
@@ -304,30 +304,96 @@ pub async fn path_open(
     Ok(errno)
 }
 
-/// Replaces `$name`: refuses a path past `MAX_PATH`, reserves one file in
-/// the mount of its `$dir` argument, gives it back if the call fails.
-macro_rules! creates_file {
-    ($linker:ident, $name:ident, $dir:ident, ($($arg:ident: $ty:ty),*), [$($len:ident),+]) => {
-        $linker.func_wrap_async(
-            P1,
-            stringify!($name),
-            |mut caller: Caller<'_, CoreState>, ($($arg,)*): ($($ty,)*)| {
-                Box::new(async move {
-                    if $(too_long_p1($len))||+ {
-                        return Ok(Errno::Nametoolong as i32);
-                    }
-                    let mount = match reserve_file(&caller, $dir) {
-                        Ok(mount) => mount,
-                        Err(errno) => return Ok(errno),
-                    };
-                    let errno = stock_p1!(caller, $name, $($arg),*)?;
-                    if errno != ERRNO_SUCCESS {
-                        release(&caller, mount, (0, 1));
-                    }
-                    Ok(errno)
-                })
-            },
-        )?;
+/// What a call that adds or removes an entry does to its volume's usage:
+/// `reserved` is taken before it and given back if it fails; `freed` is
+/// given back if it succeeds.
+struct EntryChange {
+    mount: Option<usize>,
+    reserved: (u64, u64),
+    freed: (u64, u64),
+}
+
+impl EntryChange {
+    /// Settles the change by the call's errno, and returns it.
+    fn finish(self, caller: &Caller<'_, CoreState>, errno: i32) -> i32 {
+        let back = if errno == ERRNO_SUCCESS {
+            self.freed
+        } else {
+            self.reserved
+        };
+        release(caller, self.mount, back);
+        errno
+    }
+}
+
+/// A new entry under `dir`: one file reserved, or the errno refusing it.
+fn created(caller: &Caller<'_, CoreState>, dir: i32) -> Result<EntryChange, i32> {
+    Ok(EntryChange {
+        mount: reserve_file(caller, dir)?,
+        reserved: (0, 1),
+        freed: (0, 0),
+    })
+}
+
+/// `path` under `dir` removed: what it held comes back.
+async fn removed(
+    caller: &mut Caller<'_, CoreState>,
+    dir: i32,
+    path: i32,
+    len: i32,
+) -> wasmtime::Result<EntryChange> {
+    let mount = quota_mount(caller, dir);
+    let freed = match mount {
+        Some(_) => path_stat(caller, dir, 0, path, len)
+            .await?
+            .map(|s| s.freed()),
+        None => None,
+    };
+    Ok(EntryChange {
+        mount,
+        reserved: (0, 0),
+        freed: freed.unwrap_or_default(),
+    })
+}
+
+/// `old` renamed to `new`: what `new` held comes back, unless it is
+/// another name of the same file (the rename then changes nothing).
+async fn renamed(
+    caller: &mut Caller<'_, CoreState>,
+    (dir, old, old_len): (i32, i32, i32),
+    (new_dir, new, new_len): (i32, i32, i32),
+) -> wasmtime::Result<Result<EntryChange, i32>> {
+    if crosses_volumes(caller, dir, new_dir) {
+        return Ok(Err(refused(Refusal::CrossVolume)));
+    }
+    let mut change = removed(caller, new_dir, new, new_len).await?;
+    if change.freed != (0, 0) && change.mount.is_some() {
+        let target = path_stat(caller, new_dir, 0, new, new_len).await?;
+        let source = path_stat(caller, dir, 0, old, old_len).await?;
+        if let (Some(target), Some(source)) = (target, source)
+            && source.inode == target.inode
+            && !target.directory
+        {
+            change.freed = (0, 0);
+        }
+    }
+    Ok(Ok(change))
+}
+
+/// Replaces `$name`, which adds or removes an entry: past the path-length
+/// check, `$prepare` (an [`EntryChange`], or the errno refusing the call),
+/// the stock function, and the change settled by how it went.
+macro_rules! entry_change {
+    ($linker:ident, $name:ident, ($($arg:ident: $ty:ty),*), [$($len:ident),+],
+     |$caller:ident| $prepare:expr) => {
+        p1_paths_capped!($linker, $name, ($($arg: $ty),*), [$($len),+], |$caller| {
+            let change = match $prepare {
+                Ok(change) => change,
+                Err(errno) => return Ok(errno),
+            };
+            let errno = stock_p1!($caller, $name, $($arg),*)?;
+            Ok(change.finish(&$caller, errno))
+        })
     };
 }
 
@@ -426,119 +492,41 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
             })
         },
     )?;
-    creates_file!(linker, path_create_directory, fd, (fd: i32, path: i32, len: i32), [len]);
-    creates_file!(
+    entry_change!(linker, path_create_directory, (fd: i32, path: i32, len: i32), [len],
+        |caller| created(&caller, fd));
+    entry_change!(
         linker,
         path_symlink,
-        fd,
         (old: i32, old_len: i32, fd: i32, new: i32, new_len: i32),
-        [old_len, new_len]
+        [old_len, new_len],
+        |caller| created(&caller, fd)
     );
-    linker.func_wrap_async(
-        P1,
-        "path_link",
-        |mut caller: Caller<'_, CoreState>,
-         (old_fd, flags, old, old_len, new_fd, new, new_len): (
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-            i32,
-        )| {
-            Box::new(async move {
-                if too_long_p1(old_len) || too_long_p1(new_len) {
-                    return Ok(Errno::Nametoolong as i32);
-                }
-                if crosses_volumes(&caller, old_fd, new_fd) {
-                    return Ok(refused(Refusal::CrossVolume));
-                }
-                let mount = match reserve_file(&caller, new_fd) {
-                    Ok(mount) => mount,
-                    Err(errno) => return Ok(errno),
-                };
-                let errno = stock_p1!(
-                    caller, path_link, old_fd, flags, old, old_len, new_fd, new, new_len
-                )?;
-                if errno != ERRNO_SUCCESS {
-                    release(&caller, mount, (0, 1));
-                }
-                Ok(errno)
-            })
-        },
-    )?;
-    linker.func_wrap_async(
-        P1,
-        "path_unlink_file",
-        |mut caller: Caller<'_, CoreState>, (fd, path, len): (i32, i32, i32)| {
-            Box::new(async move {
-                if too_long_p1(len) {
-                    return Ok(Errno::Nametoolong as i32);
-                }
-                let mount = quota_mount(&caller, fd);
-                let freed = match mount {
-                    Some(_) => path_stat(&mut caller, fd, 0, path, len)
-                        .await?
-                        .map(|s| s.freed()),
-                    None => None,
-                };
-                let errno = stock_p1!(caller, path_unlink_file, fd, path, len)?;
-                if errno == ERRNO_SUCCESS {
-                    release(&caller, mount, freed.unwrap_or_default());
-                }
-                Ok(errno)
-            })
-        },
-    )?;
-    linker.func_wrap_async(
-        P1,
-        "path_remove_directory",
-        |mut caller: Caller<'_, CoreState>, (fd, path, len): (i32, i32, i32)| {
-            Box::new(async move {
-                if too_long_p1(len) {
-                    return Ok(Errno::Nametoolong as i32);
-                }
-                let errno = stock_p1!(caller, path_remove_directory, fd, path, len)?;
-                if errno == ERRNO_SUCCESS {
-                    release(&caller, quota_mount(&caller, fd), (0, 1));
-                }
-                Ok(errno)
-            })
-        },
-    )?;
-    linker.func_wrap_async(
-        P1,
-        "path_rename",
-        |mut caller: Caller<'_, CoreState>,
-         (fd, old, old_len, new_fd, new, new_len): (i32, i32, i32, i32, i32, i32)| {
-            Box::new(async move {
-                if too_long_p1(old_len) || too_long_p1(new_len) {
-                    return Ok(Errno::Nametoolong as i32);
-                }
-                if crosses_volumes(&caller, fd, new_fd) {
-                    return Ok(refused(Refusal::CrossVolume));
-                }
-                let mount = quota_mount(&caller, new_fd);
-                let mut freed = None;
-                if mount.is_some()
-                    && let Some(target) = path_stat(&mut caller, new_fd, 0, new, new_len).await?
-                {
-                    // Renaming a name onto another name of the same file
-                    // changes nothing.
-                    let source = path_stat(&mut caller, fd, 0, old, old_len).await?;
-                    if source.is_none_or(|s| s.inode != target.inode || target.directory) {
-                        freed = Some(target.freed());
-                    }
-                }
-                let errno = stock_p1!(caller, path_rename, fd, old, old_len, new_fd, new, new_len)?;
-                if errno == ERRNO_SUCCESS {
-                    release(&caller, mount, freed.unwrap_or_default());
-                }
-                Ok(errno)
-            })
-        },
-    )?;
+    entry_change!(
+        linker,
+        path_link,
+        (old_fd: i32, flags: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
+        [old_len, new_len],
+        |caller| if crosses_volumes(&caller, old_fd, new_fd) {
+            Err(refused(Refusal::CrossVolume))
+        } else {
+            created(&caller, new_fd)
+        }
+    );
+    entry_change!(linker, path_unlink_file, (fd: i32, path: i32, len: i32), [len],
+        |caller| Ok::<_, i32>(removed(&mut caller, fd, path, len).await?));
+    entry_change!(linker, path_remove_directory, (fd: i32, path: i32, len: i32), [len],
+    |caller| Ok::<_, i32>(EntryChange {
+        mount: quota_mount(&caller, fd),
+        reserved: (0, 0),
+        freed: (0, 1),
+    }));
+    entry_change!(
+        linker,
+        path_rename,
+        (fd: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
+        [old_len, new_len],
+        |caller| renamed(&mut caller, (fd, old, old_len), (new_fd, new, new_len)).await?
+    );
     linker.allow_shadowing(false);
     Ok(())
 }
