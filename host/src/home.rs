@@ -14,6 +14,7 @@ const CACHE_DIR: &str = "cache";
 const MODULES_DIR: &str = "modules";
 const SLOTS_DIR: &str = "slots";
 const SNAPSHOTS_DIR: &str = "snapshots";
+const USAGE_DIR: &str = "usage";
 const PURGE_REPORT: &str = "purge-errors.txt";
 const SECRET_KEY_FILE: &str = "secret.key";
 
@@ -57,6 +58,7 @@ impl Home {
             MODULES_DIR,
             SLOTS_DIR,
             SNAPSHOTS_DIR,
+            USAGE_DIR,
         ] {
             let path = home.root.join(dir);
             std::fs::create_dir_all(&path)
@@ -130,6 +132,15 @@ impl Home {
     /// One directory of lock files per volume (see `locks`).
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join(LOCKS_DIR)
+    }
+
+    /// One usage file per volume (see `volume_usage`).
+    pub fn usage_dir(&self) -> PathBuf {
+        self.root.join(USAGE_DIR)
+    }
+
+    pub fn volume_usage_file(&self, volume_id: &str) -> PathBuf {
+        self.usage_dir().join(volume_id)
     }
 
     pub fn cache_dir(&self) -> PathBuf {

@@ -26,5 +26,6 @@ pub mod sparse;
 pub mod text;
 pub mod views;
 pub mod volume_files;
+pub mod volume_usage;
 pub mod volume_walk;
 pub mod volumes;

@@ -339,6 +339,7 @@ mod tests {
                     read_only: *ro,
                     snapshot: false,
                     volume_id,
+                    quota: Default::default(),
                 }
             })
             .collect();

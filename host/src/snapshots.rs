@@ -26,6 +26,7 @@ use crate::home::Home;
 use crate::lease::Lease;
 use crate::registry::{Registry, SnapshotRecord, Tx, VolumeRecord, new_id};
 use crate::volume_files::{self, CopyReport};
+use crate::volume_usage::{self, Quota};
 use crate::volumes;
 
 /// Told after each file a copy makes (a progress bar).
@@ -208,6 +209,8 @@ pub fn restore(
     };
     let live = home.volume_dir(&record.id);
     let ((), report) = copy.run(home, registry, progress, |_, dir, _| swap(home, dir, &live))?;
+    // The whole tree changed: its count is recounted at the next open.
+    volume_usage::files_changed(home, &record)?;
     Ok(report)
 }
 
@@ -232,6 +235,7 @@ pub fn fork(
     registry: &mut Registry,
     new: &str,
     from: &str,
+    quota: Quota,
     progress: Progress,
 ) -> Result<(VolumeRecord, CopyReport)> {
     check_name(new, "volume")?;
@@ -252,12 +256,13 @@ pub fn fork(
         },
     };
     copy.run(home, registry, progress, |tx, dir, _| {
-        let created = apps::insert_named_volume(tx, new)?;
+        let created = apps::insert_named_volume(tx, new, quota)?;
         let target = home.volume_dir(&created.id);
         fs::rename(dir, &target)
             .with_context(|| format!("cannot move the new volume to {}", target.display()))?;
         fs::create_dir(home.volume_locks_dir(&created.id))
             .with_context(|| format!("cannot create volume `{new}`'s lock directory"))?;
+        volume_usage::apply_quota(home, &created.id, quota)?;
         Ok(created)
     })
 }

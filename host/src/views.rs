@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::registry::{
     AppRecord, Attempt, CallRecord, SnapshotRecord, Tx, VolumeRecord, format_ms,
 };
+use crate::volume_usage::Counts;
 
 /// Unix seconds as `2026-11-25T07:30:00Z`.
 pub fn timestamp(secs: i64) -> String {
@@ -32,13 +33,18 @@ pub fn app_json(app: &AppRecord) -> Value {
     })
 }
 
-/// A row of `volume list --json` and of `GET /v1/volumes`.
-pub fn volume_json(volume: &VolumeRecord) -> Value {
+/// A row of `volume list --json` and of `GET /v1/volumes`: what the
+/// volume holds (`bytes`, `files`) and its quota (null for none).
+pub fn volume_json(volume: &VolumeRecord, counts: &Counts) -> Value {
     json!({
         "name": volume.name,
         "id": volume.id,
         "app_id": volume.app_id,
         "created_at": timestamp(volume.created_at),
+        "bytes": counts.bytes,
+        "files": counts.files,
+        "max_size": volume.quota.max_bytes,
+        "max_files": volume.quota.max_files,
     })
 }
 

@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::error::{UsageError, usage};
 use crate::sparse;
 use crate::text::escape_name;
+use crate::volume_usage::{self, Counts};
 use crate::volume_walk::{self, Cursor, Problem, Visitor, WalkError, is_dir, kind_name};
 
 /// A volume's root, opened so nothing can be reached outside it.
@@ -318,6 +319,7 @@ impl VolumeFiles {
         dst: &Path,
         recursive: bool,
         force: bool,
+        room: &mut dyn FnMut(Counts) -> Result<()>,
         progress: &mut dyn FnMut(&CopyReport),
     ) -> Result<CopyReport> {
         let src_path = relative(src)?;
@@ -345,10 +347,29 @@ impl VolumeFiles {
         }
         let (dir, name) = self.make_parents(&dst_path)?;
         let name = name.expect("the root is inside every source");
+        if !force {
+            self.refuse_existing(&dir, Some(&name), &dst_path)?;
+        }
+        // Room is taken (quotas checked) before anything is removed or copied.
+        room(if src_is_dir {
+            let mut source = src_dir.try_clone()?;
+            source
+                .descend(src_name.as_deref().expect("not the root"))
+                .map_err(|e| self.side().error("read", e))?;
+            let inside =
+                volume_usage::count_at(source).map_err(|e| self.side().error("read", e))?;
+            Counts {
+                files: inside.files + 1,
+                ..inside
+            }
+        } else {
+            Counts {
+                bytes: stat.st_size as u64,
+                files: 1,
+            }
+        })?;
         if force {
             volume_walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))?;
-        } else {
-            self.refuse_existing(&dir, Some(&name), &dst_path)?;
         }
         let mut report = CopyReport::default();
         let mut copier =

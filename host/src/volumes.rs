@@ -31,13 +31,14 @@ pub fn create_dir(home: &Home, volume_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Moves a volume's files, its host-side lock files and its snapshots into
-/// the trash.
+/// Moves a volume's files, its host-side lock files, its snapshots and its
+/// usage file into the trash.
 pub fn trash(home: &Home, volume_id: &str) -> Result<()> {
     for dir in [
         home.volume_dir(volume_id),
         home.volume_locks_dir(volume_id),
         home.volume_snapshots_dir(volume_id),
+        home.volume_usage_file(volume_id),
     ] {
         trash_dir(home, &dir)?;
     }
@@ -56,8 +57,8 @@ pub fn trash_dir(home: &Home, dir: &Path) -> Result<()> {
     }
 }
 
-/// Trashes volume, lock and snapshot directories the registry does not
-/// know: what a process left when it died between committing a delete and
+/// Trashes volume, lock and snapshot directories (and usage files) the
+/// registry does not know: what a process left when it died between committing a delete and
 /// moving the files, a lock directory a lock call made as its volume was
 /// deleted, or a snapshot copy whose process died (see `snapshots`).
 /// Call inside a registry write transaction, so no volume is half-created.
@@ -66,7 +67,12 @@ pub fn trash_orphans(
     known_ids: &[String],
     snapshots: &[SnapshotRecord],
 ) -> Result<()> {
-    for parent in [home.volumes_dir(), home.locks_dir(), home.snapshots_dir()] {
+    for parent in [
+        home.volumes_dir(),
+        home.locks_dir(),
+        home.snapshots_dir(),
+        home.usage_dir(),
+    ] {
         for entry in fs::read_dir(parent)? {
             let name = entry?.file_name();
             let Some(id) = name.to_str() else { continue };

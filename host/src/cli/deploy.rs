@@ -64,7 +64,7 @@ fn deploy(
             .iter()
             .map(|v| {
                 let key = v.key.clone().unwrap_or_default();
-                let why = match manifest.volumes.get(&key) {
+                let why = match manifest.volumes.get(&key).map(|v| &v.persist) {
                     Some(Some(name)) => format!("now the named volume `{name}`"),
                     _ => "no longer declared".to_owned(),
                 };

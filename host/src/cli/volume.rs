@@ -8,14 +8,16 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use wasmhost::apps;
 use wasmhost::home::Home;
+use wasmhost::manifest::units::{self, format_size};
 use wasmhost::registry::Registry;
 use wasmhost::snapshots::{self, Progress};
 use wasmhost::text::escape_name;
 use wasmhost::volume_files::{CopyReport, Skipped, VolumeFiles};
+use wasmhost::volume_usage::{self, Quota};
 
 use super::confirm::confirm;
 use super::open_state;
-use super::output::{outln, snapshot_json, table, timestamp, volume_json};
+use super::output::{app_json, outln, snapshot_json, table, timestamp, volume_json};
 use super::usage;
 
 #[derive(Subcommand)]
@@ -27,9 +29,25 @@ pub enum VolumeCommand {
         /// independent of both.
         #[arg(long, value_name = "VOLUME@SNAPSHOT")]
         from: Option<String>,
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
-    /// List named volumes.
+    /// Change a named volume's quota (`none` removes a limit). A quota
+    /// below what the volume holds refuses growth only.
+    Set {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// List named volumes, with what each holds.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one named volume: what it holds, its quota, the running apps
+    /// that mount it.
+    Info {
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -138,6 +156,57 @@ pub enum SnapshotCommand {
     Delete { volume: String, snapshot: String },
 }
 
+/// `--max-size` and `--max-files`, as app.toml's `max_size` and `max_files`.
+#[derive(clap::Args)]
+pub struct QuotaArgs {
+    /// Most bytes the volume may hold (e.g. 50GiB), or `none`.
+    #[arg(long, value_parser = parse_max_size)]
+    max_size: Option<Limit>,
+    /// Most files, directories and links the volume may hold, or `none`.
+    #[arg(long, value_parser = parse_max_files)]
+    max_files: Option<Limit>,
+}
+
+/// A quota key on the command line: a limit, or `none` to remove it.
+#[derive(Clone, Copy)]
+struct Limit(Option<u64>);
+
+fn parse_max_size(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(Limit(None));
+    }
+    units::parse_quota_size(text)
+        .map(|bytes| Limit(Some(bytes)))
+        .map_err(|p| {
+            format!(
+                "{p}; write a number and a unit ({}), e.g. 50GiB, or `none`",
+                units::QUOTA_UNITS
+            )
+        })
+}
+
+fn parse_max_files(text: &str) -> Result<Limit, String> {
+    match text {
+        "none" => Ok(Limit(None)),
+        _ => match text.parse::<u64>() {
+            Ok(n) if (1..=i64::MAX as u64).contains(&n) => Ok(Limit(Some(n))),
+            _ => Err(format!(
+                "`{text}` is not a file count; write a whole number of at least 1, or `none`"
+            )),
+        },
+    }
+}
+
+impl QuotaArgs {
+    /// `quota` with the keys given here replaced.
+    fn apply(&self, quota: Quota) -> Quota {
+        Quota {
+            max_bytes: self.max_size.map_or(quota.max_bytes, |l| l.0),
+            max_files: self.max_files.map_or(quota.max_files, |l| l.0),
+        }
+    }
+}
+
 pub fn execute(command: VolumeCommand) -> Result<u8> {
     let (home, mut registry) = open_state()?;
     volume_command(&home, &mut registry, command)
@@ -145,8 +214,13 @@ pub fn execute(command: VolumeCommand) -> Result<u8> {
 
 fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) -> Result<u8> {
     match command {
-        VolumeCommand::Create { name, from: None } => {
-            let volume = apps::create_named_volume(home, registry, &name)?;
+        VolumeCommand::Create {
+            name,
+            from: None,
+            quota,
+        } => {
+            let volume =
+                apps::create_named_volume(home, registry, &name, quota.apply(Quota::default()))?;
             outln!(
                 "created volume `{name}` ({}, app {})",
                 volume.id,
@@ -156,9 +230,11 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         VolumeCommand::Create {
             name,
             from: Some(from),
+            quota,
         } => {
+            let quota = quota.apply(Quota::default());
             let (volume, report) =
-                with_progress(|p| snapshots::fork(home, registry, &name, &from, p))?;
+                with_progress(|p| snapshots::fork(home, registry, &name, &from, quota, p))?;
             outln!(
                 "created volume `{name}` ({}) from `{from}`: {} file(s), {} bytes",
                 volume.id,
@@ -174,7 +250,10 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             force,
         } => {
             let files = open_volume(home, registry, &name)?;
-            let report = with_progress(|p| files.cp(&src, &dst, recursive, force, p))?;
+            let volume = apps::named_volume(registry, &name)?;
+            let what = src.display().to_string();
+            let mut room = |counts| volume_usage::reserve_copy(home, &volume, counts, &what);
+            let report = with_progress(|p| files.cp(&src, &dst, recursive, force, &mut room, p))?;
             report_skipped(&report.skipped);
             eprintln!(
                 "copied {} file(s), {} bytes in volume `{name}`",
@@ -186,24 +265,97 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             outln!("renamed volume `{old}` ({}) to `{new}`", volume.id)?;
         }
         VolumeCommand::Snapshot(command) => snapshot_command(home, registry, command)?,
+        VolumeCommand::Set { name, quota } => {
+            if quota.max_size.is_none() && quota.max_files.is_none() {
+                return Err(usage(
+                    "give --max-size and/or --max-files (a limit, or `none` to remove it)".into(),
+                ));
+            }
+            let volume = apps::set_volume_quota(home, registry, &name, |q| quota.apply(q))?;
+            outln!("volume `{name}`: {}", quota_text(volume.quota))?;
+        }
         VolumeCommand::List { json } => {
             let volumes = registry.read(|tx| tx.named_volumes())?;
+            let counts = volumes
+                .iter()
+                .map(|v| volume_usage::counts_now(home, v))
+                .collect::<Result<Vec<_>>>()?;
             if json {
-                let list: Vec<_> = volumes.iter().map(volume_json).collect();
+                let list: Vec<_> = volumes
+                    .iter()
+                    .zip(&counts)
+                    .map(|(v, c)| volume_json(v, c))
+                    .collect();
                 outln!("{}", serde_json::to_string_pretty(&list)?)?;
             } else {
                 let rows: Vec<Vec<String>> = volumes
                     .iter()
-                    .map(|v| {
+                    .zip(&counts)
+                    .map(|(v, c)| {
                         vec![
                             v.name.clone().unwrap_or_default(),
                             v.id.clone(),
                             v.app_id.clone(),
+                            c.bytes.to_string(),
+                            c.files.to_string(),
                             timestamp(v.created_at),
                         ]
                     })
                     .collect();
-                outln!("{}", table(&["NAME", "ID", "APP", "CREATED"], &rows))?;
+                outln!(
+                    "{}",
+                    table(&["NAME", "ID", "APP", "BYTES", "FILES", "CREATED"], &rows)
+                )?;
+            }
+        }
+        VolumeCommand::Info { name, json } => {
+            let volume = apps::named_volume(registry, &name)?;
+            let users = registry.read(|tx| tx.apps_mounting(&volume.id))?;
+            let counts = volume_usage::counts_now(home, &volume)?;
+            let snaps = registry.read(|tx| tx.snapshots(Some(&volume.id)))?;
+            if json {
+                let mut info = volume_json(&volume, &counts);
+                info["apps"] = users.iter().map(app_json).collect();
+                info["snapshots"] = snaps.iter().map(snapshot_json).collect();
+                outln!("{}", serde_json::to_string_pretty(&info)?)?;
+            } else {
+                let apps: Vec<String> = users
+                    .iter()
+                    .map(|a| format!("{} ({})", a.name, a.id))
+                    .collect();
+                let rows = [
+                    ("name", name.clone()),
+                    ("id", volume.id.clone()),
+                    ("bytes", counts.bytes.to_string()),
+                    ("files", counts.files.to_string()),
+                    ("quota", quota_text(volume.quota)),
+                    (
+                        "mounted by",
+                        if apps.is_empty() {
+                            "-".into()
+                        } else {
+                            apps.join(", ")
+                        },
+                    ),
+                    ("created", timestamp(volume.created_at)),
+                    (
+                        "snapshots",
+                        if snaps.is_empty() {
+                            "-".into()
+                        } else {
+                            let shown: Vec<String> = snaps
+                                .iter()
+                                .map(|s| {
+                                    format!("{} ({} bytes, {} files)", s.name, s.bytes, s.files)
+                                })
+                                .collect();
+                            shown.join(", ")
+                        },
+                    ),
+                ];
+                for (key, value) in rows {
+                    outln!("{key:<11} {value}")?;
+                }
             }
         }
         VolumeCommand::Ls { name, path, json } => {
@@ -233,7 +385,9 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         } => {
             let remote = remote
                 .unwrap_or_else(|| Path::new("/").join(local.file_name().unwrap_or_default()));
-            let report = open_volume(home, registry, &name)?.put(&local, &remote, force)?;
+            let files = open_volume(home, registry, &name)?;
+            volume_usage::reserve_put(home, &apps::named_volume(registry, &name)?, &local)?;
+            let report = files.put(&local, &remote, force)?;
             report_skipped(&report.skipped);
             eprintln!(
                 "copied {} file(s), {} bytes into volume `{name}`",
@@ -278,6 +432,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             recursive,
         } => {
             open_volume(home, registry, &name)?.rm(&path, recursive)?;
+            volume_usage::files_changed(home, &apps::named_volume(registry, &name)?)?;
         }
         VolumeCommand::Delete { name, yes, force } => {
             let volume = apps::named_volume(registry, &name)?;
@@ -367,6 +522,13 @@ fn with_progress<T>(copy: impl FnOnce(Progress) -> Result<T>) -> Result<T> {
     });
     bar.finish_and_clear();
     result
+}
+
+/// `max_size 20MiB, max_files none`.
+fn quota_text(quota: Quota) -> String {
+    let size = quota.max_bytes.map_or("none".into(), format_size);
+    let files = quota.max_files.map_or("none".into(), |n| n.to_string());
+    format!("max_size {size}, max_files {files}")
 }
 
 fn open_volume(home: &Home, registry: &mut Registry, name: &str) -> Result<VolumeFiles> {

@@ -22,6 +22,7 @@ pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
 use crate::schedule::Schedule;
+use crate::volume_usage::Quota;
 
 /// `timeout` when app.toml gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -44,8 +45,8 @@ const MAX_LOCKS_RANGE: std::ops::RangeInclusive<i64> = 1..=1_000_000;
 pub struct AppManifest {
     pub name: String,
     pub entrypoint: Option<String>,
-    /// Volume key -> `persist` name (`None` for an ephemeral volume).
-    pub volumes: BTreeMap<String, Option<String>>,
+    /// Volume key -> its declaration.
+    pub volumes: BTreeMap<String, VolumeSpec>,
     pub functions: BTreeMap<String, FunctionSpec>,
 }
 
@@ -98,6 +99,70 @@ fn default_max_open_files() -> u32 {
 
 fn default_max_locks() -> u32 {
     DEFAULT_MAX_LOCKS
+}
+
+/// A `[volumes.KEY]` table.
+///
+/// Stored as releases before quotas stored it (the `persist` name, or null
+/// for an ephemeral volume) when it has no quota, so their homes load and
+/// they can read what this one writes; a table only when it has one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredVolume", into = "StoredVolume")]
+pub struct VolumeSpec {
+    /// The named volume it mounts; `None` for an ephemeral one.
+    pub persist: Option<String>,
+    /// `max_size` and `max_files`. For a named volume, app.toml's quota
+    /// replaces the volume's own when the app starts or deploys; with
+    /// neither key, the volume keeps whatever quota it has.
+    pub quota: Quota,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredVolume {
+    Persist(Option<String>),
+    Table {
+        persist: Option<String>,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+        #[serde(default)]
+        max_files: Option<u64>,
+    },
+}
+
+impl From<StoredVolume> for VolumeSpec {
+    fn from(stored: StoredVolume) -> Self {
+        match stored {
+            StoredVolume::Persist(persist) => Self {
+                persist,
+                quota: Quota::default(),
+            },
+            StoredVolume::Table {
+                persist,
+                max_bytes,
+                max_files,
+            } => Self {
+                persist,
+                quota: Quota {
+                    max_bytes,
+                    max_files,
+                },
+            },
+        }
+    }
+}
+
+impl From<VolumeSpec> for StoredVolume {
+    fn from(spec: VolumeSpec) -> Self {
+        if spec.quota == Quota::default() {
+            return Self::Persist(spec.persist);
+        }
+        Self::Table {
+            persist: spec.persist,
+            max_bytes: spec.quota.max_bytes,
+            max_files: spec.quota.max_files,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -351,7 +416,40 @@ impl Validator<'_> {
                 Some(persist) => Some(self.name(persist, "`persist` volume name", Rule::Name)?),
                 None => None,
             };
-            volumes.insert(key, persist);
+            let max_bytes = match &volume.max_size {
+                Some(size) => Some(units::parse_quota_size(size.get_ref()).map_err(|p| {
+                    self.error(
+                        Some(size.span()),
+                        format!("bad `max_size`: {p}"),
+                        format!(
+                            "write a number and a unit ({}), e.g. max_size = \"50GiB\"",
+                            units::QUOTA_UNITS
+                        ),
+                    )
+                })?),
+                None => None,
+            };
+            let max_files = match &volume.max_files {
+                Some(n) if *n.get_ref() < 1 => {
+                    return Err(self.error(
+                        Some(n.span()),
+                        format!("`max_files = {}` is out of range", n.get_ref()),
+                        "use a whole number of at least 1, e.g. max_files = 500000",
+                    ));
+                }
+                Some(n) => Some(*n.get_ref() as u64),
+                None => None,
+            };
+            volumes.insert(
+                key,
+                VolumeSpec {
+                    persist,
+                    quota: Quota {
+                        max_bytes,
+                        max_files,
+                    },
+                },
+            );
         }
         if raw.functions.is_empty() {
             return Err(self.error(
@@ -410,7 +508,7 @@ impl Validator<'_> {
     fn function(
         &self,
         raw: &RawFunction,
-        volumes: &BTreeMap<String, Option<String>>,
+        volumes: &BTreeMap<String, VolumeSpec>,
         base_dir: &Path,
     ) -> Result<FunctionSpec, ManifestError> {
         let module = self.module(&raw.module, base_dir)?;

@@ -174,10 +174,25 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
         )
 }
 
+fn volume() -> impl Strategy<Value = VolumeSpec> {
+    (
+        proptest::option::of(name()),
+        proptest::option::of(1u64..=units::MAX_QUOTA),
+        proptest::option::of(1u64..=i64::MAX as u64),
+    )
+        .prop_map(|(persist, max_bytes, max_files)| VolumeSpec {
+            persist,
+            quota: Quota {
+                max_bytes,
+                max_files,
+            },
+        })
+}
+
 fn manifest() -> impl Strategy<Value = AppManifest> {
     (
         name(),
-        proptest::collection::btree_map(identifier(), proptest::option::of(name()), 0..4),
+        proptest::collection::btree_map(identifier(), volume(), 0..4),
     )
         .prop_flat_map(|(app, volumes)| {
             let keys: Vec<String> = volumes.keys().cloned().collect();
@@ -209,10 +224,16 @@ fn to_toml(m: &AppManifest) -> String {
     if let Some(entry) = &m.entrypoint {
         out += &format!("entrypoint = {}\n", q(entry));
     }
-    for (key, persist) in &m.volumes {
+    for (key, volume) in &m.volumes {
         out += &format!("[volumes.{key}]\n");
-        if let Some(p) = persist {
+        if let Some(p) = &volume.persist {
             out += &format!("persist = {}\n", q(p));
+        }
+        if let Some(bytes) = volume.quota.max_bytes {
+            out += &format!("max_size = \"{bytes}B\"\n");
+        }
+        if let Some(files) = volume.quota.max_files {
+            out += &format!("max_files = {files}\n");
         }
     }
     for (key, f) in &m.functions {

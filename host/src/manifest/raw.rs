@@ -23,6 +23,8 @@ pub struct RawApp {
 #[serde(deny_unknown_fields)]
 pub struct RawVolume {
     pub persist: Option<Spanned<String>>,
+    pub max_size: Option<Spanned<String>>,
+    pub max_files: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

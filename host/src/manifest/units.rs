@@ -80,39 +80,62 @@ fn sum_parts(text: &str, mut rest: &str, saturate: bool) -> Result<Duration, Str
     Ok(total)
 }
 
-/// Parses `"512MiB"`, `"1GiB"`, `"64KiB"`, `"100MB"` or a byte count.
+/// Units `parse_quota_size` accepts, for messages.
+pub const QUOTA_UNITS: &str = "KiB, MiB, GiB, TiB, B, KB, MB, GB or TB";
+/// The largest volume quota: 1 PiB, past any one disk.
+pub const MAX_QUOTA: u64 = 1 << 50;
+
+/// Parses a linear-memory size: `"512MiB"`, `"1GiB"`, `"64KiB"`, `"100MB"`
+/// or a byte count, from one WebAssembly page to 16GiB.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err(format!("`{text}` is not a size"));
-    }
-    let number: u64 = trimmed[..digits]
-        .parse()
-        .map_err(|_| format!("`{text}` is too large; the most is 16GiB"))?;
-    let multiplier: u64 = match trimmed[digits..].trim_start() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => return Err(format!("`{other}` in `{text}` is not a unit")),
-    };
-    let bytes = number
-        .checked_mul(multiplier)
-        .filter(|b| *b <= MAX_MEMORY)
-        .ok_or_else(|| format!("`{text}` is too large; the most is 16GiB"))?;
+    let bytes = parse_bytes(text, MAX_MEMORY, "16GiB")?;
     if bytes < MIN_MEMORY {
         return Err(format!("`{text}` is less than one 64KiB WebAssembly page"));
     }
     Ok(bytes)
 }
 
+/// Parses a volume quota (`max_size`): the units of [`parse_size`] and
+/// TiB/TB, from one byte to 1PiB.
+pub fn parse_quota_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text, MAX_QUOTA, "1PiB")?;
+    if bytes == 0 {
+        return Err("a quota of zero bytes would refuse every write".to_owned());
+    }
+    Ok(bytes)
+}
+
+/// A number and an optional unit, at most `max` (`max_text` in messages).
+fn parse_bytes(text: &str, max: u64, max_text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!("`{text}` is not a size"));
+    }
+    let too_large = || format!("`{text}` is too large; the most is {max_text}");
+    let number: u64 = trimmed[..digits].parse().map_err(|_| too_large())?;
+    let multiplier: u64 = match trimmed[digits..].trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("`{other}` in `{text}` is not a unit")),
+    };
+    number
+        .checked_mul(multiplier)
+        .filter(|b| *b <= max)
+        .ok_or_else(too_large)
+}
+
 /// Formats a byte count the way app.toml spells it.
 pub fn format_size(bytes: u64) -> String {
     match bytes {
+        b if b % (1 << 40) == 0 && b > 0 => format!("{}TiB", b >> 40),
         b if b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
         b if b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
         b if b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
@@ -184,6 +207,16 @@ mod tests {
             "99999999999999999999999",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn quota_sizes() {
+        assert_eq!(parse_quota_size("20MiB"), Ok(20 << 20));
+        assert_eq!(parse_quota_size("2TiB"), Ok(2 << 40));
+        assert_eq!(parse_quota_size("1"), Ok(1));
+        for bad in ["", "0", "0B", "MiB", "1PiB", "2000TiB", "-1MiB", "1.5GiB"] {
+            assert!(parse_quota_size(bad).is_err(), "{bad:?} should be rejected");
         }
     }
 

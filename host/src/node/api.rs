@@ -156,12 +156,19 @@ async fn list_apps(State(api): Shared) -> Answer {
 }
 
 async fn list_volumes(State(api): Shared) -> Answer {
+    let home = api.registries.home().clone();
     let volumes = api
         .registries
-        .with(|registry| registry.read(|tx| tx.named_volumes()))
+        .with(move |registry| {
+            let volumes = registry.read(|tx| tx.named_volumes())?;
+            volumes
+                .iter()
+                .map(|v| Ok(volume_json(v, &crate::volume_usage::counts_now(&home, v)?)))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
         .await
         .map_err(|e| ApiError::from_library(e, StatusCode::BAD_REQUEST))?;
-    Ok(Json(volumes.iter().map(volume_json).collect::<Vec<_>>()).into_response())
+    Ok(Json(volumes).into_response())
 }
 
 #[derive(Deserialize)]

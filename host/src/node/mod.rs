@@ -120,6 +120,10 @@ impl Registries {
         }
     }
 
+    pub(crate) fn home(&self) -> &Home {
+        &self.home
+    }
+
     /// Runs `f` with a connection, on a thread where blocking is fine.
     async fn with<T: Send + 'static>(
         &self,

@@ -16,6 +16,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, pa
 use serde::Serialize;
 
 use crate::manifest::AppManifest;
+use crate::volume_usage::Quota;
 
 mod calls;
 mod schedules;
@@ -25,9 +26,9 @@ mod snapshots;
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
-pub use snapshots::SnapshotRecord;
 pub use schedules::DueTick;
 pub use secrets::{SealedSecret, SecretRecord};
+pub use snapshots::SnapshotRecord;
 
 /// The registry's schema as an ordered list of migrations: applying
 /// `MIGRATIONS[i]` takes a registry at version `i` (`PRAGMA user_version`)
@@ -104,7 +105,9 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     // 5: calls as a queue and a record (see `calls`): times in milliseconds,
     // what a node needs to run a queued call, attempts, and output.
     calls::MIGRATION_5,
-    // 7 (6 is usage and quotas, merged beside it): snapshots of volumes.
+    // 6: volume quotas.
+    crate::volume_usage::MIGRATION_6,
+    // 7: snapshots of volumes.
     snapshots::MIGRATION_7,
     // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.
     schedules::MIGRATION_8,
@@ -175,6 +178,9 @@ pub struct VolumeRecord {
     /// `persist` name, for a named volume.
     pub name: Option<String>,
     pub created_at: i64,
+    /// As the user set it; the usage file holds the copy writers check.
+    #[serde(flatten)]
+    pub quota: Quota,
 }
 
 /// A volume as one app mounts it: under the key its app.toml uses.
@@ -369,7 +375,8 @@ pub struct Tx<'a> {
 }
 
 const APP_COLUMNS: &str = "id, name, kind, state, created_at, stopped_at, manifest, has_lease";
-const VOLUME_COLUMNS: &str = "v.id, v.app_id, v.key, v.name, v.created_at";
+const VOLUME_COLUMNS: &str =
+    "v.id, v.app_id, v.key, v.name, v.created_at, v.max_bytes, v.max_files";
 
 impl Tx<'_> {
     pub fn insert_app(
@@ -508,12 +515,22 @@ impl Tx<'_> {
         app_id: &str,
         key: Option<&str>,
         name: Option<&str>,
+        quota: Quota,
     ) -> Result<VolumeRecord> {
         let id = new_id("vo");
         let now = now();
         self.tx.execute(
-            "INSERT INTO volumes (id, app_id, key, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, app_id, key, name, now],
+            "INSERT INTO volumes (id, app_id, key, name, created_at, max_bytes, max_files)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                app_id,
+                key,
+                name,
+                now,
+                quota.max_bytes.map(sql_count),
+                quota.max_files.map(sql_count)
+            ],
         )?;
         Ok(VolumeRecord {
             id,
@@ -521,7 +538,21 @@ impl Tx<'_> {
             key: key.map(str::to_owned),
             name: name.map(str::to_owned),
             created_at: now,
+            quota,
         })
+    }
+
+    /// Records a volume's new quota (the caller also tells its usage file).
+    pub fn set_volume_quota(&self, volume_id: &str, quota: Quota) -> Result<()> {
+        self.tx.execute(
+            "UPDATE volumes SET max_bytes = ?2, max_files = ?3 WHERE id = ?1",
+            params![
+                volume_id,
+                quota.max_bytes.map(sql_count),
+                quota.max_files.map(sql_count)
+            ],
+        )?;
+        Ok(())
     }
 
     /// Deletes a volume's row with its mounts and its snapshots' rows.
@@ -725,7 +756,17 @@ fn volume_from_row_at(row: &rusqlite::Row, at: usize) -> rusqlite::Result<Volume
         key: row.get(at + 2)?,
         name: row.get(at + 3)?,
         created_at: row.get(at + 4)?,
+        quota: Quota {
+            max_bytes: row.get::<_, Option<i64>>(at + 5)?.map(|n| n as u64),
+            max_files: row.get::<_, Option<i64>>(at + 6)?.map(|n| n as u64),
+        },
     })
+}
+
+/// A count as SQLite stores it (a signed 64-bit integer); quotas past
+/// `i64::MAX` mean the same as no quota to any disk.
+fn sql_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn now() -> i64 {

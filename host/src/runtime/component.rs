@@ -12,7 +12,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::http_view::{self, HttpState};
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
 use super::outbound::Outbound;
-use super::wasi_limits::{CountLimits, limit_table};
+use super::wasi::limits::{CountLimits, limit_table};
+use super::wasi::quota_p2::FileStreams;
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
@@ -26,6 +27,7 @@ pub struct ComponentState {
     pub(super) table: ResourceTable,
     pub(super) host: HostState,
     pub(super) http: HttpState,
+    pub(super) streams: FileStreams,
 }
 
 impl HasHost for ComponentState {
@@ -91,7 +93,8 @@ pub fn prelink(
     http_view::add_to_linker(&mut linker)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
-    super::wasi_limits::add_to_p2_linker(&mut linker)?;
+    super::wasi::limits::add_to_p2_linker(&mut linker)?;
+    super::wasi::quota_p2::add_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(component)?;
     }
@@ -185,7 +188,8 @@ pub async fn run(
     let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
-        host: HostState::new(invocation, limits),
+        host: HostState::new(invocation, limits)?,
+        streams: FileStreams::default(),
         http: HttpState::new(outbound),
     };
     limit_table(&mut state.table, limits);

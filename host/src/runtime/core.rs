@@ -8,7 +8,8 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
-use super::wasi_limits::{CountLimits, limit_table};
+use super::wasi::limits::{CountLimits, limit_table};
+use super::wasi::quota_p1::P1Mounts;
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
@@ -16,6 +17,7 @@ use crate::manifest::FunctionSpec;
 pub struct CoreState {
     pub(super) wasi: WasiP1Ctx,
     pub(super) host: HostState,
+    pub(super) p1_mounts: P1Mounts,
 }
 
 impl HasHost for CoreState {
@@ -46,8 +48,9 @@ pub fn prelink(engine: &Engine, module: &Module, function: &FunctionSpec) -> Res
     let entry = entry(module, function.entry.as_deref())?;
     let mut linker = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |state: &mut CoreState| &mut state.wasi)?;
-    super::p1_sleep::add_to_linker(&mut linker)?;
-    super::wasi_limits::add_to_p1_linker(&mut linker)?;
+    super::wasi::p1_sleep::add_to_linker(&mut linker)?;
+    super::wasi::limits::add_to_p1_linker(&mut linker)?;
+    super::wasi::quota_p1::add_to_linker(&mut linker)?;
     add_locks_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(module)?;
@@ -190,7 +193,8 @@ pub async fn run(
     let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let mut state = CoreState {
         wasi: builder.build_p1(),
-        host: HostState::new(invocation, limits),
+        host: HostState::new(invocation, limits)?,
+        p1_mounts: P1Mounts::default(),
     };
     let (pre, entry) = (&prelinked.pre, &prelinked.entry);
     limit_table(WasiView::ctx(&mut state.wasi).table, limits);

@@ -12,7 +12,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::stdio::Streamed;
-use super::wasi_limits::CountLimits;
+use super::wasi::limits::CountLimits;
+use super::wasi::quota::VolumeQuotas;
 use super::{EPOCH_TICK, Invocation, Output, RunResult};
 use crate::locks::InstanceLocks;
 
@@ -30,6 +31,7 @@ pub enum StopReason {
 pub struct HostState {
     pub limits: Limits,
     pub locks: InstanceLocks,
+    pub quotas: VolumeQuotas,
     watch: StopWatch,
     pub stopped: Option<StopReason>,
 }
@@ -121,9 +123,9 @@ impl Outputs {
 }
 
 impl HostState {
-    pub fn new(invocation: &Invocation, counts: &CountLimits) -> Self {
+    pub fn new(invocation: &Invocation, counts: &CountLimits) -> Result<Self> {
         let deadline = Instant::now() + invocation.function.timeout;
-        Self {
+        Ok(Self {
             limits: Limits {
                 memory_cap: invocation.function.memory,
                 memory_cap_hit: false,
@@ -131,12 +133,13 @@ impl HostState {
                 open_files_hit: false,
             },
             locks: InstanceLocks::new(invocation.home, invocation.mounts, counts.locks),
+            quotas: VolumeQuotas::open(invocation)?,
             watch: StopWatch {
                 cancelled: invocation.cancelled.clone(),
                 deadline,
             },
             stopped: None,
-        }
+        })
     }
 }
 

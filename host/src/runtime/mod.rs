@@ -10,9 +10,8 @@ mod http_view;
 mod instance;
 mod outbound;
 mod output_log;
-mod p1_sleep;
 mod stdio;
-mod wasi_limits;
+mod wasi;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,7 +27,7 @@ pub use cache::CacheInfo;
 use cache::{Compiled, ModuleCache};
 use instance::{Outputs, StopReason};
 pub use output_log::{KEPT_PER_STREAM, Lines, OutputLog};
-use wasi_limits::CountLimits;
+use wasi::limits::CountLimits;
 
 use crate::apps::Mount;
 use crate::home::Home;
@@ -118,7 +117,7 @@ impl Runtime {
     /// more than one (`--map`), instances come from a pool of slots whose
     /// memory stays mapped between invocations.
     pub fn new(home: &Home, instances_at_once: usize) -> Result<Self> {
-        let descriptors = (wasi_limits::raise_descriptor_limit(), instances_at_once);
+        let descriptors = (wasi::limits::raise_descriptor_limit(), instances_at_once);
         let mut config = Config::new();
         config.epoch_interruption(true);
         if (2..=MAX_POOLED_INSTANCES).contains(&instances_at_once) {
@@ -202,7 +201,7 @@ const METADATA_PER_INSTANCE: usize = 256 << 20;
 /// Slots for `n` instances at once: each total is `n` times what one
 /// instance can take, so no invocation can ever fail for want of a slot the
 /// user did not ask for. An instance runs on one fiber stack (host calls
-/// never re-enter wasm: see `p1_sleep`) and may take one GC heap, itself a
+/// never re-enter wasm: see `wasi::p1_sleep`) and may take one GC heap, itself a
 /// linear memory, for exceptions or GC objects. Memory slots only reserve
 /// address space until used: 4 GiB each, 5 TiB at most with 256 instances,
 /// of the 128 TiB a process has. Resetting the first pages of a memory or

@@ -21,10 +21,10 @@ use wasmtime_wasi::p2::FsResult;
 use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
 use wiggle::GuestMemory;
 
-use super::component::ComponentState;
-use super::core::CoreState;
-use super::instance::Limits;
 use crate::manifest::FunctionSpec;
+use crate::runtime::component::ComponentState;
+use crate::runtime::core::CoreState;
+use crate::runtime::instance::Limits;
 
 /// The longest path a guest may hand the file system, in bytes: Linux's
 /// `PATH_MAX`, past which the kernel refuses a path anyway.
@@ -36,9 +36,9 @@ pub const MAX_PATH: usize = libc::PATH_MAX as usize;
 /// handle table is full and the instance traps.
 const HANDLE_RESERVE: usize = 256;
 
-const P1: &str = "wasi_snapshot_preview1";
+pub(super) const P1: &str = "wasi_snapshot_preview1";
 /// wasmtime-wasi's filesystem interface as its linker defines it.
-const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
+pub(super) const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// Descriptors kept for wasmhost itself, whatever its instances hold: the
 /// registry, leases, slots, compiled-code maps, stdio, its threads' pipes.
@@ -143,31 +143,41 @@ macro_rules! stock_p1 {
             .await
     }};
 }
+pub(super) use stock_p1;
 
 /// Replaces p1 import `$name`: `ENAMETOOLONG` if any of the `$len`
-/// arguments (path lengths) is past [`MAX_PATH`], else the stock function.
+/// arguments (path lengths) is past [`MAX_PATH`], else `$body` (by default
+/// the stock function), which has the guest's arguments and `$caller`.
 macro_rules! p1_paths_capped {
     ($linker:ident, $name:ident, ($($arg:ident: $ty:ty),*), [$($len:ident),+]) => {
+        p1_paths_capped!($linker, $name, ($($arg: $ty),*), [$($len),+], |caller| {
+            stock_p1!(caller, $name, $($arg),*)
+        })
+    };
+    ($linker:ident, $name:ident, ($($arg:ident: $ty:ty),*), [$($len:ident),+],
+     |$caller:ident| $body:expr) => {
         $linker.func_wrap_async(
             P1,
             stringify!($name),
-            |mut caller: Caller<'_, CoreState>, ($($arg,)*): ($($ty,)*)| {
+            |mut $caller: Caller<'_, CoreState>, ($($arg,)*): ($($ty,)*)| {
                 Box::new(async move {
                     if $(too_long_p1($len))||+ {
                         return Ok(Errno::Nametoolong as i32);
                     }
-                    stock_p1!(caller, $name, $($arg),*)
+                    $body
                 })
             },
         )?;
     };
 }
+pub(super) use p1_paths_capped;
 
-fn too_long_p1(len: i32) -> bool {
+pub(super) fn too_long_p1(len: i32) -> bool {
     len as u32 as usize > MAX_PATH
 }
 
-/// Replaces wasmtime-wasi's p1 `path_*` imports in `linker`.
+/// Replaces wasmtime-wasi's p1 `path_*` imports in `linker` (those that
+/// create or remove entries are `quota_p1`'s, which check paths too).
 pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
     linker.allow_shadowing(true);
     linker.func_wrap_async(
@@ -193,14 +203,22 @@ pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
                 if !may_open(WasiView::ctx(&mut state.wasi).table, &mut state.host.limits) {
                     return Ok(Errno::Mfile as i32);
                 }
-                stock_p1!(
-                    caller, path_open, dir, lookup, path, path_len, oflags, base, inheriting,
-                    fdflags, opened
+                super::quota_p1::path_open(
+                    &mut caller,
+                    dir,
+                    lookup,
+                    path,
+                    path_len,
+                    oflags,
+                    base,
+                    inheriting,
+                    fdflags,
+                    opened,
                 )
+                .await
             })
         },
     )?;
-    p1_paths_capped!(linker, path_create_directory, (fd: i32, path: i32, len: i32), [len]);
     p1_paths_capped!(
         linker,
         path_filestat_get,
@@ -215,36 +233,16 @@ pub fn add_to_p1_linker(linker: &mut Linker<CoreState>) -> Result<()> {
     );
     p1_paths_capped!(
         linker,
-        path_link,
-        (old_fd: i32, flags: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
-        [old_len, new_len]
-    );
-    p1_paths_capped!(
-        linker,
         path_readlink,
         (fd: i32, path: i32, len: i32, buf: i32, buf_len: i32, used: i32),
         [len]
     );
-    p1_paths_capped!(linker, path_remove_directory, (fd: i32, path: i32, len: i32), [len]);
-    p1_paths_capped!(
-        linker,
-        path_rename,
-        (fd: i32, old: i32, old_len: i32, new_fd: i32, new: i32, new_len: i32),
-        [old_len, new_len]
-    );
-    p1_paths_capped!(
-        linker,
-        path_symlink,
-        (old: i32, old_len: i32, fd: i32, new: i32, new_len: i32),
-        [old_len, new_len]
-    );
-    p1_paths_capped!(linker, path_unlink_file, (fd: i32, path: i32, len: i32), [len]);
     linker.allow_shadowing(false);
     Ok(())
 }
 
 /// The result a component gets: wasmtime-wasi's error code, or its trap.
-fn p2_result<T>(result: FsResult<T>) -> wasmtime::Result<(Result<T, fs::ErrorCode>,)> {
+pub(super) fn p2_result<T>(result: FsResult<T>) -> wasmtime::Result<(Result<T, fs::ErrorCode>,)> {
     Ok((match result {
         Ok(value) => Ok(value),
         Err(e) => Err(e.downcast()?),
@@ -271,7 +269,9 @@ macro_rules! p2_paths_capped {
     };
 }
 
-/// Replaces wasmtime-wasi's path-taking `descriptor` methods in `linker`.
+/// Replaces wasmtime-wasi's path-taking `descriptor` methods in `linker`
+/// (those that create or remove entries are `quota_p2`'s, which check
+/// paths too).
 pub fn add_to_p2_linker(linker: &mut component::Linker<ComponentState>) -> Result<()> {
     linker.allow_shadowing(true);
     let mut types = linker.instance(FILESYSTEM_TYPES)?;
@@ -295,16 +295,10 @@ pub fn add_to_p2_linker(linker: &mut component::Linker<ComponentState>) -> Resul
                 if !may_open(&mut state.table, &mut state.host.limits) {
                     return Ok((Err(fs::ErrorCode::Quota),));
                 }
-                p2_result(
-                    state
-                        .filesystem()
-                        .open_at(dir, path_flags, path, open_flags, flags)
-                        .await,
-                )
+                super::quota_p2::open_at(state, dir, path_flags, path, open_flags, flags).await
             })
         },
     )?;
-    p2_paths_capped!(types, "create-directory-at", create_directory_at, (path: String), [path]);
     p2_paths_capped!(types, "stat-at", stat_at, (flags: fs::PathFlags, path: String), [path]);
     p2_paths_capped!(
         types,
@@ -313,24 +307,7 @@ pub fn add_to_p2_linker(linker: &mut component::Linker<ComponentState>) -> Resul
         (flags: fs::PathFlags, path: String, atim: fs::NewTimestamp, mtim: fs::NewTimestamp),
         [path]
     );
-    p2_paths_capped!(
-        types,
-        "link-at",
-        link_at,
-        (flags: fs::PathFlags, old: String, new_dir: Resource<fs::Descriptor>, new: String),
-        [old, new]
-    );
     p2_paths_capped!(types, "readlink-at", readlink_at, (path: String), [path]);
-    p2_paths_capped!(types, "remove-directory-at", remove_directory_at, (path: String), [path]);
-    p2_paths_capped!(
-        types,
-        "rename-at",
-        rename_at,
-        (old: String, new_dir: Resource<fs::Descriptor>, new: String),
-        [old, new]
-    );
-    p2_paths_capped!(types, "symlink-at", symlink_at, (old: String, new: String), [old, new]);
-    p2_paths_capped!(types, "unlink-file-at", unlink_file_at, (path: String), [path]);
     p2_paths_capped!(
         types,
         "metadata-hash-at",

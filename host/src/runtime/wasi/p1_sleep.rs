@@ -15,7 +15,7 @@ use wasmtime::{AsContextMut, Caller, Extern, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::{self as p1, WasiSnapshotPreview1 as _};
 use wiggle::GuestMemory;
 
-use super::core::CoreState;
+use crate::runtime::core::CoreState;
 
 const MODULE: &str = "wasi_snapshot_preview1";
 const NAME: &str = "poll_oneoff";

@@ -1,0 +1,128 @@
+//! What an instance needs to keep its volumes' usage and quotas: the usage
+//! of each writable mount (see `volume_usage`), and which mount a host
+//! descriptor belongs to. The shims in `quota_p1` and `quota_p2` stand in
+//! front of wasmtime-wasi's calls that grow or shrink a volume: they reserve
+//! growth before the call (failing it with ENOSPC when the quota has no room,
+//! so nothing past the quota is written: a write that would cross it fails
+//! whole, never shortened) and give back what a call freed after it.
+//!
+//! Accounting of the hard cases: a file unlinked while a guest still has
+//! it open is given back when unlinked; growing it afterwards is charged
+//! (the count is then high, never low) and marks the volume for a recount.
+//! Renaming over a file gives the replaced file back; a rename or hard link
+//! between two volumes is refused with EXDEV (programs then copy), as a
+//! rename between file systems would be. A hard link counts as a file and
+//! no bytes: a file's bytes are counted once however many names it has.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::runtime::Invocation;
+use crate::volume_usage::{NoRoom, Usage};
+
+/// One mount as the shims see it.
+struct MountUsage {
+    /// The volume's directory, resolved, to tell which mount a host
+    /// descriptor's file is in.
+    root: PathBuf,
+    volume_id: String,
+    /// `None` for a read-only mount: it can neither grow nor shrink.
+    usage: Option<Arc<Usage>>,
+}
+
+/// The usage of an instance's mounts, in the order of its mounts (which is
+/// the order of its preopens).
+pub struct VolumeQuotas {
+    mounts: Vec<MountUsage>,
+}
+
+/// Why a shim refuses a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The quota has no room: ENOSPC.
+    NoSpace,
+    /// Between two volumes: EXDEV.
+    CrossVolume,
+}
+
+impl From<NoRoom> for Refusal {
+    fn from(_: NoRoom) -> Self {
+        Self::NoSpace
+    }
+}
+
+impl VolumeQuotas {
+    pub fn open(invocation: &Invocation) -> Result<Self> {
+        let mut mounts: Vec<MountUsage> = Vec::new();
+        for mount in invocation.mounts {
+            let root = mount
+                .host_dir
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", mount.host_dir.display()))?;
+            // Two mounts of one volume share one open.
+            let shared = mounts
+                .iter()
+                .find(|m| m.volume_id == mount.volume_id)
+                .and_then(|m| m.usage.clone());
+            let usage = match (mount.read_only, shared) {
+                (true, _) => None,
+                (false, Some(usage)) => Some(usage),
+                (false, None) => Some(Arc::new(Usage::open(
+                    invocation.home,
+                    &mount.volume_id,
+                    mount.quota,
+                )?)),
+            };
+            mounts.push(MountUsage {
+                root,
+                volume_id: mount.volume_id.clone(),
+                usage,
+            });
+        }
+        Ok(Self { mounts })
+    }
+
+    pub fn count(&self) -> usize {
+        self.mounts.len()
+    }
+
+    /// The usage to keep for what happens in mount `mount`.
+    pub fn usage(&self, mount: usize) -> Option<&Usage> {
+        self.mounts.get(mount)?.usage.as_deref()
+    }
+
+    /// Whether two mounts are one volume (a rename between them stays in it).
+    pub fn same_volume(&self, a: usize, b: usize) -> bool {
+        match (self.mounts.get(a), self.mounts.get(b)) {
+            (Some(a), Some(b)) => a.volume_id == b.volume_id,
+            _ => false,
+        }
+    }
+
+    /// The mount the file or directory open as `fd` is in, by the path the
+    /// kernel knows it by (a file unlinked since keeps its directory's).
+    pub fn mount_of(&self, fd: BorrowedFd) -> Option<usize> {
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        self.mounts.iter().position(|m| path.starts_with(&m.root))
+    }
+}
+
+/// What removing or replacing an entry gives back: a directory or a link
+/// one file; a regular file one file and, if it was its last name, its
+/// bytes.
+pub fn freed_by(regular: bool, links: u64, size: u64) -> (u64, u64) {
+    if regular && links <= 1 {
+        (size, 1)
+    } else {
+        (0, 1)
+    }
+}
+
+/// The growth of a file of `size` bytes when `len` bytes are written at
+/// `start`.
+pub fn growth(size: u64, start: u64, len: u64) -> u64 {
+    start.saturating_add(len).saturating_sub(size)
+}

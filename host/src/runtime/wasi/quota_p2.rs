@@ -1,0 +1,576 @@
+//! The quota shims for wasip2 components (see `quota` for what they keep):
+//! `descriptor` methods that write, resize, create and remove, and the
+//! output streams a descriptor hands out for writing (what wasi-libc's
+//! `write` uses), which the shims follow from their creation to their drop.
+//!
+//! A stream write past the quota fails with `last-operation-failed`, its
+//! error's `filesystem-error-code` being `insufficient-space`; but the
+//! wasi-libc that Rust's and C's wasip2 programs link today reports every
+//! failed stream write as EIO, so such a program sees EIO for a plain
+//! `write` (and ENOSPC for `pwrite`, `ftruncate` and creates).
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use anyhow::Result;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{self, Resource, ResourceType};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
+use wasmtime_wasi::p2::bindings::io::streams::{self, Host as _, HostOutputStream};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamResult};
+
+use super::limits::{FILESYSTEM_TYPES, MAX_PATH, p2_result};
+use super::quota::{Refusal, freed_by, growth};
+use crate::runtime::component::ComponentState;
+
+const STREAMS: &str = "wasi:io/streams@0.2.12";
+
+/// An output stream writing a file in a volume that keeps usage.
+pub struct FileStream {
+    mount: usize,
+    file: Arc<std::fs::File>,
+    /// Where the next write goes; `None` at the end (an append stream).
+    position: Option<u64>,
+    /// The file's size once the writes handed to the stream so far land
+    /// (a stream writes in the background).
+    end: u64,
+}
+
+/// The file streams of an instance, by resource index.
+pub type FileStreams = HashMap<u32, FileStream>;
+
+fn error_code(refusal: Refusal) -> fs::ErrorCode {
+    match refusal {
+        Refusal::NoSpace => fs::ErrorCode::InsufficientSpace,
+        Refusal::CrossVolume => fs::ErrorCode::CrossDevice,
+    }
+}
+
+fn borrow(fd: &Resource<fs::Descriptor>) -> Resource<fs::Descriptor> {
+    Resource::new_borrow(fd.rep())
+}
+
+/// The host file or directory behind a descriptor.
+fn host_file(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> Option<Arc<std::fs::File>> {
+    match state.table.get(fd).ok()? {
+        Descriptor::File(file) => Some(file.file.clone()),
+        Descriptor::Dir(dir) => Some(dir.dir.clone()),
+    }
+}
+
+/// The mount of a descriptor, if it is one that keeps usage.
+fn quota_mount(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> Option<usize> {
+    let file = host_file(state, fd)?;
+    let mount = state.host.quotas.mount_of(file.as_fd())?;
+    state.host.quotas.usage(mount).map(|_| mount)
+}
+
+fn reserve(state: &ComponentState, mount: usize, bytes: u64, files: u64) -> Result<(), Refusal> {
+    match state.host.quotas.usage(mount) {
+        Some(usage) => Ok(usage.reserve(bytes, files)?),
+        None => Ok(()),
+    }
+}
+
+fn release(state: &ComponentState, mount: Option<usize>, (bytes, files): (u64, u64)) {
+    if let Some(usage) = mount.and_then(|m| state.host.quotas.usage(m)) {
+        usage.release(bytes, files);
+    }
+}
+
+/// What removing or replacing `path` under `dir` gives back, if it exists.
+async fn freed_at(
+    state: &mut ComponentState,
+    dir: &Resource<fs::Descriptor>,
+    path: &str,
+) -> Option<(u64, u64)> {
+    let stat = state
+        .filesystem()
+        .stat_at(borrow(dir), fs::PathFlags::empty(), path.to_owned())
+        .await
+        .ok()?;
+    Some(freed_by(
+        stat.type_ == fs::DescriptorType::RegularFile,
+        stat.link_count,
+        stat.size,
+    ))
+}
+
+/// `open-at` past the open-files check: counts a file it creates and gives
+/// back what `truncate` frees.
+pub async fn open_at(
+    state: &mut ComponentState,
+    dir: Resource<fs::Descriptor>,
+    path_flags: fs::PathFlags,
+    path: String,
+    open_flags: fs::OpenFlags,
+    flags: fs::DescriptorFlags,
+) -> wasmtime::Result<(Result<Resource<fs::Descriptor>, fs::ErrorCode>,)> {
+    let mount = quota_mount(state, &dir);
+    let mut created = None;
+    let mut freed = (0, 0);
+    if mount.is_some() && open_flags.intersects(fs::OpenFlags::CREATE | fs::OpenFlags::TRUNCATE) {
+        let existing = state
+            .filesystem()
+            .stat_at(borrow(&dir), path_flags, path.clone())
+            .await;
+        match existing {
+            Err(_) if open_flags.contains(fs::OpenFlags::CREATE) => {
+                if let Err(refusal) = reserve(state, mount.unwrap_or_default(), 0, 1) {
+                    return Ok((Err(error_code(refusal)),));
+                }
+                created = mount;
+            }
+            Ok(stat)
+                if open_flags.contains(fs::OpenFlags::TRUNCATE)
+                    && stat.type_ == fs::DescriptorType::RegularFile =>
+            {
+                freed = (stat.size, 0);
+            }
+            _ => {}
+        }
+    }
+    let result = p2_result(
+        state
+            .filesystem()
+            .open_at(dir, path_flags, path, open_flags, flags)
+            .await,
+    )?;
+    match &result.0 {
+        Ok(_) => release(state, mount, freed),
+        Err(_) => release(state, created, (0, 1)),
+    }
+    Ok(result)
+}
+
+/// A stream write's reservation: where it starts, the file's size before
+/// it, and the growth reserved.
+type StreamReservation = Option<(u64, u64, u64)>;
+
+/// Reserves what writing `len` bytes to stream `rep` grows its file by, if
+/// it is a file stream: the reservation, or the refusal as a stream error
+/// (ENOSPC, which wasi-libc reads back through `filesystem-error-code`).
+fn reserve_stream(
+    state: &mut ComponentState,
+    rep: u32,
+    len: u64,
+) -> wasmtime::Result<Result<StreamReservation, streams::StreamError>> {
+    let Some(entry) = state.streams.get(&rep) else {
+        return Ok(Ok(None));
+    };
+    let meta = entry.file.metadata().ok();
+    let size = meta.as_ref().map_or(0, |m| m.len()).max(entry.end);
+    let unlinked = meta.is_some_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0);
+    let start = entry.position.unwrap_or(size);
+    let grows = growth(size, start, len);
+    let mount = entry.mount;
+    if reserve(state, mount, grows, 0).is_err() {
+        let error = wasmtime::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let error = state.table.push(error)?;
+        return Ok(Err(streams::StreamError::LastOperationFailed(error)));
+    }
+    if unlinked
+        && grows > 0
+        && let Some(usage) = state.host.quotas.usage(mount)
+    {
+        usage.mark_stale();
+    }
+    Ok(Ok(Some((start, size, grows))))
+}
+
+/// After a stream write: moves the stream's position, settles the
+/// reservation with what `written` says it wrote, and gives the guest the
+/// stock result.
+fn finish_stream<T>(
+    state: &mut ComponentState,
+    rep: u32,
+    reserved: StreamReservation,
+    len: u64,
+    result: StreamResult<T>,
+    written: impl Fn(&T, u64) -> u64,
+) -> wasmtime::Result<(Result<T, streams::StreamError>,)> {
+    let count = result.as_ref().map_or(0, |value| written(value, len));
+    if let (Some((start, size, grows)), Some(entry)) = (reserved, state.streams.get_mut(&rep)) {
+        if let Some(position) = &mut entry.position {
+            *position += count;
+        }
+        entry.end = entry.end.max(start + count);
+        let mount = entry.mount;
+        if let Some(usage) = state.host.quotas.usage(mount) {
+            usage.settle(grows, growth(size, start, count));
+        }
+    }
+    Ok((match result {
+        Ok(value) => Ok(value),
+        Err(e) => Err(state.table.convert_stream_error(e)?),
+    },))
+}
+
+/// Replaces output-stream method `$wit`, which writes `$len` bytes: the
+/// reservation first, then `$call` (the stock method, on `table` and
+/// `stream`), then `$written` (what its result says it wrote).
+macro_rules! stream_write {
+    ($streams:ident, $wit:literal, ($($arg:ident: $ty:ty),*), $len:expr,
+     |$table:ident, $stream:ident| $call:expr, $written:expr) => {
+        $streams.func_wrap_async(
+            concat!("[method]output-stream.", $wit),
+            |mut store: StoreContextMut<'_, ComponentState>,
+             ($stream, $($arg,)*): (Resource<DynOutputStream>, $($ty,)*)| {
+                Box::new(async move {
+                    let state = store.data_mut();
+                    let rep = $stream.rep();
+                    let len = $len;
+                    let reserved = match reserve_stream(state, rep, len)? {
+                        Ok(reserved) => reserved,
+                        Err(refused) => return Ok((Err(refused),)),
+                    };
+                    let $table = &mut state.table;
+                    let result = $call;
+                    finish_stream(state, rep, reserved, len, result, $written)
+                })
+            },
+        )?;
+    };
+}
+
+/// What a call that adds or removes an entry does to its volume's usage:
+/// `reserved` is taken before it and given back if it fails; `freed` is
+/// given back if it succeeds.
+struct EntryChange {
+    mount: Option<usize>,
+    reserved: (u64, u64),
+    freed: (u64, u64),
+}
+
+impl EntryChange {
+    fn finish(self, state: &ComponentState, succeeded: bool) {
+        release(
+            state,
+            self.mount,
+            if succeeded { self.freed } else { self.reserved },
+        );
+    }
+}
+
+/// A new entry under `dir`: one file reserved.
+fn created(state: &ComponentState, dir: &Resource<fs::Descriptor>) -> Result<EntryChange, Refusal> {
+    Ok(EntryChange {
+        mount: reserve_new(state, dir)?,
+        reserved: (0, 1),
+        freed: (0, 0),
+    })
+}
+
+/// `path` under `dir` removed: what it held comes back.
+async fn removed(
+    state: &mut ComponentState,
+    dir: &Resource<fs::Descriptor>,
+    path: &str,
+) -> EntryChange {
+    let mount = quota_mount(state, dir);
+    let freed = match mount {
+        Some(_) => freed_at(state, dir, path).await.unwrap_or_default(),
+        None => (0, 0),
+    };
+    EntryChange {
+        mount,
+        reserved: (0, 0),
+        freed,
+    }
+}
+
+/// `old` renamed to `new`: what `new` held comes back (unless it is
+/// another name of the same file, which makes the rename change nothing).
+async fn renamed(
+    state: &mut ComponentState,
+    dir: &Resource<fs::Descriptor>,
+    old: &str,
+    new_dir: &Resource<fs::Descriptor>,
+    new: &str,
+) -> Result<EntryChange, Refusal> {
+    if crosses_volumes(state, dir, new_dir) {
+        return Err(Refusal::CrossVolume);
+    }
+    let mut change = removed(state, new_dir, new).await;
+    if change.freed == (0, 1) && same_file(state, dir, old, new_dir, new).await {
+        change.freed = (0, 0);
+    }
+    Ok(change)
+}
+
+/// Replaces `[method]descriptor.$wit`, which adds or removes an entry:
+/// `name-too-long` for a path past `MAX_PATH`, then `$prepare` (an
+/// [`EntryChange`], or the refusal), wasmtime-wasi's own `$method`, and the
+/// change settled by how it went.
+macro_rules! entry_change {
+    ($types:ident, $wit:literal, $method:ident, $dir:ident, ($($arg:ident: $ty:ty),*),
+     [$($path:ident),+], |$state:ident| $prepare:expr) => {
+        $types.func_wrap_async(
+            concat!("[method]descriptor.", $wit),
+            |mut store: StoreContextMut<'_, ComponentState>,
+             ($dir, $($arg,)*): (Resource<fs::Descriptor>, $($ty,)*)| {
+                Box::new(async move {
+                    if $($path.len() > MAX_PATH)||+ {
+                        return Ok((Err(fs::ErrorCode::NameTooLong),));
+                    }
+                    let $state = store.data_mut();
+                    let change = match $prepare {
+                        Ok(change) => change,
+                        Err(refusal) => return Ok((Err(error_code(refusal)),)),
+                    };
+                    let result = p2_result($state.filesystem().$method($dir, $($arg),*).await)?;
+                    change.finish($state, result.0.is_ok());
+                    Ok(result)
+                })
+            },
+        )?;
+    };
+}
+
+/// Replaces wasmtime-wasi's calls that grow or shrink a volume in a
+/// component linker (after `limits`, whose path checks these make too).
+pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<()> {
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(FILESYSTEM_TYPES)?;
+    types.func_wrap_async(
+        "[method]descriptor.write",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (fd, buffer, offset): (Resource<fs::Descriptor>, Vec<u8>, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let mount = quota_mount(state, &fd);
+                let file = host_file(state, &fd);
+                let meta = file.as_ref().and_then(|f| f.metadata().ok());
+                let size = meta.as_ref().map_or(0, |m| m.len());
+                let len = buffer.len() as u64;
+                let grows = growth(size, offset, len);
+                if let Some(mount) = mount {
+                    if let Err(refusal) = reserve(state, mount, grows, 0) {
+                        return Ok((Err(error_code(refusal)),));
+                    }
+                    if meta.is_some_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
+                        && let Some(usage) = state.host.quotas.usage(mount)
+                    {
+                        usage.mark_stale();
+                    }
+                }
+                let result = p2_result(state.filesystem().write(fd, buffer, offset).await)?;
+                let written = result.0.as_ref().map_or(0, |n| *n);
+                if let Some(usage) = mount.and_then(|m| state.host.quotas.usage(m)) {
+                    usage.settle(grows, growth(size, offset, written));
+                }
+                Ok(result)
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.set-size",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (fd, size): (Resource<fs::Descriptor>, u64)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let mount = quota_mount(state, &fd);
+                let old = host_file(state, &fd)
+                    .and_then(|f| f.metadata().ok())
+                    .map_or(0, |m| m.len());
+                let grows = size.saturating_sub(old);
+                if let Some(mount) = mount
+                    && let Err(refusal) = reserve(state, mount, grows, 0)
+                {
+                    return Ok((Err(error_code(refusal)),));
+                }
+                let result = p2_result(state.filesystem().set_size(fd, size).await)?;
+                match result.0 {
+                    Ok(()) => release(state, mount, (old.saturating_sub(size), 0)),
+                    Err(_) => release(state, mount, (grows, 0)),
+                }
+                Ok(result)
+            })
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.write-via-stream",
+        |mut store: StoreContextMut<'_, ComponentState>,
+         (fd, offset): (Resource<fs::Descriptor>, u64)| {
+            let state = store.data_mut();
+            open_stream(state, fd, Some(offset))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.append-via-stream",
+        |mut store: StoreContextMut<'_, ComponentState>, (fd,): (Resource<fs::Descriptor>,)| {
+            let state = store.data_mut();
+            open_stream(state, fd, None)
+        },
+    )?;
+    entry_change!(types, "create-directory-at", create_directory_at, dir, (path: String), [path],
+        |state| created(state, &dir));
+    entry_change!(types, "symlink-at", symlink_at, dir, (old: String, new: String), [old, new],
+        |state| created(state, &dir));
+    entry_change!(
+        types,
+        "link-at",
+        link_at,
+        dir,
+        (flags: fs::PathFlags, old: String, new_dir: Resource<fs::Descriptor>, new: String),
+        [old, new],
+        |state| if crosses_volumes(state, &dir, &new_dir) {
+            Err(Refusal::CrossVolume)
+        } else {
+            created(state, &new_dir)
+        }
+    );
+    entry_change!(types, "unlink-file-at", unlink_file_at, dir, (path: String), [path],
+        |state| Ok(removed(state, &dir, &path).await));
+    entry_change!(types, "remove-directory-at", remove_directory_at, dir, (path: String), [path],
+    |state| Ok(EntryChange {
+        mount: quota_mount(state, &dir),
+        freed: (0, 1),
+        reserved: (0, 0),
+    }));
+    entry_change!(
+        types,
+        "rename-at",
+        rename_at,
+        dir,
+        (old: String, new_dir: Resource<fs::Descriptor>, new: String),
+        [old, new],
+        |state| renamed(state, &dir, &old, &new_dir, &new).await
+    );
+    let mut streams = linker.instance(STREAMS)?;
+    stream_write!(
+        streams,
+        "write",
+        (bytes: Vec<u8>),
+        bytes.len() as u64,
+        |table, stream| HostOutputStream::write(table, stream, bytes),
+        |_: &(), len| len
+    );
+    stream_write!(
+        streams,
+        "blocking-write-and-flush",
+        (bytes: Vec<u8>),
+        bytes.len() as u64,
+        |table, stream| HostOutputStream::blocking_write_and_flush(table, stream, bytes).await,
+        |_: &(), len| len
+    );
+    stream_write!(
+        streams,
+        "write-zeroes",
+        (len: u64),
+        len,
+        |table, stream| HostOutputStream::write_zeroes(table, stream, len),
+        |_: &(), len| len
+    );
+    stream_write!(
+        streams,
+        "blocking-write-zeroes-and-flush",
+        (len: u64),
+        len,
+        |table, stream| {
+            HostOutputStream::blocking_write_zeroes_and_flush(table, stream, len).await
+        },
+        |_: &(), len| len
+    );
+    stream_write!(
+        streams,
+        "splice",
+        (src: Resource<DynInputStream>, len: u64),
+        len,
+        |table, stream| HostOutputStream::splice(table, stream, src, len),
+        |n: &u64, _| *n
+    );
+    stream_write!(
+        streams,
+        "blocking-splice",
+        (src: Resource<DynInputStream>, len: u64),
+        len,
+        |table, stream| HostOutputStream::blocking_splice(table, stream, src, len).await,
+        |n: &u64, _| *n
+    );
+    streams.resource_async(
+        "output-stream",
+        ResourceType::host::<DynOutputStream>(),
+        |mut store, rep| {
+            Box::new(async move {
+                let state = store.data_mut();
+                state.streams.remove(&rep);
+                HostOutputStream::drop(&mut state.table, Resource::new_own(rep)).await
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+fn crosses_volumes(
+    state: &ComponentState,
+    a: &Resource<fs::Descriptor>,
+    b: &Resource<fs::Descriptor>,
+) -> bool {
+    let quotas = &state.host.quotas;
+    let mount = |fd| host_file(state, fd).and_then(|f| quotas.mount_of(f.as_fd()));
+    match (mount(a), mount(b)) {
+        (Some(a), Some(b)) => !quotas.same_volume(a, b),
+        _ => false,
+    }
+}
+
+/// Reserves one new entry under `dir`.
+fn reserve_new(
+    state: &ComponentState,
+    dir: &Resource<fs::Descriptor>,
+) -> Result<Option<usize>, Refusal> {
+    let Some(mount) = quota_mount(state, dir) else {
+        return Ok(None);
+    };
+    reserve(state, mount, 0, 1).map(|()| Some(mount))
+}
+
+async fn same_file(
+    state: &mut ComponentState,
+    dir: &Resource<fs::Descriptor>,
+    old: &str,
+    new_dir: &Resource<fs::Descriptor>,
+    new: &str,
+) -> bool {
+    let mut fs = state.filesystem();
+    let flags = fs::PathFlags::empty();
+    let a = fs
+        .metadata_hash_at(borrow(dir), flags, old.to_owned())
+        .await;
+    let b = fs
+        .metadata_hash_at(borrow(new_dir), flags, new.to_owned())
+        .await;
+    matches!((a, b), (Ok(a), Ok(b)) if a.lower == b.lower && a.upper == b.upper)
+}
+
+/// `write-via-stream` or `append-via-stream` (`offset` `None`), followed
+/// when the file is in a volume that keeps usage.
+fn open_stream(
+    state: &mut ComponentState,
+    fd: Resource<fs::Descriptor>,
+    offset: Option<u64>,
+) -> wasmtime::Result<(Result<Resource<DynOutputStream>, fs::ErrorCode>,)> {
+    let mount = quota_mount(state, &fd);
+    let file = host_file(state, &fd);
+    let result = p2_result(match offset {
+        Some(offset) => state.filesystem().write_via_stream(fd, offset),
+        None => state.filesystem().append_via_stream(fd),
+    })?;
+    if let (Ok(stream), Some(mount), Some(file)) = (&result.0, mount, file) {
+        let end = file.metadata().map_or(0, |m| m.len());
+        state.streams.insert(
+            stream.rep(),
+            FileStream {
+                mount,
+                file,
+                position: offset,
+                end,
+            },
+        );
+    }
+    Ok(result)
+}

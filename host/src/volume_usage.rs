@@ -1,0 +1,491 @@
+//! What each volume holds (bytes and files) and what it may hold (its
+//! quota), kept as it changes and shared by every process on this machine.
+//!
+//! Each volume has a usage file, `usage/<volume id>`, mapped into every
+//! process that writes the volume: a few 64-bit counters changed with atomic
+//! operations, so a reservation is one compare-and-swap however many
+//! instances and processes write at once, and two of them can never take the
+//! same room twice. The registry holds the quota as the user set it; the
+//! file holds a copy that writers read on every reservation, so `volume set`
+//! reaches running instances at once.
+//!
+//! What is counted: `files` is every entry beneath the volume's root (files,
+//! directories, links); `bytes` is the apparent size (`st_size`) of its
+//! regular files, a file with several hard links counted once. Growth is
+//! reserved *before* it happens and shrinkage given back *after*, so a
+//! process that dies in between leaves the count too high, never too low.
+//!
+//! When the count is recounted (a depth-safe walk, see [`count`]): whenever a
+//! process opens the file and no other process has it open (an exclusive
+//! `flock` succeeds), and either a process that had it open did not close
+//! it (it died: its open is still counted in [`Slot::Users`]), or a writer
+//! marked the count as possibly high ([`Slot::Stale`]: it grew a file that
+//! was no longer linked, or two writers raced on one file), or the file is
+//! new (a volume of a release before usage, or a first use). `volume list`
+//! and `volume info` open it that way, so they show an exact count whenever
+//! nothing runs on the volume.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result};
+use rustix::fs::{FileType, Stat};
+
+use crate::home::Home;
+use crate::volume_walk::{self, Cursor, Visitor, WalkError};
+
+/// Migration 6 of the registry: each volume's quota as the user set it
+/// (NULL for none).
+pub const MIGRATION_6: &str = "
+ALTER TABLE volumes ADD COLUMN max_bytes INTEGER CHECK (max_bytes >= 0);
+ALTER TABLE volumes ADD COLUMN max_files INTEGER CHECK (max_files >= 0);
+";
+
+/// Marks a usage file whose counts were set by a count (not a fresh file).
+const MAGIC: u64 = 0x7761_736d_7573_6531; // "wasmuse1"
+/// No quota: a reservation never fails.
+const UNLIMITED: u64 = u64::MAX;
+/// The mapped size of a usage file: one page.
+const FILE_SIZE: usize = 4096;
+
+/// The counters of a usage file, one `u64` each.
+#[derive(Clone, Copy)]
+enum Slot {
+    Magic = 0,
+    Bytes = 1,
+    Files = 2,
+    MaxBytes = 3,
+    MaxFiles = 4,
+    /// Opens not yet closed: non-zero with no process holding the file
+    /// means one died holding it.
+    Users = 5,
+    /// Non-zero when the count may be high; the next exclusive open
+    /// recounts.
+    Stale = 6,
+}
+
+/// A volume's quota: `None` for no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Quota {
+    pub max_bytes: Option<u64>,
+    pub max_files: Option<u64>,
+}
+
+/// A volume's usage as counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// Gives volume `volume_id`'s writers `quota` to check from now on.
+pub fn apply_quota(home: &Home, volume_id: &str, quota: Quota) -> Result<()> {
+    Usage::open(home, volume_id, quota)?.set_quota(quota);
+    Ok(())
+}
+
+/// What `volume` holds now: exact unless a process is writing it (then
+/// what the writers have reserved), recounted first if stale.
+pub fn counts_now(home: &Home, volume: &crate::registry::VolumeRecord) -> Result<Counts> {
+    Ok(Usage::open(home, &volume.id, volume.quota)?.counts())
+}
+
+/// Reserves room for copying `local` (a file or a directory, as `volume
+/// put` copies it) into volume `volume`, before anything is copied: refused
+/// with a message saying how much is missing. The room stays taken and the
+/// count is marked for a recount: overwritten files make it high until
+/// then, never low.
+pub fn reserve_put(
+    home: &Home,
+    volume: &crate::registry::VolumeRecord,
+    local: &Path,
+) -> Result<()> {
+    let counts = match std::fs::symlink_metadata(local) {
+        Ok(meta) if meta.is_dir() => count(local)
+            .with_context(|| format!("cannot count {}", local.display()))
+            .map(|c| Counts {
+                files: c.files + 1,
+                ..c
+            })?,
+        Ok(meta) => Counts {
+            bytes: meta.len(),
+            files: 1,
+        },
+        // `put` says what is wrong with it.
+        Err(_) => return Ok(()),
+    };
+    reserve_copy(home, volume, counts, &local.display().to_string())
+}
+
+/// Reserves room for `counts` that the host is about to copy (`what`) into
+/// volume `volume`: refused with a message saying how much is missing. The
+/// room stays taken and the count is marked for a recount: overwritten
+/// files make it high until then, never low.
+pub fn reserve_copy(
+    home: &Home,
+    volume: &crate::registry::VolumeRecord,
+    counts: Counts,
+    what: &str,
+) -> Result<()> {
+    let usage = Usage::open(home, &volume.id, volume.quota)?;
+    if usage.reserve(counts.bytes, counts.files).is_err() {
+        let now = usage.counts();
+        let quota = usage.quota();
+        anyhow::bail!(
+            "{what} ({} bytes, {} files) does not fit in volume `{}`: it holds {} bytes and {} files of its quota of {} bytes and {} files; free space in it, or raise its quota with `wasmhost volume set`",
+            counts.bytes,
+            counts.files,
+            volume.name.as_deref().unwrap_or(&volume.id),
+            now.bytes,
+            now.files,
+            quota
+                .max_bytes
+                .map_or("unlimited".into(), |b| b.to_string()),
+            quota
+                .max_files
+                .map_or("unlimited".into(), |f| f.to_string()),
+        );
+    }
+    usage.mark_stale();
+    Ok(())
+}
+
+/// Marks volume `volume`'s count for a recount, after the host changed its
+/// files other than through a guest (`volume rm`, and copies or restores
+/// of files into it: what the snapshot and `volume cp` work should call
+/// after it writes a volume, or [`Usage::reserve`] first to keep a quota).
+pub fn files_changed(home: &Home, volume: &crate::registry::VolumeRecord) -> Result<()> {
+    Usage::open(home, &volume.id, volume.quota)?.mark_stale();
+    Ok(())
+}
+
+/// A reservation refused: it would take the volume past its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the volume's quota has no room for it")]
+pub struct NoRoom;
+
+/// An open usage file. Holding it keeps a shared `flock`, so no other
+/// process recounts while this one writes.
+pub struct Usage {
+    map: NonNull<AtomicU64>,
+    file: File,
+}
+
+// SAFETY: the mapping is only ever accessed through atomics, and lives as
+// long as the struct.
+unsafe impl Send for Usage {}
+unsafe impl Sync for Usage {}
+
+impl Usage {
+    /// Opens the usage of volume `volume_id`, recounting it first if it may
+    /// be stale (see the module's header). `quota` is written to a file
+    /// that has none yet (a new one); an existing file keeps its own, which
+    /// `set_quota` changes.
+    pub fn open(home: &Home, volume_id: &str, quota: Quota) -> Result<Self> {
+        let path = home.volume_usage_file(volume_id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the usage file {}", path.display()))?;
+        if file.metadata()?.len() < FILE_SIZE as u64 {
+            file.set_len(FILE_SIZE as u64)?;
+        }
+        let usage = Self {
+            map: map(&file).with_context(|| format!("cannot map {}", path.display()))?,
+            file,
+        };
+        if usage.file.try_lock().is_ok() {
+            if usage.get(Slot::Magic) != MAGIC {
+                usage.store_quota(quota);
+            }
+            if usage.get(Slot::Magic) != MAGIC
+                || usage.get(Slot::Users) != 0
+                || usage.get(Slot::Stale) != 0
+            {
+                let counts = count(&home.volume_dir(volume_id))
+                    .with_context(|| format!("cannot count the usage of volume {volume_id}"))?;
+                usage
+                    .slot(Slot::Bytes)
+                    .store(counts.bytes, Ordering::SeqCst);
+                usage
+                    .slot(Slot::Files)
+                    .store(counts.files, Ordering::SeqCst);
+                usage.slot(Slot::Users).store(0, Ordering::SeqCst);
+                usage.slot(Slot::Stale).store(0, Ordering::SeqCst);
+                usage.slot(Slot::Magic).store(MAGIC, Ordering::SeqCst);
+            }
+        }
+        // Shared from here on (converting an exclusive lock, or waiting
+        // for a recount elsewhere to end).
+        usage.file.lock_shared()?;
+        usage.slot(Slot::Users).fetch_add(1, Ordering::SeqCst);
+        Ok(usage)
+    }
+
+    fn slot(&self, slot: Slot) -> &AtomicU64 {
+        // SAFETY: the page holds FILE_SIZE / 8 counters; every slot is
+        // below that, and the mapping lives as long as `self`.
+        unsafe { &*self.map.as_ptr().add(slot as usize) }
+    }
+
+    fn get(&self, slot: Slot) -> u64 {
+        self.slot(slot).load(Ordering::SeqCst)
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            bytes: self.get(Slot::Bytes),
+            files: self.get(Slot::Files),
+        }
+    }
+
+    pub fn quota(&self) -> Quota {
+        let limit = |slot| Some(self.get(slot)).filter(|&max| max != UNLIMITED);
+        Quota {
+            max_bytes: limit(Slot::MaxBytes),
+            max_files: limit(Slot::MaxFiles),
+        }
+    }
+
+    /// Makes `quota` the one writers check from now on.
+    pub fn set_quota(&self, quota: Quota) {
+        self.store_quota(quota);
+    }
+
+    fn store_quota(&self, quota: Quota) {
+        let store = |slot, max: Option<u64>| {
+            self.slot(slot)
+                .store(max.unwrap_or(UNLIMITED), Ordering::SeqCst)
+        };
+        store(Slot::MaxBytes, quota.max_bytes);
+        store(Slot::MaxFiles, quota.max_files);
+    }
+
+    /// Takes room for `bytes` more bytes and `files` more files, or none of
+    /// it if either would pass the quota. Nothing is ever refused for
+    /// growing by zero, so a volume over a lowered quota still shrinks and
+    /// rewrites in place.
+    pub fn reserve(&self, bytes: u64, files: u64) -> Result<(), NoRoom> {
+        self.note_concurrency();
+        add_within(self.slot(Slot::Files), files, self.get(Slot::MaxFiles))?;
+        if let Err(e) = add_within(self.slot(Slot::Bytes), bytes, self.get(Slot::MaxBytes)) {
+            self.release(0, files);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Counts growth that already happened, quota or not: what a writer
+    /// finds it used beyond what it reserved (a race with another writer).
+    pub fn charge(&self, bytes: u64, files: u64) {
+        self.slot(Slot::Bytes).fetch_add(bytes, Ordering::SeqCst);
+        self.slot(Slot::Files).fetch_add(files, Ordering::SeqCst);
+    }
+
+    /// Gives back room: what was reserved but not used, or what was freed.
+    pub fn release(&self, bytes: u64, files: u64) {
+        self.note_concurrency();
+        sub_saturating(self.slot(Slot::Bytes), bytes);
+        sub_saturating(self.slot(Slot::Files), files);
+    }
+
+    /// Moves the count by a signed number of bytes, quota or not.
+    pub fn settle(&self, reserved: u64, used: u64) {
+        if used > reserved {
+            self.charge(used - reserved, 0);
+        } else {
+            self.release(reserved - used, 0);
+        }
+    }
+
+    /// Marks the count for a recount when others have the volume open too:
+    /// a writer reckons growth and shrinkage from what it saw just before
+    /// its call, and two writers changing one file at once can each reckon
+    /// the same change (two creates of one name, two truncates of one
+    /// file). One atomic load when nothing else writes the volume.
+    fn note_concurrency(&self) {
+        if self.get(Slot::Users) > 1 && self.get(Slot::Stale) == 0 {
+            self.mark_stale();
+        }
+    }
+
+    /// Says the count may be off: the next exclusive open recounts.
+    pub fn mark_stale(&self) {
+        self.slot(Slot::Stale).store(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Usage {
+    fn drop(&mut self) {
+        sub_saturating(self.slot(Slot::Users), 1);
+        // SAFETY: `map` came from mmap of FILE_SIZE bytes and is unmapped
+        // once, here.
+        unsafe {
+            libc::munmap(self.map.as_ptr().cast(), FILE_SIZE);
+        }
+    }
+}
+
+fn map(file: &File) -> io::Result<NonNull<AtomicU64>> {
+    // SAFETY: a shared mapping of a file at least FILE_SIZE long, which
+    // stays valid until munmap whatever happens to the descriptor.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            FILE_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+fn add_within(counter: &AtomicU64, amount: u64, max: u64) -> Result<(), NoRoom> {
+    if amount == 0 {
+        return Ok(());
+    }
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
+            current.checked_add(amount).filter(|&next| next <= max)
+        })
+        .map(drop)
+        .map_err(|_| NoRoom)
+}
+
+fn sub_saturating(counter: &AtomicU64, amount: u64) {
+    if amount == 0 {
+        return;
+    }
+    let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |current| {
+        Some(current.saturating_sub(amount))
+    });
+}
+
+/// Counts what is beneath `dir` as usage counts it: depth-safe, never
+/// through a link (see `volume_walk`).
+pub fn count(dir: &Path) -> Result<Counts, WalkError> {
+    let cursor = Cursor::open(dir).map_err(|e| WalkError::new(dir.to_owned(), e))?;
+    count_at(cursor)
+}
+
+/// [`count`] from an open cursor.
+pub fn count_at(cursor: Cursor) -> Result<Counts, WalkError> {
+    let mut counter = Counter::default();
+    volume_walk::walk(cursor, &mut counter)?;
+    Ok(counter.counts)
+}
+
+/// What one file or link adds to a count (a directory adds one file).
+pub fn counts_of(stat: &Stat, seen: &mut HashSet<(u64, u64)>) -> Counts {
+    let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
+    let first = stat.st_nlink <= 1 || seen.insert((stat.st_dev, stat.st_ino));
+    Counts {
+        bytes: if regular && first {
+            stat.st_size as u64
+        } else {
+            0
+        },
+        files: 1,
+    }
+}
+
+#[derive(Default)]
+struct Counter {
+    counts: Counts,
+    /// Files with several links met so far, to count their bytes once.
+    seen: HashSet<(u64, u64)>,
+}
+
+impl Visitor for Counter {
+    type Error = WalkError;
+
+    fn entry(&mut self, _dir: &Cursor, _name: &OsStr, stat: &Stat) -> Result<(), WalkError> {
+        let counts = counts_of(stat, &mut self.seen);
+        self.counts.bytes += counts.bytes;
+        self.counts.files += counts.files;
+        Ok(())
+    }
+
+    fn enter(&mut self, _dir: &Cursor, _name: &OsStr) -> Result<(), WalkError> {
+        self.counts.files += 1;
+        Ok(())
+    }
+
+    fn leave(&mut self, _dir: &Cursor, _name: &OsStr) -> Result<(), WalkError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_stop_at_the_quota_and_zero_always_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        std::fs::create_dir(home.volume_dir("vo-1")).unwrap();
+        let quota = Quota {
+            max_bytes: Some(100),
+            max_files: Some(2),
+        };
+        let usage = Usage::open(&home, "vo-1", quota).unwrap();
+        assert_eq!(usage.reserve(60, 1), Ok(()));
+        assert_eq!(usage.reserve(41, 0), Err(NoRoom));
+        assert_eq!(usage.reserve(40, 1), Ok(()));
+        assert_eq!(usage.reserve(0, 1), Err(NoRoom));
+        assert_eq!(
+            usage.counts(),
+            Counts {
+                bytes: 100,
+                files: 2
+            }
+        );
+        usage.set_quota(Quota {
+            max_bytes: Some(10),
+            max_files: None,
+        });
+        assert_eq!(usage.reserve(1, 0), Err(NoRoom));
+        assert_eq!(usage.reserve(0, 5), Ok(()));
+        usage.release(100, 7);
+        assert_eq!(usage.counts(), Counts::default());
+    }
+
+    #[test]
+    fn a_dead_holder_makes_the_next_open_recount() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        let volume = home.volume_dir("vo-1");
+        std::fs::create_dir(&volume).unwrap();
+        std::fs::write(volume.join("a"), [0u8; 10]).unwrap();
+        std::fs::hard_link(volume.join("a"), volume.join("b")).unwrap();
+        std::fs::create_dir(volume.join("d")).unwrap();
+        // The two names of `a` hold its 10 bytes once.
+        let on_disk = Counts {
+            bytes: 10,
+            files: 3,
+        };
+        let usage = Usage::open(&home, "vo-1", Quota::default()).unwrap();
+        assert_eq!(usage.counts(), on_disk);
+        usage.reserve(1000, 0).unwrap();
+        // A crash: the process lets go of the file without closing its open.
+        usage.slot(Slot::Users).fetch_add(1, Ordering::SeqCst);
+        drop(usage);
+        let usage = Usage::open(&home, "vo-1", Quota::default()).unwrap();
+        assert_eq!(usage.counts(), on_disk);
+    }
+}

@@ -1,0 +1,378 @@
+//! Volume usage and quotas (issue 13): usage kept as guests change a
+//! volume, `max_size` and `max_files` refusing the crossing call with
+//! ENOSPC, across instances and processes.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{TestEnv, path};
+
+const BOUND: Duration = Duration::from_secs(120);
+
+/// An app whose function `q` (the quota guest, wasip1 or wasip2) mounts
+/// the named volume `data` (with `quota` keys) at /data and an unlimited
+/// ephemeral volume at /free.
+fn quota_app(env: &TestEnv, name: &str, guest: &str, quota: &str) -> std::path::PathBuf {
+    env.app(
+        name,
+        &format!(
+            r#"
+name = "{name}"
+[volumes.data]
+persist = "{name}-data"
+{quota}
+[volumes.free]
+[functions.q]
+module = "{guest}"
+mounts = {{ "/data" = "data", "/free" = "free" }}
+"#
+        ),
+    )
+}
+
+fn run_q(env: &TestEnv, app: &Path, args: &[&str]) -> String {
+    let mut all = vec!["run", path(app), "--"];
+    all.extend(args);
+    env.run_within(BOUND, &all).stdout()
+}
+
+/// `bytes` and `files` of named volume `name` from `volume list --json`.
+fn listed(env: &TestEnv, name: &str) -> (u64, u64) {
+    let stdout = env.run(&["volume", "list", "--json"]).success().stdout();
+    let volumes: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    let volume = volumes.into_iter().find(|v| v["name"] == name);
+    let volume = volume.unwrap_or_else(|| panic!("{name} not listed: {stdout}"));
+    let count = |key: &str| volume[key].as_u64().unwrap();
+    (count("bytes"), count("files"))
+}
+
+/// Bytes of regular files and entries beneath `dir`, walked here (passing
+/// over entries removed or renamed while it walks).
+fn walk(dir: &Path) -> (u64, u64) {
+    let (mut bytes, mut files) = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        files += 1;
+        if meta.is_dir() {
+            let (b, f) = walk(&entry.path());
+            bytes += b;
+            files += f;
+        } else if meta.is_file() {
+            bytes += meta.len();
+        }
+    }
+    (bytes, files)
+}
+
+/// Whether `output` says step `n` was refused for want of space: ENOSPC;
+/// or, for a wasip2 component's plain write (a stream write), EIO, which is
+/// what wasi-libc makes of every failed stream write.
+fn refused_at(output: &str, n: u64, stream_write_of_p2: bool) -> bool {
+    output == format!("nospc {n}\n")
+        || stream_write_of_p2
+            && output.starts_with(&format!("error {n}: "))
+            && output.contains("os error 29")
+}
+
+fn guest_quota_is_enforced(guest: &str) {
+    let p2 = guest.starts_with("{guest2:");
+    let env = TestEnv::new();
+    let app = quota_app(&env, "qa", guest, "max_size = \"1MiB\"\nmax_files = 10");
+    // One big write past the quota is refused; a wasip1 write fails whole
+    // (wasi-libc splits a wasip2 one into 64 KiB stream writes: those that
+    // fit succeed).
+    let out = run_q(&env, &app, &["write", "2000000", "/data/big"]);
+    assert!(refused_at(&out, 0, p2), "{out}");
+    let (bytes, _) = listed(&env, "qa-data");
+    assert!(bytes <= 1 << 20, "{bytes}");
+    if !p2 {
+        assert_eq!(bytes, 0, "nothing of the refused write is counted");
+    }
+    assert_eq!(run_q(&env, &app, &["extend", "/data/big", "0"]), "done 1\n");
+    // The same in the unlimited volume next to it succeeds.
+    assert_eq!(
+        run_q(&env, &app, &["write", "2000000", "/free/big"]),
+        "done 1\n"
+    );
+    // Many small writes: the one that would cross fails.
+    let out = run_q(&env, &app, &["writes", "/data/small", "100000", "20"]);
+    assert!(refused_at(&out, 10, p2), "{out}");
+    let (bytes, files) = listed(&env, "qa-data");
+    assert!(bytes <= 1 << 20, "{bytes}");
+    assert_eq!((bytes, files), walk(&env.volume_dir("qa-data")));
+    // Extending with ftruncate and a write past the end cross it too.
+    assert_eq!(
+        run_q(&env, &app, &["extend", "/data/small", "2000000"]),
+        "nospc 0\n"
+    );
+    let out = run_q(&env, &app, &["pwrite", "/data/small", "1048000", "1000"]);
+    assert!(refused_at(&out, 0, p2), "{out}");
+    // In place (no growth) is fine; shrinking gives room back.
+    assert_eq!(
+        run_q(&env, &app, &["pwrite", "/data/small", "0", "1000"]),
+        "done 1\n"
+    );
+    assert_eq!(
+        run_q(&env, &app, &["extend", "/data/small", "0"]),
+        "done 1\n"
+    );
+    assert_eq!(listed(&env, "qa-data").0, 0);
+    // max_files: 10 entries, two of them `small` and `big`.
+    assert_eq!(run_q(&env, &app, &["files", "/data", "20"]), "nospc 8\n");
+    assert_eq!(listed(&env, "qa-data").1, 10);
+    assert_eq!(listed(&env, "qa-data"), walk(&env.volume_dir("qa-data")));
+}
+
+#[test]
+fn a_wasip1_guest_gets_enospc_at_the_crossing_call() {
+    guest_quota_is_enforced("{guest:quota}");
+}
+
+#[test]
+fn a_wasip2_component_is_refused_at_the_crossing_call() {
+    guest_quota_is_enforced("{guest2:quota}");
+}
+
+/// 8 instances in 2 processes write 1 MiB files into one 20 MiB volume:
+/// exactly 20 writes succeed, and the volume never holds more.
+#[test]
+fn instances_in_two_processes_share_one_quota() {
+    let env = TestEnv::new();
+    let app = quota_app(&env, "qb", "{guest:quota}", "max_size = \"20MiB\"");
+    env.run(&["deploy", path(&app)]).success();
+    let maps: Vec<_> = (0..2)
+        .map(|p| {
+            let file = env.work.path().join(format!("map{p}"));
+            let lines: String = (0..20).map(|i| format!("/data/p{p}-{i}\n")).collect();
+            std::fs::write(&file, lines).unwrap();
+            file
+        })
+        .collect();
+    let children: Vec<_> = maps
+        .iter()
+        .map(|m| {
+            env.spawn(&[
+                "call",
+                "qb",
+                "q",
+                "--map",
+                path(m),
+                "--concurrency",
+                "4",
+                "--",
+                "write",
+                "1048576",
+            ])
+        })
+        .collect();
+    // While they write, the volume never holds more than its quota.
+    let volume = env.volume_dir("qb-data");
+    let deadline = std::time::Instant::now() + BOUND;
+    let mut samples = 0;
+    while samples < 10_000 && std::time::Instant::now() < deadline {
+        let (bytes, _) = walk(&volume);
+        assert!(bytes <= 20 << 20, "the volume held {bytes} bytes");
+        samples += 1;
+        if bytes == 20 << 20 {
+            break;
+        }
+    }
+    let mut done = 0;
+    let mut refused = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        done += text.matches("done 1").count();
+        refused += text.matches("nospc 0").count();
+    }
+    assert_eq!((done, refused), (20, 20), "20 writes fit, 20 do not");
+    let (bytes, files) = walk(&env.volume_dir("qb-data"));
+    assert_eq!(bytes, 20 << 20);
+    assert_eq!(listed(&env, "qb-data"), (bytes, files));
+}
+
+/// After 1,000 mixed creates, writes, truncates, renames and deletes, the
+/// listed usage is what a walk finds: one instance at a time (nothing else
+/// has the volume open, so nothing marks it for a recount: this is the
+/// count kept as the guest went), then four at once (racing on the same
+/// names, they mark it, and `volume list` recounts once they are done).
+#[test]
+fn listed_usage_matches_a_walk_after_mixed_changes() {
+    let env = TestEnv::new();
+    let app = quota_app(&env, "qc", "{guest:quota}", "");
+    let map = env.work.path().join("map");
+    for (seeds, concurrency) in [(1..11, "1"), (11..21, "4")] {
+        let lines: String = seeds.map(|i| format!("{i}\n")).collect();
+        std::fs::write(&map, lines).unwrap();
+        let run = env.run_within(
+            BOUND,
+            &[
+                "run",
+                path(&app),
+                "--map",
+                path(&map),
+                "--concurrency",
+                concurrency,
+                "--",
+                "mixed",
+                "/data",
+                "100",
+            ],
+        );
+        assert_eq!(
+            run.stdout().matches("done 100").count(),
+            10,
+            "{}",
+            run.stdout()
+        );
+        let walked = walk(&env.volume_dir("qc-data"));
+        assert!(walked.1 > 0);
+        assert_eq!(
+            listed(&env, "qc-data"),
+            walked,
+            "at concurrency {concurrency}"
+        );
+    }
+}
+
+#[test]
+fn volume_create_and_set_change_the_quota_and_info_shows_it() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "v", "--max-size", "1MiB"])
+        .success();
+    let info = env
+        .run(&["volume", "info", "v", "--json"])
+        .success()
+        .stdout();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["max_size"], 1 << 20);
+    assert_eq!(info["bytes"], 0);
+    env.run(&[
+        "volume",
+        "set",
+        "v",
+        "--max-size",
+        "none",
+        "--max-files",
+        "5",
+    ])
+    .success();
+    let info = env.run(&["volume", "info", "v"]).success().stdout();
+    assert!(info.contains("max_size none, max_files 5"), "{info}");
+}
+
+#[test]
+fn bad_quotas_are_refused_with_where_and_how() {
+    let env = TestEnv::new();
+    let app = quota_app(&env, "qd", "{guest:quota}", "max_size = \"lots\"");
+    let run = env
+        .run(&["run", path(&app), "--", "write", "1", "/data/x"])
+        .code_is(2);
+    assert!(run.stderr().contains("app.toml:5:12"), "{}", run.stderr());
+    assert!(run.stderr().contains("bad `max_size`"), "{}", run.stderr());
+    let app = quota_app(&env, "qe", "{guest:quota}", "max_files = 0");
+    let run = env
+        .run(&["run", path(&app), "--", "write", "1", "/data/x"])
+        .code_is(2);
+    assert!(
+        run.stderr().contains("`max_files = 0` is out of range"),
+        "{}",
+        run.stderr()
+    );
+    let run = env
+        .run(&["volume", "set", "missing", "--max-size", "1MiB"])
+        .code_is(2);
+    assert!(
+        run.stderr().contains("no volume is named `missing`"),
+        "{}",
+        run.stderr()
+    );
+    let run = env
+        .run(&["volume", "create", "w", "--max-size", "0"])
+        .code_is(2);
+    assert!(run.stderr().contains("zero bytes"), "{}", run.stderr());
+    env.run(&["volume", "create", "w"]).success();
+    env.run(&["volume", "set", "w"]).code_is(2);
+}
+
+/// `volume put` of more than fits copies nothing; what fits is counted.
+#[test]
+fn volume_put_checks_the_quota_first_and_leaves_nothing() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "p", "--max-size", "100KiB"])
+        .success();
+    let local = env.work.path().join("tree");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("a"), vec![1u8; 60 << 10]).unwrap();
+    std::fs::write(local.join("sub/b"), vec![2u8; 60 << 10]).unwrap();
+    let run = env
+        .run(&["volume", "put", "p", path(&local), "/tree"])
+        .code_is(1);
+    assert!(
+        run.stderr().contains("does not fit in volume `p`"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(walk(&env.volume_dir("p")), (0, 0), "nothing was copied");
+    assert_eq!(listed(&env, "p"), (0, 0));
+    env.run(&["volume", "put", "p", path(&local.join("a")), "/a"])
+        .success();
+    assert_eq!(listed(&env, "p"), (60 << 10, 1));
+    env.run(&["volume", "rm", "p", "/a"]).success();
+    assert_eq!(listed(&env, "p"), (0, 0));
+}
+
+/// `volume cp` takes its room before copying: a copy past the quota copies
+/// nothing; a snapshot counts against no quota, and `volume info` lists it;
+/// a restore is counted again.
+#[test]
+fn volume_cp_checks_the_quota_and_snapshots_count_against_none() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "c", "--max-size", "100KiB"])
+        .success();
+    let local = env.work.path().join("tree");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(local.join("a"), vec![1u8; 30 << 10]).unwrap();
+    std::fs::write(local.join("b"), vec![2u8; 30 << 10]).unwrap();
+    env.run(&["volume", "put", "c", path(&local), "/tree"])
+        .success();
+    assert_eq!(listed(&env, "c"), (60 << 10, 3));
+    let run = env
+        .run(&["volume", "cp", "c", "/tree", "/copy", "--recursive"])
+        .code_is(1);
+    assert!(
+        run.stderr().contains("does not fit in volume `c`"),
+        "{}",
+        run.stderr()
+    );
+    assert!(!env.volume_dir("c").join("copy").exists(), "nothing copied");
+    env.run(&["volume", "cp", "c", "/tree/a", "/a2"]).success();
+    assert_eq!(listed(&env, "c"), (90 << 10, 4));
+
+    env.run(&["volume", "snapshot", "create", "c", "s1"])
+        .success();
+    let info: serde_json::Value = serde_json::from_str(
+        &env.run(&["volume", "info", "c", "--json"])
+            .success()
+            .stdout(),
+    )
+    .unwrap();
+    assert_eq!(info["snapshots"][0]["name"], "s1", "{info}");
+    assert_eq!(info["snapshots"][0]["bytes"], 90 << 10, "{info}");
+    assert_eq!(
+        listed(&env, "c"),
+        (90 << 10, 4),
+        "a snapshot is not counted"
+    );
+    env.run(&["volume", "rm", "c", "/tree", "--recursive"])
+        .success();
+    assert_eq!(listed(&env, "c"), (30 << 10, 1));
+    env.run(&["volume", "snapshot", "restore", "c", "s1"])
+        .success();
+    assert_eq!(listed(&env, "c"), (90 << 10, 4), "a restore is recounted");
+}
