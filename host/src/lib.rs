@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod slots;
 pub mod sparse;
 pub mod text;
+pub mod triggers;
 pub mod views;
 pub mod volume_files;
 pub mod volume_walk;

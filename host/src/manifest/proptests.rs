@@ -129,6 +129,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     max_open_files,
                     max_locks,
                     retries,
+                    http: None,
                 }
             },
         )

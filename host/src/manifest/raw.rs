@@ -43,6 +43,7 @@ pub struct RawFunction {
     pub max_open_files: Option<Spanned<i64>>,
     pub max_locks: Option<Spanned<i64>>,
     pub retries: Option<Spanned<RawRetries>>,
+    pub http: Option<Spanned<String>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true }`.

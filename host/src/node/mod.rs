@@ -9,6 +9,7 @@
 
 mod api;
 mod token;
+mod web;
 mod worker;
 
 use std::net::SocketAddr;
@@ -56,7 +57,8 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
         ready(address, worker.node_id());
-        let app = api::router(worker.clone(), token);
+        let app = api::router(worker.clone(), token, address);
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal(worker.clone()))
             .await

@@ -7,8 +7,16 @@ use wasmtime::component::{Component, ComponentType, Linker, Lower, ResourceTable
 use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
+use super::http_view::NoNetwork;
+use super::instance::{
+    HasHost, HostState, Outputs, StopWatch, configure_store, until_stopped, wasi_builder,
+};
 use super::wasi_limits::{CountLimits, limit_table};
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
@@ -22,6 +30,8 @@ pub struct ComponentState {
     wasi: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) host: HostState,
+    pub(super) http: WasiHttpCtx,
+    pub(super) network: NoNetwork,
 }
 
 impl HasHost for ComponentState {
@@ -82,17 +92,7 @@ pub fn prelink(
     component: &Component,
     function: &FunctionSpec,
 ) -> Result<CommandPre<ComponentState>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
-    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
-    super::wasi_limits::add_to_p2_linker(&mut linker)?;
-    if function.trap_unknown_imports {
-        linker.define_unknown_imports_as_traps(component)?;
-    }
-    let pre = linker
-        .instantiate_pre(component)
-        .map_err(BadModule::unlinkable)?;
+    let pre = link(engine, component, function, false)?;
     CommandPre::new(pre).map_err(|e| {
         BadModule::new(
             format!("does not export `wasi:cli/run`: {e:#}"),
@@ -100,6 +100,47 @@ pub fn prelink(
         )
         .into()
     })
+}
+
+/// Links a web endpoint's component (a `wasi:http/proxy`) once; every
+/// request instantiates from the result.
+pub fn prelink_proxy(
+    engine: &Engine,
+    component: &Component,
+    function: &FunctionSpec,
+) -> Result<ProxyPre<ComponentState>> {
+    let pre = link(engine, component, function, true)?;
+    ProxyPre::new(pre).map_err(|e| {
+        BadModule::new(
+            format!("does not export `wasi:http/incoming-handler`: {e:#}"),
+            "build it as a wasi:http proxy (as `wasmtime serve` runs), or remove `http` and run it as a command",
+        )
+        .into()
+    })
+}
+
+/// WASI 0.2 (with `wasi:http` for a web endpoint), the lock interface and
+/// the count limits, linked to `component`.
+fn link(
+    engine: &Engine,
+    component: &Component,
+    function: &FunctionSpec,
+    http: bool,
+) -> Result<wasmtime::component::InstancePre<ComponentState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    if http {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    }
+    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.2.0", wit_error)?;
+    add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
+    super::wasi_limits::add_to_p2_linker(&mut linker)?;
+    if function.trap_unknown_imports {
+        linker.define_unknown_imports_as_traps(component)?;
+    }
+    Ok(linker
+        .instantiate_pre(component)
+        .map_err(BadModule::unlinkable)?)
 }
 
 /// `wasmhost:host/lock` as `interface` names it, its errors in that
@@ -167,6 +208,27 @@ fn lock_path(
     Ok(path.into_owned())
 }
 
+/// A fresh store for one invocation, its limits applied.
+fn store(
+    engine: &Engine,
+    invocation: &Invocation<'_>,
+    argv0: &str,
+    limits: &CountLimits,
+) -> Result<(Store<ComponentState>, StopWatch, Outputs)> {
+    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
+    let mut state = ComponentState {
+        wasi: builder.build(),
+        table: ResourceTable::new(),
+        host: HostState::new(invocation, limits),
+        http: WasiHttpCtx::new(),
+        network: NoNetwork,
+    };
+    limit_table(&mut state.table, limits);
+    let mut store = Store::new(engine, state);
+    let stop = configure_store(&mut store);
+    Ok((store, stop, outputs))
+}
+
 /// Runs `wasi:cli/run` in a fresh instance.
 pub async fn run(
     pre: &CommandPre<ComponentState>,
@@ -174,15 +236,7 @@ pub async fn run(
     argv0: &str,
     limits: &CountLimits,
 ) -> Result<(RunResult, Outputs)> {
-    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
-    let mut state = ComponentState {
-        wasi: builder.build(),
-        table: ResourceTable::new(),
-        host: HostState::new(invocation, limits),
-    };
-    limit_table(&mut state.table, limits);
-    let mut store = Store::new(pre.engine(), state);
-    let stop = configure_store(&mut store);
+    let (mut store, stop, outputs) = store(pre.engine(), invocation, argv0, limits)?;
     let (result, stopped) = until_stopped(&stop, async {
         let command: Command = pre.instantiate_async(&mut store).await?;
         command
@@ -190,6 +244,38 @@ pub async fn run(
             .call_run(&mut store)
             .await?
             .map_err(|()| wasmtime_wasi::I32Exit(1).into())
+    })
+    .await;
+    let ran = outputs.end(store, &stop, result, stopped).await;
+    Ok((ran, outputs))
+}
+
+/// Where a web endpoint's response goes, once the guest has set it (or
+/// failed to): called at most once.
+pub type Respond =
+    Box<dyn FnOnce(Result<http::Response<HyperOutgoingBody>, ErrorCode>) + Send + Sync>;
+
+/// Runs `wasi:http/incoming-handler` on `request` in a fresh instance, as
+/// `wasmtime serve` does; the response goes to `respond` as soon as the
+/// guest sets it, and its body streams while the guest writes it.
+pub async fn serve(
+    pre: &ProxyPre<ComponentState>,
+    invocation: &Invocation<'_>,
+    argv0: &str,
+    limits: &CountLimits,
+    request: http::Request<HyperOutgoingBody>,
+    respond: Respond,
+) -> Result<(RunResult, Outputs)> {
+    let (mut store, stop, outputs) = store(pre.engine(), invocation, argv0, limits)?;
+    let (result, stopped) = until_stopped(&stop, async {
+        let mut http = store.data_mut().http();
+        let request = http.new_incoming_request(Scheme::Http, request)?;
+        let out = http.new_response_outparam_from_callback(respond)?;
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, request, out)
+            .await
     })
     .await;
     let ran = outputs.end(store, &stop, result, stopped).await;

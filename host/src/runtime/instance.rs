@@ -173,6 +173,9 @@ pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuil
         };
         builder.preopened_dir(&mount.host_dir, &mount.guest_path, perms)?;
     }
+    if let Some(stdin) = &invocation.stdin {
+        builder.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin.clone()));
+    }
     let outputs = match &invocation.output {
         Output::Inherit { copy } => {
             let streamed = Streamed::new(copy.clone());
