@@ -108,7 +108,11 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
     assert_eq!(posted.status, 201, "{}", posted.body);
     assert_eq!(posted.body, "stored 11 bytes at greeting\n");
     assert_eq!(posted.header("x-kv-key"), "greeting");
-    assert_eq!(posted.header("location"), "/kv/greeting", "the guest sees /route…");
+    assert_eq!(
+        posted.header("location"),
+        "/kv/greeting",
+        "the guest sees /route…"
+    );
     let got = request(&node, "GET", "/web/site/kv/greeting", None, b"");
     assert_eq!((got.status, got.body.as_str()), (200, "hello there"));
     assert_eq!(got.header("content-type"), "text/plain; charset=utf-8");
@@ -118,12 +122,19 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
 
     // The same endpoint by its app's host name.
     let by_host = request(&node, "GET", "/kv/greeting", Some("site.localhost"), b"");
-    assert_eq!((by_host.status, by_host.body.as_str()), (200, "hello there"));
+    assert_eq!(
+        (by_host.status, by_host.body.as_str()),
+        (200, "hello there")
+    );
     let port = node.addr.port();
     let host = format!("site.localhost:{port}");
     let by_host = request(&node, "GET", "/cgi/x", Some(&host), b"");
     assert_eq!(by_host.status, 200, "{}", by_host.body);
-    assert!(by_host.body.contains("host=site.localhost"), "{}", by_host.body);
+    assert!(
+        by_host.body.contains("host=site.localhost"),
+        "{}",
+        by_host.body
+    );
 
     // The component's write is in the volume for a later call.
     let read = env
@@ -134,7 +145,11 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
     // WAGI: the request in CGI variables and stdin, the answer from stdout.
     let get = request(&node, "GET", "/web/site/cgi/some/where?x=1&y=2", None, b"");
     assert_eq!(get.status, 200, "{}", get.body);
-    assert_eq!(get.header("x-wagi"), "hi", "the function's env reaches the script");
+    assert_eq!(
+        get.header("x-wagi"),
+        "hi",
+        "the function's env reaches the script"
+    );
     assert_eq!(get.header("content-type"), "text/plain");
     assert_eq!(
         get.body,
@@ -156,7 +171,11 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
     assert!(no_app.body.contains("nosuch"), "{}", no_app.body);
     let no_route = request(&node, "GET", "/web/site/elsewhere", None, b"");
     assert_eq!(no_route.status, 404, "{}", no_route.body);
-    assert!(no_route.body.contains("no web endpoint at /elsewhere"), "{}", no_route.body);
+    assert!(
+        no_route.body.contains("no web endpoint at /elsewhere"),
+        "{}",
+        no_route.body
+    );
     let no_host_app = request(&node, "GET", "/kv/x", Some("nosuch.localhost"), b"");
     assert_eq!(no_host_app.status, 404, "{}", no_host_app.body);
 
@@ -179,10 +198,12 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
     assert!(bare_call["error"].as_str().unwrap().contains("CGI"));
 
     // A stopped app answers no more.
-    env.run(&["app", "stop", "site"]).success();
-    common::eventually(Duration::from_secs(10), "the stopped app to answer 404", || {
-        request(&node, "GET", "/web/site/kv/greeting", None, b"").status == 404
-    });
+    env.run(&["app", "stop", "site", "--yes"]).success();
+    common::eventually(
+        Duration::from_secs(10),
+        "the stopped app to answer 404",
+        || request(&node, "GET", "/web/site/kv/greeting", None, b"").status == 404,
+    );
 }
 
 #[test]
@@ -260,5 +281,8 @@ fn a_trap_is_500_a_timeout_504_and_others_are_answered_meanwhile() {
     let list = env.run(&["calls", "list", "site", "--json"]).success();
     let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
     let slow = calls.iter().find(|c| c["function"] == "slow").unwrap();
-    assert_eq!((slow["state"].as_str(), slow["exit_code"].as_i64()), (Some("failed"), Some(504)));
+    assert_eq!(
+        (slow["state"].as_str(), slow["exit_code"].as_i64()),
+        (Some("failed"), Some(504))
+    );
 }

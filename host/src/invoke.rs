@@ -88,8 +88,7 @@ impl Target<'_> {
             Ok(slot) => slot,
             Err(finished) => return finished,
         };
-        self.program
-            .invoke(&self.invocation(args, output, stdin))
+        self.program.invoke(&self.invocation(args, output, stdin))
     }
 
     /// The function's concurrency slot, once free; or how the invocation

@@ -109,7 +109,9 @@ impl Route {
             None => (text, false),
         };
         if path.contains("...") || path.split('/').any(|part| part == "." || part == "..") {
-            return Err("has a `.`, `..` or `...` component (only a trailing `/...` may appear)".into());
+            return Err(
+                "has a `.`, `..` or `...` component (only a trailing `/...` may appear)".into(),
+            );
         }
         if path.len() > 1 && path.ends_with('/') || path.contains("//") {
             return Err("has an empty component".into());
@@ -363,7 +365,9 @@ impl Validator<'_> {
             {
                 return Err(self.error(
                     Some(raw_route.span()),
-                    format!("functions `{first}` and `{function_name}` are both on route `{route}`"),
+                    format!(
+                        "functions `{first}` and `{function_name}` are both on route `{route}`"
+                    ),
                     "give each function a route of its own",
                 ));
             }

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Registries;
-use super::web;
 use super::token::authorized;
+use super::web;
 use super::worker::Worker;
 use crate::calls;
 use crate::error::UsageError;

@@ -64,9 +64,18 @@ fn app_of_host(request: &Request) -> Option<String> {
     (!app.is_empty()).then(|| app.to_ascii_lowercase())
 }
 
-async fn serve(api: &Api, remote: SocketAddr, app: String, guest: &str, request: Request) -> Response {
+async fn serve(
+    api: &Api,
+    remote: SocketAddr,
+    app: String,
+    guest: &str,
+    request: Request,
+) -> Response {
     let Ok(uri) = guest.parse::<Uri>() else {
-        return text(StatusCode::BAD_REQUEST, "the request's path is not a valid URI path");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the request's path is not a valid URI path",
+        );
     };
     let (mut parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {

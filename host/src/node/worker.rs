@@ -21,18 +21,16 @@ use crate::apps::{self, LiveApp};
 use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
 use crate::error::UsageError;
-use crate::manifest::Route;
-use crate::manifest::units::format_duration;
-use crate::triggers::http::{
-    self, Connection, Endpoint, Response, Served, WebRequest, refuse,
-};
-use ::http::StatusCode;
 use crate::home::Home;
 use crate::invoke::Target;
+use crate::manifest::Route;
+use crate::manifest::units::format_duration;
 use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_call_id, now_ms};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
+use crate::triggers::http::{self, Connection, Endpoint, Response, Served, WebRequest, refuse};
 use crate::views::FullCall;
+use ::http::StatusCode;
 
 /// How often the worker looks for queued calls and cancellations.
 const POLL: Duration = Duration::from_millis(100);
@@ -412,7 +410,11 @@ impl Worker {
                 return;
             }
             Err(e) => {
-                refuse(respond, StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"));
+                refuse(
+                    respond,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("{e:#}"),
+                );
                 return;
             }
         };
@@ -502,7 +504,11 @@ impl Worker {
         let program = match self.program(live, function) {
             Ok(program) => program,
             Err(e) => {
-                return refuse(respond, StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}"));
+                return refuse(
+                    respond,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("{e:#}"),
+                );
             }
         };
         let mounts = live.mounts(&self.home, function);

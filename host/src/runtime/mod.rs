@@ -26,11 +26,11 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 pub use cache::CacheInfo;
 use cache::{Compiled, ModuleCache};
 pub use component::Respond;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use instance::{Outputs, StopReason};
 pub use output_log::{KEPT_PER_STREAM, Lines, OutputLog};
 use wasi_limits::CountLimits;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::apps::Mount;
 use crate::home::Home;
@@ -159,9 +159,9 @@ impl Runtime {
             .map_or_else(|| "main.wasm".into(), |n| n.to_string_lossy().into_owned());
         let linked = match self.cache.load(&self.engine, module)? {
             Compiled::Core(module) => Linked::Core(core::prelink(&self.engine, &module, function)?),
-            Compiled::Component(component) if function.http.is_some() => {
-                Linked::Proxy(component::prelink_proxy(&self.engine, &component, function)?)
-            }
+            Compiled::Component(component) if function.http.is_some() => Linked::Proxy(
+                component::prelink_proxy(&self.engine, &component, function)?,
+            ),
             Compiled::Component(component) => {
                 if function.entry.is_some() {
                     return Err(BadModule {
@@ -405,8 +405,15 @@ impl Program {
             executor.block_on(async {
                 match &self.linked {
                     Linked::Proxy(pre) => {
-                        component::serve(pre, invocation, &self.argv0, &self.limits, request, respond)
-                            .await
+                        component::serve(
+                            pre,
+                            invocation,
+                            &self.argv0,
+                            &self.limits,
+                            request,
+                            respond,
+                        )
+                        .await
                     }
                     _ => Err(anyhow::anyhow!(
                         "it does not export `wasi:http/incoming-handler`"
@@ -418,11 +425,7 @@ impl Program {
     }
 
     /// How an invocation that ran (or could not start) ended.
-    fn ended(
-        &self,
-        invocation: &Invocation,
-        ran: Result<(RunResult, Outputs)>,
-    ) -> Finished {
+    fn ended(&self, invocation: &Invocation, ran: Result<(RunResult, Outputs)>) -> Finished {
         let timed_out = matches!(&ran, Ok((run, _)) if run.stopped == Some(StopReason::Timeout));
         let (outcome, outputs) = match ran {
             Ok((run, outputs)) => {

@@ -160,7 +160,9 @@ pub fn text_response(status: StatusCode, line: &str) -> Response {
 
 /// A body of bytes already in memory.
 fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 #[cfg(test)]

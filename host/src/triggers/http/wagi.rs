@@ -74,12 +74,18 @@ fn environment(
         .map_or_else(|| connection.local.ip().to_string(), str::to_owned);
     let mut env: BTreeMap<String, String> = [
         ("GATEWAY_INTERFACE", "CGI/1.1".to_owned()),
-        ("SERVER_SOFTWARE", concat!("wasmhost/", env!("CARGO_PKG_VERSION")).to_owned()),
+        (
+            "SERVER_SOFTWARE",
+            concat!("wasmhost/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
         ("SERVER_PROTOCOL", format!("{:?}", request.version())),
         ("REQUEST_METHOD", request.method().as_str().to_owned()),
         ("SCRIPT_NAME", script.to_owned()),
         ("PATH_INFO", path_info.to_owned()),
-        ("QUERY_STRING", request.uri().query().unwrap_or("").to_owned()),
+        (
+            "QUERY_STRING",
+            request.uri().query().unwrap_or("").to_owned(),
+        ),
         (
             "REQUEST_URI",
             request
@@ -134,7 +140,9 @@ fn parse(output: &[u8]) -> Result<Response, String> {
                 code.parse::<u16>()
                     .ok()
                     .and_then(|c| StatusCode::from_u16(c).ok())
-                    .ok_or_else(|| format!("`Status: {}` is not a status code", value.escape_debug()))?,
+                    .ok_or_else(|| {
+                        format!("`Status: {}` is not a status code", value.escape_debug())
+                    })?,
             );
             continue;
         }
