@@ -62,9 +62,9 @@ pub struct Worker {
     programs: Mutex<HashMap<(String, String, Option<String>), Arc<Program>>>,
     /// (app, function) as a request named them -> the app, the function's
     /// name, and when they were read.
-    live_apps: Mutex<HashMap<(String, String), ((Arc<LiveApp>, String), Instant)>>,
+    live_apps: Cache<(String, String), (Arc<LiveApp>, String)>,
     /// Apps as web requests named them, and when they were read.
-    web_apps: Mutex<HashMap<String, (Arc<LiveApp>, Instant)>>,
+    web_apps: Cache<String, Arc<LiveApp>>,
     registries: Registries,
     running: Mutex<BTreeMap<String, Running>>,
     /// Calls whose end someone in this process waits for.
@@ -722,10 +722,13 @@ fn ended_call(mut call: CallRecord, ending: &Ending, log: &OutputLog) -> FullCal
     }
 }
 
+/// Values read from the registry, and when.
+type Cache<K, V> = Mutex<HashMap<K, (V, Instant)>>;
+
 /// `key`'s value in `cache` if read less than [`LIVE_APP_TTL`] ago, else
 /// `load`ed again.
 fn cached<K: std::hash::Hash + Eq, V: Clone>(
-    cache: &Mutex<HashMap<K, (V, Instant)>>,
+    cache: &Cache<K, V>,
     key: K,
     load: impl FnOnce() -> Result<V>,
 ) -> Result<V> {
