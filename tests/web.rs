@@ -286,3 +286,38 @@ fn a_trap_is_500_a_timeout_504_and_others_are_answered_meanwhile() {
         (Some("failed"), Some(504))
     );
 }
+
+#[test]
+fn a_request_over_concurrency_waits_then_gets_503() {
+    let env = TestEnv::new();
+    let app = env.app(
+        "single",
+        r#"
+name = "single"
+[functions.one]
+module = "{guest2:web_kv}"
+http = "/..."
+concurrency = 1
+timeout = "60s"
+"#,
+    );
+    env.run(&["deploy", path(&app)]).success();
+    let node = Node::start(&env);
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| request(&node, "GET", "/web/single/sleep", None, b""));
+        common::eventually(Duration::from_secs(30), "the first call to run", || {
+            let list = env.run(&["calls", "list", "single", "--json"]).success();
+            let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
+            calls.iter().any(|c| c["state"] == "running")
+        });
+        // The one slot is taken: this one waits its 10 s, then gives up.
+        let second = request(&node, "GET", "/web/single/sleep", None, b"");
+        assert_eq!(second.status, 503, "{}", second.body);
+        assert!(second.body.contains("`concurrency`"), "{}", second.body);
+        // Stopping the app ends the first: 503 too, saying why.
+        env.run(&["app", "stop", "single", "--yes"]).success();
+        let first = first.join().unwrap();
+        assert_eq!(first.status, 503, "{}", first.body);
+        assert!(first.body.contains("stopped"), "{}", first.body);
+    });
+}

@@ -449,7 +449,8 @@ impl Worker {
             &live, function, route, cancelled, log, request, connection, respond, deadline,
         );
         let ending = Ending::Finished {
-            state: match served.status.is_server_error() {
+            // A guest that failed after it answered failed too.
+            state: match served.status.is_server_error() || served.error.is_some() {
                 true => CallState::Failed,
                 false => CallState::Succeeded,
             },
