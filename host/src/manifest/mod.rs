@@ -750,6 +750,7 @@ mod stored {
         assert_eq!(function.max_open_files, DEFAULT_MAX_OPEN_FILES);
         assert_eq!(function.max_locks, DEFAULT_MAX_LOCKS);
         assert_eq!(function.retries, RetryPolicy::default());
+        assert_eq!(function.http, None);
     }
 
     #[test]
