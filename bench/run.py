@@ -531,9 +531,10 @@ def web_endpoints(tools, work, wt_config, seconds, rounds, row, commands):
     commands += [f"{wh} deploy {toml}   # WASMHOST_HOME={home}; " + toml.read_text().replace("\n", " "),
                  " ".join(map(str, node_cmd)), " ".join(map(str, wt_cmd)), " ".join(map(str, cgi_cmd)),
                  f"# {script}: " + script.read_text().splitlines()[1]]
-    for clients in (1, 8, 32):
-        commands.append(f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency URL   "
-                        f"# URL: {wt_url} {hello_url} (32, 1 clients); {cgi_url} {wagi_url} (8, 1 clients)")
+    for clients, urls in ((1, (wt_url, hello_url, cgi_url, wagi_url)), (32, (wt_url, hello_url)),
+                          (8, (cgi_url, wagi_url))):
+        commands += [f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency {url}"
+                     for url in urls]
 
 
 def wait_for_empty_trash(trash):
