@@ -181,18 +181,25 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
 
     // Each request is a call: its method and path as args, its status as
     // the exit code, a 5xx failed.
-    let list = env.run(&["calls", "list", "site", "--json"]).success();
-    let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
-    let find = |function: &str, method: &str, path: &str| {
-        calls
-            .iter()
-            .find(|c| c["function"] == function && c["args"] == serde_json::json!([method, path]))
-            .unwrap_or_else(|| panic!("no call {function} {method} {path} in {calls:#?}"))
+    let calls = || -> Vec<Value> {
+        let list = env.run(&["calls", "list", "site", "--json"]).success();
+        serde_json::from_str(&list.stdout()).unwrap()
     };
-    let post_call = find("kv", "POST", "/kv/greeting");
+    let ended = |function: &str, method: &str, path: &str| {
+        calls().into_iter().find(|c| {
+            c["function"] == function
+                && c["args"] == serde_json::json!([method, path])
+                && c["finished_at"].is_string()
+        })
+    };
+    common::eventually(Duration::from_secs(10), "the requests' records", || {
+        ended("kv", "POST", "/kv/greeting").is_some()
+            && ended("cgi", "GET", "/cgi/x?bare").is_some()
+    });
+    let post_call = ended("kv", "POST", "/kv/greeting").unwrap();
     assert_eq!(post_call["state"], "succeeded");
     assert_eq!(post_call["exit_code"], 201);
-    let bare_call = find("cgi", "GET", "/cgi/x?bare");
+    let bare_call = ended("cgi", "GET", "/cgi/x?bare").unwrap();
     assert_eq!(bare_call["state"], "failed");
     assert_eq!(bare_call["exit_code"], 500);
     assert!(bare_call["error"].as_str().unwrap().contains("CGI"));
@@ -278,13 +285,13 @@ fn a_trap_is_500_a_timeout_504_and_others_are_answered_meanwhile() {
         assert_eq!(slow.status, 504, "{}", slow.body);
         assert!(slow.body.contains("timed out after 5s"), "{}", slow.body);
     });
-    let list = env.run(&["calls", "list", "site", "--json"]).success();
-    let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
-    let slow = calls.iter().find(|c| c["function"] == "slow").unwrap();
-    assert_eq!(
-        (slow["state"].as_str(), slow["exit_code"].as_i64()),
-        (Some("failed"), Some(504))
-    );
+    common::eventually(Duration::from_secs(10), "the slow call's record", || {
+        let list = env.run(&["calls", "list", "site", "--json"]).success();
+        let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
+        calls
+            .iter()
+            .any(|c| c["function"] == "slow" && c["state"] == "failed" && c["exit_code"] == 504)
+    });
 }
 
 #[test]

@@ -458,7 +458,10 @@ impl Worker {
             error: served.error,
             at: now_ms(),
         };
-        self.clone().record_end(&call.id, ending, |_| {});
+        // Nobody waits for a web request's record: it goes with the
+        // recorder's next batch rather than in a transaction of its own.
+        lock(&self.running).remove(&call.id);
+        self.recorder.finish(&call.id, ending, None);
     }
 
     /// Runs the endpoint `function` once one of its `concurrency` slots is
@@ -569,35 +572,23 @@ impl Worker {
         };
         let answer = ended.map(|to| (to, ended_call(call.clone(), &ending, &log)));
         let worker = self.clone();
-        self.record_end(&call.id, ending, move |written| match answer {
-            Some((to, answer)) => {
-                let _ = to.send(written.map(|()| answer));
-            }
-            // Room for a queued call (an immediate one makes none that the
-            // next look would not find).
-            None => worker.wake(),
-        });
-    }
-
-    /// Records how call `id` ended; once written, it no longer counts as
-    /// running, its waiters are told, and then `then`.
-    fn record_end(
-        self: Arc<Self>,
-        id: &str,
-        ending: Ending,
-        then: impl FnOnce(Result<(), String>) + Send + 'static,
-    ) {
-        let worker = self.clone();
-        let owned = id.to_owned();
+        let id = call.id.clone();
         self.recorder.finish(
-            id,
+            &call.id,
             ending,
             Some(Box::new(move |written| {
-                lock(&worker.running).remove(&owned);
-                for waiter in lock(&worker.waiters).remove(&owned).unwrap_or_default() {
+                lock(&worker.running).remove(&id);
+                for waiter in lock(&worker.waiters).remove(&id).unwrap_or_default() {
                     let _ = waiter.send(());
                 }
-                then(written);
+                match answer {
+                    Some((to, answer)) => {
+                        let _ = to.send(written.map(|()| answer));
+                    }
+                    // Room for a queued call (an immediate one makes none
+                    // that the next look would not find).
+                    None => worker.wake(),
+                }
             })),
         );
     }
