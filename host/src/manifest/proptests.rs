@@ -169,6 +169,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     allowed_hosts,
                     secrets: secrets.into_iter().collect(),
                     schedule,
+                    http: None,
                 }
             },
         )

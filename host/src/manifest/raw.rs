@@ -50,6 +50,7 @@ pub struct RawFunction {
     #[serde(default)]
     pub secrets: Vec<Spanned<String>>,
     pub schedule: Option<Spanned<String>>,
+    pub http: Option<Spanned<String>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true, sub_path = "hf",

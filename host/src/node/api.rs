@@ -4,6 +4,7 @@
 //! a dropped connection; nothing is recorded for a refused request.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +14,14 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Registries;
 use super::token::authorized;
+use super::web;
 use super::worker::Worker;
 use crate::calls;
 use crate::error::UsageError;
@@ -36,19 +38,22 @@ const LOG_PAGE: usize = 1000;
 
 const OPENAPI: &str = include_str!("openapi.json");
 
-struct Api {
-    worker: Arc<Worker>,
+pub(super) struct Api {
+    pub(super) worker: Arc<Worker>,
     token: String,
     registries: Registries,
+    /// The address the node listens on (CGI's `SERVER_PORT`).
+    pub(super) local: SocketAddr,
 }
 
 type Shared = State<Arc<Api>>;
 
-pub fn router(worker: Arc<Worker>, token: String) -> Router {
+pub fn router(worker: Arc<Worker>, token: String, local: SocketAddr) -> Router {
     let api = Arc::new(Api {
         registries: worker.registries().clone(),
         worker,
         token,
+        local,
     });
     let protected = Router::new()
         .route("/v1/openapi.json", get(openapi))
@@ -61,12 +66,19 @@ pub fn router(worker: Arc<Worker>, token: String) -> Router {
         .route("/v1/calls/{id}", get(get_call).delete(cancel_call))
         .route("/v1/apps/{app}/logs", get(logs))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_token));
+    // Web endpoints take no token: each is its app's public face.
+    let web = Router::new()
+        .route("/web/{app}", any(web::by_path))
+        .route("/web/{app}/", any(web::by_path))
+        .route("/web/{app}/{*path}", any(web::by_path));
     Router::new()
         .route("/v1/health", get(health))
         .merge(protected)
+        .merge(web)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(api.clone(), web::by_host))
         .with_state(api)
 }
 

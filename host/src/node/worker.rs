@@ -22,13 +22,18 @@ use super::Registries;
 use crate::apps::{self, LiveApp};
 use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
+use crate::error::UsageError;
 use crate::home::Home;
 use crate::invoke::Target;
+use crate::manifest::Route;
+use crate::manifest::units::format_duration;
 use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_call_id, now_ms};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::slots::Slots;
+use crate::triggers::http::{self, Connection, Endpoint, Response, Served, WebRequest, refuse};
 use crate::views::FullCall;
 use crate::{schedule, secrets};
+use ::http::StatusCode;
 
 /// How often the worker looks for queued calls and cancellations.
 const POLL: Duration = Duration::from_millis(100);
@@ -39,6 +44,11 @@ const HOUSEKEEPING: Duration = Duration::from_secs(2);
 /// soon the node's immediate calls see a deploy, an update or a stop made
 /// elsewhere.
 const LIVE_APP_TTL: Duration = Duration::from_millis(250);
+/// How long a web request waits for room (the node's `--max-calls`, the
+/// function's `concurrency`) before it is answered 503.
+pub const WEB_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How often a waiting web request looks for room on the node.
+const ROOM_POLL: Duration = Duration::from_millis(5);
 
 /// A call running on this node.
 struct Running {
@@ -55,7 +65,9 @@ pub struct Worker {
     programs: Mutex<HashMap<(String, String, Option<String>), Arc<Program>>>,
     /// (app, function) as a request named them -> the app, the function's
     /// name, and when they were read.
-    live_apps: Mutex<HashMap<(String, String), (Arc<LiveApp>, String, Instant)>>,
+    live_apps: Cache<(String, String), (Arc<LiveApp>, String)>,
+    /// Apps as web requests named them, and when they were read.
+    web_apps: Cache<String, Arc<LiveApp>>,
     registries: Registries,
     running: Mutex<BTreeMap<String, Running>>,
     /// Calls whose end someone in this process waits for.
@@ -78,6 +90,7 @@ impl Worker {
             max_calls,
             programs: Mutex::default(),
             live_apps: Mutex::default(),
+            web_apps: Mutex::default(),
             registries: Registries::new(home.clone()),
             running: Mutex::default(),
             waiters: Mutex::default(),
@@ -306,12 +319,29 @@ impl Worker {
         if spec.concurrency.is_some() || spec.retries.max > 0 {
             return Ok(None);
         }
+        let log = OutputLog::retaining();
+        let (call, cancelled) = self.begin(&live, &function, args, env, log.clone());
+        let (tx, rx) = oneshot::channel();
+        self.clone().run_call(call, &live, cancelled, log, Some(tx));
+        Ok(Some(rx))
+    }
+
+    /// Records a call of `function` of `live` as running on this node now,
+    /// its output going to `log`; returns it and its stop flag.
+    fn begin(
+        &self,
+        live: &LiveApp,
+        function: &str,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        log: Arc<OutputLog>,
+    ) -> (CallRecord, Arc<AtomicBool>) {
         let now = now_ms();
         let call = CallRecord {
             id: new_call_id(),
             app: live.record.name.clone(),
             app_id: live.record.id.clone(),
-            function: function.clone(),
+            function: function.to_owned(),
             args,
             env,
             state: CallState::Running,
@@ -324,16 +354,15 @@ impl Worker {
             started_at: Some(now),
             finished_at: None,
             holder: Some(self.holder.id.clone()),
-            module: live.modules.get(&function).cloned(),
+            module: live.modules.get(function).cloned(),
             tick: None,
         };
         let cancelled = self.track(&call);
-        let log = OutputLog::retaining();
         self.recorder.start(
             CallStart {
                 id: call.id.clone(),
                 app_id: call.app_id.clone(),
-                function: function.clone(),
+                function: call.function.clone(),
                 args: call.args.clone(),
                 env: call.env.clone(),
                 module: call.module.clone(),
@@ -341,28 +370,197 @@ impl Worker {
                 node: self.holder.node.clone(),
                 started_at: now,
             },
-            log.clone(),
+            log,
         );
-        let (tx, rx) = oneshot::channel();
-        self.clone().run_call(call, &live, cancelled, log, Some(tx));
-        Ok(Some(rx))
+        (call, cancelled)
     }
 
     /// The running deployed app `app` and its function `function`, read
     /// from the registry at most every [`LIVE_APP_TTL`].
     fn live_app(&self, app: &str, function: &str) -> Result<(Arc<LiveApp>, String)> {
         let key = (app.to_owned(), function.to_owned());
-        if let Some((live, function, read)) = lock(&self.live_apps).get(&key)
-            && read.elapsed() < LIVE_APP_TTL
-        {
-            return Ok((live.clone(), function.clone()));
+        cached(&self.live_apps, key, || {
+            let (live, function) = self
+                .registries
+                .with_sync(|registry| calls::find_function(registry, app, function))?;
+            Ok((Arc::new(live), function))
+        })
+    }
+
+    /// The running deployed app `app`, for a web request, read from the
+    /// registry at most every [`LIVE_APP_TTL`].
+    fn web_app(&self, app: &str) -> Result<Arc<LiveApp>> {
+        cached(&self.web_apps, app.to_owned(), || {
+            let live = self
+                .registries
+                .with_sync(|registry| registry.read(|tx| apps::deployed_app_in(tx, app)))?;
+            Ok(Arc::new(live))
+        })
+    }
+
+    /// Answers a web request to app `app` on the calling thread (one where
+    /// blocking is fine): `respond` gets the response as soon as there is
+    /// one. The request is recorded as a call of the function whose route
+    /// it is, its args the method and the path, its exit code the HTTP
+    /// status it was answered with; a 5xx is a failed call.
+    pub fn serve_web(
+        self: &Arc<Self>,
+        app: &str,
+        request: WebRequest,
+        connection: Connection,
+        respond: impl FnOnce(Response) + Send + Sync + 'static,
+    ) {
+        let live = match self.web_app(app) {
+            Ok(live) => live,
+            Err(e) if e.chain().any(|c| c.is::<UsageError>()) => {
+                refuse(respond, StatusCode::NOT_FOUND, &format!("{e:#}"));
+                return;
+            }
+            Err(e) => {
+                refuse(
+                    respond,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("{e:#}"),
+                );
+                return;
+            }
+        };
+        let Some((function, route)) = http::route(&live.manifest, request.uri().path()) else {
+            let line = format!(
+                "app `{app}` has no web endpoint at {}; its functions' `http` keys are its routes",
+                request.uri().path()
+            );
+            refuse(respond, StatusCode::NOT_FOUND, &line);
+            return;
+        };
+        let deadline = Instant::now() + WEB_QUEUE_WAIT;
+        if !self.wait_for_room(deadline) {
+            let line = format!(
+                "the node is busy (it runs at most {} calls at once, its --max-calls) or shutting down; try again",
+                self.max_calls
+            );
+            refuse(respond, StatusCode::SERVICE_UNAVAILABLE, &line);
+            return;
         }
-        let (live, function) = self
+        let args = vec![
+            request.method().to_string(),
+            request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+        ];
+        let log = OutputLog::new();
+        let (call, cancelled) = self.begin(&live, function, args, BTreeMap::new(), log.clone());
+        let served = self.run_endpoint(
+            &live, function, route, cancelled, log, request, connection, respond, deadline,
+        );
+        let ending = Ending::Finished {
+            // A guest that failed after it answered failed too.
+            state: match served.status.is_server_error() || served.error.is_some() {
+                true => CallState::Failed,
+                false => CallState::Succeeded,
+            },
+            exit_code: Some(i32::from(served.status.as_u16())),
+            error: served.error,
+            at: now_ms(),
+        };
+        // Nobody waits for a web request's record: it goes with the
+        // recorder's next batch rather than in a transaction of its own.
+        lock(&self.running).remove(&call.id);
+        self.recorder.finish(&call.id, ending, None);
+    }
+
+    /// Runs the endpoint `function` once one of its `concurrency` slots is
+    /// free, waiting no later than `deadline`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_endpoint(
+        &self,
+        live: &LiveApp,
+        function: &str,
+        route: &Route,
+        cancelled: Arc<AtomicBool>,
+        log: Arc<OutputLog>,
+        request: WebRequest,
+        connection: Connection,
+        respond: impl FnOnce(Response) + Send + Sync + 'static,
+        deadline: Instant,
+    ) -> Served {
+        let spec = &live.manifest.functions[function];
+        let slot = spec
+            .concurrency
+            .map(|n| {
+                Slots::new(&self.home, &live.record.id, function, n)
+                    .and_then(|slots| slots.acquire_until(&cancelled, Some(deadline)))
+            })
+            .transpose();
+        let _slot = match slot {
+            Ok(Some(None)) => {
+                let line = match cancelled.load(Ordering::SeqCst) {
+                    true => "the endpoint was stopped before it started (its app was stopped, or the node is shutting down)".to_owned(),
+                    false => format!(
+                        "all {} of the function's `concurrency` slots stayed busy for {}",
+                        spec.concurrency.unwrap_or_default(),
+                        format_duration(WEB_QUEUE_WAIT)
+                    ),
+                };
+                return refuse(respond, StatusCode::SERVICE_UNAVAILABLE, &line);
+            }
+            Ok(slot) => slot.flatten(),
+            Err(e) => {
+                let line = format!("cannot wait for a concurrency slot: {e:#}");
+                return refuse(respond, StatusCode::INTERNAL_SERVER_ERROR, &line);
+            }
+        };
+        let program = match self.program(live, function) {
+            Ok(program) => program,
+            Err(e) => {
+                return refuse(
+                    respond,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("{e:#}"),
+                );
+            }
+        };
+        let secrets = match self
             .registries
-            .with_sync(|registry| calls::find_function(registry, app, function))?;
-        let live = Arc::new(live);
-        lock(&self.live_apps).insert(key, (live.clone(), function.clone(), Instant::now()));
-        Ok((live, function))
+            .with_sync(|registry| secrets::environment(&self.home, registry, &spec.secrets))
+        {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                let line = format!("{e:#}");
+                return refuse(respond, StatusCode::INTERNAL_SERVER_ERROR, &line);
+            }
+        };
+        let mounts = live.mounts(&self.home, function);
+        let endpoint = Endpoint {
+            home: &self.home,
+            program: &program,
+            function: spec,
+            route,
+            mounts: &mounts,
+            secrets: &secrets,
+            cancelled,
+            log,
+        };
+        endpoint.serve(request, &connection, respond)
+    }
+
+    /// Waits until the node runs fewer than `max_calls` calls, no later
+    /// than `deadline`; false if it is still full then, or draining.
+    fn wait_for_room(&self, deadline: Instant) -> bool {
+        loop {
+            if self.is_draining() {
+                return false;
+            }
+            if self.running_count() < self.max_calls {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(ROOM_POLL);
+        }
     }
 
     fn run_call(
@@ -536,6 +734,26 @@ fn ended_call(mut call: CallRecord, ending: &Ending, log: &OutputLog) -> FullCal
         dropped_stderr,
         attempt_history: vec![attempt],
     }
+}
+
+/// Values read from the registry, and when.
+type Cache<K, V> = Mutex<HashMap<K, (V, Instant)>>;
+
+/// `key`'s value in `cache` if read less than [`LIVE_APP_TTL`] ago, else
+/// `load`ed again.
+fn cached<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &Cache<K, V>,
+    key: K,
+    load: impl FnOnce() -> Result<V>,
+) -> Result<V> {
+    if let Some((value, read)) = lock(cache).get(&key)
+        && read.elapsed() < LIVE_APP_TTL
+    {
+        return Ok(value.clone());
+    }
+    let value = load()?;
+    lock(cache).insert(key, (value.clone(), Instant::now()));
+    Ok(value)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -8,9 +8,15 @@ use wasmtime::component::{Component, ComponentType, Linker, Lower, ResourceTable
 use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi::p2::bindings::{Command, CommandPre};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::http_view::{self, HttpState};
-use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
+use super::instance::{
+    HasHost, HostState, Outputs, StopWatch, configure_store, until_stopped, wasi_builder,
+};
 use super::outbound::Outbound;
 use super::wasi::limits::{CountLimits, limit_table};
 use super::wasi::quota_p2::FileStreams;
@@ -88,6 +94,40 @@ pub fn prelink(
     component: &Component,
     function: &FunctionSpec,
 ) -> Result<CommandPre<ComponentState>> {
+    let pre = link(engine, component, function)?;
+    CommandPre::new(pre).map_err(|e| {
+        BadModule::new(
+            format!("does not export `wasi:cli/run`: {e:#}"),
+            "build it as a WASI command (a `main` program for wasm32-wasip2)",
+        )
+        .into()
+    })
+}
+
+/// Links a web endpoint's component (a `wasi:http/proxy`) once; every
+/// request instantiates from the result.
+pub fn prelink_proxy(
+    engine: &Engine,
+    component: &Component,
+    function: &FunctionSpec,
+) -> Result<ProxyPre<ComponentState>> {
+    let pre = link(engine, component, function)?;
+    ProxyPre::new(pre).map_err(|e| {
+        BadModule::new(
+            format!("does not export `wasi:http/incoming-handler`: {e:#}"),
+            "build it as a wasi:http proxy (as `wasmtime serve` runs), or remove `http` and run it as a command",
+        )
+        .into()
+    })
+}
+
+/// WASI 0.2 with `wasi:http` (see `http_view`), the lock interface, the
+/// count limits and quotas, linked to `component`.
+fn link(
+    engine: &Engine,
+    component: &Component,
+    function: &FunctionSpec,
+) -> Result<wasmtime::component::InstancePre<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     http_view::add_to_linker(&mut linker)?;
@@ -98,16 +138,9 @@ pub fn prelink(
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(component)?;
     }
-    let pre = linker
+    Ok(linker
         .instantiate_pre(component)
-        .map_err(BadModule::unlinkable)?;
-    CommandPre::new(pre).map_err(|e| {
-        BadModule::new(
-            format!("does not export `wasi:cli/run`: {e:#}"),
-            "build it as a WASI command (a `main` program for wasm32-wasip2)",
-        )
-        .into()
-    })
+        .map_err(BadModule::unlinkable)?)
 }
 
 /// `wasmhost:host/lock` as `interface` names it, its errors in that
@@ -175,13 +208,13 @@ fn lock_path(
     Ok(path.into_owned())
 }
 
-/// Runs `wasi:cli/run` in a fresh instance.
-pub async fn run(
-    pre: &CommandPre<ComponentState>,
+/// A fresh store for one invocation, its limits applied.
+fn store(
+    engine: &Engine,
     invocation: &Invocation<'_>,
     argv0: &str,
     limits: &CountLimits,
-) -> Result<(RunResult, Outputs)> {
+) -> Result<(Store<ComponentState>, StopWatch, Outputs)> {
     let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
     let outbound = Outbound::new(&invocation.function.allowed_hosts);
     outbound.grant(&mut builder);
@@ -193,8 +226,19 @@ pub async fn run(
         http: HttpState::new(outbound),
     };
     limit_table(&mut state.table, limits);
-    let mut store = Store::new(pre.engine(), state);
+    let mut store = Store::new(engine, state);
     let stop = configure_store(&mut store);
+    Ok((store, stop, outputs))
+}
+
+/// Runs `wasi:cli/run` in a fresh instance.
+pub async fn run(
+    pre: &CommandPre<ComponentState>,
+    invocation: &Invocation<'_>,
+    argv0: &str,
+    limits: &CountLimits,
+) -> Result<(RunResult, Outputs)> {
+    let (mut store, stop, outputs) = store(pre.engine(), invocation, argv0, limits)?;
     let (result, stopped) = until_stopped(&stop, async {
         let command: Command = pre.instantiate_async(&mut store).await?;
         command
@@ -209,5 +253,37 @@ pub async fn run(
     // thread's executor; one turn of it lets them go, and their connections
     // with them, rather than at the thread's next invocation.
     tokio::task::yield_now().await;
+    Ok((ran, outputs))
+}
+
+/// Where a web endpoint's response goes, once the guest has set it (or
+/// failed to): called at most once.
+pub type Respond =
+    Box<dyn FnOnce(Result<http::Response<HyperOutgoingBody>, ErrorCode>) + Send + Sync>;
+
+/// Runs `wasi:http/incoming-handler` on `request` in a fresh instance, as
+/// `wasmtime serve` does; the response goes to `respond` as soon as the
+/// guest sets it, and its body streams while the guest writes it.
+pub async fn serve(
+    pre: &ProxyPre<ComponentState>,
+    invocation: &Invocation<'_>,
+    argv0: &str,
+    limits: &CountLimits,
+    request: http::Request<HyperOutgoingBody>,
+    respond: Respond,
+) -> Result<(RunResult, Outputs)> {
+    let (mut store, stop, outputs) = store(pre.engine(), invocation, argv0, limits)?;
+    let (result, stopped) = until_stopped(&stop, async {
+        let mut http = store.data_mut().http();
+        let request = http.new_incoming_request(Scheme::Http, request)?;
+        let out = http.new_response_outparam_from_callback(respond)?;
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, request, out)
+            .await
+    })
+    .await;
+    let ran = outputs.end(store, &stop, result, stopped).await;
     Ok((ran, outputs))
 }

@@ -187,6 +187,9 @@ pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuil
             }
         };
     }
+    if let Some(stdin) = &invocation.stdin {
+        builder.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin.clone()));
+    }
     let outputs = match &invocation.output {
         Output::Inherit { copy } => {
             let streamed = Streamed::new(copy.clone());

@@ -25,9 +25,12 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub use cache::CacheInfo;
 use cache::{Compiled, ModuleCache};
+pub use component::Respond;
 use instance::{Outputs, StopReason};
 pub use output_log::{KEPT_PER_STREAM, Lines, OutputLog};
 use wasi::limits::CountLimits;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::apps::Mount;
 use crate::home::Home;
@@ -156,6 +159,9 @@ impl Runtime {
             .map_or_else(|| "main.wasm".into(), |n| n.to_string_lossy().into_owned());
         let linked = match self.cache.load(&self.engine, module)? {
             Compiled::Core(module) => Linked::Core(core::prelink(&self.engine, &module, function)?),
+            Compiled::Component(component) if function.http.is_some() => Linked::Proxy(
+                component::prelink_proxy(&self.engine, &component, function)?,
+            ),
             Compiled::Component(component) => {
                 if function.entry.is_some() {
                     return Err(BadModule {
@@ -232,6 +238,8 @@ fn pool(n: u32) -> PoolingAllocationConfig {
 enum Linked {
     Core(core::Prelinked),
     Component(CommandPre<component::ComponentState>),
+    /// A web endpoint's `wasi:http/proxy` component.
+    Proxy(ProxyPre<component::ComponentState>),
 }
 
 /// A compiled, linked function ready to instantiate any number of times,
@@ -270,6 +278,9 @@ pub struct Invocation<'a> {
     /// `env` and its secrets.
     pub env: &'a BTreeMap<String, String>,
     pub output: Output,
+    /// What the guest reads on stdin, if not wasmhost's own (with
+    /// `Output::Inherit`) or nothing.
+    pub stdin: Option<bytes::Bytes>,
     /// Set to stop the instance (app stopped, Ctrl-C).
     pub cancelled: Arc<AtomicBool>,
 }
@@ -302,6 +313,8 @@ pub enum Outcome {
 
 pub struct Finished {
     pub outcome: Outcome,
+    /// The function's `timeout` ended it.
+    pub timed_out: bool,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
@@ -369,9 +382,56 @@ impl Program {
                     Linked::Component(pre) => {
                         component::run(pre, invocation, &self.argv0, &self.limits).await
                     }
+                    Linked::Proxy(_) => Err(anyhow::anyhow!(
+                        "it is a web endpoint (a wasi:http component), which only answers requests at its `http` route"
+                    )),
                 }
             })
         });
+        self.ended(invocation, ran)
+    }
+
+    /// Whether this is a web endpoint's `wasi:http` component, which
+    /// [`Program::serve_http`] runs, rather than a program with a `main`.
+    pub fn is_http_component(&self) -> bool {
+        matches!(self.linked, Linked::Proxy(_))
+    }
+
+    /// Answers one web request in a fresh instance of a `wasi:http`
+    /// component, on the calling thread: the response goes to `respond` as
+    /// soon as the guest sets it; this returns once the guest is done.
+    pub fn serve_http(
+        &self,
+        invocation: &Invocation,
+        request: http::Request<HyperOutgoingBody>,
+        respond: Respond,
+    ) -> Finished {
+        let ran = EXECUTOR.with(|executor| {
+            executor.block_on(async {
+                match &self.linked {
+                    Linked::Proxy(pre) => {
+                        component::serve(
+                            pre,
+                            invocation,
+                            &self.argv0,
+                            &self.limits,
+                            request,
+                            respond,
+                        )
+                        .await
+                    }
+                    _ => Err(anyhow::anyhow!(
+                        "it does not export `wasi:http/incoming-handler`"
+                    )),
+                }
+            })
+        });
+        self.ended(invocation, ran)
+    }
+
+    /// How an invocation that ran (or could not start) ended.
+    fn ended(&self, invocation: &Invocation, ran: Result<(RunResult, Outputs)>) -> Finished {
+        let timed_out = matches!(&ran, Ok((run, _)) if run.stopped == Some(StopReason::Timeout));
         let (outcome, outputs) = match ran {
             Ok((run, outputs)) => {
                 let note = run.limits_note(&self.limits);
@@ -415,6 +475,7 @@ impl Program {
         };
         Finished {
             outcome,
+            timed_out,
             stdout,
             stderr,
         }

@@ -1,0 +1,67 @@
+//! A `wasi:http/proxy` component answers a request: its response is sent
+//! as soon as it sets one, its body streamed as it writes it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+
+use super::{Endpoint, Response, Served, WebRequest, failure, full, text_response};
+
+/// Who answers the client: the guest's response, or, if it sets none, the
+/// host's one-line failure. Whichever comes first is sent.
+type Answer = Arc<Mutex<Option<Box<dyn FnOnce(Response) + Send + Sync>>>>;
+
+pub fn serve(
+    endpoint: &Endpoint,
+    request: WebRequest,
+    respond: impl FnOnce(Response) + Send + Sync + 'static,
+) -> Served {
+    let answer: Answer = Arc::new(Mutex::new(Some(Box::new(respond))));
+    let status: Arc<Mutex<Option<StatusCode>>> = Arc::default();
+    let (guest_answer, guest_status) = (answer.clone(), status.clone());
+    let respond_from_guest = Box::new(move |result: Result<_, _>| {
+        let response = match result {
+            Ok(response) => response,
+            Err(code) => text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("the endpoint answered with an error: {code:?}"),
+            ),
+        };
+        *lock(&guest_status) = Some(response.status());
+        if let Some(send) = lock(&guest_answer).take() {
+            send(response);
+        }
+    });
+    let env = BTreeMap::new();
+    let target = endpoint.target(&env);
+    let finished = target.serve_http(request.map(full), respond_from_guest, endpoint.log.clone());
+    let answered = *lock(&status);
+    let failed = finished.outcome != crate::runtime::Outcome::Exited(0);
+    match answered {
+        Some(status) => Served {
+            status,
+            error: failed.then(|| failure(&finished).1),
+        },
+        None => {
+            let (status, reason) = match failed {
+                true => failure(&finished),
+                false => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the endpoint returned without setting a response".to_owned(),
+                ),
+            };
+            if let Some(send) = lock(&answer).take() {
+                send(text_response(status, &reason));
+            }
+            Served {
+                status,
+                error: Some(reason),
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

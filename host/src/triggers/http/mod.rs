@@ -1,0 +1,199 @@
+//! Web endpoints (SPEC section 7): a function with `http = "/route"` answers
+//! the requests a node receives for its route, a `wasi:http` component as
+//! `wasmtime serve` runs it (see `component`), a wasip1 module as a CGI
+//! script (WAGI, see `wagi`). Each request is one invocation, with the
+//! function's volumes, memory cap and timeout.
+//!
+//! The node only translates HTTP into a [`WebRequest`] and back; routing,
+//! running and turning how an invocation ended into a status live here.
+//! What the guest did not answer itself is answered with one line of text:
+//! a trap is a 500, a timeout a 504, a stop (app stopped, node shutting
+//! down) a 503.
+
+mod component;
+mod wagi;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::apps::Mount;
+use crate::home::Home;
+use crate::invoke::Target;
+use crate::manifest::{AppManifest, FunctionSpec, Route};
+use crate::runtime::{Finished, Outcome, OutputLog, Program};
+
+/// A response body: the guest's, streamed, or one of ours.
+pub type Body = wasmtime_wasi_http::WasiBody;
+pub type Response = http::Response<Body>;
+
+/// The most bytes of a request body an endpoint is given; it is read whole
+/// before the guest starts (a WAGI script reads it from stdin).
+pub const MAX_REQUEST_BODY: usize = 16 << 20;
+
+/// A request as the guest sees it: its URI is the path under the app
+/// (`/route…`, without `/web/{app}`) and the query.
+pub type WebRequest = http::Request<Bytes>;
+
+/// The connection a request came on, for CGI's `REMOTE_ADDR`,
+/// `SERVER_NAME` and `SERVER_PORT`.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// The function of `manifest` whose route `path` is: an exact route
+/// first, else the longest prefix route.
+pub fn route<'m>(manifest: &'m AppManifest, path: &str) -> Option<(&'m str, &'m Route)> {
+    let mut best: Option<(&str, &Route)> = None;
+    for (name, spec) in &manifest.functions {
+        let Some(route) = &spec.http else { continue };
+        if !route.matches(path) {
+            continue;
+        }
+        if !route.prefix {
+            return Some((name, route));
+        }
+        if best.is_none_or(|(_, b)| b.path.len() < route.path.len()) {
+            best = Some((name, route));
+        }
+    }
+    best
+}
+
+/// What an endpoint runs with: the function and what its call has.
+pub struct Endpoint<'a> {
+    pub home: &'a Home,
+    pub program: &'a Program,
+    pub function: &'a FunctionSpec,
+    pub route: &'a Route,
+    pub mounts: &'a [Mount],
+    /// The function's secrets, as environment variables.
+    pub secrets: &'a BTreeMap<String, String>,
+    pub cancelled: Arc<AtomicBool>,
+    /// The call record's stdout and stderr.
+    pub log: Arc<OutputLog>,
+}
+
+/// How a request ended, for its call record.
+pub struct Served {
+    pub status: StatusCode,
+    /// Why the request failed (a 5xx that the guest did not choose, or
+    /// the guest's own failure after it answered), in one line.
+    pub error: Option<String>,
+}
+
+impl Endpoint<'_> {
+    /// Answers `request`: `respond` gets the response as soon as there is
+    /// one (a component's body then streams), and this returns once the
+    /// instance has ended.
+    pub fn serve(
+        &self,
+        request: WebRequest,
+        connection: &Connection,
+        respond: impl FnOnce(Response) + Send + Sync + 'static,
+    ) -> Served {
+        if self.program.is_http_component() {
+            component::serve(self, request, respond)
+        } else {
+            wagi::serve(self, request, connection, respond)
+        }
+    }
+
+    fn target<'a>(&'a self, env: &'a BTreeMap<String, String>) -> Target<'a> {
+        Target {
+            home: self.home,
+            program: self.program,
+            function: self.function,
+            mounts: self.mounts,
+            env,
+            secrets: self.secrets,
+            cancelled: self.cancelled.clone(),
+            // The node has taken the function's concurrency slot already.
+            slots: None,
+            record: None,
+        }
+    }
+}
+
+/// The status and one-line reason for an invocation that did not answer.
+fn failure(finished: &Finished) -> (StatusCode, String) {
+    let status = if finished.timed_out {
+        StatusCode::GATEWAY_TIMEOUT
+    } else if finished.outcome == Outcome::Interrupted {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    let reason = match &finished.outcome {
+        Outcome::Exited(code) => format!("the endpoint exited with code {code} without answering"),
+        Outcome::Failed(reason) => format!("the endpoint failed: {reason}"),
+        Outcome::Interrupted => {
+            "the endpoint was stopped (its app was stopped, or the node is shutting down)".into()
+        }
+    };
+    (status, reason)
+}
+
+/// Answers with one line of text, for a request no guest answered.
+pub fn refuse(respond: impl FnOnce(Response), status: StatusCode, line: &str) -> Served {
+    respond(text_response(status, line));
+    Served {
+        status,
+        error: Some(line.replace('\n', " ")),
+    }
+}
+
+/// A response of one line of plain text.
+pub fn text_response(status: StatusCode, line: &str) -> Response {
+    let body = format!("{}\n", line.replace('\n', " "));
+    let mut response = http::Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A body of bytes already in memory.
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(routes: &[(&str, &str)]) -> AppManifest {
+        let mut text = "name = \"a\"\n".to_owned();
+        for (name, route) in routes {
+            text += &format!("[functions.{name}]\nmodule = \"m.wasm\"\nhttp = \"{route}\"\n");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        crate::manifest::parse(&dir.path().join("app.toml"), &text, dir.path()).unwrap()
+    }
+
+    #[test]
+    fn exact_routes_win_then_the_longest_prefix() {
+        let m = manifest(&[("all", "/..."), ("api", "/api/..."), ("one", "/api/one")]);
+        let at = |path| route(&m, path).map(|(f, _)| f.to_owned());
+        assert_eq!(at("/api/one").as_deref(), Some("one"));
+        assert_eq!(at("/api/one/x").as_deref(), Some("api"));
+        assert_eq!(at("/api").as_deref(), Some("api"));
+        assert_eq!(at("/apis").as_deref(), Some("all"));
+        assert_eq!(at("/").as_deref(), Some("all"));
+        let m = manifest(&[("one", "/one")]);
+        assert_eq!(route(&m, "/one/x"), None);
+        assert_eq!(route(&m, "/"), None);
+    }
+}

@@ -1,0 +1,221 @@
+//! A wasip1 module answers a request as a CGI 1.1 script (RFC 3875), as
+//! WAGI runs one: the request line and headers in environment variables
+//! (over the function's `env`), the body on stdin, and on stdout header
+//! lines (`Status: 201 Created`, `Content-Type: …`, `Location: …`), a blank
+//! line, then the body.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode, header};
+
+use super::{Connection, Endpoint, Response, Served, WebRequest, failure, full, text_response};
+use crate::registry::Stream;
+use crate::runtime::Outcome;
+
+pub fn serve(
+    endpoint: &Endpoint,
+    request: WebRequest,
+    connection: &Connection,
+    respond: impl FnOnce(Response),
+) -> Served {
+    let env = environment(endpoint, &request, connection);
+    let target = endpoint.target(&env);
+    let finished = target.run_captured(&[], request.into_body());
+    endpoint.log.write(Stream::Stdout, &finished.stdout);
+    endpoint.log.write(Stream::Stderr, &finished.stderr);
+    let parsed = match finished.outcome {
+        Outcome::Exited(0) => parse(&finished.stdout).map_err(|problem| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the endpoint's output is not a CGI response: {problem}"),
+            )
+        }),
+        _ => Err(failure(&finished)),
+    };
+    match parsed {
+        Ok(response) => {
+            let status = response.status();
+            respond(response);
+            Served {
+                status,
+                error: None,
+            }
+        }
+        Err((status, reason)) => {
+            respond(text_response(status, &reason));
+            Served {
+                status,
+                error: Some(reason),
+            }
+        }
+    }
+}
+
+/// The CGI meta-variables of `request`, over the function's `env`.
+fn environment(
+    endpoint: &Endpoint,
+    request: &WebRequest,
+    connection: &Connection,
+) -> BTreeMap<String, String> {
+    let path = request.uri().path();
+    // SCRIPT_NAME is the route; PATH_INFO what follows it under a prefix
+    // route (RFC 3875 4.1.5, 4.1.13).
+    let script = match (endpoint.route.prefix, endpoint.route.path.as_str()) {
+        (true, "/") => "",
+        (_, route) => route,
+    };
+    let path_info = path.strip_prefix(script).unwrap_or(path);
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':').map_or(Some(h), |(name, _)| Some(name)))
+        .map_or_else(|| connection.local.ip().to_string(), str::to_owned);
+    let mut env: BTreeMap<String, String> = [
+        ("GATEWAY_INTERFACE", "CGI/1.1".to_owned()),
+        (
+            "SERVER_SOFTWARE",
+            concat!("wasmhost/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
+        ("SERVER_PROTOCOL", format!("{:?}", request.version())),
+        ("REQUEST_METHOD", request.method().as_str().to_owned()),
+        ("SCRIPT_NAME", script.to_owned()),
+        ("PATH_INFO", path_info.to_owned()),
+        (
+            "QUERY_STRING",
+            request.uri().query().unwrap_or("").to_owned(),
+        ),
+        (
+            "REQUEST_URI",
+            request
+                .uri()
+                .path_and_query()
+                .map_or(path, |p| p.as_str())
+                .to_owned(),
+        ),
+        ("SERVER_NAME", host),
+        ("SERVER_PORT", connection.local.port().to_string()),
+        ("REMOTE_ADDR", connection.remote.ip().to_string()),
+        ("CONTENT_LENGTH", request.body().len().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (name, value) in request.headers() {
+        let Ok(value) = value.to_str() else { continue };
+        let key = match name {
+            n if n == header::CONTENT_TYPE => "CONTENT_TYPE".to_owned(),
+            n if n == header::CONTENT_LENGTH => continue,
+            n => format!("HTTP_{}", n.as_str().to_ascii_uppercase().replace('-', "_")),
+        };
+        env.entry(key)
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(value);
+            })
+            .or_insert_with(|| value.to_owned());
+    }
+    env
+}
+
+/// A CGI script's output as a response: header lines up to the first
+/// blank one, then the body. `Status` sets the status (200 without it); a
+/// `Location` without a `Status` redirects (302).
+fn parse(output: &[u8]) -> Result<Response, String> {
+    let (head, body) = split_head(output).ok_or(
+        "it printed no header lines and blank line before its body: print e.g. `Content-Type: text/plain`, an empty line, then the body",
+    )?;
+    let head = std::str::from_utf8(head).map_err(|_| "its header lines are not UTF-8")?;
+    let mut response = http::Response::new(full(Bytes::copy_from_slice(body)));
+    let mut status = None;
+    for line in head.lines() {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("header line `{}` has no `:`", line.escape_debug()))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().unwrap_or_default();
+            status = Some(
+                code.parse::<u16>()
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or_else(|| {
+                        format!("`Status: {}` is not a status code", value.escape_debug())
+                    })?,
+            );
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("`{}` is not a header name", name.escape_debug()))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of `{name}` is not a header value"))?;
+        response.headers_mut().append(name, value);
+    }
+    let redirect = response.headers().contains_key(header::LOCATION);
+    *response.status_mut() = status.unwrap_or(if redirect {
+        StatusCode::FOUND
+    } else {
+        StatusCode::OK
+    });
+    Ok(response)
+}
+
+/// The header lines and the body, split at the first empty line (`\n` or
+/// `\r\n` line ends); None if there is no header line or no empty line.
+fn split_head(output: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut start = 0;
+    while start < output.len() {
+        let end = output[start..].iter().position(|&b| b == b'\n')? + start;
+        let line = &output[start..end];
+        if line.is_empty() || line == b"\r" {
+            return (start > 0).then(|| (&output[..start], &output[end + 1..]));
+        }
+        start = end + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body(response: Response) -> Vec<u8> {
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(response.into_body().collect());
+        collected.ok().unwrap().to_bytes().to_vec()
+    }
+
+    #[test]
+    fn status_headers_and_body() {
+        let out = b"Status: 201 Created\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\nmade\n";
+        let response = parse(out).unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(response.headers()["x-a"], "1");
+        assert_eq!(body(response), b"made\n");
+        let response = parse(b"Content-Type: text/html\n\n<p>").unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response), b"<p>");
+    }
+
+    #[test]
+    fn location_without_status_redirects() {
+        let response = parse(b"Location: /elsewhere\n\n").unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND);
+        assert_eq!(response.headers()["location"], "/elsewhere");
+        let response = parse(b"Status: 301\nLocation: /x\n\n").unwrap();
+        assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY);
+    }
+
+    #[test]
+    fn output_without_headers_is_refused() {
+        assert!(parse(b"hello world\n").is_err());
+        assert!(parse(b"").is_err());
+        assert!(parse(b"\nbody").is_err());
+        assert!(parse(b"Content-Type: text/plain\n").is_err());
+        assert!(parse(b"Status: abc\n\n").is_err());
+    }
+}
