@@ -807,7 +807,9 @@ fn app_stop_by_an_ambiguous_name_lists_the_ids() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["ID", "NAME", "KIND", "STATE", "CREATED", "STOPPED"]
+        [
+            "ID", "NAME", "KIND", "STATE", "CREATED", "STOPPED", "NEXT", "TICK"
+        ]
     );
     assert!(
         !table.contains(&ids[0]) && table.contains(&ids[1]),
