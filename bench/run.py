@@ -489,7 +489,8 @@ def snapshot_vs_cp(wh, work, env, files, row, commands):
     file system, alternating, 3 rounds; each copy is removed (and the trash
     emptied) before the next is timed."""
     sh([wh, "volume", "create", "bench-snap"], env=env)
-    volume_id = json.loads(sh([wh, "volume", "list", "--json"], env=env))[0]["id"]
+    volume_id = next(v["id"] for v in json.loads(sh([wh, "volume", "list", "--json"], env=env))
+                     if v["name"] == "bench-snap")
     volume_dir = work / "home" / "volumes" / volume_id
     for i in range(files):
         sub = volume_dir / f"d{i // 1000}"
