@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use common::node::Node;
 use common::{TestEnv, eventually, path};
@@ -210,7 +210,6 @@ fn a_schedule_that_does_not_parse_is_refused_at_its_line() {
                 "name = \"bad\"\n[functions.tick]\nmodule = \"{{guest:hello}}\"\nschedule = \"{schedule}\"\n"
             ),
         );
-        let start = Instant::now();
         for command in ["deploy", "run"] {
             let run = env.run(&[command, path(&app)]).code_is(2);
             let stderr = run.stderr();
@@ -221,7 +220,6 @@ fn a_schedule_that_does_not_parse_is_refused_at_its_line() {
                 "{schedule}: {stderr}"
             );
         }
-        assert!(start.elapsed() < BOUND);
     }
     assert!(env.apps().is_empty());
 }

@@ -17,9 +17,10 @@ use crate::manifest::{AppManifest, FunctionSpec, MountSpec, VolumeSpec};
 use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
+use crate::triggers::schedule;
 use crate::volume_usage::{self, Quota};
 use crate::volume_walk::Cursor;
-use crate::{schedule, slots, volumes};
+use crate::{slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
 #[derive(Debug, Clone)]

@@ -18,7 +18,6 @@ pub mod names;
 pub mod node;
 pub mod registry;
 pub mod runtime;
-pub mod schedule;
 pub mod secrets;
 pub mod slots;
 pub mod snapshots;

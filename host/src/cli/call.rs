@@ -110,7 +110,9 @@ fn call(
                 holder: holder.id.clone(),
             }),
         };
-        serve(home, &live, &function, recording, program, invoke, inputs)
+        serve(
+            home, registry, &live, &function, recording, program, invoke, inputs,
+        )
     })();
     if let Some(id) = call_id {
         let (state, exit_code, error) = match &result {

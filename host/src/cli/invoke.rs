@@ -238,8 +238,10 @@ pub struct InvocationFailed {
     pub reason: String,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
     home: &Home,
+    registry: &mut Registry,
     live: &LiveApp,
     function: &str,
     recording: Recording,
@@ -278,8 +280,7 @@ pub fn serve(
         .filter(|_| live.record.kind == AppKind::Deployed)
         .map(|n| Slots::new(home, &live.record.id, function, n))
         .transpose()?;
-    let secrets = Registry::open(&home.registry_file())
-        .and_then(|mut registry| secrets::environment(home, &mut registry, &spec.secrets))?;
+    let secrets = secrets::environment(home, registry, &spec.secrets)?;
     let env: BTreeMap<String, String> = invoke.env.iter().cloned().collect();
     let (worker_home, args, worker_cancelled) =
         (home.clone(), invoke.args.clone(), cancelled.clone());

@@ -81,6 +81,7 @@ fn run(
     let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
     let served = serve(
         home,
+        registry,
         &live,
         function,
         Recording::None,

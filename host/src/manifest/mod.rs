@@ -21,7 +21,7 @@ use raw::{RawApp, RawFunction};
 pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
-use crate::schedule::Schedule;
+use crate::triggers::schedule::Schedule;
 use crate::volume_usage::Quota;
 
 /// `timeout` when app.toml gives none.

@@ -25,14 +25,16 @@ use crate::calls::{self, Ending, Holder, Recorder};
 use crate::error::UsageError;
 use crate::home::Home;
 use crate::invoke::Target;
+use crate::manifest::FunctionSpec;
 use crate::manifest::Route;
 use crate::manifest::units::format_duration;
 use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_call_id, now_ms};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
+use crate::secrets;
 use crate::slots::Slots;
 use crate::triggers::http::{self, Connection, Endpoint, Response, Served, WebRequest, refuse};
+use crate::triggers::schedule;
 use crate::views::FullCall;
-use crate::{schedule, secrets};
 use ::http::StatusCode;
 
 /// How often the worker looks for queued calls and cancellations.
@@ -522,10 +524,7 @@ impl Worker {
                 );
             }
         };
-        let secrets = match self
-            .registries
-            .with_sync(|registry| secrets::environment(&self.home, registry, &spec.secrets))
-        {
+        let secrets = match self.secrets(spec) {
             Ok(secrets) => secrets,
             Err(e) => {
                 let line = format!("{e:#}");
@@ -625,9 +624,7 @@ impl Worker {
             .concurrency
             .map(|n| Slots::new(&self.home, &live.record.id, &call.function, n))
             .transpose()?;
-        let secrets = self
-            .registries
-            .with_sync(|registry| secrets::environment(&self.home, registry, &spec.secrets))?;
+        let secrets = self.secrets(spec)?;
         let target = Target {
             home: &self.home,
             program: &program,
@@ -640,6 +637,16 @@ impl Worker {
             record: None,
         };
         Ok(target.run_logged(&call.args, log))
+    }
+
+    /// The variables of the function's secrets (see `secrets::environment`).
+    /// A function without secrets (most) takes no registry from the pool.
+    fn secrets(&self, spec: &FunctionSpec) -> Result<BTreeMap<String, String>> {
+        if spec.secrets.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        self.registries
+            .with_sync(|registry| secrets::environment(&self.home, registry, &spec.secrets))
     }
 
     /// The function's compiled, linked program, made once per module.

@@ -1,4 +1,4 @@
-//! Schedules' next ticks, and the calls they make (see `crate::schedule`).
+//! Schedules' next ticks, and the calls they make (see `crate::triggers::schedule`).
 
 use std::collections::BTreeMap;
 
