@@ -66,7 +66,7 @@ fn cancel_running(node: &Node, id: &str) {
 /// recorded, so this is what a refused request must not change).
 fn recorded_calls(env: &TestEnv) -> usize {
     let home = wasmhost::home::Home::at(env.home().to_owned()).unwrap();
-    let mut registry = wasmhost::registry::Registry::open(&home.registry_file()).unwrap();
+    let mut registry = wasmhost::registry::Registry::open(&home.registry()).unwrap();
     registry
         .read(|tx| tx.list_calls(None, usize::MAX >> 1))
         .unwrap()

@@ -342,7 +342,7 @@ fn holder_died(home: &Home, call: &CallRecord) -> Result<bool> {
 }
 
 fn attempt_open(home: &Home, call_id: &str) -> bool {
-    Registry::open(&home.registry_file())
+    Registry::open(&home.registry())
         .and_then(|mut registry| registry.read(|tx| tx.attempt_open(call_id)))
         .unwrap_or(false)
 }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::registry::Location;
+
 /// Directory names under `$WASMHOST_HOME`.
 const REGISTRY_FILE: &str = "registry.db";
 const VOLUMES_DIR: &str = "volumes";
@@ -18,49 +20,93 @@ const USAGE_DIR: &str = "usage";
 const PURGE_REPORT: &str = "purge-errors.txt";
 const SECRET_KEY_FILE: &str = "secret.key";
 
-/// The state directory, created on first use.
+/// The state directory, created on first use, and where this machine
+/// finds the registry and the volumes, which a cluster shares.
 #[derive(Debug, Clone)]
 pub struct Home {
     root: PathBuf,
+    /// `$WASMHOST_DB`: a PostgreSQL URL; none for SQLite under `root`.
+    db: Option<String>,
+    /// `$WASMHOST_VOLUMES`: the shared file system's mount point, which
+    /// holds volumes, their snapshots, lock files and trash (one file
+    /// system, so a delete is a rename); none for `root`.
+    shared: Option<PathBuf>,
+}
+
+/// A variable's value, if set and not empty.
+fn setting(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
 }
 
 impl Home {
     /// `$WASMHOST_HOME`, else `~/.wasmhost`.
     pub fn from_env() -> Result<Self> {
-        Self::at(Self::locate()?.root)
+        Self::locate()?.create()
     }
 
     /// Where `$WASMHOST_HOME` is, without creating anything: for work that
     /// must leave no state behind if it fails, such as compiling a module
     /// (the module cache creates its own directory when it stores an entry).
     pub fn locate() -> Result<Self> {
-        let root = match std::env::var_os("WASMHOST_HOME") {
-            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-            _ => {
+        let root = match setting("WASMHOST_HOME") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
                 let home = std::env::var_os("HOME").context(
                     "neither WASMHOST_HOME nor HOME is set; set WASMHOST_HOME to a state directory",
                 )?;
                 PathBuf::from(home).join(".wasmhost")
             }
         };
-        Ok(Self { root })
+        let db = match setting("WASMHOST_DB") {
+            None => None,
+            Some(url) => {
+                let url = url
+                    .into_string()
+                    .map_err(|_| anyhow::anyhow!("WASMHOST_DB is not UTF-8"))?;
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                    anyhow::bail!(
+                        "WASMHOST_DB (--db) is {url:?}; give a postgres://USER@HOST:PORT/DATABASE URL, or unset it for the embedded registry"
+                    );
+                }
+                Some(url)
+            }
+        };
+        let shared = setting("WASMHOST_VOLUMES").map(PathBuf::from);
+        if let Some(dir) = &shared
+            && !dir.is_dir()
+        {
+            anyhow::bail!(
+                "WASMHOST_VOLUMES (--volumes) is {}, which is not a directory; mount the shared file system there first",
+                dir.display()
+            );
+        }
+        Ok(Self { root, db, shared })
     }
 
-    /// Opens (creating if needed) a state directory at `root`.
+    /// Opens (creating if needed) a state directory at `root`, with the
+    /// registry and volumes `$WASMHOST_DB` and `$WASMHOST_VOLUMES` say.
     pub fn at(root: PathBuf) -> Result<Self> {
-        let home = Self { root };
-        for dir in [
-            VOLUMES_DIR,
-            TRASH_DIR,
-            LEASES_DIR,
-            LOCKS_DIR,
-            CACHE_DIR,
-            MODULES_DIR,
-            SLOTS_DIR,
-            SNAPSHOTS_DIR,
-            USAGE_DIR,
+        Self {
+            root,
+            ..Self::locate()?
+        }
+        .create()
+    }
+
+    fn create(self) -> Result<Self> {
+        let home = self;
+        for (base, dir) in [
+            (home.shared_root(), VOLUMES_DIR),
+            (home.shared_root(), TRASH_DIR),
+            (home.shared_root(), LOCKS_DIR),
+            (home.shared_root(), SNAPSHOTS_DIR),
+            (&home.root, LEASES_DIR),
+            (&home.root, CACHE_DIR),
+            (&home.root, MODULES_DIR),
+            (&home.root, SLOTS_DIR),
+            (&home.root, USAGE_DIR),
         ] {
-            let path = home.root.join(dir);
+            let path = base.join(dir);
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create state directory {}", path.display()))?;
         }
@@ -71,13 +117,26 @@ impl Home {
         &self.root
     }
 
-    pub fn registry_file(&self) -> PathBuf {
-        self.root.join(REGISTRY_FILE)
+    fn shared_root(&self) -> &Path {
+        self.shared.as_deref().unwrap_or(&self.root)
+    }
+
+    /// Where the registry is: SQLite under the home, or `$WASMHOST_DB`.
+    pub fn registry(&self) -> Location {
+        match &self.db {
+            Some(url) => Location::Postgres(url.clone()),
+            None => Location::File(self.root.join(REGISTRY_FILE)),
+        }
+    }
+
+    /// Whether other machines share this registry (a cluster).
+    pub fn is_shared(&self) -> bool {
+        self.db.is_some()
     }
 
     /// Where the files of volume `volume_id` live.
     pub fn volume_dir(&self, volume_id: &str) -> PathBuf {
-        self.root.join(VOLUMES_DIR).join(volume_id)
+        self.shared_root().join(VOLUMES_DIR).join(volume_id)
     }
 
     /// One directory per volume that has snapshots: each snapshot is a
@@ -85,7 +144,7 @@ impl Home {
     /// (`.op-ID`, see `snapshots`). Outside every volume, so no guest sees
     /// them but through a snapshot mount.
     pub fn snapshots_dir(&self) -> PathBuf {
-        self.root.join(SNAPSHOTS_DIR)
+        self.shared_root().join(SNAPSHOTS_DIR)
     }
 
     pub fn volume_snapshots_dir(&self, volume_id: &str) -> PathBuf {
@@ -97,17 +156,17 @@ impl Home {
     }
 
     pub fn volumes_dir(&self) -> PathBuf {
-        self.root.join(VOLUMES_DIR)
+        self.shared_root().join(VOLUMES_DIR)
     }
 
     /// Deleted data waits here for the background purge; no volume sees it.
     pub fn trash_dir(&self) -> PathBuf {
-        self.root.join(TRASH_DIR)
+        self.shared_root().join(TRASH_DIR)
     }
 
     /// The key that seals secrets (see `secrets`), outside the registry.
     pub fn secret_key_file(&self) -> PathBuf {
-        self.root.join(SECRET_KEY_FILE)
+        self.shared_root().join(SECRET_KEY_FILE)
     }
 
     /// What the last trash purge could not remove, if anything.
@@ -131,7 +190,7 @@ impl Home {
 
     /// One directory of lock files per volume (see `locks`).
     pub fn locks_dir(&self) -> PathBuf {
-        self.root.join(LOCKS_DIR)
+        self.shared_root().join(LOCKS_DIR)
     }
 
     /// One usage file per volume (see `volume_usage`).

@@ -509,7 +509,7 @@ pub fn watch_for_stop(
     cancelled: Arc<AtomicBool>,
     events: mpsc::Sender<StopCause>,
 ) -> Result<()> {
-    let mut registry = Registry::open(&home.registry_file())?;
+    let mut registry = Registry::open(&home.registry())?;
     let (app_id, call_id) = (app_id.to_owned(), call_id.map(str::to_owned));
     std::thread::spawn(move || {
         loop {
@@ -530,7 +530,7 @@ pub fn watch_for_stop(
 /// can fail because of a stop (its volumes trashed under it) before the
 /// watcher has seen it.
 pub fn stop_cause_now(home: &Home, app_id: &str, call_id: Option<&str>) -> Option<StopCause> {
-    let mut registry = Registry::open(&home.registry_file()).ok()?;
+    let mut registry = Registry::open(&home.registry()).ok()?;
     stopped_from_elsewhere(&mut registry, app_id, call_id)
 }
 

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    cli.state.export();
     match cli::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) if output::stdout_closed(&e) => ExitCode::SUCCESS,

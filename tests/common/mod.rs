@@ -97,6 +97,9 @@ fn build_guests(target: Target) {
 pub struct TestEnv {
     pub home: tempfile::TempDir,
     pub work: tempfile::TempDir,
+    /// `$WASMHOST_DB`: a database of its own on the server
+    /// `$WASMHOST_TEST_PG` names, when the suite runs on PostgreSQL.
+    pub db: Option<String>,
 }
 
 impl TestEnv {
@@ -104,7 +107,14 @@ impl TestEnv {
         Self {
             home: tempfile::tempdir().unwrap(),
             work: tempfile::tempdir().unwrap(),
+            db: test_database(),
         }
+    }
+
+    /// The registry's backend for this test: SQLite under the home, or a
+    /// fresh PostgreSQL database.
+    pub fn on_postgres(&self) -> bool {
+        self.db.is_some()
     }
 
     pub fn home(&self) -> &Path {
@@ -115,8 +125,13 @@ impl TestEnv {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhost"));
         command
             .env("WASMHOST_HOME", self.home.path())
+            .env_remove("WASMHOST_DB")
+            .env_remove("WASMHOST_VOLUMES")
             .current_dir(self.work.path())
             .stdin(Stdio::null());
+        if let Some(db) = &self.db {
+            command.env("WASMHOST_DB", db);
+        }
         command
     }
 
@@ -429,4 +444,29 @@ impl StdoutLines {
             }
         }
     }
+}
+
+/// A new, empty database on the PostgreSQL server `$WASMHOST_TEST_PG`
+/// (`postgres://USER@HOST:PORT`, see tests/with-postgres.sh), if set.
+fn test_database() -> Option<String> {
+    let server = std::env::var("WASMHOST_TEST_PG")
+        .ok()
+        .filter(|s| !s.is_empty())?;
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!(
+        "t_{}_{}_{n}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_000
+    );
+    let mut client = postgres::Client::connect(&server, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot reach WASMHOST_TEST_PG {server}: {e}"));
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    Some(format!("{}/{name}", server.trim_end_matches('/')))
 }

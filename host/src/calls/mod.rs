@@ -211,7 +211,7 @@ pub fn cancel(registry: &mut Registry, id: &str, by: &str) -> Result<CallRecord>
 
 /// Why call `call_id` was cancelled, as the registry has it.
 pub fn why_cancelled(home: &Home, call_id: &str) -> String {
-    Registry::open(&home.registry_file())
+    Registry::open(&home.registry())
         .and_then(|mut registry| registry.read(|tx| tx.call(call_id)))
         .ok()
         .flatten()

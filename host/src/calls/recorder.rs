@@ -98,7 +98,7 @@ struct Queued {
 
 impl Recorder {
     pub fn new(home: &Home) -> Result<Self> {
-        let registry = Registry::open(&home.registry_file())?;
+        let registry = Registry::open(&home.registry())?;
         let queue = Arc::new(Queue::default());
         let thread_queue = queue.clone();
         std::thread::spawn(move || run(registry, thread_queue));

@@ -31,8 +31,46 @@ use wasmhost::volumes;
 #[derive(Parser)]
 #[command(name = "wasmhost", version, about)]
 pub struct Cli {
+    #[command(flatten)]
+    pub state: StateArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where state lives; the same on every machine of a cluster, but for
+/// `--volumes`, which is where this machine mounts the shared file system.
+#[derive(clap::Args)]
+pub struct StateArgs {
+    /// This machine's state directory [env: WASMHOST_HOME; default ~/.wasmhost].
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<std::path::PathBuf>,
+    /// The registry: a postgres://USER@HOST:PORT/DATABASE URL for a cluster
+    /// [env: WASMHOST_DB; default SQLite in the home].
+    #[arg(long, global = true, value_name = "URL")]
+    db: Option<String>,
+    /// Where the cluster's shared file system is mounted on this machine,
+    /// which holds the volumes [env: WASMHOST_VOLUMES; default the home].
+    #[arg(long, global = true, value_name = "DIR")]
+    volumes: Option<std::path::PathBuf>,
+}
+
+impl StateArgs {
+    /// Passes the options on as the variables they stand for, which the
+    /// library reads (`Home::locate`) and the processes it starts inherit.
+    pub fn export(self) {
+        // SAFETY: called first thing in `main`, before any thread starts.
+        unsafe {
+            if let Some(home) = self.home {
+                std::env::set_var("WASMHOST_HOME", home);
+            }
+            if let Some(db) = self.db {
+                std::env::set_var("WASMHOST_DB", db);
+            }
+            if let Some(volumes) = self.volumes {
+                std::env::set_var("WASMHOST_VOLUMES", volumes);
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -92,7 +130,7 @@ fn usage(message: String) -> anyhow::Error {
 /// processes left behind.
 fn open_state() -> Result<(Home, Registry)> {
     let home = Home::from_env()?;
-    let mut registry = Registry::open(&home.registry_file())?;
+    let mut registry = Registry::open(&home.registry())?;
     for app in apps::housekeeping(&home, &mut registry)? {
         eprintln!(
             "note: cleaned up app `{}` ({}), whose process died",

@@ -149,7 +149,7 @@ impl Registries {
         let taken = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut registry = match taken {
             Some(registry) => registry,
-            None => Registry::open(&self.home.registry_file())?,
+            None => Registry::open(&self.home.registry())?,
         };
         let result = f(&mut registry);
         self.idle

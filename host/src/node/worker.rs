@@ -174,7 +174,7 @@ impl Worker {
 
     /// The claim loop; returns once draining.
     pub fn run(self: Arc<Self>) -> Result<()> {
-        let mut registry = Registry::open(&self.home.registry_file())?;
+        let mut registry = Registry::open(&self.home.registry())?;
         let mut housekept = Instant::now();
         self.housekeeping(&mut registry);
         while !self.is_draining() {

@@ -11,10 +11,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use rusqlite::{OptionalExtension, params};
 use serde::{Serialize, Serializer};
 
 use super::Tx;
+use super::backend::{Row, Value, args};
 
 pub(super) const MIGRATION_5: &str = "
 UPDATE calls SET created_at = created_at * 1000, started_at = started_at * 1000,
@@ -261,8 +261,8 @@ pub struct LogFilter {
 /// ones.
 const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module, c.tick FROM calls c CROSS JOIN apps a ON a.id = c.app_id";
 
-fn call_from_row(row: &rusqlite::Row) -> rusqlite::Result<CallRecord> {
-    let json = |at: usize| -> rusqlite::Result<String> { row.get(at) };
+fn call_from_row(row: &Row) -> Result<CallRecord> {
+    let json = |at: usize| -> Result<String> { row.get(at) };
     Ok(CallRecord {
         id: row.get(0)?,
         app: row.get(1)?,
@@ -270,7 +270,7 @@ fn call_from_row(row: &rusqlite::Row) -> rusqlite::Result<CallRecord> {
         function: row.get(3)?,
         args: serde_json::from_str(&json(4)?).unwrap_or_default(),
         env: serde_json::from_str(&json(5)?).unwrap_or_default(),
-        state: CallState::parse(&row.get::<_, String>(6)?),
+        state: CallState::parse(&row.get::<String>(6)?),
         attempts: row.get(7)?,
         max_attempts: row.get(8)?,
         node: row.get(9)?,
@@ -292,10 +292,8 @@ pub fn now_ms() -> i64 {
 }
 
 impl Tx<'_> {
-    fn query_calls(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<CallRecord>> {
-        let mut stmt = self.tx.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, call_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    fn query_calls(&self, sql: &str, params: &[Value]) -> Result<Vec<CallRecord>> {
+        self.query(sql, params, call_from_row)
     }
 
     /// Records a call: queued, running its first attempt, or over.
@@ -310,13 +308,9 @@ impl Tx<'_> {
             (state, started, finished) = (end.state, Some(end.started_at), Some(end.finished_at));
             (exit_code, error) = (end.exit_code, end.error);
         }
-        self.tx
-            .prepare_cached(
-                "INSERT INTO calls (id, app_id, function, state, created_at, started_at, module, args, env, holder, node,
+        self.execute("INSERT INTO calls (id, app_id, function, state, created_at, started_at, module, args, env, holder, node,
                                     attempts, max_attempts, finished_at, released_at, exit_code, error, tick)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17)",
-            )?
-            .execute(params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17)", args![
                 call.id,
                 call.app_id,
                 call.function,
@@ -340,7 +334,7 @@ impl Tx<'_> {
 
     pub fn call(&self, id: &str) -> Result<Option<CallRecord>> {
         let sql = format!("SELECT {CALL_COLUMNS} WHERE c.id = ?1");
-        Ok(self.query_calls(&sql, params![id])?.pop())
+        Ok(self.query_calls(&sql, args![id])?.pop())
     }
 
     /// The newest calls first, at most `limit`: of every app whose id or
@@ -348,18 +342,18 @@ impl Tx<'_> {
     /// or of all apps.
     pub fn list_calls(&self, app: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
         let sql = format!(
-            "SELECT {CALL_COLUMNS} WHERE ?1 IS NULL OR c.app_id = ?1 OR a.name = ?1
+            "SELECT {CALL_COLUMNS} WHERE CAST(?1 AS TEXT) IS NULL OR c.app_id = ?1 OR a.name = ?1
              ORDER BY c.created_at DESC, c.rowid DESC LIMIT ?2"
         );
-        self.query_calls(&sql, params![app, limit as i64])
+        self.query_calls(&sql, args![app, limit as i64])
     }
 
     /// Running calls, of one app or of all.
     pub fn running_calls(&self, app_id: Option<&str>) -> Result<Vec<CallRecord>> {
         let sql = format!(
-            "SELECT {CALL_COLUMNS} WHERE c.state = 'running' AND (?1 IS NULL OR c.app_id = ?1) ORDER BY +c.created_at, c.rowid"
+            "SELECT {CALL_COLUMNS} WHERE c.state = 'running' AND (CAST(?1 AS TEXT) IS NULL OR c.app_id = ?1) ORDER BY +c.created_at, c.rowid"
         );
-        self.query_calls(&sql, params![app_id])
+        self.query_calls(&sql, args![app_id])
     }
 
     /// Queued calls of running apps that may start now, oldest first.
@@ -368,28 +362,26 @@ impl Tx<'_> {
             "SELECT {CALL_COLUMNS} WHERE c.state = 'queued' AND c.run_after <= ?1 AND a.state = 'running'
              ORDER BY c.run_after, c.created_at LIMIT ?2"
         );
-        self.query_calls(&sql, params![now_ms(), limit as i64])
+        self.query_calls(&sql, args![now_ms(), limit as i64])
     }
 
     /// How many calls of `function` of `app_id` run now, by anyone.
     pub fn running_count(&self, app_id: &str, function: &str) -> Result<u32> {
-        Ok(self.tx.prepare_cached(
+        Ok(self.query_value(
             "SELECT count(*) FROM calls WHERE app_id = ?1 AND function = ?2 AND state = 'running'",
-        )?
-        .query_row(params![app_id, function], |r| r.get(0))?)
+            args![app_id, function],
+        )?)
     }
 
     /// Starts the next attempt of queued call `id` under `holder`; false if
     /// it is no longer queued.
     pub fn claim_call(&self, id: &str, holder: &str, node: Option<&str>) -> Result<bool> {
-        let changed = self
-            .tx
-            .prepare_cached(
-                "UPDATE calls SET state = 'running', started_at = ?2, holder = ?3, node = ?4,
+        let changed = self.execute(
+            "UPDATE calls SET state = 'running', started_at = ?2, holder = ?3, node = ?4,
                  attempts = attempts + 1, released_at = NULL, exit_code = NULL, error = NULL
                  WHERE id = ?1 AND state = 'queued'",
-            )?
-            .execute(params![id, now_ms(), holder, node])?;
+            args![id, now_ms(), holder, node],
+        )?;
         Ok(changed == 1)
     }
 
@@ -403,13 +395,8 @@ impl Tx<'_> {
         error: Option<&str>,
         at: i64,
     ) -> Result<bool> {
-        let changed = self
-            .tx
-            .prepare_cached(
-                "UPDATE calls SET state = ?2, finished_at = ?3, released_at = ?3, exit_code = ?4, error = ?5
-                 WHERE id = ?1 AND state IN ('queued', 'running')",
-            )?
-            .execute(params![id, state.as_str(), at, exit_code, error])?;
+        let changed = self.execute("UPDATE calls SET state = ?2, finished_at = ?3, released_at = ?3, exit_code = ?4, error = ?5
+                 WHERE id = ?1 AND state IN ('queued', 'running')", args![id, state.as_str(), at, exit_code, error])?;
         if changed == 0 {
             self.release(id)?;
         }
@@ -419,24 +406,21 @@ impl Tx<'_> {
     /// Says that the runner of call `id`, which ended otherwise (it was
     /// cancelled), has let go of it.
     fn release(&self, id: &str) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "UPDATE calls SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL",
-            )?
-            .execute(params![id, now_ms()])?;
+        self.execute(
+            "UPDATE calls SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL",
+            args![id, now_ms()],
+        )?;
         Ok(())
     }
 
     /// Cancels a queued or running call; whoever runs it lets go of it once
     /// it has stopped (see [`Tx::attempt_open`]).
     pub fn cancel_call(&self, id: &str, reason: &str) -> Result<bool> {
-        let changed = self
-            .tx
-            .prepare_cached(
-                "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3
+        let changed = self.execute(
+            "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3
                  WHERE id = ?1 AND state IN ('queued', 'running')",
-            )?
-            .execute(params![id, now_ms(), reason])?;
+            args![id, now_ms(), reason],
+        )?;
         Ok(changed == 1)
     }
 
@@ -450,10 +434,7 @@ impl Tx<'_> {
             "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3 WHERE state = 'running' AND app_id = ?1",
             "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3 WHERE state = 'queued' AND app_id = ?1",
         ] {
-            cancelled += self
-                .tx
-                .prepare_cached(sql)?
-                .execute(params![app_id, now_ms(), reason])?;
+            cancelled += self.execute(sql, args![app_id, now_ms(), reason])?;
         }
         Ok(cancelled)
     }
@@ -461,12 +442,7 @@ impl Tx<'_> {
     /// Whether an attempt of call `id` has started and its runner has not
     /// let go of it yet.
     pub fn attempt_open(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM calls WHERE id = ?1 AND started_at IS NOT NULL AND released_at IS NULL)",
-            )?
-            .query_row(params![id], |r| r.get(0))?)
+        Ok(self.query_value("SELECT EXISTS (SELECT 1 FROM calls WHERE id = ?1 AND started_at IS NOT NULL AND released_at IS NULL)", args![id])?)
     }
 
     /// Puts running call `id` back in the queue for another attempt no
@@ -479,23 +455,17 @@ impl Tx<'_> {
         exit_code: Option<i32>,
         error: &str,
     ) -> Result<bool> {
-        let moved = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO call_attempts (call_id, attempt, node, started_at, finished_at, exit_code, error)
-                 SELECT id, attempts, node, started_at, ?2, ?3, ?4 FROM calls WHERE id = ?1 AND state = 'running'",
-            )?
-            .execute(params![id, now_ms(), exit_code, error])?;
+        let moved = self.execute("INSERT INTO call_attempts (call_id, attempt, node, started_at, finished_at, exit_code, error)
+                 SELECT id, attempts, node, started_at, ?2, ?3, ?4 FROM calls WHERE id = ?1 AND state = 'running'", args![id, now_ms(), exit_code, error])?;
         if moved == 0 {
             self.release(id)?;
             return Ok(false);
         }
-        self.tx
-            .prepare_cached(
-                "UPDATE calls SET state = 'queued', started_at = NULL, holder = NULL, run_after = ?2,
+        self.execute(
+            "UPDATE calls SET state = 'queued', started_at = NULL, holder = NULL, run_after = ?2,
                  exit_code = ?3, error = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, run_after, exit_code, error])?;
+            args![id, run_after, exit_code, error],
+        )?;
         Ok(true)
     }
 
@@ -516,10 +486,9 @@ impl Tx<'_> {
     }
 
     fn earlier_attempts(&self, id: &str) -> Result<Vec<Attempt>> {
-        let mut stmt = self.tx.prepare_cached(
+        self.query(
             "SELECT attempt, node, started_at, finished_at, exit_code, error FROM call_attempts WHERE call_id = ?1 ORDER BY attempt",
-        )?;
-        let rows = stmt.query_map(params![id], |r| {
+            args![id], |r| {
             Ok(Attempt {
                 attempt: r.get(0)?,
                 node: r.get(1)?,
@@ -528,8 +497,7 @@ impl Tx<'_> {
                 exit_code: r.get(4)?,
                 error: r.get(5)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// Adds output of attempt `attempt` of a call; `dropped` more bytes of
@@ -542,14 +510,11 @@ impl Tx<'_> {
         lines: &[(i64, Stream, String)],
         dropped: [u64; 2],
     ) -> Result<()> {
-        let mut insert = self.tx.prepare_cached(
-            "INSERT INTO call_output (call_id, app_id, attempt, time, stream, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
         // One row per run of lines of one stream.
         for run in lines.chunk_by(|a, b| a.1 == b.1) {
             let (time, stream) = (run[0].0, run[0].1);
             let data: String = run.iter().map(|l| l.2.as_str()).collect();
-            insert.execute(params![
+            self.execute("INSERT INTO call_output (call_id, app_id, attempt, time, stream, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", args![
                 call_id,
                 app_id,
                 attempt,
@@ -559,11 +524,7 @@ impl Tx<'_> {
             ])?;
         }
         if dropped != [0, 0] {
-            self.tx
-                .prepare_cached(
-                    "UPDATE calls SET dropped_stdout = dropped_stdout + ?2, dropped_stderr = dropped_stderr + ?3 WHERE id = ?1",
-                )?
-                .execute(params![call_id, dropped[0] as i64, dropped[1] as i64])?;
+            self.execute("UPDATE calls SET dropped_stdout = dropped_stdout + ?2, dropped_stderr = dropped_stderr + ?3 WHERE id = ?1", args![call_id, dropped[0] as i64, dropped[1] as i64])?;
         }
         Ok(())
     }
@@ -571,20 +532,22 @@ impl Tx<'_> {
     /// The kept stdout and stderr of a call's last attempt, and how many
     /// bytes of each were not kept.
     pub fn call_output(&self, call: &CallRecord) -> Result<([String; 2], [u64; 2])> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.query(
             "SELECT stream, data FROM call_output WHERE call_id = ?1 AND attempt = ?2 ORDER BY id",
+            args![call.id, call.attempts],
+            |row| Ok((row.get::<String>(0)?, row.get::<String>(1)?)),
         )?;
         let mut out = [String::new(), String::new()];
-        let mut rows = stmt.query(params![call.id, call.attempts])?;
-        while let Some(row) = rows.next()? {
-            let at = usize::from(row.get::<_, String>(0)? == "stderr");
-            out[at].push_str(&row.get::<_, String>(1)?);
+        for (stream, data) in rows {
+            out[usize::from(stream == "stderr")].push_str(&data);
         }
-        let dropped: (i64, i64) = self.tx.query_row(
-            "SELECT dropped_stdout, dropped_stderr FROM calls WHERE id = ?1",
-            params![call.id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let dropped: (i64, i64) = self
+            .query_opt(
+                "SELECT dropped_stdout, dropped_stderr FROM calls WHERE id = ?1",
+                args![call.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .unwrap_or_default();
         Ok((out, [dropped.0 as u64, dropped.1 as u64]))
     }
 
@@ -600,13 +563,13 @@ impl Tx<'_> {
         let order = if tail { "DESC" } else { "ASC" };
         let sql = format!(
             "SELECT o.id, o.time, o.call_id, c.function, o.stream, o.data FROM call_output o JOIN calls c ON c.id = o.call_id
-             WHERE o.app_id = ?1 AND o.id > ?2 AND (?3 IS NULL OR c.function = ?3) AND (?4 IS NULL OR o.call_id = ?4)
-               AND (?5 IS NULL OR o.time >= ?5)
+             WHERE o.app_id = ?1 AND o.id > ?2 AND (CAST(?3 AS TEXT) IS NULL OR c.function = ?3) AND (CAST(?4 AS TEXT) IS NULL OR o.call_id = ?4)
+               AND (CAST(?5 AS BIGINT) IS NULL OR o.time >= ?5)
              ORDER BY o.id {order} LIMIT ?6"
         );
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt.query_map(
-            params![
+        let mut rows = self.query(
+            &sql,
+            args![
                 app_id,
                 filter.after,
                 filter.function,
@@ -615,7 +578,7 @@ impl Tx<'_> {
                 limit as i64
             ],
             |r| {
-                let stream = match r.get::<_, String>(4)?.as_str() {
+                let stream = match r.get::<String>(4)?.as_str() {
                     "stderr" => Stream::Stderr,
                     _ => Stream::Stdout,
                 };
@@ -627,10 +590,9 @@ impl Tx<'_> {
                     stream,
                     line: String::new(),
                 };
-                Ok((line, r.get::<_, String>(5)?))
+                Ok((line, r.get::<String>(5)?))
             },
         )?;
-        let mut rows: Vec<(LogLine, String)> = rows.collect::<rusqlite::Result<_>>()?;
         if tail {
             rows.reverse();
         }
@@ -654,18 +616,15 @@ impl Tx<'_> {
     /// Deletes ended calls (with their attempts and output) created before
     /// `before`, and all but the newest `keep` ended calls. Returns how many.
     pub fn prune_calls(&self, before: i64, keep: usize) -> Result<usize> {
-        let cutoff: Option<i64> = self
-            .tx
-            .query_row(
-                "SELECT created_at FROM calls WHERE finished_at IS NOT NULL ORDER BY created_at DESC LIMIT 1 OFFSET ?1",
-                params![keep as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let cutoff: Option<i64> = self.query_opt(
+            "SELECT created_at FROM calls WHERE finished_at IS NOT NULL ORDER BY created_at DESC LIMIT 1 OFFSET ?1",
+            args![keep as i64],
+            |r| r.get(0),
+        )?;
         let before = cutoff.map_or(before, |c| c.max(before));
-        Ok(self.tx.execute(
+        Ok(self.execute(
             "DELETE FROM calls WHERE finished_at IS NOT NULL AND created_at < ?1",
-            params![before],
+            args![before],
         )?)
     }
 }

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use rusqlite::params;
 
 use super::Tx;
+use super::backend::args;
 use super::calls::now_ms;
 
 /// Calls gain the tick they ran for and the state `skipped`, which a CHECK
@@ -100,44 +100,47 @@ impl Tx<'_> {
     pub fn set_schedules(&self, app_id: &str, schedules: &[(String, String, i64)]) -> Result<()> {
         let mut kept = Vec::new();
         for (function, schedule, first_tick) in schedules {
-            self.tx.execute(
+            self.execute(
                 "INSERT INTO schedules (app_id, function, schedule, next_tick) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (app_id, function) DO UPDATE SET schedule = excluded.schedule, next_tick = excluded.next_tick
                  WHERE schedule != excluded.schedule",
-                params![app_id, function, schedule, first_tick],
+                args![app_id, function, schedule, first_tick],
             )?;
             kept.push(function.as_str());
         }
-        let kept = serde_json::to_string(&kept)?;
-        self.tx.execute(
-            "DELETE FROM schedules WHERE app_id = ?1 AND function NOT IN (SELECT value FROM json_each(?2))",
-            params![app_id, kept],
+        let stored: Vec<String> = self.query(
+            "SELECT function FROM schedules WHERE app_id = ?1",
+            args![app_id],
+            |r| r.get(0),
         )?;
+        for gone in stored.iter().filter(|f| !kept.contains(&f.as_str())) {
+            self.execute(
+                "DELETE FROM schedules WHERE app_id = ?1 AND function = ?2",
+                args![app_id, gone],
+            )?;
+        }
         Ok(())
     }
 
     /// Forgets the schedules of `app_id` (it stopped).
     pub(super) fn delete_schedules(&self, app_id: &str) -> Result<()> {
-        self.tx
-            .execute("DELETE FROM schedules WHERE app_id = ?1", params![app_id])?;
+        self.execute("DELETE FROM schedules WHERE app_id = ?1", args![app_id])?;
         Ok(())
     }
 
     /// Scheduled functions of running apps whose next tick is at or before
     /// `now` (Unix ms).
     pub fn due_schedules(&self, now: i64) -> Result<Vec<DueTick>> {
-        let mut stmt = self.tx.prepare_cached(
+        self.query(
             "SELECT s.app_id, s.function, s.next_tick FROM schedules s JOIN apps a ON a.id = s.app_id
              WHERE s.next_tick <= ?1 AND a.state = 'running' ORDER BY s.next_tick",
-        )?;
-        let rows = stmt.query_map(params![now], |r| {
+            args![now], |r| {
             Ok(DueTick {
                 app_id: r.get(0)?,
                 function: r.get(1)?,
                 next_tick: r.get(2)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// Claims tick `tick` of a schedule by moving it on to `next`; false if
@@ -149,24 +152,17 @@ impl Tx<'_> {
         tick: i64,
         next: i64,
     ) -> Result<bool> {
-        let changed = self
-            .tx
-            .prepare_cached(
-                "UPDATE schedules SET next_tick = ?4 WHERE app_id = ?1 AND function = ?2 AND next_tick = ?3",
-            )?
-            .execute(params![app_id, function, tick, next])?;
+        let changed = self.execute("UPDATE schedules SET next_tick = ?4 WHERE app_id = ?1 AND function = ?2 AND next_tick = ?3", args![app_id, function, tick, next])?;
         Ok(changed == 1)
     }
 
     /// Whether a call an earlier tick made is still queued or running.
     pub fn scheduled_run_going(&self, app_id: &str, function: &str) -> Result<bool> {
-        Ok(self
-            .tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM calls WHERE app_id = ?1 AND function = ?2
+        Ok(self.query_value(
+            "SELECT EXISTS (SELECT 1 FROM calls WHERE app_id = ?1 AND function = ?2
                                 AND tick IS NOT NULL AND state IN ('queued', 'running'))",
-            )?
-            .query_row(params![app_id, function], |r| r.get(0))?)
+            args![app_id, function],
+        )?)
     }
 
     /// Records tick `tick` as skipped, `why`.
@@ -179,26 +175,23 @@ impl Tx<'_> {
         why: &str,
     ) -> Result<()> {
         let now = now_ms();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO calls (id, app_id, function, state, created_at, finished_at, released_at, error, tick)
-                 VALUES (?1, ?2, ?3, 'skipped', ?4, ?4, ?4, ?5, ?6)",
-            )?
-            .execute(params![id, app_id, function, now, why, tick])?;
+        self.execute("INSERT INTO calls (id, app_id, function, state, created_at, finished_at, released_at, error, tick)
+                 VALUES (?1, ?2, ?3, 'skipped', ?4, ?4, ?4, ?5, ?6)", args![id, app_id, function, now, why, tick])?;
         Ok(())
     }
 
     /// App id -> function -> (next tick as stored, Unix ms), for every
     /// scheduled function of a running app.
     pub fn next_ticks(&self) -> Result<BTreeMap<String, BTreeMap<String, i64>>> {
-        let mut stmt = self.tx.prepare_cached(
+        let rows = self.query(
             "SELECT s.app_id, s.function, s.next_tick FROM schedules s JOIN apps a ON a.id = s.app_id
              WHERE a.state = 'running'",
+            args![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let mut ticks: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        for row in rows {
-            let (app, function, tick): (String, String, i64) = row?;
+        for (app, function, tick) in rows {
+            let (app, function, tick): (String, String, i64) = (app, function, tick);
             ticks.entry(app).or_default().insert(function, tick);
         }
         Ok(ticks)
@@ -209,7 +202,8 @@ impl Tx<'_> {
 mod tests {
     use rusqlite::Connection;
 
-    use super::super::{MIGRATIONS, Registry};
+    use super::super::sqlite::MIGRATIONS;
+    use super::super::{Location, Registry};
 
     /// Rebuilding `calls` keeps every call, and the attempts and output
     /// that reference them (which a drop with foreign keys on would
@@ -234,7 +228,7 @@ mod tests {
         .unwrap();
         drop(conn);
 
-        let mut registry = Registry::open(&path).unwrap();
+        let mut registry = Registry::open(&Location::File(path.clone())).unwrap();
         registry
             .read(|tx| {
                 let call = tx.call("ca-1")?.expect("the call survived");
@@ -248,9 +242,8 @@ mod tests {
             })
             .unwrap();
         // Foreign keys are on again once migrated.
-        let on: bool = registry
-            .conn
-            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        let on: bool = registry.db.query("PRAGMA foreign_keys", &[]).unwrap()[0]
+            .get(0)
             .unwrap();
         assert!(on);
         registry

@@ -1,8 +1,8 @@
 //! Secrets as stored: their variables' names in clear, their values sealed
 //! (`crate::secrets` seals and opens them; the table is made by migration 8).
 
+use super::backend::args;
 use anyhow::Result;
-use rusqlite::{OptionalExtension, params};
 
 use super::Tx;
 
@@ -32,16 +32,17 @@ impl Tx<'_> {
         sealed: &SealedSecret,
         replace: bool,
     ) -> Result<bool> {
-        let verb = if replace {
-            "INSERT OR REPLACE"
+        let on_conflict = if replace {
+            "DO UPDATE SET keys = excluded.keys, nonce = excluded.nonce, sealed = excluded.sealed, created_at = excluded.created_at"
         } else {
-            "INSERT OR IGNORE"
+            "DO NOTHING"
         };
-        let changed = self.tx.execute(
+        let changed = self.execute(
             &format!(
-                "{verb} INTO secrets (name, keys, nonce, sealed, created_at) VALUES (?1, ?2, ?3, ?4, ?5)"
+                "INSERT INTO secrets (name, keys, nonce, sealed, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) {on_conflict}"
             ),
-            params![
+            args![
                 name,
                 serde_json::to_string(keys)?,
                 sealed.nonce,
@@ -53,41 +54,35 @@ impl Tx<'_> {
     }
 
     pub fn sealed_secret(&self, name: &str) -> Result<Option<SealedSecret>> {
-        Ok(self
-            .tx
-            .query_row(
-                "SELECT nonce, sealed FROM secrets WHERE name = ?1",
-                params![name],
-                |r| {
-                    Ok(SealedSecret {
-                        nonce: r.get(0)?,
-                        sealed: r.get(1)?,
-                    })
-                },
-            )
-            .optional()?)
+        self.query_opt(
+            "SELECT nonce, sealed FROM secrets WHERE name = ?1",
+            args![name],
+            |r| {
+                Ok(SealedSecret {
+                    nonce: r.get(0)?,
+                    sealed: r.get(1)?,
+                })
+            },
+        )
     }
 
     pub fn secrets(&self) -> Result<Vec<SecretRecord>> {
-        let mut stmt = self
-            .tx
-            .prepare("SELECT name, keys, created_at FROM secrets ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            let keys: String = r.get(1)?;
-            Ok(SecretRecord {
-                name: r.get(0)?,
-                keys: serde_json::from_str(&keys).unwrap_or_default(),
-                created_at: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.query(
+            "SELECT name, keys, created_at FROM secrets ORDER BY name",
+            args![],
+            |r| {
+                let keys: String = r.get(1)?;
+                Ok(SecretRecord {
+                    name: r.get(0)?,
+                    keys: serde_json::from_str(&keys).unwrap_or_default(),
+                    created_at: r.get(2)?,
+                })
+            },
+        )
     }
 
     /// Deletes secret `name`; false if there was none.
     pub fn delete_secret(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .tx
-            .execute("DELETE FROM secrets WHERE name = ?1", params![name])?
-            == 1)
+        Ok(self.execute("DELETE FROM secrets WHERE name = ?1", args![name])? == 1)
     }
 }

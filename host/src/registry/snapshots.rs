@@ -2,8 +2,8 @@
 //! A snapshot's files live under `$WASMHOST_HOME/snapshots/<volume-id>/<name>`
 //! (see `crate::snapshots`); its row says it is complete.
 
+use super::backend::{Row, args};
 use anyhow::Result;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Tx, now};
@@ -32,7 +32,7 @@ pub struct SnapshotRecord {
 
 const SNAPSHOT_COLUMNS: &str = "volume_id, name, created_at, bytes, files";
 
-fn snapshot_from_row(row: &rusqlite::Row) -> rusqlite::Result<SnapshotRecord> {
+fn snapshot_from_row(row: &Row) -> Result<SnapshotRecord> {
     Ok(SnapshotRecord {
         volume_id: row.get(0)?,
         name: row.get(1)?,
@@ -51,9 +51,9 @@ impl Tx<'_> {
         files: u64,
     ) -> Result<SnapshotRecord> {
         let created_at = now();
-        self.tx.execute(
+        self.execute(
             "INSERT INTO snapshots (volume_id, name, created_at, bytes, files) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![volume_id, name, created_at, bytes, files],
+            args![volume_id, name, created_at, bytes, files],
         )?;
         Ok(SnapshotRecord {
             volume_id: volume_id.to_owned(),
@@ -67,40 +67,35 @@ impl Tx<'_> {
     pub fn snapshot(&self, volume_id: &str, name: &str) -> Result<Option<SnapshotRecord>> {
         let sql =
             format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE volume_id = ?1 AND name = ?2");
-        Ok(self
-            .tx
-            .query_row(&sql, params![volume_id, name], snapshot_from_row)
-            .optional()?)
+        self.query_opt(&sql, args![volume_id, name], snapshot_from_row)
     }
 
     /// The snapshots of `volume_id`, or of every volume, oldest first.
     pub fn snapshots(&self, volume_id: Option<&str>) -> Result<Vec<SnapshotRecord>> {
         let sql = format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE ?1 IS NULL OR volume_id = ?1 ORDER BY created_at, name"
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE CAST(?1 AS TEXT) IS NULL OR volume_id = ?1 ORDER BY created_at, name"
         );
-        let mut stmt = self.tx.prepare(&sql)?;
-        let rows = stmt.query_map(params![volume_id], snapshot_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.query(&sql, args![volume_id], snapshot_from_row)
     }
 
     /// Deletes snapshot `name` of `volume_id`, or all of them when `None`.
     pub fn delete_snapshots(&self, volume_id: &str, name: Option<&str>) -> Result<()> {
-        self.tx.execute(
-            "DELETE FROM snapshots WHERE volume_id = ?1 AND (?2 IS NULL OR name = ?2)",
-            params![volume_id, name],
+        self.execute(
+            "DELETE FROM snapshots WHERE volume_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR name = ?2)",
+            args![volume_id, name],
         )?;
         Ok(())
     }
 
     /// Gives a named volume, and the volume app that owns it, a new name.
     pub fn rename_volume(&self, volume_id: &str, new_name: &str) -> Result<()> {
-        self.tx.execute(
+        self.execute(
             "UPDATE volumes SET name = ?2 WHERE id = ?1",
-            params![volume_id, new_name],
+            args![volume_id, new_name],
         )?;
-        self.tx.execute(
+        self.execute(
             "UPDATE apps SET name = ?2 WHERE id = (SELECT app_id FROM volumes WHERE id = ?1) AND kind = 'volume'",
-            params![volume_id, new_name],
+            args![volume_id, new_name],
         )?;
         Ok(())
     }

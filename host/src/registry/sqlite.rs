@@ -1,0 +1,339 @@
+//! The embedded backend: SQLite in `$WASMHOST_HOME/registry.db`.
+//!
+//! Several wasmhost processes share the file: WAL lets readers run beside a
+//! writer, the busy timeout makes writers queue, and every state change is
+//! one `BEGIN IMMEDIATE` transaction, so two processes racing to create,
+//! mount or delete one volume serialize.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
+
+use super::NewerThanThisWasmhost;
+use super::backend::{Backend, Row, Value};
+
+/// The schema as an ordered list of migrations: applying `MIGRATIONS[i]`
+/// takes a registry at version `i` (`PRAGMA user_version`) to `i + 1`, each
+/// in its own transaction. Append only: a migration that has shipped is
+/// never edited, since homes made by that release ran it.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1 (the first release): apps, their volumes and mounts.
+    "
+CREATE TABLE apps (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('ephemeral', 'deployed', 'volume')),
+    state       TEXT NOT NULL CHECK (state IN ('running', 'stopped')),
+    created_at  INTEGER NOT NULL,
+    stopped_at  INTEGER,
+    manifest    TEXT,
+    has_lease   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX apps_by_name ON apps (name, state);
+CREATE TABLE volumes (
+    id          TEXT PRIMARY KEY,
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    key         TEXT,
+    name        TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX named_volumes ON volumes (name) WHERE name IS NOT NULL;
+CREATE TABLE mounts (
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    volume_id   TEXT NOT NULL REFERENCES volumes (id),
+    key         TEXT NOT NULL,
+    PRIMARY KEY (app_id, key)
+);
+",
+    // 2: calls of deployed apps. A running call also holds a lease named by
+    // its id, so a caller that died is told from one still at work. Each
+    // state has the timestamps it implies.
+    "
+CREATE TABLE calls (
+    id          TEXT PRIMARY KEY,
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    function    TEXT NOT NULL,
+    state       TEXT NOT NULL
+                CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    created_at  INTEGER NOT NULL,
+    started_at  INTEGER,
+    finished_at INTEGER,
+    error       TEXT,
+    -- The digest of the module snapshot the call runs: kept while it runs.
+    module      TEXT,
+    CHECK (CASE state WHEN 'queued' THEN started_at IS NULL
+                      WHEN 'cancelled' THEN 1
+                      ELSE started_at IS NOT NULL END),
+    CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
+);
+CREATE INDEX calls_by_app ON calls (app_id, state);
+CREATE INDEX calls_by_state ON calls (state);
+",
+    // 3: the module snapshot each function of a deployed app runs.
+    "
+CREATE TABLE app_modules (
+    app_id      TEXT NOT NULL REFERENCES apps (id),
+    function    TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    PRIMARY KEY (app_id, function)
+);
+CREATE INDEX app_modules_by_digest ON app_modules (digest);
+",
+    // 4: every command looks for running apps first (housekeeping), so that
+    // costs the same after 100,000 stopped apps as after none.
+    "
+CREATE INDEX apps_by_state ON apps (state, has_lease);
+",
+    // 5: calls as a queue and a record (see `calls`): times in milliseconds,
+    // what a node needs to run a queued call, attempts, and output.
+    super::calls::MIGRATION_5,
+    // 6: volume quotas.
+    crate::volume_usage::MIGRATION_6,
+    // 7: snapshots of volumes.
+    super::snapshots::MIGRATION_7,
+    // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.
+    super::schedules::MIGRATION_8,
+];
+
+/// Space kept beside the registry for the writes that free space: on a full
+/// disk, a stop needs a few pages of WAL before it can delete any volume.
+const RESERVE_BYTES: usize = 1 << 20;
+
+pub(super) struct Sqlite {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn damaged(path: &Path) -> String {
+    format!(
+        "cannot open the registry {}; if it is damaged, move it aside and wasmhost starts a new one (volume data stays under volumes/)",
+        path.display()
+    )
+}
+
+/// The SQLite error code somewhere in `e`'s chain.
+fn sqlite_code(e: &anyhow::Error) -> Option<ErrorCode> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<rusqlite::Error>())
+        .and_then(rusqlite::Error::sqlite_error_code)
+}
+
+/// Serializes opening the registry between processes. Switching to WAL and
+/// creating the schema take locks that SQLite refuses at once, without the
+/// busy timeout, to a process doing the same (seen as "database is locked"
+/// when several `run`s start on a new `$WASMHOST_HOME`). Best effort: on a
+/// disk too full to create this empty file, opening goes on without it.
+fn opening_lock(registry: &Path) -> Option<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(registry.with_extension("open-lock"))
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
+impl Sqlite {
+    pub(super) fn open(path: &Path) -> Result<Self> {
+        let broken = || damaged(path);
+        let _opening = opening_lock(path);
+        let conn = Connection::open(path).with_context(broken)?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .with_context(broken)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(broken)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .with_context(broken)?;
+        // Off while migrating (the bundled SQLite turns them on by default),
+        // then on: see below.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .with_context(broken)?;
+        let mut db = Self {
+            conn,
+            path: path.to_owned(),
+        };
+        db.migrate().map_err(|e| {
+            // Moving aside a registry that is newer, not damaged, loses it.
+            if e.is::<NewerThanThisWasmhost>() {
+                e
+            } else {
+                e.context(broken())
+            }
+        })?;
+        // After migrating, which rebuilds tables as SQLite's ALTER TABLE
+        // documents: with foreign keys off, so that dropping a table that
+        // others reference deletes nothing of theirs.
+        db.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .with_context(broken)?;
+        db.keep_reserve();
+        Ok(db)
+    }
+
+    fn reserve_file(&self) -> PathBuf {
+        self.path.with_extension("reserve")
+    }
+
+    /// Recreates the reserve if it was spent (best effort: not on a full disk).
+    fn keep_reserve(&self) {
+        let reserve = self.reserve_file();
+        if std::fs::metadata(&reserve).is_ok_and(|m| m.len() == RESERVE_BYTES as u64) {
+            return;
+        }
+        if std::fs::write(&reserve, vec![0u8; RESERVE_BYTES]).is_err() {
+            let _ = std::fs::remove_file(&reserve);
+        }
+    }
+
+    /// Brings the schema up to date, one migration per transaction, so a
+    /// process that dies mid-upgrade leaves a registry at some version that
+    /// the next one continues from. A registry from a newer wasmhost is
+    /// refused untouched.
+    fn migrate(&mut self) -> Result<()> {
+        let latest = MIGRATIONS.len() as i64;
+        loop {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version > latest {
+                return Err(NewerThanThisWasmhost {
+                    what: format!("the registry {}", self.path.display()),
+                    found: format!("schema version {version}"),
+                    known: format!("version {latest}"),
+                }
+                .into());
+            }
+            if version == latest {
+                return Ok(());
+            }
+            let next = version + 1;
+            tx.execute_batch(MIGRATIONS[version as usize])
+                .and_then(|()| tx.pragma_update(None, "user_version", next))
+                .and_then(|()| tx.commit())
+                .with_context(|| {
+                    format!(
+                        "cannot upgrade the registry {} to schema version {next}",
+                        self.path.display()
+                    )
+                })?;
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Null => ValueRef::Null,
+            Value::Int(n) => ValueRef::Integer(*n),
+            Value::Text(text) => ValueRef::Text(text.as_bytes()),
+            Value::Blob(bytes) => ValueRef::Blob(bytes),
+        }))
+    }
+}
+
+impl Backend for Sqlite {
+    fn begin(&mut self, write: bool) -> Result<()> {
+        self.conn.execute_batch(if write {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN DEFERRED"
+        })?;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.conn
+            .execute_batch("COMMIT")
+            .context("cannot commit to the registry")
+    }
+
+    fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        Ok(stmt.execute(rusqlite::params_from_iter(args))?)
+    }
+
+    fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let mut values = Vec::with_capacity(columns);
+            for at in 0..columns {
+                values.push(match row.get_ref(at)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::Int(n),
+                    ValueRef::Text(text) => Value::Text(String::from_utf8(text.to_vec())?),
+                    ValueRef::Blob(bytes) => Value::Blob(bytes.to_vec()),
+                    ValueRef::Real(_) => bail!("the registry holds a real number in column {at}"),
+                });
+            }
+            out.push(Row(values));
+        }
+        Ok(out)
+    }
+
+    fn make_room(&mut self, e: &anyhow::Error) -> bool {
+        sqlite_code(e) == Some(ErrorCode::DiskFull)
+            && std::fs::remove_file(self.reserve_file()).is_ok()
+    }
+
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        match sqlite_code(&e) {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                e.context(damaged(&self.path))
+            }
+            Some(ErrorCode::DiskFull) => e.context(format!(
+                "the disk holding the registry {} is full; free space, e.g. with `wasmhost volume delete` of a large volume",
+                self.path.display()
+            )),
+            _ => e,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::super::{Location, NewerThanThisWasmhost, Registry};
+    use super::*;
+
+    #[test]
+    fn migrations_run_in_steps_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        // A registry of the first release: migration 1 only.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let mut registry = Registry::open(&Location::File(path.clone())).unwrap();
+        let version: i64 = registry.db.query("PRAGMA user_version", &[]).unwrap()[0]
+            .get::<i64>(0)
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        registry.read(|tx| tx.running_calls(None)).unwrap();
+        drop(registry);
+
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let e = Registry::open(&Location::File(path.clone())).err().unwrap();
+        assert!(e.is::<NewerThanThisWasmhost>(), "{e:#}");
+    }
+}
