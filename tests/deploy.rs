@@ -302,14 +302,14 @@ fn a_running_call_keeps_its_snapshot_through_a_redeploy() {
     call.wait().unwrap();
     env.run(&["app", "list"]).success();
     assert_eq!(snapshots(&env).len(), 1, "{:?}", snapshots(&env));
-    let db = rusqlite::Connection::open(env.home().join("registry.db")).unwrap();
-    let ended: Vec<(String, Option<String>)> = db
-        .prepare("SELECT state, error FROM calls WHERE function = 'f' AND error LIKE '%died%'")
+    let ended: Vec<(String, Option<String>)> = env
+        .registry()
+        .read(|tx| tx.list_calls(None, 1000))
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .into_iter()
+        .filter(|c| c.function == "f" && c.error.as_deref().is_some_and(|e| e.contains("died")))
+        .map(|c| (c.state.as_str().to_owned(), c.error))
+        .collect();
     assert_eq!(
         ended,
         [("failed".into(), Some("its calling process died".into()))],
@@ -482,7 +482,7 @@ fn old_home(env: &TestEnv) -> rusqlite::Connection {
 
 #[test]
 fn a_home_made_by_the_previous_release_keeps_working() {
-    let env = TestEnv::new();
+    let env = TestEnv::on_sqlite();
     drop(old_home(&env));
     let apps = env.apps();
     let find = |name: &str| {
@@ -527,7 +527,7 @@ fn a_home_made_by_the_previous_release_keeps_working() {
 
 #[test]
 fn state_from_a_newer_wasmhost_is_refused_not_misread() {
-    let env = TestEnv::new();
+    let env = TestEnv::on_sqlite();
     let db = old_home(&env);
     // A manifest stored in a format this wasmhost does not know.
     db.execute(

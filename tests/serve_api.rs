@@ -65,9 +65,7 @@ fn cancel_running(node: &Node, id: &str) {
 /// How many calls the registry holds (every call of a deployed app is
 /// recorded, so this is what a refused request must not change).
 fn recorded_calls(env: &TestEnv) -> usize {
-    let home = wasmhost::home::Home::at(env.home().to_owned()).unwrap();
-    let mut registry = wasmhost::registry::Registry::open(&home.registry()).unwrap();
-    registry
+    env.registry()
         .read(|tx| tx.list_calls(None, usize::MAX >> 1))
         .unwrap()
         .len()

@@ -104,10 +104,20 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
+        Self::new_on(test_database())
+    }
+
+    /// An env on SQLite whatever the suite runs on: for tests of SQLite
+    /// itself (its files, its upgrades from earlier releases).
+    pub fn on_sqlite() -> Self {
+        Self::new_on(None)
+    }
+
+    fn new_on(db: Option<String>) -> Self {
         Self {
             home: tempfile::tempdir().unwrap(),
             work: tempfile::tempdir().unwrap(),
-            db: test_database(),
+            db,
         }
     }
 
@@ -115,6 +125,16 @@ impl TestEnv {
     /// fresh PostgreSQL database.
     pub fn on_postgres(&self) -> bool {
         self.db.is_some()
+    }
+
+    /// This env's registry, opened as its wasmhost commands open it.
+    pub fn registry(&self) -> wasmhost::registry::Registry {
+        use wasmhost::registry::{Location, Registry};
+        let location = match &self.db {
+            Some(url) => Location::Postgres(url.clone()),
+            None => Location::File(self.home().join("registry.db")),
+        };
+        Registry::open(&location).unwrap()
     }
 
     pub fn home(&self) -> &Path {

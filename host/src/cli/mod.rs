@@ -8,6 +8,7 @@ mod calls;
 mod confirm;
 mod deploy;
 mod invoke;
+mod nodes;
 pub mod output;
 mod remote;
 mod run;
@@ -95,6 +96,9 @@ pub enum Command {
     Secret(secret::SecretCommand),
     /// Run a node: serve deployed apps' queued calls and the HTTP API.
     Serve(serve::ServeArgs),
+    /// The nodes serving this home, or every machine's in a cluster.
+    #[command(subcommand)]
+    Nodes(nodes::NodesCommand),
     /// The compiled-module cache.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -119,6 +123,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
         Command::Cache(command) => cache::execute(command),
         Command::Secret(command) => secret::execute(command),
         Command::Serve(args) => serve::execute(args),
+        Command::Nodes(command) => nodes::execute(command),
     }
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use wasmhost::error::UsageError;
+use wasmhost::lease;
 use wasmhost::node::{self, NodeConfig};
 
 use super::open_state;
@@ -20,6 +22,21 @@ pub struct ServeArgs {
     /// Most calls this node runs at once.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_calls: u32,
+    /// How often the node renews its lease in a cluster's registry
+    /// [env: WASMHOST_HEARTBEAT; default 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    heartbeat: Option<Duration>,
+    /// How late a renewal may be before other nodes count this one dead
+    /// and retry its calls [env: WASMHOST_DEAD_AFTER; default 15s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    dead_after: Option<Duration>,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match wasmhost::manifest::units::parse_duration_or_zero(text)? {
+        zero if zero.is_zero() => Err("must be more than zero".into()),
+        interval => Ok(interval),
+    }
 }
 
 fn parse_grace(text: &str) -> Result<Duration, String> {
@@ -27,6 +44,19 @@ fn parse_grace(text: &str) -> Result<Duration, String> {
 }
 
 pub fn execute(args: ServeArgs) -> Result<u8> {
+    let defaults = lease::timing();
+    let timing = lease::Timing {
+        heartbeat: args.heartbeat.unwrap_or(defaults.heartbeat),
+        dead_after: args.dead_after.unwrap_or(defaults.dead_after),
+    };
+    if timing.dead_after <= timing.heartbeat {
+        return Err(UsageError(format!(
+            "--dead-after ({:?}) must be longer than --heartbeat ({:?}), or live nodes count as dead",
+            timing.dead_after, timing.heartbeat
+        ))
+        .into());
+    }
+    lease::set_timing(timing);
     // Housekeeping first: a node that died left calls this one may retry.
     let (home, registry) = open_state()?;
     drop(registry);

@@ -21,7 +21,8 @@ use axum::serve::ListenerExt;
 
 use crate::calls::Holder;
 use crate::home::Home;
-use crate::registry::Registry;
+use crate::lease;
+use crate::registry::{NodeRecord, NodeState, Registry};
 
 pub use token::token_file;
 use worker::Worker;
@@ -57,6 +58,14 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
+        let (location, id) = (home.registry(), worker.node_id().to_owned());
+        tokio::task::spawn_blocking(move || {
+            Registry::open(&location)?.write(|tx| {
+                tx.insert_node(&id, &host_name(), &address.to_string(), std::process::id())
+            })
+        })
+        .await?
+        .context("cannot register the node")?;
         // A web endpoint's response goes out as its guest writes it: its
         // head and body in separate writes, which Nagle's algorithm would
         // hold back for the client's delayed ACK (40 ms a request).
@@ -94,6 +103,26 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
     executor.shutdown_timeout(Duration::from_millis(100));
     worker.finish()?;
     served
+}
+
+/// The nodes of this home or cluster, with whether each is alive; with
+/// `all`, also those that stopped in the last day.
+pub fn list(home: &Home, registry: &mut Registry, all: bool) -> Result<Vec<NodeRecord>> {
+    let since = if all { 0 } else { i64::MAX };
+    let mut nodes = registry.read(|tx| tx.nodes(since))?;
+    for node in &mut nodes {
+        if node.state == NodeState::Alive && !lease::is_held(home, &node.id)? {
+            node.state = NodeState::Dead;
+        }
+    }
+    Ok(nodes)
+}
+
+/// This machine's host name, for `nodes list`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Resolves at SIGTERM or SIGINT, having started the drain, so that

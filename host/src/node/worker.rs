@@ -164,6 +164,7 @@ impl Worker {
     /// Writes what is left to record and gives up the node's lease.
     pub fn finish(self: Arc<Self>) -> Result<()> {
         self.recorder.flush()?;
+        Registry::open(&self.home.registry())?.write(|tx| tx.node_stopped(self.node_id()))?;
         // If a call thread still holds the worker, the lease goes with the
         // process.
         if let Ok(worker) = Arc::try_unwrap(self) {

@@ -160,11 +160,11 @@ pub fn format_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn rfc3339<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_ms(*ms))
 }
 
-fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
     match ms {
         Some(ms) => rfc3339(ms, s),
         None => s.serialize_none(),

@@ -20,6 +20,8 @@ use crate::volume_usage::Quota;
 
 pub(crate) mod backend;
 mod calls;
+mod leases;
+mod nodes;
 mod postgres;
 mod schedules;
 mod secrets;
@@ -30,6 +32,7 @@ use backend::{Backend, FromValue, Row, Value, args};
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
+pub use nodes::{NodeRecord, NodeState};
 pub use schedules::DueTick;
 pub use secrets::{SealedSecret, SecretRecord};
 pub use snapshots::SnapshotRecord;

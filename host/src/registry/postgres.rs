@@ -9,6 +9,7 @@
 //! run side by side. Reads see one snapshot (REPEATABLE READ).
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 
 use anyhow::{Context, Result, bail};
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -19,7 +20,10 @@ use super::backend::{Backend, Row, Value};
 
 /// The schema as an ordered list of migrations, as SQLite's
 /// (`sqlite::MIGRATIONS`); the version is kept in `wasmhost_schema`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres_1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres_1.sql"),
+    include_str!("migrations/postgres_2.sql"),
+];
 
 /// Advisory lock keys (any 64-bit numbers no other program of the database
 /// uses): "wasmhost" in ASCII, and then one more.
@@ -31,7 +35,8 @@ const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
 const STATEMENT_CACHE: usize = 512;
 
 pub(super) struct Postgres {
-    client: Client,
+    /// Dropped by hand (see `Drop`).
+    client: ManuallyDrop<Client>,
     /// The URL without its password, for messages.
     shown: String,
     statements: HashMap<String, Statement>,
@@ -58,7 +63,7 @@ impl Postgres {
             format!("cannot connect to the registry {shown}; is PostgreSQL running there, and does the database exist?")
         })?;
         let mut db = Self {
-            client,
+            client: ManuallyDrop::new(client),
             shown,
             statements: HashMap::new(),
         };
@@ -264,6 +269,22 @@ impl Backend for Postgres {
         self.client
             .execute("SELECT pg_notify($1, '')", &[&channel])?;
         Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    /// Closing the blocking client blocks on its own runtime, which tokio
+    /// refuses on a thread that drives async tasks: a connection given up
+    /// there (a pool dropped at a node's shutdown) is closed on a thread of
+    /// its own.
+    fn drop(&mut self) {
+        // SAFETY: `client` is not used again; this is its only take.
+        let client = unsafe { ManuallyDrop::take(&mut self.client) };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new().spawn(move || drop(client));
+        } else {
+            drop(client);
+        }
     }
 }
 

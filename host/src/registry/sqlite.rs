@@ -96,6 +96,8 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     super::snapshots::MIGRATION_7,
     // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.
     super::schedules::MIGRATION_8,
+    // 9: nodes, and leases as rows (filled in a cluster only).
+    super::nodes::MIGRATION_9,
 ];
 
 /// Space kept beside the registry for the writes that free space: on a full

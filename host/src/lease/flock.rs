@@ -1,9 +1,4 @@
-//! Leases: how the next wasmhost command learns that a `run` process died
-//! without stopping its app (kill -9, power loss), and how a deploy tells a
-//! running `call` from one whose process died. A lease is named by the id
-//! of what it keeps alive: an app (`ap-…`) or a call (`ca-…`).
-//!
-//! The owner holds an exclusive `flock` on a lease file for as long as it
+//! Leases on one machine: the owner holds an exclusive `flock` on a lease file for as long as it
 //! lives; the kernel drops the lock when the process dies however it dies.
 //! A PID alone would not do: PIDs are reused.
 
@@ -27,21 +22,21 @@ fn older_than(path: &Path, age: Duration) -> bool {
         .is_ok_and(|modified| modified.elapsed().is_ok_and(|elapsed| elapsed > age))
 }
 
-/// A held lease; dropping it without [`Lease::release`] keeps the file, which
+/// A held lease; dropping it without [`FileLease::release`] keeps the file, which
 /// is what a crash looks like.
-pub struct Lease {
+pub struct FileLease {
     path: PathBuf,
     _file: File,
 }
 
-impl Lease {
+impl FileLease {
     /// Takes the lease for a new app id. Taken before the app is registered,
     /// so a registered running app without a held lease is a dead one.
     ///
     /// The file is locked under a temporary name and then linked into place,
     /// so a lease file is never seen unlocked while its owner lives: an
     /// unlocked one without a running app is debris of a dead process that
-    /// [`Lease::remove_orphans`] may delete.
+    /// [`FileLease::remove_orphans`] may delete.
     pub fn acquire(home: &Home, app_id: &str) -> Result<Self> {
         let path = home.lease_file(app_id);
         let temp = path.with_extension("lease-new");
@@ -122,6 +117,17 @@ impl Lease {
             .try_lock()
             .is_ok()
             .then_some(Self { path, _file: file }))
+    }
+
+    /// Whether a live process holds the lease of `id`: its file is there
+    /// and cannot be locked. Locking it for a moment to tell is harmless:
+    /// a live owner's lock refuses that.
+    pub fn is_held(home: &Home, id: &str) -> Result<bool> {
+        match OpenOptions::new().write(true).open(home.lease_file(id)) {
+            Ok(file) => Ok(file.try_lock().is_err()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Ends the lease once its app is stopped.
