@@ -723,6 +723,22 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
 /// directories and module snapshots a crash orphaned, and restart an
 /// interrupted purge.
 pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
+    // In a cluster, one process at a time reaps; the others go on.
+    let reaped = registry
+        .exclusively(|registry| reap_the_dead(home, registry))?
+        .unwrap_or_default();
+    crate::calls::prune_if_due(home, registry)?;
+    registry.write(|tx| {
+        volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
+        module_store::remove_unused(home, &tx.module_digests_in_use()?)
+    })?;
+    volumes::purge_in_background(home)?;
+    Ok(reaped)
+}
+
+/// Stops the apps of `run` processes that died, ends the calls of callers
+/// and nodes that died, and removes what they left: lock files and leases.
+fn reap_the_dead(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     let mut reaped = Vec::new();
     let leased = registry.read(|tx| tx.leased_running_apps())?;
     for app in &leased {
@@ -736,19 +752,13 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
     // A call of an app just reaped was cancelled by its stop; ending it
     // again changes nothing.
     crate::calls::reap_dead_holders(home, registry)?;
-    crate::calls::prune_if_due(home, registry)?;
     if !reaped.is_empty() {
         // A process that died holding locks left their files.
         crate::locks::remove_unheld(home).context("cannot remove stale lock files")?;
     }
-    registry.write(|tx| {
-        volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
-        module_store::remove_unused(home, &tx.module_digests_in_use()?)
-    })?;
-    // Leases of apps registered since the read above are locked by their
+    // Leases of apps registered since the read above are held by their
     // owners, which `remove_orphans` respects.
     Lease::remove_orphans(home, |id| leased.iter().any(|a| a.id == id))?;
-    volumes::purge_in_background(home)?;
     Ok(reaped)
 }
 

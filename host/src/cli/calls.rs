@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use wasmhost::calls;
 use wasmhost::home::Home;
-use wasmhost::registry::{AppKind, CallRecord, CallState, Registry, format_ms};
+use wasmhost::registry::{self, AppKind, CallRecord, CallState, Registry, Waiter, format_ms};
 use wasmhost::text::escape_control;
 use wasmhost::views::FullCall;
 
@@ -126,8 +126,9 @@ fn get(home: &Home, registry: &mut Registry, id: &str, wait: bool, json: bool) -
                 call.id
             );
         }
-        let (call, output) =
-            wait_for(registry, &call.id, None)?.expect("only an interrupt ends the wait early");
+        let mut waiter = Waiter::open(&home.registry(), &[registry::ENDED])?;
+        let (call, output) = wait_for(registry, &mut waiter, &call.id, None)?
+            .expect("only an interrupt ends the wait early");
         if !json {
             print_output(&output)?;
             return exit_code(&call);

@@ -11,7 +11,7 @@ use anyhow::Result;
 use wasmhost::calls;
 use wasmhost::home::Home;
 use wasmhost::invoke::MapReport;
-use wasmhost::registry::{CallRecord, CallState, Registry};
+use wasmhost::registry::{self, CallRecord, CallState, Registry, Waiter};
 use wasmhost::runtime::Outcome;
 use wasmhost::text::escape_control;
 
@@ -84,8 +84,9 @@ pub fn queue(
     let flag = interrupted.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
     let mut report = MapReport::default();
+    let mut waiter = Waiter::open(&home.registry(), &[registry::ENDED])?;
     for (id, line) in ids.iter().zip(lines) {
-        let Some((call, output)) = wait_for(registry, id, Some(&interrupted))? else {
+        let Some((call, output)) = wait_for(registry, &mut waiter, id, Some(&interrupted))? else {
             let mut cancelled = 0;
             for id in &ids {
                 cancelled += usize::from(
@@ -149,6 +150,7 @@ fn outcome(call: &CallRecord) -> Outcome {
 /// None if `interrupted` was set first.
 pub fn wait_for(
     registry: &mut Registry,
+    waiter: &mut Waiter,
     id: &str,
     interrupted: Option<&AtomicBool>,
 ) -> Result<Option<(CallRecord, [String; 2])>> {
@@ -169,6 +171,6 @@ pub fn wait_for(
         if let Some(ended) = ended {
             return Ok(Some(ended));
         }
-        std::thread::sleep(WAIT_POLL);
+        waiter.wait(WAIT_POLL)?;
     }
 }

@@ -10,7 +10,7 @@
 //! look also queues the calls of schedules whose tick has come (see
 //! `schedule`), which the same look then claims like any other.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +28,9 @@ use crate::invoke::Target;
 use crate::manifest::FunctionSpec;
 use crate::manifest::Route;
 use crate::manifest::units::format_duration;
-use crate::registry::{AppState, Attempt, CallRecord, CallState, Registry, new_call_id, now_ms};
+use crate::registry::{
+    AppState, Attempt, CallRecord, CallState, ENDED, QUEUED, Registry, Waiter, new_call_id, now_ms,
+};
 use crate::runtime::{Outcome, OutputLog, Program, Runtime};
 use crate::secrets;
 use crate::slots::Slots;
@@ -176,6 +178,16 @@ impl Worker {
     /// The claim loop; returns once draining.
     pub fn run(self: Arc<Self>) -> Result<()> {
         let mut registry = Registry::open(&self.home.registry())?;
+        if self.home.is_shared() {
+            // Other machines queue and cancel calls: the registry tells.
+            let mut waiter = Waiter::open(&self.home.registry(), &[QUEUED, ENDED])?;
+            let worker = self.clone();
+            std::thread::spawn(move || {
+                while !worker.is_draining() && waiter.wait(POLL).is_ok() {
+                    worker.wake();
+                }
+            });
+        }
         let mut housekept = Instant::now();
         self.housekeeping(&mut registry);
         while !self.is_draining() {
@@ -223,30 +235,43 @@ impl Worker {
         free: usize,
     ) -> Result<Vec<(CallRecord, Arc<LiveApp>)>> {
         // Most looks find nothing: a read, not a write lock, tells.
-        if registry.read(|tx| tx.claimable_calls(1))?.is_empty() {
+        if registry.read(|tx| tx.claimable_calls(1, false))?.is_empty() {
             return Ok(Vec::new());
         }
         let holder = &self.holder;
-        registry.write(|tx| {
+        // Claims of several nodes run side by side, each skipping the calls
+        // another has locked; only counting a `concurrency` needs them to
+        // take turns, per function.
+        registry.write_shared(|tx| {
+            let candidates = tx.claimable_calls(free.max(64) * 4, true)?;
+            let mut apps: HashMap<String, Option<Arc<LiveApp>>> = HashMap::new();
+            for call in &candidates {
+                if !apps.contains_key(&call.app_id) {
+                    let live = apps::deployed_app_in(tx, &call.app_id).ok().map(Arc::new);
+                    apps.insert(call.app_id.clone(), live);
+                }
+            }
+            let spec_of = |call: &CallRecord| {
+                apps[&call.app_id]
+                    .as_ref()
+                    .and_then(|l| l.manifest.functions.get(&call.function))
+            };
+            // In one order, so that two claims never wait on each other.
+            let limited: BTreeSet<(&str, &str)> = candidates
+                .iter()
+                .filter(|call| spec_of(call).is_some_and(|spec| spec.concurrency.is_some()))
+                .map(|call| (call.app_id.as_str(), call.function.as_str()))
+                .collect();
+            for (app_id, function) in &limited {
+                tx.lock_key(&format!("{app_id}/{function}"))?;
+            }
             let mut claimed = Vec::new();
             let mut counts: HashMap<(String, String), u32> = HashMap::new();
-            let mut apps: HashMap<String, Option<Arc<LiveApp>>> = HashMap::new();
-            for call in tx.claimable_calls(free.max(64) * 4)? {
+            for call in &candidates {
                 if claimed.len() == free {
                     break;
                 }
-                let live = match apps.get(&call.app_id) {
-                    Some(live) => live.clone(),
-                    None => {
-                        let live = apps::deployed_app_in(tx, &call.app_id).ok().map(Arc::new);
-                        apps.insert(call.app_id.clone(), live.clone());
-                        live
-                    }
-                };
-                let Some(spec) = live
-                    .as_ref()
-                    .and_then(|l| l.manifest.functions.get(&call.function))
-                else {
+                let Some(spec) = spec_of(call) else {
                     tx.finish_call(
                         &call.id,
                         CallState::Failed,
@@ -268,7 +293,8 @@ impl Worker {
                 if tx.claim_call(&call.id, &holder.id, holder.node.as_deref())? {
                     counts.insert(key, count + 1);
                     let call = tx.call(&call.id)?.context("a claimed call vanished")?;
-                    claimed.push((call, live.clone().expect("checked above")));
+                    let live = apps[&call.app_id].clone().expect("checked above");
+                    claimed.push((call, live));
                 }
             }
             Ok(claimed)

@@ -39,6 +39,23 @@ pub(crate) trait Backend: Send {
     fn notify(&mut self, _channel: &str) -> Result<()> {
         Ok(())
     }
+    /// What a query's end takes to lock the rows it returns, skipping rows
+    /// others have locked (PostgreSQL's `FOR UPDATE … SKIP LOCKED`); empty
+    /// where write transactions exclude each other anyway.
+    fn skip_locked(&self, _table: &str) -> String {
+        String::new()
+    }
+    /// Holds the lock named `key` until the transaction ends; needless
+    /// where write transactions exclude each other.
+    fn lock_key(&mut self, _key: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Takes the session-wide lock `key` if no one holds it; where there is
+    /// one machine, every caller may go on.
+    fn try_lock_session(&mut self, _key: i64) -> Result<bool> {
+        Ok(true)
+    }
+    fn unlock_session(&mut self, _key: i64) {}
 }
 
 /// One SQL value, as both backends store it: booleans are integers.

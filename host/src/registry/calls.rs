@@ -329,6 +329,9 @@ impl Tx<'_> {
                 error,
                 call.tick,
             ])?;
+        if state == CallState::Queued {
+            self.notify(super::QUEUED)?;
+        }
         Ok(())
     }
 
@@ -356,11 +359,18 @@ impl Tx<'_> {
         self.query_calls(&sql, args![app_id])
     }
 
-    /// Queued calls of running apps that may start now, oldest first.
-    pub fn claimable_calls(&self, limit: usize) -> Result<Vec<CallRecord>> {
+    /// Queued calls of running apps that may start now, oldest first;
+    /// with `lock`, locked for this transaction, skipping those another
+    /// claim has locked (`FOR UPDATE SKIP LOCKED` in a cluster).
+    pub fn claimable_calls(&self, limit: usize, lock: bool) -> Result<Vec<CallRecord>> {
+        let lock = if lock {
+            self.skip_locked("c")
+        } else {
+            String::new()
+        };
         let sql = format!(
             "SELECT {CALL_COLUMNS} WHERE c.state = 'queued' AND c.run_after <= ?1 AND a.state = 'running'
-             ORDER BY c.run_after, c.created_at LIMIT ?2"
+             ORDER BY c.run_after, c.created_at LIMIT ?2{lock}"
         );
         self.query_calls(&sql, args![now_ms(), limit as i64])
     }
@@ -400,6 +410,9 @@ impl Tx<'_> {
         if changed == 0 {
             self.release(id)?;
         }
+        if changed == 1 {
+            self.notify(super::ENDED)?;
+        }
         Ok(changed == 1)
     }
 
@@ -421,6 +434,9 @@ impl Tx<'_> {
                  WHERE id = ?1 AND state IN ('queued', 'running')",
             args![id, now_ms(), reason],
         )?;
+        if changed == 1 {
+            self.notify(super::ENDED)?;
+        }
         Ok(changed == 1)
     }
 
@@ -435,6 +451,9 @@ impl Tx<'_> {
             "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3 WHERE state = 'queued' AND app_id = ?1",
         ] {
             cancelled += self.execute(sql, args![app_id, now_ms(), reason])?;
+        }
+        if cancelled > 0 {
+            self.notify(super::ENDED)?;
         }
         Ok(cancelled)
     }
@@ -466,6 +485,7 @@ impl Tx<'_> {
                  exit_code = ?3, error = ?4 WHERE id = ?1",
             args![id, run_after, exit_code, error],
         )?;
+        self.notify(super::QUEUED)?;
         Ok(true)
     }
 

@@ -169,6 +169,17 @@ impl Registry {
             .map_err(|e| self.db.explain(e))
     }
 
+    /// Runs `f` if no other process of the cluster is running it (the
+    /// reaper: one at a time); returns None if one is.
+    pub fn exclusively<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        if !self.db.try_lock_session(postgres::REAP_LOCK)? {
+            return Ok(None);
+        }
+        let result = f(self);
+        self.db.unlock_session(postgres::REAP_LOCK);
+        result.map(Some)
+    }
+
     fn transaction<T>(&mut self, begin: Begin, f: &mut impl FnMut(&Tx) -> Result<T>) -> Result<T> {
         match begin {
             Begin::Read => self.db.begin(false)?,
@@ -189,6 +200,45 @@ impl Registry {
             Err(e) => {
                 self.db.rollback();
                 Err(e)
+            }
+        }
+    }
+}
+
+/// Channels a [`Waiter`] may listen on: `QUEUED` when calls are queued
+/// (or queued again for a retry), `ENDED` when calls end or are cancelled.
+pub const QUEUED: &str = "wasmhost_queued";
+pub const ENDED: &str = "wasmhost_ended";
+
+/// Waits for something to change in the registry: woken at once in a
+/// cluster, whose PostgreSQL notifies (LISTEN/NOTIFY), with a slower poll
+/// as the fallback; with SQLite, which has no notifications, by polling.
+pub struct Waiter {
+    listener: Option<postgres::Listener>,
+}
+
+/// How long a cluster's waiter waits without a notification before it
+/// looks anyway (a notification lost with a connection, say).
+const NOTIFIED_FALLBACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Waiter {
+    pub fn open(location: &Location, channels: &[&str]) -> Result<Self> {
+        Ok(Self {
+            listener: match location {
+                Location::File(_) => None,
+                Location::Postgres(url) => Some(postgres::Listener::open(url, channels)?),
+            },
+        })
+    }
+
+    /// Returns once a look is worth it: after a notification or
+    /// [`NOTIFIED_FALLBACK`] in a cluster, after `poll` otherwise.
+    pub fn wait(&mut self, poll: std::time::Duration) -> Result<()> {
+        match &mut self.listener {
+            Some(listener) => listener.wait(NOTIFIED_FALLBACK).map(drop),
+            None => {
+                std::thread::sleep(poll);
+                Ok(())
             }
         }
     }
@@ -245,6 +295,16 @@ impl Tx<'_> {
     /// Wakes whoever waits on `channel` once this transaction commits.
     pub fn notify(&self, channel: &str) -> Result<()> {
         self.db.borrow_mut().notify(channel)
+    }
+
+    /// Holds the lock `key` until this transaction ends (see
+    /// `Backend::lock_key`).
+    pub fn lock_key(&self, key: &str) -> Result<()> {
+        self.db.borrow_mut().lock_key(key)
+    }
+
+    fn skip_locked(&self, table: &str) -> String {
+        self.db.borrow().skip_locked(table)
     }
 
     pub fn insert_app(

@@ -29,6 +29,8 @@ const MIGRATIONS: &[&str] = &[
 /// uses): "wasmhost" in ASCII, and then one more.
 const WRITE_LOCK: i64 = 0x7761_736d_686f_7374;
 const MIGRATE_LOCK: i64 = WRITE_LOCK + 1;
+/// Held by the one process that reaps dead holders' work at a time.
+pub const REAP_LOCK: i64 = WRITE_LOCK + 2;
 
 /// Statements prepared on this connection, by their SQL; bounded, since a
 /// few operations build their SQL.
@@ -269,6 +271,52 @@ impl Backend for Postgres {
         self.client
             .execute("SELECT pg_notify($1, '')", &[&channel])?;
         Ok(())
+    }
+
+    fn skip_locked(&self, table: &str) -> String {
+        format!(" FOR UPDATE OF {table} SKIP LOCKED")
+    }
+
+    fn lock_key(&mut self, key: &str) -> Result<()> {
+        self.client
+            .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])?;
+        Ok(())
+    }
+
+    fn try_lock_session(&mut self, key: i64) -> Result<bool> {
+        Ok(self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+            .get(0))
+    }
+
+    fn unlock_session(&mut self, key: i64) {
+        let _ = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key]);
+    }
+}
+
+/// A connection that LISTENs, for [`super::Waiter`].
+pub(super) struct Listener(Postgres);
+
+impl Listener {
+    pub(super) fn open(url: &str, channels: &[&str]) -> Result<Self> {
+        let mut db = Postgres::open(url)?;
+        for channel in channels {
+            db.client.batch_execute(&format!("LISTEN {channel}"))?;
+        }
+        Ok(Self(db))
+    }
+
+    /// Waits up to `timeout` for a notification; true if one came. Any
+    /// others already here are taken with it: one wake-up covers them.
+    pub(super) fn wait(&mut self, timeout: std::time::Duration) -> Result<bool> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut notifications = self.0.client.notifications();
+        let woken = notifications.timeout_iter(timeout).next()?.is_some();
+        while notifications.iter().next()?.is_some() {}
+        Ok(woken)
     }
 }
 
