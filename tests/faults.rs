@@ -157,7 +157,7 @@ fn assert_pattern_prefix(data: &[u8], context: &str) {
 /// written.
 #[test]
 fn kill_9_of_run_at_random_points_leaves_nothing_behind() {
-    let env = TestEnv::new();
+    let env = TestEnv::on_sqlite();
     let app = env.fsops_app("killed", "killed-data");
     // Once whole, so the named volume exists and the module is cached.
     env.run(&[
@@ -246,7 +246,7 @@ fn kill_9_of_run_at_random_points_leaves_nothing_behind() {
 
 #[test]
 fn racing_create_delete_and_mount_of_one_volume_leave_it_whole_or_absent() {
-    let env = Arc::new(TestEnv::new());
+    let env = Arc::new(TestEnv::on_sqlite());
     let app = env.fsops_app("racer", "contested");
     env.run(&[
         "run",
@@ -356,7 +356,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_fails_the_guest_cleanly_and_damages_nothing() {
-    let env = TestEnv::new();
+    let env = TestEnv::on_sqlite();
     let disk = Tmpfs::mount(&env.work.path().join("disk"), "8m");
     // `$WASMHOST_HOME` is the small disk; TestEnv keeps its own temp dir.
     let home = disk.0.join("home");
@@ -418,7 +418,7 @@ fn a_full_disk_fails_the_guest_cleanly_and_damages_nothing() {
 
 #[test]
 fn a_corrupted_or_truncated_registry_gives_one_clear_line() {
-    let env = TestEnv::new();
+    let env = TestEnv::on_sqlite();
     let app = env.fsops_app("reg", "reg-data");
     env.run(&["run", path(&app), "--", "write", "/data/x", "y"])
         .success();

@@ -18,20 +18,10 @@ use std::time::{Duration, Instant};
 use common::node::Node;
 use common::{TestEnv, eventually, path, wait_with_timeout};
 use serde_json::Value;
+use wasmhost::registry::{CallRecord, Registry};
 
 /// A bound on the end of a few short calls.
 const CALLS_BOUND: Duration = Duration::from_secs(30);
-
-/// The registry, read-only, waiting out writers.
-fn registry(env: &TestEnv) -> rusqlite::Connection {
-    let db = rusqlite::Connection::open_with_flags(
-        env.home().join("registry.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    db
-}
 
 /// A call as the registry has it.
 #[derive(Debug, Clone)]
@@ -42,41 +32,35 @@ struct Row {
     error: Option<String>,
 }
 
-const ROW_COLUMNS: &str = "c.state, c.attempts, c.node, c.error FROM calls c";
-
-fn to_row(r: &rusqlite::Row) -> rusqlite::Result<Row> {
-    Ok(Row {
-        state: r.get(0)?,
-        attempts: r.get(1)?,
-        node: r.get(2)?,
-        error: r.get(3)?,
-    })
+fn to_row(call: CallRecord) -> Row {
+    Row {
+        state: call.state.as_str().to_owned(),
+        attempts: call.attempts,
+        node: call.node,
+        error: call.error,
+    }
 }
 
 /// Every call of app `name`, oldest first.
 fn calls_of(env: &TestEnv, name: &str) -> Vec<Row> {
-    registry(env)
-        .prepare(&format!(
-            "SELECT {ROW_COLUMNS} JOIN apps a ON a.id = c.app_id WHERE a.name = ?1
-             ORDER BY c.created_at, c.rowid"
-        ))
-        .unwrap()
-        .query_map([name], to_row)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let mut calls = env
+        .registry()
+        .read(|tx| tx.list_calls(Some(name), usize::MAX >> 1))
+        .unwrap();
+    calls.reverse();
+    calls.into_iter().map(to_row).collect()
 }
 
 /// Call `id` as the registry has it.
-fn call_row(env: &TestEnv, id: &str) -> Row {
-    row_in(&registry(env), id)
+fn call_record(registry: &mut Registry, id: &str) -> CallRecord {
+    registry
+        .read(|tx| tx.call(id))
+        .unwrap()
+        .unwrap_or_else(|| panic!("no call {id} in the registry"))
 }
 
-fn row_in(db: &rusqlite::Connection, id: &str) -> Row {
-    db.prepare_cached(&format!("SELECT {ROW_COLUMNS} WHERE c.id = ?1"))
-        .unwrap()
-        .query_row([id], to_row)
-        .unwrap_or_else(|e| panic!("no call {id} in the registry: {e}"))
+fn call_row(env: &TestEnv, id: &str) -> Row {
+    to_row(call_record(&mut env.registry(), id))
 }
 
 fn is_final(state: &str) -> bool {
@@ -86,11 +70,11 @@ fn is_final(state: &str) -> bool {
 /// Waits (bounded) until every call in `ids` has ended.
 fn wait_all_final(env: &TestEnv, ids: &[String], bound: Duration) {
     let deadline = Instant::now() + bound;
-    let db = registry(env);
+    let mut registry = env.registry();
     loop {
         let left: Vec<String> = ids
             .iter()
-            .filter(|id| !is_final(&row_in(&db, id).state))
+            .filter(|id| !is_final(call_record(&mut registry, id).state.as_str()))
             .cloned()
             .collect();
         if left.is_empty() {
@@ -101,7 +85,7 @@ fn wait_all_final(env: &TestEnv, ids: &[String], bound: Duration) {
             "{} of {} calls have not ended after {bound:?}, e.g. {:?}",
             left.len(),
             ids.len(),
-            row_in(&db, &left[0])
+            to_row(call_record(&mut registry, &left[0]))
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -234,12 +218,7 @@ mounts = { "/marks" = "marks" }
         // The ids come in input order: each names the call of its line.
         for (id, line) in printed.iter().zip(lines) {
             assert!(id.starts_with("ca-"), "{id:?}");
-            let args: Vec<String> = registry(&env)
-                .query_row("SELECT args FROM calls WHERE id = ?1", [id], |r| {
-                    r.get::<_, String>(0)
-                })
-                .map(|a| serde_json::from_str(&a).unwrap())
-                .unwrap();
+            let args = call_record(&mut env.registry(), id).args;
             assert_eq!(args, ["words", line.as_str()], "call {id}");
         }
         ids.extend(printed);
@@ -446,13 +425,13 @@ concurrency = 2
     );
 
     // As the registry recorded them, too: no instant had three attempts.
-    let spans: Vec<(i64, i64)> = registry(&env)
-        .prepare("SELECT started_at, finished_at FROM calls WHERE started_at IS NOT NULL")
+    let spans: Vec<(i64, i64)> = env
+        .registry()
+        .read(|tx| tx.list_calls(None, usize::MAX >> 1))
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .into_iter()
+        .filter_map(|c| Some((c.started_at?, c.finished_at.expect("every call ended"))))
+        .collect();
     assert_eq!(spans.len(), 10);
     for &(start, _) in &spans {
         let at_once = spans
@@ -506,13 +485,9 @@ fn sigterm_lets_a_call_finish_within_the_grace_then_exits_0() {
         took < Duration::from_secs(60),
         "the node exits once its call ends, not at the grace's end: {took:?}"
     );
-    let output: String = registry(&env)
-        .query_row(
-            "SELECT group_concat(data, '') FROM call_output WHERE call_id = ?1 AND stream = 'stdout'",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let mut registry = env.registry();
+    let call = call_record(&mut registry, &id);
+    let [output, _] = registry.read(|tx| tx.call_output(&call)).unwrap().0;
     assert_eq!(output, "finished\n");
     let late = call_row(&env, &late);
     assert_eq!(

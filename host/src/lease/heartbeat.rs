@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use super::flock::FileLease;
 use crate::home::Home;
 use crate::registry::{Registry, new_id};
 
@@ -54,6 +55,9 @@ pub fn timing() -> Timing {
 struct Process {
     id: String,
     registry: Mutex<Registry>,
+    /// The same lease as a `flock` in this machine's home, so that a death
+    /// on this machine is seen at once here rather than `dead_after` later.
+    _local: FileLease,
 }
 
 static PROCESS: Mutex<Option<&'static Process>> = Mutex::new(None);
@@ -64,11 +68,13 @@ fn process(home: &Home) -> Result<&'static Process> {
         return Ok(process);
     }
     let id = new_id("pr");
+    let local = FileLease::acquire(home, &id)?;
     let mut registry = Registry::open(&home.registry())?;
     registry.write_shared(|tx| tx.take_lease(&id, &id, dead_after_ms()).map(drop))?;
     let process: &'static Process = Box::leak(Box::new(Process {
         id,
         registry: Mutex::new(registry),
+        _local: local,
     }));
     std::thread::Builder::new()
         .name("wasmhost-heartbeat".into())
@@ -121,6 +127,12 @@ pub fn process_id(home: &Home) -> Result<String> {
     Ok(process(home)?.id.clone())
 }
 
+/// Whether process lease `owner` belonged to a process of this machine
+/// (its local half is in this home) that has died (no one holds that).
+fn died_here(home: &Home, owner: &str) -> Result<bool> {
+    Ok(home.lease_file(owner).exists() && !FileLease::is_held(home, owner)?)
+}
+
 fn dead_after_ms() -> i64 {
     timing().dead_after.as_millis() as i64
 }
@@ -139,8 +151,18 @@ impl RowLease {
     }
 
     pub(super) fn take_abandoned(home: &Home, id: &str) -> Result<Option<Self>> {
-        let taken = with_registry(home, |registry, owner| {
-            registry.write_shared(|tx| tx.take_lease(id, owner, dead_after_ms()))
+        let taken = with_registry(home, |registry, me| {
+            registry.write_shared(|tx| {
+                if tx.take_lease(id, me, dead_after_ms())? {
+                    return Ok(true);
+                }
+                match tx.lease_owner(id)? {
+                    Some(owner) if died_here(home, &owner)? => {
+                        tx.take_lease_from(id, &owner, me, dead_after_ms())
+                    }
+                    _ => Ok(false),
+                }
+            })
         })?;
         Ok(taken.then(|| Self {
             id: id.to_owned(),
@@ -150,6 +172,9 @@ impl RowLease {
     }
 
     pub(super) fn remove_orphans(home: &Home, is_running: impl Fn(&str) -> bool) -> Result<()> {
+        // The local halves of processes' leases (`pr-…`): those no live
+        // process holds are of the dead.
+        FileLease::remove_orphans(home, |_| false)?;
         with_reader(home, |registry| {
             let expired = registry.read(|tx| tx.expired_lease_ids())?;
             let orphans: Vec<&String> = expired.iter().filter(|id| !is_running(id)).collect();
@@ -170,7 +195,18 @@ impl RowLease {
     }
 
     pub(super) fn is_held(home: &Home, id: &str) -> Result<bool> {
-        with_reader(home, |registry| registry.read(|tx| tx.lease_live(id)))
+        let owner = with_reader(home, |registry| {
+            registry.read(|tx| {
+                Ok(match tx.lease_live(id)? {
+                    true => tx.lease_owner(id)?,
+                    false => None,
+                })
+            })
+        })?;
+        match owner {
+            Some(owner) => Ok(!died_here(home, &owner)?),
+            None => Ok(false),
+        }
     }
 
     pub(super) fn release(mut self) {

@@ -22,6 +22,29 @@ impl Tx<'_> {
         Ok(self.execute(&sql, args![id, owner, dead_after_ms])? == 1)
     }
 
+    /// Takes lease `id` from `owner`, a process that died, whether or not
+    /// its renewals have stopped long enough; false if someone else has
+    /// it by now.
+    pub fn take_lease_from(
+        &self,
+        id: &str,
+        owner: &str,
+        me: &str,
+        dead_after_ms: i64,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE leases SET owner = ?3, heartbeat_at = {NOW_MS}, expires_at = {NOW_MS} + ?4
+             WHERE id = ?1 AND owner = ?2"
+        );
+        Ok(self.execute(&sql, args![id, owner, me, dead_after_ms])? == 1)
+    }
+
+    pub fn lease_owner(&self, id: &str) -> Result<Option<String>> {
+        self.query_opt("SELECT owner FROM leases WHERE id = ?1", args![id], |r| {
+            r.get(0)
+        })
+    }
+
     /// Renews every lease `owner` holds, its own among them.
     pub fn renew_leases(&self, owner: &str, dead_after_ms: i64) -> Result<()> {
         let sql = format!(

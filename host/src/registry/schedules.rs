@@ -103,7 +103,7 @@ impl Tx<'_> {
             self.execute(
                 "INSERT INTO schedules (app_id, function, schedule, next_tick) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (app_id, function) DO UPDATE SET schedule = excluded.schedule, next_tick = excluded.next_tick
-                 WHERE schedule != excluded.schedule",
+                 WHERE schedules.schedule != excluded.schedule",
                 args![app_id, function, schedule, first_tick],
             )?;
             kept.push(function.as_str());

@@ -225,11 +225,6 @@ impl Sqlite {
                 })?;
         }
     }
-
-    #[cfg(test)]
-    pub(super) fn connection(&self) -> &Connection {
-        &self.conn
-    }
 }
 
 impl rusqlite::ToSql for Value {
