@@ -2,7 +2,10 @@
 //! the test run itself, and a private `$WASMHOST_HOME` per test.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod node;
+pub mod pg;
+pub mod wheel;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -93,17 +96,49 @@ fn build_guests(target: Target) {
     );
 }
 
-/// A private `$WASMHOST_HOME` and a directory for app files.
+/// The server (a URL without a database) on which every `TestEnv` gets a
+/// database of its own, to run the whole suite on PostgreSQL
+/// (`tests/with-postgres.sh` sets it); unset, the registry is SQLite.
+pub const TEST_PG_VAR: &str = "WASMHOST_TEST_PG";
+
+/// A private `$WASMHOST_HOME` and a directory for app files; with
+/// `WASMHOST_TEST_PG` set, a private PostgreSQL database as its registry.
 pub struct TestEnv {
     pub home: tempfile::TempDir,
     pub work: tempfile::TempDir,
+    /// `WASMHOST_DB` for this env's commands (none: SQLite in the home).
+    db_url: Option<String>,
+    /// The database made for this env alone, dropped with it.
+    _own_db: Option<pg::Database>,
+    /// Where this env's commands run, for a machine of a cluster.
+    place: Option<cluster::Place>,
 }
 
 impl TestEnv {
     pub fn new() -> Self {
+        let own_db = std::env::var(TEST_PG_VAR)
+            .ok()
+            .filter(|server| !server.is_empty())
+            .map(|server| pg::Database::create(&server));
         Self {
             home: tempfile::tempdir().unwrap(),
             work: tempfile::tempdir().unwrap(),
+            db_url: own_db.as_ref().map(pg::Database::url),
+            _own_db: own_db,
+            place: None,
+        }
+    }
+
+    /// An env whose commands run on a machine of a cluster: in its network
+    /// namespace, on the cluster's registry `db_url`, with the volumes
+    /// under the machine's mount of the shared file system.
+    pub fn on_machine(place: cluster::Place, db_url: &str) -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+            db_url: Some(db_url.to_owned()),
+            _own_db: None,
+            place: Some(place),
         }
     }
 
@@ -111,12 +146,46 @@ impl TestEnv {
         self.home.path()
     }
 
+    /// The registry's URL when it is in PostgreSQL.
+    pub fn db_url(&self) -> Option<&str> {
+        self.db_url.as_deref()
+    }
+
+    /// Where volume contents live: `WASMHOST_VOLUMES`, else under the home.
+    pub fn volumes_dir(&self) -> PathBuf {
+        match &self.place {
+            Some(place) => place.volumes.clone(),
+            None => self.home().join("volumes"),
+        }
+    }
+
+    /// The `--listen` address of a node of this env: a free port on
+    /// loopback, or on the machine's own address in its namespace (which
+    /// the tests reach over the cluster's bridge).
+    pub fn listen_addr(&self) -> String {
+        match &self.place {
+            Some(place) => format!("{}:0", place.addr),
+            None => "127.0.0.1:0".to_owned(),
+        }
+    }
+
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhost"));
+        let mut command = match &self.place {
+            Some(place) => place.command(env!("CARGO_BIN_EXE_wasmhost")),
+            None => Command::new(env!("CARGO_BIN_EXE_wasmhost")),
+        };
         command
             .env("WASMHOST_HOME", self.home.path())
+            .env_remove("WASMHOST_DB")
+            .env_remove("WASMHOST_VOLUMES")
             .current_dir(self.work.path())
             .stdin(Stdio::null());
+        if let Some(db) = &self.db_url {
+            command.env("WASMHOST_DB", db);
+        }
+        if let Some(place) = &self.place {
+            command.env("WASMHOST_VOLUMES", &place.volumes);
+        }
         command
     }
 
@@ -208,28 +277,7 @@ mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
 
     /// Every regular file under `$WASMHOST_HOME` whose contents include `needle`.
     pub fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut stack = vec![self.home().to_owned()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                    continue;
-                };
-                if meta.is_dir() {
-                    stack.push(path);
-                } else if meta.is_file()
-                    && std::fs::read(&path)
-                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-                {
-                    found.push(path);
-                }
-            }
-        }
-        found
+        files_containing(self.home(), needle)
     }
 
     /// Waits (bounded) for the background purge to empty the trash.
@@ -261,6 +309,32 @@ mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
         let out = self.run(&["app", "list", "--all", "--json"]).success();
         serde_json::from_str(&out.stdout()).expect("app list --json is JSON")
     }
+}
+
+/// Every regular file under `root` whose contents include `needle`.
+pub fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && std::fs::read(&path)
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// A path as a command-line argument.
@@ -345,7 +419,7 @@ impl TestEnv {
             .as_str()
             .unwrap()
             .to_owned();
-        self.home().join("volumes").join(id)
+        self.volumes_dir().join(id)
     }
 
     /// What the trash holds, but the purge's lock.
