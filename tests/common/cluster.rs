@@ -267,12 +267,12 @@ impl Cluster {
             path,
             client,
             log,
-            dead: false,
+            dead: std::cell::Cell::new(false),
         };
         let deadline = Instant::now() + BOUND;
         while !is_mounted(&mount.path) {
             if let Some(status) = mount.client.try_wait().unwrap() {
-                mount.dead = true;
+                mount.dead.set(true);
                 panic!("juicefs mount exited ({status}): {}", mount.log());
             }
             assert!(
@@ -334,17 +334,19 @@ pub struct Mount {
     pub path: PathBuf,
     client: Child,
     log: PathBuf,
-    /// The client was killed (or exited): the mount, if still there, is dead.
-    dead: bool,
+    /// The client was killed: the mount, if still there, is dead.
+    dead: std::cell::Cell<bool>,
 }
 
 impl Mount {
     /// `kill -9` of the client, as when its machine dies: the mount stays,
     /// failing every access, until dropped.
-    pub fn kill(&mut self) {
-        let _ = self.client.kill();
-        let _ = self.client.wait();
-        self.dead = true;
+    pub fn kill(&self) {
+        // SAFETY: kill(2) on our own child (reaped when dropped).
+        unsafe {
+            libc::kill(self.client.id() as i32, libc::SIGKILL);
+        }
+        self.dead.set(true);
     }
 
     /// The client's pid.
@@ -360,7 +362,9 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if !self.dead {
+        if self.dead.get() {
+            let _ = self.client.wait();
+        } else {
             // SIGTERM: the client flushes, unmounts and exits.
             // SAFETY: kill(2) on our own child.
             unsafe {
