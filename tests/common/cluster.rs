@@ -23,6 +23,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -412,9 +413,7 @@ fn mount_points() -> Vec<PathBuf> {
                     i += 1;
                 }
             }
-            PathBuf::from(std::ffi::OsString::from(
-                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
-            ))
+            PathBuf::from(std::ffi::OsString::from_vec(bytes))
         })
         .collect()
 }
