@@ -37,6 +37,8 @@ enum Write {
     Rename,
     /// The counter truncated and rewritten in place.
     InPlace,
+    /// A line appended (`O_APPEND`): the count is the number of lines.
+    Append,
 }
 
 /// What one run of increments left.
@@ -81,19 +83,25 @@ fn count(dirs: [&Path; 2], check: &Path, name: &str, lock: Lock, write: Write) -
             .flat_map(|c| c.join().unwrap())
             .collect()
     });
-    let kept = read_count(&check.join(name)).unwrap_or_else(|e| panic!("the final count: {e}"));
+    let kept =
+        read_count(&check.join(name), write).unwrap_or_else(|e| panic!("the final count: {e}"));
     Outcome { kept, garbled }
 }
 
-/// The number in `path` (0 if it does not exist).
-fn read_count(path: &Path) -> Result<u64, String> {
-    match fs::read_to_string(path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|_| format!("{} holds {text:?}", path.display())),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+/// The count in `path` as `write` keeps it (0 if it does not exist).
+fn read_count(path: &Path, write: Write) -> Result<u64, String> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
         Err(e) => panic!("read {}: {e}", path.display()),
+    };
+    let garbled = || format!("{} holds {text:?}", path.display());
+    match write {
+        Write::Rename | Write::InPlace => text.trim().parse().map_err(|_| garbled()),
+        Write::Append => text
+            .lines()
+            .map(|line| (line == "x").then_some(1).ok_or_else(garbled))
+            .sum(),
     }
 }
 
@@ -101,7 +109,17 @@ fn read_count(path: &Path) -> Result<u64, String> {
 /// (and nothing is written).
 fn increment(dir: &Path, name: &str, write: Write, client: usize) -> Result<(), String> {
     let path = dir.join(name);
-    let next = format!("{}\n", read_count(&path)? + 1);
+    if let Write::Append = write {
+        use std::io::Write as _;
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"x\n").unwrap();
+        return Ok(());
+    }
+    let next = format!("{}\n", read_count(&path, write)? + 1);
     match write {
         Write::Rename => {
             let tmp = dir.join(format!("{name}.{client}.tmp"));
@@ -109,6 +127,7 @@ fn increment(dir: &Path, name: &str, write: Write, client: usize) -> Result<(), 
             fs::rename(&tmp, &path).unwrap();
         }
         Write::InPlace => fs::write(&path, next).unwrap(),
+        Write::Append => unreachable!("appended above"),
     }
     Ok(())
 }
@@ -159,9 +178,10 @@ impl Held {
     }
 }
 
-const RUNS: [(Lock, Write); 3] = [
+const RUNS: [(Lock, Write); 4] = [
     (Lock::Local, Write::Rename),
     (Lock::Local, Write::InPlace),
+    (Lock::Local, Write::Append),
     (Lock::Link, Write::Rename),
 ];
 
@@ -222,7 +242,7 @@ fn increments_under_a_lock_across_two_clients_are_all_kept_with_the_cluster_opti
         );
         // The other client sees the same count.
         assert_eq!(
-            read_count(&cluster.b().mount.path.join(&name)),
+            read_count(&cluster.b().mount.path.join(&name), write),
             Ok(wanted),
             "{name} through b's mount"
         );
