@@ -152,7 +152,7 @@ pub struct Cluster {
     pub pg: PgServer,
     juicefs: PathBuf,
     meta_url: String,
-    /// Mount points, client caches and logs.
+    /// Mount points, client caches and logs, the server's directory.
     dir: tempfile::TempDir,
     net: Net,
     _alone: MutexGuard<'static, ()>,
@@ -173,9 +173,15 @@ impl Cluster {
             .prefix("wasmhost-cluster-")
             .tempdir()
             .unwrap();
+        // The server's user enters it to reach the server's directory.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let net = Net::create(machines, dir.path());
         let root = net.root_addr().to_string();
-        let pg = PgServer::start_on(&[root.as_str(), "127.0.0.1"], &[&net.subnet()]);
+        let pg = PgServer::start_on(dir.path(), &[root.as_str(), "127.0.0.1"], &[&net.subnet()]);
         let db_url = pg.create_database("wasmhost");
         let meta_url = format!("{}?sslmode=disable", pg.create_database("jfs_meta"));
         pg.create_database("jfs_data");

@@ -95,18 +95,20 @@ pub struct PgServer {
 }
 
 impl PgServer {
-    /// A server listening on 127.0.0.1 only.
+    /// A server listening on 127.0.0.1 only, in a directory of the
+    /// system's temporary directory.
     pub fn start() -> PgServer {
-        Self::start_on(&["127.0.0.1"], &[])
+        Self::start_on(&std::env::temp_dir(), &["127.0.0.1"], &[])
     }
 
-    /// A server listening on `addresses` (the first is the one its URLs
-    /// name), trusting connections from loopback and from `subnets`
-    /// (CIDR, `10.213.5.0/24`).
-    pub fn start_on(addresses: &[&str], subnets: &[&str]) -> PgServer {
+    /// A server in a new directory under `parent` (which the server's
+    /// user must be able to enter), listening on `addresses` (the first is
+    /// the one its URLs name), trusting connections from loopback and from
+    /// `subnets` (CIDR, `10.213.5.0/24`).
+    pub fn start_on(parent: &Path, addresses: &[&str], subnets: &[&str]) -> PgServer {
         let dir = tempfile::Builder::new()
             .prefix("wasmhost-pg-")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         give_to_server(dir.path());
         let data = dir.path().join("data");
