@@ -123,6 +123,14 @@ fn nodes(machine: &Machine) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// Node `id`'s row in `nodes list --json`.
+#[track_caller]
+fn node_row<'a>(listed: &'a BTreeMap<String, Value>, id: &str) -> &'a Value {
+    listed
+        .get(id)
+        .unwrap_or_else(|| panic!("nodes list has no node {id}: {listed:?}"))
+}
+
 /// The state of app `name` (its newest), as `machine` sees it.
 fn app_state(machine: &Machine, name: &str) -> Option<String> {
     let out = run_bounded(machine, &["app", "list", "--all", "--json"], BOUND)
@@ -136,18 +144,11 @@ fn app_state(machine: &Machine, name: &str) -> Option<String> {
 
 /// A text no other test run writes.
 fn token(what: &str) -> String {
-    let mut bytes = [0u8; 8];
-    getrandom(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{what}-{hex}")
-}
-
-fn getrandom(bytes: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .read_exact(bytes)
-        .unwrap();
+        .as_nanos();
+    format!("{what}-{}-{nanos}", std::process::id())
 }
 
 /// An app `name` whose function `fsops` mounts an ephemeral volume at
@@ -258,8 +259,9 @@ mounts = { "/marks" = "marks" }
     let node_b = b.serve(FAST_HEARTBEAT);
     let listed = nodes(b);
     for node in [&node_a, &node_b] {
-        assert_eq!(listed[&node.id]["state"], "alive", "{listed:?}");
-        assert!(listed[&node.id]["last_heartbeat"].is_string(), "{listed:?}");
+        let row = node_row(&listed, &node.id);
+        assert_eq!(row["state"], "alive", "{listed:?}");
+        assert!(!row["last_heartbeat"].is_null(), "{listed:?}");
     }
 
     // Each input creates, with O_EXCL, a file named by it: a second run of
@@ -542,8 +544,12 @@ module = "{{guest:fsops}}"
     });
 
     let listed = nodes(b);
-    assert_eq!(listed[&dead]["state"], "dead", "{listed:?}");
-    assert_eq!(listed[&node_b.id]["state"], "alive", "{listed:?}");
+    assert_eq!(node_row(&listed, &dead)["state"], "dead", "{listed:?}");
+    assert_eq!(
+        node_row(&listed, &node_b.id)["state"],
+        "alive",
+        "{listed:?}"
+    );
 }
 
 #[test]
