@@ -581,6 +581,19 @@ impl Net {
             .args(["link", "del", &prefix])
             .stderr(Stdio::null())
             .status();
+        // A deleted namespace's veth goes in the background: wait for its
+        // name to be free.
+        let deadline = Instant::now() + BOUND;
+        while output(Command::new("ip").args(["-o", "link", "show"]))
+            .lines()
+            .any(|l| l.contains(&format!(": {prefix}")))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the links of {prefix} are still there after {BOUND:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if dir.as_os_str().is_empty() || !dir.starts_with(std::env::temp_dir()) {
             return;
         }
@@ -597,6 +610,11 @@ impl Drop for Net {
     fn drop(&mut self) {
         self.kill_processes(&[]);
         for i in 0..self.machines {
+            // The veth pair first: deleting a namespace frees its end (and
+            // so the pair's name) only later, in the background.
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.netns(i)])
+                .status();
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.netns(i)])
                 .status();
