@@ -25,7 +25,6 @@ import fcntl
 import os
 import queue
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+
+from run import free_port
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 JUICEFS_VERSION = "1.4.2"
@@ -57,12 +58,6 @@ def run(cmd, **kw):
 def as_postgres(cmd):
     """`cmd` as the postgres user when we are root (PostgreSQL refuses root)."""
     return ["runuser", "-u", "postgres", "--"] + cmd if os.geteuid() == 0 else cmd
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(what, check, bound=BOUND, every=0.02):

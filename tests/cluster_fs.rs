@@ -248,3 +248,32 @@ fn increments_under_a_lock_across_two_clients_are_all_kept_with_the_cluster_opti
         );
     }
 }
+
+#[test]
+fn the_other_client_sees_a_write_once_it_is_flushed_or_closed() {
+    let Some(cluster) = Cluster::start(2) else {
+        return;
+    };
+    let (a, b) = (&cluster.a().mount.path, &cluster.b().mount.path);
+    let read_b = || fs::read_to_string(b.join("note")).unwrap();
+    fs::write(a.join("note"), "old").unwrap();
+    assert_eq!(read_b(), "old", "after a's close");
+
+    // Close-to-open: a write still in a's buffers may or may not be seen;
+    // after a's fsync or close it is.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(a.join("note"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, b"new").unwrap();
+    eprintln!(
+        "b reads {:?} while a's write is neither flushed nor closed",
+        read_b()
+    );
+    file.sync_all().unwrap();
+    assert_eq!(read_b(), "new", "after a's fsync");
+    std::io::Seek::rewind(&mut file).unwrap();
+    std::io::Write::write_all(&mut file, b"NEW").unwrap();
+    drop(file);
+    assert_eq!(read_b(), "NEW", "after a's close");
+}
