@@ -106,8 +106,8 @@ pub const TEST_PG_VAR: &str = "WASMHOST_TEST_PG";
 pub struct TestEnv {
     pub home: tempfile::TempDir,
     pub work: tempfile::TempDir,
-    /// `WASMHOST_DB` for this env's commands (none: SQLite in the home).
-    db_url: Option<String>,
+    /// `$WASMHOST_DB` for this env's commands (none: SQLite in the home).
+    pub db: Option<String>,
     /// The database made for this env alone, dropped with it.
     _own_db: Option<pg::Database>,
     /// Where this env's commands run, for a machine of a cluster.
@@ -123,7 +123,7 @@ impl TestEnv {
         Self {
             home: tempfile::tempdir().unwrap(),
             work: tempfile::tempdir().unwrap(),
-            db_url: own_db.as_ref().map(pg::Database::url),
+            db: own_db.as_ref().map(pg::Database::url),
             _own_db: own_db,
             place: None,
         }
@@ -136,7 +136,7 @@ impl TestEnv {
         Self {
             home: tempfile::tempdir().unwrap(),
             work: tempfile::tempdir().unwrap(),
-            db_url: Some(db_url.to_owned()),
+            db: Some(db_url.to_owned()),
             _own_db: None,
             place: Some(place),
         }
@@ -146,9 +146,10 @@ impl TestEnv {
         self.home.path()
     }
 
-    /// The registry's URL when it is in PostgreSQL.
-    pub fn db_url(&self) -> Option<&str> {
-        self.db_url.as_deref()
+    /// Whether this env's registry is in PostgreSQL (else SQLite under the
+    /// home).
+    pub fn on_postgres(&self) -> bool {
+        self.db.is_some()
     }
 
     /// Where volume contents live: `WASMHOST_VOLUMES`, else under the home.
@@ -180,7 +181,7 @@ impl TestEnv {
             .env_remove("WASMHOST_VOLUMES")
             .current_dir(self.work.path())
             .stdin(Stdio::null());
-        if let Some(db) = &self.db_url {
+        if let Some(db) = &self.db {
             command.env("WASMHOST_DB", db);
         }
         if let Some(place) = &self.place {
