@@ -91,8 +91,11 @@ class Machine:
 
     def __init__(self, wh, netns, addr, home, mount, db):
         self.wh, self.netns, self.addr, self.home, self.mount = wh, netns, addr, home, mount
-        self.volumes = mount / "volumes"
-        self.env = dict(os.environ, WASMHOST_HOME=str(home), WASMHOST_DB=db, WASMHOST_VOLUMES=str(self.volumes))
+        # WASMHOST_VOLUMES is a directory on the mount (its root holds
+        # JuiceFS's own files); wasmhost keeps volumes/ and the rest in it.
+        self.shared = mount / "wasmhost"
+        self.volumes = self.shared / "volumes"
+        self.env = dict(os.environ, WASMHOST_HOME=str(home), WASMHOST_DB=db, WASMHOST_VOLUMES=str(self.shared))
 
     def cmd(self, *args):
         return ["nsenter", f"--net=/run/netns/{self.netns}", self.wh] + [str(a) for a in args]
@@ -215,7 +218,7 @@ def cluster(wh, work, tools):
             wait_until(f"the JuiceFS mount at {mount}", lambda: mounted(mount) or client.poll() is not None)
             if client.poll() is not None:
                 raise RuntimeError(f"juicefs mount exited: {(work / f'juicefs-{name}.log').read_text()}")
-            (mount / "volumes").mkdir(exist_ok=True)
+            (mount / "wasmhost").mkdir(exist_ok=True)
             home = work / f"home-{name}"
             home.mkdir()
             result.append(Machine(wh, ns, addr, home, mount, f"{server}/wasmhost"))
@@ -272,7 +275,7 @@ def death_to_rerun(a, b, node_args, samples):
 
 def lines_of(machine, name):
     """The lines of file `name` in the `death` app's volume, as `machine` sees it."""
-    volume = next((p for p in machine.volumes.iterdir() if (p / name).exists()), None)
+    volume = next((p for p in machine.volumes.glob("*") if (p / name).exists()), None)
     return (volume / name).read_text().split() if volume else []
 
 

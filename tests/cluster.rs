@@ -192,9 +192,10 @@ fn run_holding_token(machine: &Machine, app: &Path, token: &str) -> (common::Spa
     (run, lines)
 }
 
-/// Files under `machine`'s volumes (on its mount) holding `needle`.
+/// Files wasmhost keeps on the shared file system (volumes, snapshots, the
+/// trash...), as `machine` mounts it, that hold `needle`.
 fn on_mount(machine: &Machine, needle: &str) -> Vec<std::path::PathBuf> {
-    files_containing(&machine.volumes_dir(), needle)
+    files_containing(machine.shared(), needle)
 }
 
 #[test]

@@ -85,13 +85,14 @@ pub fn skip_reason() -> Option<&'static str> {
     None
 }
 
-/// Where a machine's commands run: its namespace, its address, and where
-/// its volumes live (a directory on its mount of the shared file system).
+/// Where a machine's commands run: its namespace, its address, and its
+/// `WASMHOST_VOLUMES`: a directory on its mount of the shared file system,
+/// under which wasmhost keeps `volumes/`, `snapshots/`, `trash/`...
 #[derive(Clone, Debug)]
 pub struct Place {
     pub netns: String,
     pub addr: Ipv4Addr,
-    pub volumes: PathBuf,
+    pub shared: PathBuf,
 }
 
 impl Place {
@@ -113,7 +114,8 @@ pub struct Machine {
     pub name: String,
     pub place: Place,
     /// Its client's mount of the shared file system (`WASMHOST_VOLUMES`
-    /// is the `volumes` directory in it).
+    /// is the `wasmhost` directory in it: the mount's root holds JuiceFS's
+    /// own files).
     pub mount: Mount,
     env: TestEnv,
 }
@@ -125,6 +127,12 @@ impl Machine {
         let mut args = vec!["--grace", "1s"];
         args.extend_from_slice(extra);
         Node::start_with(&self.env, &args)
+    }
+
+    /// Everything wasmhost keeps on the shared file system, as this
+    /// machine mounts it (`WASMHOST_VOLUMES`).
+    pub fn shared(&self) -> &Path {
+        &self.place.shared
     }
 
     /// A process started in this machine's namespace.
@@ -212,12 +220,12 @@ impl Cluster {
         for i in 0..machines {
             let name = machine_name(i);
             let mount = cluster.mount(i, &name, JUICEFS_OPTIONS);
-            let volumes = mount.path.join("volumes");
-            std::fs::create_dir_all(&volumes).unwrap();
+            let shared = mount.path.join("wasmhost");
+            std::fs::create_dir_all(&shared).unwrap();
             let place = Place {
                 netns: cluster.net.netns(i),
                 addr: cluster.net.machine_addr(i),
-                volumes,
+                shared,
             };
             let env = TestEnv::on_machine(place.clone(), &cluster.db_url);
             cluster.machines.push(Machine {

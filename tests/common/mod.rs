@@ -130,8 +130,9 @@ impl TestEnv {
     }
 
     /// An env whose commands run on a machine of a cluster: in its network
-    /// namespace, on the cluster's registry `db_url`, with the volumes
-    /// under the machine's mount of the shared file system.
+    /// namespace, on the cluster's registry `db_url`, with what wasmhost
+    /// shares (volumes, snapshots, trash) on the machine's mount of the
+    /// shared file system.
     pub fn on_machine(place: cluster::Place, db_url: &str) -> Self {
         Self {
             home: tempfile::tempdir().unwrap(),
@@ -152,10 +153,11 @@ impl TestEnv {
         self.db.is_some()
     }
 
-    /// Where volume contents live: `WASMHOST_VOLUMES`, else under the home.
+    /// Where volume contents live: `volumes/` under `WASMHOST_VOLUMES`,
+    /// else under the home.
     pub fn volumes_dir(&self) -> PathBuf {
         match &self.place {
-            Some(place) => place.volumes.clone(),
+            Some(place) => place.shared.join("volumes"),
             None => self.home().join("volumes"),
         }
     }
@@ -185,7 +187,7 @@ impl TestEnv {
             command.env("WASMHOST_DB", db);
         }
         if let Some(place) = &self.place {
-            command.env("WASMHOST_VOLUMES", &place.volumes);
+            command.env("WASMHOST_VOLUMES", &place.shared);
         }
         command
     }
