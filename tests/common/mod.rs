@@ -528,3 +528,16 @@ impl StdoutLines {
         }
     }
 }
+
+/// A child killed when dropped: a server or node not yet up, whose test
+/// failed before it took the child over.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -104,7 +104,7 @@ impl Node {
             .build()
             .into();
         // Until its line is read, the node is killed on any failure.
-        let mut guard = KillOnDrop(Some(child));
+        let mut guard = super::KillOnDrop(Some(child));
         let line = match listening.recv_timeout(START_BOUND) {
             Ok(line) => line,
             Err(_) => {
@@ -388,17 +388,5 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A child killed when dropped, while a node is not yet up.
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

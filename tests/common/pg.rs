@@ -161,7 +161,7 @@ impl PgServer {
                 .stderr(log)
                 .spawn()
                 .expect("run postgres");
-            let mut child = KillOnDrop(Some(child));
+            let mut child = super::KillOnDrop(Some(child));
             if wait_ready(child.0.as_mut().unwrap(), addresses[0], port, dir.path()) {
                 return PgServer {
                     child: child.0.take().unwrap(),
@@ -239,18 +239,6 @@ fn logs(dir: &Path) -> String {
         }
     }
     all
-}
-
-/// A server killed if it is dropped before it is ready.
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Drop for PgServer {
