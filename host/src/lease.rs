@@ -129,3 +129,25 @@ impl Lease {
         let _ = fs::remove_file(&self.path);
     }
 }
+
+/// STUB on branch `shared` (the lead's process leases replace it): this
+/// process's lease in the cluster registry, made on first use and renewed
+/// every 5 s by a thread of its own, expiring 15 s after the last renewal.
+pub fn process_id(home: &Home) -> Result<String> {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = ID.get() {
+        return Ok(id.clone());
+    }
+    let id = crate::registry::new_id("pr");
+    let owner = format!("process {}", std::process::id());
+    let mut registry = crate::registry::Registry::open(&home.registry())?;
+    registry.write_shared(|tx| tx.renew_lease_stub(&id, &owner, 15_000))?;
+    let renewed = id.clone();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let _ = registry.write_shared(|tx| tx.renew_lease_stub(&renewed, &owner, 15_000));
+        }
+    });
+    Ok(ID.get_or_init(|| id).clone())
+}

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{Client, NoTls, Statement};
 
@@ -19,7 +20,11 @@ use super::backend::{Backend, Row, Value};
 
 /// The schema as an ordered list of migrations, as SQLite's
 /// (`sqlite::MIGRATIONS`); the version is kept in `wasmhost_schema`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres_1.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres_1.sql"),
+    include_str!("migrations/postgres_2.sql"),
+    include_str!("migrations/postgres_3.sql"),
+];
 
 /// Advisory lock keys (any 64-bit numbers no other program of the database
 /// uses): "wasmhost" in ASCII, and then one more.
@@ -122,6 +127,34 @@ impl Postgres {
             .with_context(|| format!("cannot prepare {sql}"))?;
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+}
+
+/// A connection of its own that LISTENs on one channel: what a process's
+/// waiters block on instead of polling (see `locks::cluster`).
+pub struct Listener {
+    client: Client,
+}
+
+impl Listener {
+    pub fn open(url: &str, channel: &str) -> Result<Self> {
+        let mut client = Client::connect(url, NoTls).with_context(|| {
+            format!(
+                "cannot connect to the registry {} to listen",
+                without_password(url)
+            )
+        })?;
+        // A channel is an identifier, not a value: quoted as one.
+        client.batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))?;
+        Ok(Self { client })
+    }
+
+    /// Blocks until a notification arrives; fails once the connection is lost.
+    pub fn wait(&mut self) -> Result<()> {
+        match self.client.notifications().blocking_iter().next()? {
+            Some(_) => Ok(()),
+            None => bail!("the registry closed the connection"),
+        }
     }
 }
 

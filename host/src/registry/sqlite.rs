@@ -96,6 +96,10 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     super::snapshots::MIGRATION_7,
     // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.
     super::schedules::MIGRATION_8,
+    // 9: the lead's (leases, nodes)
+    "",
+    // 10: deployed modules' bytes, for a cluster.
+    super::modules::MIGRATION_10,
 ];
 
 /// Space kept beside the registry for the writes that free space: on a full
