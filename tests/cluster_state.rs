@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::{Run, StdoutLines, TestEnv, path, wait_with_timeout};
@@ -20,23 +20,30 @@ struct Machine {
 }
 
 impl Machine {
-    fn command(&self) -> Command {
-        let mut command = self.env.command();
-        command.env("WASMHOST_VOLUMES", &self.volumes);
-        command
+    /// `ARGS` with the cluster's volumes (`--volumes`, a global option).
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        [&["--volumes", path(&self.volumes)], args].concat()
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        Run(self.command().args(args).output().expect("run wasmhost"))
+        self.env.run(&self.args(args))
     }
 
     fn spawn(&self, args: &[&str]) -> Child {
-        self.command()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wasmhost")
+        self.env.spawn(&self.args(args))
+    }
+
+    /// `call locker fsops -- OP…` (see [`lock_app`]).
+    fn fsops(&self, op: &[&str]) -> Run {
+        self.run(&[&["call", "locker", "fsops", "--"], op].concat())
+    }
+
+    /// A call of `locker` holding the lock on /data/k for `ms`, once it
+    /// holds it.
+    fn holding(&self, ms: &str) -> Child {
+        let mut holder = self.spawn(&["call", "locker", "fsops", "--", "hold-lock", "/data/k", ms]);
+        StdoutLines::of(&mut holder).until("locked", HANG);
+        holder
     }
 }
 
@@ -176,20 +183,8 @@ fn a_lock_is_released_when_its_instance_ends() {
     };
     a.run(&["deploy", path(&lock_app(&a))]).success();
     // The holder ends without releasing; the host releases it.
-    let mut holder = a.spawn(&[
-        "call",
-        "locker",
-        "fsops",
-        "--",
-        "hold-lock",
-        "/data/k",
-        "1000",
-    ]);
-    let lines = StdoutLines::of(&mut holder);
-    lines.until("locked", HANG);
-    let busy = b
-        .run(&["call", "locker", "fsops", "--", "try-lock", "/data/k"])
-        .success();
+    let mut holder = a.holding("1000");
+    let busy = b.fsops(&["try-lock", "/data/k"]).success();
     assert_eq!(
         busy.stdout().trim(),
         "busy",
@@ -197,17 +192,7 @@ fn a_lock_is_released_when_its_instance_ends() {
     );
     // Shorter than a dead process's lease lasts: granted only if the
     // instance's end released it.
-    let waited = b
-        .run(&[
-            "call",
-            "locker",
-            "fsops",
-            "--",
-            "lock-timeout",
-            "/data/k",
-            "10000",
-        ])
-        .success();
+    let waited = b.fsops(&["lock-timeout", "/data/k", "10000"]).success();
     assert_eq!(waited.stdout().trim(), "acquired");
     assert!(wait_with_timeout(&mut holder, HANG).success());
 }
@@ -221,17 +206,7 @@ fn a_killed_holders_lock_goes_to_a_waiter_once_its_lease_expires() {
         return;
     };
     a.run(&["deploy", path(&lock_app(&a))]).success();
-    let mut holder = a.spawn(&[
-        "call",
-        "locker",
-        "fsops",
-        "--",
-        "hold-lock",
-        "/data/k",
-        "600000",
-    ]);
-    let lines = StdoutLines::of(&mut holder);
-    lines.until("locked", HANG);
+    let mut holder = a.holding("600000");
     holder.kill().unwrap();
     holder.wait().unwrap();
     let held = sql(&b, "SELECT fence FROM cluster_locks");
@@ -240,17 +215,8 @@ fn a_killed_holders_lock_goes_to_a_waiter_once_its_lease_expires() {
         1,
         "a killed process's lock stays until its lease expires"
     );
-    let waited = b
-        .run(&[
-            "call",
-            "locker",
-            "fsops",
-            "--",
-            "lock-timeout",
-            "/data/k",
-            &HANG.as_millis().to_string(),
-        ])
-        .success();
+    let wait = HANG.as_millis().to_string();
+    let waited = b.fsops(&["lock-timeout", "/data/k", &wait]).success();
     assert_eq!(waited.stdout().trim(), "acquired");
 }
 
