@@ -750,7 +750,7 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
     crate::calls::prune_if_due(home, registry)?;
     if !reaped.is_empty() {
         // A process that died holding locks left their files.
-        crate::locks::remove_unheld(home, registry)?;
+        crate::locks::remove_unheld(home).context("cannot remove stale lock files")?;
     }
     registry.write(|tx| {
         volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;

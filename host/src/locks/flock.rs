@@ -137,8 +137,9 @@ fn names_file(path: &Path, file: &File) -> bool {
 /// Removes the lock files no one holds: what a process that died holding
 /// locks left. Each is locked first and unlinked only if it is still the
 /// file at its path, the protocol acquire follows, so a lock someone holds
-/// or is about to take is never pulled from under them.
-pub(super) fn remove_unheld(home: &Home) -> std::io::Result<()> {
+/// or is about to take is never pulled from under them. (A cluster's lock
+/// rows are not files: their next taker takes them over.)
+pub fn remove_unheld(home: &Home) -> std::io::Result<()> {
     for volume in fs::read_dir(home.locks_dir())? {
         let Ok(files) = fs::read_dir(volume?.path()) else {
             continue;

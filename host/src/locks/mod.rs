@@ -13,14 +13,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use crate::apps::Mount;
 use crate::home::Home;
-use crate::registry::{Location, Registry};
+use crate::registry::Location;
 
 mod cluster;
 mod flock;
+
+pub use flock::remove_unheld;
 
 /// The longest lock path a guest may pass, in bytes (Linux's `PATH_MAX`).
 /// Checked before the path is copied out of guest memory or split, so a
@@ -231,15 +231,6 @@ fn normalize(path: &str) -> Result<Vec<&str>, LockError> {
         }
     }
     Ok(components)
-}
-
-/// Frees the locks a process that died held: in a cluster, the rows of
-/// owners whose lease expired; on one machine, the lock files no one holds.
-pub fn remove_unheld(home: &Home, registry: &mut Registry) -> anyhow::Result<()> {
-    match home.is_shared() {
-        true => registry.write_shared(|tx| tx.release_dead_cluster_locks()),
-        false => flock::remove_unheld(home).context("cannot remove stale lock files"),
-    }
 }
 
 #[cfg(test)]
