@@ -112,7 +112,10 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// One instance as a holder of cluster locks.
 pub(super) struct Holder {
     home: Home,
-    cluster: Arc<Cluster>,
+    url: String,
+    /// Set at the first acquire, so that an instance that never locks
+    /// costs no connection.
+    cluster: OnceLock<Arc<Cluster>>,
     /// This instance, in the rows of the locks it holds.
     id: String,
 }
@@ -121,15 +124,21 @@ impl Holder {
     pub(super) fn new(home: &Home, url: &str) -> Self {
         Self {
             home: home.clone(),
-            cluster: Cluster::of(home, url),
+            url: url.to_owned(),
+            cluster: OnceLock::new(),
             id: new_id("in"),
         }
+    }
+
+    fn cluster(&self) -> &Arc<Cluster> {
+        self.cluster
+            .get_or_init(|| Cluster::of(&self.home, &self.url))
     }
 
     /// Waits up to `timeout` for the lock `key`, trying once at least.
     pub(super) async fn acquire(&self, key: &str, timeout: Duration) -> Result<(), LockError> {
         let deadline = Instant::now().checked_add(timeout);
-        let mut released = self.cluster.released.subscribe();
+        let mut released = self.cluster().released.subscribe();
         loop {
             // Seen before trying: a release after the try wakes the wait.
             released.borrow_and_update();
@@ -153,7 +162,7 @@ impl Holder {
         let (answer, taken) = oneshot::channel();
         let (home, cluster, holder, key) = (
             self.home.clone(),
-            self.cluster.clone(),
+            self.cluster().clone(),
             self.id.clone(),
             key.to_owned(),
         );
@@ -179,6 +188,6 @@ impl Holder {
 
     /// Releases `key`, or every lock this instance holds.
     pub(super) fn release(&self, key: Option<&str>) -> Result<(), LockError> {
-        self.cluster.release(&self.id, key)
+        self.cluster().release(&self.id, key)
     }
 }
