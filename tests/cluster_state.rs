@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
+use common::node::Node;
 use common::{Run, StdoutLines, TestEnv, path, wait_with_timeout};
 
 const HANG: Duration = Duration::from_secs(120);
@@ -97,13 +98,10 @@ mounts = { "/data" = "data" }
     )
 }
 
-#[test]
-fn a_machine_runs_a_module_deployed_from_another() {
-    let Some((a, b, _volumes)) = cluster() else {
-        return;
-    };
-    // Deployed from a copy that is gone afterwards, as is A's snapshot:
-    // B can get the module from nowhere but the registry.
+/// Deploys app `shipped` (function `hello`) on `a` from a copy of the
+/// module that is gone afterwards, as is `a`'s snapshot of it: another
+/// machine can get the module from nowhere but the registry.
+fn deploy_shipped(a: &Machine) {
     let module = a.env.work.path().join("hello.wasm");
     std::fs::copy(common::guest("hello", common::Target::P1), &module).unwrap();
     let app = a.env.app(
@@ -118,17 +116,28 @@ fn a_machine_runs_a_module_deployed_from_another() {
     for snapshot in std::fs::read_dir(a.env.home().join("modules")).unwrap() {
         std::fs::remove_file(snapshot.unwrap().path()).unwrap();
     }
+}
 
+fn cached_modules(machine: &Machine) -> Vec<PathBuf> {
+    std::fs::read_dir(machine.env.home().join("modules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[test]
+fn a_machine_runs_a_module_deployed_from_another() {
+    let Some((a, b, _volumes)) = cluster() else {
+        return;
+    };
+    deploy_shipped(&a);
     let called = b.run(&["call", "shipped", "hello"]).success();
     assert!(
         called.stdout().contains("hello from wasmhost"),
         "{}",
         called.stdout()
     );
-    let fetched: Vec<_> = std::fs::read_dir(b.env.home().join("modules"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let fetched = cached_modules(&b);
     assert_eq!(fetched.len(), 1, "B keeps the module in its own cache");
 
     // Without the registry's copy, a machine that lacks the file cannot run it.
@@ -145,6 +154,25 @@ fn a_machine_runs_a_module_deployed_from_another() {
     );
     // A copy nothing runs leaves the registry, as local files do.
     assert!(sql(&b, "SELECT digest FROM modules").is_empty());
+}
+
+#[test]
+fn a_node_runs_a_module_deployed_from_another_machine() {
+    let Some((a, b, _volumes)) = cluster() else {
+        return;
+    };
+    deploy_shipped(&a);
+    let node = Node::start(&b.env);
+    let (status, body) = node.post_json(
+        "/v1/apps/shipped/functions/hello/calls",
+        r#"{"args": ["queued"], "spawn": true}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let queued: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ended = node.wait_call(queued["id"].as_str().unwrap(), HANG);
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    assert_eq!(ended["stdout"], "hello from wasmhost\narg: queued\n");
+    assert_eq!(cached_modules(&b).len(), 1, "the node keeps the module");
 }
 
 #[test]
