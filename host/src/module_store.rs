@@ -110,3 +110,31 @@ pub fn remove_unused(home: &Home, tx: &Tx) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_snapshot_is_checked_against_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        let mut registry = Registry::open(&home.registry()).unwrap();
+        let bytes = b"\0asm\x01\0\0\0".to_vec();
+        let digest = sha256_hex(&bytes);
+        let e = fetch(&home, &mut registry, &digest).unwrap_err();
+        assert!(format!("{e:#}").contains("holds no copy"), "{e:#}");
+
+        registry
+            .write(|tx| tx.put_module(&digest, b"something else"))
+            .unwrap();
+        let e = fetch(&home, &mut registry, &digest).unwrap_err();
+        assert!(format!("{e:#}").contains("is damaged"), "{e:#}");
+        assert!(!home.module_snapshot(&digest).exists());
+
+        registry.write(|tx| tx.delete_unused_modules()).unwrap();
+        registry.write(|tx| tx.put_module(&digest, &bytes)).unwrap();
+        fetch(&home, &mut registry, &digest).unwrap();
+        assert_eq!(fs::read(home.module_snapshot(&digest)).unwrap(), bytes);
+    }
+}
