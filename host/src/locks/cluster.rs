@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::LockError;
 use crate::home::Home;
@@ -28,14 +28,21 @@ use crate::registry::{LOCKS_CHANNEL, Listener, new_id};
 /// again: the wait for a dead owner's lease, or for a missed NOTIFY.
 const POLL: Duration = Duration::from_secs(1);
 
+/// The most tries one process makes at once, each on a connection of its
+/// own: a release wakes all of its waiters, which must not need as many
+/// connections as there are waiters.
+const TRIES_AT_ONCE: usize = 4;
+
 /// How long the listener waits before reconnecting after losing the
 /// registry.
 const RECONNECT: Duration = Duration::from_secs(1);
 
 /// What the instances of one process share for one registry: pooled
-/// connections, and a counter its listener bumps at every release.
+/// connections, permits to try, and a counter its listener bumps at every
+/// release.
 struct Cluster {
     registries: Registries,
+    tries: Arc<Semaphore>,
     released: watch::Sender<u64>,
 }
 
@@ -59,6 +66,7 @@ impl Cluster {
                     .expect("the OS cannot start a thread");
                 Arc::new(Cluster {
                     registries: Registries::new(home.clone()),
+                    tries: Arc::new(Semaphore::new(TRIES_AT_ONCE)),
                     released,
                 })
             })
@@ -166,7 +174,11 @@ impl Holder {
             self.id.clone(),
             key.to_owned(),
         );
+        let Ok(permit) = cluster.tries.clone().acquire_owned().await else {
+            return Err(LockError::Io);
+        };
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let fence = cluster.registries.with_sync(|registry| {
                 let owner = lease::process_id(&home)?;
                 registry.write_shared(|tx| tx.take_cluster_lock(&key, &holder, &owner))
