@@ -79,12 +79,23 @@ impl Mount {
 
 impl LiveApp {
     /// The file to load `function`'s module from: its snapshot, or for an
-    /// app deployed by a release that took none, the path it named.
-    pub fn module(&self, home: &Home, function: &str) -> PathBuf {
-        match self.modules.get(function) {
-            Some(digest) => home.module_snapshot(digest),
-            None => self.manifest.functions[function].module.clone(),
+    /// app deployed by a release that took none, the path it named. A
+    /// snapshot this machine lacks (deployed from another) is `fetch`ed
+    /// first, e.g. with `module_store::fetch`.
+    pub fn module(
+        &self,
+        home: &Home,
+        function: &str,
+        fetch: impl FnOnce(&str) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let Some(digest) = self.modules.get(function) else {
+            return Ok(self.manifest.functions[function].module.clone());
+        };
+        let file = home.module_snapshot(digest);
+        if !file.exists() {
+            fetch(digest)?;
         }
+        Ok(file)
     }
 
     /// The mounts of `function`, in app.toml order.
@@ -309,7 +320,7 @@ pub fn deploy(
             }
             let mut modules = BTreeMap::new();
             for (function, snapshot) in snapshots {
-                snapshot.store(home)?;
+                snapshot.store(home, tx)?;
                 modules.insert(function.clone(), snapshot.digest.clone());
             }
             tx.set_app_modules(&record.id, &modules)?;
@@ -382,7 +393,7 @@ fn still_fits(volume: &VolumeRecord, persist: &Option<String>, app_id: &str) -> 
 /// registry's write lock (see `module_store`). A transaction of its own,
 /// after the change that freed them has committed.
 fn remove_unused_modules(home: &Home, registry: &mut Registry) -> Result<()> {
-    registry.write(|tx| module_store::remove_unused(home, &tx.module_digests_in_use()?))
+    registry.write(|tx| module_store::remove_unused(home, tx))
 }
 
 /// Makes the mounts of `app_id` match `manifest`: creates missing ephemeral
@@ -730,7 +741,7 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
     crate::calls::prune_if_due(home, registry)?;
     registry.write(|tx| {
         volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
-        module_store::remove_unused(home, &tx.module_digests_in_use()?)
+        module_store::remove_unused(home, tx)
     })?;
     volumes::purge_in_background(home)?;
     Ok(reaped)

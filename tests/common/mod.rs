@@ -140,6 +140,14 @@ impl TestEnv {
         }
     }
 
+    /// Another home on this env's registry: a second machine's, on one box.
+    pub fn beside(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            ..Self::new_on(None)
+        }
+    }
+
     /// An env whose commands run on a machine of a cluster: in its network
     /// namespace, on the cluster's registry `db_url`, with what wasmhost
     /// shares (volumes, snapshots, trash) on the machine's mount of the

@@ -6,6 +6,7 @@ use clap::Args;
 use wasmhost::calls::{self, Ending, Holder, Recorder};
 use wasmhost::home::Home;
 use wasmhost::invoke::MapRecording;
+use wasmhost::module_store;
 use wasmhost::registry::{CallState, Registry};
 use wasmhost::runtime::{OutputLog, Runtime};
 
@@ -92,7 +93,10 @@ fn call(
     let result = (|| {
         note_lowered_concurrency(invoke, spec);
         let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_ref(), spec))?;
-        let program = load_program(&runtime, &live.module(home, &function), spec, None)?;
+        let module = live.module(home, &function, |digest| {
+            module_store::fetch(home, registry, digest)
+        })?;
+        let program = load_program(&runtime, &module, spec, None)?;
         let recording = match &call_id {
             Some(id) => {
                 let copy = OutputLog::new();

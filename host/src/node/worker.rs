@@ -28,6 +28,7 @@ use crate::invoke::Target;
 use crate::manifest::FunctionSpec;
 use crate::manifest::Route;
 use crate::manifest::units::format_duration;
+use crate::module_store;
 use crate::registry::{
     AppState, Attempt, CallRecord, CallState, ENDED, QUEUED, Registry, Waiter, new_call_id, now_ms,
 };
@@ -687,9 +688,13 @@ impl Worker {
             return Ok(program.clone());
         }
         let spec = &live.manifest.functions[function];
+        let module = live.module(&self.home, function, |digest| {
+            self.registries
+                .with_sync(|registry| module_store::fetch(&self.home, registry, digest))
+        })?;
         let program = Arc::new(
             self.runtime
-                .load(&live.module(&self.home, function), spec)
+                .load(&module, spec)
                 .with_context(|| format!("cannot load the module of function `{function}`"))?,
         );
         let mut programs = lock(&self.programs);

@@ -8,7 +8,7 @@
 //! transactions exclude each other.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,7 +20,9 @@ use crate::volume_usage::Quota;
 
 pub(crate) mod backend;
 mod calls;
+mod cluster_locks;
 mod leases;
+mod modules;
 mod nodes;
 mod postgres;
 mod schedules;
@@ -32,7 +34,9 @@ use backend::{Backend, FromValue, Row, Value, args};
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
+pub use cluster_locks::LOCKS_CHANNEL;
 pub use nodes::{NodeRecord, NodeState};
+pub use postgres::Listener;
 pub use schedules::DueTick;
 pub use secrets::{SealedSecret, SecretRecord};
 pub use snapshots::SnapshotRecord;
@@ -559,19 +563,6 @@ impl Tx<'_> {
             "SELECT function, digest FROM app_modules WHERE app_id = ?1",
             args![app_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok(rows.into_iter().collect())
-    }
-
-    /// Digests of the module snapshots that running apps use, and that
-    /// running calls use (a call started before a redeploy may still be
-    /// about to load the module it was started with).
-    pub fn module_digests_in_use(&self) -> Result<BTreeSet<String>> {
-        let rows = self.query(
-            "SELECT m.digest FROM app_modules m JOIN apps a ON a.id = m.app_id WHERE a.state = 'running'
-             UNION SELECT module FROM calls WHERE state = 'running' AND module IS NOT NULL",
-            args![],
-            |r| r.get(0),
         )?;
         Ok(rows.into_iter().collect())
     }

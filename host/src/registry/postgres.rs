@@ -23,6 +23,7 @@ use super::backend::{Backend, Row, Value};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres_1.sql"),
     include_str!("migrations/postgres_2.sql"),
+    include_str!("migrations/postgres_3.sql"),
 ];
 
 /// Advisory lock keys (any 64-bit numbers no other program of the database
@@ -297,11 +298,12 @@ impl Backend for Postgres {
     }
 }
 
-/// A connection that LISTENs, for [`super::Waiter`].
-pub(super) struct Listener(Postgres);
+/// A connection of its own that LISTENs: what a process's waiters block on
+/// instead of polling (see [`super::Waiter`], `locks::cluster`).
+pub struct Listener(Postgres);
 
 impl Listener {
-    pub(super) fn open(url: &str, channels: &[&str]) -> Result<Self> {
+    pub fn open(url: &str, channels: &[&str]) -> Result<Self> {
         let mut db = Postgres::open(url)?;
         for channel in channels {
             db.client.batch_execute(&format!("LISTEN {channel}"))?;
@@ -311,7 +313,7 @@ impl Listener {
 
     /// Waits up to `timeout` for a notification; true if one came. Any
     /// others already here are taken with it: one wake-up covers them.
-    pub(super) fn wait(&mut self, timeout: std::time::Duration) -> Result<bool> {
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Result<bool> {
         use postgres::fallible_iterator::FallibleIterator;
         let mut notifications = self.0.client.notifications();
         let woken = notifications.timeout_iter(timeout).next()?.is_some();

@@ -98,6 +98,8 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     super::schedules::MIGRATION_8,
     // 9: nodes, and leases as rows (filled in a cluster only).
     super::nodes::MIGRATION_9,
+    // 10: deployed modules' bytes, for a cluster.
+    super::modules::MIGRATION_10,
 ];
 
 /// Space kept beside the registry for the writes that free space: on a full

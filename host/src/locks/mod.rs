@@ -1,34 +1,26 @@
 //! Guest locks: `wasmhost:host/lock`, exclusive locks on paths inside
 //! mounted volumes.
 //!
-//! Each lock is an `flock` on a host-side lock file under
-//! `$WASMHOST_HOME/locks/<volume-id>/`, outside every volume, so a guest can
-//! neither see nor delete it. `flock` belongs to the open file description:
-//! two instances in one process exclude each other like two processes do, and
-//! the kernel drops the lock when the file is closed — when the instance's
-//! store is dropped after it returns, traps or times out, or when the process
-//! dies.
-//!
-//! Lock files do not outlive their use. Whoever holds a lock unlinks its file
-//! before letting go of it (on release, or when the instance ends), so a
-//! guest taking many distinct locks leaves nothing behind. That makes the
-//! file at a path change under a waiter: a waiter that wins the flock checks
-//! that the path still names the file it locked (fstat against stat) and
-//! starts over on the new file if not, so two holders never lock different
-//! files for one path. A process that dies holding locks leaves their files;
-//! housekeeping removes those ([`remove_unheld`]) under the same protocol
-//! when it finds such a process.
+//! A lock's identity is its volume and its path in the volume, whichever
+//! mount names it. On one machine a lock is an `flock` on a lock file
+//! (`flock`); in a cluster, a row in the registry that every machine sees
+//! (`cluster`). Either way the guest API is the same, a wait is a future
+//! that a stop or the instance's timeout abandons at once
+//! (`instance::until_stopped`), and the locks an instance still holds are
+//! released when its table is dropped (it returned, trapped or timed out)
+//! or its process dies.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::apps::Mount;
-use crate::digest::sha256_hex;
 use crate::home::Home;
+use crate::registry::Location;
+
+mod cluster;
+mod flock;
+
+pub use flock::remove_unheld;
 
 /// The longest lock path a guest may pass, in bytes (Linux's `PATH_MAX`).
 /// Checked before the path is copied out of guest memory or split, so a
@@ -72,21 +64,13 @@ struct LockMount {
     sub_path: Option<String>,
 }
 
-/// A lock this instance holds: the locked file, and the path that names it
-/// (to unlink before the lock is let go).
-struct Held {
-    /// Kept open only to keep the flock: closing it releases the lock.
-    _file: File,
-    path: PathBuf,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        // Unlinked while still locked: anyone waiting on this file sees it
-        // is no longer the one at `path` and locks that one instead. Gone
-        // already if its volume was deleted meanwhile.
-        let _ = fs::remove_file(&self.path);
-    }
+/// A lock this instance holds.
+enum Held {
+    /// Its lock file, unlinked and unlocked when dropped.
+    File(flock::LockFile),
+    /// Its row in the cluster's registry, deleted by [`InstanceLocks::release`]
+    /// or when the table is dropped.
+    Row,
 }
 
 /// The locks of one instance. A wait for a lock is a future: a stop or the
@@ -96,17 +80,14 @@ pub struct InstanceLocks {
     home: Home,
     mounts: Vec<LockMount>,
     held: HashMap<String, Held>,
+    /// In a cluster: this instance as the holder of registry locks.
+    cluster: Option<cluster::Holder>,
     /// The function's `max_locks`.
     max_locks: usize,
     /// Whether an acquire was refused for `max_locks`, so a failure that
     /// follows can say why.
     limit_hit: bool,
 }
-
-/// How long a waiter sleeps between attempts, at first and at most: flock
-/// has no wait that a future could await.
-const FIRST_PAUSE: Duration = Duration::from_micros(200);
-const LONGEST_PAUSE: Duration = Duration::from_millis(10);
 
 impl InstanceLocks {
     pub fn new(home: &Home, mounts: &[Mount], max_locks: usize) -> Self {
@@ -125,6 +106,10 @@ impl InstanceLocks {
                 })
                 .collect(),
             held: HashMap::new(),
+            cluster: match home.registry() {
+                Location::Postgres(url) => Some(cluster::Holder::new(home, &url)),
+                Location::File(_) => None,
+            },
             max_locks,
             limit_hit: false,
         }
@@ -137,7 +122,7 @@ impl InstanceLocks {
 
     /// Waits up to `timeout` for the lock on `path`.
     pub async fn acquire(&mut self, path: &str, timeout: Duration) -> Result<(), LockError> {
-        let (key, volume_id, file_path) = self.resolve(path)?;
+        let (key, volume_id, relative) = self.resolve(path)?;
         if self.held.contains_key(&key) {
             return Err(LockError::AlreadyHeld);
         }
@@ -145,44 +130,15 @@ impl InstanceLocks {
             self.limit_hit = true;
             return Err(LockError::TooManyLocks);
         }
-        let deadline = Instant::now().checked_add(timeout);
-        let mut pause = FIRST_PAUSE;
-        let mut replaced = false;
-        loop {
-            let file = self.open_lock_file(volume_id, &file_path)?;
-            loop {
-                match file.try_lock() {
-                    Ok(()) => break,
-                    Err(fs::TryLockError::WouldBlock) => {}
-                    Err(fs::TryLockError::Error(_)) => return Err(LockError::Io),
-                }
-                let now = Instant::now();
-                let left = deadline.map_or(LONGEST_PAUSE, |d| d.saturating_duration_since(now));
-                if left.is_zero() {
-                    return Err(LockError::Timeout);
-                }
-                tokio::time::sleep(pause.min(left)).await;
-                pause = (pause * 2).min(LONGEST_PAUSE);
+        let held = match &self.cluster {
+            Some(cluster) => {
+                cluster.acquire(&key, timeout).await?;
+                Held::Row
             }
-            if names_file(&file_path, &file) {
-                self.held.insert(
-                    key,
-                    Held {
-                        _file: file,
-                        path: file_path,
-                    },
-                );
-                return Ok(());
-            }
-            // Its holder unlinked it when letting go: lock the file that is
-            // at the path now. Once more at least, whatever the timeout (the
-            // lock was free a moment ago); past that, not beyond the timeout
-            // however fast others take and let go of it.
-            if replaced && deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(LockError::Timeout);
-            }
-            replaced = true;
-        }
+            None => Held::File(flock::acquire(&self.home, volume_id, &relative, timeout).await?),
+        };
+        self.held.insert(key, held);
+        Ok(())
     }
 
     /// Takes the lock on `path` if it is free.
@@ -196,13 +152,21 @@ impl InstanceLocks {
 
     pub fn release(&mut self, path: &str) -> Result<(), LockError> {
         let (key, _, _) = self.resolve(path)?;
-        // Dropping it unlinks the lock file, then closing it releases the flock.
-        self.held.remove(&key).map(drop).ok_or(LockError::NotHeld)
+        match (self.held.remove(&key), &self.cluster) {
+            (None, _) => Err(LockError::NotHeld),
+            (Some(Held::Row), Some(cluster)) => cluster.release(Some(&key)),
+            (Some(Held::Row), None) => Ok(()),
+            (Some(Held::File(file)), _) => {
+                // Unlinks the lock file, then closing it releases the flock.
+                drop(file);
+                Ok(())
+            }
+        }
     }
 
-    /// The lock's identity (`volume-id/relative/path`), its volume, and its
-    /// lock file.
-    fn resolve(&self, path: &str) -> Result<(String, &str, PathBuf), LockError> {
+    /// The lock's identity (`volume-id/relative/path`), its volume, and
+    /// its path in the volume.
+    fn resolve(&self, path: &str) -> Result<(String, &str, String), LockError> {
         let components = normalize(path)?;
         let absolute = path.starts_with('/');
         let mount = self
@@ -231,53 +195,23 @@ impl InstanceLocks {
             .chain(components[prefix_len..].iter().copied())
             .collect::<Vec<_>>()
             .join("/");
-        let digest = sha256_hex(relative.as_bytes());
-        let file = self
-            .home
-            .volume_locks_dir(&mount.volume_id)
-            .join(format!("{digest}.lock"));
         Ok((
             format!("{}/{relative}", mount.volume_id),
             &mount.volume_id,
-            file,
+            relative,
         ))
-    }
-
-    /// Opens (creating) the lock file at `path`. Its directory is made with
-    /// the volume; a home from before that gets it here, but only while the
-    /// volume exists, so a guest that outlives its deleted volume cannot
-    /// bring the directory back.
-    fn open_lock_file(&self, volume_id: &str, path: &Path) -> Result<File, LockError> {
-        let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-        };
-        match open() {
-            Ok(file) => Ok(file),
-            Err(e)
-                if e.kind() == ErrorKind::NotFound && self.home.volume_dir(volume_id).is_dir() =>
-            {
-                match fs::create_dir(self.home.volume_locks_dir(volume_id)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                    Err(_) => return Err(LockError::Io),
-                }
-                open().map_err(|_| LockError::Io)
-            }
-            Err(_) => Err(LockError::Io),
-        }
     }
 }
 
-/// Whether `path` still names the file `file` is open on.
-fn names_file(path: &Path, file: &File) -> bool {
-    match (fs::metadata(path), file.metadata()) {
-        (Ok(at_path), Ok(open)) => at_path.dev() == open.dev() && at_path.ino() == open.ino(),
-        _ => false,
+impl Drop for InstanceLocks {
+    fn drop(&mut self) {
+        if let Some(cluster) = &self.cluster
+            && self.held.values().any(|held| matches!(held, Held::Row))
+        {
+            // Best effort: if the registry cannot be reached, the rows
+            // are freed when this process's lease expires.
+            let _ = cluster.release(None);
+        }
     }
 }
 
@@ -299,30 +233,11 @@ fn normalize(path: &str) -> Result<Vec<&str>, LockError> {
     Ok(components)
 }
 
-/// Removes the lock files no one holds: what a process that died holding
-/// locks left. Each is locked first and unlinked only if it is still the
-/// file at its path, the protocol acquire follows, so a lock someone holds
-/// or is about to take is never pulled from under them.
-pub fn remove_unheld(home: &Home) -> std::io::Result<()> {
-    for volume in fs::read_dir(home.locks_dir())? {
-        let Ok(files) = fs::read_dir(volume?.path()) else {
-            continue;
-        };
-        for file in files {
-            let path = file?.path();
-            let Ok(file) = File::open(&path) else {
-                continue;
-            };
-            if file.try_lock().is_ok() && names_file(&path, &file) {
-                let _ = fs::remove_file(&path);
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::path::PathBuf;
+
     use super::*;
 
     fn table(home: &Home, mounts: &[(&str, bool)], max_locks: usize) -> InstanceLocks {
@@ -498,7 +413,7 @@ mod tests {
         let mut locks = table(&home, &[("/cache", false)], 8);
         block_on(locks.acquire("/cache/held", Duration::ZERO)).unwrap();
         fs::write(home.volume_locks_dir("vo-0").join("left.lock"), "").unwrap();
-        remove_unheld(&home).unwrap();
+        flock::remove_unheld(&home).unwrap();
         assert_eq!(lock_files(&home), 1);
         assert_eq!(locks.release("/cache/held"), Ok(()));
     }
