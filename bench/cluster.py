@@ -33,7 +33,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from run import free_port
+from run import free_port, stop
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 JUICEFS_VERSION = "1.4.2"
@@ -234,12 +234,7 @@ def kill_netns(ns):
 
 def unmount(client, mount):
     if client.poll() is None:
-        client.terminate()
-        try:
-            client.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            client.wait()
+        stop(client, 15)
     if mounted(mount):
         subprocess.run(["umount", "-l", str(mount)])
 

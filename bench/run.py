@@ -360,6 +360,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop(process, timeout):
+    """Terminates `process`, killing it if it is not gone within `timeout` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def fetch(url, body=None, headers=None, timeout=10):
     """(status, body text) of one HTTP request; (None, reason) when none answered."""
     request = urllib.request.Request(url, data=body, headers=headers or {})
@@ -387,12 +397,7 @@ def served(cmd, env, log, ready_url, cwd=None):
             time.sleep(0.1)
         yield server
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, 10)
 
 
 def wrk(url, clients, seconds, script=None, closes=False):
