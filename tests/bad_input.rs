@@ -406,3 +406,60 @@ fn unknown_commands_and_flags_are_usage_errors() {
         assert!(run.stderr().starts_with("error: "), "{}", run.stderr());
     }
 }
+
+/// A registry or volumes location that cannot be is bad usage, named in one
+/// line; a PostgreSQL that does not answer is a failure, named without its
+/// password. Neither makes a home.
+#[test]
+fn a_bad_db_or_volumes_location_is_one_line_and_hides_the_password() {
+    let env = TestEnv::new();
+    let volumes = env.work.path().join("not-mounted");
+    let home = env.home().join("fresh");
+    let home = common::path(&home);
+    usage_error(
+        &env,
+        &[
+            "--home",
+            home,
+            "--db",
+            "mysql://me:hunter2@db/x",
+            "app",
+            "list",
+        ],
+        &["--db", "postgres://"],
+    );
+    usage_error(
+        &env,
+        &[
+            "--home",
+            home,
+            "--volumes",
+            common::path(&volumes),
+            "app",
+            "list",
+        ],
+        &["--volumes", "not-mounted", "not a directory"],
+    );
+    // Port 1 on loopback: nothing listens there.
+    let run = env
+        .run(&[
+            "--home",
+            home,
+            "--db",
+            "postgres://me:hunter2@127.0.0.1:1/x",
+            "app",
+            "list",
+        ])
+        .code_is(1);
+    let stderr = run.stderr();
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr.contains("cannot connect to the registry postgres://me:***@127.0.0.1:1/x"),
+        "{stderr:?}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password leaked: {stderr:?}"
+    );
+    assert!(!env.home().join("fresh").join("registry.db").exists());
+}

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::error::usage;
 use crate::registry::Location;
 
 /// Directory names under `$WASMHOST_HOME`.
@@ -62,11 +63,12 @@ impl Home {
             Some(url) => {
                 let url = url
                     .into_string()
-                    .map_err(|_| anyhow::anyhow!("WASMHOST_DB is not UTF-8"))?;
+                    .map_err(|_| usage!("WASMHOST_DB (--db) is not UTF-8"))?;
                 if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-                    anyhow::bail!(
-                        "WASMHOST_DB (--db) is {url:?}; give a postgres://USER@HOST:PORT/DATABASE URL, or unset it for the embedded registry"
-                    );
+                    return Err(usage!(
+                        "WASMHOST_DB (--db) is {:?}; give a postgres://USER@HOST:PORT/DATABASE URL, or unset it for the embedded registry",
+                        url.split('@').next_back().unwrap_or_default()
+                    ));
                 }
                 Some(url)
             }
@@ -75,10 +77,10 @@ impl Home {
         if let Some(dir) = &shared
             && !dir.is_dir()
         {
-            anyhow::bail!(
+            return Err(usage!(
                 "WASMHOST_VOLUMES (--volumes) is {}, which is not a directory; mount the shared file system there first",
                 dir.display()
-            );
+            ));
         }
         Ok(Self { root, db, shared })
     }
