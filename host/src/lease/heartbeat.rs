@@ -129,7 +129,7 @@ pub fn process_id(home: &Home) -> Result<String> {
 
 /// Whether process lease `owner` belonged to a process of this machine
 /// (its local half is in this home) that has died (no one holds that).
-fn died_here(home: &Home, owner: &str) -> Result<bool> {
+pub fn died_here(home: &Home, owner: &str) -> Result<bool> {
     Ok(home.lease_file(owner).exists() && !FileLease::is_held(home, owner)?)
 }
 
@@ -172,11 +172,16 @@ impl RowLease {
     }
 
     pub(super) fn remove_orphans(home: &Home, is_running: impl Fn(&str) -> bool) -> Result<()> {
-        // The local halves of processes' leases (`pr-…`): those no live
-        // process holds are of the dead.
-        FileLease::remove_orphans(home, |_| false)?;
         with_reader(home, |registry| {
-            let expired = registry.read(|tx| tx.expired_lease_ids())?;
+            let (all, expired) =
+                registry.read(|tx| Ok((tx.lease_ids()?, tx.expired_lease_ids()?)))?;
+            // The local halves of processes' leases (`pr-…`) that no live
+            // process holds are of the dead; kept while their rows live,
+            // since they are what tells others here so before the rows
+            // expire.
+            FileLease::remove_orphans(home, |id| {
+                all.iter().any(|a| a == id) && !expired.iter().any(|e| e == id)
+            })?;
             let orphans: Vec<&String> = expired.iter().filter(|id| !is_running(id)).collect();
             if orphans.is_empty() {
                 return Ok(());

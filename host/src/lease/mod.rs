@@ -20,7 +20,7 @@ use crate::home::Home;
 use flock::FileLease;
 use heartbeat::RowLease;
 
-pub use heartbeat::{Timing, process_id, set_timing, timing};
+pub use heartbeat::{Timing, died_here, process_id, set_timing, timing};
 
 /// A held lease; dropping it without [`Lease::release`] is what a crash
 /// looks like: its owner is gone, and others may take it over.

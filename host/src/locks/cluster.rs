@@ -183,7 +183,11 @@ impl Holder {
             let _permit = permit;
             let fence = cluster.registries.with_sync(|registry| {
                 let owner = lease::process_id(&home)?;
-                registry.write_shared(|tx| tx.take_cluster_lock(&key, &holder, &owner))
+                registry.write_shared(|tx| {
+                    tx.take_cluster_lock(&key, &holder, &owner, |other| {
+                        lease::died_here(&home, other).unwrap_or(false)
+                    })
+                })
             });
             if let Err(Ok(Some(_))) = answer.send(fence) {
                 // The waiter was abandoned while this ran: not its lock.

@@ -17,7 +17,15 @@ pub const LOCKS_CHANNEL: &str = "wasmhost_locks";
 impl Tx<'_> {
     /// Grants `key` to instance `holder` of the process whose lease is
     /// `owner`, unless a live process holds it; returns the grant's fence.
-    pub fn take_cluster_lock(&self, key: &str, holder: &str, owner: &str) -> Result<Option<i64>> {
+    /// `died_here` tells owners known dead at once (a process of this
+    /// machine), whose leases have yet to expire.
+    pub fn take_cluster_lock(
+        &self,
+        key: &str,
+        holder: &str,
+        owner: &str,
+        died_here: impl Fn(&str) -> bool,
+    ) -> Result<Option<i64>> {
         // Free: no row (or one being made, which this waits for).
         let taken = self.query_opt(
             "INSERT INTO cluster_locks (key, holder, owner, fence, taken_at)
@@ -34,23 +42,30 @@ impl Tx<'_> {
         // statement's snapshot may predate the lease of a process that has
         // just taken the lock (READ COMMITTED re-reads the row it waited
         // for, but not the other tables it reads), and would take it over.
-        let held = self.query_opt(
-            "SELECT 1 FROM cluster_locks WHERE key = ?1 FOR UPDATE",
+        let held: Option<String> = self.query_opt(
+            "SELECT owner FROM cluster_locks WHERE key = ?1 FOR UPDATE",
             args![key],
-            |_| Ok(()),
+            |r| r.get(0),
         )?;
-        if held.is_none() {
+        let Some(held_by) = held else {
             // Released meanwhile, which woke the waiters: the next try.
             return Ok(None);
-        }
-        self.query_opt(
-            "UPDATE cluster_locks
-             SET holder = ?2, owner = ?3, fence = nextval('cluster_lock_fences'),
-                 taken_at = (extract(epoch from clock_timestamp()) * 1000)::bigint
-             WHERE key = ?1 AND NOT EXISTS (
+        };
+        let lease_check = if died_here(&held_by) {
+            ""
+        } else {
+            "AND NOT EXISTS (
                  SELECT 1 FROM leases l WHERE l.id = cluster_locks.owner
-                 AND l.expires_at > (extract(epoch from clock_timestamp()) * 1000)::bigint)
-             RETURNING fence",
+                 AND l.expires_at > (extract(epoch from clock_timestamp()) * 1000)::bigint)"
+        };
+        self.query_opt(
+            &format!(
+                "UPDATE cluster_locks
+                 SET holder = ?2, owner = ?3, fence = nextval('cluster_lock_fences'),
+                     taken_at = (extract(epoch from clock_timestamp()) * 1000)::bigint
+                 WHERE key = ?1 {lease_check}
+                 RETURNING fence"
+            ),
             args![key, holder, owner],
             |r| r.get(0),
         )
