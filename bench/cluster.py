@@ -24,10 +24,12 @@ import contextlib
 import fcntl
 import os
 import queue
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -180,10 +182,11 @@ def cluster(wh, work, tools):
             if not back.startswith(f"{root} dev eth0 "):
                 raise RuntimeError(f"refusing: {ns} reaches {root} other than over its veth: {back}")
 
-        pg = work / "pg"
-        pg.mkdir()
+        # Under /tmp, which the postgres user can reach (the bench's own
+        # directory is private to root).
+        pg = Path(tempfile.mkdtemp(prefix="wasmhost-bench-pg-"))
+        stack.callback(shutil.rmtree, pg, ignore_errors=True)
         if os.geteuid() == 0:
-            os.chmod(work, 0o711)
             run(["chown", "postgres:", pg])
         run(as_postgres([PG_BIN / "initdb", "-D", pg / "data", "-U", "postgres", "--auth=trust", "-E", "UTF8",
                          "--no-sync"]))
@@ -249,11 +252,12 @@ def remote_rate(machine, inputs, count):
     return count / elapsed
 
 
-def death_to_rerun(a, b, node_args, samples):
+def death_to_rerun(a, b, node_args, samples, first):
     """Seconds from `kill -9` of a's node, running one call, to that call
-    starting again on b's node; one figure per sample."""
+    starting again on b's node; one figure per sample, numbered from
+    `first` (each sample's number is new to the `started` file)."""
     times = []
-    for i in range(samples):
+    for i in range(first, first + samples):
         with a.node(*node_args) as (_, proc_a), contextlib.ExitStack() as nodes:
             call = a.run("call", "death", "work", "--spawn", "--", "wait-for", "/v", "append", "/v/started",
                          str(i), ";", "sleep", "600000").strip()
@@ -317,18 +321,20 @@ def measure(tools, tools_dir, work, row, commands, quick):
         solo_env = dict(os.environ, WASMHOST_HOME=str(cwork / "solo-home"))
         solo, clustered = [], []
         for _ in range(3):
-            n, s = run([wh, "run", locks, "--", "lockloop", "/v/l", lock_n], env=solo_env).split()
+            n, s = run([wh, "run", locks, "--", "/v/l", lock_n], env=solo_env).split()
             solo.append(int(n) / float(s))
-            n, s = a.run("run", locks, "--", "lockloop", "/v/l", lock_n).split()
+            n, s = a.run("run", locks, "--", "/v/l", lock_n).split()
             clustered.append(int(n) / float(s))
-        commands += [f"{wh} run {locks} -- lockloop /v/l {lock_n}   # SQLite home, then WASMHOST_DB=postgres://..."]
+        commands += [f"{wh} run {locks} -- /v/l {lock_n}   # SQLite home, then WASMHOST_DB=postgres://..."]
         row(f"lock acquire+release in a guest, {lock_n} in a row, PostgreSQL vs SQLite/flock, median of 3",
             statistics.median(clustered), statistics.median(solo), "pairs/s", "(reported)")
 
         # From a node's death to its call running elsewhere.
+        first = 0
         for label, args, dead_after, samples in [("1s heartbeat, dead after 3s", FAST, 3, 3 if quick else 5),
                                                  ("defaults: 5s, dead after 15s", [], 15, 1 if quick else 3)]:
-            times = death_to_rerun(a, b, args, samples)
+            times = death_to_rerun(a, b, args, samples, first)
+            first += samples
             row(f"node death (kill -9) to its call running on the other node, {label}, median of {samples}",
                 statistics.median(times), dead_after, "s", "(reported)")
         commands += [f"{wh} call death work --spawn -- wait-for /v append /v/started N ; sleep 600000   "

@@ -21,7 +21,8 @@ use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::FunctionSpec;
 use crate::registry::{
-    AppKind, AppRecord, CallRecord, CallState, NewCall, Registry, Tx, new_call_id, new_id, now_ms,
+    AppKind, AppRecord, CallRecord, CallState, NewCall, QUEUED, Registry, Tx, new_call_id, new_id,
+    now_ms,
 };
 use crate::runtime::Outcome;
 
@@ -162,7 +163,7 @@ pub fn queue_calls(
                     tick: None,
                 })?;
             }
-            Ok(())
+            tx.notify(QUEUED)
         })?;
         for (id, _) in &batch {
             queued(id)?;

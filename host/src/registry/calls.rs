@@ -296,7 +296,9 @@ impl Tx<'_> {
         self.query(sql, params, call_from_row)
     }
 
-    /// Records a call: queued, running its first attempt, or over.
+    /// Records a call: queued, running its first attempt, or over. Who
+    /// queues calls wakes the nodes ([`Tx::notify`] on `QUEUED`) once for
+    /// all of a transaction's.
     pub fn insert_call(&self, call: &NewCall) -> Result<()> {
         let now = now_ms();
         let (mut state, mut started, holder, node) = match call.running {
@@ -329,9 +331,6 @@ impl Tx<'_> {
                 error,
                 call.tick,
             ])?;
-        if state == CallState::Queued {
-            self.notify(super::QUEUED)?;
-        }
         Ok(())
     }
 

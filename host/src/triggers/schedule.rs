@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::apps;
 use crate::calls::max_attempts;
 use crate::manifest::AppManifest;
-use crate::registry::{NewCall, Registry, format_ms, new_call_id, now_ms};
+use crate::registry::{NewCall, QUEUED, Registry, format_ms, new_call_id, now_ms};
 
 /// How late a due tick may be claimed and still run. Past it, the tick
 /// passed while no node served its app, and is dropped rather than run
@@ -204,6 +204,9 @@ pub fn run_due(registry: &mut Registry) -> Result<usize> {
                 tick: Some(due.next_tick),
             })?;
             queued += 1;
+        }
+        if queued > 0 {
+            tx.notify(QUEUED)?;
         }
         Ok(queued)
     })
