@@ -376,10 +376,10 @@ impl Tx<'_> {
 
     /// How many calls of `function` of `app_id` run now, by anyone.
     pub fn running_count(&self, app_id: &str, function: &str) -> Result<u32> {
-        Ok(self.query_value(
+        self.query_value(
             "SELECT count(*) FROM calls WHERE app_id = ?1 AND function = ?2 AND state = 'running'",
             args![app_id, function],
-        )?)
+        )
     }
 
     /// Starts the next attempt of queued call `id` under `holder`; false if
@@ -460,7 +460,7 @@ impl Tx<'_> {
     /// Whether an attempt of call `id` has started and its runner has not
     /// let go of it yet.
     pub fn attempt_open(&self, id: &str) -> Result<bool> {
-        Ok(self.query_value("SELECT EXISTS (SELECT 1 FROM calls WHERE id = ?1 AND started_at IS NOT NULL AND released_at IS NULL)", args![id])?)
+        self.query_value("SELECT EXISTS (SELECT 1 FROM calls WHERE id = ?1 AND started_at IS NOT NULL AND released_at IS NULL)", args![id])
     }
 
     /// Puts running call `id` back in the queue for another attempt no
@@ -641,9 +641,9 @@ impl Tx<'_> {
             |r| r.get(0),
         )?;
         let before = cutoff.map_or(before, |c| c.max(before));
-        Ok(self.execute(
+        self.execute(
             "DELETE FROM calls WHERE finished_at IS NOT NULL AND created_at < ?1",
             args![before],
-        )?)
+        )
     }
 }

@@ -158,11 +158,11 @@ impl Tx<'_> {
 
     /// Whether a call an earlier tick made is still queued or running.
     pub fn scheduled_run_going(&self, app_id: &str, function: &str) -> Result<bool> {
-        Ok(self.query_value(
+        self.query_value(
             "SELECT EXISTS (SELECT 1 FROM calls WHERE app_id = ?1 AND function = ?2
                                 AND tick IS NOT NULL AND state IN ('queued', 'running'))",
             args![app_id, function],
-        )?)
+        )
     }
 
     /// Records tick `tick` as skipped, `why`.
