@@ -736,7 +736,7 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
 pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     // In a cluster, one process at a time reaps; the others go on.
     let reaped = registry
-        .exclusively(|registry| reap_the_dead(home, registry))?
+        .as_the_only_reaper(|registry| reap_the_dead(home, registry))?
         .unwrap_or_default();
     crate::calls::prune_if_due(home, registry)?;
     registry.write(|tx| {

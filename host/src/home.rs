@@ -58,6 +58,12 @@ impl Home {
                 PathBuf::from(home).join(".wasmhost")
             }
         };
+        Self::with_settings(root)
+    }
+
+    /// A home at `root` with the registry and volumes `$WASMHOST_DB` and
+    /// `$WASMHOST_VOLUMES` name, checked.
+    fn with_settings(root: PathBuf) -> Result<Self> {
         let db = match setting("WASMHOST_DB") {
             None => None,
             Some(url) => {
@@ -88,11 +94,7 @@ impl Home {
     /// Opens (creating if needed) a state directory at `root`, with the
     /// registry and volumes `$WASMHOST_DB` and `$WASMHOST_VOLUMES` say.
     pub fn at(root: PathBuf) -> Result<Self> {
-        Self {
-            root,
-            ..Self::locate()?
-        }
-        .create()
+        Self::with_settings(root)?.create()
     }
 
     fn create(self) -> Result<Self> {

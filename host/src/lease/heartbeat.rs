@@ -173,16 +173,21 @@ impl RowLease {
 
     pub(super) fn remove_orphans(home: &Home, is_running: impl Fn(&str) -> bool) -> Result<()> {
         with_reader(home, |registry| {
-            let (all, expired) =
-                registry.read(|tx| Ok((tx.lease_ids()?, tx.expired_lease_ids()?)))?;
+            let leases = registry.read(|tx| tx.leases())?;
             // The local halves of processes' leases (`pr-…`) that no live
             // process holds are of the dead; kept while their rows live,
             // since they are what tells others here so before the rows
             // expire.
             FileLease::remove_orphans(home, |id| {
-                all.iter().any(|a| a == id) && !expired.iter().any(|e| e == id)
+                leases
+                    .iter()
+                    .any(|(lease, expired)| lease == id && !expired)
             })?;
-            let orphans: Vec<&String> = expired.iter().filter(|id| !is_running(id)).collect();
+            let orphans: Vec<&String> = leases
+                .iter()
+                .filter(|(id, expired)| *expired && !is_running(id))
+                .map(|(id, _)| id)
+                .collect();
             if orphans.is_empty() {
                 return Ok(());
             }
@@ -196,18 +201,12 @@ impl RowLease {
     }
 
     pub(super) fn ids(home: &Home) -> Result<Vec<String>> {
-        with_reader(home, |registry| registry.read(|tx| tx.lease_ids()))
+        let leases = with_reader(home, |registry| registry.read(|tx| tx.leases()))?;
+        Ok(leases.into_iter().map(|(id, _)| id).collect())
     }
 
     pub(super) fn is_held(home: &Home, id: &str) -> Result<bool> {
-        let owner = with_reader(home, |registry| {
-            registry.read(|tx| {
-                Ok(match tx.lease_live(id)? {
-                    true => tx.lease_owner(id)?,
-                    false => None,
-                })
-            })
-        })?;
+        let owner = with_reader(home, |registry| registry.read(|tx| tx.live_lease_owner(id)))?;
         match owner {
             Some(owner) => Ok(!died_here(home, &owner)?),
             None => Ok(false),

@@ -21,8 +21,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use super::LockError;
 use crate::home::Home;
 use crate::lease;
-use crate::node::Registries;
-use crate::registry::{LOCKS_CHANNEL, Listener, new_id};
+use crate::registry::{LOCKS_CHANNEL, Listener, Registries, new_id};
 
 /// How long a waiter sleeps when no release is announced before it tries
 /// again: the wait for a dead owner's lease, or for a missed NOTIFY.

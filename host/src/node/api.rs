@@ -19,13 +19,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::Registries;
 use super::token::authorized;
 use super::web;
 use super::worker::Worker;
 use crate::calls;
 use crate::error::UsageError;
 use crate::manifest::{self, units};
+use crate::registry::Registries;
 use crate::registry::{CallState, LogFilter, now_ms};
 use crate::views::{FullCall, app_json, volume_json};
 

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 
-use super::Registries;
 use crate::apps::{self, LiveApp};
 use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
@@ -29,6 +28,7 @@ use crate::manifest::FunctionSpec;
 use crate::manifest::Route;
 use crate::manifest::units::format_duration;
 use crate::module_store;
+use crate::registry::Registries;
 use crate::registry::{
     AppState, Attempt, CallRecord, CallState, ENDED, QUEUED, Registry, Waiter, new_call_id, now_ms,
 };

@@ -76,19 +76,15 @@ impl Tx<'_> {
         Ok(())
     }
 
-    pub fn lease_ids(&self) -> Result<Vec<String>> {
-        self.query("SELECT id FROM leases", args![], |r| r.get(0))
+    /// Every lease, and whether it has expired.
+    pub fn leases(&self) -> Result<Vec<(String, bool)>> {
+        let sql = format!("SELECT id, expires_at < {NOW_MS} FROM leases");
+        self.query(&sql, args![], |r| Ok((r.get(0)?, r.get(1)?)))
     }
 
-    pub fn expired_lease_ids(&self) -> Result<Vec<String>> {
-        let sql = format!("SELECT id FROM leases WHERE expires_at < {NOW_MS}");
-        self.query(&sql, args![], |r| r.get(0))
-    }
-
-    pub fn lease_live(&self, id: &str) -> Result<bool> {
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM leases WHERE id = ?1 AND expires_at >= {NOW_MS})"
-        );
-        self.query_value(&sql, args![id])
+    /// The owner of lease `id`, if it is live.
+    pub fn live_lease_owner(&self, id: &str) -> Result<Option<String>> {
+        let sql = format!("SELECT owner FROM leases WHERE id = ?1 AND expires_at >= {NOW_MS}");
+        self.query_opt(&sql, args![id], |r| r.get(0))
     }
 }

@@ -24,6 +24,7 @@ mod cluster_locks;
 mod leases;
 mod modules;
 mod nodes;
+mod pool;
 mod postgres;
 mod schedules;
 mod secrets;
@@ -36,6 +37,7 @@ pub use calls::{
 };
 pub use cluster_locks::LOCKS_CHANNEL;
 pub use nodes::{NodeRecord, NodeState};
+pub use pool::Registries;
 pub use postgres::Listener;
 pub use schedules::DueTick;
 pub use secrets::{SealedSecret, SecretRecord};
@@ -175,7 +177,10 @@ impl Registry {
 
     /// Runs `f` if no other process of the cluster is running it (the
     /// reaper: one at a time); returns None if one is.
-    pub fn exclusively<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+    pub fn as_the_only_reaper<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Option<T>> {
         if !self.db.try_lock_session(postgres::REAP_LOCK)? {
             return Ok(None);
         }

@@ -32,7 +32,8 @@ impl Tx<'_> {
         Ok(rows.into_iter().collect())
     }
 
-    /// Stores a module's bytes under their digest, unless they are there.
+    /// Stores a module's bytes under their digest, unless they are there
+    /// (looked for first, so a redeploy sends no bytes it stored before).
     pub fn put_module(&self, digest: &str, bytes: &[u8]) -> Result<()> {
         let stored = self.query_opt(
             "SELECT 1 FROM modules WHERE digest = ?1",
