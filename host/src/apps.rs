@@ -18,8 +18,8 @@ use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
 use crate::triggers::schedule;
-use crate::volume_usage::{self, Quota};
-use crate::volume_walk::Cursor;
+use crate::volumes::usage::{self, Quota};
+use crate::volumes::walk::Cursor;
 use crate::{slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
@@ -48,7 +48,7 @@ pub struct Mount {
     pub snapshot: bool,
     pub volume_id: String,
     /// The volume's quota when the app started: the usage file's, if it
-    /// has none yet (see `volume_usage`).
+    /// has none yet (see `usage`).
     pub quota: Quota,
 }
 
@@ -420,7 +420,7 @@ fn reconcile_volumes(
             (None, Some(name)) => ensure_named_volume(tx, home, name, Quota::default(), created)?,
             (None, None) => {
                 let volume = tx.insert_volume(app_id, Some(key), None, spec.quota)?;
-                volumes::create_dir(home, &volume.id)?;
+                volumes::disk::create_dir(home, &volume.id)?;
                 created.push(volume.id.clone());
                 volume
             }
@@ -428,7 +428,7 @@ fn reconcile_volumes(
         let quota = declared_quota(&volume, spec);
         if quota != volume.quota {
             tx.set_volume_quota(&volume.id, quota)?;
-            volume_usage::apply_quota(home, &volume.id, quota)?;
+            usage::apply_quota(home, &volume.id, quota)?;
             volume.quota = quota;
         }
         tx.mount(app_id, key, &volume.id)?;
@@ -490,8 +490,8 @@ fn ensure_named_volume(
         return Ok(volume);
     }
     let volume = insert_named_volume(tx, name, quota)?;
-    volumes::create_dir(home, &volume.id)?;
-    volume_usage::apply_quota(home, &volume.id, quota)?;
+    volumes::disk::create_dir(home, &volume.id)?;
+    usage::apply_quota(home, &volume.id, quota)?;
     created.push(volume.id.clone());
     Ok(volume)
 }
@@ -549,7 +549,7 @@ pub fn set_volume_quota(
         })?;
         volume.quota = change(volume.quota);
         tx.set_volume_quota(&volume.id, volume.quota)?;
-        volume_usage::apply_quota(home, &volume.id, volume.quota)?;
+        usage::apply_quota(home, &volume.id, volume.quota)?;
         Ok(volume)
     })
 }
@@ -721,10 +721,10 @@ pub fn stop_owned(home: &Home, registry: &mut Registry, app_id: &str, lease: Lea
 
 fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
     for volume in trashed {
-        volumes::trash(home, &volume.id)?;
+        volumes::disk::trash(home, &volume.id)?;
     }
     if !trashed.is_empty() {
-        volumes::purge_in_background(home)?;
+        volumes::disk::purge_in_background(home)?;
     }
     Ok(())
 }
@@ -740,10 +740,10 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
         .unwrap_or_default();
     crate::calls::prune_if_due(home, registry)?;
     registry.write(|tx| {
-        volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
+        volumes::disk::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
         module_store::remove_unused(home, tx)
     })?;
-    volumes::purge_in_background(home)?;
+    volumes::disk::purge_in_background(home)?;
     Ok(reaped)
 }
 

@@ -197,7 +197,7 @@ impl Home {
         self.shared_root().join(LOCKS_DIR)
     }
 
-    /// One usage file per volume (see `volume_usage`).
+    /// One usage file per volume (see `usage`).
     pub fn usage_dir(&self) -> PathBuf {
         self.root.join(USAGE_DIR)
     }

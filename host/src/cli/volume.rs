@@ -10,10 +10,10 @@ use wasmhost::apps;
 use wasmhost::home::Home;
 use wasmhost::manifest::units::{self, format_size};
 use wasmhost::registry::Registry;
-use wasmhost::snapshots::{self, Progress};
+use wasmhost::volumes::snapshots::{self, Progress};
 use wasmhost::text::escape_name;
-use wasmhost::volume_files::{CopyReport, Skipped, VolumeFiles};
-use wasmhost::volume_usage::{self, Quota};
+use wasmhost::volumes::files::{CopyReport, Skipped, VolumeFiles};
+use wasmhost::volumes::usage::Quota;
 
 use super::confirm::confirm;
 use super::open_state;
@@ -252,7 +252,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             let files = open_volume(home, registry, &name)?;
             let volume = apps::named_volume(registry, &name)?;
             let what = src.display().to_string();
-            let mut room = |counts| volume_usage::reserve_copy(home, &volume, counts, &what);
+            let mut room = |counts| wasmhost::volumes::usage::reserve_copy(home, &volume, counts, &what);
             let report = with_progress(|p| files.cp(&src, &dst, recursive, force, &mut room, p))?;
             report_skipped(&report.skipped);
             eprintln!(
@@ -278,7 +278,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             let volumes = registry.read(|tx| tx.named_volumes())?;
             let counts = volumes
                 .iter()
-                .map(|v| volume_usage::counts_now(home, v))
+                .map(|v| wasmhost::volumes::usage::counts_now(home, v))
                 .collect::<Result<Vec<_>>>()?;
             if json {
                 let list: Vec<_> = volumes
@@ -311,7 +311,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         VolumeCommand::Info { name, json } => {
             let volume = apps::named_volume(registry, &name)?;
             let users = registry.read(|tx| tx.apps_mounting(&volume.id))?;
-            let counts = volume_usage::counts_now(home, &volume)?;
+            let counts = wasmhost::volumes::usage::counts_now(home, &volume)?;
             let snaps = registry.read(|tx| tx.snapshots(Some(&volume.id)))?;
             if json {
                 let mut info = volume_json(&volume, &counts);
@@ -386,7 +386,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             let remote = remote
                 .unwrap_or_else(|| Path::new("/").join(local.file_name().unwrap_or_default()));
             let files = open_volume(home, registry, &name)?;
-            volume_usage::reserve_put(home, &apps::named_volume(registry, &name)?, &local)?;
+            wasmhost::volumes::usage::reserve_put(home, &apps::named_volume(registry, &name)?, &local)?;
             let report = files.put(&local, &remote, force)?;
             report_skipped(&report.skipped);
             eprintln!(
@@ -432,7 +432,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             recursive,
         } => {
             open_volume(home, registry, &name)?.rm(&path, recursive)?;
-            volume_usage::files_changed(home, &apps::named_volume(registry, &name)?)?;
+            wasmhost::volumes::usage::files_changed(home, &apps::named_volume(registry, &name)?)?;
         }
         VolumeCommand::Delete { name, yes, force } => {
             let volume = apps::named_volume(registry, &name)?;

@@ -22,7 +22,7 @@ pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
 use crate::triggers::schedule::Schedule;
-use crate::volume_usage::Quota;
+use crate::volumes::usage::Quota;
 
 /// `timeout` when app.toml gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::manifest::AppManifest;
-use crate::volume_usage::Quota;
+use crate::volumes::usage::Quota;
 
 pub(crate) mod backend;
 mod calls;

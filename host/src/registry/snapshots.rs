@@ -1,6 +1,6 @@
 //! Snapshots of volumes, and renaming a named volume: the registry's side.
 //! A snapshot's files live under `$WASMHOST_HOME/snapshots/<volume-id>/<name>`
-//! (see `crate::snapshots`); its row says it is complete.
+//! (see `crate::volumes::snapshots`); its row says it is complete.
 
 use super::backend::{Row, args};
 use anyhow::Result;

@@ -4,7 +4,7 @@
 //! while we work), nest directories deeper than any descriptor limit, write
 //! one byte at 16 TiB and pick names with escape sequences in them. So every
 //! path is resolved one component at a time beneath the volume root and a
-//! link at any component is refused ([`volume_walk`]); trees are walked with
+//! link at any component is refused ([`walk`]); trees are walked with
 //! a bounded number of descriptors; copies keep holes ([`sparse`]); links,
 //! FIFOs, sockets and devices are never copied, in either direction, and
 //! each one skipped is reported; and names are escaped for the terminal
@@ -24,10 +24,10 @@ use rustix::fs::{FileType, OFlags, Stat};
 use serde::Serialize;
 
 use crate::error::{UsageError, usage};
-use crate::sparse;
+use crate::volumes::sparse;
 use crate::text::escape_name;
-use crate::volume_usage::{self, Counts};
-use crate::volume_walk::{self, Cursor, Problem, Visitor, WalkError, is_dir, kind_name};
+use crate::volumes::usage::{self, Counts};
+use crate::volumes::walk::{self, Cursor, Problem, Visitor, WalkError, is_dir, kind_name};
 
 /// A volume's root, opened so nothing can be reached outside it.
 pub struct VolumeFiles {
@@ -259,7 +259,7 @@ impl VolumeFiles {
             let source = Cursor::open(local)
                 .with_context(|| format!("cannot read {}", escape_name(local.as_os_str())))?;
             let mut copier = Copier::new(target, Side::Local(local), self.side(), &mut report);
-            volume_walk::walk(source, &mut copier).map_err(|e| Side::Local(local).walk_error(e))?;
+            walk::walk(source, &mut copier).map_err(|e| Side::Local(local).walk_error(e))?;
         } else {
             report.skipped.push(Skipped {
                 path: local.to_owned(),
@@ -357,7 +357,7 @@ impl VolumeFiles {
                 .descend(src_name.as_deref().expect("not the root"))
                 .map_err(|e| self.side().error("read", e))?;
             let inside =
-                volume_usage::count_at(source).map_err(|e| self.side().error("read", e))?;
+                usage::count_at(source).map_err(|e| self.side().error("read", e))?;
             Counts {
                 files: inside.files + 1,
                 ..inside
@@ -369,7 +369,7 @@ impl VolumeFiles {
             }
         })?;
         if force {
-            volume_walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))?;
+            walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))?;
         }
         let mut report = CopyReport::default();
         let mut copier =
@@ -383,7 +383,7 @@ impl VolumeFiles {
                 .target
                 .descend_making(&name)
                 .map_err(|e| self.side().error_in("write", &dst_path, e))?;
-            volume_walk::walk(source, &mut copier).map_err(|e| self.side().walk_error(e))?;
+            walk::walk(source, &mut copier).map_err(|e| self.side().walk_error(e))?;
         } else {
             copier.entry_as(&src_dir, src_name.as_deref().expect("a file"), &stat, &name)?;
         }
@@ -439,7 +439,7 @@ impl VolumeFiles {
             let target = Cursor::open(local)
                 .with_context(|| format!("cannot write {}", escape_name(local.as_os_str())))?;
             let mut copier = Copier::new(target, self.side(), Side::Local(local), &mut report);
-            volume_walk::walk(dir, &mut copier).map_err(|e| self.side().walk_error(e))?;
+            walk::walk(dir, &mut copier).map_err(|e| self.side().walk_error(e))?;
         } else if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile {
             let name = name.expect("the root is a directory");
             let (parent, target_dir, target_name) = local_parent(local)?;
@@ -508,7 +508,7 @@ impl VolumeFiles {
                 self.name
             ));
         }
-        volume_walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))
+        walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))
     }
 }
 
@@ -749,7 +749,7 @@ pub fn clone_tree(
         &mut report,
     )
     .within(progress);
-    volume_walk::walk(source, &mut copier).map_err(|e| Side::Volume(names.0).walk_error(e))?;
+    walk::walk(source, &mut copier).map_err(|e| Side::Volume(names.0).walk_error(e))?;
     sync_fs(&target)?;
     Ok(report)
 }

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::home::Home;
 use crate::registry::{SnapshotRecord, new_id};
-use crate::volume_walk::{self, Cursor, WalkError};
+use crate::volumes::walk::{self, Cursor, WalkError};
 
 /// Name of the flock that one purge process holds while it works.
 const PURGE_LOCK: &str = ".purge.lock";
@@ -88,7 +88,7 @@ pub fn trash_orphans(
             }
         }
     }
-    crate::snapshots::trash_orphans(home, snapshots)
+    super::snapshots::trash_orphans(home, snapshots)
 }
 
 /// Starts a detached purge process if the trash holds anything.
@@ -116,7 +116,7 @@ fn trash_has_entries(home: &Home) -> Result<bool> {
 }
 
 /// Empties the trash; returns at once if another process is already at it.
-/// Entries are removed by [`volume_walk::remove`]: at any depth, never
+/// Entries are removed by [`walk::remove`]: at any depth, never
 /// following a symbolic link, so a link a guest planted to a host directory
 /// is removed, not what it points at. An entry that cannot be removed is
 /// passed over, so it never keeps the others from being freed; it is named
@@ -142,7 +142,7 @@ pub fn purge_trash(home: &Home) -> Result<()> {
             break;
         }
         for name in entries {
-            if let Err(e) = volume_walk::remove(&trash, &name) {
+            if let Err(e) = walk::remove(&trash, &name) {
                 failed.insert(name, e);
             }
         }

@@ -38,7 +38,7 @@ use anyhow::{Context, Result};
 use rustix::fs::{FileType, Stat};
 
 use crate::home::Home;
-use crate::volume_walk::{self, Cursor, Visitor, WalkError};
+use crate::volumes::walk::{self, Cursor, Visitor, WalkError};
 
 /// Migration 6 of the registry: each volume's quota as the user set it
 /// (NULL for none).
@@ -376,7 +376,7 @@ fn sub_saturating(counter: &AtomicU64, amount: u64) {
 }
 
 /// Counts what is beneath `dir` as usage counts it: depth-safe, never
-/// through a link (see `volume_walk`).
+/// through a link (see `walk`).
 pub fn count(dir: &Path) -> Result<Counts, WalkError> {
     let cursor = Cursor::open(dir).map_err(|e| WalkError::new(dir.to_owned(), e))?;
     count_at(cursor)
@@ -385,7 +385,7 @@ pub fn count(dir: &Path) -> Result<Counts, WalkError> {
 /// [`count`] from an open cursor.
 pub fn count_at(cursor: Cursor) -> Result<Counts, WalkError> {
     let mut counter = Counter::default();
-    volume_walk::walk(cursor, &mut counter)?;
+    walk::walk(cursor, &mut counter)?;
     Ok(counter.counts)
 }
 

@@ -3,7 +3,7 @@
 //! volume, and a volume put back to one or forked from one.
 //!
 //! Every copy shares data with its source where the file system can
-//! (reflinks, see [`volume_files::clone_tree`]) and is made in a directory
+//! (reflinks, see [`files::clone_tree`]) and is made in a directory
 //! of its own, `.op-ID`, under a lease named `op-ID`: it takes its place
 //! (a snapshot's name, a restored volume's directory, a new volume's) by a
 //! `rename` inside the registry transaction that records it, so no reader
@@ -25,9 +25,9 @@ use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::registry::{Registry, SnapshotRecord, Tx, VolumeRecord, new_id};
-use crate::volume_files::{self, CopyReport};
-use crate::volume_usage::{self, Quota};
-use crate::volumes;
+use crate::volumes::files::{self, CopyReport};
+use crate::volumes::usage::{self, Quota};
+use super::disk;
 
 /// Told after each file a copy makes (a progress bar).
 pub type Progress<'a> = &'a mut dyn FnMut(&CopyReport);
@@ -82,7 +82,7 @@ impl<C: Fn(&Tx) -> Result<()>> CopyJob<'_, C> {
     ) -> Result<(T, CopyReport)> {
         registry.read(&self.check)?;
         let staging = Staging::new(home, &self.volume.id)?;
-        let result = volume_files::clone_tree(&self.from, &staging.dir, self.names, progress)
+        let result = files::clone_tree(&self.from, &staging.dir, self.names, progress)
             .and_then(|report| {
                 let placed = registry.write(|tx| {
                     let name = self.volume.name.as_deref().unwrap_or_default();
@@ -97,10 +97,10 @@ impl<C: Fn(&Tx) -> Result<()>> CopyJob<'_, C> {
                 Ok((placed, report))
             });
         if result.is_err() {
-            volumes::trash_dir(home, &staging.dir)?;
+            disk::trash_dir(home, &staging.dir)?;
         }
         staging.lease.release();
-        volumes::purge_in_background(home)?;
+        disk::purge_in_background(home)?;
         result
     }
 }
@@ -171,9 +171,9 @@ pub fn delete(home: &Home, registry: &mut Registry, volume: &str, name: &str) ->
         // No --force: their calls could no longer mount it.
         apps::refuse_if_mounted(tx, &record, MountFilter::Snapshot(name), None)?;
         tx.delete_snapshots(&record.id, Some(name))?;
-        volumes::trash_dir(home, &home.snapshot_dir(&record.id, name))
+        disk::trash_dir(home, &home.snapshot_dir(&record.id, name))
     })?;
-    volumes::purge_in_background(home)
+    disk::purge_in_background(home)
 }
 
 /// `volume snapshot restore VOLUME NAME`: the volume becomes the snapshot
@@ -210,7 +210,7 @@ pub fn restore(
     let live = home.volume_dir(&record.id);
     let ((), report) = copy.run(home, registry, progress, |_, dir, _| swap(home, dir, &live))?;
     // The whole tree changed: its count is recounted at the next open.
-    volume_usage::files_changed(home, &record)?;
+    usage::files_changed(home, &record)?;
     Ok(report)
 }
 
@@ -218,9 +218,9 @@ pub fn restore(
 /// one atomic exchange where the file system has it, else two renames.
 fn swap(home: &Home, new: &Path, live: &Path) -> Result<()> {
     match rustix::fs::renameat_with(CWD, new, CWD, live, RenameFlags::EXCHANGE) {
-        Ok(()) => volumes::trash_dir(home, new),
+        Ok(()) => disk::trash_dir(home, new),
         Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {
-            volumes::trash_dir(home, live)?;
+            disk::trash_dir(home, live)?;
             fs::rename(new, live)
                 .with_context(|| format!("cannot move the restored tree to {}", live.display()))
         }
@@ -262,7 +262,7 @@ pub fn fork(
             .with_context(|| format!("cannot move the new volume to {}", target.display()))?;
         fs::create_dir(home.volume_locks_dir(&created.id))
             .with_context(|| format!("cannot create volume `{new}`'s lock directory"))?;
-        volume_usage::apply_quota(home, &created.id, quota)?;
+        usage::apply_quota(home, &created.id, quota)?;
         Ok(created)
     })
 }
@@ -295,7 +295,7 @@ pub fn trash_orphans(home: &Home, snapshots: &[SnapshotRecord]) -> Result<()> {
                     .any(|s| s.volume_id == volume_id && s.name == name),
             };
             if orphan {
-                volumes::trash_dir(home, &entry.path())?;
+                disk::trash_dir(home, &entry.path())?;
             }
         }
     }
