@@ -13,12 +13,12 @@ use anyhow::{Context, Result};
 use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
-use crate::manifest::{AppManifest, FunctionSpec, MountSpec, VolumeSpec};
+use crate::manifest::{AppManifest, FunctionSpec, MountSpec, Quota, VolumeSpec};
 use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
 use crate::triggers::schedule;
-use crate::volumes::usage::{self, Quota};
+use crate::volumes::usage;
 use crate::volumes::walk::Cursor;
 use crate::{slots, volumes};
 

@@ -13,7 +13,7 @@ use wasmhost::registry::Registry;
 use wasmhost::volumes::snapshots::{self, Progress};
 use wasmhost::text::escape_name;
 use wasmhost::volumes::files::{CopyReport, Skipped, VolumeFiles};
-use wasmhost::volumes::usage::Quota;
+use wasmhost::manifest::Quota;
 
 use super::confirm::confirm;
 use super::open_state;

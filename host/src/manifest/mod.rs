@@ -3,6 +3,7 @@
 
 mod guest_path;
 mod hosts;
+mod quota;
 mod raw;
 mod retries;
 pub mod units;
@@ -17,12 +18,12 @@ use serde::{Deserialize, Serialize};
 
 pub use guest_path::normalize_guest_path;
 pub use hosts::{HostMatch, HostPattern};
+pub use quota::Quota;
 use raw::{RawApp, RawFunction};
 pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
 
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
 use crate::triggers::schedule::Schedule;
-use crate::volumes::usage::Quota;
 
 /// `timeout` when app.toml gives none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

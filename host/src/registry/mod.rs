@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::manifest::AppManifest;
-use crate::volumes::usage::Quota;
+use crate::manifest::Quota;
 
 pub(crate) mod backend;
 mod calls;

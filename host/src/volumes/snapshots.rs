@@ -25,8 +25,9 @@ use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::registry::{Registry, SnapshotRecord, Tx, VolumeRecord, new_id};
+use crate::manifest::Quota;
 use crate::volumes::files::{self, CopyReport};
-use crate::volumes::usage::{self, Quota};
+use crate::volumes::usage;
 use super::disk;
 
 /// Told after each file a copy makes (a progress bar).

@@ -38,6 +38,7 @@ use anyhow::{Context, Result};
 use rustix::fs::{FileType, Stat};
 
 use crate::home::Home;
+use crate::manifest::Quota;
 use crate::volumes::walk::{self, Cursor, Visitor, WalkError};
 
 /// Migration 6 of the registry: each volume's quota as the user set it
@@ -68,13 +69,6 @@ enum Slot {
     /// Non-zero when the count may be high; the next exclusive open
     /// recounts.
     Stale = 6,
-}
-
-/// A volume's quota: `None` for no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Quota {
-    pub max_bytes: Option<u64>,
-    pub max_files: Option<u64>,
 }
 
 /// A volume's usage as counted.
