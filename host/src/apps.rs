@@ -5,7 +5,7 @@
 //! and trashed only after it commits (orphans are swept by the next command).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -15,11 +15,11 @@ use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::{AppManifest, FunctionSpec, MountSpec, Quota, VolumeSpec};
 use crate::module_store::{self, Snapshot};
+use crate::mount::Mount;
 use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
 use crate::triggers::schedule;
 use crate::volumes::usage;
-use crate::volumes::walk::Cursor;
 use crate::{slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
@@ -31,50 +31,6 @@ pub struct LiveApp {
     pub volumes: BTreeMap<String, VolumeRecord>,
     /// Function -> digest of the module snapshot it runs (deployed apps).
     pub modules: BTreeMap<String, String>,
-}
-
-/// One volume as one function sees it.
-#[derive(Debug, Clone)]
-pub struct Mount {
-    pub guest_path: String,
-    /// The volume's directory, or its snapshot's.
-    pub host_dir: PathBuf,
-    /// The directory beneath `host_dir` the guest sees as the mount's root
-    /// (plain names, checked by the manifest), resolved when an instance
-    /// starts without following links (see `runtime::instance`).
-    pub sub_path: Option<PathBuf>,
-    pub read_only: bool,
-    /// Whether `host_dir` is a snapshot, which nothing may change.
-    pub snapshot: bool,
-    pub volume_id: String,
-    /// The volume's quota when the app started: the usage file's, if it
-    /// has none yet (see `usage`).
-    pub quota: Quota,
-}
-
-impl Mount {
-    /// The directory `sub_path` names, reached from `host_dir` one name
-    /// at a time without following a link (a guest may have made a name
-    /// on the way a link to `..` or to `/etc`: refused, never followed),
-    /// and made where missing, but never in a snapshot.
-    pub fn open_sub_path(&self, sub_path: &Path) -> Result<Cursor> {
-        let mut dir = Cursor::open(&self.host_dir)
-            .with_context(|| format!("cannot open {}", self.host_dir.display()))?;
-        for name in sub_path.iter() {
-            if self.snapshot {
-                dir.descend(name)
-            } else {
-                dir.descend_making(name)
-            }
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot mount `{}`: in its sub_path, {e}; wasmhost never follows links in a volume, which could lead outside the sub_path",
-                    self.guest_path
-                )
-            })?;
-        }
-        Ok(dir)
-    }
 }
 
 impl LiveApp {

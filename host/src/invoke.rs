@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 
-use crate::apps::Mount;
 use crate::calls::recorder::CallStart;
 use crate::calls::{Ending, Recorder};
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::manifest::units::format_size;
+use crate::mount::Mount;
 use crate::registry::{AppState, CallState, Registry, Stream, new_call_id, now_ms};
 use crate::runtime::{Finished, Invocation, Outcome, Output, OutputLog, Program, Respond};
 use crate::slots::{Slot, Slots};

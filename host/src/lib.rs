@@ -14,6 +14,7 @@ pub mod lease;
 pub mod locks;
 pub mod manifest;
 pub mod module_store;
+pub mod mount;
 pub mod names;
 pub mod node;
 pub mod registry;

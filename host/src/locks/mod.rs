@@ -13,8 +13,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::apps::Mount;
 use crate::home::Home;
+use crate::mount::Mount;
 use crate::registry::Location;
 
 mod cluster;

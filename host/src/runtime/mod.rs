@@ -32,10 +32,10 @@ use wasi::limits::CountLimits;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::apps::Mount;
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::manifest::units::{format_duration, format_size};
+use crate::mount::Mount;
 
 /// How often the epoch advances: the granularity of timeouts and stops.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -6,3 +6,5 @@ pub mod snapshots;
 pub mod sparse;
 pub mod usage;
 pub mod walk;
+
+pub use walk::Cursor;

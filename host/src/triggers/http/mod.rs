@@ -22,10 +22,10 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use crate::apps::Mount;
 use crate::home::Home;
 use crate::invoke::Target;
 use crate::manifest::{AppManifest, FunctionSpec, Route};
+use crate::mount::Mount;
 use crate::runtime::{Finished, Outcome, OutputLog, Program};
 
 /// A response body: the guest's, streamed, or one of ours.
