@@ -1,8 +1,9 @@
-//! App lifecycle: start, deploy, stop, named volumes, and reaping apps whose
-//! process died. Each change is one registry transaction plus the matching
-//! directory work, ordered so a crash at any point leaves nothing half-made:
-//! directories are created inside the transaction (removed again if it fails)
-//! and trashed only after it commits (orphans are swept by the next command).
+//! App lifecycle: start, deploy, stop, and reaping apps whose process died.
+//! Each change is one registry transaction plus the matching directory work,
+//! ordered so a crash at any point leaves nothing half-made: an app's
+//! volumes are made to match its app.toml inside the transaction and
+//! trashed only after it commits (see `volumes`; orphans are swept by the
+//! next command).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,13 +14,11 @@ use anyhow::{Context, Result};
 use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
-use crate::manifest::{AppManifest, FunctionSpec, MountSpec, Quota, VolumeSpec};
+use crate::manifest::{AppManifest, FunctionSpec};
 use crate::module_store::{self, Snapshot};
 use crate::mount::Mount;
-use crate::names::{NAME_RULE, is_valid_name};
 use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
 use crate::triggers::schedule;
-use crate::volumes::usage;
 use crate::{slots, volumes};
 
 /// A running app as an invocation needs it: its manifest and its volumes.
@@ -86,7 +85,7 @@ pub fn start_ephemeral(
 ) -> Result<(LiveApp, Lease)> {
     let app_id = crate::registry::new_id("ap");
     let lease = Lease::acquire(home, &app_id)?;
-    let live = with_new_dirs(home, |created| {
+    let live = volumes::with_new_dirs(home, |created| {
         registry.write(|tx| {
             let record = tx.insert_app_with_id(
                 &app_id,
@@ -95,7 +94,7 @@ pub fn start_ephemeral(
                 Some(manifest),
                 true,
             )?;
-            let volumes = reconcile_volumes(tx, home, &record.id, manifest, created)?;
+            let volumes = volumes::reconcile(tx, home, &record.id, manifest, created)?;
             Ok(LiveApp {
                 record,
                 manifest: manifest.clone(),
@@ -185,7 +184,7 @@ fn plan_in(tx: &Tx, home: &Home, manifest: &AppManifest) -> Result<DeployPlan> {
         .into_iter()
         .filter(|v| {
             let declared = v.key.as_ref().and_then(|k| manifest.volumes.get(k));
-            !declared.is_some_and(|spec| still_fits(v, &spec.persist, &app.id))
+            !declared.is_some_and(|spec| volumes::still_fits(v, &spec.persist, &app.id))
         })
         .collect();
     let mut busy_calls = Vec::new();
@@ -237,7 +236,7 @@ pub fn deploy(
     force: bool,
 ) -> Result<Deployed> {
     let (deployed, trashed) =
-        with_new_dirs(home, |created| {
+        volumes::with_new_dirs(home, |created| {
             registry.write(|tx| {
             let plan = plan_in(tx, home, manifest)?;
             if plan
@@ -270,7 +269,7 @@ pub fn deploy(
                 }
                 None => tx.insert_app(&manifest.name, AppKind::Deployed, Some(manifest), false)?,
             };
-            let volumes = reconcile_volumes(tx, home, &record.id, manifest, created)?;
+            let volumes = volumes::reconcile(tx, home, &record.id, manifest, created)?;
             for volume in &plan.discarded {
                 tx.delete_volume(&volume.id)?;
             }
@@ -297,7 +296,7 @@ pub fn deploy(
         })
         })?;
     wait_for_callers(home, &deployed.interrupted, CALLER_GRACE);
-    trash_volumes(home, &trashed)?;
+    volumes::trash_volumes(home, &trashed)?;
     remove_unused_modules(home, registry)?;
     Ok(deployed)
 }
@@ -336,289 +335,11 @@ fn wait_for_callers(home: &Home, calls: &[CallRecord], limit: Duration) {
     }
 }
 
-/// Whether `volume`, mounted under a key, still fits that key's
-/// declaration (`persist` name, or `None` for ephemeral) in `app_id`.
-fn still_fits(volume: &VolumeRecord, persist: &Option<String>, app_id: &str) -> bool {
-    match persist {
-        Some(name) => volume.name.as_deref() == Some(name),
-        None => volume.name.is_none() && volume.app_id == app_id,
-    }
-}
-
 /// Deletes module snapshots that no running app uses, deciding under the
 /// registry's write lock (see `module_store`). A transaction of its own,
 /// after the change that freed them has committed.
 fn remove_unused_modules(home: &Home, registry: &mut Registry) -> Result<()> {
     registry.write(|tx| module_store::remove_unused(home, tx))
-}
-
-/// Makes the mounts of `app_id` match `manifest`: creates missing ephemeral
-/// volumes, creates or attaches named ones, and unmounts keys that are gone.
-fn reconcile_volumes(
-    tx: &Tx,
-    home: &Home,
-    app_id: &str,
-    manifest: &AppManifest,
-    created: &mut Vec<String>,
-) -> Result<BTreeMap<String, VolumeRecord>> {
-    let mut current: BTreeMap<_, _> = tx
-        .mounted_volumes(app_id)?
-        .into_iter()
-        .map(|m| (m.key, m.volume))
-        .collect();
-    let mut volumes = BTreeMap::new();
-    for (key, spec) in &manifest.volumes {
-        let keep = current
-            .remove(key)
-            .filter(|v| still_fits(v, &spec.persist, app_id));
-        let mut volume = match (keep, &spec.persist) {
-            (Some(volume), _) => volume,
-            (None, Some(name)) => ensure_named_volume(tx, home, name, Quota::default(), created)?,
-            (None, None) => {
-                let volume = tx.insert_volume(app_id, Some(key), None, spec.quota)?;
-                volumes::disk::create_dir(home, &volume.id)?;
-                created.push(volume.id.clone());
-                volume
-            }
-        };
-        let quota = declared_quota(&volume, spec);
-        if quota != volume.quota {
-            tx.set_volume_quota(&volume.id, quota)?;
-            usage::apply_quota(home, &volume.id, quota)?;
-            volume.quota = quota;
-        }
-        tx.mount(app_id, key, &volume.id)?;
-        volumes.insert(key.clone(), volume);
-    }
-    for key in current.keys() {
-        tx.unmount(app_id, key)?;
-    }
-    check_snapshot_mounts(tx, manifest, &volumes)?;
-    Ok(volumes)
-}
-
-/// Refuses mounts of snapshots that do not exist (yet): found now rather
-/// than by every call.
-fn check_snapshot_mounts(
-    tx: &Tx,
-    manifest: &AppManifest,
-    volumes: &BTreeMap<String, VolumeRecord>,
-) -> Result<()> {
-    for (function, spec) in &manifest.functions {
-        for mount in &spec.mounts {
-            let Some(snapshot) = &mount.snapshot else {
-                continue;
-            };
-            let volume = &volumes[&mount.volume];
-            if tx.snapshot(&volume.id, snapshot)?.is_none() {
-                let what = volume.name.as_deref().unwrap_or(&mount.volume);
-                return Err(usage!(
-                    "function `{function}` mounts snapshot `{snapshot}` of volume `{what}`, which has none of that name; take it with `wasmhost volume snapshot create {what} {snapshot}`"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The quota `volume` gets under declaration `spec`: an ephemeral volume
-/// app.toml's exactly; a named volume each key app.toml gives (app.toml
-/// wins over `volume create` and `volume set`), keeping its own for a key
-/// app.toml leaves out.
-fn declared_quota(volume: &VolumeRecord, spec: &VolumeSpec) -> Quota {
-    if spec.persist.is_none() {
-        return spec.quota;
-    }
-    Quota {
-        max_bytes: spec.quota.max_bytes.or(volume.quota.max_bytes),
-        max_files: spec.quota.max_files.or(volume.quota.max_files),
-    }
-}
-
-fn ensure_named_volume(
-    tx: &Tx,
-    home: &Home,
-    name: &str,
-    quota: Quota,
-    created: &mut Vec<String>,
-) -> Result<VolumeRecord> {
-    if let Some(volume) = tx.named_volume(name)? {
-        return Ok(volume);
-    }
-    let volume = insert_named_volume(tx, name, quota)?;
-    volumes::disk::create_dir(home, &volume.id)?;
-    usage::apply_quota(home, &volume.id, quota)?;
-    created.push(volume.id.clone());
-    Ok(volume)
-}
-
-/// The rows of a new named volume: its volume app, the volume, the mount.
-pub fn insert_named_volume(tx: &Tx, name: &str, quota: Quota) -> Result<VolumeRecord> {
-    let app = tx.insert_app(name, AppKind::Volume, None, false)?;
-    let volume = tx.insert_volume(&app.id, None, Some(name), quota)?;
-    tx.mount(&app.id, "self", &volume.id)?;
-    Ok(volume)
-}
-
-/// Runs `f`, removing the volume directories it created if it fails.
-fn with_new_dirs<T>(home: &Home, f: impl FnOnce(&mut Vec<String>) -> Result<T>) -> Result<T> {
-    let mut created = Vec::new();
-    let result = f(&mut created);
-    if result.is_err() {
-        for id in &created {
-            let _ = std::fs::remove_dir(home.volume_dir(id));
-        }
-    }
-    result
-}
-
-/// `volume create NAME [--max-size --max-files]`.
-pub fn create_named_volume(
-    home: &Home,
-    registry: &mut Registry,
-    name: &str,
-    quota: Quota,
-) -> Result<VolumeRecord> {
-    check_name(name, "volume")?;
-    with_new_dirs(home, |created| {
-        registry.write(|tx| {
-            if tx.named_volume(name)?.is_some() {
-                return Err(usage!("volume `{name}` already exists"));
-            }
-            ensure_named_volume(tx, home, name, quota, created)
-        })
-    })
-}
-
-/// `volume set NAME`: replaces the named volume's quota. A quota below what
-/// the volume holds refuses growth only; nothing is deleted.
-pub fn set_volume_quota(
-    home: &Home,
-    registry: &mut Registry,
-    name: &str,
-    change: impl Fn(Quota) -> Quota,
-) -> Result<VolumeRecord> {
-    check_name(name, "volume")?;
-    registry.write(|tx| {
-        let mut volume = tx.named_volume(name)?.ok_or_else(|| {
-            usage!("no volume is named `{name}`; `wasmhost volume list` shows them")
-        })?;
-        volume.quota = change(volume.quota);
-        tx.set_volume_quota(&volume.id, volume.quota)?;
-        usage::apply_quota(home, &volume.id, volume.quota)?;
-        Ok(volume)
-    })
-}
-
-/// Why a stop, a rename, a restore or a snapshot was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("volume `{volume}` is mounted{} by running app(s) {}; stop them first{}", if *.writable { " writable" } else { "" }, .apps.iter().map(|a| format!("`{}` ({})", a.name, a.id)).collect::<Vec<_>>().join(", "), .action.map(|a| format!(", or pass --force to {a}")).unwrap_or_default())]
-pub struct VolumeInUse {
-    pub volume: String,
-    pub apps: Vec<AppRecord>,
-    /// Whether only the apps that may write it count.
-    pub writable: bool,
-    /// What `--force` does (`stop them and delete it`), if it is offered.
-    pub action: Option<&'static str>,
-}
-
-/// Which of a volume's mounts by running apps matter to an operation.
-#[derive(Clone, Copy)]
-pub enum MountFilter<'a> {
-    /// Every mount (rename).
-    Any,
-    /// Mounts of the volume itself, not of its snapshots (restore).
-    Live,
-    /// Mounts a guest can write through (taking a snapshot).
-    Writable,
-    /// Mounts of this snapshot of it (deleting the snapshot).
-    Snapshot(&'a str),
-}
-
-impl MountFilter<'_> {
-    fn matches(self, mount: &MountSpec) -> bool {
-        match self {
-            MountFilter::Any => true,
-            MountFilter::Live => mount.snapshot.is_none(),
-            MountFilter::Writable => !mount.read_only,
-            MountFilter::Snapshot(name) => mount.snapshot.as_deref() == Some(name),
-        }
-    }
-}
-
-/// Refuses when running apps (other than its own) mount `volume` in a way
-/// `filter` picks; `force` (a `--force` that would do `action`) lets it be.
-pub fn refuse_if_mounted(
-    tx: &Tx,
-    volume: &VolumeRecord,
-    filter: MountFilter,
-    force: Option<(bool, &'static str)>,
-) -> Result<()> {
-    if force.is_some_and(|(force, _)| force) {
-        return Ok(());
-    }
-    let mut apps = Vec::new();
-    for app in tx.apps_mounting(&volume.id)? {
-        let keys: Vec<String> = tx
-            .mounted_volumes(&app.id)?
-            .into_iter()
-            .filter(|m| m.volume.id == volume.id)
-            .map(|m| m.key)
-            .collect();
-        // Not knowing how it mounts it, count it as using it every way.
-        let uses = app.manifest.as_ref().is_none_or(|manifest| {
-            manifest
-                .functions
-                .values()
-                .flat_map(|f| &f.mounts)
-                .any(|m| keys.contains(&m.volume) && filter.matches(m))
-        });
-        if uses {
-            apps.push(app);
-        }
-    }
-    if apps.is_empty() {
-        return Ok(());
-    }
-    Err(VolumeInUse {
-        volume: volume.name.clone().unwrap_or_else(|| volume.id.clone()),
-        apps,
-        writable: matches!(filter, MountFilter::Writable),
-        action: force.map(|(_, action)| action),
-    }
-    .into())
-}
-
-/// `volume rename OLD NEW`: the same volume (its files, its lock files
-/// and its snapshots, all keyed by its id) under a new name; OLD then names
-/// nothing, so an app whose `persist` is OLD gets a new, empty volume when
-/// it next starts or deploys. Refused while running apps mount it, unless
-/// `force`: they then keep the volume they have until they stop.
-pub fn rename_named_volume(
-    registry: &mut Registry,
-    old: &str,
-    new: &str,
-    force: bool,
-) -> Result<VolumeRecord> {
-    check_name(old, "volume")?;
-    check_name(new, "volume")?;
-    registry.write(|tx| {
-        let volume = named_volume_in(tx, old)?;
-        if tx.named_volume(new)?.is_some() {
-            return Err(usage!("volume `{new}` already exists; choose another name"));
-        }
-        refuse_if_mounted(
-            tx,
-            &volume,
-            MountFilter::Any,
-            Some((force, "rename it anyway")),
-        )?;
-        tx.rename_volume(&volume.id, new)?;
-        Ok(VolumeRecord {
-            name: Some(new.to_owned()),
-            ..volume
-        })
-    })
 }
 
 /// Stops an app and deletes its ephemeral volumes (a volume app: its one
@@ -635,7 +356,7 @@ pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> 
         {
             let users = tx.apps_mounting(&volume.id)?;
             if !users.is_empty() && !force {
-                return Err(VolumeInUse {
+                return Err(volumes::VolumeInUse {
                     volume: volume.name.clone().unwrap_or_default(),
                     apps: users,
                     writable: false,
@@ -660,7 +381,7 @@ pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> 
         }
         Ok((stopped, to_stop, trashed))
     })?;
-    trash_volumes(home, &trashed)?;
+    volumes::trash_volumes(home, &trashed)?;
     for id in &to_stop {
         slots::remove_app_slots(home, id);
     }
@@ -675,16 +396,6 @@ pub fn stop_owned(home: &Home, registry: &mut Registry, app_id: &str, lease: Lea
     Ok(())
 }
 
-fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
-    for volume in trashed {
-        volumes::disk::trash(home, &volume.id)?;
-    }
-    if !trashed.is_empty() {
-        volumes::disk::purge_in_background(home)?;
-    }
-    Ok(())
-}
-
 /// What every command does first: stop apps whose `run` process died (and
 /// remove the lock files it left), end calls whose caller died, trash volume
 /// directories and module snapshots a crash orphaned, and restart an
@@ -696,10 +407,10 @@ pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecor
         .unwrap_or_default();
     crate::calls::prune_if_due(home, registry)?;
     registry.write(|tx| {
-        volumes::disk::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
+        volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
         module_store::remove_unused(home, tx)
     })?;
-    volumes::disk::purge_in_background(home)?;
+    volumes::purge_in_background(home)?;
     Ok(reaped)
 }
 
@@ -797,26 +508,4 @@ pub fn function_of(tx: &Tx, app_id: &str, function: &str) -> Result<Option<Funct
         .app(app_id)?
         .and_then(|app| app.manifest)
         .and_then(|m| m.functions.get(function).cloned()))
-}
-
-/// The named volume `name`, or a usage error naming what exists.
-pub fn named_volume(registry: &mut Registry, name: &str) -> Result<VolumeRecord> {
-    check_name(name, "volume")?;
-    registry.read(|tx| named_volume_in(tx, name))
-}
-
-pub fn named_volume_in(tx: &Tx, name: &str) -> Result<VolumeRecord> {
-    tx.named_volume(name)?
-        .ok_or_else(|| usage!("no volume is named `{name}`; `wasmhost volume list` shows them"))
-}
-
-pub fn check_name(name: &str, what: &str) -> Result<()> {
-    if is_valid_name(name) {
-        Ok(())
-    } else {
-        Err(usage!(
-            "invalid {what} name `{}`: use {NAME_RULE}",
-            name.escape_debug()
-        ))
-    }
 }

@@ -145,7 +145,7 @@ impl Home {
 
     /// One directory per volume that has snapshots: each snapshot is a
     /// directory in it named as the snapshot, beside the copies under way
-    /// (`.op-ID`, see `snapshots`). Outside every volume, so no guest sees
+    /// (`.op-ID`, see `volumes::snapshots`). Outside every volume, so no guest sees
     /// them but through a snapshot mount.
     pub fn snapshots_dir(&self) -> PathBuf {
         self.shared_root().join(SNAPSHOTS_DIR)
@@ -197,7 +197,7 @@ impl Home {
         self.shared_root().join(LOCKS_DIR)
     }
 
-    /// One usage file per volume (see `usage`).
+    /// One usage file per volume (see `volumes::usage`).
     pub fn usage_dir(&self) -> PathBuf {
         self.root.join(USAGE_DIR)
     }

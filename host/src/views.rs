@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::registry::{
     AppRecord, Attempt, CallRecord, SnapshotRecord, Tx, VolumeRecord, format_ms,
 };
-use crate::volumes::usage::Counts;
+use crate::volumes::Counts;
 
 /// Unix seconds as `2026-11-25T07:30:00Z`.
 pub fn timestamp(secs: i64) -> String {

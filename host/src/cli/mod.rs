@@ -111,7 +111,7 @@ pub enum Command {
 pub fn dispatch(command: Command) -> Result<u8> {
     match command {
         Command::InternalPurgeTrash => {
-            volumes::disk::purge_trash(&Home::from_env()?)?;
+            volumes::purge_trash(&Home::from_env()?)?;
             Ok(0)
         }
         Command::Run(args) => run::execute(args),

@@ -1,4 +1,6 @@
-//! `wasmhost volume …`: named volumes and their files, from the host.
+//! `wasmhost volume …`: named volumes and their files, from the host. It
+//! only translates arguments and output: lookups, quota accounting and
+//! copies are the `volumes` room's.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -8,12 +10,11 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use wasmhost::apps;
 use wasmhost::home::Home;
+use wasmhost::manifest::Quota;
 use wasmhost::manifest::units::{self, format_size};
 use wasmhost::registry::Registry;
-use wasmhost::volumes::snapshots::{self, Progress};
 use wasmhost::text::escape_name;
-use wasmhost::volumes::files::{CopyReport, Skipped, VolumeFiles};
-use wasmhost::manifest::Quota;
+use wasmhost::volumes::{self, CopyReport, Progress, Skipped, VolumeFiles};
 
 use super::confirm::confirm;
 use super::open_state;
@@ -220,7 +221,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             quota,
         } => {
             let volume =
-                apps::create_named_volume(home, registry, &name, quota.apply(Quota::default()))?;
+                volumes::create_named_volume(home, registry, &name, quota.apply(Quota::default()))?;
             outln!(
                 "created volume `{name}` ({}, app {})",
                 volume.id,
@@ -234,7 +235,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         } => {
             let quota = quota.apply(Quota::default());
             let (volume, report) =
-                with_progress(|p| snapshots::fork(home, registry, &name, &from, quota, p))?;
+                with_progress(|p| volumes::fork_snapshot(home, registry, &name, &from, quota, p))?;
             outln!(
                 "created volume `{name}` ({}) from `{from}`: {} file(s), {} bytes",
                 volume.id,
@@ -249,11 +250,8 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             recursive,
             force,
         } => {
-            let files = open_volume(home, registry, &name)?;
-            let volume = apps::named_volume(registry, &name)?;
-            let what = src.display().to_string();
-            let mut room = |counts| wasmhost::volumes::usage::reserve_copy(home, &volume, counts, &what);
-            let report = with_progress(|p| files.cp(&src, &dst, recursive, force, &mut room, p))?;
+            let files = VolumeFiles::open(home, registry, &name)?;
+            let report = with_progress(|p| files.cp(&src, &dst, recursive, force, p))?;
             report_skipped(&report.skipped);
             eprintln!(
                 "copied {} file(s), {} bytes in volume `{name}`",
@@ -261,7 +259,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             );
         }
         VolumeCommand::Rename { old, new, force } => {
-            let volume = apps::rename_named_volume(registry, &old, &new, force)?;
+            let volume = volumes::rename_named_volume(registry, &old, &new, force)?;
             outln!("renamed volume `{old}` ({}) to `{new}`", volume.id)?;
         }
         VolumeCommand::Snapshot(command) => snapshot_command(home, registry, command)?,
@@ -271,112 +269,12 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
                     "give --max-size and/or --max-files (a limit, or `none` to remove it)".into(),
                 ));
             }
-            let volume = apps::set_volume_quota(home, registry, &name, |q| quota.apply(q))?;
+            let volume = volumes::set_volume_quota(home, registry, &name, |q| quota.apply(q))?;
             outln!("volume `{name}`: {}", quota_text(volume.quota))?;
         }
-        VolumeCommand::List { json } => {
-            let volumes = registry.read(|tx| tx.named_volumes())?;
-            let counts = volumes
-                .iter()
-                .map(|v| wasmhost::volumes::usage::counts_now(home, v))
-                .collect::<Result<Vec<_>>>()?;
-            if json {
-                let list: Vec<_> = volumes
-                    .iter()
-                    .zip(&counts)
-                    .map(|(v, c)| volume_json(v, c))
-                    .collect();
-                outln!("{}", serde_json::to_string_pretty(&list)?)?;
-            } else {
-                let rows: Vec<Vec<String>> = volumes
-                    .iter()
-                    .zip(&counts)
-                    .map(|(v, c)| {
-                        vec![
-                            v.name.clone().unwrap_or_default(),
-                            v.id.clone(),
-                            v.app_id.clone(),
-                            c.bytes.to_string(),
-                            c.files.to_string(),
-                            timestamp(v.created_at),
-                        ]
-                    })
-                    .collect();
-                outln!(
-                    "{}",
-                    table(&["NAME", "ID", "APP", "BYTES", "FILES", "CREATED"], &rows)
-                )?;
-            }
-        }
-        VolumeCommand::Info { name, json } => {
-            let volume = apps::named_volume(registry, &name)?;
-            let users = registry.read(|tx| tx.apps_mounting(&volume.id))?;
-            let counts = wasmhost::volumes::usage::counts_now(home, &volume)?;
-            let snaps = registry.read(|tx| tx.snapshots(Some(&volume.id)))?;
-            if json {
-                let mut info = volume_json(&volume, &counts);
-                info["apps"] = users.iter().map(app_json).collect();
-                info["snapshots"] = snaps.iter().map(snapshot_json).collect();
-                outln!("{}", serde_json::to_string_pretty(&info)?)?;
-            } else {
-                let apps: Vec<String> = users
-                    .iter()
-                    .map(|a| format!("{} ({})", a.name, a.id))
-                    .collect();
-                let rows = [
-                    ("name", name.clone()),
-                    ("id", volume.id.clone()),
-                    ("bytes", counts.bytes.to_string()),
-                    ("files", counts.files.to_string()),
-                    ("quota", quota_text(volume.quota)),
-                    (
-                        "mounted by",
-                        if apps.is_empty() {
-                            "-".into()
-                        } else {
-                            apps.join(", ")
-                        },
-                    ),
-                    ("created", timestamp(volume.created_at)),
-                    (
-                        "snapshots",
-                        if snaps.is_empty() {
-                            "-".into()
-                        } else {
-                            let shown: Vec<String> = snaps
-                                .iter()
-                                .map(|s| {
-                                    format!("{} ({} bytes, {} files)", s.name, s.bytes, s.files)
-                                })
-                                .collect();
-                            shown.join(", ")
-                        },
-                    ),
-                ];
-                for (key, value) in rows {
-                    outln!("{key:<11} {value}")?;
-                }
-            }
-        }
-        VolumeCommand::Ls { name, path, json } => {
-            let entries = open_volume(home, registry, &name)?.ls(&path)?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&entries)?)?;
-            } else {
-                let rows: Vec<Vec<String>> = entries
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            e.kind.to_owned(),
-                            e.size.to_string(),
-                            e.modified.map(|m| timestamp(m as i64)).unwrap_or_default(),
-                            escape_name(e.raw_path.as_os_str()),
-                        ]
-                    })
-                    .collect();
-                outln!("{}", table(&["TYPE", "SIZE", "MODIFIED", "PATH"], &rows))?;
-            }
-        }
+        VolumeCommand::List { json } => list(home, registry, json)?,
+        VolumeCommand::Info { name, json } => info(home, registry, &name, json)?,
+        VolumeCommand::Ls { name, path, json } => ls(home, registry, &name, &path, json)?,
         VolumeCommand::Put {
             name,
             local,
@@ -385,8 +283,7 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
         } => {
             let remote = remote
                 .unwrap_or_else(|| Path::new("/").join(local.file_name().unwrap_or_default()));
-            let files = open_volume(home, registry, &name)?;
-            wasmhost::volumes::usage::reserve_put(home, &apps::named_volume(registry, &name)?, &local)?;
+            let files = VolumeFiles::open(home, registry, &name)?;
             let report = files.put(&local, &remote, force)?;
             report_skipped(&report.skipped);
             eprintln!(
@@ -399,43 +296,16 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
             remote,
             local,
             force,
-        } => {
-            let files = open_volume(home, registry, &name)?;
-            if local.as_deref() == Some(Path::new("-")) {
-                files.cat(&remote, std::io::stdout().lock())?;
-                return Ok(0);
-            }
-            let local = match local {
-                Some(local) => local,
-                None => {
-                    let base = remote.file_name().ok_or_else(|| {
-                        usage(format!(
-                            "give a LOCAL path to copy `{}` to",
-                            escape_name(remote.as_os_str())
-                        ))
-                    })?;
-                    PathBuf::from(base)
-                }
-            };
-            let report = files.get(&remote, &local, force)?;
-            report_skipped(&report.skipped);
-            eprintln!(
-                "copied {} file(s), {} bytes to {}",
-                report.files,
-                report.bytes,
-                escape_name(local.as_os_str())
-            );
-        }
+        } => get(home, registry, &name, &remote, local, force)?,
         VolumeCommand::Rm {
             name,
             path,
             recursive,
         } => {
-            open_volume(home, registry, &name)?.rm(&path, recursive)?;
-            wasmhost::volumes::usage::files_changed(home, &apps::named_volume(registry, &name)?)?;
+            VolumeFiles::open(home, registry, &name)?.rm(&path, recursive)?;
         }
         VolumeCommand::Delete { name, yes, force } => {
-            let volume = apps::named_volume(registry, &name)?;
+            let volume = volumes::named_volume(registry, &name)?;
             confirm(
                 &format!("Delete volume `{name}` ({}) and all its data?", volume.id),
                 yes,
@@ -447,6 +317,155 @@ fn volume_command(home: &Home, registry: &mut Registry, command: VolumeCommand) 
     Ok(0)
 }
 
+/// `volume ls NAME [PATH]`.
+fn ls(home: &Home, registry: &mut Registry, name: &str, path: &Path, json: bool) -> Result<()> {
+    let entries = VolumeFiles::open(home, registry, name)?.ls(path)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&entries)?)?;
+    } else {
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.kind.to_owned(),
+                    e.size.to_string(),
+                    e.modified.map(|m| timestamp(m as i64)).unwrap_or_default(),
+                    escape_name(e.raw_path.as_os_str()),
+                ]
+            })
+            .collect();
+        outln!("{}", table(&["TYPE", "SIZE", "MODIFIED", "PATH"], &rows))?;
+    }
+    Ok(())
+}
+
+/// `volume get NAME REMOTE [LOCAL]`: a file or directory out of a volume,
+/// or one file to stdout (`-`).
+fn get(
+    home: &Home,
+    registry: &mut Registry,
+    name: &str,
+    remote: &Path,
+    local: Option<PathBuf>,
+    force: bool,
+) -> Result<()> {
+    let files = VolumeFiles::open(home, registry, name)?;
+    if local.as_deref() == Some(Path::new("-")) {
+        files.cat(remote, std::io::stdout().lock())?;
+        return Ok(());
+    }
+    let local = match local {
+        Some(local) => local,
+        None => {
+            let base = remote.file_name().ok_or_else(|| {
+                usage(format!(
+                    "give a LOCAL path to copy `{}` to",
+                    escape_name(remote.as_os_str())
+                ))
+            })?;
+            PathBuf::from(base)
+        }
+    };
+    let report = files.get(remote, &local, force)?;
+    report_skipped(&report.skipped);
+    eprintln!(
+        "copied {} file(s), {} bytes to {}",
+        report.files,
+        report.bytes,
+        escape_name(local.as_os_str())
+    );
+    Ok(())
+}
+
+/// `volume list`: named volumes, with what each holds.
+fn list(home: &Home, registry: &mut Registry, json: bool) -> Result<()> {
+    let volumes = registry.read(|tx| tx.named_volumes())?;
+    let counts = volumes
+        .iter()
+        .map(|v| volumes::counts_now(home, v))
+        .collect::<Result<Vec<_>>>()?;
+    if json {
+        let list: Vec<_> = volumes
+            .iter()
+            .zip(&counts)
+            .map(|(v, c)| volume_json(v, c))
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&list)?)?;
+    } else {
+        let rows: Vec<Vec<String>> = volumes
+            .iter()
+            .zip(&counts)
+            .map(|(v, c)| {
+                vec![
+                    v.name.clone().unwrap_or_default(),
+                    v.id.clone(),
+                    v.app_id.clone(),
+                    c.bytes.to_string(),
+                    c.files.to_string(),
+                    timestamp(v.created_at),
+                ]
+            })
+            .collect();
+        outln!(
+            "{}",
+            table(&["NAME", "ID", "APP", "BYTES", "FILES", "CREATED"], &rows)
+        )?;
+    }
+    Ok(())
+}
+
+/// `volume info NAME`: what it holds, its quota, who mounts it, its
+/// snapshots.
+fn info(home: &Home, registry: &mut Registry, name: &str, json: bool) -> Result<()> {
+    let volume = volumes::named_volume(registry, name)?;
+    let users = registry.read(|tx| tx.apps_mounting(&volume.id))?;
+    let counts = volumes::counts_now(home, &volume)?;
+    let snaps = registry.read(|tx| tx.snapshots(Some(&volume.id)))?;
+    if json {
+        let mut info = volume_json(&volume, &counts);
+        info["apps"] = users.iter().map(app_json).collect();
+        info["snapshots"] = snaps.iter().map(snapshot_json).collect();
+        outln!("{}", serde_json::to_string_pretty(&info)?)?;
+    } else {
+        let apps: Vec<String> = users
+            .iter()
+            .map(|a| format!("{} ({})", a.name, a.id))
+            .collect();
+        let rows = [
+            ("name", name.to_owned()),
+            ("id", volume.id.clone()),
+            ("bytes", counts.bytes.to_string()),
+            ("files", counts.files.to_string()),
+            ("quota", quota_text(volume.quota)),
+            (
+                "mounted by",
+                if apps.is_empty() {
+                    "-".into()
+                } else {
+                    apps.join(", ")
+                },
+            ),
+            ("created", timestamp(volume.created_at)),
+            (
+                "snapshots",
+                if snaps.is_empty() {
+                    "-".into()
+                } else {
+                    let shown: Vec<String> = snaps
+                        .iter()
+                        .map(|s| format!("{} ({} bytes, {} files)", s.name, s.bytes, s.files))
+                        .collect();
+                    shown.join(", ")
+                },
+            ),
+        ];
+        for (key, value) in rows {
+            outln!("{key:<11} {value}")?;
+        }
+    }
+    Ok(())
+}
+
 fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotCommand) -> Result<()> {
     match command {
         SnapshotCommand::Create {
@@ -454,8 +473,9 @@ fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotComma
             snapshot,
             force,
         } => {
-            let (record, report) =
-                with_progress(|p| snapshots::create(home, registry, &volume, &snapshot, force, p))?;
+            let (record, report) = with_progress(|p| {
+                volumes::create_snapshot(home, registry, &volume, &snapshot, force, p)
+            })?;
             report_skipped(&report.skipped);
             outln!(
                 "created snapshot `{snapshot}` of volume `{volume}` at {}: {} file(s), {} bytes",
@@ -465,7 +485,7 @@ fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotComma
             )?;
         }
         SnapshotCommand::List { volume, json } => {
-            let list = snapshots::list(registry, &volume)?;
+            let list = volumes::list_snapshots(registry, &volume)?;
             if json {
                 let list: Vec<_> = list.iter().map(snapshot_json).collect();
                 outln!("{}", serde_json::to_string_pretty(&list)?)?;
@@ -490,7 +510,7 @@ fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotComma
             force,
         } => {
             let report = with_progress(|p| {
-                snapshots::restore(home, registry, &volume, &snapshot, force, p)
+                volumes::restore_snapshot(home, registry, &volume, &snapshot, force, p)
             })?;
             outln!(
                 "restored volume `{volume}` to snapshot `{snapshot}`: {} file(s), {} bytes",
@@ -499,7 +519,7 @@ fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotComma
             )?;
         }
         SnapshotCommand::Delete { volume, snapshot } => {
-            snapshots::delete(home, registry, &volume, &snapshot)?;
+            volumes::delete_snapshot(home, registry, &volume, &snapshot)?;
             outln!("deleted snapshot `{snapshot}` of volume `{volume}`")?;
         }
     }
@@ -529,11 +549,6 @@ fn quota_text(quota: Quota) -> String {
     let size = quota.max_bytes.map_or("none".into(), format_size);
     let files = quota.max_files.map_or("none".into(), |n| n.to_string());
     format!("max_size {size}, max_files {files}")
-}
-
-fn open_volume(home: &Home, registry: &mut Registry, name: &str) -> Result<VolumeFiles> {
-    let volume = apps::named_volume(registry, name)?;
-    VolumeFiles::open(&home.volume_dir(&volume.id), name)
 }
 
 fn report_skipped(skipped: &[Skipped]) {

@@ -175,7 +175,7 @@ async fn list_volumes(State(api): Shared) -> Answer {
             let volumes = registry.read(|tx| tx.named_volumes())?;
             volumes
                 .iter()
-                .map(|v| Ok(volume_json(v, &crate::volumes::usage::counts_now(&home, v)?)))
+                .map(|v| Ok(volume_json(v, &crate::volumes::counts_now(&home, v)?)))
                 .collect::<anyhow::Result<Vec<_>>>()
         })
         .await

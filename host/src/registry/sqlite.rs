@@ -91,7 +91,7 @@ CREATE INDEX apps_by_state ON apps (state, has_lease);
     // what a node needs to run a queued call, attempts, and output.
     super::calls::MIGRATION_5,
     // 6: volume quotas.
-    crate::volumes::usage::MIGRATION_6,
+    crate::volumes::MIGRATION_6,
     // 7: snapshots of volumes.
     super::snapshots::MIGRATION_7,
     // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.

@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use super::walk::{self, Cursor, WalkError};
 use crate::home::Home;
-use crate::registry::{SnapshotRecord, new_id};
-use crate::volumes::walk::{self, Cursor, WalkError};
+use crate::registry::new_id;
 
 /// Name of the flock that one purge process holds while it works.
 const PURGE_LOCK: &str = ".purge.lock";
@@ -64,16 +64,12 @@ pub fn trash_dir(home: &Home, dir: &Path) -> Result<()> {
     }
 }
 
-/// Trashes volume, lock and snapshot directories (and usage files) the
-/// registry does not know: what a process left when it died between committing a delete and
-/// moving the files, a lock directory a lock call made as its volume was
-/// deleted, or a snapshot copy whose process died (see `snapshots`).
-/// Call inside a registry write transaction, so no volume is half-created.
-pub fn trash_orphans(
-    home: &Home,
-    known_ids: &[String],
-    snapshots: &[SnapshotRecord],
-) -> Result<()> {
+/// Trashes the volume, lock and snapshot directories (and usage files) of
+/// volumes the registry does not know: what a process left when it died
+/// between committing a delete and moving the files, or a lock directory a
+/// lock call made as its volume was deleted. Call inside a registry write
+/// transaction, so no volume is half-created.
+pub fn trash_orphans(home: &Home, known_ids: &[String]) -> Result<()> {
     for parent in [
         home.volumes_dir(),
         home.locks_dir(),
@@ -88,7 +84,7 @@ pub fn trash_orphans(
             }
         }
     }
-    super::snapshots::trash_orphans(home, snapshots)
+    Ok(())
 }
 
 /// Starts a detached purge process if the trash holds anything.

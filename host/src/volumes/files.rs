@@ -1,4 +1,7 @@
-//! `volume ls|put|get|rm`: the host's hands on a volume's files.
+//! `volume ls|put|get|cp|rm`: the host's hands on a volume's files, and
+//! their accounting: `put` and `cp` take room under the volume's quota
+//! before they write anything, and `rm` asks for a recount (see
+//! [`quota`](super::quota)), so a caller only names the volume and the paths.
 //!
 //! Guests are untrusted: they plant symbolic links (and swap files for them
 //! while we work), nest directories deeper than any descriptor limit, write
@@ -7,32 +10,39 @@
 //! link at any component is refused ([`walk`]); trees are walked with
 //! a bounded number of descriptors; copies keep holes ([`sparse`]); links,
 //! FIFOs, sockets and devices are never copied, in either direction, and
-//! each one skipped is reported; and names are escaped for the terminal
-//! ([`text`]) by whoever prints them.
+//! each one skipped is reported ([`copy`]); and names are escaped for the
+//! terminal ([`text`]) by whoever prints them.
 //!
+//! [`walk`]: super::walk
+//! [`sparse`]: super::sparse
+//! [`copy`]: super::copy
 //! [`text`]: crate::text
 
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use rustix::fs::{FileType, OFlags, Stat};
+use rustix::fs::{FileType, Stat};
 use serde::Serialize;
 
+use super::copy::{Copier, CopyReport, Side, Skipped, display, open_source, sync_fs};
+use super::usage::{self, Counts};
+use super::walk::{self, Cursor, Problem, WalkError, is_dir, kind_name};
+use super::{quota, sparse, store};
 use crate::error::{UsageError, usage};
-use crate::volumes::sparse;
+use crate::home::Home;
+use crate::registry::{Registry, VolumeRecord};
 use crate::text::escape_name;
-use crate::volumes::usage::{self, Counts};
-use crate::volumes::walk::{self, Cursor, Problem, Visitor, WalkError, is_dir, kind_name};
 
 /// A volume's root, opened so nothing can be reached outside it.
 pub struct VolumeFiles {
     root: Cursor,
     name: String,
+    home: Home,
+    volume: VolumeRecord,
 }
 
 #[derive(Debug, Serialize)]
@@ -51,102 +61,18 @@ pub struct Entry {
     pub raw_path: PathBuf,
 }
 
-/// What a copy did, including what it would not copy.
-#[derive(Debug, Default)]
-pub struct CopyReport {
-    pub files: usize,
-    pub bytes: u64,
-    pub skipped: Vec<Skipped>,
-}
-
-/// Something a copy passed over: a link, a FIFO, a socket or a device.
-#[derive(Debug)]
-pub struct Skipped {
-    /// As given (a local path) or in the volume (`/...`); escape to print.
-    pub path: PathBuf,
-    /// What it is, as `volume ls` names kinds (`symlink`, `fifo`, ...).
-    pub kind: &'static str,
-}
-
-/// One side of a copy, for saying where a problem is.
-enum Side<'a> {
-    /// The volume named so; cursor paths are relative to its root.
-    Volume(&'a str),
-    /// The local directory cursor paths are relative to.
-    Local(&'a Path),
-}
-
-impl Side<'_> {
-    /// `relative` as messages show it: `/a/b` in a volume, or a local path.
-    fn name(&self, relative: &Path) -> String {
-        match self {
-            Side::Volume(_) => display(relative),
-            Side::Local(root) => escape_name(root.join(relative).as_os_str()),
-        }
-    }
-
-    /// Where `relative` is, for a message: `/a/b in volume `v``, or a local path.
-    fn place(&self, relative: &Path) -> String {
-        match self {
-            Side::Volume(volume) => format!("{} in volume `{volume}`", display(relative)),
-            Side::Local(_) => self.name(relative),
-        }
-    }
-
-    /// The path a skipped entry is reported under.
-    fn skipped(&self, relative: &Path) -> PathBuf {
-        match self {
-            Side::Volume(_) => Path::new("/").join(relative),
-            Side::Local(root) => root.join(relative),
-        }
-    }
-
-    /// A walk's error: the copy's own errors say where they are already;
-    /// the walker's, on this side, are told here.
-    fn walk_error(&self, e: anyhow::Error) -> anyhow::Error {
-        match e.downcast::<WalkError>() {
-            Ok(e) => self.error("read", e),
-            Err(e) => e,
-        }
-    }
-
-    /// The error of `verb`ing what `e` is about.
-    fn error(&self, verb: &str, e: WalkError) -> anyhow::Error {
-        let target = e.path.clone();
-        self.error_in(verb, &target, e)
-    }
-
-    /// The error of `verb`ing `target`, which `e` (about `target` or a
-    /// directory on the way to it) stopped.
-    fn error_in(&self, verb: &str, target: &Path, e: WalkError) -> anyhow::Error {
-        let what = format!("cannot {verb} {}", self.place(target));
-        let at = if e.path == target {
-            "it".to_owned()
-        } else {
-            self.name(&e.path)
-        };
-        match e.problem {
-            Problem::Link => anyhow!(
-                "{what}: {at} is a symbolic link; wasmhost never follows links in a volume, which could lead outside it"
-            ),
-            Problem::NotDirectory => anyhow!("{what}: {at} is not a directory"),
-            Problem::NotFound => anyhow!("{what}: {at} does not exist"),
-            Problem::Moved => anyhow!(
-                "{what}: {at} was moved while wasmhost walked it (by a running guest?); try again"
-            ),
-            Problem::Io(io) if at == "it" => anyhow::Error::from(io).context(what),
-            Problem::Io(io) => anyhow::Error::from(io).context(format!("{what}: {at}")),
-        }
-    }
-}
-
 impl VolumeFiles {
-    pub fn open(dir: &Path, name: &str) -> Result<Self> {
-        let root = Cursor::open(dir)
+    /// The files of the named volume `name`.
+    pub fn open(home: &Home, registry: &mut Registry, name: &str) -> Result<Self> {
+        let volume = store::named_volume(registry, name)?;
+        let dir = home.volume_dir(&volume.id);
+        let root = Cursor::open(&dir)
             .with_context(|| format!("cannot open volume `{name}` at {}", dir.display()))?;
         Ok(Self {
             root,
             name: name.to_owned(),
+            home: home.clone(),
+            volume,
         })
     }
 
@@ -217,8 +143,10 @@ impl VolumeFiles {
         Ok(entries)
     }
 
-    /// Copies the local file or directory `local` to `remote` in the volume.
+    /// Copies the local file or directory `local` to `remote` in the volume,
+    /// once room for all of it is taken under the volume's quota.
     pub fn put(&self, local: &Path, remote: &Path, force: bool) -> Result<CopyReport> {
+        quota::reserve_put(&self.home, &self.volume, local)?;
         let local_stat = match rustix::fs::lstat(local) {
             Err(rustix::io::Errno::NOENT) => {
                 return Err(usage!("{} does not exist", escape_name(local.as_os_str())));
@@ -312,14 +240,15 @@ impl VolumeFiles {
     /// followed), modes and times are kept, and data is shared by reflink
     /// where the file system can. A directory needs `recursive`; an
     /// existing `dst` needs `force`, and is then replaced, not merged. One
-    /// inside the other is refused. Returns what was copied.
+    /// inside the other is refused. Room for the copy is taken under the
+    /// volume's quota before anything is removed or copied. Returns what was
+    /// copied, and tells `progress` after each file.
     pub fn cp(
         &self,
         src: &Path,
         dst: &Path,
         recursive: bool,
         force: bool,
-        room: &mut dyn FnMut(Counts) -> Result<()>,
         progress: &mut dyn FnMut(&CopyReport),
     ) -> Result<CopyReport> {
         let src_path = relative(src)?;
@@ -351,13 +280,12 @@ impl VolumeFiles {
             self.refuse_existing(&dir, Some(&name), &dst_path)?;
         }
         // Room is taken (quotas checked) before anything is removed or copied.
-        room(if src_is_dir {
+        let counts = if src_is_dir {
             let mut source = src_dir.try_clone()?;
             source
                 .descend(src_name.as_deref().expect("not the root"))
                 .map_err(|e| self.side().error("read", e))?;
-            let inside =
-                usage::count_at(source).map_err(|e| self.side().error("read", e))?;
+            let inside = usage::count_at(source).map_err(|e| self.side().error("read", e))?;
             Counts {
                 files: inside.files + 1,
                 ..inside
@@ -367,7 +295,9 @@ impl VolumeFiles {
                 bytes: stat.st_size as u64,
                 files: 1,
             }
-        })?;
+        };
+        let what = src.display().to_string();
+        quota::reserve_copy(&self.home, &self.volume, counts, &what)?;
         if force {
             walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))?;
         }
@@ -508,262 +438,9 @@ impl VolumeFiles {
                 self.name
             ));
         }
-        walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))
+        walk::remove(&dir, &name).map_err(|e| self.side().error("remove", e))?;
+        quota::files_changed(&self.home, &self.volume)
     }
-}
-
-/// Copies what a walk finds into the directory `target` is at, and keeps
-/// `target` in step with the walk.
-struct Copier<'a> {
-    target: Cursor,
-    from: Side<'a>,
-    to: Side<'a>,
-    report: &'a mut CopyReport,
-    /// Set by [`Copier::within`]: a copy inside wasmhost's own store.
-    within: Option<Within<'a>>,
-}
-
-/// How a copy inside wasmhost's store (a volume to itself, or to and from
-/// a snapshot) differs from one across the host boundary: it is to be the
-/// same tree again, so links are copied as links (never followed), modes
-/// and times are kept, data is shared by reflink where the file system
-/// can, and the caller syncs once at the end rather than per file.
-struct Within<'a> {
-    /// False once a reflink failed: the file system cannot, so every file
-    /// after is copied.
-    reflink: bool,
-    progress: &'a mut dyn FnMut(&CopyReport),
-}
-
-impl<'a> Copier<'a> {
-    fn new(target: Cursor, from: Side<'a>, to: Side<'a>, report: &'a mut CopyReport) -> Self {
-        Self {
-            target,
-            from,
-            to,
-            report,
-            within: None,
-        }
-    }
-
-    fn within(mut self, progress: &'a mut dyn FnMut(&CopyReport)) -> Self {
-        self.within = Some(Within {
-            reflink: true,
-            progress,
-        });
-        self
-    }
-
-    fn skip(&mut self, relative: &Path, kind: &'static str) {
-        self.report.skipped.push(Skipped {
-            path: self.from.skipped(relative),
-            kind,
-        });
-    }
-
-    /// Copies the file `name` in `dir` to `target_name` in the target
-    /// directory, holes kept. A file that vanished or became something else
-    /// since the walk saw it is passed over (reported if it is not gone).
-    fn file(&mut self, dir: &Cursor, name: &OsStr, target_name: &OsStr) -> Result<()> {
-        let source = match open_source(dir, name) {
-            Ok(Some(file)) => file,
-            Ok(None) => {
-                let kind = dir.stat(name).map_or("other", |s| kind_name(&s));
-                self.skip(&dir.child(name), kind);
-                return Ok(());
-            }
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) if matches!(e.problem, Problem::Link) => {
-                self.skip(&dir.child(name), "symlink");
-                return Ok(());
-            }
-            Err(e) => return Err(self.from.error("read", e)),
-        };
-        let target = self.create(target_name)?;
-        let failed = |e: io::Error, this: &Self| {
-            anyhow::Error::from(e).context(format!(
-                "cannot copy {} to {}",
-                this.from.place(&dir.child(name)),
-                this.to.place(&this.target.child(target_name))
-            ))
-        };
-        let bytes = match &mut self.within {
-            Some(within) => clone_or_copy(&source, &target, &mut within.reflink)
-                .and_then(|bytes| keep_mode_and_times(&source, &target).map(|()| bytes))
-                .map_err(|e| failed(e, self))?,
-            None => {
-                let bytes = sparse::copy(&source, &target).map_err(|e| failed(e, self))?;
-                if let Side::Volume(_) = self.to {
-                    target.sync_all()?;
-                }
-                bytes
-            }
-        };
-        self.report.files += 1;
-        self.report.bytes += bytes;
-        if let Some(within) = &mut self.within {
-            (within.progress)(self.report);
-        }
-        Ok(())
-    }
-
-    /// Copies the link `name` in `dir` as a link named `target_name`: its
-    /// text, never what it points at.
-    fn link(&mut self, dir: &Cursor, name: &OsStr, target_name: &OsStr) -> Result<()> {
-        let text = match rustix::fs::readlinkat(dir.fd(), name, Vec::new()) {
-            Err(rustix::io::Errno::NOENT) => return Ok(()),
-            other => {
-                other.map_err(|e| self.from.error("read", WalkError::new(dir.child(name), e)))?
-            }
-        };
-        rustix::fs::symlinkat(text.as_c_str(), self.target.fd(), target_name).map_err(|e| {
-            self.to
-                .error("write", WalkError::new(self.target.child(target_name), e))
-        })?;
-        self.report.files += 1;
-        Ok(())
-    }
-
-    /// Copies what `name` in `dir` is (`stat`) to `target_name`: a file; a
-    /// link, inside wasmhost's store; anything else is skipped.
-    fn entry_as(
-        &mut self,
-        dir: &Cursor,
-        name: &OsStr,
-        stat: &Stat,
-        target_name: &OsStr,
-    ) -> Result<()> {
-        match FileType::from_raw_mode(stat.st_mode) {
-            FileType::RegularFile => self.file(dir, name, target_name),
-            FileType::Symlink if self.within.is_some() => self.link(dir, name, target_name),
-            _ => {
-                self.skip(&dir.child(name), kind_name(stat));
-                Ok(())
-            }
-        }
-    }
-
-    /// Creates (or truncates) `name` in the target directory. A link there
-    /// is refused in a volume (a guest's: never written through, nor
-    /// removed); on the local side, where the user asked for `--force`, it
-    /// is replaced, never written through.
-    fn create(&self, name: &OsStr) -> Result<File> {
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NONBLOCK;
-        let open = || self.target.open_at(name, flags, 0o666);
-        let fd = match (open(), &self.to) {
-            (Err(e), Side::Local(_)) if matches!(e.problem, Problem::Link) => {
-                self.target.unlink(name, false).and_then(|()| open())
-            }
-            (result, _) => result,
-        }
-        .map_err(|e| self.to.error("write", e))?;
-        let file = File::from(fd);
-        if !file.metadata()?.is_file() {
-            bail!(
-                "cannot write {}: it is not a regular file",
-                self.to.place(&self.target.child(name))
-            );
-        }
-        Ok(file)
-    }
-}
-
-impl Visitor for Copier<'_> {
-    type Error = anyhow::Error;
-
-    fn entry(&mut self, dir: &Cursor, name: &OsStr, stat: &Stat) -> Result<()> {
-        self.entry_as(dir, name, stat, name)
-    }
-
-    fn enter(&mut self, _: &Cursor, name: &OsStr) -> Result<()> {
-        self.target
-            .descend_making(name)
-            .map_err(|e| self.to.error("write", e))
-    }
-
-    fn leave(&mut self, _: &Cursor, _: &OsStr) -> Result<()> {
-        self.target.ascend().map_err(|e| self.to.error("write", e))
-    }
-}
-
-/// Makes `target` (empty) hold what `source` holds: a reflink (`FICLONE`,
-/// btrfs and XFS), which shares the data until either is written, while
-/// `reflink` says the file system may take one; else a copy that keeps
-/// holes. Returns the length.
-fn clone_or_copy(source: &File, target: &File, reflink: &mut bool) -> io::Result<u64> {
-    if *reflink {
-        match rustix::fs::ioctl_ficlone(target, source) {
-            Ok(()) => return Ok(source.metadata()?.len()),
-            // Not this file system (or not across these two): copy from now on.
-            Err(_) => *reflink = false,
-        }
-    }
-    sparse::copy(source, target)
-}
-
-/// Gives `target` the permission bits and times of `source`.
-fn keep_mode_and_times(source: &File, target: &File) -> io::Result<()> {
-    let stat = rustix::fs::fstat(source)?;
-    rustix::fs::fchmod(
-        target,
-        rustix::fs::Mode::from_raw_mode(stat.st_mode & 0o7777),
-    )?;
-    let time = |sec, nsec| rustix::fs::Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec as _,
-    };
-    rustix::fs::futimens(
-        target,
-        &rustix::fs::Timestamps {
-            last_access: time(stat.st_atime, stat.st_atime_nsec),
-            last_modification: time(stat.st_mtime, stat.st_mtime_nsec),
-        },
-    )?;
-    Ok(())
-}
-
-/// Writes what a copy inside wasmhost's store made to disk: once, for the
-/// whole file system `dir` is on, rather than a sync per file.
-fn sync_fs(dir: &Cursor) -> Result<()> {
-    rustix::fs::syncfs(dir.fd()).context("cannot sync the copy to disk")
-}
-
-/// Copies the whole tree at `from` into the empty directory `to`, both
-/// wasmhost's own (a volume root, a snapshot, a copy under way), as
-/// `volume cp` copies inside a volume (see [`VolumeFiles::cp`]);
-/// `names` are what messages call the two (`data`, `data@v1`). Returns
-/// what was copied, and tells `progress` after each file.
-pub fn clone_tree(
-    from: &Path,
-    to: &Path,
-    names: (&str, &str),
-    progress: &mut dyn FnMut(&CopyReport),
-) -> Result<CopyReport> {
-    let source = Cursor::open(from).with_context(|| format!("cannot open {}", from.display()))?;
-    let target = Cursor::open(to).with_context(|| format!("cannot open {}", to.display()))?;
-    let mut report = CopyReport::default();
-    let mut copier = Copier::new(
-        target.try_clone()?,
-        Side::Volume(names.0),
-        Side::Volume(names.1),
-        &mut report,
-    )
-    .within(progress);
-    walk::walk(source, &mut copier).map_err(|e| Side::Volume(names.0).walk_error(e))?;
-    sync_fs(&target)?;
-    Ok(report)
-}
-
-/// The file `name` in `dir` opened to read, if it is still a regular file.
-/// `O_NONBLOCK`, so a FIFO swapped in cannot hang the host.
-fn open_source(dir: &Cursor, name: &OsStr) -> Result<Option<File>, WalkError> {
-    let fd = dir.open_at(name, OFlags::RDONLY | OFlags::NONBLOCK, 0)?;
-    let file = File::from(fd);
-    let regular = file
-        .metadata()
-        .map_err(|e| WalkError::new(dir.child(name), e))?
-        .is_file();
-    Ok(regular.then_some(file))
 }
 
 /// A local path as the directory holding it, that directory opened, and
@@ -799,11 +476,6 @@ fn relative(path: &Path) -> Result<PathBuf> {
     Ok(relative)
 }
 
-/// A path in a volume as messages show it: from the root, escaped.
-fn display(relative: &Path) -> String {
-    format!("/{}", escape_name(relative.as_os_str()))
-}
-
 fn entry(relative: &Path, stat: &Stat) -> Entry {
     let raw_path = Path::new("/").join(relative);
     let (path, path_bytes) = match raw_path.to_str() {
@@ -820,5 +492,45 @@ fn entry(relative: &Path, stat: &Stat) -> Entry {
         size: stat.st_size as u64,
         modified: u64::try_from(stat.st_mtime).ok(),
         raw_path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Quota;
+    use crate::registry::new_id;
+
+    /// The accounting is the library's: `put` and `cp` are refused before
+    /// they write when the quota has no room, and `rm` gives room back.
+    #[test]
+    fn put_and_cp_take_room_first_and_rm_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home")).unwrap();
+        let mut registry = Registry::open(&home.registry()).unwrap();
+        // Unique, for a registry that other runs share (`$WASMHOST_DB`).
+        let name = new_id("quota");
+        let quota = Quota {
+            max_bytes: Some(100),
+            max_files: None,
+        };
+        let volume = store::create_named_volume(&home, &mut registry, &name, quota).unwrap();
+        let files = VolumeFiles::open(&home, &mut registry, &name).unwrap();
+        let local = dir.path().join("local");
+        std::fs::write(&local, [1; 101]).unwrap();
+        let e = files.put(&local, Path::new("/big"), false).unwrap_err();
+        assert!(e.to_string().contains("does not fit in volume"), "{e:#}");
+        assert!(files.ls(Path::new("/")).unwrap().is_empty());
+        std::fs::write(&local, [1; 60]).unwrap();
+        files.put(&local, Path::new("/a"), false).unwrap();
+        let e = files
+            .cp(Path::new("/a"), Path::new("/b"), false, false, &mut |_| {})
+            .unwrap_err();
+        assert!(e.to_string().contains("does not fit in volume"), "{e:#}");
+        files.rm(Path::new("/a"), false).unwrap();
+        assert_eq!(
+            quota::counts_now(&home, &volume).unwrap(),
+            Counts::default()
+        );
     }
 }

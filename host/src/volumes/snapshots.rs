@@ -3,7 +3,7 @@
 //! volume, and a volume put back to one or forked from one.
 //!
 //! Every copy shares data with its source where the file system can
-//! (reflinks, see [`files::clone_tree`]) and is made in a directory
+//! (reflinks, see [`clone_tree`]) and is made in a directory
 //! of its own, `.op-ID`, under a lease named `op-ID`: it takes its place
 //! (a snapshot's name, a restored volume's directory, a new volume's) by a
 //! `rename` inside the registry transaction that records it, so no reader
@@ -20,15 +20,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rustix::fs::{CWD, RenameFlags};
 
-use crate::apps::{self, MountFilter, check_name};
+use super::copy::{CopyReport, clone_tree};
+use super::in_use::{MountFilter, refuse_if_mounted};
+use super::store::{check_name, insert_named_volume, named_volume, named_volume_in};
+use super::{disk, quota};
 use crate::error::usage;
 use crate::home::Home;
 use crate::lease::Lease;
-use crate::registry::{Registry, SnapshotRecord, Tx, VolumeRecord, new_id};
 use crate::manifest::Quota;
-use crate::volumes::files::{self, CopyReport};
-use crate::volumes::usage;
-use super::disk;
+use crate::registry::{Registry, SnapshotRecord, Tx, VolumeRecord, new_id};
 
 /// Told after each file a copy makes (a progress bar).
 pub type Progress<'a> = &'a mut dyn FnMut(&CopyReport);
@@ -83,11 +83,11 @@ impl<C: Fn(&Tx) -> Result<()>> CopyJob<'_, C> {
     ) -> Result<(T, CopyReport)> {
         registry.read(&self.check)?;
         let staging = Staging::new(home, &self.volume.id)?;
-        let result = files::clone_tree(&self.from, &staging.dir, self.names, progress)
-            .and_then(|report| {
+        let result =
+            clone_tree(&self.from, &staging.dir, self.names, progress).and_then(|report| {
                 let placed = registry.write(|tx| {
                     let name = self.volume.name.as_deref().unwrap_or_default();
-                    if apps::named_volume_in(tx, name)?.id != self.volume.id {
+                    if named_volume_in(tx, name)?.id != self.volume.id {
                         anyhow::bail!(
                             "volume `{name}` was deleted or replaced while it was being copied"
                         );
@@ -118,7 +118,7 @@ fn snapshot_in(tx: &Tx, volume: &VolumeRecord, name: &str) -> Result<SnapshotRec
 /// `volume snapshot create VOLUME NAME`: copies the volume (sharing data
 /// where the file system can). Refused while running apps mount it
 /// writable, unless `force`, and again if one started during the copy.
-pub fn create(
+pub fn create_snapshot(
     home: &Home,
     registry: &mut Registry,
     volume: &str,
@@ -127,7 +127,7 @@ pub fn create(
     progress: Progress,
 ) -> Result<(SnapshotRecord, CopyReport)> {
     check_name(name, "snapshot")?;
-    let record = apps::named_volume(registry, volume)?;
+    let record = named_volume(registry, volume)?;
     let shown = format!("{volume}@{name}");
     let copy = CopyJob {
         volume: &record,
@@ -139,7 +139,7 @@ pub fn create(
                     "volume `{volume}` already has a snapshot `{name}`; delete it first with `wasmhost volume snapshot delete {volume} {name}`, or choose another name"
                 ));
             }
-            apps::refuse_if_mounted(
+            refuse_if_mounted(
                 tx,
                 &record,
                 MountFilter::Writable,
@@ -157,20 +157,25 @@ pub fn create(
 }
 
 /// `volume snapshot list VOLUME`.
-pub fn list(registry: &mut Registry, volume: &str) -> Result<Vec<SnapshotRecord>> {
-    let record = apps::named_volume(registry, volume)?;
+pub fn list_snapshots(registry: &mut Registry, volume: &str) -> Result<Vec<SnapshotRecord>> {
+    let record = named_volume(registry, volume)?;
     registry.read(|tx| tx.snapshots(Some(&record.id)))
 }
 
 /// `volume snapshot delete VOLUME NAME`: refused while running apps mount
 /// that snapshot.
-pub fn delete(home: &Home, registry: &mut Registry, volume: &str, name: &str) -> Result<()> {
+pub fn delete_snapshot(
+    home: &Home,
+    registry: &mut Registry,
+    volume: &str,
+    name: &str,
+) -> Result<()> {
     check_name(name, "snapshot")?;
-    let record = apps::named_volume(registry, volume)?;
+    let record = named_volume(registry, volume)?;
     registry.write(|tx| {
         snapshot_in(tx, &record, name)?;
         // No --force: their calls could no longer mount it.
-        apps::refuse_if_mounted(tx, &record, MountFilter::Snapshot(name), None)?;
+        refuse_if_mounted(tx, &record, MountFilter::Snapshot(name), None)?;
         tx.delete_snapshots(&record.id, Some(name))?;
         disk::trash_dir(home, &home.snapshot_dir(&record.id, name))
     })?;
@@ -183,7 +188,7 @@ pub fn delete(home: &Home, registry: &mut Registry, volume: &str, name: &str) ->
 /// trash. Refused while running apps mount the volume (its snapshots do
 /// not count), unless `force` (their instances then keep the old tree
 /// until they end). Returns what was copied.
-pub fn restore(
+pub fn restore_snapshot(
     home: &Home,
     registry: &mut Registry,
     volume: &str,
@@ -192,7 +197,7 @@ pub fn restore(
     progress: Progress,
 ) -> Result<CopyReport> {
     check_name(name, "snapshot")?;
-    let record = apps::named_volume(registry, volume)?;
+    let record = named_volume(registry, volume)?;
     let shown = format!("{volume}@{name}");
     let copy = CopyJob {
         volume: &record,
@@ -200,7 +205,7 @@ pub fn restore(
         names: (&shown, volume),
         check: |tx: &Tx| {
             snapshot_in(tx, &record, name)?;
-            apps::refuse_if_mounted(
+            refuse_if_mounted(
                 tx,
                 &record,
                 MountFilter::Live,
@@ -211,7 +216,7 @@ pub fn restore(
     let live = home.volume_dir(&record.id);
     let ((), report) = copy.run(home, registry, progress, |_, dir, _| swap(home, dir, &live))?;
     // The whole tree changed: its count is recounted at the next open.
-    usage::files_changed(home, &record)?;
+    quota::files_changed(home, &record)?;
     Ok(report)
 }
 
@@ -231,7 +236,7 @@ fn swap(home: &Home, new: &Path, live: &Path) -> Result<()> {
 
 /// `volume create NEW --from VOLUME@SNAPSHOT`: a new named volume holding a
 /// copy of the snapshot, independent of both. Returns what was copied.
-pub fn fork(
+pub fn fork_snapshot(
     home: &Home,
     registry: &mut Registry,
     new: &str,
@@ -244,7 +249,7 @@ pub fn fork(
         usage!("`--from {from}` names no snapshot; write VOLUME@SNAPSHOT, e.g. --from data@v1")
     })?;
     check_name(name, "snapshot")?;
-    let record = apps::named_volume(registry, volume)?;
+    let record = named_volume(registry, volume)?;
     let copy = CopyJob {
         volume: &record,
         from: home.snapshot_dir(&record.id, name),
@@ -257,13 +262,13 @@ pub fn fork(
         },
     };
     copy.run(home, registry, progress, |tx, dir, _| {
-        let created = apps::insert_named_volume(tx, new, quota)?;
+        let created = insert_named_volume(tx, new, quota)?;
         let target = home.volume_dir(&created.id);
         fs::rename(dir, &target)
             .with_context(|| format!("cannot move the new volume to {}", target.display()))?;
         fs::create_dir(home.volume_locks_dir(&created.id))
             .with_context(|| format!("cannot create volume `{new}`'s lock directory"))?;
-        usage::apply_quota(home, &created.id, quota)?;
+        quota::apply_quota(home, &created.id, quota)?;
         Ok(created)
     })
 }
@@ -271,7 +276,7 @@ pub fn fork(
 /// Trashes what the snapshot directories of known volumes hold that the
 /// registry does not: a snapshot whose delete was cut short, or a copy
 /// (`.op-ID`) whose process died, told by its lease being free. Call
-/// inside a registry write transaction (see `volumes::trash_orphans`).
+/// inside a registry write transaction (see [`trash_orphans`](super::trash_orphans)).
 pub fn trash_orphans(home: &Home, snapshots: &[SnapshotRecord]) -> Result<()> {
     for volume in fs::read_dir(home.snapshots_dir())? {
         let volume = volume?;

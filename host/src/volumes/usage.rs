@@ -37,9 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use rustix::fs::{FileType, Stat};
 
+use super::walk::{self, Cursor, Visitor, WalkError};
 use crate::home::Home;
 use crate::manifest::Quota;
-use crate::volumes::walk::{self, Cursor, Visitor, WalkError};
 
 /// Migration 6 of the registry: each volume's quota as the user set it
 /// (NULL for none).
@@ -76,87 +76,6 @@ enum Slot {
 pub struct Counts {
     pub bytes: u64,
     pub files: u64,
-}
-
-/// Gives volume `volume_id`'s writers `quota` to check from now on.
-pub fn apply_quota(home: &Home, volume_id: &str, quota: Quota) -> Result<()> {
-    Usage::open(home, volume_id, quota)?.set_quota(quota);
-    Ok(())
-}
-
-/// What `volume` holds now: exact unless a process is writing it (then
-/// what the writers have reserved), recounted first if stale.
-pub fn counts_now(home: &Home, volume: &crate::registry::VolumeRecord) -> Result<Counts> {
-    Ok(Usage::open(home, &volume.id, volume.quota)?.counts())
-}
-
-/// Reserves room for copying `local` (a file or a directory, as `volume
-/// put` copies it) into volume `volume`, before anything is copied: refused
-/// with a message saying how much is missing. The room stays taken and the
-/// count is marked for a recount: overwritten files make it high until
-/// then, never low.
-pub fn reserve_put(
-    home: &Home,
-    volume: &crate::registry::VolumeRecord,
-    local: &Path,
-) -> Result<()> {
-    let counts = match std::fs::symlink_metadata(local) {
-        Ok(meta) if meta.is_dir() => count(local)
-            .with_context(|| format!("cannot count {}", local.display()))
-            .map(|c| Counts {
-                files: c.files + 1,
-                ..c
-            })?,
-        Ok(meta) => Counts {
-            bytes: meta.len(),
-            files: 1,
-        },
-        // `put` says what is wrong with it.
-        Err(_) => return Ok(()),
-    };
-    reserve_copy(home, volume, counts, &local.display().to_string())
-}
-
-/// Reserves room for `counts` that the host is about to copy (`what`) into
-/// volume `volume`: refused with a message saying how much is missing. The
-/// room stays taken and the count is marked for a recount: overwritten
-/// files make it high until then, never low.
-pub fn reserve_copy(
-    home: &Home,
-    volume: &crate::registry::VolumeRecord,
-    counts: Counts,
-    what: &str,
-) -> Result<()> {
-    let usage = Usage::open(home, &volume.id, volume.quota)?;
-    if usage.reserve(counts.bytes, counts.files).is_err() {
-        let now = usage.counts();
-        let quota = usage.quota();
-        anyhow::bail!(
-            "{what} ({} bytes, {} files) does not fit in volume `{}`: it holds {} bytes and {} files of its quota of {} bytes and {} files; free space in it, or raise its quota with `wasmhost volume set`",
-            counts.bytes,
-            counts.files,
-            volume.name.as_deref().unwrap_or(&volume.id),
-            now.bytes,
-            now.files,
-            quota
-                .max_bytes
-                .map_or("unlimited".into(), |b| b.to_string()),
-            quota
-                .max_files
-                .map_or("unlimited".into(), |f| f.to_string()),
-        );
-    }
-    usage.mark_stale();
-    Ok(())
-}
-
-/// Marks volume `volume`'s count for a recount, after the host changed its
-/// files other than through a guest (`volume rm`, and copies or restores
-/// of files into it: what the snapshot and `volume cp` work should call
-/// after it writes a volume, or [`Usage::reserve`] first to keep a quota).
-pub fn files_changed(home: &Home, volume: &crate::registry::VolumeRecord) -> Result<()> {
-    Usage::open(home, &volume.id, volume.quota)?.mark_stale();
-    Ok(())
 }
 
 /// A reservation refused: it would take the volume past its quota.
@@ -370,7 +289,7 @@ fn sub_saturating(counter: &AtomicU64, amount: u64) {
 }
 
 /// Counts what is beneath `dir` as usage counts it: depth-safe, never
-/// through a link (see `walk`).
+/// through a link (see [`walk`](super::walk)).
 pub fn count(dir: &Path) -> Result<Counts, WalkError> {
     let cursor = Cursor::open(dir).map_err(|e| WalkError::new(dir.to_owned(), e))?;
     count_at(cursor)

@@ -1,5 +1,5 @@
 //! What an instance needs to keep its volumes' usage and quotas: the usage
-//! of each writable mount (see `usage`), and which mount a host
+//! of each writable mount (see `volumes::usage`), and which mount a host
 //! descriptor belongs to. The shims in `quota_p1` and `quota_p2` stand in
 //! front of wasmtime-wasi's calls that grow or shrink a volume: they reserve
 //! growth before the call (failing it with ENOSPC when the quota has no room,
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::runtime::Invocation;
-use crate::volumes::usage::{NoRoom, Usage};
+use crate::volumes::{NoRoom, Usage};
 
 /// One mount as the shims see it.
 struct MountUsage {
