@@ -32,7 +32,7 @@ use super::copy::{Copier, CopyReport, Side, Skipped, display, open_source, sync_
 use super::usage::{self, Counts};
 use super::walk::{self, Cursor, Problem, WalkError, is_dir, kind_name};
 use super::{quota, sparse, store};
-use crate::error::{UsageError, usage};
+use crate::error::{conflict, not_found, usage};
 use crate::home::Home;
 use crate::registry::{Registry, VolumeRecord};
 use crate::text::escape_name;
@@ -108,14 +108,12 @@ impl VolumeFiles {
     /// usage (exit 2); links and I/O errors are not.
     fn resolve_error(&self, verb: &str, relative: &Path, e: WalkError) -> anyhow::Error {
         match e.problem {
-            Problem::NotFound => usage!(
+            Problem::NotFound => not_found!(
                 "{} does not exist in volume `{}`",
                 display(relative),
                 self.name
             ),
-            Problem::NotDirectory => {
-                UsageError(self.side().error_in(verb, relative, e).to_string()).into()
-            }
+            Problem::NotDirectory => usage!("{}", self.side().error_in(verb, relative, e)),
             _ => self.side().error_in(verb, relative, e),
         }
     }
@@ -149,7 +147,10 @@ impl VolumeFiles {
         quota::reserve_put(&self.home, &self.volume, local)?;
         let local_stat = match rustix::fs::lstat(local) {
             Err(rustix::io::Errno::NOENT) => {
-                return Err(usage!("{} does not exist", escape_name(local.as_os_str())));
+                return Err(not_found!(
+                    "{} does not exist",
+                    escape_name(local.as_os_str())
+                ));
             }
             other => {
                 other.with_context(|| format!("cannot read {}", escape_name(local.as_os_str())))?
@@ -226,7 +227,7 @@ impl VolumeFiles {
         if let Some(name) = name
             && dir.stat(name).is_ok()
         {
-            return Err(usage!(
+            return Err(conflict!(
                 "{} already exists in volume `{}`; pass --force to overwrite",
                 display(relative),
                 self.name
@@ -347,7 +348,7 @@ impl VolumeFiles {
         let (mut dir, name) = self.locate(&remote_path, "read")?;
         let stat = self.stat(&dir, name.as_deref(), &remote_path)?;
         if !force && std::fs::symlink_metadata(local).is_ok() {
-            return Err(usage!(
+            return Err(conflict!(
                 "{} already exists; pass --force to overwrite",
                 escape_name(local.as_os_str())
             ));

@@ -24,7 +24,7 @@ use super::copy::{CopyReport, clone_tree};
 use super::in_use::{MountFilter, refuse_if_mounted};
 use super::store::{check_name, insert_named_volume, named_volume, named_volume_in};
 use super::{disk, quota};
-use crate::error::usage;
+use crate::error::{conflict, not_found, usage};
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::Quota;
@@ -109,7 +109,7 @@ impl<C: Fn(&Tx) -> Result<()>> CopyJob<'_, C> {
 fn snapshot_in(tx: &Tx, volume: &VolumeRecord, name: &str) -> Result<SnapshotRecord> {
     tx.snapshot(&volume.id, name)?.ok_or_else(|| {
         let volume = volume.name.as_deref().unwrap_or_default();
-        usage!(
+        not_found!(
             "volume `{volume}` has no snapshot `{name}`; `wasmhost volume snapshot list {volume}` shows them"
         )
     })
@@ -135,7 +135,7 @@ pub fn create_snapshot(
         names: (volume, &shown),
         check: |tx: &Tx| {
             if tx.snapshot(&record.id, name)?.is_some() {
-                return Err(usage!(
+                return Err(conflict!(
                     "volume `{volume}` already has a snapshot `{name}`; delete it first with `wasmhost volume snapshot delete {volume} {name}`, or choose another name"
                 ));
             }
@@ -256,7 +256,7 @@ pub fn fork_snapshot(
         names: (from, new),
         check: |tx: &Tx| {
             if tx.named_volume(new)?.is_some() {
-                return Err(usage!("volume `{new}` already exists"));
+                return Err(conflict!("volume `{new}` already exists"));
             }
             snapshot_in(tx, &record, name).map(drop)
         },

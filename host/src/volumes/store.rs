@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::in_use::{MountFilter, refuse_if_mounted};
 use super::{disk, quota};
-use crate::error::usage;
+use crate::error::{conflict, not_found, usage};
 use crate::home::Home;
 use crate::manifest::{AppManifest, Quota, VolumeSpec};
 use crate::names::{NAME_RULE, is_valid_name};
@@ -26,7 +26,7 @@ pub fn named_volume(registry: &mut Registry, name: &str) -> Result<VolumeRecord>
 
 pub fn named_volume_in(tx: &Tx, name: &str) -> Result<VolumeRecord> {
     tx.named_volume(name)?
-        .ok_or_else(|| usage!("no volume is named `{name}`; `wasmhost volume list` shows them"))
+        .ok_or_else(|| not_found!("no volume is named `{name}`; `wasmhost volume list` shows them"))
 }
 
 pub fn check_name(name: &str, what: &str) -> Result<()> {
@@ -51,7 +51,7 @@ pub fn create_named_volume(
     with_new_dirs(home, |created| {
         registry.write(|tx| {
             if tx.named_volume(name)?.is_some() {
-                return Err(usage!("volume `{name}` already exists"));
+                return Err(conflict!("volume `{name}` already exists"));
             }
             ensure_named_volume(tx, home, name, quota, created)
         })
@@ -69,7 +69,7 @@ pub fn set_volume_quota(
     check_name(name, "volume")?;
     registry.write(|tx| {
         let mut volume = tx.named_volume(name)?.ok_or_else(|| {
-            usage!("no volume is named `{name}`; `wasmhost volume list` shows them")
+            not_found!("no volume is named `{name}`; `wasmhost volume list` shows them")
         })?;
         volume.quota = change(volume.quota);
         tx.set_volume_quota(&volume.id, volume.quota)?;
@@ -94,7 +94,9 @@ pub fn rename_named_volume(
     registry.write(|tx| {
         let volume = named_volume_in(tx, old)?;
         if tx.named_volume(new)?.is_some() {
-            return Err(usage!("volume `{new}` already exists; choose another name"));
+            return Err(conflict!(
+                "volume `{new}` already exists; choose another name"
+            ));
         }
         refuse_if_mounted(
             tx,
@@ -195,7 +197,7 @@ fn check_snapshot_mounts(
             let volume = &volumes[&mount.volume];
             if tx.snapshot(&volume.id, snapshot)?.is_none() {
                 let what = volume.name.as_deref().unwrap_or(&mount.volume);
-                return Err(usage!(
+                return Err(not_found!(
                     "function `{function}` mounts snapshot `{snapshot}` of volume `{what}`, which has none of that name; take it with `wasmhost volume snapshot create {what} {snapshot}`"
                 ));
             }
