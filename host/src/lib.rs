@@ -19,7 +19,6 @@ pub mod node;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;
-pub mod slots;
 pub mod snapshots;
 pub mod sparse;
 pub mod text;
