@@ -122,10 +122,6 @@ impl Prepared {
         self.program.is_http_component()
     }
 
-    pub fn mounts(&self) -> &[Mount] {
-        &self.mounts
-    }
-
     /// A concurrency slot, waiting for one until `deadline` (or as long as
     /// it takes) unless the call is stopped first.
     pub fn acquire(&self, stop: &StopFlag, deadline: Option<Instant>) -> Result<Held, NoSlot> {

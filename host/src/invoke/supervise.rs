@@ -252,3 +252,52 @@ impl Supervisor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_cause_is_kept() {
+        let stop = StopFlag::new();
+        assert!(!stop.is_stopped() && stop.cause().is_none());
+        stop.stop(Stop::CallCancelled);
+        stop.stop(Stop::Drain);
+        assert!(stop.is_stopped());
+        assert_eq!(stop.cause(), Some(Stop::CallCancelled));
+    }
+
+    #[test]
+    fn stop_all_stops_the_calls_watched_now_and_later() {
+        let supervisor = Supervisor::new();
+        let before = supervisor.watch("ap-a", Some("ca-1"));
+        supervisor.stop_all(Stop::Drain);
+        let after = supervisor.watch("ap-a", Some("ca-2"));
+        assert_eq!(before.cause(), Some(Stop::Drain));
+        assert_eq!(after.cause(), Some(Stop::Drain));
+    }
+
+    #[test]
+    fn an_ending_call_makes_room_at_once() {
+        let supervisor = Supervisor::new();
+        supervisor.watch("ap-a", Some("ca-1"));
+        let far = Instant::now() + Duration::from_secs(30);
+        assert!(!supervisor.wait_for_room(1, Instant::now()));
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                let started = Instant::now();
+                (supervisor.wait_for_room(1, far), started.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            supervisor.forget("ca-1");
+            let (room, waited) = waiter.join().unwrap();
+            assert!(room && waited < Duration::from_secs(5), "{waited:?}");
+        });
+        assert!(supervisor.wait_idle(Instant::now()));
+        supervisor.close();
+        assert!(
+            !supervisor.wait_for_room(1, far),
+            "a closed supervisor gives no room"
+        );
+    }
+}
