@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use super::worker::Worker;
-use crate::apps;
 use crate::registry::Registry;
 use crate::triggers::schedule;
 
@@ -17,7 +16,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(2);
 impl Worker {
     pub(super) fn queue_due_schedules(&self, registry: &mut Registry) {
         if let Err(e) = schedule::run_due(registry) {
-            eprintln!("warning: cannot queue the calls of due schedules: {e:#}");
+            tracing::warn!("cannot queue the calls of due schedules: {e:#}");
         }
     }
 
@@ -30,8 +29,8 @@ impl Worker {
     }
 
     pub(super) fn housekeeping(&self, registry: &mut Registry) {
-        if let Err(e) = apps::housekeeping(&self.home, registry) {
-            eprintln!("warning: housekeeping failed: {e:#}");
+        if let Err(e) = crate::housekeeping::run(&self.home, registry) {
+            tracing::warn!("housekeeping failed: {e:#}");
         }
     }
 }

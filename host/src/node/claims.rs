@@ -27,7 +27,7 @@ impl Worker {
                     self.start(call, live);
                 }
             }
-            Err(e) => eprintln!("warning: cannot claim queued calls: {e:#}"),
+            Err(e) => tracing::warn!("cannot claim queued calls: {e:#}"),
         }
     }
 

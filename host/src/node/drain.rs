@@ -26,6 +26,11 @@ impl Worker {
         let _ = drained.wait_for(|d| *d).await;
     }
 
+    /// How many calls run here now (claimed, immediate or web).
+    pub fn running_count(&self) -> usize {
+        self.supervisor.count()
+    }
+
     /// Waits until no call runs here, no later than `deadline`; false if
     /// some still do then.
     pub fn wait_idle(&self, deadline: Instant) -> bool {

@@ -13,7 +13,7 @@ use http::StatusCode;
 use super::{Connection, Endpoint, Response, WebRequest, refuse, route};
 use crate::apps::LiveApp;
 use crate::calls::Ending;
-use crate::error::UsageError;
+use crate::error;
 use crate::invoke::{NoSlot, Prepared, StopFlag, Supervisor};
 use crate::manifest::Route;
 use crate::manifest::units::format_duration;
@@ -62,11 +62,7 @@ pub fn serve(
     let live = match host.web_app(app) {
         Ok(live) => live,
         Err(e) => {
-            let status = match e.chain().any(|c| c.is::<UsageError>()) {
-                true => StatusCode::NOT_FOUND,
-                false => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            refuse(respond, status, &format!("{e:#}"));
+            refuse(respond, error::http_status(&e), &format!("{e:#}"));
             return;
         }
     };
