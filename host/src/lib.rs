@@ -21,7 +21,6 @@ pub mod node;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;
-pub mod slots;
 pub mod text;
 pub mod triggers;
 pub mod views;
