@@ -1,7 +1,8 @@
-//! One volume as one function sees it: what `apps` hands an invocation,
-//! and what the runtime, the guest locks and web requests mount. A leaf
-//! module of its own so that those rooms share it without importing
-//! `apps` (nor `apps` them).
+//! One volume as one function sees it: what `apps` lists for a function,
+//! `invoke` prepares, and the runtime and the guest locks mount. A module
+//! of its own, importing only the manifest's `Quota` and the volumes'
+//! `Cursor`, so that those rooms share it without importing `apps` (nor
+//! `apps` them).
 
 use std::path::{Path, PathBuf};
 
