@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::Child;
 use std::time::Duration;
 
-use common::{Target, TestEnv, eventually, guest, path, repo_root, wait_with_timeout};
+use common::{
+    AppToml, Mount, Target, TestEnv, eventually, guest, path, repo_root, wait_with_timeout,
+};
 
 /// The id of the one running app named `name`, once it is running.
 fn wait_until_running(env: &TestEnv, name: &str) -> String {
@@ -139,16 +141,13 @@ fn named_volume_outlives_the_app() {
 #[test]
 fn args_env_and_exit_code_reach_the_guest() {
     let env = TestEnv::new();
-    let app = env.app(
-        "hello",
-        r#"
-name = "hello"
-[functions.hello]
-module = "{guest:hello}"
-args = ["--from-toml"]
-env = { GREETING = "bonjour" }
-"#,
-    );
+    let app = AppToml::new("hello")
+        .function("hello", |f| {
+            f.guest("hello")
+                .args(&["--from-toml"])
+                .env("GREETING", "bonjour")
+        })
+        .write(&env);
     let run = env
         .run(&["run", path(&app), "--", "x y", "--exit", "7"])
         .code_is(7);
@@ -240,10 +239,11 @@ fn stopping_a_named_volume_deletes_it_and_its_data() {
 fn bad_manifest_or_missing_module_creates_nothing() {
     let env = TestEnv::new();
     let home = env.home().join("fresh-home");
-    let unknown_key = env.app(
-        "typo",
-        "name = \"typo\"\ncolour = \"blue\"\n[functions.f]\nmodule = \"{guest:hello}\"\n",
-    );
+    // `colour` on line 2.
+    let unknown_key = AppToml::new("typo")
+        .key("colour", "\"blue\"")
+        .function("f", |f| f.guest("hello"))
+        .write(&env);
     let run = env
         .command()
         .env("WASMHOST_HOME", &home)
@@ -256,10 +256,9 @@ fn bad_manifest_or_missing_module_creates_nothing() {
     assert!(stderr.contains("colour"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
-    let missing = env.app(
-        "missing",
-        "name = \"missing\"\n[functions.f]\nmodule = \"nowhere/f.wasm\"\n",
-    );
+    let missing = AppToml::new("missing")
+        .function("f", |f| f.module("nowhere/f.wasm"))
+        .write(&env);
     let run = env
         .command()
         .env("WASMHOST_HOME", &home)
@@ -458,12 +457,10 @@ fn ctrl_c_and_app_stop_end_a_running_call() {
 fn one_named_volumes_locks_are_shared_across_mount_paths() {
     let env = TestEnv::new();
     let mount = |name: &str, at: &str| {
-        env.app(
-            name,
-            &format!(
-                "name = \"{name}\"\n[volumes.v]\npersist = \"shared\"\n[functions.f]\nmodule = \"{{guest:fsops}}\"\nmounts = {{ \"{at}\" = \"v\" }}\n"
-            ),
-        )
+        AppToml::new(name)
+            .volume("v", |v| v.persist("shared"))
+            .function("f", |f| f.guest("fsops").mount(at, "v"))
+            .write(&env)
     };
     let (a, b) = (mount("at-a", "/a"), mount("at-b", "/b"));
     let mut holder = env.spawn(&["run", path(&a), "--", "hold-lock", "/a/dir/k", "120000"]);
@@ -481,23 +478,12 @@ fn one_named_volumes_locks_are_shared_across_mount_paths() {
 #[test]
 fn guest_paths_root_relative_and_dot_mount_the_volume() {
     let env = TestEnv::new();
-    let app = env.app(
-        "paths",
-        r#"
-name = "paths"
-[volumes.v]
-persist = "paths-vol"
-[functions.root]
-module = "{guest:fsops}"
-mounts = { "/" = "v" }
-[functions.named]
-module = "{guest:fsops}"
-mounts = { "data" = "v" }
-[functions.dot]
-module = "{guest:fsops}"
-mounts = { "." = "v" }
-"#,
-    );
+    let app = AppToml::new("paths")
+        .volume("v", |v| v.persist("paths-vol"))
+        .function("root", |f| f.guest("fsops").mount("/", "v"))
+        .function("named", |f| f.guest("fsops").mount("data", "v"))
+        .function("dot", |f| f.guest("fsops").mount(".", "v"))
+        .write(&env);
     let guest = |function: &str, args: &[&str]| {
         let mut all = vec!["run", path(&app), function, "--"];
         all.extend_from_slice(args);
@@ -709,17 +695,13 @@ fn volume_files_round_trip_and_the_dataset_example_reads_them() {
     env.run(&["volume", "create", "ds"]).success();
     env.run(&["volume", "put", "ds", path(&local)]).success();
 
-    let app = env.app(
-        "stats",
-        r#"
-name = "stats"
-[volumes.data]
-persist = "ds"
-[functions.stats]
-module = "{guest:dataset}"
-mounts = { "/data" = { volume = "data", read_only = true } }
-"#,
-    );
+    let app = AppToml::new("stats")
+        .volume("data", |v| v.persist("ds"))
+        .function("stats", |f| {
+            f.guest("dataset")
+                .mount("/data", Mount::volume("data").read_only())
+        })
+        .write(&env);
     let stats = env.run(&["run", path(&app)]).success().stdout();
     assert_eq!(
         stats,
