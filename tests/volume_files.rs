@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Run, TestEnv, path, wait_with_timeout};
+use common::{AppToml, Run, TestEnv, path, wait_with_timeout};
 use rustix::fs::{Mode, OFlags};
 
 /// Deeper than the open-file limit the commands run under ([`FD_LIMIT`]).
@@ -29,22 +29,11 @@ const LEVEL: &str = "deep-dir";
 /// An app whose functions `fsops` and `volfiles` mount the named volume
 /// `volume` at /data.
 fn app(env: &TestEnv, volume: &str) -> PathBuf {
-    env.app(
-        &format!("{volume}-app"),
-        &format!(
-            r#"
-name = "{volume}-app"
-[volumes.data]
-persist = "{volume}"
-[functions.fsops]
-module = "{{guest:fsops}}"
-mounts = {{ "/data" = "data" }}
-[functions.volfiles]
-module = "{{guest:volfiles}}"
-mounts = {{ "/data" = "data" }}
-"#
-        ),
-    )
+    AppToml::new(&format!("{volume}-app"))
+        .volume("data", |v| v.persist(volume))
+        .function("fsops", |f| f.guest("fsops").mount("/data", "data"))
+        .function("volfiles", |f| f.guest("volfiles").mount("/data", "data"))
+        .write(env)
 }
 
 /// Runs function `function` of `app` with `args`, which must succeed.
@@ -450,13 +439,9 @@ fn names_with_control_characters_are_escaped_in_human_output() {
     // A module whose import name is hostile: the link error quotes it.
     let module = env.work.path().join("hostile.wasm");
     std::fs::write(&module, module_importing(EVIL)).unwrap();
-    let hostile = env.app(
-        "hostile",
-        &format!(
-            "name = \"hostile\"\n[functions.f]\nmodule = \"{}\"\n",
-            path(&module)
-        ),
-    );
+    let hostile = AppToml::new("hostile")
+        .function("f", |f| f.module(&module))
+        .write(&env);
     let run = env.run(&["run", path(&hostile)]);
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert_no_controls("a link error", &run.stderr());
