@@ -15,32 +15,31 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::node::{Auth, Node};
-use common::{TestEnv, path, wait_with_timeout};
+use common::{AppToml, TestEnv, path, wait_with_timeout};
 use serde_json::{Value, json};
 
 /// `greet`: the hello guest, and fsops (for a call that outlives the test's
 /// patience unless it is cancelled).
-const GREET: &str = r#"
-name = "greet"
-[functions.hello]
-module = "{guest:hello}"
-[functions.fsops]
-module = "{guest:fsops}"
-"#;
+fn greet() -> AppToml {
+    AppToml::new("greet")
+        .function("hello", |f| f.guest("hello"))
+        .function("fsops", |f| f.guest("fsops"))
+}
 
 const CALLS: &str = "/v1/apps/greet/functions/hello/calls";
 
-fn deploy(env: &TestEnv, name: &str, toml: &str) {
-    let app = env.app(name, toml);
+fn deploy(env: &TestEnv, app: AppToml) {
+    let app = app.write(env);
     env.run(&["deploy", path(&app)]).success();
 }
 
 /// Deploys app `name` with one function, `function`, running the wasip1
 /// guest of the same name.
 fn deploy_one(env: &TestEnv, name: &str, function: &str) {
-    let toml =
-        format!("name = \"{name}\"\n[functions.{function}]\nmodule = \"{{guest:{function}}}\"\n");
-    deploy(env, name, &toml);
+    deploy(
+        env,
+        AppToml::new(name).function(function, |f| f.guest(function)),
+    );
 }
 
 /// POSTs `body` to the calls route `calls` and returns the ended call.
@@ -150,7 +149,7 @@ fn wait_for_output(node: &Node, id: &str, text: &str) -> Value {
 #[test]
 fn every_route_but_health_needs_the_exact_token() {
     let env = TestEnv::new();
-    deploy(&env, "greet", GREET);
+    deploy(&env, greet());
     let node = Node::start(&env);
 
     let (status, body) = node.get_as("/v1/health", Auth::None);
@@ -260,7 +259,7 @@ fn raw_request(node: &Node, method: &str, route: &str, header: &str) -> String {
 #[test]
 fn calls_return_their_exit_code_and_output() {
     let env = TestEnv::new();
-    deploy(&env, "greet", GREET);
+    deploy(&env, greet());
     let node = Node::start(&env);
 
     let ended = call_ok(
@@ -371,7 +370,7 @@ fn cancel_interrupts_a_running_call_and_frees_its_lock() {
 #[test]
 fn bad_requests_get_one_json_line_and_record_nothing() {
     let env = TestEnv::new();
-    deploy(&env, "greet", GREET);
+    deploy(&env, greet());
     deploy_one(&env, "gone", "hello");
     env.run(&["app", "stop", "gone", "--yes"]).success();
     let node = Node::start(&env);
@@ -495,7 +494,7 @@ fn send_huge_body(node: &Node, size: usize) -> String {
 #[test]
 fn apps_and_volumes_are_the_cli_lists() {
     let env = TestEnv::new();
-    deploy(&env, "greet", GREET);
+    deploy(&env, greet());
     let app = env.fsops_app("keeper", "kept");
     env.run(&["deploy", path(&app)]).success();
     env.run(&["volume", "create", "spare"]).success();
@@ -533,7 +532,7 @@ fn ndjson(text: &str) -> Vec<Value> {
 #[test]
 fn logs_are_ndjson_and_follow_a_running_call() {
     let env = TestEnv::new();
-    deploy(&env, "greet", GREET);
+    deploy(&env, greet());
     deploy_one(&env, "tick", "ticker");
     let node = Node::start(&env);
 
@@ -680,7 +679,7 @@ fn schemathesis() -> PathBuf {
 fn the_openapi_document_holds_against_the_node() {
     let schemathesis = schemathesis();
     let env = TestEnv::new();
-    deploy(&env, "greet", GREET);
+    deploy(&env, greet());
     let node = Node::start(&env);
     // Real names, so generated requests reach the handlers; `follow`
     // pinned off, since a followed log never ends by itself.

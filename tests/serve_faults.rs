@@ -16,7 +16,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::node::Node;
-use common::{TestEnv, eventually, path, wait_with_timeout};
+use common::{AppToml, Function, TestEnv, eventually, path, wait_with_timeout};
 use serde_json::Value;
 use wasmhost::registry::{CallRecord, Registry};
 
@@ -169,17 +169,10 @@ fn input_file(env: &TestEnv, name: &str, lines: &[String]) -> String {
 #[test]
 fn five_hundred_calls_spawned_by_four_processes_each_run_exactly_once() {
     let env = TestEnv::new();
-    let app = env.app(
-        "many",
-        r#"
-name = "many"
-[volumes.marks]
-persist = "marks"
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/marks" = "marks" }
-"#,
-    );
+    let app = AppToml::new("many")
+        .volume("marks", |v| v.persist("marks"))
+        .function("fsops", |f| f.guest("fsops").mount("/marks", "marks"))
+        .write(&env);
     deploy(&env, &app);
     let node = Node::start(&env);
 
@@ -286,23 +279,12 @@ mounts = { "/marks" = "marks" }
 /// retry) of the `fsops` guest, both mounting the named volume
 /// `NAME-gates` at /gates.
 fn deploy_pair(env: &TestEnv, name: &str) {
-    let app = env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.gates]
-persist = "{name}-gates"
-[functions.once]
-module = "{{guest:fsops}}"
-mounts = {{ "/gates" = "gates" }}
-[functions.retried]
-module = "{{guest:fsops}}"
-mounts = {{ "/gates" = "gates" }}
-retries = 1
-"#
-        ),
-    );
+    let gated = |f: Function| f.guest("fsops").mount("/gates", "gates");
+    let app = AppToml::new(name)
+        .volume("gates", |v| v.persist(&format!("{name}-gates")))
+        .function("once", gated)
+        .function("retried", |f| gated(f).retries(1))
+        .write(env);
     deploy(env, &app);
 }
 
@@ -385,17 +367,12 @@ fn most_at_once(stdout: &str) -> usize {
 #[test]
 fn a_node_runs_at_most_a_functions_concurrency_of_its_calls_at_once() {
     let env = TestEnv::new();
-    let app = env.app(
-        "capped",
-        r#"
-name = "capped"
-[volumes.runs]
-[functions.overlap]
-module = "{guest:overlap}"
-mounts = { "/runs" = "runs" }
-concurrency = 2
-"#,
-    );
+    let app = AppToml::new("capped")
+        .volume("runs", |v| v)
+        .function("overlap", |f| {
+            f.guest("overlap").mount("/runs", "runs").concurrency(2)
+        })
+        .write(&env);
     deploy(&env, &app);
     let node = Node::start(&env);
     let lines: Vec<String> = (0..10).map(|i| format!("input-{i}")).collect();
@@ -583,14 +560,9 @@ fn sigterm_past_the_grace_requeues_a_call_with_retries_for_the_next_node() {
 #[test]
 fn a_call_spawned_with_no_node_waits_queued_for_one() {
     let env = TestEnv::new();
-    let app = env.app(
-        "later",
-        r#"
-name = "later"
-[functions.fsops]
-module = "{guest:fsops}"
-"#,
-    );
+    let app = AppToml::new("later")
+        .function("fsops", |f| f.guest("fsops"))
+        .write(&env);
     deploy(&env, &app);
     let (code, stdout, stderr) = run_bounded(
         &env,
@@ -630,28 +602,14 @@ module = "{guest:fsops}"
 #[test]
 fn app_stop_interrupts_its_calls_and_the_node_serves_on_and_picks_up_updates() {
     let env = TestEnv::new();
-    let stopped = env.app(
-        "stopped",
-        r#"
-name = "stopped"
-[functions.fsops]
-module = "{guest:fsops}"
-concurrency = 1
-"#,
-    );
+    let stopped = AppToml::new("stopped")
+        .function("fsops", |f| f.guest("fsops").concurrency(1))
+        .write(&env);
     deploy(&env, &stopped);
     let other = |module: &str, greeting: &str| {
-        env.app(
-            "other",
-            &format!(
-                r#"
-name = "other"
-[functions.f]
-module = "{{guest:{module}}}"
-env = {{ GREETING = "{greeting}" }}
-"#
-            ),
-        )
+        AppToml::new("other")
+            .function("f", |f| f.guest(module).env("GREETING", greeting))
+            .write(&env)
     };
     let node = Node::start(&env);
 
