@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Run, Target, TestEnv, wait_with_timeout};
+use common::{AppToml, Function, Mount, Run, Target, TestEnv, wait_with_timeout};
 
 /// How long any one wasmhost process in these tests may take.
 const PROCESS_LIMIT: Duration = Duration::from_secs(180);
@@ -20,33 +20,22 @@ const PROCESS_LIMIT: Duration = Duration::from_secs(180);
 /// `persist` at /data and `persist-ro` read-only at /ro. The function
 /// `short` is the same guest with a 2 s timeout.
 fn fsops_app(env: &TestEnv, target: Target, name: &str, persist: &str) -> PathBuf {
-    let module = match target {
-        Target::P1 => "{guest:fsops}",
-        Target::P2 => "{guest2:fsops}",
+    let mounted = |f: Function| {
+        f.guest_for(target, "fsops")
+            .mount("/scratch", "scratch")
+            .mount("/data", "data")
+            .mount("/ro", Mount::volume("ro").read_only())
     };
-    let mounts = r#"{ "/scratch" = "scratch", "/data" = "data", "/ro" = { volume = "ro", read_only = true } }"#;
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-entrypoint = "fsops"
-[volumes.scratch]
-[volumes.data]
-persist = "{persist}"
-[volumes.ro]
-persist = "{persist}-ro"
-[functions.fsops]
-module = "{module}"
-mounts = {mounts}
-env = {{ FLAVOUR = "{name}-env" }}
-[functions.short]
-module = "{module}"
-mounts = {mounts}
-timeout = "2s"
-"#
-        ),
-    )
+    AppToml::new(name)
+        .entrypoint("fsops")
+        .volume("scratch", |v| v)
+        .volume("data", |v| v.persist(persist))
+        .volume("ro", |v| v.persist(&format!("{persist}-ro")))
+        .function("fsops", |f| {
+            mounted(f).env("FLAVOUR", &format!("{name}-env"))
+        })
+        .function("short", |f| mounted(f).timeout("2s"))
+        .write(env)
 }
 
 fn s(path: &Path) -> &str {
@@ -517,18 +506,12 @@ fn waiting_for_a_lock_does_not_outlive_the_function_timeout() {
 #[test]
 fn cache_under_map_from_several_processes_computes_each_key_once() {
     let env = TestEnv::new();
-    let app = env.app(
-        "cache",
-        r#"
-name = "cache"
-[volumes.results]
-persist = "cache-vol"
-[functions.cache]
-module = "{guest:cache}"
-mounts = { "/cache" = "results" }
-timeout = "120s"
-"#,
-    );
+    let app = AppToml::new("cache")
+        .volume("results", |v| v.persist("cache-vol"))
+        .function("cache", |f| {
+            f.guest("cache").mount("/cache", "results").timeout("120s")
+        })
+        .write(&env);
     let keys: Vec<String> = (0..12).map(|i| format!("key-{i:02}")).collect();
     // Each process sees every key twice, in its own order.
     let files: Vec<PathBuf> = (0..3)
