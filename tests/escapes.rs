@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Run, TestEnv, path, wait_with_timeout};
+use common::{AppToml, Mount, Run, TestEnv, path, wait_with_timeout};
 
 const SECRET: &str = "host-secret-canary-41d7";
 const DIR_SECRET: &str = "host-dir-secret-9ac2";
@@ -102,21 +102,15 @@ fn climbing(absolute: &Path) -> String {
 /// An app whose function `f` mounts the named volume `vol` read-write at
 /// /data and read-only at /ro.
 fn fsops_app(env: &TestEnv, name: &str, volume: &str) -> PathBuf {
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.data]
-persist = "{volume}"
-[volumes.ro]
-persist = "{volume}"
-[functions.f]
-module = "{{guest:fsops}}"
-mounts = {{ "/data" = "data", "/ro" = {{ volume = "ro", read_only = true }} }}
-"#
-        ),
-    )
+    AppToml::new(name)
+        .volume("data", |v| v.persist(volume))
+        .volume("ro", |v| v.persist(volume))
+        .function("f", |f| {
+            f.guest("fsops")
+                .mount("/data", "data")
+                .mount("/ro", Mount::volume("ro").read_only())
+        })
+        .write(env)
 }
 
 /// The host directory of named volume `name`.
@@ -570,10 +564,9 @@ fn symlink_swapped_by_another_process_is_not_followed() {
 fn guests_get_no_threads_processes_or_network() {
     let env = TestEnv::new();
     for module in ["{guest:fsops}", "{guest2:fsops}"] {
-        let app = env.app(
-            "beyond",
-            &format!("name = \"beyond\"\n[functions.f]\nmodule = \"{module}\"\n"),
-        );
+        let app = AppToml::new("beyond")
+            .function("f", |f| f.module(module))
+            .write(&env);
         let out = env
             .run(&["run", path(&app), "--", "beyond-wasi"])
             .success()
@@ -636,22 +629,12 @@ fn a_function_cannot_reach_a_volume_it_does_not_mount() {
     let env = TestEnv::new();
     let canaries = Canaries::plant(&env);
     // App `one`: f mounts `shared`; g mounts `private`, which f does not.
-    let one = env.app(
-        "one",
-        r#"
-name = "one"
-[volumes.shared]
-persist = "one-shared"
-[volumes.private]
-persist = "one-private"
-[functions.f]
-module = "{guest:fsops}"
-mounts = { "/data" = "shared" }
-[functions.g]
-module = "{guest:fsops}"
-mounts = { "/private" = "private" }
-"#,
-    );
+    let one = AppToml::new("one")
+        .volume("shared", |v| v.persist("one-shared"))
+        .volume("private", |v| v.persist("one-private"))
+        .function("f", |f| f.guest("fsops").mount("/data", "shared"))
+        .function("g", |f| f.guest("fsops").mount("/private", "private"))
+        .write(&env);
     let two = fsops_app(&env, "two", "two-vol");
     env.run(&[
         "run",
@@ -977,16 +960,10 @@ fn deleting_a_volume_with_links_to_host_directories_deletes_only_the_volume() {
     canaries.assert_intact(&[]);
 
     // An ephemeral volume with the same links, gone when its run ends.
-    let eph = env.app(
-        "eph",
-        r#"
-name = "eph"
-[volumes.scratch]
-[functions.f]
-module = "{guest:fsops}"
-mounts = { "/scratch" = "scratch" }
-"#,
-    );
+    let eph = AppToml::new("eph")
+        .volume("scratch", |v| v)
+        .function("f", |f| f.guest("fsops").mount("/scratch", "scratch"))
+        .write(&env);
     env.run(&[
         "run",
         path(&eph),
@@ -1028,12 +1005,13 @@ fn bad_volume_and_app_names_are_refused() {
         assert_eq!(stop.stderr().lines().count(), 1, "{}", stop.stderr());
         if !name.is_empty() {
             for toml in [
-                format!("name = {name:?}\n[functions.f]\nmodule = \"{{guest:fsops}}\"\n"),
-                format!(
-                    "name = \"ok\"\n[volumes.v]\npersist = {name:?}\n[functions.f]\nmodule = \"{{guest:fsops}}\"\nmounts = {{ \"/v\" = \"v\" }}\n"
-                ),
+                AppToml::new(name).function("f", |f| f.guest("fsops")),
+                AppToml::new("ok")
+                    .volume("v", |v| v.persist(name))
+                    .function("f", |f| f.guest("fsops").mount("/v", "v")),
             ] {
-                let app = env.app("bad-name", &toml);
+                // Not `write`: the name is no directory to write to.
+                let app = env.app("bad-name", &toml.to_string());
                 let run = env
                     .run(&["run", path(&app), "--", "write", "/v/x", "y"])
                     .code_is(2);
