@@ -334,7 +334,7 @@ impl fmt::Display for Keys {
 
 /// `s` as a TOML basic string: quotes and backslashes escaped, control
 /// characters as `\uXXXX`.
-pub fn quote(s: &str) -> String {
+fn quote(s: &str) -> String {
     let mut out = String::from('"');
     for c in s.chars() {
         match c {
