@@ -80,7 +80,7 @@ fn request(node: &Node, method: &str, path: &str, host: Option<&str>, body: &[u8
 }
 
 fn deploy_site(env: &TestEnv) {
-    let app = site().write(&env);
+    let app = site().write(env);
     env.run(&["deploy", path(&app)]).success();
 }
 
