@@ -22,6 +22,7 @@ pub(crate) mod backend;
 mod calls;
 mod cluster_locks;
 mod leases;
+mod migrations;
 mod modules;
 mod nodes;
 mod pool;
