@@ -9,7 +9,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -36,6 +35,7 @@ use backend::{Backend, FromValue, Row, Value, args};
 pub use calls::{
     Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
+pub use crate::home::Location;
 pub use cluster_locks::LOCKS_CHANNEL;
 pub use nodes::{NodeRecord, NodeState};
 pub use pool::Registries;
@@ -43,21 +43,6 @@ pub use postgres::Listener;
 pub use schedules::DueTick;
 pub use secrets::{SealedSecret, SecretRecord};
 pub use snapshots::SnapshotRecord;
-
-/// Where a registry is: which backend, and its file or server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// SQLite, in this file.
-    File(PathBuf),
-    /// PostgreSQL, at this `postgres://` URL.
-    Postgres(String),
-}
-
-impl Location {
-    pub fn is_shared(&self) -> bool {
-        matches!(self, Location::Postgres(_))
-    }
-}
 
 /// The format of the manifest JSON stored in `apps.manifest`, in its
 /// `format` key. 1 is the first release's, which had no key. A field added
