@@ -7,7 +7,7 @@
 //! one file per table or two (`apps`, `volumes`, `calls`, `schedules`…);
 //! `sqlite` and `postgres` each own a connection and how their
 //! transactions exclude each other, and `migrations` holds both schemas
-//! side by side.
+//! side by side. `conformance` runs the operations against both backends.
 //!
 //! The registry is a low room: it imports the home (where it is) and the
 //! manifest's value types, and nothing that runs apps.
@@ -21,6 +21,8 @@ mod apps;
 pub(crate) mod backend;
 mod calls;
 mod cluster_locks;
+#[cfg(test)]
+mod conformance;
 mod leases;
 mod migrations;
 mod modules;
