@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::error::usage;
+use crate::error::{conflict, not_found, usage};
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::{AppManifest, FunctionSpec, MountSpec, VolumeSpec};
 use crate::module_store::{self, Snapshot};
 use crate::names::{NAME_RULE, is_valid_name};
-use crate::registry::{AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord};
-use crate::triggers::schedule;
+use crate::registry::{
+    AppKind, AppRecord, AppState, CallRecord, Registry, Tx, VolumeRecord, now_ms,
+};
 use crate::volume_usage::{self, Quota};
 use crate::volume_walk::Cursor;
 use crate::{slots, volumes};
@@ -324,7 +325,7 @@ pub fn deploy(
                 modules.insert(function.clone(), snapshot.digest.clone());
             }
             tx.set_app_modules(&record.id, &modules)?;
-            tx.set_schedules(&record.id, &schedule::first_ticks(manifest))?;
+            tx.set_schedules(&record.id, &manifest.first_ticks(now_ms()))?;
             Ok((
                 Deployed {
                     live: LiveApp {
@@ -456,7 +457,7 @@ fn check_snapshot_mounts(
             let volume = &volumes[&mount.volume];
             if tx.snapshot(&volume.id, snapshot)?.is_none() {
                 let what = volume.name.as_deref().unwrap_or(&mount.volume);
-                return Err(usage!(
+                return Err(not_found!(
                     "function `{function}` mounts snapshot `{snapshot}` of volume `{what}`, which has none of that name; take it with `wasmhost volume snapshot create {what} {snapshot}`"
                 ));
             }
@@ -527,7 +528,7 @@ pub fn create_named_volume(
     with_new_dirs(home, |created| {
         registry.write(|tx| {
             if tx.named_volume(name)?.is_some() {
-                return Err(usage!("volume `{name}` already exists"));
+                return Err(conflict!("volume `{name}` already exists"));
             }
             ensure_named_volume(tx, home, name, quota, created)
         })
@@ -545,7 +546,7 @@ pub fn set_volume_quota(
     check_name(name, "volume")?;
     registry.write(|tx| {
         let mut volume = tx.named_volume(name)?.ok_or_else(|| {
-            usage!("no volume is named `{name}`; `wasmhost volume list` shows them")
+            not_found!("no volume is named `{name}`; `wasmhost volume list` shows them")
         })?;
         volume.quota = change(volume.quota);
         tx.set_volume_quota(&volume.id, volume.quota)?;
@@ -649,7 +650,9 @@ pub fn rename_named_volume(
     registry.write(|tx| {
         let volume = named_volume_in(tx, old)?;
         if tx.named_volume(new)?.is_some() {
-            return Err(usage!("volume `{new}` already exists; choose another name"));
+            return Err(conflict!(
+                "volume `{new}` already exists; choose another name"
+            ));
         }
         refuse_if_mounted(
             tx,
@@ -729,50 +732,6 @@ fn trash_volumes(home: &Home, trashed: &[VolumeRecord]) -> Result<()> {
     Ok(())
 }
 
-/// What every command does first: stop apps whose `run` process died (and
-/// remove the lock files it left), end calls whose caller died, trash volume
-/// directories and module snapshots a crash orphaned, and restart an
-/// interrupted purge.
-pub fn housekeeping(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
-    // In a cluster, one process at a time reaps; the others go on.
-    let reaped = registry
-        .as_the_only_reaper(|registry| reap_the_dead(home, registry))?
-        .unwrap_or_default();
-    crate::calls::prune_if_due(home, registry)?;
-    registry.write(|tx| {
-        volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
-        module_store::remove_unused(home, tx)
-    })?;
-    volumes::purge_in_background(home)?;
-    Ok(reaped)
-}
-
-/// Stops the apps of `run` processes that died, ends the calls of callers
-/// and nodes that died, and removes what they left: lock files and leases.
-fn reap_the_dead(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
-    let mut reaped = Vec::new();
-    let leased = registry.read(|tx| tx.leased_running_apps())?;
-    for app in &leased {
-        if let Some(lease) = Lease::take_abandoned(home, &app.id)? {
-            stop(home, registry, &app.id, true)
-                .with_context(|| format!("cannot clean up app {} of a dead process", app.id))?;
-            lease.release();
-            reaped.push(app.clone());
-        }
-    }
-    // A call of an app just reaped was cancelled by its stop; ending it
-    // again changes nothing.
-    crate::calls::reap_dead_holders(home, registry)?;
-    if !reaped.is_empty() {
-        // A process that died holding locks left their files.
-        crate::locks::remove_unheld(home).context("cannot remove stale lock files")?;
-    }
-    // Leases of apps registered since the read above are held by their
-    // owners, which `remove_orphans` respects.
-    Lease::remove_orphans(home, |id| leased.iter().any(|a| a.id == id))?;
-    Ok(reaped)
-}
-
 /// The one running app `id_or_name` names; a name shared by several running
 /// apps is refused with their ids.
 pub fn find_running_app(registry: &mut Registry, id_or_name: &str) -> Result<AppRecord> {
@@ -787,8 +746,8 @@ fn running_app_in(tx: &Tx, id_or_name: &str) -> Result<AppRecord> {
         .collect();
     match (running.as_slice(), apps.first()) {
         ([app], _) => Ok((*app).clone()),
-        ([], Some(app)) => Err(usage!("app `{id_or_name}` ({}) is stopped", app.id)),
-        ([], None) => Err(usage!(
+        ([], Some(app)) => Err(not_found!("app `{id_or_name}` ({}) is stopped", app.id)),
+        ([], None) => Err(not_found!(
             "no running app has the id or name `{id_or_name}`; `wasmhost app list` shows them"
         )),
         (many, _) => Err(usage!(
@@ -806,7 +765,7 @@ fn running_app_in(tx: &Tx, id_or_name: &str) -> Result<AppRecord> {
 pub fn deployed_app_in(tx: &Tx, id_or_name: &str) -> Result<LiveApp> {
     let record = match tx.latest_app_named(id_or_name, AppKind::Deployed)? {
         Some(app) if app.state == AppState::Stopped => {
-            return Err(usage!(
+            return Err(not_found!(
                 "app `{id_or_name}` was stopped; deploy it again with `wasmhost deploy APP.toml`"
             ));
         }
@@ -816,7 +775,7 @@ pub fn deployed_app_in(tx: &Tx, id_or_name: &str) -> Result<LiveApp> {
     let manifest = match (record.kind, &record.manifest) {
         (AppKind::Deployed, Some(manifest)) => manifest.clone(),
         _ => {
-            return Err(usage!(
+            return Err(not_found!(
                 "app `{id_or_name}` is not a deployed app; `call` needs one made by `wasmhost deploy`"
             ));
         }
@@ -851,7 +810,7 @@ pub fn named_volume(registry: &mut Registry, name: &str) -> Result<VolumeRecord>
 
 pub fn named_volume_in(tx: &Tx, name: &str) -> Result<VolumeRecord> {
     tx.named_volume(name)?
-        .ok_or_else(|| usage!("no volume is named `{name}`; `wasmhost volume list` shows them"))
+        .ok_or_else(|| not_found!("no volume is named `{name}`; `wasmhost volume list` shows them"))
 }
 
 pub fn check_name(name: &str, what: &str) -> Result<()> {

@@ -9,6 +9,7 @@ pub mod calls;
 pub mod digest;
 pub mod error;
 pub mod home;
+pub mod housekeeping;
 pub mod invoke;
 pub mod lease;
 pub mod locks;

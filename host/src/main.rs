@@ -5,8 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use wasmhost::error::UsageError;
-use wasmhost::manifest::ManifestError;
+use wasmhost::error;
 use wasmhost::text::escape_control;
 
 use cli::{Cli, output};
@@ -20,6 +19,7 @@ fn main() -> ExitCode {
         }
     };
     cli.state.export();
+    cli::install_logging(&cli.command);
     match cli::dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) if output::stdout_closed(&e) => ExitCode::SUCCESS,
@@ -30,10 +30,7 @@ fn main() -> ExitCode {
                 "error: {}",
                 escape_control(&format!("{e:#}").replace('\n', " "))
             );
-            let usage = e
-                .chain()
-                .any(|c| c.is::<UsageError>() || c.is::<ManifestError>());
-            ExitCode::from(if usage { 2 } else { 1 })
+            ExitCode::from(error::exit_code(&e))
         }
     }
 }

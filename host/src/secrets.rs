@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use crate::error::usage;
+use crate::error::{conflict, not_found, usage};
 use crate::home::Home;
 use crate::manifest::{self, AppManifest};
 use crate::names::{NAME_RULE, is_valid_name};
@@ -194,7 +194,7 @@ pub fn create(
     let keys: Vec<String> = values.keys().cloned().collect();
     let stored = registry.write(|tx| tx.put_secret(name, &keys, &sealed, replace))?;
     if !stored {
-        return Err(usage!(
+        return Err(conflict!(
             "secret `{name}` exists already; fix: pass --force to replace it, or `wasmhost secret delete {name}` first"
         ));
     }
@@ -209,7 +209,7 @@ pub fn list(registry: &mut Registry) -> Result<Vec<SecretRecord>> {
 pub fn delete(registry: &mut Registry, name: &str) -> Result<()> {
     check_secret_name(name)?;
     if !registry.write(|tx| tx.delete_secret(name))? {
-        return Err(usage!(
+        return Err(not_found!(
             "no secret is named `{name}`; `wasmhost secret list` shows them"
         ));
     }

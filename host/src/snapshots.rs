@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use rustix::fs::{CWD, RenameFlags};
 
 use crate::apps::{self, MountFilter, check_name};
-use crate::error::usage;
+use crate::error::{conflict, not_found, usage};
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::registry::{Registry, SnapshotRecord, Tx, VolumeRecord, new_id};
@@ -108,7 +108,7 @@ impl<C: Fn(&Tx) -> Result<()>> CopyJob<'_, C> {
 fn snapshot_in(tx: &Tx, volume: &VolumeRecord, name: &str) -> Result<SnapshotRecord> {
     tx.snapshot(&volume.id, name)?.ok_or_else(|| {
         let volume = volume.name.as_deref().unwrap_or_default();
-        usage!(
+        not_found!(
             "volume `{volume}` has no snapshot `{name}`; `wasmhost volume snapshot list {volume}` shows them"
         )
     })
@@ -134,7 +134,7 @@ pub fn create(
         names: (volume, &shown),
         check: |tx: &Tx| {
             if tx.snapshot(&record.id, name)?.is_some() {
-                return Err(usage!(
+                return Err(conflict!(
                     "volume `{volume}` already has a snapshot `{name}`; delete it first with `wasmhost volume snapshot delete {volume} {name}`, or choose another name"
                 ));
             }
@@ -250,7 +250,7 @@ pub fn fork(
         names: (from, new),
         check: |tx: &Tx| {
             if tx.named_volume(new)?.is_some() {
-                return Err(usage!("volume `{new}` already exists"));
+                return Err(conflict!("volume `{new}` already exists"));
             }
             snapshot_in(tx, &record, name).map(drop)
         },

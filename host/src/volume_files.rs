@@ -23,7 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use rustix::fs::{FileType, OFlags, Stat};
 use serde::Serialize;
 
-use crate::error::{UsageError, usage};
+use crate::error::{conflict, not_found, usage};
 use crate::sparse;
 use crate::text::escape_name;
 use crate::volume_usage::{self, Counts};
@@ -182,14 +182,12 @@ impl VolumeFiles {
     /// usage (exit 2); links and I/O errors are not.
     fn resolve_error(&self, verb: &str, relative: &Path, e: WalkError) -> anyhow::Error {
         match e.problem {
-            Problem::NotFound => usage!(
+            Problem::NotFound => not_found!(
                 "{} does not exist in volume `{}`",
                 display(relative),
                 self.name
             ),
-            Problem::NotDirectory => {
-                UsageError(self.side().error_in(verb, relative, e).to_string()).into()
-            }
+            Problem::NotDirectory => usage!("{}", self.side().error_in(verb, relative, e)),
             _ => self.side().error_in(verb, relative, e),
         }
     }
@@ -221,7 +219,10 @@ impl VolumeFiles {
     pub fn put(&self, local: &Path, remote: &Path, force: bool) -> Result<CopyReport> {
         let local_stat = match rustix::fs::lstat(local) {
             Err(rustix::io::Errno::NOENT) => {
-                return Err(usage!("{} does not exist", escape_name(local.as_os_str())));
+                return Err(not_found!(
+                    "{} does not exist",
+                    escape_name(local.as_os_str())
+                ));
             }
             other => {
                 other.with_context(|| format!("cannot read {}", escape_name(local.as_os_str())))?
@@ -298,7 +299,7 @@ impl VolumeFiles {
         if let Some(name) = name
             && dir.stat(name).is_ok()
         {
-            return Err(usage!(
+            return Err(conflict!(
                 "{} already exists in volume `{}`; pass --force to overwrite",
                 display(relative),
                 self.name
@@ -417,7 +418,7 @@ impl VolumeFiles {
         let (mut dir, name) = self.locate(&remote_path, "read")?;
         let stat = self.stat(&dir, name.as_deref(), &remote_path)?;
         if !force && std::fs::symlink_metadata(local).is_ok() {
-            return Err(usage!(
+            return Err(conflict!(
                 "{} already exists; pass --force to overwrite",
                 escape_name(local.as_os_str())
             ));

@@ -11,12 +11,11 @@
 pub mod recorder;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::apps::{self, LiveApp};
-use crate::error::usage;
+use crate::error::{conflict, not_found};
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::FunctionSpec;
@@ -27,11 +26,6 @@ use crate::registry::{
 use crate::runtime::Outcome;
 
 pub use recorder::Recorder;
-
-/// Calls kept in the registry: ended calls older than this are deleted...
-pub const KEEP_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
-/// ...and so are all but the newest this many ended calls.
-pub const KEEP_AT_MOST: usize = 100_000;
 
 /// The lease of a process that runs calls: `pr-…` for a `wasmhost call`,
 /// the node's id (`no-…`) for a node.
@@ -109,7 +103,7 @@ fn deployed_function(tx: &Tx, id_or_name: &str, function: &str) -> Result<(LiveA
     let function = live
         .manifest
         .select_function(Some(function))
-        .map_err(|problem| usage!("{problem}"))?
+        .map_err(|problem| not_found!("{problem}"))?
         .to_owned();
     Ok((live, function))
 }
@@ -179,7 +173,7 @@ pub fn find(registry: &mut Registry, id: &str) -> Result<CallRecord> {
 
 fn call_in(tx: &Tx, id: &str) -> Result<CallRecord> {
     tx.call(id)?.ok_or_else(|| {
-        usage!(
+        not_found!(
             "no call has the id `{}`; `wasmhost calls list` shows them",
             id.escape_debug()
         )
@@ -187,7 +181,7 @@ fn call_in(tx: &Tx, id: &str) -> Result<CallRecord> {
 }
 
 fn no_such_app(id_or_name: &str) -> anyhow::Error {
-    usage!(
+    not_found!(
         "no app has the id or name `{}`; `wasmhost app list --all` shows them",
         id_or_name.escape_debug()
     )
@@ -200,7 +194,7 @@ pub fn cancel(registry: &mut Registry, id: &str, by: &str) -> Result<CallRecord>
     registry.write(|tx| {
         let call = call_in(tx, id)?;
         if call.state.is_final() {
-            return Err(usage!(
+            return Err(conflict!(
                 "call {id} has already ended ({})",
                 call.state.as_str()
             ));
@@ -319,78 +313,6 @@ impl Ending {
         };
         Ok(())
     }
-}
-
-/// Ends the running calls of holders that died (their lease is free):
-/// retried if attempts remain, else failed naming what died. Returns the
-/// calls it ended.
-pub fn reap_dead_holders(home: &Home, registry: &mut Registry) -> Result<Vec<CallRecord>> {
-    let running = registry.read(|tx| tx.running_calls(None))?;
-    let mut holders: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
-    for call in running {
-        // Calls recorded before holders ran under a lease of their own id.
-        let holder = call.holder.clone().unwrap_or_else(|| call.id.clone());
-        holders.entry(holder).or_default().push(call);
-    }
-    let mut reaped = Vec::new();
-    for (holder, calls) in holders {
-        let Some(lease) = Lease::take_abandoned(home, &holder)? else {
-            continue;
-        };
-        let what = match holder.starts_with("no-") {
-            true => format!("its node {holder} died while it ran"),
-            false => "its calling process died".to_owned(),
-        };
-        registry.write(|tx| {
-            for call in &calls {
-                let spec = apps::function_of(tx, &call.app_id, &call.function)?;
-                let ending = match spec {
-                    Some(spec) => {
-                        Ending::failed(None, what.clone(), call.attempts, call.max_attempts, &spec)
-                    }
-                    None => Ending::Finished {
-                        state: CallState::Failed,
-                        exit_code: None,
-                        error: Some(what.clone()),
-                        at: now_ms(),
-                    },
-                };
-                ending.record(tx, &call.id)?;
-            }
-            Ok(())
-        })?;
-        lease.release();
-        reaped.extend(calls);
-    }
-    Ok(reaped)
-}
-
-/// Deletes call records past the bounds ([`KEEP_FOR`], [`KEEP_AT_MOST`]).
-fn prune(registry: &mut Registry) -> Result<usize> {
-    let before = now_ms() - KEEP_FOR.as_millis() as i64;
-    registry.write(|tx| tx.prune_calls(before, KEEP_AT_MOST))
-}
-
-/// How often commands prune records when no node does it for them.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Prunes if no process has in the last [`PRUNE_EVERY`] (the mtime of
-/// `$WASMHOST_HOME/pruned-at` says when one last did), so that a home used
-/// only by `call` keeps its records within bounds too, at the cost of one
-/// stat per command.
-pub fn prune_if_due(home: &Home, registry: &mut Registry) -> Result<()> {
-    let marker = home.root().join("pruned-at");
-    let due = std::fs::metadata(&marker)
-        .and_then(|m| m.modified())
-        .map_or(true, |at| {
-            at.elapsed().map_or(true, |age| age >= PRUNE_EVERY)
-        });
-    // Marked first, so that many commands starting at once prune once; a
-    // disk too full for the mark is left to a node or a later command.
-    if due && std::fs::write(&marker, b"").is_ok() {
-        prune(registry)?;
-    }
-    Ok(())
 }
 
 /// The newest calls first, at most `limit`: of every app whose id or name

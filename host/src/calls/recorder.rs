@@ -253,7 +253,7 @@ fn run(mut registry: Registry, queue: Arc<Queue>) {
         };
         committed = Instant::now();
         if let Err(e) = &result {
-            eprintln!("warning: {e}");
+            tracing::warn!("{e}");
         }
         for done in batch.done {
             done(result.clone());

@@ -3,7 +3,8 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Result;
-use wasmhost::error::UsageError;
+
+use super::usage;
 
 /// Asks `question` on a terminal; without one, only `--yes` proceeds.
 pub fn confirm(question: &str, yes: bool) -> Result<()> {
@@ -11,7 +12,7 @@ pub fn confirm(question: &str, yes: bool) -> Result<()> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(UsageError(format!("{question} needs confirmation; pass --yes")).into());
+        return Err(usage(format!("{question} needs confirmation; pass --yes")));
     }
     eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
@@ -19,6 +20,6 @@ pub fn confirm(question: &str, yes: bool) -> Result<()> {
     std::io::stdin().lock().read_line(&mut answer)?;
     match answer.trim() {
         "y" | "Y" | "yes" => Ok(()),
-        _ => Err(UsageError("cancelled".into()).into()),
+        _ => Err(usage("cancelled".into())),
     }
 }

@@ -8,6 +8,7 @@ mod calls;
 mod confirm;
 mod deploy;
 mod invoke;
+mod logging;
 mod nodes;
 pub mod output;
 mod remote;
@@ -20,9 +21,9 @@ use std::path::Path;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use wasmhost::apps;
-use wasmhost::error::UsageError;
+use wasmhost::error::{ErrorKind, Refusal};
 use wasmhost::home::Home;
+use wasmhost::housekeeping;
 use wasmhost::manifest::{self, FunctionSpec};
 use wasmhost::registry::Registry;
 use wasmhost::runtime::{BadModule, Program, Runtime};
@@ -107,6 +108,14 @@ pub enum Command {
     InternalPurgeTrash,
 }
 
+/// Sends the library's diagnostics where `command`'s reader wants them.
+pub fn install_logging(command: &Command) {
+    match command {
+        Command::Serve(args) => logging::install_for_node(args.log_format()),
+        _ => logging::install_for_command(),
+    }
+}
+
 /// Runs a command; returns the process exit code.
 pub fn dispatch(command: Command) -> Result<u8> {
     match command {
@@ -128,7 +137,7 @@ pub fn dispatch(command: Command) -> Result<u8> {
 }
 
 fn usage(message: String) -> anyhow::Error {
-    UsageError(message).into()
+    Refusal::new(ErrorKind::Invalid, message).into()
 }
 
 /// Opens `$WASMHOST_HOME` and its registry, after cleaning up what dead
@@ -136,7 +145,7 @@ fn usage(message: String) -> anyhow::Error {
 fn open_state() -> Result<(Home, Registry)> {
     let home = Home::from_env()?;
     let mut registry = Registry::open(&home.registry())?;
-    for app in apps::housekeeping(&home, &mut registry)? {
+    for app in housekeeping::run(&home, &mut registry)? {
         eprintln!(
             "note: cleaned up app `{}` ({}), whose process died",
             app.name, app.id

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use wasmhost::error::UsageError;
 use wasmhost::lease;
 use wasmhost::node::{self, NodeConfig};
 
+use super::logging::{self, LogFormat};
 use super::open_state;
 
 #[derive(Args)]
@@ -30,6 +30,16 @@ pub struct ServeArgs {
     /// and retry its calls [env: WASMHOST_DEAD_AFTER; default 15s].
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
     dead_after: Option<Duration>,
+    /// How the node writes its log lines on stderr: `text` (time, level,
+    /// node id, message) or `json` (one object a line).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+impl ServeArgs {
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
@@ -50,11 +60,10 @@ pub fn execute(args: ServeArgs) -> Result<u8> {
         dead_after: args.dead_after.unwrap_or(defaults.dead_after),
     };
     if timing.dead_after <= timing.heartbeat {
-        return Err(UsageError(format!(
+        return Err(super::usage(format!(
             "--dead-after ({:?}) must be longer than --heartbeat ({:?}), or live nodes count as dead",
             timing.dead_after, timing.heartbeat
-        ))
-        .into());
+        )));
     }
     lease::set_timing(timing);
     // Housekeeping first: a node that died left calls this one may retry.
@@ -66,6 +75,7 @@ pub fn execute(args: ServeArgs) -> Result<u8> {
         max_calls: args.max_calls as usize,
     };
     node::serve(&home, config, |address, node| {
+        logging::set_node(node);
         eprintln!(
             "node {node} serving {} on http://{address} (token in {})",
             home.root().display(),

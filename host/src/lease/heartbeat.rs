@@ -111,7 +111,7 @@ fn beat(process: &'static Process) {
             .unwrap_or_else(|e| e.into_inner())
             .write_shared(|tx| tx.renew_leases(&process.id, dead_after.as_millis() as i64));
         if let Err(e) = renewed {
-            eprintln!("warning: cannot renew this process's leases: {e:#}");
+            tracing::warn!("cannot renew this process's leases: {e:#}");
         }
     }
 }

@@ -81,8 +81,8 @@ impl Cluster {
             })
         })
         .map_err(|e| {
-            eprintln!(
-                "wasmhost: cannot release a lock in the registry ({e:#}); it is freed when this process's lease expires"
+            tracing::warn!(
+                "cannot release a lock in the registry ({e:#}); it is freed when this process's lease expires"
             );
             LockError::Io
         })
@@ -196,7 +196,7 @@ impl Holder {
         match taken.await {
             Ok(Ok(fence)) => Ok(fence.is_some()),
             Ok(Err(e)) => {
-                eprintln!("wasmhost: cannot take a lock in the registry: {e:#}");
+                tracing::warn!("cannot take a lock in the registry: {e:#}");
                 Err(LockError::Io)
             }
             Err(_) => Err(LockError::Io),

@@ -23,7 +23,7 @@ use super::token::authorized;
 use super::web;
 use super::worker::Worker;
 use crate::calls;
-use crate::error::UsageError;
+use crate::error;
 use crate::manifest::{self, units};
 use crate::registry::Registries;
 use crate::registry::{CallState, LogFilter, now_ms};
@@ -97,15 +97,11 @@ impl ApiError {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
 
-    /// A library error: what the CLI reports as bad usage is the client's
-    /// fault (`status`); anything else is the node's.
-    fn from_library(e: anyhow::Error, status: StatusCode) -> Self {
-        let line = format!("{e:#}");
-        if e.chain().any(|c| c.is::<UsageError>()) {
-            Self(status, line)
-        } else {
-            Self(StatusCode::INTERNAL_SERVER_ERROR, line)
-        }
+    /// A library error, answered with the status its kind maps to
+    /// (`error::http_status`): a refusal is the client's fault, anything
+    /// else the node's.
+    fn from_library(e: anyhow::Error) -> Self {
+        Self(error::http_status(&e), format!("{e:#}"))
     }
 }
 
@@ -163,7 +159,7 @@ async fn list_apps(State(api): Shared) -> Answer {
         .registries
         .with(|registry| registry.read(|tx| tx.list_apps(false)))
         .await
-        .map_err(|e| ApiError::from_library(e, StatusCode::BAD_REQUEST))?;
+        .map_err(ApiError::from_library)?;
     Ok(Json(apps.iter().map(app_json).collect::<Vec<_>>()).into_response())
 }
 
@@ -179,7 +175,7 @@ async fn list_volumes(State(api): Shared) -> Answer {
                 .collect::<anyhow::Result<Vec<_>>>()
         })
         .await
-        .map_err(|e| ApiError::from_library(e, StatusCode::BAD_REQUEST))?;
+        .map_err(ApiError::from_library)?;
     Ok(Json(volumes).into_response())
 }
 
@@ -322,7 +318,7 @@ async fn create_call(
             Ok(ids.pop().unwrap_or_default())
         })
         .await
-        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+        .map_err(ApiError::from_library)?;
     api.worker.wake();
     if spawn {
         let queued = json!({ "id": id, "state": CallState::Queued });
@@ -336,7 +332,7 @@ async fn create_call(
             registry.read(|tx| Ok(tx.call(&id_now)?.is_some_and(|c| c.state.is_final())))
         })
         .await
-        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+        .map_err(ApiError::from_library)?;
     if final_now {
         api.worker.forget_waiters(&id);
     } else {
@@ -366,7 +362,7 @@ async fn call_at_once(
     let now = tokio::task::spawn_blocking(move || worker.call_now(&app, &function, args, env))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+        .map_err(ApiError::from_library)?;
     let Some(ended) = now else {
         return Ok(None);
     };
@@ -390,7 +386,7 @@ async fn call_answer(api: &Api, id: String) -> Answer {
             })
         })
         .await
-        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+        .map_err(ApiError::from_library)?;
     match call {
         Some(call) => Ok(Json(call).into_response()),
         None => Err(ApiError(
@@ -418,7 +414,7 @@ async fn cancel_call(State(api): Shared, path: Result<Path<String>, PathRejectio
             Ok((CallState::Cancelled, Some((was.id, was.state))))
         })
         .await
-        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+        .map_err(ApiError::from_library)?;
     match was {
         Some((id, was)) => {
             Ok(Json(json!({ "id": id, "state": state, "was": was })).into_response())
@@ -471,7 +467,7 @@ async fn logs(
         .registries
         .with(move |registry| Ok(calls::logs_app(registry, &app)?.id))
         .await
-        .map_err(|e| ApiError::from_library(e, StatusCode::NOT_FOUND))?;
+        .map_err(ApiError::from_library)?;
     let filter = LogFilter {
         function: query.function,
         call: query.call,

@@ -135,9 +135,13 @@ async fn shutdown_signal(worker: Arc<Worker>) {
     ) else {
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        "{name}: draining ({} calls running; a second signal interrupts them)",
+        worker.running_count()
+    );
     worker.drain();
 }

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::apps::{self, LiveApp};
 use crate::calls::recorder::CallStart;
 use crate::calls::{self, Ending, Holder, Recorder};
-use crate::error::UsageError;
+use crate::error;
 use crate::home::Home;
 use crate::invoke::Target;
 use crate::manifest::FunctionSpec;
@@ -193,7 +193,7 @@ impl Worker {
         self.housekeeping(&mut registry);
         while !self.is_draining() {
             if let Err(e) = schedule::run_due(&mut registry) {
-                eprintln!("warning: cannot queue the calls of due schedules: {e:#}");
+                tracing::warn!("cannot queue the calls of due schedules: {e:#}");
             }
             let free = self.max_calls.saturating_sub(self.running_count());
             if free > 0 {
@@ -203,7 +203,7 @@ impl Worker {
                             self.start(call, live);
                         }
                     }
-                    Err(e) => eprintln!("warning: cannot claim queued calls: {e:#}"),
+                    Err(e) => tracing::warn!("cannot claim queued calls: {e:#}"),
                 }
             }
             self.interrupt_stopped(&mut registry);
@@ -223,8 +223,8 @@ impl Worker {
     }
 
     fn housekeeping(&self, registry: &mut Registry) {
-        if let Err(e) = apps::housekeeping(&self.home, registry) {
-            eprintln!("warning: housekeeping failed: {e:#}");
+        if let Err(e) = crate::housekeeping::run(&self.home, registry) {
+            tracing::warn!("housekeeping failed: {e:#}");
         }
     }
 
@@ -442,16 +442,8 @@ impl Worker {
     ) {
         let live = match self.web_app(app) {
             Ok(live) => live,
-            Err(e) if e.chain().any(|c| c.is::<UsageError>()) => {
-                refuse(respond, StatusCode::NOT_FOUND, &format!("{e:#}"));
-                return;
-            }
             Err(e) => {
-                refuse(
-                    respond,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("{e:#}"),
-                );
+                refuse(respond, error::http_status(&e), &format!("{e:#}"));
                 return;
             }
         };

@@ -10,7 +10,6 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -77,12 +76,10 @@ impl ModuleCache {
         if let Some(compiled) = load_entry(engine, &entry, component)? {
             return Ok(compiled);
         }
-        if std::io::stderr().is_terminal() {
-            eprintln!(
-                "note: compiling {} (once: later starts load it from the cache)",
-                module.display()
-            );
-        }
+        tracing::info!(
+            "compiling {} (once: later starts load it from the cache)",
+            module.display()
+        );
         let compiled = if component {
             engine.precompile_component(&bytes)
         } else {
