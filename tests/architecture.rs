@@ -20,6 +20,9 @@ const MAY_IMPORT_TOP: [(&str, &[&str]); 3] = [
 const MAX_FILE_LINES: usize = 600;
 /// What a longer file's header says.
 const LONG_FILE_REASON: &str = "longer than 600 lines because";
+/// The most lines a function has unless its file's header names it (in
+/// backticks) to say why.
+const MAX_FUNCTION_LINES: usize = 120;
 
 fn source_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -294,6 +297,117 @@ fn the_library_prints_nothing_itself() {
     );
 }
 
+/// The header (`//!` lines) of a file.
+fn header(text: &str) -> String {
+    text.lines()
+        .take_while(|l| l.starts_with("//!"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// (name, first line, lines) of each function in `text` longer than
+/// `most` lines, found by counting braces from its `fn` line (strings and
+/// chars holding braces are blanked first).
+fn long_functions(text: &str, most: usize) -> Vec<(String, usize, usize)> {
+    let lines: Vec<String> = text.lines().map(blank_literals).collect();
+    let mut found = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let Some(name) = function_name(line) else {
+            continue;
+        };
+        let (mut depth, mut opened) = (0i64, false);
+        for (offset, line) in lines[start..].iter().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+            opened |= code.contains('{');
+            if !opened && code.trim_end().ends_with(';') {
+                break; // a declaration without a body
+            }
+            if opened && depth <= 0 {
+                if offset + 1 > most {
+                    found.push((name, start + 1, offset + 1));
+                }
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// The function a line starts, if it does.
+fn function_name(line: &str) -> Option<String> {
+    let mut words = line.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        match word {
+            "pub" | "async" | "const" | "unsafe" | "extern" => continue,
+            w if w.starts_with("pub(") => continue,
+            "fn" => return words.next().map(leading_identifier),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// `line` with the insides of string and char literals blanked.
+fn blank_literals(line: &str) -> String {
+    let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    in_string = false;
+                    out.push('"');
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push('"');
+            }
+            '\'' if matches!(chars.clone().nth(1), Some('\'')) => {
+                chars.next();
+                chars.next();
+                out.push_str("' '");
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn the_function_finder_measures_bodies() {
+    let text = "fn short() {\n    let s = \"}}}\";\n}\npub(crate) fn long() {\n    a();\n    b();\n}\nfn decl();\n";
+    assert_eq!(long_functions(text, 3), [("long".to_owned(), 4, 4)]);
+    assert!(long_functions(text, 4).is_empty());
+}
+
+#[test]
+fn functions_are_short_or_their_file_says_why() {
+    let root = source_root();
+    let mut long = Vec::new();
+    for (path, text) in &read_source().files {
+        let header = header(text);
+        for (name, line, count) in long_functions(text, MAX_FUNCTION_LINES) {
+            if !header.contains(&format!("`{name}`")) {
+                let file = path.strip_prefix(&root).unwrap().display();
+                long.push(format!("{file}:{line}: fn {name}, {count} lines"));
+            }
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines whose file's header does not name them to say why:\n{}",
+        long.join("\n")
+    );
+}
+
 #[test]
 fn files_are_small_or_say_why() {
     let root = source_root();
@@ -301,14 +415,7 @@ fn files_are_small_or_say_why() {
         .files
         .iter()
         .filter(|(_, text)| text.lines().count() > MAX_FILE_LINES)
-        .filter(|(_, text)| {
-            let header: String = text
-                .lines()
-                .take_while(|l| l.starts_with("//!"))
-                .collect::<Vec<_>>()
-                .join(" ");
-            !header.contains(LONG_FILE_REASON)
-        })
+        .filter(|(_, text)| !header(text).contains(LONG_FILE_REASON))
         .map(|(path, text)| {
             format!(
                 "{}: {} lines",

@@ -21,7 +21,7 @@ use crate::registry::{
 };
 use crate::volume_usage::{self, Quota};
 use crate::volume_walk::Cursor;
-use crate::{slots, volumes};
+use crate::volumes;
 
 /// A running app as an invocation needs it: its manifest and its volumes.
 #[derive(Debug, Clone)]
@@ -708,8 +708,10 @@ pub fn stop(home: &Home, registry: &mut Registry, app_id: &str, force: bool) -> 
         Ok((stopped, to_stop, trashed))
     })?;
     trash_volumes(home, &trashed)?;
+    // Best effort: a caller of the stopped app still waiting for a
+    // concurrency slot is interrupted by the stop anyway.
     for id in &to_stop {
-        slots::remove_app_slots(home, id);
+        let _ = std::fs::remove_dir_all(home.app_slots_dir(id));
     }
     remove_unused_modules(home, registry)?;
     Ok(stopped)

@@ -20,7 +20,6 @@ pub mod node;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;
-pub mod slots;
 pub mod snapshots;
 pub mod sparse;
 pub mod text;

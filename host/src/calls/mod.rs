@@ -23,7 +23,6 @@ use crate::registry::{
     AppKind, AppRecord, CallRecord, CallState, NewCall, QUEUED, Registry, Tx, new_call_id, new_id,
     now_ms,
 };
-use crate::runtime::Outcome;
 
 pub use recorder::Recorder;
 
@@ -244,25 +243,6 @@ pub enum Ending {
 }
 
 impl Ending {
-    /// The end of attempt `attempt` of a call of `spec` that gets
-    /// `max_attempts`: a failure is retried while attempts remain.
-    pub fn of(outcome: &Outcome, attempt: u32, max_attempts: u32, spec: &FunctionSpec) -> Self {
-        let (exit_code, error) = match outcome {
-            Outcome::Exited(0) => {
-                return Ending::Finished {
-                    state: CallState::Succeeded,
-                    exit_code: Some(0),
-                    error: None,
-                    at: now_ms(),
-                };
-            }
-            Outcome::Exited(code) => (Some(*code), format!("exited with code {code}")),
-            Outcome::Failed(reason) => (None, reason.clone()),
-            Outcome::Interrupted => (None, "interrupted".to_owned()),
-        };
-        Self::failed(exit_code, error, attempt, max_attempts, spec)
-    }
-
     /// A failed attempt: retried if attempts remain, else the call failed.
     pub fn failed(
         exit_code: Option<i32>,

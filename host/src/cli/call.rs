@@ -1,18 +1,21 @@
 //! `wasmhost call`: invoke a deployed app's function in this process, or
 //! queue it for the nodes (`--spawn`, `--remote`).
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use clap::Args;
 use wasmhost::calls::{self, Ending, Holder, Recorder};
 use wasmhost::home::Home;
-use wasmhost::invoke::MapRecording;
+use wasmhost::invoke::Ended;
+use wasmhost::invoke::map::MapRecording;
 use wasmhost::module_store;
-use wasmhost::registry::{CallState, Registry};
+use wasmhost::registry::Registry;
 use wasmhost::runtime::{OutputLog, Runtime};
 
 use super::invoke::{
-    InvocationFailed, InvokeArgs, Recording, instances_at_once, note_lowered_concurrency,
-    open_map_inputs, serve,
+    InvokeArgs, Ran, Recording, exit, instances_at_once, note_lowered_concurrency, open_map_inputs,
+    serve,
 };
 use super::{load_program, open_state, remote};
 
@@ -89,8 +92,9 @@ fn call(
             (live, function, Some(id))
         }
     };
+    let live = Arc::new(live);
     let spec = &live.manifest.functions[&function];
-    let result = (|| {
+    let ran = (|| {
         note_lowered_concurrency(invoke, spec);
         let runtime = Runtime::new(home, instances_at_once(invoke, inputs.as_ref(), spec))?;
         let module = live.module(home, &function, |digest| {
@@ -108,44 +112,39 @@ fn call(
             }
             None => Recording::Map(MapRecording {
                 recorder: recorder.clone(),
-                app_id: live.record.id.clone(),
-                function: function.clone(),
-                module: live.modules.get(&function).cloned(),
                 holder: holder.id.clone(),
             }),
         };
         serve(
-            home, registry, &live, &function, recording, program, invoke, inputs,
+            home,
+            registry,
+            live.clone(),
+            &function,
+            recording,
+            program,
+            invoke,
+            inputs,
         )
     })();
+    // A stop ends the call as what the user is told, not as the guest did.
+    let (code, ended) = match ran {
+        Ok(ran) => {
+            let code = exit(&ran, home, &live, &function, call_id.as_deref());
+            match ran {
+                Ran::One(ended) if !matches!(ended, Ended::Stopped(_)) => (code, Some(ended)),
+                _ => (code, None),
+            }
+        }
+        Err(e) => (Err(e), None),
+    };
     if let Some(id) = call_id {
-        let (state, exit_code, error) = match &result {
-            Ok(0) => (CallState::Succeeded, Some(0), None),
-            Ok(code) => (
-                CallState::Failed,
-                Some(i32::from(*code)),
-                Some(format!("exited with code {code}")),
-            ),
-            // The record names the call's function and app already.
-            Err(e) => (
-                CallState::Failed,
-                None,
-                Some(
-                    match e.downcast_ref::<InvocationFailed>() {
-                        Some(failed) => failed.reason.clone(),
-                        None => format!("{e:#}"),
-                    }
-                    .replace('\n', " "),
-                ),
-            ),
-        };
-        let ending = Ending::Finished {
-            state,
-            exit_code,
-            error,
-            at: wasmhost::registry::now_ms(),
+        // The record names the call's function and app already.
+        let ending = match (ended, &code) {
+            (Some(ended), _) => ended.ending(1, 1, spec),
+            (None, Err(e)) => Ending::failed(None, format!("{e:#}"), 1, 1, spec),
+            (None, Ok(_)) => unreachable!("only a stop or an error ends a call without its guest"),
         };
         recorder.finish(&id, ending, None);
     }
-    result
+    code
 }

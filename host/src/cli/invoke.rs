@@ -1,10 +1,10 @@
-//! What `run` and `call` share: the invocation flags, `--map` inputs, and
-//! running invocations on a worker thread while this one watches for a stop.
+//! What `run` and `call` share: the invocation flags, `--map` inputs,
+//! running invocations on a worker thread while this one watches for a
+//! stop, and translating how they ended into an exit code or an error.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Read, Seek, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -13,15 +13,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use wasmhost::apps::LiveApp;
 use wasmhost::home::Home;
-use wasmhost::invoke::{
-    MapInput, MapRecording, MapReport, MapSink, StopCause, Target, map_lines, stop_cause_now,
-    watch_for_stop,
-};
+use wasmhost::invoke::map::{Map, MapInput, MapRecording, MapReport, MapSink, map_lines};
+use wasmhost::invoke::{Call, Ended, Prepared, RegistryAccess, Stop, Supervisor};
 use wasmhost::manifest::{self, FunctionSpec};
-use wasmhost::registry::{AppKind, Registry};
-use wasmhost::runtime::{Finished, Outcome, OutputLog, Program};
-use wasmhost::secrets;
-use wasmhost::slots::Slots;
+use wasmhost::registry::Registry;
+use wasmhost::runtime::{OutputLog, Program};
 use wasmhost::text::escape_control;
 
 use super::usage;
@@ -176,13 +172,13 @@ impl Terminal {
 }
 
 impl MapSink for Terminal {
-    fn output(&mut self, finished: &Finished) -> std::io::Result<()> {
+    fn output(&mut self, stdout: &[u8], stderr: &[u8]) -> std::io::Result<()> {
         let written = self.progress.suspend(|| {
-            let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&finished.stdout)?;
-            stdout.flush()?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(stdout)?;
+            out.flush()?;
             // Only stdout's reader going away stops the map.
-            let _ = std::io::stderr().lock().write_all(&finished.stderr);
+            let _ = std::io::stderr().lock().write_all(stderr);
             Ok(())
         });
         self.progress.inc(1);
@@ -209,13 +205,17 @@ pub fn note_lowered_concurrency(invoke: &InvokeArgs, spec: &FunctionSpec) {
 }
 
 enum Event {
-    Stop(StopCause),
-    One(Outcome),
+    /// A stop was asked for (the stop flag says why).
+    Stop,
+    Ran(Ran),
+}
+
+/// What `serve` ran: one invocation, or a `--map`.
+pub enum Ran {
+    One(Ended),
     Map(MapReport),
 }
 
-/// Runs the invocation(s) on a worker thread while this one watches for a
-/// stop, so a guest stuck in a host call cannot keep the process alive.
 /// How the call(s) are recorded, for a deployed app.
 pub enum Recording {
     /// Not at all (an ephemeral app).
@@ -229,143 +229,132 @@ pub enum Recording {
     Map(MapRecording),
 }
 
-/// An invocation that ended without an exit code (a trap, a timeout): `what`
-/// failed, `reason` says how, which is what a call's record keeps.
-#[derive(Debug, thiserror::Error)]
-#[error("{what} {reason}")]
-pub struct InvocationFailed {
-    pub what: String,
-    pub reason: String,
-}
-
+/// Runs the invocation(s) on a worker thread while this one watches for a
+/// stop, so a guest stuck in a host call cannot keep the process alive. A
+/// stop, whatever the invocation did meanwhile, ends it as stopped.
 #[allow(clippy::too_many_arguments)]
 pub fn serve(
     home: &Home,
     registry: &mut Registry,
-    live: &LiveApp,
+    live: Arc<LiveApp>,
     function: &str,
     recording: Recording,
     program: Program,
     invoke: &InvokeArgs,
     inputs: Option<MapInputs>,
-) -> Result<u8> {
+) -> Result<Ran> {
     let (call_id, copy, record) = match recording {
         Recording::None => (None, None, None),
         Recording::One { call_id, copy } => (Some(call_id), Some(copy), None),
         Recording::Map(record) => (None, None, Some(record)),
     };
-    let call_id = call_id.as_deref();
-    let cancelled = Arc::new(AtomicBool::new(false));
+    let supervisor = Supervisor::new();
+    let stop = supervisor.watch(&live.record.id, call_id.as_deref());
     let (events_tx, events) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel();
-    let on_signal = (cancelled.clone(), stop_tx.clone());
+    let on_signal = (stop.clone(), events_tx.clone());
     ctrlc::set_handler(move || {
-        on_signal.0.store(true, Ordering::SeqCst);
-        let _ = on_signal.1.send(StopCause::Signal);
+        on_signal.0.stop(Stop::Signal);
+        let _ = on_signal.1.send(Event::Stop);
     })?;
-    watch_for_stop(home, &live.record.id, call_id, cancelled.clone(), stop_tx)?;
-    let forward = events_tx.clone();
-    std::thread::spawn(move || {
-        for cause in stop_rx {
-            let _ = forward.send(Event::Stop(cause));
-        }
-    });
+    let on_stop = events_tx.clone();
+    supervisor.watch_registry(home, move |_| {
+        let _ = on_stop.send(Event::Stop);
+    })?;
 
-    let spec = live.manifest.functions[function].clone();
-    let mounts = live.mounts(home, function);
-    let concurrency = instances_at_once(invoke, inputs.as_ref(), &spec);
-    // Only a deployed app is called from several processes.
-    let slots = spec
-        .concurrency
-        .filter(|_| live.record.kind == AppKind::Deployed)
-        .map(|n| Slots::new(home, &live.record.id, function, n))
-        .transpose()?;
-    let secrets = secrets::environment(home, registry, &spec.secrets)?;
-    let env: BTreeMap<String, String> = invoke.env.iter().cloned().collect();
-    let (worker_home, args, worker_cancelled) =
-        (home.clone(), invoke.args.clone(), cancelled.clone());
+    let spec = &live.manifest.functions[function];
+    let concurrency = instances_at_once(invoke, inputs.as_ref(), spec);
+    let access = RegistryAccess::Own(registry);
+    let prepared = Prepared::new(home, live.clone(), function, Arc::new(program), access)?;
+    let (args, env, worker_stop) = (invoke.args.clone(), invoke.env(), stop.clone());
     std::thread::spawn(move || {
-        let target = Target {
-            home: &worker_home,
-            program: &program,
-            function: &spec,
-            mounts: &mounts,
-            secrets: &secrets,
-            env: &env,
-            cancelled: worker_cancelled,
-            slots,
-            record,
-        };
-        let event = match inputs {
-            None => Event::One(target.run_one(&args, copy)),
+        let ran = match inputs {
+            None => {
+                let call = Call {
+                    args: &args,
+                    env: &env,
+                    stop: &worker_stop,
+                };
+                Ran::One(prepared.run_streamed(&call, copy))
+            }
             Some(inputs) => {
                 let mut terminal = Terminal::new(inputs.count);
-                Event::Map(target.run_map(&args, inputs.lines, concurrency, &mut terminal))
+                let map = Map {
+                    prepared: &prepared,
+                    args: &args,
+                    env: &env,
+                    stop: &worker_stop,
+                    record,
+                };
+                Ran::Map(map.run(inputs.lines, concurrency, &mut terminal))
             }
         };
-        let _ = events_tx.send(event);
+        let _ = events_tx.send(Event::Ran(ran));
     });
 
-    let app = format!("`{}` ({})", live.record.name, live.record.id);
     let first = events
         .recv()
         .context("the invocation thread ended without a result")?;
     // A result that comes after a stop was asked for is the stop's doing,
     // whatever it says; the stop's cause is what the user needs to hear.
     let stopped = match &first {
-        Event::Stop(cause) => {
-            cancelled.store(true, Ordering::SeqCst);
+        Event::Stop => {
             // Give instances a moment to unwind, then stop regardless.
             let _ = events.recv_timeout(STOP_GRACE);
-            Some(*cause)
+            Some(stop.cause().unwrap_or(Stop::Signal))
         }
-        _ if cancelled.load(Ordering::SeqCst) => Some(
-            std::iter::from_fn(|| events.recv_timeout(STOP_GRACE).ok())
-                .find_map(|e| match e {
-                    Event::Stop(cause) => Some(cause),
-                    _ => None,
-                })
-                .unwrap_or(StopCause::Signal),
-        ),
+        _ if stop.is_stopped() => Some(stop.cause().unwrap_or(Stop::Signal)),
         // The watcher polls, so a failure a stop caused (the volumes trashed
         // under a starting instance) can arrive before it has seen the stop.
-        Event::One(Outcome::Failed(_) | Outcome::Interrupted) => {
-            stop_cause_now(home, &live.record.id, call_id)
+        Event::Ran(Ran::One(Ended::Failed(_) | Ended::TimedOut(_) | Ended::Stopped(_))) => {
+            supervisor.look_now(home)
         }
-        Event::Map(report) if report.failed > 0 => stop_cause_now(home, &live.record.id, call_id),
+        Event::Ran(Ran::Map(report)) if report.failed > 0 => supervisor.look_now(home),
         _ => None,
     };
-    match (stopped, first) {
-        (Some(StopCause::AppStopped), _) => Err(anyhow::anyhow!(
+    Ok(match (stopped, first) {
+        (Some(why), _) => Ran::One(Ended::Stopped(why)),
+        (None, Event::Ran(ran)) => ran,
+        (None, Event::Stop) => unreachable!("a stop event is always a stop"),
+    })
+}
+
+/// How what `serve` ran ends the command: the guest's exit code, a `--map`
+/// summary, or an error saying why there is no exit code. `call_id` is the
+/// call's, for a deployed app's single call.
+pub fn exit(
+    ran: &Ran,
+    home: &Home,
+    live: &LiveApp,
+    function: &str,
+    call_id: Option<&str>,
+) -> Result<u8> {
+    let app = format!("`{}` ({})", live.record.name, live.record.id);
+    match ran {
+        Ran::One(Ended::Stopped(Stop::AppStopped)) => Err(anyhow::anyhow!(
             "app {app} was stopped (`wasmhost app stop`); its invocations were interrupted"
         )),
-        (Some(StopCause::CallCancelled), _) => Err(anyhow::anyhow!(
+        Ran::One(Ended::Stopped(Stop::CallCancelled)) => Err(anyhow::anyhow!(
             "call {} of app {app} was cancelled: {}",
             call_id.unwrap_or_default(),
             wasmhost::calls::why_cancelled(home, call_id.unwrap_or_default())
         )),
         // A call's Ctrl-C ends the call; the deployed app stays.
-        (Some(StopCause::Signal), _) | (None, Event::One(Outcome::Interrupted)) => {
-            Err(match call_id {
-                Some(id) => anyhow::anyhow!("interrupted; call {id} of app {app} ended"),
-                None => anyhow::anyhow!("interrupted; stopping app {app}"),
-            })
-        }
-        (None, Event::One(Outcome::Exited(code))) => Ok(code as u8),
-        (None, Event::One(Outcome::Failed(reason))) => Err(InvocationFailed {
-            what: format!("function `{function}` of app {app}"),
-            reason,
-        }
-        .into()),
+        Ran::One(Ended::Stopped(Stop::Signal | Stop::Drain)) => Err(match call_id {
+            Some(id) => anyhow::anyhow!("interrupted; call {id} of app {app} ended"),
+            None => anyhow::anyhow!("interrupted; stopping app {app}"),
+        }),
+        Ran::One(Ended::Exited(code)) => Ok(*code as u8),
+        Ran::One(Ended::Failed(reason) | Ended::TimedOut(reason)) => Err(anyhow::anyhow!(
+            "function `{function}` of app {app} {reason}"
+        )),
         // A closed stdout ends the map quietly: its reader had enough.
-        (None, Event::Map(report)) if report.failed == 0 => Ok(0),
-        (None, Event::Map(report)) => {
+        Ran::Map(report) if report.failed == 0 => Ok(0),
+        Ran::Map(report) => {
             // Reasons quote the module (trap messages name its functions);
             // the summary's own lines stay lines.
             let summary: Vec<String> = report.summary().lines().map(escape_control).collect();
             eprintln!("error: {}", summary.join("\n"));
             Ok(1)
         }
-        (None, Event::Stop(_)) => unreachable!("a stop event is always a stop"),
     }
 }

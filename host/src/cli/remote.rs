@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::Result;
 use wasmhost::calls;
 use wasmhost::home::Home;
-use wasmhost::invoke::MapReport;
+use wasmhost::invoke::map::MapReport;
+use wasmhost::invoke::{Ended, Stop};
 use wasmhost::registry::{self, CallRecord, CallState, Registry, Waiter};
-use wasmhost::runtime::Outcome;
 use wasmhost::text::escape_control;
 
 use super::invoke::{InvokeArgs, open_map_inputs};
@@ -101,7 +101,7 @@ pub fn queue(
         if single {
             return exit_code(&call);
         }
-        report.record(Ok(line), outcome(&call));
+        report.record(Ok(line), ended(&call));
     }
     if report.failed == 0 {
         return Ok(0);
@@ -123,14 +123,14 @@ pub fn print_output([stdout, stderr]: &[String; 2]) -> Result<()> {
 /// this process would: its exit code, or an error saying why it has none.
 pub fn exit_code(call: &CallRecord) -> Result<u8> {
     let id = &call.id;
-    match outcome(call) {
-        Outcome::Exited(code) => Ok(code as u8),
-        Outcome::Failed(reason) => Err(anyhow::anyhow!(
+    match ended(call) {
+        Ended::Exited(code) => Ok(code as u8),
+        Ended::Failed(reason) | Ended::TimedOut(reason) => Err(anyhow::anyhow!(
             "call {id} of function `{}` of app `{}` {reason}",
             call.function,
             call.app
         )),
-        Outcome::Interrupted => Err(anyhow::anyhow!(
+        Ended::Stopped(_) => Err(anyhow::anyhow!(
             "call {id} was cancelled: {}",
             call.error.as_deref().unwrap_or_default()
         )),
@@ -138,11 +138,11 @@ pub fn exit_code(call: &CallRecord) -> Result<u8> {
 }
 
 /// How a finished call ended, as a local invocation would say it.
-fn outcome(call: &CallRecord) -> Outcome {
+fn ended(call: &CallRecord) -> Ended {
     match (call.state, call.exit_code) {
-        (CallState::Cancelled, _) => Outcome::Interrupted,
-        (_, Some(code)) => Outcome::Exited(code),
-        _ => Outcome::Failed(call.error.clone().unwrap_or_else(|| "failed".into())),
+        (CallState::Cancelled, _) => Ended::Stopped(Stop::CallCancelled),
+        (_, Some(code)) => Ended::Exited(code),
+        _ => Ended::Failed(call.error.clone().unwrap_or_else(|| "failed".into())),
     }
 }
 

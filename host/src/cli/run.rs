@@ -1,6 +1,7 @@
 //! `wasmhost run`: an ephemeral app for one invocation (or one `--map`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
@@ -12,8 +13,8 @@ use wasmhost::runtime::{Program, Runtime};
 use wasmhost::secrets;
 
 use super::invoke::{
-    InvokeArgs, MapInputs, Recording, instances_at_once, note_lowered_concurrency, open_map_inputs,
-    serve,
+    InvokeArgs, MapInputs, Recording, exit, instances_at_once, note_lowered_concurrency,
+    open_map_inputs, serve,
 };
 use super::{load_program, open_state, usage};
 
@@ -79,16 +80,18 @@ fn run(
     program: Program,
 ) -> Result<u8> {
     let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
-    let served = serve(
+    let live = Arc::new(live);
+    let ran = serve(
         home,
         registry,
-        &live,
+        live.clone(),
         function,
         Recording::None,
         program,
         invoke,
         inputs,
     );
+    let code = ran.and_then(|ran| exit(&ran, home, &live, function, None));
     apps::stop_owned(home, registry, &live.record.id, lease)?;
-    served
+    code
 }

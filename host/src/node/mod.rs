@@ -1,13 +1,19 @@
 //! `wasmhost serve`: a node. It runs the queued calls of every running
-//! deployed app (see `worker`) and answers the HTTP API of SPEC section 6
+//! deployed app (see `worker`, and `claims`, `chores`, `immediate`,
+//! `caches`, `drain` for its jobs), answers the HTTP API of SPEC section 6
 //! (see `api`), which only translates requests into the library calls the
-//! CLI makes.
+//! CLI makes, and hands web requests to `triggers::http` (see `web`).
 //!
 //! SIGTERM or SIGINT drains: the listener closes, no call is claimed any
 //! more, running calls get `grace` to finish, then are interrupted and
 //! retried per their function's `retries` (by the next node) or failed.
 
 mod api;
+mod caches;
+mod chores;
+mod claims;
+mod drain;
+mod immediate;
 mod token;
 mod web;
 mod worker;
@@ -88,16 +94,9 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
         impatient.interrupt_all();
     });
     let _ = claims.join();
-    let deadline = Instant::now() + config.grace;
-    while worker.running_count() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if worker.running_count() > 0 {
+    if !worker.wait_idle(Instant::now() + config.grace) {
         worker.interrupt_all();
-        let deadline = Instant::now() + UNWIND;
-        while worker.running_count() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        worker.wait_idle(Instant::now() + UNWIND);
     }
     // Long-polling handlers (`logs?follow=1`) must not hold the exit.
     executor.shutdown_timeout(Duration::from_millis(100));

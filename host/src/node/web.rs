@@ -96,7 +96,7 @@ async fn serve(
     let (tx, rx) = oneshot::channel();
     let worker = api.worker.clone();
     let answered = tokio::task::spawn_blocking(move || {
-        worker.serve_web(&app, request, connection, move |response| {
+        crate::triggers::http::serve(&*worker, &app, request, connection, move |response| {
             let _ = tx.send(response);
         });
     });

@@ -5,6 +5,10 @@
 //! descriptor a file was opened under (preopens are descriptors 3, 4, …
 //! in mount order), and a file's size, position and flags from its
 //! `fd_filestat_get`, `fd_tell` and `fd_fdstat_get`.
+//!
+//! `add_to_linker` is one long list, one registration a shimmed call,
+//! each a few lines that hand over to its shim: split up, it would read
+//! no better.
 
 use std::collections::HashMap;
 

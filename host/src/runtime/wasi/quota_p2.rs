@@ -8,6 +8,10 @@
 //! wasi-libc that Rust's and C's wasip2 programs link today reports every
 //! failed stream write as EIO, so such a program sees EIO for a plain
 //! `write` (and ENOSPC for `pwrite`, `ftruncate` and creates).
+//!
+//! `add_to_linker` is one long list, one registration a shimmed method,
+//! each a few lines that hand over to its shim: split up, it would read
+//! no better.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
 
-use super::{Endpoint, Response, Served, WebRequest, failure, full, text_response};
+use super::{Endpoint, Response, WebRequest, answered, failure, full, text_response};
+use crate::calls::Ending;
+use crate::invoke::{Call, Held};
 
 /// Who answers the client: the guest's response, or, if it sets none, the
 /// host's one-line failure. Whichever comes first is sent.
@@ -14,9 +16,10 @@ type Answer = Arc<Mutex<Option<Box<dyn FnOnce(Response) + Send + Sync>>>>;
 
 pub fn serve(
     endpoint: &Endpoint,
+    held: Held,
     request: WebRequest,
     respond: impl FnOnce(Response) + Send + Sync + 'static,
-) -> Served {
+) -> Ending {
     let answer: Answer = Arc::new(Mutex::new(Some(Box::new(respond))));
     let status: Arc<Mutex<Option<StatusCode>>> = Arc::default();
     let (guest_answer, guest_status) = (answer.clone(), status.clone());
@@ -34,18 +37,25 @@ pub fn serve(
         }
     });
     let env = BTreeMap::new();
-    let target = endpoint.target(&env);
-    let finished = target.serve_http(request.map(full), respond_from_guest, endpoint.log.clone());
-    let answered = *lock(&status);
-    let failed = finished.outcome != crate::runtime::Outcome::Exited(0);
-    match answered {
-        Some(status) => Served {
-            status,
-            error: failed.then(|| failure(&finished).1),
-        },
+    let call = Call {
+        args: &[],
+        env: &env,
+        stop: endpoint.stop,
+    };
+    let ended = endpoint.prepared.serve_http(
+        Some(held),
+        &call,
+        request.map(full),
+        respond_from_guest,
+        endpoint.log.clone(),
+    );
+    let guest_status = *lock(&status);
+    let failed = !ended.succeeded();
+    match guest_status {
+        Some(status) => answered(status, failed.then(|| failure(&ended).1)),
         None => {
             let (status, reason) = match failed {
-                true => failure(&finished),
+                true => failure(&ended),
                 false => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the endpoint returned without setting a response".to_owned(),
@@ -54,10 +64,7 @@ pub fn serve(
             if let Some(send) = lock(&answer).take() {
                 send(text_response(status, &reason));
             }
-            Served {
-                status,
-                error: Some(reason),
-            }
+            answered(status, Some(reason))
         }
     }
 }

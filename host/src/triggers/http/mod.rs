@@ -11,22 +11,23 @@
 //! down) a 503.
 
 mod component;
+mod request;
 mod wagi;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use crate::apps::Mount;
-use crate::home::Home;
-use crate::invoke::Target;
-use crate::manifest::{AppManifest, FunctionSpec, Route};
-use crate::runtime::{Finished, Outcome, OutputLog, Program};
+use crate::calls::Ending;
+use crate::invoke::{Ended, Held, Prepared, StopFlag};
+use crate::manifest::{AppManifest, Route};
+use crate::registry::{CallState, now_ms};
+use crate::runtime::OutputLog;
+
+pub use request::{Host, serve};
 
 /// A response body: the guest's, streamed, or one of ours.
 pub type Body = wasmtime_wasi_http::WasiBody;
@@ -67,87 +68,75 @@ pub fn route<'m>(manifest: &'m AppManifest, path: &str) -> Option<(&'m str, &'m 
     best
 }
 
-/// What an endpoint runs with: the function and what its call has.
+/// What an endpoint runs with: the function, prepared, and what its call
+/// has.
 pub struct Endpoint<'a> {
-    pub home: &'a Home,
-    pub program: &'a Program,
-    pub function: &'a FunctionSpec,
+    pub prepared: &'a Prepared,
     pub route: &'a Route,
-    pub mounts: &'a [Mount],
-    /// The function's secrets, as environment variables.
-    pub secrets: &'a BTreeMap<String, String>,
-    pub cancelled: Arc<AtomicBool>,
+    pub stop: &'a StopFlag,
     /// The call record's stdout and stderr.
     pub log: Arc<OutputLog>,
 }
 
-/// How a request ended, for its call record.
-pub struct Served {
-    pub status: StatusCode,
-    /// Why the request failed (a 5xx that the guest did not choose, or
-    /// the guest's own failure after it answered), in one line.
-    pub error: Option<String>,
-}
-
 impl Endpoint<'_> {
-    /// Answers `request`: `respond` gets the response as soon as there is
-    /// one (a component's body then streams), and this returns once the
-    /// instance has ended.
+    /// Answers `request` in the concurrency slot `held`: `respond` gets
+    /// the response as soon as there is one (a component's body then
+    /// streams), and this returns how the request's call ended, once the
+    /// instance has.
     pub fn serve(
         &self,
+        held: Held,
         request: WebRequest,
         connection: &Connection,
         respond: impl FnOnce(Response) + Send + Sync + 'static,
-    ) -> Served {
-        if self.program.is_http_component() {
-            component::serve(self, request, respond)
+    ) -> Ending {
+        if self.prepared.is_http_component() {
+            component::serve(self, held, request, respond)
         } else {
-            wagi::serve(self, request, connection, respond)
-        }
-    }
-
-    fn target<'a>(&'a self, env: &'a BTreeMap<String, String>) -> Target<'a> {
-        Target {
-            home: self.home,
-            program: self.program,
-            function: self.function,
-            mounts: self.mounts,
-            env,
-            secrets: self.secrets,
-            cancelled: self.cancelled.clone(),
-            // The node has taken the function's concurrency slot already.
-            slots: None,
-            record: None,
+            wagi::serve(self, held, request, connection, respond)
         }
     }
 }
 
-/// The status and one-line reason for an invocation that did not answer.
-fn failure(finished: &Finished) -> (StatusCode, String) {
-    let status = if finished.timed_out {
-        StatusCode::GATEWAY_TIMEOUT
-    } else if finished.outcome == Outcome::Interrupted {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
+/// The status and one-line reason for an invocation that did not answer:
+/// a timeout is a 504, a stop a 503, anything else a 500.
+fn failure(ended: &Ended) -> (StatusCode, String) {
+    let status = match ended {
+        Ended::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+        Ended::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let reason = match &finished.outcome {
-        Outcome::Exited(code) => format!("the endpoint exited with code {code} without answering"),
-        Outcome::Failed(reason) => format!("the endpoint failed: {reason}"),
-        Outcome::Interrupted => {
+    let reason = match ended {
+        Ended::Exited(code) => format!("the endpoint exited with code {code} without answering"),
+        Ended::Failed(reason) | Ended::TimedOut(reason) => format!("the endpoint failed: {reason}"),
+        Ended::Stopped(_) => {
             "the endpoint was stopped (its app was stopped, or the node is shutting down)".into()
         }
     };
     (status, reason)
 }
 
-/// Answers with one line of text, for a request no guest answered.
-pub fn refuse(respond: impl FnOnce(Response), status: StatusCode, line: &str) -> Served {
-    respond(text_response(status, line));
-    Served {
-        status,
-        error: Some(line.replace('\n', " ")),
+/// The record of a request answered with `status`: its exit code is the
+/// status; a 5xx, or a guest that failed after it answered, is a failed
+/// call. `error` says why, in one line.
+fn answered(status: StatusCode, error: Option<String>) -> Ending {
+    let failed = status.is_server_error() || error.is_some();
+    Ending::Finished {
+        state: if failed {
+            CallState::Failed
+        } else {
+            CallState::Succeeded
+        },
+        exit_code: Some(i32::from(status.as_u16())),
+        error,
+        at: now_ms(),
     }
+}
+
+/// Answers with one line of text, for a request no guest answered.
+pub fn refuse(respond: impl FnOnce(Response), status: StatusCode, line: &str) -> Ending {
+    respond(text_response(status, line));
+    answered(status, Some(line.replace('\n', " ")))
 }
 
 /// A response of one line of plain text.

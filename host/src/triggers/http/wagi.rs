@@ -9,45 +9,46 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
-use super::{Connection, Endpoint, Response, Served, WebRequest, failure, full, text_response};
+use super::{Connection, Endpoint, Response, WebRequest, answered, failure, full, text_response};
+use crate::calls::Ending;
+use crate::invoke::{Call, Ended, Held};
 use crate::registry::Stream;
-use crate::runtime::Outcome;
 
 pub fn serve(
     endpoint: &Endpoint,
+    held: Held,
     request: WebRequest,
     connection: &Connection,
     respond: impl FnOnce(Response),
-) -> Served {
+) -> Ending {
     let env = environment(endpoint, &request, connection);
-    let target = endpoint.target(&env);
-    let finished = target.run_captured(&[], request.into_body());
-    endpoint.log.write(Stream::Stdout, &finished.stdout);
-    endpoint.log.write(Stream::Stderr, &finished.stderr);
-    let parsed = match finished.outcome {
-        Outcome::Exited(0) => parse(&finished.stdout).map_err(|problem| {
+    let call = Call {
+        args: &[],
+        env: &env,
+        stop: endpoint.stop,
+    };
+    let stdin = Some(request.into_body());
+    let (ended, [stdout, stderr]) = endpoint.prepared.run_captured(Some(held), &call, stdin);
+    endpoint.log.write(Stream::Stdout, &stdout);
+    endpoint.log.write(Stream::Stderr, &stderr);
+    let parsed = match ended {
+        Ended::Exited(0) => parse(&stdout).map_err(|problem| {
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the endpoint's output is not a CGI response: {problem}"),
             )
         }),
-        _ => Err(failure(&finished)),
+        _ => Err(failure(&ended)),
     };
     match parsed {
         Ok(response) => {
             let status = response.status();
             respond(response);
-            Served {
-                status,
-                error: None,
-            }
+            answered(status, None)
         }
         Err((status, reason)) => {
             respond(text_response(status, &reason));
-            Served {
-                status,
-                error: Some(reason),
-            }
+            answered(status, Some(reason))
         }
     }
 }

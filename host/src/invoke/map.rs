@@ -1,31 +1,19 @@
-//! Running invocations: one streamed, or many (`--map`) in parallel, each
-//! input started as it arrives and each output handed whole, in input
-//! order, to a sink the caller gives.
+//! `--map`: one invocation per input line, many in parallel, each input
+//! started as it arrives and each output handed whole, in input order, to
+//! a sink the caller gives (the CLI's terminal).
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, mpsc};
 
-use anyhow::Result;
-use bytes::Bytes;
-
-use crate::apps::Mount;
+use super::{Call, Ended, Prepared, STOP_POLL, StopFlag};
+use crate::calls::Recorder;
 use crate::calls::recorder::CallStart;
-use crate::calls::{Ending, Recorder};
-use crate::home::Home;
-use crate::manifest::FunctionSpec;
 use crate::manifest::units::format_size;
-use crate::registry::{AppState, CallState, Registry, Stream, new_call_id, now_ms};
-use crate::runtime::{Finished, Invocation, Outcome, Output, OutputLog, Program, Respond};
-use crate::slots::{Slot, Slots};
+use crate::registry::{Stream, new_call_id, now_ms};
+use crate::runtime::OutputLog;
 
-/// Most bytes of stdout (and of stderr) kept per `--map` invocation.
-const CAPTURE_LIMIT: usize = 16 << 20;
-/// How often a running process checks whether its app was stopped elsewhere,
-/// and how often waiting `--map` workers check for a stop.
-const STOP_POLL: Duration = Duration::from_millis(100);
 /// The longest `--map` input line; a longer one fails as that input.
 pub const MAX_LINE: usize = 1 << 20;
 /// Finished outputs may wait behind a slower earlier input (they are written
@@ -39,30 +27,22 @@ const MAX_LISTED_FAILURES: usize = 100;
 /// How much of a failed input the summary shows.
 const SHOWN_INPUT_CHARS: usize = 200;
 
-/// Everything invocations of one function share.
-pub struct Target<'a> {
-    pub home: &'a Home,
-    pub program: &'a Program,
-    pub function: &'a FunctionSpec,
-    pub mounts: &'a [Mount],
-    /// The variables of the function's `secrets` (never recorded).
-    pub secrets: &'a BTreeMap<String, String>,
-    /// Environment variables of every invocation, over the function's `env`
-    /// and its secrets.
+/// One `--map` run of a prepared function.
+pub struct Map<'a> {
+    pub prepared: &'a Prepared,
+    /// Every invocation's arguments, before its input line.
+    pub args: &'a [String],
+    /// Environment variables of every invocation.
     pub env: &'a BTreeMap<String, String>,
-    pub cancelled: Arc<AtomicBool>,
-    /// The function's `concurrency` across processes, for a deployed app.
-    pub slots: Option<Slots>,
-    /// Where each `--map` input is recorded as a call, for a deployed app.
+    pub stop: &'a StopFlag,
+    /// Where each input is recorded as a call, for a deployed app.
     pub record: Option<MapRecording>,
 }
 
 /// What recording each `--map` input as a call of its own takes.
 pub struct MapRecording {
     pub recorder: Recorder,
-    pub app_id: String,
-    pub function: String,
-    pub module: Option<String>,
+    /// The lease the calls run under.
     pub holder: String,
 }
 
@@ -77,128 +57,58 @@ pub struct BadLine {
     pub problem: String,
 }
 
-/// Where `run_map` puts each invocation's output, in input order.
+/// Where [`Map::run`] puts each invocation's output, in input order.
 pub trait MapSink {
     /// An error (stdout closed) makes the map start no more invocations.
-    fn output(&mut self, finished: &Finished) -> io::Result<()>;
+    fn output(&mut self, stdout: &[u8], stderr: &[u8]) -> io::Result<()>;
 }
 
-impl Target<'_> {
-    /// One invocation, once a concurrency slot is free: where every
-    /// instance starts, alone or under `--map`.
-    fn invoke(&self, args: &[String], output: Output, stdin: Option<Bytes>) -> Finished {
-        let _slot = match self.slot() {
-            Ok(slot) => slot,
-            Err(finished) => return finished,
-        };
-        self.program.invoke(&self.invocation(args, output, stdin))
-    }
+/// One input's end, with its output.
+type Done = (Ended, [Vec<u8>; 2]);
 
-    /// The function's concurrency slot, once free; or how the invocation
-    /// ended without one.
-    fn slot(&self) -> Result<Option<Slot>, Finished> {
-        match self.slots.as_ref().map(|s| s.acquire(&self.cancelled)) {
-            Some(Ok(None)) => Err(ended(Outcome::Interrupted)),
-            Some(Err(e)) => Err(ended(Outcome::Failed(format!(
-                "could not wait for a concurrency slot: {e:#}"
-            )))),
-            Some(Ok(slot)) => Ok(slot),
-            None => Ok(None),
-        }
-    }
-
-    fn invocation<'b>(
-        &'b self,
-        args: &'b [String],
-        output: Output,
-        stdin: Option<Bytes>,
-    ) -> Invocation<'b> {
-        Invocation {
-            home: self.home,
-            function: self.function,
-            mounts: self.mounts,
-            args,
-            secrets: self.secrets,
-            env: self.env,
-            output,
-            stdin,
-            cancelled: self.cancelled.clone(),
-        }
-    }
-
-    /// One invocation reading `stdin`, its output kept in memory: a WAGI
-    /// request.
-    pub fn run_captured(&self, args: &[String], stdin: Bytes) -> Finished {
-        let output = Output::Capture {
-            limit: CAPTURE_LIMIT,
-        };
-        self.invoke(args, output, Some(stdin))
-    }
-
-    /// One web request to a `wasi:http` component, its stdout and stderr
-    /// going to `log` (see `Program::serve_http`).
-    pub fn serve_http(
-        &self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        respond: Respond,
-        log: Arc<OutputLog>,
-    ) -> Finished {
-        let _slot = match self.slot() {
-            Ok(slot) => slot,
-            Err(finished) => return finished,
-        };
-        let invocation = self.invocation(&[], Output::Log(log), None);
-        self.program.serve_http(&invocation, request, respond)
-    }
-
-    /// One invocation with stdio streamed, and copied to `copy`.
-    pub fn run_one(&self, args: &[String], copy: Option<Arc<OutputLog>>) -> Outcome {
-        self.invoke(args, Output::Inherit { copy }, None).outcome
-    }
-
-    /// One invocation whose output goes only to `log`.
-    pub fn run_logged(&self, args: &[String], log: Arc<OutputLog>) -> Outcome {
-        self.invoke(args, Output::Log(log), None).outcome
-    }
-
+impl Map<'_> {
     /// One `--map` input's invocation, recorded as a call if the map is.
-    fn invoke_input(&self, args: Vec<String>) -> Finished {
-        let output = Output::Capture {
-            limit: CAPTURE_LIMIT,
+    fn invoke_input(&self, args: Vec<String>) -> Done {
+        let call = Call {
+            args: &args,
+            env: self.env,
+            stop: self.stop,
         };
+        let invoke = || self.prepared.run_captured(None, &call, None);
         let Some(record) = &self.record else {
-            return self.invoke(&args, output, None);
+            return invoke();
         };
         let (id, log) = (new_call_id(), OutputLog::new());
+        let (live, function) = (self.prepared.live(), self.prepared.function());
         record.recorder.start(
             CallStart {
                 id: id.clone(),
-                app_id: record.app_id.clone(),
-                function: record.function.clone(),
+                app_id: live.record.id.clone(),
+                function: function.to_owned(),
                 args: args.clone(),
                 env: self.env.clone(),
-                module: record.module.clone(),
+                module: live.modules.get(function).cloned(),
                 holder: record.holder.clone(),
                 node: None,
                 started_at: now_ms(),
             },
             log.clone(),
         );
-        let finished = self.invoke(&args, output, None);
-        log.write(Stream::Stdout, &finished.stdout);
-        log.write(Stream::Stderr, &finished.stderr);
-        let ending = Ending::of(&finished.outcome, 1, 1, self.function);
+        let done = invoke();
+        let (ended, [stdout, stderr]) = &done;
+        log.write(Stream::Stdout, stdout);
+        log.write(Stream::Stderr, stderr);
+        let ending = ended.ending(1, 1, self.prepared.spec());
         record.recorder.finish(&id, ending, None);
-        finished
+        done
     }
 
     /// One invocation per input, each started as it arrives, at most
     /// `concurrency` at once (the runtime must have been made for that
     /// many). Each output goes to `sink` whole, in input order, as soon as
     /// all before it have; once the sink fails, no more inputs are started.
-    pub fn run_map(
+    pub fn run(
         &self,
-        args: &[String],
         inputs: impl Iterator<Item = MapInput> + Send + 'static,
         concurrency: usize,
         sink: &mut dyn MapSink,
@@ -220,7 +130,7 @@ impl Target<'_> {
             room: Condvar::new(),
             sink_failed: AtomicBool::new(false),
         };
-        let (done_tx, done_rx) = mpsc::channel::<(usize, MapInput, Finished)>();
+        let (done_tx, done_rx) = mpsc::channel::<(usize, MapInput, Done)>();
         let mut report = MapReport::default();
         std::thread::scope(|scope| {
             for _ in 0..concurrency {
@@ -228,15 +138,15 @@ impl Target<'_> {
                 let shared = &shared;
                 scope.spawn(move || {
                     while let Some((index, input)) = self.next_input(shared) {
-                        let finished = match &input {
+                        let done = match &input {
                             Ok(line) => {
-                                let mut all_args = args.to_vec();
+                                let mut all_args = self.args.to_vec();
                                 all_args.push(line.clone());
                                 self.invoke_input(all_args)
                             }
-                            Err(bad) => ended(Outcome::Failed(bad.problem.clone())),
+                            Err(bad) => (Ended::Failed(bad.problem.clone()), Default::default()),
                         };
-                        if done_tx.send((index, input, finished)).is_err() {
+                        if done_tx.send((index, input, done)).is_err() {
                             return;
                         }
                     }
@@ -244,18 +154,18 @@ impl Target<'_> {
             }
             drop(done_tx);
             let mut pending = BTreeMap::new();
-            for (index, input, finished) in done_rx {
-                shared.waiting().add(size(&input, &finished));
-                pending.insert(index, (input, finished));
-                while let Some((input, finished)) = pending.remove(&report.total) {
-                    shared.waiting().remove(size(&input, &finished));
+            for (index, input, done) in done_rx {
+                shared.waiting().add(size(&input, &done.1));
+                pending.insert(index, (input, done));
+                while let Some((input, (ended, output))) = pending.remove(&report.total) {
+                    shared.waiting().remove(size(&input, &output));
                     if !shared.sink_failed.load(Ordering::Relaxed)
-                        && sink.output(&finished).is_err()
+                        && sink.output(&output[0], &output[1]).is_err()
                     {
                         shared.sink_failed.store(true, Ordering::Relaxed);
                         report.output_closed = true;
                     }
-                    report.record(input, finished.outcome);
+                    report.record(input, ended);
                 }
                 shared.room.notify_all();
             }
@@ -266,8 +176,7 @@ impl Target<'_> {
     /// The next input to start, once outputs waiting to be written leave
     /// room for it; None once there are no more or the map is stopping.
     fn next_input(&self, shared: &MapState) -> Option<(usize, MapInput)> {
-        let stopping =
-            || self.cancelled.load(Ordering::Relaxed) || shared.sink_failed.load(Ordering::Relaxed);
+        let stopping = || self.stop.is_stopped() || shared.sink_failed.load(Ordering::Relaxed);
         let mut waiting = shared.waiting();
         while !waiting.has_room() {
             if stopping() {
@@ -295,16 +204,6 @@ impl Target<'_> {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
             }
         }
-    }
-}
-
-/// How an invocation that never started ended.
-fn ended(outcome: Outcome) -> Finished {
-    Finished {
-        outcome,
-        timed_out: false,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
     }
 }
 
@@ -348,11 +247,11 @@ impl Waiting {
 }
 
 /// What a finished input holds in memory.
-fn size(input: &MapInput, finished: &Finished) -> usize {
+fn size(input: &MapInput, [stdout, stderr]: &[Vec<u8>; 2]) -> usize {
     let input = input
         .as_ref()
         .map_or_else(|bad| bad.start.len(), String::len);
-    input + finished.stdout.len() + finished.stderr.len()
+    input + stdout.len() + stderr.len()
 }
 
 /// The lines of `reader` as `--map` inputs, read as they are asked for. A
@@ -443,35 +342,36 @@ pub struct MapReport {
     /// Inputs taken (all of them, unless the map stopped early).
     pub total: usize,
     pub failed: usize,
-    /// The first failed inputs: (input index, the start of its line, outcome).
-    pub failures: Vec<(usize, String, Outcome)>,
+    /// The first failed inputs: (input index, the start of its line, how
+    /// it ended).
+    pub failures: Vec<(usize, String, Ended)>,
     /// The sink failed (stdout was closed): inputs after it were not started.
     pub output_closed: bool,
 }
 
 impl MapReport {
-    pub fn record(&mut self, input: MapInput, outcome: Outcome) {
+    pub fn record(&mut self, input: MapInput, ended: Ended) {
         let index = self.total;
         self.total += 1;
-        if outcome == Outcome::Exited(0) {
+        if ended.succeeded() {
             return;
         }
         self.failed += 1;
         if self.failures.len() < MAX_LISTED_FAILURES {
             let line = input.unwrap_or_else(|bad| bad.start);
             let shown = line.chars().take(SHOWN_INPUT_CHARS).collect();
-            self.failures.push((index, shown, outcome));
+            self.failures.push((index, shown, ended));
         }
     }
 
     /// The summary printed after a `--map` with failures.
     pub fn summary(&self) -> String {
         let mut text = format!("{} of {} invocations failed:", self.failed, self.total);
-        for (index, input, outcome) in &self.failures {
-            let why = match outcome {
-                Outcome::Exited(code) => format!("exit code {code}"),
-                Outcome::Failed(reason) => reason.clone(),
-                Outcome::Interrupted => "interrupted".into(),
+        for (index, input, ended) in &self.failures {
+            let why = match ended {
+                Ended::Exited(code) => format!("exit code {code}"),
+                Ended::Failed(reason) | Ended::TimedOut(reason) => reason.clone(),
+                Ended::Stopped(_) => "interrupted".into(),
             };
             text.push_str(&format!(
                 "\n  input {} `{}`: {why}",
@@ -487,76 +387,6 @@ impl MapReport {
         }
         text
     }
-}
-
-/// Why a process stopped its invocations early.
-#[derive(Debug, Clone, Copy)]
-pub enum StopCause {
-    Signal,
-    AppStopped,
-    /// The call was cancelled from elsewhere (`deploy --force`); the
-    /// registry holds why.
-    CallCancelled,
-}
-
-/// Sets `cancelled` and reports on `events` when `app_id` is stopped, or
-/// call `call_id` cancelled, from another process. Signals are the
-/// caller's to watch.
-pub fn watch_for_stop(
-    home: &Home,
-    app_id: &str,
-    call_id: Option<&str>,
-    cancelled: Arc<AtomicBool>,
-    events: mpsc::Sender<StopCause>,
-) -> Result<()> {
-    let mut registry = Registry::open(&home.registry())?;
-    let (app_id, call_id) = (app_id.to_owned(), call_id.map(str::to_owned));
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(STOP_POLL);
-            if let Some(cause) = stopped_from_elsewhere(&mut registry, &app_id, call_id.as_deref())
-            {
-                cancelled.store(true, Ordering::SeqCst);
-                let _ = events.send(cause);
-                return;
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Whether `app_id` has been stopped (or call `call_id` cancelled), asked of
-/// the registry now rather than at the watcher's next poll: an invocation
-/// can fail because of a stop (its volumes trashed under it) before the
-/// watcher has seen it.
-pub fn stop_cause_now(home: &Home, app_id: &str, call_id: Option<&str>) -> Option<StopCause> {
-    let mut registry = Registry::open(&home.registry()).ok()?;
-    stopped_from_elsewhere(&mut registry, app_id, call_id)
-}
-
-fn stopped_from_elsewhere(
-    registry: &mut Registry,
-    app_id: &str,
-    call_id: Option<&str>,
-) -> Option<StopCause> {
-    registry
-        .read(|tx| {
-            if tx
-                .app(app_id)?
-                .is_some_and(|app| app.state == AppState::Stopped)
-            {
-                return Ok(Some(StopCause::AppStopped));
-            }
-            let cancelled = match call_id {
-                Some(id) => tx
-                    .call(id)?
-                    .is_some_and(|call| call.state == CallState::Cancelled),
-                None => false,
-            };
-            Ok(cancelled.then_some(StopCause::CallCancelled))
-        })
-        .ok()
-        .flatten()
 }
 
 #[cfg(test)]

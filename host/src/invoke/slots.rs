@@ -91,12 +91,6 @@ fn random_index(count: u32) -> u32 {
     u32::from_le_bytes(bytes) % count
 }
 
-/// Removes a stopped app's slot files (best effort: a caller of the stopped
-/// app still waiting is interrupted by the stop anyway).
-pub fn remove_app_slots(home: &Home, app_id: &str) {
-    let _ = fs::remove_dir_all(home.app_slots_dir(app_id));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

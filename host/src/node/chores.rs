@@ -1,0 +1,36 @@
+//! What the claim loop does besides claiming: it queues the calls of
+//! schedules whose tick has come (see `triggers::schedule`), which the same
+//! look then claims like any other, and every [`HOUSEKEEPING`] it reaps
+//! what dead processes and nodes left (housekeeping also prunes call
+//! records, when they are due).
+
+use std::time::{Duration, Instant};
+
+use super::worker::Worker;
+use crate::registry::Registry;
+use crate::triggers::schedule;
+
+/// How often the node reaps what dead processes and nodes left.
+const HOUSEKEEPING: Duration = Duration::from_secs(2);
+
+impl Worker {
+    pub(super) fn queue_due_schedules(&self, registry: &mut Registry) {
+        if let Err(e) = schedule::run_due(registry) {
+            tracing::warn!("cannot queue the calls of due schedules: {e:#}");
+        }
+    }
+
+    /// Housekeeping, if [`HOUSEKEEPING`] has passed since `last`.
+    pub(super) fn housekeeping_if_due(&self, registry: &mut Registry, last: &mut Instant) {
+        if last.elapsed() >= HOUSEKEEPING {
+            self.housekeeping(registry);
+            *last = Instant::now();
+        }
+    }
+
+    pub(super) fn housekeeping(&self, registry: &mut Registry) {
+        if let Err(e) = crate::housekeeping::run(&self.home, registry) {
+            tracing::warn!("housekeeping failed: {e:#}");
+        }
+    }
+}
