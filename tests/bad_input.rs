@@ -13,7 +13,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::TestEnv;
+use common::{AppToml, TestEnv};
 
 fn corpus_dir() -> PathBuf {
     common::repo_root().join("tests").join("bad-manifests")
@@ -277,12 +277,9 @@ fn deploy_demo(env: &TestEnv) -> PathBuf {
     let dir = env.work.path().join("demo");
     std::fs::create_dir_all(&dir).unwrap();
     write_fixtures(&dir);
-    let app = dir.join("app.toml");
-    std::fs::write(
-        &app,
-        "name = \"demo\"\n[functions.f]\nmodule = \"ok.wasm\"\n",
-    )
-    .unwrap();
+    let app = AppToml::new("demo")
+        .function("f", |f| f.module("ok.wasm"))
+        .write_in(&dir);
     env.run(&["deploy", app.to_str().unwrap()]).success();
     app
 }

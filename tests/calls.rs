@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{StdoutLines, TestEnv, path, wait_with_timeout};
+use common::{AppToml, StdoutLines, TestEnv, path, wait_with_timeout};
 use serde_json::{Value, json};
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -15,20 +15,11 @@ const BOUND: Duration = Duration::from_secs(60);
 /// Deploys app `name` with functions `hello`, `fsops` and `ticker`;
 /// returns its id.
 fn deploy(env: &TestEnv, name: &str) -> String {
-    let app = env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[functions.hello]
-module = "{{guest:hello}}"
-[functions.fsops]
-module = "{{guest:fsops}}"
-[functions.ticker]
-module = "{{guest:ticker}}"
-"#
-        ),
-    );
+    let app = AppToml::new(name)
+        .function("hello", |f| f.guest("hello"))
+        .function("fsops", |f| f.guest("fsops"))
+        .function("ticker", |f| f.guest("ticker"))
+        .write(env);
     let out = env.run(&["deploy", path(&app)]).success().stdout();
     let start = out.find("(ap-").expect("deploy prints the app's id") + 1;
     let end = start + out[start..].find(')').unwrap();

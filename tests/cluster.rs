@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, Machine};
 use common::{
-    Run, StdoutLines, Target, eventually, files_containing, guest, path, wait_with_timeout,
+    AppToml, Function, Run, StdoutLines, Target, eventually, files_containing, guest, path,
+    wait_with_timeout,
 };
 use serde_json::Value;
 
@@ -58,9 +59,9 @@ fn finish(mut child: Child, bound: Duration) -> Run {
     Run(output)
 }
 
-/// Deploys `toml` (as app `name`) from `machine`.
-fn deploy(machine: &Machine, name: &str, toml: &str) {
-    let app = machine.app(name, toml);
+/// Deploys `app` from `machine`.
+fn deploy(machine: &Machine, app: AppToml) {
+    let app = app.write(machine);
     run_bounded(machine, &["deploy", path(&app), "--yes"], BOUND).success();
 }
 
@@ -154,18 +155,10 @@ fn token(what: &str) -> String {
 /// An app `name` whose function `fsops` mounts an ephemeral volume at
 /// /scratch, for `run`.
 fn ephemeral_app(machine: &Machine, name: &str) -> std::path::PathBuf {
-    machine.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.scratch]
-[functions.fsops]
-module = "{{guest:fsops}}"
-mounts = {{ "/scratch" = "scratch" }}
-"#
-        ),
-    )
+    AppToml::new(name)
+        .volume("scratch", |v| v)
+        .function("fsops", |f| f.guest("fsops").mount("/scratch", "scratch"))
+        .write(machine)
 }
 
 /// `run APP -- ...` on `machine`: writes `token` into its ephemeral volume,
@@ -210,11 +203,7 @@ fn a_call_spawned_on_one_machine_runs_on_a_node_of_either_and_names_it() {
     std::fs::copy(guest("hello", Target::P1), &module).unwrap();
     deploy(
         a,
-        "hello",
-        &format!(
-            "name = \"hello\"\n[functions.hello]\nmodule = \"{}\"\n",
-            path(&module)
-        ),
+        AppToml::new("hello").function("hello", |f| f.module(&module)),
     );
     std::fs::remove_file(&module).unwrap();
 
@@ -246,15 +235,9 @@ fn a_thousand_remote_map_inputs_run_once_each_on_both_nodes_in_input_order() {
     let (a, b) = (cluster.a(), cluster.b());
     deploy(
         a,
-        "many",
-        r#"
-name = "many"
-[volumes.marks]
-persist = "marks"
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/marks" = "marks" }
-"#,
+        AppToml::new("many")
+            .volume("marks", |v| v.persist("marks"))
+            .function("fsops", |f| f.guest("fsops").mount("/marks", "marks")),
     );
     let node_a = a.serve(FAST_HEARTBEAT);
     let node_b = b.serve(FAST_HEARTBEAT);
@@ -336,15 +319,9 @@ fn a_file_a_guest_writes_on_one_machine_is_read_by_a_guest_on_the_other() {
     let (a, b) = (cluster.a(), cluster.b());
     deploy(
         a,
-        "share",
-        r#"
-name = "share"
-[volumes.data]
-persist = "shared"
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/data" = "data" }
-"#,
+        AppToml::new("share")
+            .volume("data", |v| v.persist("shared"))
+            .function("fsops", |f| f.guest("fsops").mount("/data", "data")),
     );
     let note = token("note");
     run_bounded(
@@ -382,16 +359,11 @@ fn eight_processes_on_two_machines_count_to_800_under_the_host_lock() {
     let (a, b) = (cluster.a(), cluster.b());
     deploy(
         a,
-        "count",
-        r#"
-name = "count"
-[volumes.data]
-persist = "counter"
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/data" = "data" }
-timeout = "600s"
-"#,
+        AppToml::new("count")
+            .volume("data", |v| v.persist("counter"))
+            .function("fsops", |f| {
+                f.guest("fsops").mount("/data", "data").timeout("600s")
+            }),
     );
     let args = [
         "call",
@@ -428,27 +400,14 @@ fn a_dead_machine_s_calls_lock_and_ephemeral_app_are_taken_over_by_the_other() {
         return;
     };
     let (a, b) = (cluster.a(), cluster.b());
-    let gates = r#"mounts = { "/gates" = "gates" }"#;
+    let gated = |f: Function| f.guest("fsops").mount("/gates", "gates");
     deploy(
         a,
-        "crash",
-        &format!(
-            r#"
-name = "crash"
-[volumes.gates]
-persist = "crash-gates"
-[functions.work]
-module = "{{guest:fsops}}"
-{gates}
-retries = 1
-[functions.hold]
-module = "{{guest:fsops}}"
-{gates}
-[functions.wait]
-module = "{{guest:fsops}}"
-{gates}
-"#
-        ),
+        AppToml::new("crash")
+            .volume("gates", |v| v.persist("crash-gates"))
+            .function("work", |f| gated(f).retries(1))
+            .function("hold", gated)
+            .function("wait", gated),
     );
     let gates_b = b.volume_dir("crash-gates");
     let mut node_a = a.serve(FAST_HEARTBEAT);

@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::node::Node;
-use common::{Run, StdoutLines, TestEnv, path, wait_with_timeout};
+use common::{AppToml, Run, StdoutLines, TestEnv, path, wait_with_timeout};
 
 const HANG: Duration = Duration::from_secs(120);
 
@@ -77,21 +77,15 @@ fn sql(machine: &Machine, query: &str) -> Vec<postgres::Row> {
 /// An app whose `count` does `counter-lock /data/n N` and whose `fsops`
 /// runs any op, both on the named volume `shared-data`.
 fn lock_app(machine: &Machine) -> PathBuf {
-    machine.env.app(
-        "locker",
-        r#"
-name = "locker"
-[volumes.data]
-persist = "shared-data"
-[functions.count]
-module = "{guest:fsops}"
-mounts = { "/data" = "data" }
-args = ["counter-lock", "/data/n"]
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/data" = "data" }
-"#,
-    )
+    AppToml::new("locker")
+        .volume("data", |v| v.persist("shared-data"))
+        .function("count", |f| {
+            f.guest("fsops")
+                .mount("/data", "data")
+                .args(&["counter-lock", "/data/n"])
+        })
+        .function("fsops", |f| f.guest("fsops").mount("/data", "data"))
+        .write(&machine.env)
 }
 
 /// Deploys app `shipped` (function `hello`) on `a` from a copy of the
@@ -100,13 +94,9 @@ mounts = { "/data" = "data" }
 fn deploy_shipped(a: &Machine) {
     let module = a.env.work.path().join("hello.wasm");
     std::fs::copy(common::guest("hello", common::Target::P1), &module).unwrap();
-    let app = a.env.app(
-        "shipped",
-        &format!(
-            "name = \"shipped\"\n[functions.hello]\nmodule = \"{}\"\n",
-            path(&module)
-        ),
-    );
+    let app = AppToml::new("shipped")
+        .function("hello", |f| f.module(&module))
+        .write(&a.env);
     a.run(&["deploy", path(&app)]).success();
     std::fs::remove_file(&module).unwrap();
     for snapshot in std::fs::read_dir(a.env.home().join("modules")).unwrap() {

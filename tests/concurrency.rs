@@ -3,6 +3,8 @@
 //! the real binary, real guests and real processes.
 
 mod common;
+#[path = "concurrency/map.rs"]
+mod map;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Run, Target, TestEnv, wait_with_timeout};
+use common::{AppToml, Function, Mount, Run, Target, TestEnv, wait_with_timeout};
 
 /// How long any one wasmhost process in these tests may take.
 const PROCESS_LIMIT: Duration = Duration::from_secs(180);
@@ -20,33 +22,22 @@ const PROCESS_LIMIT: Duration = Duration::from_secs(180);
 /// `persist` at /data and `persist-ro` read-only at /ro. The function
 /// `short` is the same guest with a 2 s timeout.
 fn fsops_app(env: &TestEnv, target: Target, name: &str, persist: &str) -> PathBuf {
-    let module = match target {
-        Target::P1 => "{guest:fsops}",
-        Target::P2 => "{guest2:fsops}",
+    let mounted = |f: Function| {
+        f.guest_for(target, "fsops")
+            .mount("/scratch", "scratch")
+            .mount("/data", "data")
+            .mount("/ro", Mount::volume("ro").read_only())
     };
-    let mounts = r#"{ "/scratch" = "scratch", "/data" = "data", "/ro" = { volume = "ro", read_only = true } }"#;
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-entrypoint = "fsops"
-[volumes.scratch]
-[volumes.data]
-persist = "{persist}"
-[volumes.ro]
-persist = "{persist}-ro"
-[functions.fsops]
-module = "{module}"
-mounts = {mounts}
-env = {{ FLAVOUR = "{name}-env" }}
-[functions.short]
-module = "{module}"
-mounts = {mounts}
-timeout = "2s"
-"#
-        ),
-    )
+    AppToml::new(name)
+        .entrypoint("fsops")
+        .volume("scratch", |v| v)
+        .volume("data", |v| v.persist(persist))
+        .volume("ro", |v| v.persist(&format!("{persist}-ro")))
+        .function("fsops", |f| {
+            mounted(f).env("FLAVOUR", &format!("{name}-env"))
+        })
+        .function("short", |f| mounted(f).timeout("2s"))
+        .write(env)
 }
 
 fn s(path: &Path) -> &str {
@@ -143,158 +134,6 @@ fn free_after_its_holder_was_killed(env: &TestEnv, app: &Path, lock: &str) -> St
         .stdout()
         .trim()
         .to_owned()
-}
-
-#[test]
-fn map_prints_300_results_in_input_order() {
-    let env = TestEnv::new();
-    let app = fsops_app(&env, Target::P1, "mapper", "mapper-data");
-    let inputs: Vec<String> = (0..300).map(|i| format!("line {i:03} of 300")).collect();
-    let file = map_file(&env, "inputs.txt", &inputs);
-    let run = env.run(&map_args(&app, &file, &["echo-line"])).success();
-    let out = run.stdout();
-    assert_eq!(
-        out.lines().collect::<Vec<_>>(),
-        inputs,
-        "one result per input, in input order"
-    );
-    assert!(
-        run.stderr().is_empty(),
-        "nothing extra when piped: {}",
-        run.stderr()
-    );
-}
-
-#[test]
-fn map_keeps_input_order_when_later_inputs_finish_first() {
-    let env = TestEnv::new();
-    let app = fsops_app(&env, Target::P1, "jitter", "jitter-data");
-    // Earlier inputs sleep longer, so completion order is the reverse; each
-    // logs when it is done.
-    let inputs: Vec<String> = (0..16)
-        .map(|i| format!("echo-after {} out-{i:02} /data/done.log", (16 - i) * 40))
-        .collect();
-    let file = map_file(&env, "inputs.txt", &inputs);
-    let out = env
-        .run(&map_args(&app, &file, &["words"]))
-        .success()
-        .stdout();
-    let expected: Vec<String> = (0..16).map(|i| format!("out-{i:02}")).collect();
-    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
-    let done = volume_file(&env, "jitter-data", "/done.log");
-    let finished = |name: &str| done.lines().position(|l| l == name).unwrap();
-    assert!(
-        finished("out-07") < finished("out-00"),
-        "later inputs did not finish first, so the order was never at stake: {done}"
-    );
-}
-
-#[test]
-fn map_failures_do_not_affect_the_others_and_are_summarized() {
-    let env = TestEnv::new();
-    let app = fsops_app(&env, Target::P1, "failing", "failing-data");
-    let inputs = [
-        "echo-after 500 first",
-        "trap",
-        "exit 3",
-        "spin",
-        "echo-line last",
-    ];
-    let mut child = env
-        .command()
-        .args([
-            "run",
-            s(&app),
-            "short",
-            "--map",
-            "-",
-            "--concurrency",
-            "8",
-            "--",
-            "words",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(inputs.join("\n").as_bytes()).unwrap();
-    drop(stdin);
-    let run = finish(child).code_is(1);
-    assert_eq!(
-        run.stdout(),
-        "first\nlast\n",
-        "the good inputs' output, in order"
-    );
-    let stderr = run.stderr();
-    let summary: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        summary.len(),
-        4,
-        "a header and one line per failure: {stderr}"
-    );
-    assert!(summary[0].contains("3 of 5"), "{stderr}");
-    assert!(
-        summary[1].contains("input 2 `trap`") && summary[1].contains("trapped"),
-        "{stderr}"
-    );
-    assert!(
-        summary[2].contains("input 3 `exit 3`") && summary[2].contains("exit code 3"),
-        "{stderr}"
-    );
-    assert!(
-        summary[3].contains("input 4 `spin`") && summary[3].contains("timed out"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn map_streams_the_head_of_the_order_without_waiting_for_the_rest() {
-    let env = TestEnv::new();
-    let app = fsops_app(&env, Target::P1, "streamer", "streamer-data");
-    let file = map_file(
-        &env,
-        "inputs.txt",
-        &["echo-line early".into(), "sleep 120000".into()],
-    );
-    let mut child = env.spawn(&[
-        "run",
-        s(&app),
-        "--map",
-        s(&file),
-        "--concurrency",
-        "2",
-        "--",
-        "words",
-    ]);
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line, "early\n");
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the second input is still sleeping"
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
-}
-
-#[test]
-fn eight_sleeps_at_concurrency_8_overlap() {
-    let env = TestEnv::new();
-    let app = fsops_app(&env, Target::P1, "sleepy", "sleepy-data");
-    // Compile once first, so the measured run is about the sleeps.
-    env.run(&["run", s(&app), "--", "exit", "0"]).success();
-    let file = map_file(&env, "inputs.txt", &vec!["1000".to_owned(); 8]);
-    let start = Instant::now();
-    env.run(&map_args(&app, &file, &["sleep"])).success();
-    let took = start.elapsed();
-    assert!(
-        took < Duration::from_secs(6),
-        "8 x 1 s sleeps at concurrency 8 took {took:?}: they did not overlap"
-    );
 }
 
 /// Runs `commands` (`count` writers) at once and asserts that every
@@ -517,18 +356,12 @@ fn waiting_for_a_lock_does_not_outlive_the_function_timeout() {
 #[test]
 fn cache_under_map_from_several_processes_computes_each_key_once() {
     let env = TestEnv::new();
-    let app = env.app(
-        "cache",
-        r#"
-name = "cache"
-[volumes.results]
-persist = "cache-vol"
-[functions.cache]
-module = "{guest:cache}"
-mounts = { "/cache" = "results" }
-timeout = "120s"
-"#,
-    );
+    let app = AppToml::new("cache")
+        .volume("results", |v| v.persist("cache-vol"))
+        .function("cache", |f| {
+            f.guest("cache").mount("/cache", "results").timeout("120s")
+        })
+        .write(&env);
     let keys: Vec<String> = (0..12).map(|i| format!("key-{i:02}")).collect();
     // Each process sees every key twice, in its own order.
     let files: Vec<PathBuf> = (0..3)

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::Duration;
 
-use common::{Spawned, Target, TestEnv, eventually, guest, path, wait_with_timeout};
+use common::{AppToml, Spawned, Target, TestEnv, eventually, guest, path, wait_with_timeout};
 
 /// Reads `child`'s stdout until a line equal to `line` (bounded).
 fn wait_for_line(child: &mut Child, line: &str) {
@@ -45,17 +45,12 @@ fn call_id(text: &str) -> &str {
 #[test]
 fn python_and_docker_style_names_are_accepted() {
     let env = TestEnv::new();
-    let app = env.app(
-        "names",
-        r#"
-name = "My.App_2"
-[volumes.model_cache]
-persist = "Model_Cache.v2"
-[functions.expensive_computation]
-module = "{guest:fsops}"
-mounts = { "/cache" = "model_cache" }
-"#,
-    );
+    let app = AppToml::new("My.App_2")
+        .volume("model_cache", |v| v.persist("Model_Cache.v2"))
+        .function("expensive_computation", |f| {
+            f.guest("fsops").mount("/cache", "model_cache")
+        })
+        .write(&env);
     env.run(&["deploy", path(&app)]).success();
     env.run(&[
         "call",
@@ -83,20 +78,13 @@ mounts = { "/cache" = "model_cache" }
 /// An app whose function `fsops` mounts volume key `scratch` at /scratch,
 /// ephemeral, or with `persist` the named volume `persist`.
 fn scratch_app(env: &TestEnv, name: &str, persist: Option<&str>) -> PathBuf {
-    let persist = persist.map_or(String::new(), |p| format!("persist = \"{p}\""));
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.scratch]
-{persist}
-[functions.fsops]
-module = "{{guest:fsops}}"
-mounts = {{ "/scratch" = "scratch" }}
-"#
-        ),
-    )
+    AppToml::new(name)
+        .volume("scratch", |v| match persist {
+            Some(persist) => v.persist(persist),
+            None => v,
+        })
+        .function("fsops", |f| f.guest("fsops").mount("/scratch", "scratch"))
+        .write(env)
 }
 
 /// [`scratch_app`] `name`, deployed, with `kept-data-7` in /scratch/keep.
@@ -218,24 +206,24 @@ fn snapshots(env: &TestEnv) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// App `name` in a directory of its own, with a copy of the fsops guest,
-/// `guest.wasm`, as the module of the function `tables` ends with. Returns
-/// the app.toml and the module's paths.
-fn app_with_own_module(env: &TestEnv, name: &str, tables: &str) -> (PathBuf, PathBuf) {
-    let dir = env.work.path().join(name);
+/// `app` in a directory of its own (named as the app), with a copy of the
+/// fsops guest, `guest.wasm`, beside it for its module. Returns the
+/// app.toml and the module's paths.
+fn app_with_own_module(env: &TestEnv, app: AppToml) -> (PathBuf, PathBuf) {
+    let dir = env.work.path().join(app.name());
     std::fs::create_dir_all(&dir).unwrap();
     let module = dir.join("guest.wasm");
     std::fs::copy(guest("fsops", Target::P1), &module).unwrap();
-    let app = dir.join("app.toml");
-    let toml = format!("name = \"{name}\"\n{tables}module = \"guest.wasm\"\n");
-    std::fs::write(&app, toml).unwrap();
-    (app, module)
+    (app.write_in(&dir), module)
 }
 
 #[test]
 fn a_deployed_app_runs_the_module_it_was_deployed_with() {
     let env = TestEnv::new();
-    let (app, module) = app_with_own_module(&env, "snap", "[functions.fsops]\n");
+    let (app, module) = app_with_own_module(
+        &env,
+        AppToml::new("snap").function("fsops", |f| f.module("guest.wasm")),
+    );
     env.run(&["deploy", path(&app)]).success();
     let echo = |word: &str| {
         env.run(&["call", "snap", "fsops", "--", "echo-line", word])
@@ -257,10 +245,9 @@ fn a_deployed_app_runs_the_module_it_was_deployed_with() {
     assert_eq!(args.lines().next(), Some("guest.wasm"), "{args}");
 
     // Another app deploying the same bytes shares the snapshot.
-    let other = env.app(
-        "same",
-        "name = \"same\"\n[functions.fsops]\nmodule = \"{guest:fsops}\"\n",
-    );
+    let other = AppToml::new("same")
+        .function("fsops", |f| f.guest("fsops"))
+        .write(&env);
     env.run(&["deploy", path(&other)]).success();
     assert_eq!(snapshots(&env).len(), 1, "{:?}", snapshots(&env));
     env.run(&["app", "stop", "snap", "--yes"]).success();
@@ -274,8 +261,9 @@ fn a_running_call_keeps_its_snapshot_through_a_redeploy() {
     let env = TestEnv::new();
     let (app, module) = app_with_own_module(
         &env,
-        "keep",
-        "[volumes.s]\n[functions.f]\nmounts = { \"/s\" = \"s\" }\n",
+        AppToml::new("keep")
+            .volume("s", |v| v)
+            .function("f", |f| f.module("guest.wasm").mount("/s", "s")),
     );
     env.run(&["deploy", path(&app)]).success();
     let mut call = env.spawn_guarded(&[
@@ -331,19 +319,14 @@ fn most_at_once(stdout: &str) -> usize {
 /// Deploys app `name` whose function `overlap` has `concurrency` and
 /// mounts an ephemeral volume at /runs for its markers.
 fn deploy_overlap(env: &TestEnv, name: &str, concurrency: u32) {
-    let app = env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.runs]
-[functions.overlap]
-module = "{{guest:overlap}}"
-mounts = {{ "/runs" = "runs" }}
-concurrency = {concurrency}
-"#
-        ),
-    );
+    let app = AppToml::new(name)
+        .volume("runs", |v| v)
+        .function("overlap", |f| {
+            f.guest("overlap")
+                .mount("/runs", "runs")
+                .concurrency(concurrency)
+        })
+        .write(env);
     env.run(&["deploy", path(&app)]).success();
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Run, TestEnv, path};
+use common::{AppToml, Run, TestEnv, path};
 
 /// The most any run here may take: the apps' 1 s `timeout` plus 10 s of
 /// slack for a loaded machine. A limit enforced late fails this bound.
@@ -18,18 +18,9 @@ const BOUND: Duration = Duration::from_secs(11);
 /// with a 1s timeout and a 32MiB memory cap, its module compiled and cached
 /// by a first run so that [`BOUND`] times the runs, not the compiler.
 fn limited_app(env: &TestEnv, name: &str, module: &str) -> PathBuf {
-    let app = env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[functions.f]
-module = "{module}"
-timeout = "1s"
-memory = "32MiB"
-"#
-        ),
-    );
+    let app = AppToml::new(name)
+        .function("f", |f| f.module(module).timeout("1s").memory("32MiB"))
+        .write(env);
     env.run(&["run", path(&app), "--", "exit", "0"]).success();
     app
 }
@@ -222,15 +213,9 @@ fn wasip2_component_timeout_and_trap_end_only_their_own_invocation() {
 #[test]
 fn stdout_flood_under_map_is_capped() {
     let env = TestEnv::new();
-    let app = env.app(
-        "flood",
-        r#"
-name = "flood"
-[functions.f]
-module = "{guest:fsops}"
-timeout = "120s"
-"#,
-    );
+    let app = AppToml::new("flood")
+        .function("f", |f| f.guest("fsops").timeout("120s"))
+        .write(&env);
     let inputs = env.work.path().join("inputs.txt");
     std::fs::write(&inputs, "echo-line first\nspew 256\necho-line last\n").unwrap();
     let run = &env

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{Run, TestEnv, path};
+use common::{AppToml, Run, TestEnv, path};
 
 /// Bounds a guest run: its own `timeout` is 30 s.
 const BOUND: Duration = Duration::from_secs(60);
@@ -125,16 +125,18 @@ fn body() -> Vec<u8> {
         .into_bytes()
 }
 
-/// The `fetch` guest with `allowed_hosts` as written (a TOML array, or
-/// nothing for none).
-fn fetch_app(env: &TestEnv, allowed_hosts: Option<&str>) -> String {
-    let hosts = allowed_hosts.map_or(String::new(), |h| format!("allowed_hosts = {h}\n"));
-    let app = env.app(
-        "net",
-        &format!(
-            "name = \"net\"\n[functions.fetch]\nmodule = \"{{guest2:fetch}}\"\ntimeout = \"30s\"\n{hosts}"
-        ),
-    );
+/// The `fetch` guest with `allowed_hosts` the one pattern `allowed_host`,
+/// or no `allowed_hosts` for none.
+fn fetch_app(env: &TestEnv, allowed_host: Option<&str>) -> String {
+    let app = AppToml::new("net")
+        .function("fetch", |f| {
+            let f = f.guest2("fetch").timeout("30s");
+            match allowed_host {
+                Some(host) => f.allowed_hosts(&[host]),
+                None => f,
+            }
+        })
+        .write(env);
     path(&app).to_owned()
 }
 
@@ -164,10 +166,7 @@ fn refused(run: Run, error: &str) {
 fn a_component_fetches_from_an_allowed_host_intact() {
     let env = TestEnv::new();
     let server = Server::start(body());
-    let app = fetch_app(
-        &env,
-        Some(&format!("[\"http://127.0.0.1:{}\"]", server.port)),
-    );
+    let app = fetch_app(&env, Some(&format!("http://127.0.0.1:{}", server.port)));
     let run = fetch(&env, &app, &["http", &server.url("/file.bin")]).success();
     let mut expected = b"status 200\n".to_vec();
     expected.extend(body());
@@ -180,10 +179,7 @@ fn requests_to_other_ports_schemes_and_hosts_fail_in_the_guest() {
     let env = TestEnv::new();
     let server = Server::start(body());
     let other = Silent::new();
-    let app = fetch_app(
-        &env,
-        Some(&format!("[\"http://127.0.0.1:{}\"]", server.port)),
-    );
+    let app = fetch_app(&env, Some(&format!("http://127.0.0.1:{}", server.port)));
     let other_port = format!("http://127.0.0.1:{}/file.bin", other.port());
     refused(
         fetch(&env, &app, &["http", &other_port]),
@@ -231,10 +227,7 @@ fn tcp_connects_only_to_allowed_addresses_and_ports() {
     let env = TestEnv::new();
     let server = Server::start(body());
     let other = Silent::new();
-    let app = fetch_app(
-        &env,
-        Some(&format!("[\"http://127.0.0.1:{}\"]", server.port)),
-    );
+    let app = fetch_app(&env, Some(&format!("http://127.0.0.1:{}", server.port)));
     let addr = format!("127.0.0.1:{}", server.port);
     let run = fetch(&env, &app, &["tcp", &addr]).success();
     assert!(run.stdout().starts_with("connected\nHTTP/1.1 200 OK\r\n"));
@@ -253,17 +246,14 @@ fn tcp_connects_only_to_allowed_addresses_and_ports() {
 fn only_allowed_names_resolve() {
     let env = TestEnv::new();
     let server = Server::start(body());
-    let by_address = fetch_app(
-        &env,
-        Some(&format!("[\"http://127.0.0.1:{}\"]", server.port)),
-    );
+    let by_address = fetch_app(&env, Some(&format!("http://127.0.0.1:{}", server.port)));
     let by_name = format!("localhost:{}", server.port);
     refused(fetch(&env, &by_address, &["tcp", &by_name]), LOOKUP_REFUSED);
     assert_eq!(server.connections(), 0);
 
     // `localhost` allowed: the name resolves and its loopback addresses
     // may be connected to, by TCP and by HTTP.
-    let by_name_app = fetch_app(&env, Some("[\"http://localhost:*\"]"));
+    let by_name_app = fetch_app(&env, Some("http://localhost:*"));
     let run = fetch(&env, &by_name_app, &["tcp", &by_name]).success();
     assert!(run.stdout().starts_with("connected\n"), "{}", run.stdout());
     let url = format!("http://localhost:{}/file.bin", server.port);

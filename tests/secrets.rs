@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::node::Node;
-use common::{Run, TestEnv, path};
+use common::{AppToml, Function, Run, TestEnv, path};
 
 const BOUND: Duration = Duration::from_secs(60);
 /// Values no output or file but the guest's own may hold.
@@ -20,24 +20,22 @@ const TOKEN: &str = "tok-9f2c41d7e3b5a8610";
 const PIPED: &str = "piped-55ae73c0b19d42f8";
 
 /// App `name` whose function `dump` writes the variables `names` to the
-/// named volume `{name}-out`, with `extra` lines added to its table.
-fn app(env: &TestEnv, name: &str, names: &[&str], extra: &str) -> PathBuf {
-    let args: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    env.app(
-        name,
-        &format!(
-            r#"name = "{name}"
-[volumes.out]
-persist = "{name}-out"
-[functions.dump]
-module = "{{guest:envfile}}"
-mounts = {{ "/data" = "out" }}
-args = ["/data", {}]
-{extra}
-"#,
-            args.join(", ")
-        ),
-    )
+/// named volume `{name}-out`, with the keys `keys` adds to its table.
+fn app(
+    env: &TestEnv,
+    name: &str,
+    names: &[&str],
+    keys: impl FnOnce(Function) -> Function,
+) -> PathBuf {
+    let args: Vec<&str> = std::iter::once("/data")
+        .chain(names.iter().copied())
+        .collect();
+    AppToml::new(name)
+        .volume("out", |v| v.persist(&format!("{name}-out")))
+        .function("dump", |f| {
+            keys(f.guest("envfile").mount("/data", "out").args(&args))
+        })
+        .write(env)
 }
 
 /// What the guest wrote for variable `key`.
@@ -125,7 +123,7 @@ fn a_secrets_values_reach_the_guest_and_nothing_else() {
     assert_eq!(list[0]["keys"], serde_json::json!(["HF_TOKEN", "PIPED"]));
     seen.run(&env, &["secret", "list"]).success();
 
-    let toml = app(&env, "sec", &["HF_TOKEN", "PIPED"], "secrets = [\"hf\"]");
+    let toml = app(&env, "sec", &["HF_TOKEN", "PIPED"], |f| f.secrets(&["hf"]));
     // `run`, a `call` in this process, and a call a node runs.
     seen.run(&env, &["run", path(&toml)]).success();
     assert_eq!(written(&env, "sec-out", "HF_TOKEN"), TOKEN);
@@ -184,12 +182,12 @@ fn variables_come_from_env_then_secrets_then_the_invocations_env() {
     let env = TestEnv::new();
     env.run(&["secret", "create", "layer", "B=secret", "C=secret"])
         .success();
-    let toml = app(
-        &env,
-        "order",
-        &["A", "B", "C"],
-        "env = { A = \"env\", B = \"env\", C = \"env\" }\nsecrets = [\"layer\"]",
-    );
+    let toml = app(&env, "order", &["A", "B", "C"], |f| {
+        f.env("A", "env")
+            .env("B", "env")
+            .env("C", "env")
+            .secrets(&["layer"])
+    });
     env.run(&["run", path(&toml), "--env", "C=cli"]).success();
     let got: Vec<String> = ["A", "B", "C"]
         .iter()
@@ -211,7 +209,7 @@ fn the_key_file_must_be_private_and_the_one_secrets_were_sealed_with() {
     let env = TestEnv::new();
     env.run(&["secret", "create", "hf", &format!("HF_TOKEN={TOKEN}")])
         .success();
-    let toml = app(&env, "keyed", &["HF_TOKEN"], "secrets = [\"hf\"]");
+    let toml = app(&env, "keyed", &["HF_TOKEN"], |f| f.secrets(&["hf"]));
     let key = env.home().join("secret.key");
     let good = std::fs::read(&key).unwrap();
     let set_mode = |mode| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode));
@@ -253,7 +251,7 @@ fn the_key_file_must_be_private_and_the_one_secrets_were_sealed_with() {
 fn an_undeclared_secret_is_refused_at_its_line() {
     let env = TestEnv::new();
     env.run(&["secret", "create", "real", "A=1"]).success();
-    let toml = app(&env, "undeclared", &["A"], "secrets = [\"real\", \"nope\"]");
+    let toml = app(&env, "undeclared", &["A"], |f| f.secrets(&["real", "nope"]));
     for command in ["run", "deploy"] {
         let run = env.run_within(BOUND, &[command, path(&toml)]).code_is(2);
         let error = one_line_error(&run);
@@ -276,7 +274,7 @@ fn deleting_a_secret_an_app_uses_fails_its_next_call_clearly() {
     let env = TestEnv::new();
     env.run(&["secret", "create", "hf", &format!("HF_TOKEN={TOKEN}")])
         .success();
-    let toml = app(&env, "orphan", &["HF_TOKEN"], "secrets = [\"hf\"]");
+    let toml = app(&env, "orphan", &["HF_TOKEN"], |f| f.secrets(&["hf"]));
     env.run(&["deploy", path(&toml)]).success();
     env.run(&["call", "orphan", "dump"]).success();
     let refused = env.run(&["secret", "delete", "hf"]).code_is(2);
@@ -329,12 +327,9 @@ fn values_can_come_from_the_environment_and_a_file_and_mistakes_do_not_echo_them
         .unwrap();
     let run = Run(run).success();
     assert!(!run.stdout().contains(TOKEN) && !run.stdout().contains(PIPED));
-    let toml = app(
-        &env,
-        "mixed",
-        &["FROM_FILE", "FROM_ENV", "PLAIN"],
-        "secrets = [\"mixed\"]",
-    );
+    let toml = app(&env, "mixed", &["FROM_FILE", "FROM_ENV", "PLAIN"], |f| {
+        f.secrets(&["mixed"])
+    });
     env.run(&["run", path(&toml)]).success();
     let got: Vec<String> = ["FROM_FILE", "FROM_ENV", "PLAIN"]
         .iter()

@@ -9,6 +9,8 @@
 //! from the registry file (read-only) where none does.
 
 mod common;
+#[path = "serve_faults/signals.rs"]
+mod signals;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,7 +18,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::node::Node;
-use common::{TestEnv, eventually, path, wait_with_timeout};
+use common::{AppToml, Function, TestEnv, eventually, path, wait_with_timeout};
 use serde_json::Value;
 use wasmhost::registry::{CallRecord, Registry};
 
@@ -169,17 +171,10 @@ fn input_file(env: &TestEnv, name: &str, lines: &[String]) -> String {
 #[test]
 fn five_hundred_calls_spawned_by_four_processes_each_run_exactly_once() {
     let env = TestEnv::new();
-    let app = env.app(
-        "many",
-        r#"
-name = "many"
-[volumes.marks]
-persist = "marks"
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/marks" = "marks" }
-"#,
-    );
+    let app = AppToml::new("many")
+        .volume("marks", |v| v.persist("marks"))
+        .function("fsops", |f| f.guest("fsops").mount("/marks", "marks"))
+        .write(&env);
     deploy(&env, &app);
     let node = Node::start(&env);
 
@@ -286,23 +281,12 @@ mounts = { "/marks" = "marks" }
 /// retry) of the `fsops` guest, both mounting the named volume
 /// `NAME-gates` at /gates.
 fn deploy_pair(env: &TestEnv, name: &str) {
-    let app = env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.gates]
-persist = "{name}-gates"
-[functions.once]
-module = "{{guest:fsops}}"
-mounts = {{ "/gates" = "gates" }}
-[functions.retried]
-module = "{{guest:fsops}}"
-mounts = {{ "/gates" = "gates" }}
-retries = 1
-"#
-        ),
-    );
+    let gated = |f: Function| f.guest("fsops").mount("/gates", "gates");
+    let app = AppToml::new(name)
+        .volume("gates", |v| v.persist(&format!("{name}-gates")))
+        .function("once", gated)
+        .function("retried", |f| gated(f).retries(1))
+        .write(env);
     deploy(env, &app);
 }
 
@@ -385,17 +369,12 @@ fn most_at_once(stdout: &str) -> usize {
 #[test]
 fn a_node_runs_at_most_a_functions_concurrency_of_its_calls_at_once() {
     let env = TestEnv::new();
-    let app = env.app(
-        "capped",
-        r#"
-name = "capped"
-[volumes.runs]
-[functions.overlap]
-module = "{guest:overlap}"
-mounts = { "/runs" = "runs" }
-concurrency = 2
-"#,
-    );
+    let app = AppToml::new("capped")
+        .volume("runs", |v| v)
+        .function("overlap", |f| {
+            f.guest("overlap").mount("/runs", "runs").concurrency(2)
+        })
+        .write(&env);
     deploy(&env, &app);
     let node = Node::start(&env);
     let lines: Vec<String> = (0..10).map(|i| format!("input-{i}")).collect();
@@ -443,154 +422,11 @@ concurrency = 2
 }
 
 #[test]
-fn sigterm_lets_a_call_finish_within_the_grace_then_exits_0() {
-    let env = TestEnv::new();
-    deploy_pair(&env, "drain");
-    // A grace far longer than any bound below, so ending within the bound
-    // can only mean ending with the call.
-    let mut node = Node::start_with(&env, &["--grace", "120s"]);
-    let id = spawn_call(
-        &env,
-        "drain",
-        "once",
-        &["wait-for", "/gates/open", "echo-line", "finished"],
-    );
-    wait_all_running(&env, std::slice::from_ref(&id), &node.id);
-    let signalled = Instant::now();
-    node.signal(libc::SIGTERM);
-    // A call queued during the drain is not claimed by the draining node.
-    let late = spawn_call(&env, "drain", "once", &["echo-line", "late"]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        node.try_wait().is_none(),
-        "the node waits for its running call\n{}",
-        node.stderr()
-    );
-    assert_eq!(call_row(&env, &id).state, "running");
-    let gate = env.work.path().join("open");
-    std::fs::write(&gate, "").unwrap();
-    env.run(&["volume", "put", "drain-gates", path(&gate), "/open"])
-        .success();
-    let status = node.wait_exit(Duration::from_secs(60));
-    let took = signalled.elapsed();
-    assert!(
-        status.success(),
-        "the drained node exits 0: {status:?}\n{}",
-        node.stderr()
-    );
-    let call = call_row(&env, &id);
-    assert_eq!(call.state, "succeeded", "{call:?}");
-    assert_eq!(call.attempts, 1, "{call:?}");
-    assert!(
-        took < Duration::from_secs(60),
-        "the node exits once its call ends, not at the grace's end: {took:?}"
-    );
-    let mut registry = env.registry();
-    let call = call_record(&mut registry, &id);
-    let [output, _] = registry.read(|tx| tx.call_output(&call)).unwrap().0;
-    assert_eq!(output, "finished\n");
-    let late = call_row(&env, &late);
-    assert_eq!(
-        (late.state.as_str(), late.attempts),
-        ("queued", 0),
-        "a draining node claims nothing: {late:?}"
-    );
-}
-
-#[test]
-fn sigint_past_the_grace_interrupts_the_call_and_fails_it() {
-    let env = TestEnv::new();
-    deploy_pair(&env, "drain");
-    let mut node = Node::start_with(&env, &["--grace", "1s"]);
-    let id = spawn_call(&env, "drain", "once", &["sleep", "60000"]);
-    wait_all_running(&env, std::slice::from_ref(&id), &node.id);
-    let signalled = Instant::now();
-    node.signal(libc::SIGINT);
-    let status = node.wait_exit(Duration::from_secs(40));
-    let took = signalled.elapsed();
-    // The call would sleep a minute: ending well before means interrupted.
-    assert!(
-        took < Duration::from_secs(30),
-        "a 1 s grace, then the interrupt: the node took {took:?}"
-    );
-    assert!(
-        status.code().is_some(),
-        "the node exits, not killed: {status:?}"
-    );
-    let call = call_row(&env, &id);
-    assert_eq!(call.state, "failed", "{call:?}");
-    let error = call.error.clone().unwrap_or_default();
-    assert!(
-        error.contains("shut down") && error.contains(&node.id),
-        "the error says the node shut down: {call:?}"
-    );
-}
-
-#[test]
-fn sigterm_past_the_grace_requeues_a_call_with_retries_for_the_next_node() {
-    let env = TestEnv::new();
-    deploy_pair(&env, "drain");
-    let mut first = Node::start_with(&env, &["--grace", "1s"]);
-    // Waits for /gates/open (at most 60 s), which exists only once the
-    // first node has gone.
-    let id = spawn_call(
-        &env,
-        "drain",
-        "retried",
-        &["wait-for", "/gates/open", "echo-line", "through"],
-    );
-    wait_all_running(&env, std::slice::from_ref(&id), &first.id);
-    let signalled = Instant::now();
-    first.signal(libc::SIGTERM);
-    first.wait_exit(Duration::from_secs(40));
-    // Its call waits for a gate nobody opens: ending means interrupted.
-    assert!(signalled.elapsed() < Duration::from_secs(30));
-    let call = call_row(&env, &id);
-    assert_eq!(
-        (call.state.as_str(), call.attempts),
-        ("queued", 1),
-        "queued again for another node: {call:?}"
-    );
-    assert!(
-        call.error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("shut down"),
-        "{call:?}"
-    );
-
-    let gate = env.work.path().join("open");
-    std::fs::write(&gate, "").unwrap();
-    env.run(&["volume", "put", "drain-gates", path(&gate), "/open"])
-        .success();
-    let second = Node::start(&env);
-    let call = second.wait_call(&id, CALLS_BOUND);
-    assert_eq!(call["state"], "succeeded", "{call}");
-    assert_eq!(call["attempts"], 2, "{call}");
-    assert_eq!(call["node"], second.id.as_str(), "{call}");
-    assert_eq!(call["stdout"], "through\n", "{call}");
-    let history = call["attempt_history"].as_array().unwrap();
-    assert_eq!(history[0]["node"], first.id.as_str(), "{call}");
-    assert!(
-        history[0]["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("shut down"),
-        "{call}"
-    );
-}
-
-#[test]
 fn a_call_spawned_with_no_node_waits_queued_for_one() {
     let env = TestEnv::new();
-    let app = env.app(
-        "later",
-        r#"
-name = "later"
-[functions.fsops]
-module = "{guest:fsops}"
-"#,
-    );
+    let app = AppToml::new("later")
+        .function("fsops", |f| f.guest("fsops"))
+        .write(&env);
     deploy(&env, &app);
     let (code, stdout, stderr) = run_bounded(
         &env,
@@ -630,28 +466,14 @@ module = "{guest:fsops}"
 #[test]
 fn app_stop_interrupts_its_calls_and_the_node_serves_on_and_picks_up_updates() {
     let env = TestEnv::new();
-    let stopped = env.app(
-        "stopped",
-        r#"
-name = "stopped"
-[functions.fsops]
-module = "{guest:fsops}"
-concurrency = 1
-"#,
-    );
+    let stopped = AppToml::new("stopped")
+        .function("fsops", |f| f.guest("fsops").concurrency(1))
+        .write(&env);
     deploy(&env, &stopped);
     let other = |module: &str, greeting: &str| {
-        env.app(
-            "other",
-            &format!(
-                r#"
-name = "other"
-[functions.f]
-module = "{{guest:{module}}}"
-env = {{ GREETING = "{greeting}" }}
-"#
-            ),
-        )
+        AppToml::new("other")
+            .function("f", |f| f.guest(module).env("GREETING", greeting))
+            .write(&env)
     };
     let node = Node::start(&env);
 

@@ -11,25 +11,19 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, eventually, path as s, wait_with_timeout};
+use common::{AppToml, TestEnv, eventually, path as s, wait_with_timeout};
 
 /// An app whose function `mapper` (the `--map` test guest) mounts the named
 /// volume `volume` at /data, with `concurrency` instances at once.
 fn mapper_app(env: &TestEnv, name: &str, volume: &str, concurrency: u32) -> std::path::PathBuf {
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.data]
-persist = "{volume}"
-[functions.mapper]
-module = "{{guest:mapper}}"
-mounts = {{ "/data" = "data" }}
-concurrency = {concurrency}
-"#
-        ),
-    )
+    AppToml::new(name)
+        .volume("data", |v| v.persist(volume))
+        .function("mapper", |f| {
+            f.guest("mapper")
+                .mount("/data", "data")
+                .concurrency(concurrency)
+        })
+        .write(env)
 }
 
 /// `run APP --map -` with stdin and stdout piped.
@@ -230,20 +224,14 @@ fn map_behind_a_slow_input_holds_bounded_output() {
 fn timeout_ends_a_guest_blocked_writing_to_an_unread_pipe() {
     for target in ["guest", "guest2"] {
         let env = TestEnv::new();
-        let app = env.app(
-            "flood",
-            &format!(
-                r#"
-name = "flood"
-[volumes.data]
-persist = "flood-data"
-[functions.fsops]
-module = "{{{target}:fsops}}"
-mounts = {{ "/data" = "data" }}
-timeout = "2s"
-"#
-            ),
-        );
+        let app = AppToml::new("flood")
+            .volume("data", |v| v.persist("flood-data"))
+            .function("fsops", |f| {
+                f.module(format!("{{{target}:fsops}}"))
+                    .mount("/data", "data")
+                    .timeout("2s")
+            })
+            .write(&env);
         let mut child = env.spawn(&[
             "run",
             s(&app),
@@ -330,17 +318,11 @@ fn map_stops_starting_inputs_once_its_stdout_is_closed() {
 }
 
 fn env_app(env: &TestEnv, value: &str) -> std::path::PathBuf {
-    env.app(
-        "envs",
-        &format!(
-            r#"
-name = "envs"
-[functions.fsops]
-module = "{{guest:fsops}}"
-env = {{ FROM_TOML = "toml", BOTH = "{value}" }}
-"#
-        ),
-    )
+    AppToml::new("envs")
+        .function("fsops", |f| {
+            f.guest("fsops").env("FROM_TOML", "toml").env("BOTH", value)
+        })
+        .write(env)
 }
 
 #[test]
@@ -379,7 +361,16 @@ fn env_flags_override_app_toml_on_run_and_call() {
 #[test]
 fn a_nul_in_an_env_value_is_a_manifest_error_at_its_line() {
     let env = TestEnv::new();
-    let app = env_app(&env, "a\\u0000b");
+    // As written, for the line of the error.
+    let app = env.app(
+        "envs",
+        r#"
+name = "envs"
+[functions.fsops]
+module = "{guest:fsops}"
+env = { FROM_TOML = "toml", BOTH = "a\u0000b" }
+"#,
+    );
     let out = env.run(&["run", s(&app), "--", "env", "BOTH"]).code_is(2);
     assert!(
         out.stderr().contains("app.toml:5:") && out.stderr().contains("NUL"),
@@ -412,17 +403,12 @@ fn a_map_line_with_a_nul_fails_that_input_only() {
 fn an_argument_with_a_nul_fails_the_invocation() {
     let env = TestEnv::new();
     for target in ["guest", "guest2"] {
-        let app = env.app(
-            "nularg",
-            &format!(
-                r#"
-name = "nularg"
-[functions.fsops]
-module = "{{{target}:fsops}}"
-args = ["echo-line", "a\u0000b"]
-"#
-            ),
-        );
+        let app = AppToml::new("nularg")
+            .function("fsops", |f| {
+                f.module(format!("{{{target}:fsops}}"))
+                    .args(&["echo-line", "a\0b"])
+            })
+            .write(&env);
         let out = env.run(&["run", s(&app)]).code_is(1);
         assert_eq!(out.stdout(), "", "{target}");
         assert!(

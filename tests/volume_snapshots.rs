@@ -8,24 +8,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Run, StdoutLines, TestEnv, path};
+use common::{AppToml, Function, Mount, Run, StdoutLines, TestEnv, path};
 
 /// An app named `name` whose function `fsops` mounts the named volume
-/// `volume` at /data, with `extra` mounts of it beside (TOML table entries).
-fn app(env: &TestEnv, name: &str, volume: &str, extra: &str) -> PathBuf {
-    env.app(
-        name,
-        &format!(
-            r#"
-name = "{name}"
-[volumes.data]
-persist = "{volume}"
-[functions.fsops]
-module = "{{guest:fsops}}"
-mounts = {{ "/data" = "data"{extra} }}
-"#
-        ),
-    )
+/// `volume` (key `data`) at /data, with the mounts `more` adds beside.
+fn app(
+    env: &TestEnv,
+    name: &str,
+    volume: &str,
+    more: impl FnOnce(Function) -> Function,
+) -> PathBuf {
+    AppToml::new(name)
+        .volume("data", |v| v.persist(volume))
+        .function("fsops", |f| more(f.guest("fsops").mount("/data", "data")))
+        .write(env)
 }
 
 /// Runs function `fsops` of `app` with `args`.
@@ -97,23 +93,20 @@ fn snapshot_names(env: &TestEnv, volume: &str) -> Vec<String> {
 #[test]
 fn a_sub_path_mount_cannot_reach_the_rest_of_the_volume() {
     let env = TestEnv::new();
-    let app = env.app(
-        "sub",
-        r#"
-name = "sub"
-[volumes.data]
-persist = "models"
-[functions.whole]
-module = "{guest:fsops}"
-mounts = { "/all" = "data" }
-[functions.sub]
-module = "{guest:fsops}"
-mounts = { "/cache" = { volume = "data", sub_path = "hf/v2" } }
-[functions.etc]
-module = "{guest:fsops}"
-mounts = { "/cache" = { volume = "data", read_only = true, sub_path = "host-link" } }
-"#,
-    );
+    let app = AppToml::new("sub")
+        .volume("data", |v| v.persist("models"))
+        .function("whole", |f| f.guest("fsops").mount("/all", "data"))
+        .function("sub", |f| {
+            f.guest("fsops")
+                .mount("/cache", Mount::volume("data").sub_path("hf/v2"))
+        })
+        .function("etc", |f| {
+            f.guest("fsops").mount(
+                "/cache",
+                Mount::volume("data").read_only().sub_path("host-link"),
+            )
+        })
+        .write(&env);
     let run = |function: &str, args: &[&str]| {
         let mut all = vec!["run", path(&app), function, "--"];
         all.extend_from_slice(args);
@@ -171,18 +164,14 @@ mounts = { "/cache" = { volume = "data", read_only = true, sub_path = "host-link
 #[test]
 fn a_lock_through_a_sub_path_is_the_volumes_lock() {
     let env = TestEnv::new();
-    let holder = app(&env, "holder", "shared", "");
-    let sub = env.app(
-        "sub",
-        r#"
-name = "sub"
-[volumes.data]
-persist = "shared"
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/cache" = { volume = "data", sub_path = "hf" } }
-"#,
-    );
+    let holder = app(&env, "holder", "shared", |f| f);
+    let sub = AppToml::new("sub")
+        .volume("data", |v| v.persist("shared"))
+        .function("fsops", |f| {
+            f.guest("fsops")
+                .mount("/cache", Mount::volume("data").sub_path("hf"))
+        })
+        .write(&env);
     let mut child = env.spawn_guarded(&[
         "run",
         path(&holder),
@@ -242,7 +231,7 @@ fn bad_sub_paths_and_writable_snapshots_are_app_toml_errors() {
 #[test]
 fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
     let env = TestEnv::new();
-    let writer = app(&env, "writer", "data", "");
+    let writer = app(&env, "writer", "data", |f| f);
     for args in [
         &["write", "/data/a", "one"][..],
         &["mkdir", "/data/d"],
@@ -283,12 +272,9 @@ fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
     assert_ne!(tree(&volume), original);
 
     // A snapshot mount sees the snapshot, and cannot change it.
-    let reader = app(
-        &env,
-        "reader",
-        "data",
-        r#", "/snap" = { volume = "data", snapshot = "v1" }"#,
-    );
+    let reader = app(&env, "reader", "data", |f| {
+        f.mount("/snap", Mount::volume("data").snapshot("v1"))
+    });
     assert_eq!(
         guest(&env, &reader, &["read", "/snap/a"])
             .success()
@@ -326,7 +312,7 @@ fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
         .success();
     let fork_dir = env.volume_dir("fork");
     assert_eq!(tree(&fork_dir), original);
-    let fork_writer = app(&env, "fork-writer", "fork", "");
+    let fork_writer = app(&env, "fork-writer", "fork", |f| f);
     guest(&env, &fork_writer, &["write", "/data/a", "fork's"]).success();
     guest(&env, &fork_writer, &["rm", "/data/d/b"]).success();
     guest(&env, &writer, &["write", "/data/d/b", "data's"]).success();
@@ -348,7 +334,7 @@ fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
 #[test]
 fn rename_keeps_data_and_locks_and_frees_the_old_name() {
     let env = TestEnv::new();
-    let old_app = app(&env, "old-app", "old", "");
+    let old_app = app(&env, "old-app", "old", |f| f);
     guest(&env, &old_app, &["write", "/data/kept", "data"]).success();
     env.run(&["volume", "snapshot", "create", "old", "s1"])
         .success();
@@ -365,7 +351,7 @@ fn rename_keeps_data_and_locks_and_frees_the_old_name() {
     env.run(&["volume", "rename", "old", "new", "--force"])
         .success();
     assert_eq!(env.volume_dir("new"), dir);
-    let new_app = app(&env, "new-app", "new", "");
+    let new_app = app(&env, "new-app", "new", |f| f);
     assert_eq!(
         guest(&env, &new_app, &["read", "/data/kept"])
             .success()
@@ -398,7 +384,7 @@ fn rename_keeps_data_and_locks_and_frees_the_old_name() {
 #[test]
 fn snapshots_and_restores_are_refused_while_running_apps_write() {
     let env = TestEnv::new();
-    let writer = app(&env, "writer", "busy", "");
+    let writer = app(&env, "writer", "busy", |f| f);
     guest(&env, &writer, &["write", "/data/a", "one"]).success();
     env.run(&["volume", "snapshot", "create", "busy", "v1"])
         .success();
@@ -423,17 +409,13 @@ fn snapshots_and_restores_are_refused_while_running_apps_write() {
     drop(child);
 
     // A running app that mounts a snapshot only keeps it from deletion.
-    let reader = env.app(
-        "reader",
-        r#"
-name = "reader"
-[volumes.data]
-persist = "busy"
-[functions.fsops]
-module = "{guest:fsops}"
-mounts = { "/snap" = { volume = "data", snapshot = "v1" } }
-"#,
-    );
+    let reader = AppToml::new("reader")
+        .volume("data", |v| v.persist("busy"))
+        .function("fsops", |f| {
+            f.guest("fsops")
+                .mount("/snap", Mount::volume("data").snapshot("v1"))
+        })
+        .write(&env);
     let mut child = env.spawn_guarded(&["run", path(&reader), "--", "echo-after", "60000", "x"]);
     common::eventually(Duration::from_secs(60), "the reader running", || {
         env.apps()
@@ -461,7 +443,7 @@ mounts = { "/snap" = { volume = "data", snapshot = "v1" } }
 #[test]
 fn cp_copies_inside_a_volume_without_following_links() {
     let env = TestEnv::new();
-    let writer = app(&env, "writer", "cpvol", "");
+    let writer = app(&env, "writer", "cpvol", |f| f);
     for args in [
         &["mkdir", "/data/src"][..],
         &["write", "/data/src/f", "file"],
@@ -510,7 +492,7 @@ fn cp_copies_inside_a_volume_without_following_links() {
 #[test]
 fn bad_input_to_each_command_changes_nothing() {
     let env = TestEnv::new();
-    let writer = app(&env, "writer", "data", "");
+    let writer = app(&env, "writer", "data", |f| f);
     for args in [
         &["mkdir", "/data/dir"][..],
         &["write", "/data/dir/f", "x"],

@@ -10,41 +10,28 @@ mod common;
 use std::time::Duration;
 
 use common::node::Node;
-use common::{TestEnv, path};
+use common::{AppToml, TestEnv, path};
 use serde_json::Value;
 
 /// `site`: the key-value component at /kv/..., the same component at
 /// /boom/... (its `/trap` path panics) and /slow/... (its `/sleep` path
 /// outlives the 5 s `timeout`), the WAGI module at /cgi/..., and `reader`,
 /// a command mounting the same volume.
-const SITE: &str = r#"
-name = "site"
-[volumes.data]
-persist = "site-data"
-
-[functions.kv]
-module = "{guest2:web_kv}"
-http = "/kv/..."
-mounts = { "/data" = "data" }
-
-[functions.boom]
-module = "{guest2:web_kv}"
-http = "/boom/..."
-
-[functions.slow]
-module = "{guest2:web_kv}"
-http = "/slow/..."
-timeout = "5s"
-
-[functions.cgi]
-module = "{guest:wagi}"
-http = "/cgi/..."
-env = { GREETING = "hi" }
-
-[functions.reader]
-module = "{guest:fsops}"
-mounts = { "/data" = "data" }
-"#;
+fn site() -> AppToml {
+    AppToml::new("site")
+        .volume("data", |v| v.persist("site-data"))
+        .function("kv", |f| {
+            f.guest2("web_kv").http("/kv/...").mount("/data", "data")
+        })
+        .function("boom", |f| f.guest2("web_kv").http("/boom/..."))
+        .function("slow", |f| {
+            f.guest2("web_kv").http("/slow/...").timeout("5s")
+        })
+        .function("cgi", |f| {
+            f.guest("wagi").http("/cgi/...").env("GREETING", "hi")
+        })
+        .function("reader", |f| f.guest("fsops").mount("/data", "data"))
+}
 
 /// An answer: status, headers, body.
 struct Answer {
@@ -93,7 +80,7 @@ fn request(node: &Node, method: &str, path: &str, host: Option<&str>, body: &[u8
 }
 
 fn deploy_site(env: &TestEnv) {
-    let app = env.app("site", SITE);
+    let app = site().write(env);
     env.run(&["deploy", path(&app)]).success();
 }
 
@@ -297,17 +284,14 @@ fn a_trap_is_500_a_timeout_504_and_others_are_answered_meanwhile() {
 #[test]
 fn a_request_over_concurrency_waits_then_gets_503() {
     let env = TestEnv::new();
-    let app = env.app(
-        "single",
-        r#"
-name = "single"
-[functions.one]
-module = "{guest2:web_kv}"
-http = "/..."
-concurrency = 1
-timeout = "60s"
-"#,
-    );
+    let app = AppToml::new("single")
+        .function("one", |f| {
+            f.guest2("web_kv")
+                .http("/...")
+                .concurrency(1)
+                .timeout("60s")
+        })
+        .write(&env);
     env.run(&["deploy", path(&app)]).success();
     let node = Node::start(&env);
     std::thread::scope(|scope| {

@@ -2,6 +2,7 @@
 //! the test run itself, and a private `$WASMHOST_HOME` per test.
 #![allow(dead_code)]
 
+pub mod app_toml;
 pub mod cluster;
 pub mod node;
 pub mod pg;
@@ -11,6 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+// Each test binary uses a part of these.
+#[allow(unused_imports)]
+pub use app_toml::{AppToml, Function, Mount, Volume};
 
 /// The wasm targets guests are built for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -276,20 +281,15 @@ impl TestEnv {
     /// An app whose function `fsops` (the test guest) mounts an ephemeral
     /// volume at /scratch and the named volume `persist` at /data.
     pub fn fsops_app(&self, name: &str, persist: &str) -> PathBuf {
-        self.app(
-            name,
-            &format!(
-                r#"
-name = "{name}"
-[volumes.scratch]
-[volumes.data]
-persist = "{persist}"
-[functions.fsops]
-module = "{{guest:fsops}}"
-mounts = {{ "/scratch" = "scratch", "/data" = "data" }}
-"#
-            ),
-        )
+        AppToml::new(name)
+            .volume("scratch", |v| v)
+            .volume("data", |v| v.persist(persist))
+            .function("fsops", |f| {
+                f.guest("fsops")
+                    .mount("/scratch", "scratch")
+                    .mount("/data", "data")
+            })
+            .write(self)
     }
 
     /// Files under `$WASMHOST_HOME` other than the registry's that hold
