@@ -1,11 +1,12 @@
-//! The layout of `$WASMHOST_HOME`: one place that knows where state lives.
+//! The layout of `$WASMHOST_HOME`: one place that knows where state lives,
+//! the registry's [`Location`] included. A leaf: the registry and every
+//! other room ask it where things are, and it asks none of them.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::error::usage;
-use crate::registry::Location;
 
 /// Directory names under `$WASMHOST_HOME`.
 const REGISTRY_FILE: &str = "registry.db";
@@ -20,6 +21,22 @@ const SNAPSHOTS_DIR: &str = "snapshots";
 const USAGE_DIR: &str = "usage";
 const PURGE_REPORT: &str = "purge-errors.txt";
 const SECRET_KEY_FILE: &str = "secret.key";
+
+/// Where the registry is: which backend, and its file or server. The home
+/// says where (see [`Home::registry`]); the registry opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// SQLite, in this file.
+    File(PathBuf),
+    /// PostgreSQL, at this `postgres://` URL.
+    Postgres(String),
+}
+
+impl Location {
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Location::Postgres(_))
+    }
+}
 
 /// The state directory, created on first use, and where this machine
 /// finds the registry and the volumes, which a cluster shares.

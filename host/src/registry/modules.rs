@@ -8,17 +8,6 @@ use anyhow::Result;
 use super::Tx;
 use super::backend::args;
 
-/// 10: module bytes by digest. A one-machine home leaves it empty (its
-/// `modules/` directory is the store); PostgreSQL's is `postgres_3.sql`.
-pub(super) const MIGRATION_10: &str = "
-CREATE TABLE modules (
-    digest      TEXT PRIMARY KEY,
-    bytes       BLOB NOT NULL,
-    size        INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL
-);
-";
-
 /// The digests of the module snapshots that running apps use, and that
 /// running calls use (a call started before a redeploy may still be about
 /// to load the module it was started with).

@@ -8,26 +8,6 @@ use serde::Serialize;
 use super::Tx;
 use super::backend::{Row, args};
 
-/// Migration 9 (SQLite); PostgreSQL's migration 2 is the same in its types.
-/// `leases` is filled only in a cluster, where leases are rows.
-pub(super) const MIGRATION_9: &str = "
-CREATE TABLE nodes (
-    id          TEXT PRIMARY KEY,
-    host        TEXT NOT NULL,
-    address     TEXT NOT NULL,
-    pid         INTEGER NOT NULL,
-    started_at  INTEGER NOT NULL,
-    stopped_at  INTEGER
-);
-CREATE TABLE leases (
-    id           TEXT PRIMARY KEY,
-    owner        TEXT NOT NULL,
-    heartbeat_at INTEGER NOT NULL,
-    expires_at   INTEGER NOT NULL
-);
-CREATE INDEX leases_by_owner ON leases (owner);
-";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {

@@ -17,14 +17,7 @@ use postgres::{Client, NoTls, Statement};
 
 use super::NewerThanThisWasmhost;
 use super::backend::{Backend, Row, Value};
-
-/// The schema as an ordered list of migrations, as SQLite's
-/// (`sqlite::MIGRATIONS`); the version is kept in `wasmhost_schema`.
-const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/postgres_1.sql"),
-    include_str!("migrations/postgres_2.sql"),
-    include_str!("migrations/postgres_3.sql"),
-];
+use super::migrations;
 
 /// Advisory lock keys (any 64-bit numbers no other program of the database
 /// uses): "wasmhost" in ASCII, and then one more.
@@ -83,7 +76,7 @@ impl Postgres {
     /// Brings the schema up to date, one migration per transaction, while
     /// holding a lock that other processes opening the registry wait for.
     fn migrate(&mut self) -> Result<()> {
-        let latest = MIGRATIONS.len() as i64;
+        let latest = migrations::POSTGRES.len() as i64;
         loop {
             let mut tx = self.client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])?;
@@ -110,7 +103,7 @@ impl Postgres {
                 return Ok(());
             }
             let next = version + 1;
-            tx.batch_execute(MIGRATIONS[version as usize])
+            tx.batch_execute(migrations::POSTGRES[version as usize])
                 .and_then(|()| tx.execute("UPDATE wasmhost_schema SET version = $1", &[&next]))
                 .and_then(|_| tx.commit())
                 .with_context(|| format!("cannot upgrade the registry to schema version {next}"))?;

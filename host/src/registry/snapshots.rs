@@ -8,18 +8,6 @@ use serde::Serialize;
 
 use super::{Tx, now};
 
-pub(super) const MIGRATION_7: &str = "
-CREATE TABLE snapshots (
-    volume_id   TEXT NOT NULL REFERENCES volumes (id),
-    name        TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    -- What the snapshot copied when it was taken.
-    bytes       INTEGER NOT NULL,
-    files       INTEGER NOT NULL,
-    PRIMARY KEY (volume_id, name)
-);
-";
-
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotRecord {
     pub volume_id: String,

@@ -14,93 +14,7 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use super::NewerThanThisWasmhost;
 use super::backend::{Backend, Row, Value};
-
-/// The schema as an ordered list of migrations: applying `MIGRATIONS[i]`
-/// takes a registry at version `i` (`PRAGMA user_version`) to `i + 1`, each
-/// in its own transaction. Append only: a migration that has shipped is
-/// never edited, since homes made by that release ran it.
-pub(super) const MIGRATIONS: &[&str] = &[
-    // 1 (the first release): apps, their volumes and mounts.
-    "
-CREATE TABLE apps (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    kind        TEXT NOT NULL CHECK (kind IN ('ephemeral', 'deployed', 'volume')),
-    state       TEXT NOT NULL CHECK (state IN ('running', 'stopped')),
-    created_at  INTEGER NOT NULL,
-    stopped_at  INTEGER,
-    manifest    TEXT,
-    has_lease   INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX apps_by_name ON apps (name, state);
-CREATE TABLE volumes (
-    id          TEXT PRIMARY KEY,
-    app_id      TEXT NOT NULL REFERENCES apps (id),
-    key         TEXT,
-    name        TEXT,
-    created_at  INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX named_volumes ON volumes (name) WHERE name IS NOT NULL;
-CREATE TABLE mounts (
-    app_id      TEXT NOT NULL REFERENCES apps (id),
-    volume_id   TEXT NOT NULL REFERENCES volumes (id),
-    key         TEXT NOT NULL,
-    PRIMARY KEY (app_id, key)
-);
-",
-    // 2: calls of deployed apps. A running call also holds a lease named by
-    // its id, so a caller that died is told from one still at work. Each
-    // state has the timestamps it implies.
-    "
-CREATE TABLE calls (
-    id          TEXT PRIMARY KEY,
-    app_id      TEXT NOT NULL REFERENCES apps (id),
-    function    TEXT NOT NULL,
-    state       TEXT NOT NULL
-                CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    created_at  INTEGER NOT NULL,
-    started_at  INTEGER,
-    finished_at INTEGER,
-    error       TEXT,
-    -- The digest of the module snapshot the call runs: kept while it runs.
-    module      TEXT,
-    CHECK (CASE state WHEN 'queued' THEN started_at IS NULL
-                      WHEN 'cancelled' THEN 1
-                      ELSE started_at IS NOT NULL END),
-    CHECK ((state IN ('queued', 'running')) = (finished_at IS NULL))
-);
-CREATE INDEX calls_by_app ON calls (app_id, state);
-CREATE INDEX calls_by_state ON calls (state);
-",
-    // 3: the module snapshot each function of a deployed app runs.
-    "
-CREATE TABLE app_modules (
-    app_id      TEXT NOT NULL REFERENCES apps (id),
-    function    TEXT NOT NULL,
-    digest      TEXT NOT NULL,
-    PRIMARY KEY (app_id, function)
-);
-CREATE INDEX app_modules_by_digest ON app_modules (digest);
-",
-    // 4: every command looks for running apps first (housekeeping), so that
-    // costs the same after 100,000 stopped apps as after none.
-    "
-CREATE INDEX apps_by_state ON apps (state, has_lease);
-",
-    // 5: calls as a queue and a record (see `calls`): times in milliseconds,
-    // what a node needs to run a queued call, attempts, and output.
-    super::calls::MIGRATION_5,
-    // 6: volume quotas.
-    crate::volumes::MIGRATION_6,
-    // 7: snapshots of volumes.
-    super::snapshots::MIGRATION_7,
-    // 8: schedules (calls gain `tick` and the state `skipped`) and secrets.
-    super::schedules::MIGRATION_8,
-    // 9: nodes, and leases as rows (filled in a cluster only).
-    super::nodes::MIGRATION_9,
-    // 10: deployed modules' bytes, for a cluster.
-    super::modules::MIGRATION_10,
-];
+use super::migrations;
 
 /// Space kept beside the registry for the writes that free space: on a full
 /// disk, a stop needs a few pages of WAL before it can delete any volume.
@@ -198,7 +112,7 @@ impl Sqlite {
     /// the next one continues from. A registry from a newer wasmhost is
     /// refused untouched.
     fn migrate(&mut self) -> Result<()> {
-        let latest = MIGRATIONS.len() as i64;
+        let latest = migrations::SQLITE.len() as i64;
         loop {
             let tx = self
                 .conn
@@ -216,7 +130,7 @@ impl Sqlite {
                 return Ok(());
             }
             let next = version + 1;
-            tx.execute_batch(MIGRATIONS[version as usize])
+            tx.execute_batch(migrations::SQLITE[version as usize])
                 .and_then(|()| tx.pragma_update(None, "user_version", next))
                 .and_then(|()| tx.commit())
                 .with_context(|| {
@@ -318,14 +232,14 @@ mod tests {
         let path = dir.path().join("registry.db");
         // A registry of the first release: migration 1 only.
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(migrations::SQLITE[0]).unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         drop(conn);
         let mut registry = Registry::open(&Location::File(path.clone())).unwrap();
         let version: i64 = registry.db.query("PRAGMA user_version", &[]).unwrap()[0]
             .get::<i64>(0)
             .unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, migrations::SQLITE.len() as i64);
         registry.read(|tx| tx.running_calls(None)).unwrap();
         drop(registry);
 

@@ -44,9 +44,6 @@ pub use store::{
     create_named_volume, named_volume, reconcile, rename_named_volume, set_volume_quota,
     still_fits, trash_volumes, with_new_dirs,
 };
-/// The registry's migration that added quotas, until migrations are files
-/// of the registry's own.
-pub use usage::MIGRATION_6;
 pub use usage::{Counts, NoRoom, Usage};
 pub use walk::Cursor;
 

@@ -41,13 +41,6 @@ use super::walk::{self, Cursor, Visitor, WalkError};
 use crate::home::Home;
 use crate::manifest::Quota;
 
-/// Migration 6 of the registry: each volume's quota as the user set it
-/// (NULL for none).
-pub const MIGRATION_6: &str = "
-ALTER TABLE volumes ADD COLUMN max_bytes INTEGER CHECK (max_bytes >= 0);
-ALTER TABLE volumes ADD COLUMN max_files INTEGER CHECK (max_files >= 0);
-";
-
 /// Marks a usage file whose counts were set by a count (not a fresh file).
 const MAGIC: u64 = 0x7761_736d_7573_6531; // "wasmuse1"
 /// No quota: a reservation never fails.
