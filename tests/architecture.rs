@@ -252,6 +252,52 @@ fn rooms_import_each_other_without_cycles() {
     );
 }
 
+/// README's "Architecture" table: room -> the rooms it may import.
+fn readme_map() -> BTreeMap<String, BTreeSet<String>> {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let section = readme
+        .split("\n## Architecture\n")
+        .nth(1)
+        .expect("README has an `## Architecture` section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut map = BTreeMap::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(
+            cells.len(),
+            3,
+            "a row of room, what it owns, what it may import: {row}"
+        );
+        let room = cells[0].trim_matches('`').trim_end_matches('/').to_owned();
+        let may: BTreeSet<String> = cells[2]
+            .split(',')
+            .map(|r| r.trim().trim_matches('`').to_owned())
+            .filter(|r| !r.is_empty() && r != "nothing")
+            .collect();
+        map.insert(room, may);
+    }
+    map
+}
+
+#[test]
+fn readmes_map_names_every_room_and_what_it_imports() {
+    let source = read_source();
+    let map = readme_map();
+    let code_rooms: BTreeSet<&String> = source.imports.keys().collect();
+    let mapped: BTreeSet<&String> = map.keys().collect();
+    assert_eq!(code_rooms, mapped, "README's rooms differ from host/src's");
+    let mut wrong = Vec::new();
+    for (room, imported) in &source.imports {
+        for other in imported.difference(&map[room]) {
+            wrong.push(format!(
+                "{room} imports {other}, which README's map does not allow"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 #[test]
 fn no_library_room_imports_the_node_or_the_triggers() {
     let source = read_source();
