@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::error::{not_found, usage};
+use crate::error::{self, ErrorKind, not_found, usage};
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::{AppManifest, FunctionSpec};
@@ -425,6 +425,26 @@ fn running_app_in(tx: &Tx, id_or_name: &str) -> Result<AppRecord> {
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
+    }
+}
+
+/// The running deployed app a web request names: `name` as spelled, else
+/// the one running deployed app whose name differs from it only in case
+/// (a Host header is case-insensitive, and browsers send it in lower case).
+pub fn web_app_in(tx: &Tx, name: &str) -> Result<LiveApp> {
+    let exact = deployed_app_in(tx, name);
+    let missing = matches!(&exact, Err(e) if error::kind_of(e) == Some(ErrorKind::NotFound));
+    if !missing {
+        return exact;
+    }
+    let alike: Vec<AppRecord> = tx
+        .list_apps(false)?
+        .into_iter()
+        .filter(|a| a.kind == AppKind::Deployed && a.name.eq_ignore_ascii_case(name))
+        .collect();
+    match alike.as_slice() {
+        [one] => deployed_app_in(tx, &one.id),
+        _ => exact,
     }
 }
 

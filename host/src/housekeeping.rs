@@ -24,6 +24,9 @@ use crate::volumes;
 pub const KEEP_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ...and so are all but the newest this many ended calls.
 pub const KEEP_AT_MOST: usize = 100_000;
+/// Bytes of call output kept per app: a busy app's output goes, oldest
+/// first, rather than fill the disk (its calls' records stay).
+pub const KEEP_OUTPUT_PER_APP: u64 = 256 << 20;
 
 /// What every command does first: stop apps whose `run` process died (and
 /// remove the lock files it left), end calls whose caller died, trash volume
@@ -113,14 +116,19 @@ fn reap_dead_holders(home: &Home, registry: &mut Registry) -> Result<Vec<CallRec
     Ok(reaped)
 }
 
-/// Deletes call records past the bounds ([`KEEP_FOR`], [`KEEP_AT_MOST`]).
+/// Deletes call records past the bounds ([`KEEP_FOR`], [`KEEP_AT_MOST`]),
+/// and output past [`KEEP_OUTPUT_PER_APP`].
 fn prune(registry: &mut Registry) -> Result<usize> {
     let before = now_ms() - KEEP_FOR.as_millis() as i64;
-    registry.write(|tx| tx.prune_calls(before, KEEP_AT_MOST))
+    registry.write(|tx| {
+        let calls = tx.prune_calls(before, KEEP_AT_MOST)?;
+        tx.prune_output(KEEP_OUTPUT_PER_APP)?;
+        Ok(calls)
+    })
 }
 
 /// How often commands prune records when no node does it for them.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Prunes if no process has in the last [`PRUNE_EVERY`] (the mtime of
 /// `$WASMHOST_HOME/pruned-at` says when one last did), so that a home used

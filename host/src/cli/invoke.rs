@@ -249,7 +249,9 @@ pub fn serve(
         Recording::Map(record) => (None, None, Some(record)),
     };
     let supervisor = Supervisor::new();
-    let stop = supervisor.watch(&live.record.id, call_id.as_deref());
+    // Watched until this returns.
+    let watch = supervisor.watch(&live.record.id, call_id.as_deref());
+    let stop = watch.stop().clone();
     let (events_tx, events) = mpsc::channel();
     let on_signal = (stop.clone(), events_tx.clone());
     ctrlc::set_handler(move || {

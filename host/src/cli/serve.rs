@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use wasmhost::invoke::Room;
 use wasmhost::lease;
 use wasmhost::node::{self, NodeConfig};
 
@@ -22,6 +23,16 @@ pub struct ServeArgs {
     /// Most calls this node runs at once.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256))]
     max_calls: u32,
+    /// Most calls of any one app this node runs at once (calls run at once
+    /// and web requests; queued calls have their `concurrency`), so that a
+    /// flood of one app's requests leaves room for the others [default:
+    /// three quarters of --max-calls, rounded up].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_calls_per_app: Option<u32>,
+    /// Most connections open at once, clients of the API and of web
+    /// endpoints together; one more is closed as soon as it is accepted.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// How often the node renews its lease in a cluster's registry
     /// [env: WASMHOST_HEARTBEAT; default 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
@@ -69,10 +80,16 @@ pub fn execute(args: ServeArgs) -> Result<u8> {
     // Housekeeping first: a node that died left calls this one may retry.
     let (home, registry) = open_state()?;
     drop(registry);
+    let most = args.max_calls as usize;
+    let per_app = args
+        .max_calls_per_app
+        .map_or((most * 3).div_ceil(4), |n| n as usize)
+        .min(most);
     let config = NodeConfig {
         listen: args.listen,
         grace: args.grace,
-        max_calls: args.max_calls as usize,
+        room: Room { most, per_app },
+        max_connections: args.max_connections as usize,
     };
     node::serve(&home, config, |address, node| {
         logging::set_node(node);

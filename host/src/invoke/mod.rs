@@ -16,4 +16,4 @@ mod supervise;
 
 pub use ended::{Ended, Stop};
 pub use prepare::{Call, Held, NoSlot, Prepared, RegistryAccess};
-pub use supervise::{STOP_POLL, StopFlag, Supervisor};
+pub use supervise::{Reservation, Room, STOP_POLL, StopFlag, Supervisor, Watch};

@@ -77,6 +77,87 @@ struct State {
     closed: bool,
     /// Every call is being stopped, those watched later too.
     stopping: Option<Stop>,
+    /// Room kept for calls about to be claimed (see [`Reservation`]).
+    reserved: usize,
+}
+
+impl State {
+    /// The room taken: calls watched and room kept for claims.
+    fn taken(&self) -> usize {
+        self.calls.len() + self.reserved
+    }
+
+    fn of_app(&self, app_id: &str) -> usize {
+        self.calls.values().filter(|c| c.app_id == app_id).count()
+    }
+}
+
+/// How many calls a node runs at once: `most` in all (its `--max-calls`),
+/// and at most `per_app` of any one app, so that one app's flood leaves
+/// room for the others.
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    pub most: usize,
+    pub per_app: usize,
+}
+
+/// A call the supervisor watches, until this is dropped: however the
+/// thread that runs it ends, a panic included, its room is given back.
+pub struct Watch {
+    supervisor: Arc<Supervisor>,
+    /// The call's id (or, for invocations recorded as no one call, app id).
+    id: String,
+    stop: StopFlag,
+}
+
+impl Watch {
+    pub fn stop(&self) -> &StopFlag {
+        &self.stop
+    }
+
+    /// The id of the call watched.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.supervisor.forget(&self.id);
+    }
+}
+
+/// Room kept for calls about to be claimed; what is not turned into a
+/// [`Watch`] is given back when this is dropped.
+pub struct Reservation {
+    supervisor: Arc<Supervisor>,
+    left: usize,
+}
+
+impl Reservation {
+    /// How many calls the room kept is for.
+    pub fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Watches call `call_id` of app `app_id` in one of the places kept.
+    pub fn watch(&mut self, app_id: &str, call_id: &str) -> Watch {
+        assert!(
+            self.left > 0,
+            "a reservation watched more calls than it kept room for"
+        );
+        self.left -= 1;
+        let mut state = self.supervisor.state();
+        state.reserved -= 1;
+        self.supervisor.insert(&mut state, app_id, Some(call_id))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.supervisor.state().reserved -= self.left;
+        self.supervisor.changed.notify_all();
+    }
 }
 
 /// The calls running in this process, each with its stop flag.
@@ -97,27 +178,74 @@ impl Supervisor {
     }
 
     /// Watches call `call_id` of app `app_id` (without a call id: whatever
-    /// this process runs of the app) until [`Supervisor::forget`]; returns
-    /// its flag, stopped already if every call is being stopped.
-    pub fn watch(&self, app_id: &str, call_id: Option<&str>) -> StopFlag {
-        let stop = StopFlag::new();
+    /// this process runs of the app) for as long as the [`Watch`] lives,
+    /// whatever room is left: for a process that runs only its own calls.
+    pub fn watch(self: &Arc<Self>, app_id: &str, call_id: Option<&str>) -> Watch {
         let mut state = self.state();
+        self.insert(&mut state, app_id, call_id)
+    }
+
+    /// Watches call `call_id` of app `app_id` once there is [`Room`] for
+    /// it, waiting no later than `deadline`. The room is taken in the
+    /// same step as it is found, so callers racing for the last of it never
+    /// both get it. None if there is none by then, or no room is given any
+    /// more (a drain).
+    pub fn admit(
+        self: &Arc<Self>,
+        app_id: &str,
+        call_id: &str,
+        room: Room,
+        deadline: Instant,
+    ) -> Option<Watch> {
+        let mut state = self.wait_until(deadline, |state| {
+            state.closed || (state.taken() < room.most && state.of_app(app_id) < room.per_app)
+        })?;
+        if state.closed {
+            return None;
+        }
+        Some(self.insert(&mut state, app_id, Some(call_id)))
+    }
+
+    /// Keeps room for up to `wanted` calls (of what `most` leaves), for
+    /// calls claimed from the queue: found before they are claimed, so
+    /// that no request takes it meanwhile.
+    pub fn reserve(self: &Arc<Self>, most: usize, wanted: usize) -> Reservation {
+        let mut state = self.state();
+        let left = if state.closed {
+            0
+        } else {
+            most.saturating_sub(state.taken()).min(wanted)
+        };
+        state.reserved += left;
+        Reservation {
+            supervisor: self.clone(),
+            left,
+        }
+    }
+
+    fn insert(self: &Arc<Self>, state: &mut State, app_id: &str, call_id: Option<&str>) -> Watch {
+        let stop = StopFlag::new();
         if let Some(why) = state.stopping {
             stop.stop(why);
         }
+        let id = call_id.unwrap_or(app_id).to_owned();
         state.calls.insert(
-            call_id.unwrap_or(app_id).to_owned(),
+            id.clone(),
             Watched {
                 app_id: app_id.to_owned(),
                 call_id: call_id.map(str::to_owned),
                 stop: stop.clone(),
             },
         );
-        stop
+        Watch {
+            supervisor: self.clone(),
+            id,
+            stop,
+        }
     }
 
     /// Ends the watch of call `id` (or app id), making room for another.
-    pub fn forget(&self, id: &str) {
+    fn forget(&self, id: &str) {
         self.state().calls.remove(id);
         self.changed.notify_all();
     }
@@ -139,14 +267,6 @@ impl Supervisor {
         for call in state.calls.values() {
             call.stop.stop(why);
         }
-    }
-
-    /// Waits until fewer than `most` calls are watched, no later than
-    /// `deadline`; false if there are still as many then, or no room is
-    /// given any more.
-    pub fn wait_for_room(&self, most: usize, deadline: Instant) -> bool {
-        self.wait_until(deadline, |state| state.closed || state.calls.len() < most)
-            .is_some_and(|state| !state.closed)
     }
 
     /// Waits until no call is watched, no later than `deadline`; false if
@@ -273,31 +393,122 @@ mod tests {
         let before = supervisor.watch("ap-a", Some("ca-1"));
         supervisor.stop_all(Stop::Drain);
         let after = supervisor.watch("ap-a", Some("ca-2"));
-        assert_eq!(before.cause(), Some(Stop::Drain));
-        assert_eq!(after.cause(), Some(Stop::Drain));
+        assert_eq!(before.stop().cause(), Some(Stop::Drain));
+        assert_eq!(after.stop().cause(), Some(Stop::Drain));
     }
+
+    const ROOM: Room = Room {
+        most: 2,
+        per_app: 1,
+    };
 
     #[test]
     fn an_ending_call_makes_room_at_once() {
         let supervisor = Supervisor::new();
-        supervisor.watch("ap-a", Some("ca-1"));
+        let first = supervisor.admit("ap-a", "ca-1", ROOM, Instant::now());
+        assert!(first.is_some());
         let far = Instant::now() + Duration::from_secs(30);
-        assert!(!supervisor.wait_for_room(1, Instant::now()));
+        assert!(
+            supervisor
+                .admit("ap-a", "ca-2", ROOM, Instant::now())
+                .is_none()
+        );
         std::thread::scope(|scope| {
             let waiter = scope.spawn(|| {
                 let started = Instant::now();
-                (supervisor.wait_for_room(1, far), started.elapsed())
+                let watch = supervisor.admit("ap-a", "ca-2", ROOM, far);
+                (watch.is_some(), started.elapsed())
             });
             std::thread::sleep(Duration::from_millis(50));
-            supervisor.forget("ca-1");
+            drop(first);
             let (room, waited) = waiter.join().unwrap();
             assert!(room && waited < Duration::from_secs(5), "{waited:?}");
         });
         assert!(supervisor.wait_idle(Instant::now()));
         supervisor.close();
         assert!(
-            !supervisor.wait_for_room(1, far),
+            supervisor.admit("ap-a", "ca-3", ROOM, far).is_none(),
             "a closed supervisor gives no room"
         );
+    }
+
+    #[test]
+    fn one_app_cannot_take_the_room_of_others() {
+        let supervisor = Supervisor::new();
+        let _a = supervisor
+            .admit("ap-a", "ca-1", ROOM, Instant::now())
+            .unwrap();
+        assert!(
+            supervisor
+                .admit("ap-a", "ca-2", ROOM, Instant::now())
+                .is_none()
+        );
+        let _b = supervisor
+            .admit("ap-b", "ca-3", ROOM, Instant::now())
+            .unwrap();
+        assert!(
+            supervisor
+                .admit("ap-c", "ca-4", ROOM, Instant::now())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn room_is_taken_in_the_step_that_finds_it() {
+        let supervisor = Supervisor::new();
+        let room = Room {
+            most: 3,
+            per_app: 3,
+        };
+        let far = Instant::now() + Duration::from_millis(300);
+        let barrier = std::sync::Barrier::new(16);
+        let admitted: Vec<Option<Watch>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..16)
+                .map(|i| {
+                    let (supervisor, barrier) = (&supervisor, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        supervisor.admit("ap-a", &format!("ca-{i}"), room, far)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(admitted.iter().flatten().count(), 3);
+        assert_eq!(supervisor.count(), 3);
+    }
+
+    #[test]
+    fn reserved_room_is_kept_from_others_until_given_back() {
+        let supervisor = Supervisor::new();
+        let mut kept = supervisor.reserve(2, 5);
+        assert_eq!(kept.left(), 2);
+        let _claimed = kept.watch("ap-a", "ca-1");
+        assert!(
+            supervisor
+                .admit("ap-b", "ca-2", ROOM, Instant::now())
+                .is_none()
+        );
+        drop(kept);
+        assert!(
+            supervisor
+                .admit("ap-b", "ca-2", ROOM, Instant::now())
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_panicking_call_gives_its_room_back() {
+        let supervisor = Supervisor::new();
+        let panicked = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let _watch = supervisor.admit("ap-a", "ca-1", ROOM, Instant::now());
+                    panic!("a bug while serving");
+                })
+                .join()
+        });
+        assert!(panicked.is_err());
+        assert_eq!(supervisor.count(), 0);
     }
 }

@@ -98,6 +98,22 @@ pub struct FunctionSpec {
     /// `triggers::http`). Defaulted: functions stored before it had none.
     #[serde(default)]
     pub http: Option<Route>,
+    /// What a call's record keeps: its output too (the default), or
+    /// `record = "metadata"` only when, where and how it ended (a busy
+    /// endpoint's responses would fill the registry).
+    #[serde(default)]
+    pub record: Record,
+}
+
+/// What a call's record keeps besides when, where and how it ended.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Record {
+    /// Its stdout and stderr, capped.
+    #[default]
+    Output,
+    /// Nothing more.
+    Metadata,
 }
 
 /// A web endpoint's route: a path, or, written with a trailing `/...`, every

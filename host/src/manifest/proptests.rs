@@ -170,6 +170,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     secrets: secrets.into_iter().collect(),
                     schedule,
                     http: None,
+                    record: Record::Output,
                 }
             },
         )

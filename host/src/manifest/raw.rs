@@ -51,6 +51,7 @@ pub struct RawFunction {
     pub secrets: Vec<Spanned<String>>,
     pub schedule: Option<Spanned<String>>,
     pub http: Option<Spanned<String>>,
+    pub record: Option<Spanned<String>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true, sub_path = "hf",

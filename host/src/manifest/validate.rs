@@ -10,8 +10,8 @@ use super::Quota;
 use super::raw::{self, RawApp, RawFunction};
 use super::{
     AppManifest, DEFAULT_MAX_LOCKS, DEFAULT_MAX_OPEN_FILES, DEFAULT_TIMEOUT, FunctionSpec,
-    MAX_CONCURRENCY, MAX_LOCKS_RANGE, MAX_OPEN_FILES_RANGE, ManifestError, MountSpec, Route,
-    Schedule, VolumeSpec, check_sub_path, normalize_guest_path, units, valid_env_name,
+    MAX_CONCURRENCY, MAX_LOCKS_RANGE, MAX_OPEN_FILES_RANGE, ManifestError, MountSpec, Record,
+    Route, Schedule, VolumeSpec, check_sub_path, normalize_guest_path, units, valid_env_name,
 };
 use crate::names::{IDENTIFIER_RULE, NAME_RULE, is_valid_identifier, is_valid_name};
 
@@ -244,6 +244,7 @@ impl Validator<'_> {
             secrets: self.secrets(raw)?,
             schedule: self.schedule(raw)?,
             http: self.route(raw)?,
+            record: self.record(raw)?,
         })
     }
 
@@ -382,6 +383,18 @@ impl Validator<'_> {
                 "write \"every DURATION\" (e.g. \"every 10m\", at least 1s) or a five-field cron line in UTC (minute hour day month weekday, e.g. \"0 3 * * *\")",
             )
         })
+    }
+
+    fn record(&self, raw: &RawFunction) -> Result<Record, ManifestError> {
+        match raw.record.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+            None | Some(("output", _)) => Ok(Record::Output),
+            Some(("metadata", _)) => Ok(Record::Metadata),
+            Some((other, span)) => Err(self.error(
+                Some(span),
+                format!("bad `record = \"{}\"`", other.escape_debug()),
+                "write record = \"output\" (the default: keep the call's output) or \"metadata\" (keep only when, where and how it ended)",
+            )),
+        }
     }
 
     fn route(&self, raw: &RawFunction) -> Result<Option<Route>, ManifestError> {

@@ -67,7 +67,7 @@ impl Worker {
         cached(&self.caches.web_apps, app.to_owned(), || {
             let live = self
                 .registries
-                .with_sync(|registry| registry.read(|tx| apps::deployed_app_in(tx, app)))?;
+                .with_sync(|registry| registry.read(|tx| apps::web_app_in(tx, app)))?;
             Ok(Arc::new(live))
         })
     }

@@ -11,20 +11,23 @@ use anyhow::{Context, Result};
 
 use super::worker::Worker;
 use crate::apps::{self, LiveApp};
+use crate::invoke::Watch;
 use crate::registry::{CallRecord, CallState, Registry, now_ms};
 use crate::runtime::OutputLog;
 
 impl Worker {
     /// Claims what the node has room for and starts it.
     pub(super) fn claim_and_start(self: &Arc<Self>, registry: &mut Registry) {
-        let free = self.max_calls.saturating_sub(self.supervisor.count());
-        if free == 0 {
+        // Kept before claiming, so no web request takes it meanwhile.
+        let mut room = self.supervisor.reserve(self.room.most, usize::MAX);
+        if room.left() == 0 {
             return;
         }
-        match self.claim(registry, free) {
+        match self.claim(registry, room.left()) {
             Ok(claimed) => {
                 for (call, live) in claimed {
-                    self.start(call, live);
+                    let watch = room.watch(&call.app_id, &call.id);
+                    self.start(call, live, watch);
                 }
             }
             Err(e) => tracing::warn!("cannot claim queued calls: {e:#}"),
@@ -106,15 +109,14 @@ impl Worker {
     }
 
     /// Runs a claimed call on a thread of its own.
-    fn start(self: &Arc<Self>, call: CallRecord, live: Arc<LiveApp>) {
-        let stop = self.supervisor.watch(&call.app_id, Some(&call.id));
+    fn start(self: &Arc<Self>, call: CallRecord, live: Arc<LiveApp>, watch: Watch) {
         let worker = self.clone();
         std::thread::spawn(move || {
             let log = OutputLog::new();
             worker
                 .recorder
                 .watch(&call.id, &call.app_id, call.attempts, log.clone());
-            worker.run_call(call, &live, stop, log, None);
+            worker.run_call(call, &live, watch, log, None);
         });
     }
 }

@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Result;
 use tokio::sync::oneshot;
 
 use super::worker::Worker;
 use crate::calls::Ending;
-use crate::registry::{Attempt, CallRecord, now_ms};
+use crate::registry::{Attempt, CallRecord, new_call_id, now_ms};
 use crate::runtime::OutputLog;
 use crate::views::FullCall;
 
@@ -29,18 +30,20 @@ impl Worker {
         args: Vec<String>,
         env: BTreeMap<String, String>,
     ) -> Result<Option<oneshot::Receiver<Answer>>> {
-        if self.is_draining() || self.supervisor.count() >= self.max_calls {
-            return Ok(None);
-        }
         let (live, function) = self.live_app(app, function)?;
         let spec = &live.manifest.functions[&function];
         if spec.concurrency.is_some() || spec.retries.max > 0 {
             return Ok(None);
         }
+        let id = new_call_id();
+        let admitted = (self.supervisor).admit(&live.record.id, &id, self.room, Instant::now());
+        let Some(watch) = admitted else {
+            return Ok(None);
+        };
         let log = OutputLog::retaining();
-        let (call, stop) = self.begin(&live, &function, args, env, log.clone());
+        let call = self.begin(&live, &function, args, env, log.clone(), &watch);
         let (tx, rx) = oneshot::channel();
-        self.clone().run_call(call, &live, stop, log, Some(tx));
+        self.clone().run_call(call, &live, watch, log, Some(tx));
         Ok(Some(rx))
     }
 }

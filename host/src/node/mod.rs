@@ -14,6 +14,7 @@ mod chores;
 mod claims;
 mod drain;
 mod immediate;
+mod listen;
 mod token;
 mod web;
 mod worker;
@@ -23,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use axum::serve::ListenerExt;
 
 use crate::calls::Holder;
 use crate::home::Home;
+use crate::invoke::Room;
 use crate::lease;
 use crate::registry::{NodeRecord, NodeState, Registry};
 
@@ -38,8 +39,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// How long a drain lets running calls finish.
     pub grace: Duration,
-    /// Most calls this node runs at once.
-    pub max_calls: usize,
+    /// Most calls this node runs at once, in all and of one app.
+    pub room: Room,
+    /// Most connections open at once; more are closed as they come.
+    pub max_connections: usize,
 }
 
 /// How long interrupted calls get to unwind and be recorded after the grace.
@@ -49,12 +52,14 @@ const UNWIND: Duration = Duration::from_secs(5);
 /// listens on.
 pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &str)) -> Result<()> {
     let token = token::load_or_create(home)?;
+    // Each connection and each call's files take descriptors.
+    listen::raise_descriptor_limit(config.max_connections as u64 + 4096);
     let executor = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the node's executor")?;
     let holder = Holder::node(home)?;
-    let worker = Worker::new(home, holder, config.max_calls)?;
+    let worker = Worker::new(home, holder, config.room)?;
     let claims = {
         let worker = worker.clone();
         std::thread::spawn(move || worker.run())
@@ -72,19 +77,11 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
         })
         .await?
         .context("cannot register the node")?;
-        // A web endpoint's response goes out as its guest writes it: its
-        // head and body in separate writes, which Nagle's algorithm would
-        // hold back for the client's delayed ACK (40 ms a request).
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         ready(address, worker.node_id());
         let app = api::router(worker.clone(), token, address);
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal(worker.clone()))
-            .await
-            .context("the node's HTTP server failed")
+        let shutdown = shutdown_signal(worker.clone());
+        listen::serve(listener, app, config.max_connections, shutdown).await;
+        anyhow::Ok(())
     });
     worker.drain();
     // A second signal during the drain interrupts the running calls now.

@@ -6,6 +6,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -15,7 +19,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 
 use super::api::Api;
-use crate::triggers::http::{Connection, MAX_REQUEST_BODY, text_response};
+use crate::triggers::http::{BodyRefused, Connection, MAX_REQUEST_BODY, UnreadBody, text_response};
+
+/// The longest a request body may pause before the request is refused.
+const BODY_IDLE: Duration = Duration::from_secs(10);
 
 /// `/web/{app}` and everything under it.
 pub async fn by_path(
@@ -42,8 +49,10 @@ pub async fn by_host(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(app) = app_of_host(&request) else {
-        return next.run(request).await;
+    let app = match app_of_host(&request) {
+        Ok(Some(app)) => app,
+        Ok(None) => return next.run(request).await,
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
     };
     let guest = request
         .uri()
@@ -52,16 +61,37 @@ pub async fn by_host(
     serve(&api, remote, app, &guest, request).await
 }
 
-/// `app` of a `Host: app.localhost[:port]` header (or of an absolute
-/// request URI).
-fn app_of_host(request: &Request) -> Option<String> {
-    let host = match request.uri().host() {
-        Some(host) => host,
-        None => request.headers().get(header::HOST)?.to_str().ok()?,
+/// `app` of the request's one `Host: app.localhost[:port]` header, as
+/// any client spells it (host names are case-insensitive, and may end
+/// with the root's dot). A request is routed on its Host header alone: two
+/// of them, or an absolute request URI naming another host, are refused,
+/// so that nothing in front of the node routes it one way and the node
+/// another.
+fn app_of_host(request: &Request) -> Result<Option<String>, &'static str> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return match request.headers().contains_key(header::HOST) {
+            true => Err("the request has more than one Host header"),
+            false => Ok(None),
+        };
     };
-    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
-    let app = name.strip_suffix(".localhost")?;
-    (!app.is_empty()).then(|| app.to_ascii_lowercase())
+    let host = host
+        .to_str()
+        .map_err(|_| "the request's Host header is not text")?
+        .to_ascii_lowercase();
+    if let Some(authority) = request.uri().authority()
+        && !authority.as_str().eq_ignore_ascii_case(&host)
+    {
+        return Err("the request's URI names another host than its Host header");
+    }
+    let name = host
+        .rsplit_once(':')
+        .map_or(host.as_str(), |(name, _)| name);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    Ok(name
+        .strip_suffix(".localhost")
+        .filter(|app| !app.is_empty())
+        .map(str::to_owned))
 }
 
 async fn serve(
@@ -78,17 +108,10 @@ async fn serve(
         );
     };
     let (mut parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
-        Ok(body) => body,
-        Err(_) => {
-            let line = format!(
-                "the request body is larger than {MAX_REQUEST_BODY} bytes, the most an endpoint is given (or it could not be read)"
-            );
-            return text(StatusCode::PAYLOAD_TOO_LARGE, &line);
-        }
-    };
     parts.uri = uri;
-    let request = http::Request::from_parts(parts, body);
+    let executor = tokio::runtime::Handle::current();
+    let read: UnreadBody = Box::new(move || executor.block_on(read_body(body)));
+    let request = http::Request::from_parts(parts, read);
     let connection = Connection {
         remote,
         local: api.local,
@@ -108,6 +131,28 @@ async fn serve(
                 Ok(()) => "the endpoint ended without an answer".to_owned(),
             };
             text(StatusCode::INTERNAL_SERVER_ERROR, &why)
+        }
+    }
+}
+
+/// A request body read whole, as long as it keeps arriving: at most
+/// [`BODY_IDLE`] between two of its parts, and at most
+/// [`MAX_REQUEST_BODY`] bytes.
+async fn read_body(mut body: Body) -> Result<Bytes, BodyRefused> {
+    let mut bytes = BytesMut::new();
+    loop {
+        let frame = tokio::time::timeout(BODY_IDLE, body.frame())
+            .await
+            .map_err(|_| BodyRefused::Stalled(BODY_IDLE))?;
+        let Some(frame) = frame else {
+            return Ok(bytes.freeze());
+        };
+        let frame = frame.map_err(|e| BodyRefused::Broken(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > MAX_REQUEST_BODY {
+                return Err(BodyRefused::TooLarge);
+            }
+            bytes.extend_from_slice(&data);
         }
     }
 }

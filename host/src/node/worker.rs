@@ -26,7 +26,7 @@ use crate::apps::LiveApp;
 use crate::calls::recorder::CallStart;
 use crate::calls::{Ending, Holder, Recorder};
 use crate::home::Home;
-use crate::invoke::{Call, Ended, Stop, StopFlag, Supervisor};
+use crate::invoke::{Call, Ended, Room, Stop, Supervisor, Watch};
 use crate::registry::{CallRecord, CallState, ENDED, QUEUED, Registries, Registry, Waiter};
 use crate::registry::{new_call_id, now_ms};
 use crate::runtime::{OutputLog, Runtime};
@@ -39,7 +39,8 @@ pub struct Worker {
     pub(super) home: Home,
     pub(super) holder: Holder,
     pub(super) recorder: Recorder,
-    pub(super) max_calls: usize,
+    /// Its `--max-calls` and `--max-calls-per-app`.
+    pub(super) room: Room,
     pub(super) caches: Caches,
     pub(super) registries: Registries,
     /// The calls running on this node, claimed, immediate or web.
@@ -53,13 +54,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(home: &Home, holder: Holder, max_calls: usize) -> Result<Arc<Self>> {
+    pub fn new(home: &Home, holder: Holder, room: Room) -> Result<Arc<Self>> {
         Ok(Arc::new(Self {
             home: home.clone(),
             holder,
             recorder: Recorder::new(home)?,
-            max_calls,
-            caches: Caches::new(Runtime::new(home, max_calls)?),
+            room,
+            caches: Caches::new(Runtime::new(home, room.most)?),
             registries: Registries::new(home.clone()),
             supervisor: Supervisor::new(),
             waiters: Mutex::default(),
@@ -142,8 +143,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Records a call of `function` of `live` as running on this node now,
-    /// its output going to `log`; returns it and its stop flag.
+    /// Records call `watch` of `function` of `live` as running on this
+    /// node now, its output going to `log`.
     pub(super) fn begin(
         &self,
         live: &LiveApp,
@@ -151,10 +152,11 @@ impl Worker {
         args: Vec<String>,
         env: BTreeMap<String, String>,
         log: Arc<OutputLog>,
-    ) -> (CallRecord, StopFlag) {
+        watch: &Watch,
+    ) -> CallRecord {
         let now = now_ms();
         let call = CallRecord {
-            id: new_call_id(),
+            id: watch.id().to_owned(),
             app: live.record.name.clone(),
             app_id: live.record.id.clone(),
             function: function.to_owned(),
@@ -173,7 +175,6 @@ impl Worker {
             module: live.modules.get(function).cloned(),
             tick: None,
         };
-        let stop = self.supervisor.watch(&call.app_id, Some(&call.id));
         self.recorder.start(
             CallStart {
                 id: call.id.clone(),
@@ -188,7 +189,7 @@ impl Worker {
             },
             log,
         );
-        (call, stop)
+        call
     }
 
     /// Runs a call to its end and records it; `ended` (for a call run at
@@ -198,7 +199,7 @@ impl Worker {
         self: Arc<Self>,
         call: CallRecord,
         live: &Arc<LiveApp>,
-        stop: StopFlag,
+        watch: Watch,
         log: Arc<OutputLog>,
         ended: Option<oneshot::Sender<Answer>>,
     ) {
@@ -208,7 +209,7 @@ impl Worker {
                 let args = Call {
                     args: &call.args,
                     env: &call.env,
-                    stop: &stop,
+                    stop: watch.stop(),
                 };
                 prepared.run_logged(&args, log.clone())
             }
@@ -234,7 +235,7 @@ impl Worker {
             &call.id,
             ending,
             Some(Box::new(move |written| {
-                worker.supervisor.forget(&id);
+                drop(watch);
                 for waiter in lock(&worker.waiters).remove(&id).unwrap_or_default() {
                     let _ = waiter.send(());
                 }
@@ -261,12 +262,14 @@ impl http::Host for Worker {
         Worker::prepare(self, live, function)
     }
 
-    fn supervisor(&self) -> &Supervisor {
-        &self.supervisor
+    fn admit(&self, live: &LiveApp, deadline: Instant) -> Option<Watch> {
+        let id = new_call_id();
+        self.supervisor
+            .admit(&live.record.id, &id, self.room, deadline)
     }
 
-    fn max_calls(&self) -> usize {
-        self.max_calls
+    fn room(&self) -> Room {
+        self.room
     }
 
     fn begin(
@@ -275,13 +278,12 @@ impl http::Host for Worker {
         function: &str,
         args: Vec<String>,
         log: Arc<OutputLog>,
-    ) -> (String, StopFlag) {
-        let (call, stop) = Worker::begin(self, live, function, args, BTreeMap::new(), log);
-        (call.id, stop)
+        watch: &Watch,
+    ) {
+        Worker::begin(self, live, function, args, BTreeMap::new(), log, watch);
     }
 
     fn end(&self, id: &str, ending: Ending) {
-        self.supervisor.forget(id);
         self.recorder.finish(id, ending, None);
     }
 }

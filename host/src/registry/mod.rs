@@ -27,6 +27,7 @@ mod leases;
 mod migrations;
 mod modules;
 mod nodes;
+mod output;
 mod pool;
 mod postgres;
 mod schedules;

@@ -11,6 +11,7 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use super::fair::CpuTime;
 use super::stdio::Streamed;
 use super::wasi::limits::CountLimits;
 use super::wasi::quota::VolumeQuotas;
@@ -34,6 +35,8 @@ pub struct HostState {
     pub quotas: VolumeQuotas,
     watch: StopWatch,
     pub stopped: Option<StopReason>,
+    /// How long it has run wasm, for its share of the CPU.
+    cpu: CpuTime,
 }
 
 /// Store data that carries a [`HostState`].
@@ -139,6 +142,7 @@ impl HostState {
                 deadline,
             },
             stopped: None,
+            cpu: CpuTime::default(),
         })
     }
 }
@@ -248,6 +252,7 @@ pub fn configure_store<T: HasHost>(store: &mut Store<T>) -> StopWatch {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut context| {
         let host = context.data_mut().host();
+        host.cpu.tick();
         match host.watch.reason() {
             Some(reason) => {
                 host.stopped = Some(reason);

@@ -6,6 +6,7 @@
 mod cache;
 mod component;
 mod core;
+mod fair;
 mod http_view;
 mod instance;
 mod outbound;
@@ -388,6 +389,7 @@ impl Program {
                 }
             })
         });
+        fair::restore_this_thread();
         self.ended(invocation, ran)
     }
 
@@ -426,6 +428,7 @@ impl Program {
                 }
             })
         });
+        fair::restore_this_thread();
         self.ended(invocation, ran)
     }
 

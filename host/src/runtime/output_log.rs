@@ -31,6 +31,8 @@ pub struct OutputLog {
 
 #[derive(Default)]
 struct LogState {
+    /// Most bytes of each stream kept, if not [`KEPT_PER_STREAM`].
+    cap: Option<usize>,
     /// A copy of what is kept, for a caller that answers with it (an HTTP
     /// call) without reading the record back.
     retained: Option<[Vec<u8>; 2]>,
@@ -53,6 +55,14 @@ fn index(stream: Stream) -> usize {
 impl OutputLog {
     pub fn new() -> Arc<Self> {
         Arc::default()
+    }
+
+    /// A log that keeps at most `cap` bytes of each stream (none at all:
+    /// a call recorded without its output).
+    pub fn capped(cap: usize) -> Arc<Self> {
+        let log = Self::default();
+        log.state().cap = Some(cap.min(KEPT_PER_STREAM));
+        Arc::new(log)
     }
 
     /// A log that also keeps a copy of what it keeps (see [`Self::retained`]).
@@ -84,7 +94,7 @@ impl OutputLog {
     pub fn write(&self, stream: Stream, mut bytes: &[u8]) {
         let at = index(stream);
         let mut state = self.state();
-        let room = KEPT_PER_STREAM - state.kept[at];
+        let room = state.cap.unwrap_or(KEPT_PER_STREAM) - state.kept[at];
         if bytes.len() > room {
             state.dropped[at] += (bytes.len() - room) as u64;
             state.dropped_in_all[at] += (bytes.len() - room) as u64;

@@ -3,6 +3,12 @@
 //! body. GET echoes the request line; POST answers `201 Created` with a
 //! `Location` and the body it read; `?bare` prints a body without headers
 //! (which the host answers with a 500).
+//!
+//! Hostile answers, for the tests of what a node keeps to itself:
+//! `?headers=N` prints N header lines; `?frame=short` a `Content-Length`
+//! shorter than its body, `?frame=chunked` a `Transfer-Encoding` it does
+//! not follow; `?status=N` any status line; `?spin` never ends (its
+//! function's `timeout` ends it).
 
 use std::io::{Read, Write};
 
@@ -13,6 +19,9 @@ fn main() {
     let mut out = std::io::stdout().lock();
     if query == "bare" {
         write!(out, "no headers here\n").unwrap();
+        return;
+    }
+    if hostile(&mut out, &query) {
         return;
     }
     let line = format!(
@@ -41,4 +50,32 @@ fn main() {
         )
         .unwrap();
     }
+}
+
+/// Answers as a hostile script would, if `query` asks for it.
+fn hostile(out: &mut impl Write, query: &str) -> bool {
+    let (mode, value) = query.split_once('=').unwrap_or((query, ""));
+    match mode {
+        "headers" => {
+            let count: usize = value.parse().unwrap();
+            let mut head = String::with_capacity(count * 16);
+            for i in 0..count {
+                head.push_str(&format!("X-Bomb-{i}: {i}\n"));
+            }
+            write!(out, "{head}\nboom\n").unwrap();
+        }
+        "frame" if value == "short" => {
+            write!(out, "Content-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\nX-Smuggled: yes\r\n\r\n").unwrap();
+        }
+        "frame" => write!(out, "Transfer-Encoding: chunked\r\n\r\nnot chunked\n").unwrap(),
+        "status" => write!(out, "Status: {value}\r\n\r\nstatus {value}\n").unwrap(),
+        "spin" => {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        _ => return false,
+    }
+    true
 }

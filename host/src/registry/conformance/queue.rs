@@ -145,6 +145,31 @@ pub(super) fn calls_output(db: &Location) -> Result<()> {
         };
         assert_eq!(tx.log_lines(&app.id, &later, 100, false)?.len(), 2);
         Ok(())
+    })?;
+    // Each app keeps its newest output within a bound of bytes; another
+    // app's is its own.
+    let busy = deployed(&mut registry, "busy")?;
+    for n in 0..10 {
+        let id = new_call_id();
+        registry.write(|tx| tx.insert_call(&call(&id, &busy.id, Some(("holder", None)))))?;
+        let line = [(at + n, Stream::Stdout, format!("{n}{}\n", "x".repeat(98)))];
+        registry.write(|tx| tx.append_output(&id, &busy.id, 1, &line, [0, 0]))?;
+    }
+    let deleted = registry.write(|tx| tx.prune_output(350))?;
+    assert_eq!(
+        deleted, 7,
+        "the output of all but the newest 3 100-byte rows"
+    );
+    registry.read(|tx| {
+        let kept = tx.log_lines(&busy.id, &LogFilter::default(), 100, false)?;
+        let firsts: Vec<&str> = kept.iter().map(|l| &l.line[..1]).collect();
+        assert_eq!(firsts, ["7", "8", "9"]);
+        assert_eq!(
+            tx.log_lines(&app.id, &LogFilter::default(), 100, false)?
+                .len(),
+            4
+        );
+        Ok(())
     })
 }
 

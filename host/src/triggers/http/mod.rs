@@ -16,6 +16,7 @@ mod wagi;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -23,6 +24,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::calls::Ending;
 use crate::invoke::{Ended, Held, Prepared, StopFlag};
+use crate::manifest::units::format_duration;
 use crate::manifest::{AppManifest, Route};
 use crate::registry::{CallState, now_ms};
 use crate::runtime::OutputLog;
@@ -40,6 +42,50 @@ pub const MAX_REQUEST_BODY: usize = 16 << 20;
 /// A request as the guest sees it: its URI is the path under the app
 /// (`/route…`, without `/web/{app}`) and the query.
 pub type WebRequest = http::Request<Bytes>;
+
+/// A request whose body is not read yet: it is read only once the request
+/// has an endpoint and room on the node, so that a body sent to no
+/// endpoint, or while the node is busy, costs the node nothing.
+pub type ArrivingRequest = http::Request<UnreadBody>;
+
+/// Reads a request's body whole, on a thread where blocking is fine.
+pub type UnreadBody = Box<dyn FnOnce() -> Result<Bytes, BodyRefused> + Send>;
+
+/// Why a request's body was not read.
+#[derive(Debug)]
+pub enum BodyRefused {
+    /// More than [`MAX_REQUEST_BODY`] bytes.
+    TooLarge,
+    /// The client stopped sending it.
+    Stalled(Duration),
+    /// The connection failed.
+    Broken(String),
+}
+
+impl BodyRefused {
+    /// The status and line the client is answered with.
+    fn answer(&self) -> (StatusCode, String) {
+        match self {
+            BodyRefused::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {MAX_REQUEST_BODY} bytes, the most an endpoint is given"
+                ),
+            ),
+            BodyRefused::Stalled(idle) => (
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body stopped arriving for {}",
+                    format_duration(*idle)
+                ),
+            ),
+            BodyRefused::Broken(why) => (
+                StatusCode::BAD_REQUEST,
+                format!("the request body could not be read: {why}"),
+            ),
+        }
+    }
+}
 
 /// The connection a request came on, for CGI's `REMOTE_ADDR`,
 /// `SERVER_NAME` and `SERVER_PORT`.

@@ -10,18 +10,24 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use super::{Connection, Endpoint, Response, WebRequest, refuse, route};
+use super::{ArrivingRequest, Connection, Endpoint, Response, WebRequest, refuse, route};
 use crate::apps::LiveApp;
 use crate::calls::Ending;
 use crate::error;
-use crate::invoke::{NoSlot, Prepared, StopFlag, Supervisor};
-use crate::manifest::Route;
+use crate::invoke::{NoSlot, Prepared, Room, StopFlag, Watch};
 use crate::manifest::units::format_duration;
+use crate::manifest::{Record, Route};
+use crate::registry::{CallState, now_ms};
 use crate::runtime::OutputLog;
 
 /// How long a web request waits for room (the node's `--max-calls`, the
 /// function's `concurrency`) before it is answered 503.
 pub const WEB_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Most bytes of a web request's stdout and stderr its record keeps (a
+/// WAGI script's stdout is its response: the record keeps its head and the
+/// start of its body, not every page served).
+pub const WEB_KEPT_PER_STREAM: usize = 64 << 10;
 
 /// What answering a web request needs of the node that received it.
 pub trait Host {
@@ -29,21 +35,23 @@ pub trait Host {
     fn web_app(&self, app: &str) -> anyhow::Result<Arc<LiveApp>>;
     /// `function` of `live`, prepared to run on this node.
     fn prepare(&self, live: &Arc<LiveApp>, function: &str) -> anyhow::Result<Prepared>;
-    /// The calls running on this node.
-    fn supervisor(&self) -> &Supervisor;
-    /// The most calls this node runs at once.
-    fn max_calls(&self) -> usize;
-    /// Records a call of `function` of `live` as running here now, its
-    /// output going to `log`; returns its id and its stop flag.
+    /// Room for one more call of `live` on this node, waited for no later
+    /// than `deadline`; None if there is none by then (or the node drains).
+    fn admit(&self, live: &LiveApp, deadline: Instant) -> Option<Watch>;
+    /// The most calls this node runs at once, in all and of one app.
+    fn room(&self) -> Room;
+    /// Records call `watch` of `function` of `live` as running here now,
+    /// its output going to `log`.
     fn begin(
         &self,
         live: &LiveApp,
         function: &str,
         args: Vec<String>,
         log: Arc<OutputLog>,
-    ) -> (String, StopFlag);
+        watch: &Watch,
+    );
     /// Records how call `id` ended (nobody waits for a web request's
-    /// record: it goes with the recorder's next batch) and stops counting it.
+    /// record: it goes with the recorder's next batch).
     fn end(&self, id: &str, ending: Ending);
 }
 
@@ -55,7 +63,7 @@ pub trait Host {
 pub fn serve(
     host: &impl Host,
     app: &str,
-    request: WebRequest,
+    request: ArrivingRequest,
     connection: Connection,
     respond: impl FnOnce(Response) + Send + Sync + 'static,
 ) {
@@ -75,14 +83,24 @@ pub fn serve(
         return;
     };
     let deadline = Instant::now() + WEB_QUEUE_WAIT;
-    if !host.supervisor().wait_for_room(host.max_calls(), deadline) {
+    let Some(watch) = host.admit(&live, deadline) else {
+        let room = host.room();
         let line = format!(
-            "the node is busy (it runs at most {} calls at once, its --max-calls) or shutting down; try again",
-            host.max_calls()
+            "the node is busy (it runs at most {} calls at once, its --max-calls, and {} of one app, its --max-calls-per-app) or shutting down; try again",
+            room.most, room.per_app
         );
         refuse(respond, StatusCode::SERVICE_UNAVAILABLE, &line);
         return;
-    }
+    };
+    let (head, body) = request.into_parts();
+    let request = match body() {
+        Ok(body) => WebRequest::from_parts(head, body),
+        Err(refused) => {
+            let (status, line) = refused.answer();
+            refuse(respond, status, &line);
+            return;
+        }
+    };
     let args = vec![
         request.method().to_string(),
         request
@@ -91,18 +109,59 @@ pub fn serve(
             .map_or("/", |p| p.as_str())
             .to_owned(),
     ];
-    let log = OutputLog::new();
-    let (id, stop) = host.begin(&live, function, args, log.clone());
+    let log = OutputLog::capped(match live.manifest.functions[function].record {
+        Record::Output => WEB_KEPT_PER_STREAM,
+        Record::Metadata => 0,
+    });
+    host.begin(&live, function, args, log.clone(), &watch);
+    let recorded = Recorded {
+        host,
+        id: watch.id().to_owned(),
+        ended: false,
+    };
     let endpoint = Request {
         live: &live,
         function,
         route,
-        stop: &stop,
+        stop: watch.stop(),
         log,
         deadline,
     };
     let ending = endpoint.run(host, request, connection, respond);
-    host.end(&id, ending);
+    recorded.end(ending);
+    drop(watch);
+}
+
+/// A request recorded as running, until its end is: if the thread that
+/// answers it unwinds first (a bug in the node), its record says so
+/// rather than showing it running for ever.
+struct Recorded<'h, H: Host> {
+    host: &'h H,
+    id: String,
+    ended: bool,
+}
+
+impl<H: Host> Recorded<'_, H> {
+    fn end(mut self, ending: Ending) {
+        self.ended = true;
+        self.host.end(&self.id, ending);
+    }
+}
+
+impl<H: Host> Drop for Recorded<'_, H> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let why = "the node failed while answering this request (a panic: see its log)";
+            tracing::error!("web request {}: {why}", self.id);
+            let ending = Ending::Finished {
+                state: CallState::Failed,
+                exit_code: Some(500),
+                error: Some(why.to_owned()),
+                at: now_ms(),
+            };
+            self.host.end(&self.id, ending);
+        }
+    }
 }
 
 /// A request recorded as a call, not yet run.

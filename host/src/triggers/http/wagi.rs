@@ -120,14 +120,41 @@ fn environment(
     env
 }
 
+/// The most header lines a script's response may have, and the most bytes
+/// they may take: a guest must not make the node build a header map past
+/// what a client accepts (or past the map's own limit, where it panics).
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+pub const MAX_RESPONSE_HEAD: usize = 64 << 10;
+
+/// Headers that frame the message or the connection. The node owns
+/// framing: a script's `Content-Length` could end its response early and
+/// have the rest of its body read as the next response on the connection
+/// (RFC 3875 6.3.4, RFC 9112 6 and 9.6); they are dropped.
+fn frames_the_message(name: &HeaderName) -> bool {
+    [header::CONTENT_LENGTH, header::TE, header::TRAILER].contains(name)
+        || wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+}
+
 /// A CGI script's output as a response: header lines up to the first
 /// blank one, then the body. `Status` sets the status (200 without it); a
-/// `Location` without a `Status` redirects (302).
+/// `Location` without a `Status` redirects (302). Headers that frame the
+/// message are the node's, and dropped; a 1xx status is refused (the
+/// script has answered once the node sends its response).
 fn parse(output: &[u8]) -> Result<Response, String> {
     let (head, body) = split_head(output).ok_or(
         "it printed no header lines and blank line before its body: print e.g. `Content-Type: text/plain`, an empty line, then the body",
     )?;
+    if head.len() > MAX_RESPONSE_HEAD {
+        return Err(format!(
+            "its header lines take more than {MAX_RESPONSE_HEAD} bytes, the most a response's head may"
+        ));
+    }
     let head = std::str::from_utf8(head).map_err(|_| "its header lines are not UTF-8")?;
+    if head.lines().count() > MAX_RESPONSE_HEADERS {
+        return Err(format!(
+            "it printed more than {MAX_RESPONSE_HEADERS} header lines, the most a response may have"
+        ));
+    }
     let mut response = http::Response::new(full(Bytes::copy_from_slice(body)));
     let mut status = None;
     for line in head.lines() {
@@ -141,14 +168,22 @@ fn parse(output: &[u8]) -> Result<Response, String> {
                 code.parse::<u16>()
                     .ok()
                     .and_then(|c| StatusCode::from_u16(c).ok())
+                    .filter(|c| !c.is_informational())
                     .ok_or_else(|| {
-                        format!("`Status: {}` is not a status code", value.escape_debug())
+                        format!(
+                            "`Status: {}` is not a final status code (200 to 599)",
+                            value.escape_debug()
+                        )
                     })?,
             );
             continue;
         }
         let name = HeaderName::from_bytes(name.trim().as_bytes())
             .map_err(|_| format!("`{}` is not a header name", name.escape_debug()))?;
+        if frames_the_message(&name) {
+            tracing::debug!("dropped a CGI script's `{name}` header: framing is the node's");
+            continue;
+        }
         let value = HeaderValue::from_str(value)
             .map_err(|_| format!("the value of `{name}` is not a header value"))?;
         response.headers_mut().append(name, value);
@@ -218,5 +253,34 @@ mod tests {
         assert!(parse(b"\nbody").is_err());
         assert!(parse(b"Content-Type: text/plain\n").is_err());
         assert!(parse(b"Status: abc\n\n").is_err());
+    }
+
+    #[test]
+    fn the_node_owns_framing() {
+        let out = b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nKeep-Alive: 5\r\nUpgrade: h2c\r\nX-Kept: 1\r\n\r\nhello";
+        let response = parse(out).unwrap();
+        let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(body(response), b"hello");
+        for informational in ["100", "101 Switching Protocols", "103"] {
+            let out = format!("Status: {informational}\n\n");
+            assert!(parse(out.as_bytes()).is_err(), "{informational}");
+        }
+    }
+
+    #[test]
+    fn too_many_or_too_long_header_lines_are_refused() {
+        let many: String = (0..=MAX_RESPONSE_HEADERS)
+            .map(|i| format!("X-{i}: v\n"))
+            .collect();
+        let error = parse(format!("{many}\nbody").as_bytes()).unwrap_err();
+        assert!(error.contains("more than 100 header lines"), "{error}");
+        let long = format!("X-Long: {}\n\n", "v".repeat(MAX_RESPONSE_HEAD));
+        let error = parse(long.as_bytes()).unwrap_err();
+        assert!(error.contains("more than 65536 bytes"), "{error}");
+        let enough: String = (0..MAX_RESPONSE_HEADERS)
+            .map(|i| format!("X-{i}: v\n"))
+            .collect();
+        assert!(parse(format!("{enough}\nbody").as_bytes()).is_ok());
     }
 }

@@ -1,0 +1,294 @@
+//! A node on the internet (SPEC section 10): hostile guests and hostile
+//! clients of its public web endpoints, through real TCP on 127.0.0.1.
+//! A guest that prints 40,000 headers, one that frames its own response,
+//! a flood of one app's requests, stalled bodies and slowloris
+//! connections, and Host headers meant to confuse the router: each is
+//! answered, and the node goes on serving everyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::node::Node;
+use common::{AppToml, TestEnv, path};
+
+/// One test of this file at a time: the flood's latencies are measured on
+/// a machine that no other test of it loads.
+fn alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `cgi` (the WAGI guest, whose query picks a hostile answer) with a 5 s
+/// timeout, and `other`, another app with the same guest.
+fn deploy_two_apps(env: &TestEnv) {
+    for name in ["cgi", "other"] {
+        let app = AppToml::new(name)
+            .function("page", |f| f.guest("wagi").http("/...").timeout("5s"))
+            .write(env);
+        env.run(&["deploy", path(&app)]).success();
+    }
+}
+
+/// Sends `raw` on a new connection and reads what comes back until the
+/// node closes it or `bound` passes.
+fn exchange(node: &Node, raw: &[u8], bound: Duration) -> String {
+    let mut tcp = TcpStream::connect(node.addr).unwrap();
+    tcp.set_read_timeout(Some(bound)).unwrap();
+    tcp.write_all(raw).unwrap();
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A GET of `path` as one request on its own connection: (status, body).
+fn get(node: &Node, path: &str, host: &str) -> (u16, String) {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = exchange(node, raw.as_bytes(), Duration::from_secs(30));
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+#[test]
+fn header_bombs_give_their_room_back_and_others_are_answered_at_once() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    deploy_two_apps(&env);
+    let node = Node::start_with(&env, &["--max-calls", "4"]);
+    for _ in 0..5 {
+        let (status, body) = get(&node, "/web/cgi/x?headers=40000", "127.0.0.1");
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("header lines"), "{body}");
+    }
+    let started = Instant::now();
+    let (status, body) = get(&node, "/web/other/x", "127.0.0.1");
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert!(waited < Duration::from_secs(2), "answered after {waited:?}");
+    // None of the five is left running.
+    common::eventually(Duration::from_secs(10), "the bombs' records", || {
+        let list = env.run(&["calls", "list", "cgi", "--json"]).success();
+        let calls: Vec<serde_json::Value> = serde_json::from_str(&list.stdout()).unwrap();
+        calls.len() == 5 && calls.iter().all(|c| c["state"] == "failed" && c["exit_code"] == 500)
+    });
+}
+
+#[test]
+fn the_node_frames_responses_whatever_a_script_prints() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    deploy_two_apps(&env);
+    let node = Node::start(&env);
+    // A short Content-Length would have the rest of the body read as the
+    // second response of a pipelined connection.
+    let pipelined = "GET /web/cgi/x?frame=short HTTP/1.1\r\nHost: a\r\n\r\nGET /web/other/second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let answer = exchange(&node, pipelined.as_bytes(), Duration::from_secs(30));
+    let (head, rest) = answer.split_once("\r\n\r\n").expect("a first response");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    assert_eq!(length, 36, "the node counts the body itself: {answer}");
+    let (first_body, second) = rest.split_at(length);
+    assert!(first_body.contains("X-Smuggled"), "{answer}");
+    assert!(second.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(second.contains("path=/second") && !second.contains("X-Smuggled"), "{answer}");
+
+    let (status, body) = get(&node, "/web/cgi/x?frame=chunked", "a");
+    assert_eq!((status, body.as_str()), (200, "not chunked\n"));
+    let (status, body) = get(&node, "/web/cgi/x?status=101", "a");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("not a final status code"), "{body}");
+    common::eventually(Duration::from_secs(10), "the 101's record", || {
+        let list = env.run(&["calls", "list", "cgi", "--json"]).success();
+        list.stdout().contains("\"exit_code\": 500")
+            || list.stdout().contains("\"exit_code\":500")
+    });
+}
+
+#[test]
+fn requests_past_room_wait_or_are_refused_never_fail() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    deploy_two_apps(&env);
+    let node = Node::start(&env);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..150)
+            .map(|i| {
+                let node = &node;
+                scope.spawn(move || get(node, &format!("/web/cgi/r{i}"), "a").0)
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let failed = statuses.iter().filter(|s| **s >= 500 && **s != 503).count();
+    assert_eq!(failed, 0, "{statuses:?}\n{}", node.stderr());
+    assert!(statuses.iter().filter(|s| **s == 200).count() > 100, "{statuses:?}");
+}
+
+#[test]
+fn a_flooded_app_leaves_room_and_time_for_the_others() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    deploy_two_apps(&env);
+    let node = Node::start(&env);
+    let warm = get(&node, "/web/other/warm", "a");
+    assert_eq!(warm.0, 200, "{}", warm.1);
+    let flood_started = Instant::now();
+    let (latencies, flood) = std::thread::scope(|scope| {
+        // 64 spinning requests at once, each ended by its 5 s timeout.
+        let flood: Vec<_> = (0..64)
+            .map(|_| scope.spawn(|| get(&node, "/web/cgi/x?spin", "a").0))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut latencies = Vec::new();
+        while flood_started.elapsed() < Duration::from_secs(4) && latencies.len() < 100 {
+            let started = Instant::now();
+            let (status, body) = get(&node, "/web/other/x", "a");
+            assert_eq!(status, 200, "{body}");
+            latencies.push(started.elapsed());
+        }
+        let flood: Vec<u16> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+        (latencies, flood)
+    });
+    assert!(flood.iter().all(|s| [503, 504].contains(s)), "{flood:?}");
+    // The flood overlapped every measured request.
+    assert!(flood_started.elapsed() >= Duration::from_secs(4));
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+    assert!(
+        latencies.len() >= 10 && p99 < Duration::from_millis(100),
+        "{} requests, p99 {p99:?}",
+        latencies.len()
+    );
+}
+
+/// The node's resident memory, from /proc.
+fn rss_mb(node: &Node) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+#[test]
+fn stalled_bodies_and_slowloris_cost_the_node_nothing() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    deploy_two_apps(&env);
+    let node = Node::start(&env);
+    let started = Instant::now();
+    // 200 bodies announced at 16 MiB − 1, 2 MiB of each sent, then
+    // stalled: 400 MB if the node read them.
+    let chunk = vec![b'x'; 2 << 20];
+    let stalled: Vec<TcpStream> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..8)
+            .map(|t| {
+                let (node, chunk) = (&node, &chunk);
+                scope.spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            let mut tcp = TcpStream::connect(node.addr).unwrap();
+                            let head = format!(
+                                "POST /web/nosuchapp/x{t}-{i} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+                                (16 << 20) - 1
+                            );
+                            tcp.write_all(head.as_bytes()).unwrap();
+                            tcp.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+                            let _ = tcp.write_all(chunk);
+                            tcp
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        senders.into_iter().flat_map(|s| s.join().unwrap()).collect()
+    });
+    // 2,000 connections that send half a head and wait.
+    let slowloris: Vec<TcpStream> = (0..2000)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(node.addr).unwrap();
+            tcp.write_all(b"GET /v1/health HTTP/1.1\r\nX-Slow: 1\r\n").unwrap();
+            tcp
+        })
+        .collect();
+    for path in ["/v1/health", "/web/other/x"] {
+        let asked = Instant::now();
+        let (status, body) = get(&node, path, "a");
+        let waited = asked.elapsed();
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(waited < Duration::from_secs(1), "{path} answered after {waited:?}");
+    }
+    let rss = rss_mb(&node);
+    assert!(rss < 300, "the node holds {rss} MB");
+    // The slowloris heads were still within their 10 s when it answered.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    drop((stalled, slowloris));
+}
+
+#[test]
+fn a_head_sent_too_slowly_and_connections_past_the_cap_are_closed() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    let node = Node::start_with(&env, &["--max-connections", "20"]);
+    let held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(node.addr).unwrap()).collect();
+    // One past the cap is closed without an answer, at once.
+    let refused = exchange(&node, b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n", Duration::from_secs(5));
+    assert_eq!(refused, "", "past the cap");
+    drop(held);
+    common::eventually(Duration::from_secs(5), "room for a connection", || {
+        exchange(&node, b"GET /v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5))
+            .starts_with("HTTP/1.1 200")
+    });
+    // A head that never ends is cut off after the header timeout (10 s).
+    let mut slow = TcpStream::connect(node.addr).unwrap();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let asked = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "closed after {waited:?}: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[test]
+fn routing_by_host_uses_the_one_host_header_in_any_case() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    let app = AppToml::new("MyApp")
+        .function("page", |f| f.guest("wagi").http("/..."))
+        .write(&env);
+    env.run(&["deploy", path(&app)]).success();
+    let node = Node::start(&env);
+    for host in ["myapp.localhost", "MYAPP.LOCALHOST", "MyApp.localhost.", "myapp.localhost:8470"] {
+        let (status, body) = get(&node, "/hello", host);
+        assert_eq!(status, 200, "{host}: {body}");
+        assert!(body.contains("path=/hello"), "{host}: {body}");
+    }
+    let twice = "GET /hello HTTP/1.1\r\nHost: myapp.localhost\r\nHost: other.localhost\r\nConnection: close\r\n\r\n";
+    let answer = exchange(&node, twice.as_bytes(), Duration::from_secs(30));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("more than one Host header"), "{answer}");
+    // An absolute URI naming another host than the Host header.
+    let absolute = "GET http://myapp.localhost/hello HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let answer = exchange(&node, absolute.as_bytes(), Duration::from_secs(30));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("another host"), "{answer}");
+}
