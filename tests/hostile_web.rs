@@ -53,7 +53,10 @@ fn get(node: &Node, path: &str, host: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     (status, body)
 }
 
@@ -77,7 +80,10 @@ fn header_bombs_give_their_room_back_and_others_are_answered_at_once() {
     common::eventually(Duration::from_secs(10), "the bombs' records", || {
         let list = env.run(&["calls", "list", "cgi", "--json"]).success();
         let calls: Vec<serde_json::Value> = serde_json::from_str(&list.stdout()).unwrap();
-        calls.len() == 5 && calls.iter().all(|c| c["state"] == "failed" && c["exit_code"] == 500)
+        calls.len() == 5
+            && calls
+                .iter()
+                .all(|c| c["state"] == "failed" && c["exit_code"] == 500)
     });
 }
 
@@ -94,14 +100,21 @@ fn the_node_frames_responses_whatever_a_script_prints() {
     let (head, rest) = answer.split_once("\r\n\r\n").expect("a first response");
     let length: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
     assert_eq!(length, 36, "the node counts the body itself: {answer}");
     let (first_body, second) = rest.split_at(length);
     assert!(first_body.contains("X-Smuggled"), "{answer}");
     assert!(second.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(second.contains("path=/second") && !second.contains("X-Smuggled"), "{answer}");
+    assert!(
+        second.contains("path=/second") && !second.contains("X-Smuggled"),
+        "{answer}"
+    );
 
     let (status, body) = get(&node, "/web/cgi/x?frame=chunked", "a");
     assert_eq!((status, body.as_str()), (200, "not chunked\n"));
@@ -110,8 +123,7 @@ fn the_node_frames_responses_whatever_a_script_prints() {
     assert!(body.contains("not a final status code"), "{body}");
     common::eventually(Duration::from_secs(10), "the 101's record", || {
         let list = env.run(&["calls", "list", "cgi", "--json"]).success();
-        list.stdout().contains("\"exit_code\": 500")
-            || list.stdout().contains("\"exit_code\":500")
+        list.stdout().contains("\"exit_code\": 500") || list.stdout().contains("\"exit_code\":500")
     });
 }
 
@@ -132,7 +144,10 @@ fn requests_past_room_wait_or_are_refused_never_fail() {
     });
     let failed = statuses.iter().filter(|s| **s >= 500 && **s != 503).count();
     assert_eq!(failed, 0, "{statuses:?}\n{}", node.stderr());
-    assert!(statuses.iter().filter(|s| **s == 200).count() > 100, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() > 100,
+        "{statuses:?}"
+    );
 }
 
 #[test]
@@ -215,13 +230,17 @@ fn stalled_bodies_and_slowloris_cost_the_node_nothing() {
                 })
             })
             .collect();
-        senders.into_iter().flat_map(|s| s.join().unwrap()).collect()
+        senders
+            .into_iter()
+            .flat_map(|s| s.join().unwrap())
+            .collect()
     });
     // 2,000 connections that send half a head and wait.
     let slowloris: Vec<TcpStream> = (0..2000)
         .map(|_| {
             let mut tcp = TcpStream::connect(node.addr).unwrap();
-            tcp.write_all(b"GET /v1/health HTTP/1.1\r\nX-Slow: 1\r\n").unwrap();
+            tcp.write_all(b"GET /v1/health HTTP/1.1\r\nX-Slow: 1\r\n")
+                .unwrap();
             tcp
         })
         .collect();
@@ -230,12 +249,19 @@ fn stalled_bodies_and_slowloris_cost_the_node_nothing() {
         let (status, body) = get(&node, path, "a");
         let waited = asked.elapsed();
         assert_eq!(status, 200, "{path}: {body}");
-        assert!(waited < Duration::from_secs(1), "{path} answered after {waited:?}");
+        assert!(
+            waited < Duration::from_secs(1),
+            "{path} answered after {waited:?}"
+        );
     }
     let rss = rss_mb(&node);
     assert!(rss < 300, "the node holds {rss} MB");
     // The slowloris heads were still within their 10 s when it answered.
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     drop((stalled, slowloris));
 }
 
@@ -244,19 +270,30 @@ fn a_head_sent_too_slowly_and_connections_past_the_cap_are_closed() {
     let _alone = alone();
     let env = TestEnv::new();
     let node = Node::start_with(&env, &["--max-connections", "20"]);
-    let held: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(node.addr).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(node.addr).unwrap())
+        .collect();
     // One past the cap is closed without an answer, at once.
-    let refused = exchange(&node, b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n", Duration::from_secs(5));
+    let refused = exchange(
+        &node,
+        b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    );
     assert_eq!(refused, "", "past the cap");
     drop(held);
     common::eventually(Duration::from_secs(5), "room for a connection", || {
-        exchange(&node, b"GET /v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", Duration::from_secs(5))
-            .starts_with("HTTP/1.1 200")
+        exchange(
+            &node,
+            b"GET /v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .starts_with("HTTP/1.1 200")
     });
     // A head that never ends is cut off after the header timeout (10 s).
     let mut slow = TcpStream::connect(node.addr).unwrap();
     slow.write_all(b"GET /v1/health HTTP/1.1\r\n").unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let asked = Instant::now();
     let mut rest = Vec::new();
     let _ = slow.read_to_end(&mut rest);
@@ -277,7 +314,12 @@ fn routing_by_host_uses_the_one_host_header_in_any_case() {
         .write(&env);
     env.run(&["deploy", path(&app)]).success();
     let node = Node::start(&env);
-    for host in ["myapp.localhost", "MYAPP.LOCALHOST", "MyApp.localhost.", "myapp.localhost:8470"] {
+    for host in [
+        "myapp.localhost",
+        "MYAPP.LOCALHOST",
+        "MyApp.localhost.",
+        "myapp.localhost:8470",
+    ] {
         let (status, body) = get(&node, "/hello", host);
         assert_eq!(status, 200, "{host}: {body}");
         assert!(body.contains("path=/hello"), "{host}: {body}");
@@ -287,8 +329,57 @@ fn routing_by_host_uses_the_one_host_header_in_any_case() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("more than one Host header"), "{answer}");
     // An absolute URI naming another host than the Host header.
-    let absolute = "GET http://myapp.localhost/hello HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let absolute =
+        "GET http://myapp.localhost/hello HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
     let answer = exchange(&node, absolute.as_bytes(), Duration::from_secs(30));
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("another host"), "{answer}");
+}
+
+#[test]
+fn a_busy_endpoint_records_little_or_nothing_of_its_responses() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    let app = AppToml::new("pages")
+        .function("kept", |f| f.guest("wagi").http("/kept/..."))
+        .function("quiet", |f| {
+            f.guest("wagi")
+                .http("/quiet/...")
+                .key("record", "\"metadata\"")
+        })
+        .write(&env);
+    env.run(&["deploy", path(&app)]).success();
+    let node = Node::start(&env);
+    for route in ["kept", "quiet"] {
+        let (status, body) = get(&node, &format!("/web/pages/{route}/x?size=1000000"), "a");
+        assert_eq!(
+            (status, body.len()),
+            (200, 1_000_000),
+            "{route}: the response is whole"
+        );
+    }
+    let record = |function: &str| -> Option<serde_json::Value> {
+        let list = env.run(&["calls", "list", "pages", "--json"]).success();
+        let calls: Vec<serde_json::Value> = serde_json::from_str(&list.stdout()).unwrap();
+        let call = calls
+            .iter()
+            .find(|c| c["function"] == function && c["finished_at"].is_string())?
+            .clone();
+        let id = call["id"].as_str().unwrap();
+        let got = env.run(&["calls", "get", id, "--json"]).success();
+        serde_json::from_str(&got.stdout()).ok()
+    };
+    let mut kept = serde_json::Value::Null;
+    common::eventually(Duration::from_secs(10), "both records", || {
+        kept = record("kept").unwrap_or_default();
+        !kept.is_null() && record("quiet").is_some()
+    });
+    let stdout = kept["stdout"].as_str().unwrap();
+    assert_eq!(stdout.len(), 64 << 10, "the head and the start of the body");
+    assert_eq!(kept["dropped_stdout"], 1_000_000 + 26 - (64 << 10));
+    let quiet = record("quiet").unwrap();
+    assert_eq!(
+        (quiet["stdout"].as_str(), quiet["state"].as_str()),
+        (Some(""), Some("succeeded"))
+    );
 }

@@ -7,8 +7,8 @@
 //! Hostile answers, for the tests of what a node keeps to itself:
 //! `?headers=N` prints N header lines; `?frame=short` a `Content-Length`
 //! shorter than its body, `?frame=chunked` a `Transfer-Encoding` it does
-//! not follow; `?status=N` any status line; `?spin` never ends (its
-//! function's `timeout` ends it).
+//! not follow; `?status=N` any status line; `?size=N` a body of N bytes;
+//! `?spin` never ends (its function's `timeout` ends it).
 
 use std::io::{Read, Write};
 
@@ -68,6 +68,10 @@ fn hostile(out: &mut impl Write, query: &str) -> bool {
             write!(out, "Content-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\nX-Smuggled: yes\r\n\r\n").unwrap();
         }
         "frame" => write!(out, "Transfer-Encoding: chunked\r\n\r\nnot chunked\n").unwrap(),
+        "size" => {
+            let size: usize = value.parse().unwrap();
+            write!(out, "Content-Type: text/plain\n\n{}", "x".repeat(size)).unwrap();
+        }
         "status" => write!(out, "Status: {value}\r\n\r\nstatus {value}\n").unwrap(),
         "spin" => {
             let mut x: u64 = 1;
