@@ -178,8 +178,11 @@ fn a_trash_entry_that_cannot_be_removed_does_not_keep_the_others() {
     let stuck_file = env.volume_dir("stuck").join("pinned");
     std::fs::write(&stuck_file, "x").unwrap();
     let Some(mut immutable) = Immutable::new(&stuck_file) else {
-        eprintln!(
-            "skipped: `chattr +i` does not work here (not root, or the file system lacks it)"
+        let why = "`chattr +i` does not work here (not root, or the file system lacks it)";
+        common::skip::skip(
+            "a_trash_entry_that_cannot_be_removed_does_not_keep_the_others",
+            common::skip::Requirement::Chattr,
+            why,
         );
         return;
     };

