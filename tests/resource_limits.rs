@@ -426,19 +426,32 @@ fn a_guest_outliving_its_deleted_volume_leaves_no_lock_directory() {
     );
     // The volume is created by the first run.
     let mut guest = env.spawn(&["run", path(&app)]);
+    let mut stdout = std::io::BufReader::new(guest.stdout.take().unwrap());
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(guest.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert_eq!(line.trim(), "locking");
     let id = volume_id(&env, "outlive-data");
     let locks_dir = env.home().join("locks").join(&id);
     assert!(locks_dir.is_dir(), "a live volume has its lock directory");
+    let unix_ms = || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        now.unwrap().as_millis()
+    };
+    let deleting = unix_ms();
     env.run(&["volume", "delete", "outlive-data", "--yes", "--force"])
         .success();
     wait_with_timeout(&mut guest, HANG);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let last: u128 = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("at ")?.parse().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no `at` line: {rest:?}"));
+    assert!(
+        last >= deleting,
+        "the guest's last lock attempt ({last}) came before the delete began ({deleting})"
+    );
     // Any later command tidies what a lock call racing the delete made.
     env.run(&["volume", "list"]).success();
     assert!(!locks_dir.exists(), "{} came back", locks_dir.display());

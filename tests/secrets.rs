@@ -162,8 +162,20 @@ fn a_secrets_values_reach_the_guest_and_nothing_else() {
     seen.assert_clean();
 
     // Under $WASMHOST_HOME, only the guest's own files hold them: not the
-    // registry, its WAL, the key or anything else.
+    // registry, its WAL, the key or anything else; nor, on PostgreSQL, any
+    // of the registry's tables.
+    let dump = env.registry_dump();
     for value in [TOKEN, PIPED] {
+        if let Some(dump) = &dump {
+            assert!(
+                dump.contains("INSERT INTO") || dump.contains("COPY "),
+                "an empty dump"
+            );
+            assert!(
+                !dump.contains(value),
+                "the PostgreSQL registry holds {value}"
+            );
+        }
         let found = env.files_containing(value);
         assert!(!found.is_empty(), "the guest's file is missing");
         let volumes = env.home().join("volumes");

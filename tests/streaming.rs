@@ -130,18 +130,22 @@ fn map_of_endless_stdin_runs_in_bounded_memory() {
     let mut stdin = child.stdin.take().unwrap();
     let lines = stdout_lines(&mut child);
     let pad = "p".repeat(4096);
-    // Bounded in count (400 MB) and time; stops early if wasmhost dies.
+    // Until wasmhost has taken more than its memory bound of input (so a
+    // wasmhost that kept it could not pass), bounded in time; stops early
+    // if wasmhost dies.
+    let enough = (MAX_RSS_KB << 10) * 5 / 4;
     let writer = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(8);
-        let mut written = 0usize;
-        while written < 100_000 && Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let (mut written, mut bytes) = (0usize, 0u64);
+        while bytes < enough && Instant::now() < deadline {
             let line = format!("emit {written} 0 - # {pad}\n");
             if stdin.write_all(line.as_bytes()).is_err() {
                 break;
             }
             written += 1;
+            bytes += line.len() as u64;
         }
-        written
+        (written, bytes)
     });
     let mut max_rss = 0;
     while !writer.is_finished() {
@@ -152,7 +156,7 @@ fn map_of_endless_stdin_runs_in_bounded_memory() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let written = writer.join().unwrap();
+    let (written, bytes) = writer.join().unwrap();
     let status = wait_with_timeout(&mut child, Duration::from_secs(120));
     let outputs: Vec<String> = lines.iter().collect();
     assert!(status.success(), "stderr: {}", stderr_of(&mut child));
@@ -160,7 +164,10 @@ fn map_of_endless_stdin_runs_in_bounded_memory() {
     let expected: Vec<String> = (0..written).map(|i| i.to_string()).collect();
     assert_eq!(outputs.len(), written);
     assert!(outputs == expected, "outputs are not in input order");
-    assert!(written > 100, "only {written} lines were taken in 8s");
+    assert!(
+        bytes >= enough,
+        "only {bytes} bytes of input were taken in 90 s, less than the memory bound"
+    );
 }
 
 /// One slow input at the head and hundreds of fast ones with big outputs

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::node::Node;
@@ -207,25 +208,32 @@ fn two_hundred_requests_at_once_are_all_answered() {
     let node = Node::start(&env);
     let posted = request(&node, "POST", "/web/site/kv/k", None, b"value");
     assert_eq!(posted.status, 201, "{}", posted.body);
+    // Each of 200 threads opens its connection, and none sends its request
+    // before all 200 are open: 200 requests in flight at once.
+    let all_open = std::sync::Barrier::new(200);
     std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..8)
-            .map(|t| {
-                let node = &node;
+        let threads: Vec<_> = (0..200)
+            .map(|i| {
+                let (node, all_open) = (&node, &all_open);
                 scope.spawn(move || {
-                    for i in 0..25 {
-                        if (t + i) % 2 == 0 {
-                            let got = request(node, "GET", "/web/site/kv/k", None, b"");
-                            assert_eq!((got.status, got.body.as_str()), (200, "value"));
-                        } else {
-                            let path = format!("/web/site/cgi/t{t}/i{i}");
-                            let got = request(node, "GET", &path, None, b"");
-                            assert_eq!(got.status, 200, "{}", got.body);
-                            assert!(
-                                got.body.contains(&format!("path=/t{t}/i{i} ")),
-                                "{}",
-                                got.body
-                            );
-                        }
+                    let mut tcp = std::net::TcpStream::connect(node.addr).unwrap();
+                    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    all_open.wait();
+                    let path = match i % 2 {
+                        0 => "/web/site/kv/k".to_owned(),
+                        _ => format!("/web/site/cgi/i{i}"),
+                    };
+                    let head =
+                        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+                    tcp.write_all(head.as_bytes()).unwrap();
+                    let mut answer = String::new();
+                    tcp.read_to_string(&mut answer).unwrap();
+                    assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+                    let body = answer.split_once("\r\n\r\n").unwrap().1;
+                    match i % 2 {
+                        // The component's body comes in chunks.
+                        0 => assert!(body.contains("value"), "{body}"),
+                        _ => assert!(body.contains(&format!("path=/i{i} ")), "{body}"),
                     }
                 })
             })
@@ -302,9 +310,15 @@ fn a_request_over_concurrency_waits_then_gets_503() {
             calls.iter().any(|c| c["state"] == "running")
         });
         // The one slot is taken: this one waits its 10 s, then gives up.
+        let asked = std::time::Instant::now();
         let second = request(&node, "GET", "/web/single/sleep", None, b"");
+        let waited = asked.elapsed();
         assert_eq!(second.status, 503, "{}", second.body);
         assert!(second.body.contains("`concurrency`"), "{}", second.body);
+        assert!(
+            waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+            "answered 503 after {waited:?}, not after its 10 s wait"
+        );
         // Stopping the app ends the first: 503 too, saying why.
         env.run(&["app", "stop", "single", "--yes"]).success();
         let first = first.join().unwrap();

@@ -188,6 +188,22 @@ impl TestEnv {
         self.db.is_some()
     }
 
+    /// Everything in this env's PostgreSQL registry, as `pg_dump` writes
+    /// its data; None on SQLite (whose file is under the home).
+    pub fn registry_dump(&self) -> Option<String> {
+        let url = self.db.as_ref()?;
+        let out = Command::new(pg::bin("pg_dump"))
+            .args(["--data-only", "--no-owner", url])
+            .output()
+            .expect("run pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Where volume contents live: `volumes/` under `WASMHOST_VOLUMES`,
     /// else under the home.
     pub fn volumes_dir(&self) -> PathBuf {
