@@ -37,6 +37,21 @@ fn run_q(env: &TestEnv, app: &Path, args: &[&str]) -> String {
     env.run_within(BOUND, &all).stdout()
 }
 
+/// The output of `run APP --map MAP --concurrency N -- ARGS...`.
+fn map_q(env: &TestEnv, app: &Path, map: &Path, concurrency: &str, args: &[&str]) -> String {
+    let mut all = vec![
+        "run",
+        path(app),
+        "--map",
+        path(map),
+        "--concurrency",
+        concurrency,
+        "--",
+    ];
+    all.extend(args);
+    env.run_within(BOUND, &all).stdout()
+}
+
 /// `bytes` and `files` of named volume `name` from `volume list --json`.
 fn listed(env: &TestEnv, name: &str) -> (u64, u64) {
     let stdout = env.run(&["volume", "list", "--json"]).success().stdout();
@@ -208,27 +223,8 @@ fn listed_usage_matches_a_walk_after_mixed_changes() {
     for (seeds, concurrency) in [(1..11, "1"), (11..21, "4")] {
         let lines: String = seeds.map(|i| format!("{i}\n")).collect();
         std::fs::write(&map, lines).unwrap();
-        let run = env.run_within(
-            BOUND,
-            &[
-                "run",
-                path(&app),
-                "--map",
-                path(&map),
-                "--concurrency",
-                concurrency,
-                "--",
-                "mixed",
-                "/data",
-                "100",
-            ],
-        );
-        assert_eq!(
-            run.stdout().matches("done 100").count(),
-            10,
-            "{}",
-            run.stdout()
-        );
+        let out = map_q(&env, &app, &map, concurrency, &["mixed", "/data", "100"]);
+        assert_eq!(out.matches("done 100").count(), 10, "{out}");
         let walked = walk(&env.volume_dir("qc-data"));
         assert!(walked.1 > 0);
         assert_eq!(
@@ -387,4 +383,66 @@ fn volume_cp_checks_the_quota_and_snapshots_count_against_none() {
     env.run(&["volume", "snapshot", "restore", "c", "s1"])
         .success();
     assert_eq!(listed(&env, "c"), (90 << 10, 4), "a restore is recounted");
+}
+
+/// Issue 20, item 11: a snapshot counts what `volume info` counts
+/// (directories are entries too), a volume forked from a snapshot must
+/// have room for it, and `put --force` over a file counts the file it
+/// replaces.
+#[test]
+fn snapshots_forks_and_forced_puts_count_as_the_volume_does() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "s"]).success();
+    let local = env.work.path().join("tree");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("a"), vec![1u8; 30 << 10]).unwrap();
+    std::fs::write(local.join("sub/b"), vec![2u8; 30 << 10]).unwrap();
+    env.run(&["volume", "put", "s", path(&local), "/tree"])
+        .success();
+    assert_eq!(listed(&env, "s"), (60 << 10, 4));
+    env.run(&["volume", "snapshot", "create", "s", "s1"])
+        .success();
+    let list: serde_json::Value = serde_json::from_str(
+        &env.run(&["volume", "snapshot", "list", "s", "--json"])
+            .success()
+            .stdout(),
+    )
+    .unwrap();
+    assert_eq!(list[0]["files"], 4, "{list}");
+    assert_eq!(list[0]["bytes"], 60 << 10, "{list}");
+
+    for quota in [&["--max-size", "1KiB"][..], &["--max-files", "3"]] {
+        let mut args = vec!["volume", "create", "t", "--from", "s@s1"];
+        args.extend(quota);
+        let run = env.run(&args).code_is(2);
+        assert!(
+            run.stderr().contains("snapshot `s@s1` holds"),
+            "{}",
+            run.stderr()
+        );
+        let names = env.run(&["volume", "list", "--json"]).success().stdout();
+        assert!(!names.contains("\"t\""), "{quota:?} made t: {names}");
+    }
+    env.run(&[
+        "volume",
+        "create",
+        "t",
+        "--from",
+        "s@s1",
+        "--max-files",
+        "4",
+    ])
+    .success();
+    assert_eq!(listed(&env, "t"), (60 << 10, 4));
+
+    env.run(&["volume", "create", "p", "--max-size", "1MiB"])
+        .success();
+    let big = env.work.path().join("big");
+    let small = env.work.path().join("small");
+    std::fs::write(&big, vec![1u8; 900_000]).unwrap();
+    std::fs::write(&small, vec![2u8; 200_000]).unwrap();
+    env.run(&["volume", "put", "p", path(&big), "/f"]).success();
+    env.run(&["volume", "put", "p", path(&small), "/f", "--force"])
+        .success();
+    assert_eq!(listed(&env, "p"), (200_000, 1));
 }
