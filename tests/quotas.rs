@@ -385,6 +385,30 @@ fn volume_cp_checks_the_quota_and_snapshots_count_against_none() {
     assert_eq!(listed(&env, "c"), (90 << 10, 4), "a restore is recounted");
 }
 
+/// Issue 20, item 8: a wasip1 guest that moves its preopen to another
+/// descriptor with `fd_renumber` still writes the volume it is, quota and
+/// all.
+#[test]
+fn a_renumbered_preopen_keeps_its_quota() {
+    let env = TestEnv::new();
+    let app = AppToml::new("qr")
+        .volume("data", |v| {
+            v.persist("qr-data").max_size("1MiB").max_files(20)
+        })
+        .function("q", |f| f.module("{guest:quota}").mount("/data", "data"))
+        .write(&env);
+    // Ten files of 100,000 bytes fit in 1 MiB, the eleventh does not.
+    assert_eq!(
+        run_q(&env, &app, &["renumbered", "100000", "30"]),
+        "nospc 10\n"
+    );
+    assert_eq!(listed(&env, "qr-data"), walk(&env.volume_dir("qr-data")));
+    // Empty files: the ten there and ten more make the 20 files allowed.
+    assert_eq!(run_q(&env, &app, &["renumbered", "0", "30"]), "nospc 20\n");
+    assert_eq!(listed(&env, "qr-data"), (0, 20));
+    assert_eq!(walk(&env.volume_dir("qr-data")), (0, 20));
+}
+
 /// Issue 20, item 11: a snapshot counts what `volume info` counts
 /// (directories are entries too), a volume forked from a snapshot must
 /// have room for it, and `put --force` over a file counts the file it

@@ -194,7 +194,7 @@ pub async fn run(
     let mut state = CoreState {
         wasi: builder.build_p1(),
         host: HostState::new(invocation, limits)?,
-        p1_mounts: P1Mounts::default(),
+        p1_mounts: P1Mounts::new(invocation.mounts.len()),
     };
     let (pre, entry) = (&prelinked.pre, &prelinked.entry);
     limit_table(WasiView::ctx(&mut state.wasi).table, limits);

@@ -85,10 +85,6 @@ impl VolumeQuotas {
         Ok(Self { mounts })
     }
 
-    pub fn count(&self) -> usize {
-        self.mounts.len()
-    }
-
     /// The usage to keep for what happens in mount `mount`.
     pub fn usage(&self, mount: usize) -> Option<&Usage> {
         self.mounts.get(mount)?.usage.as_deref()

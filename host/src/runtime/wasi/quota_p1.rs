@@ -2,9 +2,10 @@
 //!
 //! wasmtime-wasi keeps which host file a p1 descriptor is to itself, so
 //! these learn what they need through its own methods: the mount from the
-//! descriptor a file was opened under (preopens are descriptors 3, 4, …
-//! in mount order), and a file's size, position and flags from its
-//! `fd_filestat_get`, `fd_tell` and `fd_fdstat_get`.
+//! descriptor a file was opened under (preopens start as descriptors 3, 4,
+//! … in mount order, and move with `fd_renumber` like any other), and a
+//! file's size, position and flags from its `fd_filestat_get`, `fd_tell`
+//! and `fd_fdstat_get`.
 //!
 //! `add_to_linker` is one long list, one registration a shimmed call,
 //! each a few lines that hand over to its shim: split up, it would read
@@ -28,20 +29,25 @@ const OFLAGS_CREAT: i32 = 1;
 const OFLAGS_TRUNC: i32 = 8;
 const ERRNO_SUCCESS: i32 = 0;
 
-/// Which mount each open p1 descriptor is in.
-#[derive(Default)]
+/// Which mount each open p1 descriptor is in, preopens included: a guest
+/// may renumber or close a preopen, and whatever descriptor then holds it
+/// must still be known as the mount, or its writes would escape the quota.
 pub struct P1Mounts {
     opened: HashMap<u32, usize>,
 }
 
 impl P1Mounts {
-    fn of(&self, fd: i32, mounts: usize) -> Option<usize> {
-        let fd = fd as u32;
-        if let Some(&mount) = self.opened.get(&fd) {
-            return Some(mount);
+    /// The descriptors of an instance with `mounts` preopens.
+    pub fn new(mounts: usize) -> Self {
+        Self {
+            opened: (0..mounts)
+                .map(|mount| (FIRST_PREOPEN + mount as u32, mount))
+                .collect(),
         }
-        let preopen = fd.checked_sub(FIRST_PREOPEN)? as usize;
-        (preopen < mounts).then_some(preopen)
+    }
+
+    fn of(&self, fd: i32) -> Option<usize> {
+        self.opened.get(&(fd as u32)).copied()
     }
 }
 
@@ -55,7 +61,7 @@ fn refused(refusal: Refusal) -> i32 {
 /// The mount of p1 descriptor `fd`, if it is in one that keeps usage.
 fn quota_mount(caller: &Caller<'_, CoreState>, fd: i32) -> Option<usize> {
     let state = caller.data();
-    let mount = state.p1_mounts.of(fd, state.host.quotas.count())?;
+    let mount = state.p1_mounts.of(fd)?;
     state.host.quotas.usage(mount).map(|_| mount)
 }
 
@@ -257,8 +263,7 @@ fn release(caller: &Caller<'_, CoreState>, mount: Option<usize>, (bytes, files):
 /// between them is refused).
 fn crosses_volumes(caller: &Caller<'_, CoreState>, a: i32, b: i32) -> bool {
     let state = caller.data();
-    let mounts = state.host.quotas.count();
-    match (state.p1_mounts.of(a, mounts), state.p1_mounts.of(b, mounts)) {
+    match (state.p1_mounts.of(a), state.p1_mounts.of(b)) {
         (Some(a), Some(b)) => !state.host.quotas.same_volume(a, b),
         _ => false,
     }
@@ -279,8 +284,7 @@ pub async fn path_open(
     fdflags: i32,
     opened: i32,
 ) -> wasmtime::Result<i32> {
-    let mounts = caller.data().host.quotas.count();
-    let dir_mount = caller.data().p1_mounts.of(dir, mounts);
+    let dir_mount = caller.data().p1_mounts.of(dir);
     let quota_mount = quota_mount(caller, dir);
     let mut created = None;
     let mut freed = (0, 0);
