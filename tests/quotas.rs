@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{AppToml, TestEnv, Volume, path};
+use common::{AppToml, Mount, TestEnv, Volume, path};
 
 const BOUND: Duration = Duration::from_secs(120);
 
@@ -407,6 +407,43 @@ fn a_renumbered_preopen_keeps_its_quota() {
     assert_eq!(run_q(&env, &app, &["renumbered", "0", "30"]), "nospc 20\n");
     assert_eq!(listed(&env, "qr-data"), (0, 20));
     assert_eq!(walk(&env.volume_dir("qr-data")), (0, 20));
+}
+
+/// Issue 20, item 9: a read-only mount of a volume and a writable
+/// `sub_path` mount of it: the quota is the volume's, whichever mount
+/// the guest writes through.
+#[test]
+fn two_mounts_of_one_volume_keep_its_one_quota() {
+    for guest in ["{guest:quota}", "{guest2:quota}"] {
+        let p2 = guest.starts_with("{guest2:");
+        let env = TestEnv::new();
+        // The sub_path is there before (see the next test for one the
+        // mount makes).
+        let out = env.work.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        env.run(&["volume", "create", "qm-data"]).success();
+        env.run(&["volume", "put", "qm-data", path(&out), "/out"])
+            .success();
+        let app = AppToml::new("qm")
+            .volume("data", |v| {
+                v.persist("qm-data").max_size("1MiB").max_files(10)
+            })
+            .function("q", |f| {
+                f.module(guest)
+                    .mount("/data", Mount::volume("data").read_only())
+                    .mount("/out", Mount::volume("data").sub_path("out"))
+            })
+            .write(&env);
+        let out = run_q(&env, &app, &["write", "2000000", "/out/big"]);
+        assert!(refused_at(&out, 0, p2), "{guest}: {out}");
+        let (bytes, _) = listed(&env, "qm-data");
+        assert!(bytes <= 1 << 20, "{guest}: {bytes}");
+        let out = run_q(&env, &app, &["files", "/out/many", "50"]);
+        assert!(out.starts_with("nospc "), "{guest}: {out}");
+        let (bytes, files) = listed(&env, "qm-data");
+        assert!(bytes <= 1 << 20 && files <= 10, "{guest}: {bytes} {files}");
+        assert_eq!((bytes, files), walk(&env.volume_dir("qm-data")), "{guest}");
+    }
 }
 
 /// Issue 20, item 11: a snapshot counts what `volume info` counts

@@ -259,12 +259,12 @@ fn release(caller: &Caller<'_, CoreState>, mount: Option<usize>, (bytes, files):
     }
 }
 
-/// Whether two descriptors are in different volumes (a rename or link
-/// between them is refused).
+/// Whether a rename or link between two descriptors is refused as
+/// crossing volumes (see `VolumeQuotas::crosses_volumes`).
 fn crosses_volumes(caller: &Caller<'_, CoreState>, a: i32, b: i32) -> bool {
     let state = caller.data();
     match (state.p1_mounts.of(a), state.p1_mounts.of(b)) {
-        (Some(a), Some(b)) => !state.host.quotas.same_volume(a, b),
+        (Some(a), Some(b)) => state.host.quotas.crosses_volumes(a, b),
         _ => false,
     }
 }

@@ -48,8 +48,21 @@ pub(super) fn host_file(
     }
 }
 
-/// The mount of a descriptor, if it is one that keeps usage.
+/// Whether a descriptor may change what it is or holds: not one opened
+/// beneath a read-only mount, whose calls wasmtime-wasi refuses first.
+fn writable(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> bool {
+    match state.table.get(fd) {
+        Ok(Descriptor::File(file)) => !file.perms.write_not_permitted(),
+        Ok(Descriptor::Dir(dir)) => !dir.perms.write_not_permitted(),
+        Err(_) => false,
+    }
+}
+
+/// The mount of a descriptor, if it may write one that keeps usage.
 pub(super) fn quota_mount(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> Option<usize> {
+    if !writable(state, fd) {
+        return None;
+    }
     let file = host_file(state, fd)?;
     let mount = state.host.quotas.mount_of(file.as_fd())?;
     state.host.quotas.usage(mount).map(|_| mount)
@@ -331,15 +344,23 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
     Ok(())
 }
 
+/// Whether a rename or link between two descriptors is refused as
+/// crossing volumes: only between writable ones (see
+/// `VolumeQuotas::crosses_volumes`), told by the descriptors' own
+/// permissions, since a read-only and a writable mount of one volume both
+/// reach its files.
 fn crosses_volumes(
     state: &ComponentState,
     a: &Resource<fs::Descriptor>,
     b: &Resource<fs::Descriptor>,
 ) -> bool {
+    if !writable(state, a) || !writable(state, b) {
+        return false;
+    }
     let quotas = &state.host.quotas;
     let mount = |fd| host_file(state, fd).and_then(|f| quotas.mount_of(f.as_fd()));
     match (mount(a), mount(b)) {
-        (Some(a), Some(b)) => !quotas.same_volume(a, b),
+        (Some(a), Some(b)) => quotas.crosses_volumes(a, b),
         _ => false,
     }
 }
