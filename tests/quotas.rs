@@ -446,6 +446,42 @@ fn two_mounts_of_one_volume_keep_its_one_quota() {
     }
 }
 
+/// Issue 20, item 11: the directories a `sub_path` mount makes are entries
+/// of the volume, counted and held to `max_files` like a guest's.
+#[test]
+fn directories_made_for_a_sub_path_are_counted() {
+    let env = TestEnv::new();
+    let app = |name: &str, files: u64| {
+        AppToml::new(name)
+            .volume("data", |v| {
+                v.persist(&format!("{name}-data")).max_files(files)
+            })
+            .function("q", |f| {
+                f.module("{guest:quota}")
+                    .mount("/out", Mount::volume("data").sub_path("a/b/c/d/e"))
+            })
+            .write(&env)
+    };
+    // The volume's usage exists before the mount makes its directories.
+    env.run(&["volume", "create", "qs-data", "--max-files", "10"])
+        .success();
+    assert_eq!(listed(&env, "qs-data"), (0, 0));
+    let roomy = app("qs", 10);
+    assert_eq!(run_q(&env, &roomy, &["files", "/out", "20"]), "nospc 5\n");
+    assert_eq!(listed(&env, "qs-data"), (0, 10));
+    assert_eq!(walk(&env.volume_dir("qs-data")), (0, 10));
+    // Five directories do not fit in three files: the mount is refused.
+    env.run(&["volume", "create", "qn-data", "--max-files", "3"])
+        .success();
+    assert_eq!(listed(&env, "qn-data"), (0, 0));
+    let tight = app("qn", 3);
+    let run = env.run_within(BOUND, &["run", path(&tight), "--", "files", "/out", "2"]);
+    assert_ne!(run.code(), 0, "{}", run.stdout());
+    assert!(run.stderr().contains("sub_path"), "{}", run.stderr());
+    assert!(listed(&env, "qn-data").1 <= 3);
+    assert_eq!(listed(&env, "qn-data"), walk(&env.volume_dir("qn-data")));
+}
+
 /// Issue 20, item 11: a snapshot counts what `volume info` counts
 /// (directories are entries too), a volume forked from a snapshot must
 /// have room for it, and `put --force` over a file counts the file it

@@ -216,13 +216,14 @@ fn store(
     argv0: &str,
     limits: &CountLimits,
 ) -> Result<(Store<ComponentState>, StopWatch, Outputs)> {
-    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
+    let host = HostState::new(invocation, limits)?;
+    let (mut builder, outputs) = wasi_builder(invocation, argv0, &host.quotas)?;
     let outbound = Outbound::new(&invocation.function.allowed_hosts);
     outbound.grant(&mut builder);
     let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
-        host: HostState::new(invocation, limits)?,
+        host,
         streams: FileStreams::default(),
         http: HttpState::new(outbound),
     };

@@ -64,10 +64,11 @@ impl From<NoRoom> for Refusal {
 
 impl VolumeQuotas {
     pub fn open(invocation: &Invocation) -> Result<Self> {
-        // One open per volume that some mount may write.
+        // One open per volume that some mount may write, or whose
+        // `sub_path` the host may have to make.
         let mut volumes: HashMap<&str, Arc<Usage>> = HashMap::new();
-        let writes = |m: &&Mount| !m.snapshot && !m.read_only;
-        for mount in invocation.mounts.iter().filter(writes) {
+        let changes = |m: &&Mount| !m.snapshot && (!m.read_only || m.sub_path.is_some());
+        for mount in invocation.mounts.iter().filter(changes) {
             if !volumes.contains_key(mount.volume_id.as_str()) {
                 let usage = Usage::open(invocation.home, &mount.volume_id, mount.quota)?;
                 volumes.insert(&mount.volume_id, Arc::new(usage));
@@ -91,6 +92,12 @@ impl VolumeQuotas {
             });
         }
         Ok(Self { mounts })
+    }
+
+    /// The usage of mount `mount`'s volume, read-only or not: for what the
+    /// host itself makes in it (the directories of a `sub_path`).
+    pub fn volume_usage(&self, mount: usize) -> Option<&Usage> {
+        self.mounts.get(mount)?.usage.as_deref()
     }
 
     /// The usage to keep for what happens in mount `mount`: none for a
