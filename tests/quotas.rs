@@ -446,6 +446,41 @@ fn two_mounts_of_one_volume_keep_its_one_quota() {
     }
 }
 
+/// Issue 20, item 10: a write that fails (through a read-only descriptor,
+/// aimed 3 MB past the end) counts nothing.
+#[test]
+fn a_failed_write_gives_back_what_it_reserved() {
+    for guest in ["{guest:quota}", "{guest2:quota}"] {
+        let env = TestEnv::new();
+        let app = quota_app(&env, "qw", guest, |v| v.max_size("10MiB"));
+        assert_eq!(run_q(&env, &app, &["write", "1000", "/data/f"]), "done 1\n");
+        assert_eq!(
+            run_q(&env, &app, &["rowrite", "/data/f", "3000000", "10"]),
+            "refused size 1000\n",
+            "{guest}"
+        );
+        assert_eq!(listed(&env, "qw-data"), (1000, 1), "{guest}");
+    }
+}
+
+/// Issue 20, item 10: two instances truncating and rewriting one file
+/// never hold more than one copy of it, and nothing they do is refused in
+/// a volume that has room for it: each write settles what it changed.
+#[test]
+fn instances_rewriting_one_file_are_counted_per_write() {
+    let env = TestEnv::new();
+    let app = quota_app(&env, "qt", "{guest:quota}", |v| v.max_size("1MiB"));
+    let map = env.work.path().join("map");
+    std::fs::write(&map, "/data/f\n/data/f\n/data/f\n/data/f\n").unwrap();
+    let out = map_q(&env, &app, &map, "4", &["churn", "200000", "300"]);
+    assert_eq!(
+        out.matches("done 300").count(),
+        4,
+        "every round fits: {out}"
+    );
+    assert_eq!(listed(&env, "qt-data"), (200000, 1));
+}
+
 /// Issue 20, item 11: the directories a `sub_path` mount makes are entries
 /// of the volume, counted and held to `max_files` like a guest's.
 #[test]

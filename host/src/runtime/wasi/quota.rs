@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -107,6 +108,34 @@ impl VolumeQuotas {
         mount.usage.as_deref().filter(|_| !mount.read_only)
     }
 
+    /// Waits for the turn of file `inode` of mount `mount` to be changed
+    /// (see `Usage::try_file_turn`), for a shim to measure, change and
+    /// settle it in: `None` when no other open has the volume (no one to
+    /// race with) or it keeps no usage. Should turns fail (a file system
+    /// without locks), the change goes without, and marks a recount.
+    pub fn file_turn(
+        &self,
+        mount: usize,
+        inode: u64,
+    ) -> impl Future<Output = Option<FileTurn>> + Send + use<> {
+        let usage = self.mounts.get(mount).filter(|m| !m.read_only);
+        let usage = usage.and_then(|m| m.usage.clone()).filter(|u| u.shared());
+        async move {
+            let usage = usage?;
+            loop {
+                match usage.try_file_turn(inode) {
+                    Ok(true) => return Some(FileTurn { usage, inode }),
+                    // Turns last one call: another writer's ends soon.
+                    Ok(false) => tokio::time::sleep(TURN_POLL).await,
+                    Err(_) => {
+                        usage.mark_stale();
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether a rename or link between mounts `a` and `b` is refused as
     /// crossing volumes: they are two volumes, both writable. One that is
     /// read-only makes the call "not permitted", which wasmtime-wasi
@@ -132,6 +161,21 @@ impl VolumeQuotas {
     }
 }
 
+/// How often a writer looks again for a file's turn another has.
+const TURN_POLL: Duration = Duration::from_micros(200);
+
+/// A file's turn to be changed, ended when dropped.
+pub struct FileTurn {
+    usage: Arc<Usage>,
+    inode: u64,
+}
+
+impl Drop for FileTurn {
+    fn drop(&mut self) {
+        self.usage.end_file_turn(self.inode);
+    }
+}
+
 /// What removing or replacing an entry gives back: a directory or a link
 /// one file; a regular file one file and, if it was its last name, its
 /// bytes.
@@ -144,7 +188,25 @@ pub fn freed_by(regular: bool, links: u64, size: u64) -> (u64, u64) {
 }
 
 /// The growth of a file of `size` bytes when `len` bytes are written at
-/// `start`.
+/// `start`: none when nothing is written (a write of nothing, or one that
+/// failed, leaves the file as it was wherever it was aimed).
 pub fn growth(size: u64, start: u64, len: u64) -> u64 {
+    if len == 0 {
+        return 0;
+    }
     start.saturating_add(len).saturating_sub(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::growth;
+
+    #[test]
+    fn growth_counts_only_bytes_written_past_the_end() {
+        assert_eq!(growth(100, 50, 100), 50);
+        assert_eq!(growth(100, 200, 10), 110);
+        assert_eq!(growth(100, 0, 10), 0);
+        // A failed write at 3 MB wrote nothing and grew nothing.
+        assert_eq!(growth(100, 3 << 20, 0), 0);
+    }
 }

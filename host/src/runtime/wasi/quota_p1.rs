@@ -20,7 +20,7 @@ use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wiggle::{GuestMemory, GuestPtr};
 
 use super::limits::{P1, p1_paths_capped, stock_p1, too_long_p1};
-use super::quota::{Refusal, freed_by, growth};
+use super::quota::{FileTurn, Refusal, freed_by, growth};
 use crate::runtime::core::CoreState;
 
 /// The first p1 descriptor of a preopen (0-2 are stdio).
@@ -188,6 +188,33 @@ async fn write_start(
         .unwrap_or(size))
 }
 
+/// A file of a volume that keeps usage, measured in its turn (see
+/// `VolumeQuotas::file_turn`): what a change of its size starts from.
+async fn stat_in_turn(
+    caller: &mut Caller<'_, CoreState>,
+    fd: i32,
+    mount: usize,
+) -> wasmtime::Result<Option<(Stat, Option<FileTurn>)>> {
+    let Some(stat) = fd_stat(caller, fd).await? else {
+        return Ok(None);
+    };
+    let turn = caller.data().host.quotas.file_turn(mount, stat.inode).await;
+    if turn.is_none() {
+        return Ok(Some((stat, None)));
+    }
+    // Again within the turn: another writer may have changed it before.
+    Ok(fd_stat(caller, fd).await?.map(|stat| (stat, turn)))
+}
+
+/// A write's reservation, held in its file's turn until it is settled.
+struct WriteReservation {
+    mount: usize,
+    size: u64,
+    start: u64,
+    grows: u64,
+    _turn: Option<FileTurn>,
+}
+
 /// Reserves what a write of the first buffer of `iovs` at `offset` (or the
 /// position) would grow its file by: `Ok(None)` when the file is in no
 /// volume that keeps usage, `Err` with the errno when refused.
@@ -197,11 +224,11 @@ async fn reserve_write(
     iovs: i32,
     count: i32,
     offset: Option<u64>,
-) -> wasmtime::Result<Result<Option<(usize, u64, u64, u64)>, i32>> {
+) -> wasmtime::Result<Result<Option<WriteReservation>, i32>> {
     let Some(mount) = quota_mount(caller, fd) else {
         return Ok(Ok(None));
     };
-    let Some(stat) = fd_stat(caller, fd).await? else {
+    let Some((stat, turn)) = stat_in_turn(caller, fd, mount).await? else {
         return Ok(Ok(None));
     };
     let Some(len) = first_iovec_len(caller, iovs, count) else {
@@ -216,17 +243,24 @@ async fn reserve_write(
     if stat.links == 0 && grows > 0 {
         usage.mark_stale();
     }
-    Ok(Ok(Some((mount, stat.size, start, grows))))
+    Ok(Ok(Some(WriteReservation {
+        mount,
+        size: stat.size,
+        start,
+        grows,
+        _turn: turn,
+    })))
 }
 
-/// After a write: what it grew the file by, against what was reserved.
+/// After a write: what it grew the file by, against what was reserved
+/// (nothing, if it failed), settled before its file's turn ends.
 fn settle_write(
     caller: &mut Caller<'_, CoreState>,
-    reserved: Option<(usize, u64, u64, u64)>,
+    reserved: Option<WriteReservation>,
     errno: i32,
     written_at: i32,
 ) {
-    let Some((mount, size, start, grows)) = reserved else {
+    let Some(reserved) = reserved else {
         return;
     };
     let written = if errno == ERRNO_SUCCESS {
@@ -234,9 +268,9 @@ fn settle_write(
     } else {
         0
     };
-    let used = growth(size, start, written);
-    if let Some(usage) = caller.data().host.quotas.usage(mount) {
-        usage.settle(grows, used);
+    let used = growth(reserved.size, reserved.start, written);
+    if let Some(usage) = caller.data().host.quotas.usage(reserved.mount) {
+        usage.settle(reserved.grows, used);
     }
 }
 
@@ -448,9 +482,12 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
             Box::new(async move {
                 let size = size as u64;
                 let mount = quota_mount(&caller, fd);
-                let old = match mount {
-                    Some(_) => fd_stat(&mut caller, fd).await?.map(|s| s.size),
-                    None => None,
+                let (old, _turn) = match mount {
+                    Some(mount) => match stat_in_turn(&mut caller, fd, mount).await? {
+                        Some((stat, turn)) => (Some(stat.size), turn),
+                        None => (None, None),
+                    },
+                    None => (None, None),
                 };
                 let grows = old.map_or(0, |old| size.saturating_sub(old));
                 if let Some(usage) = mount.and_then(|m| caller.data().host.quotas.usage(m))

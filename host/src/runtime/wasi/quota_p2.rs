@@ -14,6 +14,7 @@
 //! no better.
 
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -23,7 +24,7 @@ use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
 
 use super::limits::{FILESYSTEM_TYPES, MAX_PATH, p2_result};
-use super::quota::{Refusal, freed_by, growth};
+use super::quota::{FileTurn, Refusal, freed_by, growth};
 use crate::runtime::component::ComponentState;
 
 fn error_code(refusal: Refusal) -> fs::ErrorCode {
@@ -38,10 +39,7 @@ fn borrow(fd: &Resource<fs::Descriptor>) -> Resource<fs::Descriptor> {
 }
 
 /// The host file or directory behind a descriptor.
-pub(super) fn host_file(
-    state: &ComponentState,
-    fd: &Resource<fs::Descriptor>,
-) -> Option<Arc<std::fs::File>> {
+fn host_file(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> Option<Arc<std::fs::File>> {
     match state.table.get(fd).ok()? {
         Descriptor::File(file) => Some(file.file.clone()),
         Descriptor::Dir(dir) => Some(dir.dir.clone()),
@@ -83,6 +81,32 @@ pub(super) fn reserve(
 fn release(state: &ComponentState, mount: Option<usize>, (bytes, files): (u64, u64)) {
     if let Some(usage) = mount.and_then(|m| state.host.quotas.usage(m)) {
         usage.release(bytes, files);
+    }
+}
+
+/// The size of the file behind `fd`, measured in its turn (see
+/// `VolumeQuotas::file_turn`) when it is in `mount`, with whether it is
+/// unlinked.
+fn size_in_turn(
+    state: &ComponentState,
+    fd: &Resource<fs::Descriptor>,
+    mount: Option<usize>,
+) -> impl Future<Output = (u64, bool, Option<FileTurn>)> + Send + use<> {
+    let file = host_file(state, fd);
+    let meta = move || file.as_ref().and_then(|f| f.metadata().ok());
+    let turn = match (mount, meta()) {
+        (Some(mount), Some(first)) => Some(state.host.quotas.file_turn(mount, first.ino())),
+        _ => None,
+    };
+    async move {
+        let turn = match turn {
+            Some(turn) => turn.await,
+            None => None,
+        };
+        // Within the turn: another writer may have changed it before.
+        let meta = meta();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        (size, meta.is_some_and(|m| m.nlink() == 0), turn)
     }
 }
 
@@ -257,18 +281,14 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
             Box::new(async move {
                 let state = store.data_mut();
                 let mount = quota_mount(state, &fd);
-                let file = host_file(state, &fd);
-                let meta = file.as_ref().and_then(|f| f.metadata().ok());
-                let size = meta.as_ref().map_or(0, |m| m.len());
+                let (size, unlinked, _turn) = size_in_turn(state, &fd, mount).await;
                 let len = buffer.len() as u64;
                 let grows = growth(size, offset, len);
                 if let Some(mount) = mount {
                     if let Err(refusal) = reserve(state, mount, grows, 0) {
                         return Ok((Err(error_code(refusal)),));
                     }
-                    if meta.is_some_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
-                        && let Some(usage) = state.host.quotas.usage(mount)
-                    {
+                    if unlinked && let Some(usage) = state.host.quotas.usage(mount) {
                         usage.mark_stale();
                     }
                 }
@@ -288,9 +308,7 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
             Box::new(async move {
                 let state = store.data_mut();
                 let mount = quota_mount(state, &fd);
-                let old = host_file(state, &fd)
-                    .and_then(|f| f.metadata().ok())
-                    .map_or(0, |m| m.len());
+                let (old, _, _turn) = size_in_turn(state, &fd, mount).await;
                 let grows = size.saturating_sub(old);
                 if let Some(mount) = mount
                     && let Err(refusal) = reserve(state, mount, grows, 0)

@@ -3,6 +3,11 @@
 //! `append-via-stream` for a file in a volume that keeps usage is followed
 //! from its creation to its drop, each write reserving what it grows the
 //! file by.
+//!
+//! A stream writes in the background, after its call returns, so its
+//! writes cannot be measured in their file's turn as a `write` is: two
+//! instances streaming into one file at once may be counted high (never
+//! low), marking the volume for a recount.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,14 +15,14 @@ use std::sync::Arc;
 use anyhow::Result;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{self, Resource, ResourceType};
-use wasmtime_wasi::filesystem::WasiFilesystemView;
+use wasmtime_wasi::filesystem::{Descriptor, OpenMode, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
 use wasmtime_wasi::p2::bindings::io::streams::{self, Host as _, HostOutputStream};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamResult};
 
 use super::limits::{FILESYSTEM_TYPES, p2_result};
 use super::quota::growth;
-use super::quota_p2::{host_file, quota_mount, reserve};
+use super::quota_p2::{quota_mount, reserve};
 use crate::runtime::component::ComponentState;
 
 const STREAMS: &str = "wasi:io/streams@0.2.12";
@@ -83,6 +88,16 @@ fn finish_stream<T>(
     written: impl Fn(&T, u64) -> u64,
 ) -> wasmtime::Result<(Result<T, streams::StreamError>,)> {
     let count = result.as_ref().map_or(0, |value| written(value, len));
+    // A failure may be an earlier write's, made in the background after
+    // it was counted: the count may be high.
+    if result.is_err()
+        && let Some(usage) = state
+            .streams
+            .get(&rep)
+            .and_then(|e| state.host.quotas.usage(e.mount))
+    {
+        usage.mark_stale();
+    }
     if let (Some((start, size, grows)), Some(entry)) = (reserved, state.streams.get_mut(&rep)) {
         if let Some(position) = &mut entry.position {
             *position += count;
@@ -126,6 +141,21 @@ macro_rules! stream_write {
     };
 }
 
+/// The host file behind `fd` if it is open for writing: wasmtime-wasi
+/// hands out a stream of a file open only for reading too, whose writes
+/// then fail in the background, growing nothing, so it is not followed.
+fn file_open_for_writing(
+    state: &ComponentState,
+    fd: &Resource<fs::Descriptor>,
+) -> Option<Arc<std::fs::File>> {
+    match state.table.get(fd).ok()? {
+        Descriptor::File(file) if file.open_mode.contains(OpenMode::WRITE) => {
+            Some(file.file.clone())
+        }
+        _ => None,
+    }
+}
+
 /// `write-via-stream` or `append-via-stream` (`offset` `None`), followed
 /// when the file is in a volume that keeps usage.
 fn open_stream(
@@ -134,7 +164,7 @@ fn open_stream(
     offset: Option<u64>,
 ) -> wasmtime::Result<(Result<Resource<DynOutputStream>, fs::ErrorCode>,)> {
     let mount = quota_mount(state, &fd);
-    let file = host_file(state, &fd);
+    let file = file_open_for_writing(state, &fd);
     let result = p2_result(match offset {
         Some(offset) => state.filesystem().write_via_stream(fd, offset),
         None => state.filesystem().append_via_stream(fd),
