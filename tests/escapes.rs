@@ -289,6 +289,52 @@ fn read_only_mount_refuses_every_write() {
     assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "ori");
 }
 
+/// A link or rename between a read-only mount and a writable one of
+/// another volume is "not permitted" before it is "cross-device", as
+/// wasmtime-wasi answers (`p1/p2_file_{hardlink,rename}_across_perms`);
+/// between two writable volumes it is cross-device.
+#[test]
+fn read_only_is_checked_before_cross_device() {
+    let env = TestEnv::new();
+    for module in ["{guest:fsops}", "{guest2:fsops}"] {
+        let app = AppToml::new("perms")
+            .volume("data", |v| v.persist("perms-data"))
+            .volume("other", |v| v.persist("perms-other"))
+            .volume("ro", |v| v.persist("perms-other"))
+            .function("f", |f| {
+                f.module(module)
+                    .mount("/data", "data")
+                    .mount("/other", "other")
+                    .mount("/ro", Mount::volume("ro").read_only())
+            })
+            .write(&env);
+        guest_ok(&env, &app, &["write", "/data/a", "x"]);
+        guest_ok(&env, &app, &["write", "/other/a", "x"]);
+        for op in [
+            &["rename", "/data/a", "/ro/b"][..],
+            &["rename", "/ro/a", "/data/b"],
+            &["hardlink", "/data/a", "/ro/b"],
+            &["hardlink", "/ro/a", "/data/b"],
+        ] {
+            let stderr = refused(&env, &app, op).stderr();
+            assert!(
+                stderr.to_lowercase().contains("not permitted"),
+                "{module} {op:?}: {stderr}"
+            );
+        }
+        for op in [
+            &["rename", "/data/a", "/other/b"][..],
+            &["hardlink", "/data/a", "/other/b"],
+        ] {
+            let stderr = refused(&env, &app, op).stderr();
+            assert!(
+                stderr.to_lowercase().contains("cross-device"),
+                "{module} {op:?}: {stderr}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_function_cannot_reach_a_volume_it_does_not_mount() {
     let env = TestEnv::new();

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{AppToml, TestEnv, Volume, path};
+use common::{AppToml, Mount, TestEnv, Volume, path};
 
 const BOUND: Duration = Duration::from_secs(120);
 
@@ -33,6 +33,21 @@ fn quota_app(
 
 fn run_q(env: &TestEnv, app: &Path, args: &[&str]) -> String {
     let mut all = vec!["run", path(app), "--"];
+    all.extend(args);
+    env.run_within(BOUND, &all).stdout()
+}
+
+/// The output of `run APP --map MAP --concurrency N -- ARGS...`.
+fn map_q(env: &TestEnv, app: &Path, map: &Path, concurrency: &str, args: &[&str]) -> String {
+    let mut all = vec![
+        "run",
+        path(app),
+        "--map",
+        path(map),
+        "--concurrency",
+        concurrency,
+        "--",
+    ];
     all.extend(args);
     env.run_within(BOUND, &all).stdout()
 }
@@ -208,27 +223,8 @@ fn listed_usage_matches_a_walk_after_mixed_changes() {
     for (seeds, concurrency) in [(1..11, "1"), (11..21, "4")] {
         let lines: String = seeds.map(|i| format!("{i}\n")).collect();
         std::fs::write(&map, lines).unwrap();
-        let run = env.run_within(
-            BOUND,
-            &[
-                "run",
-                path(&app),
-                "--map",
-                path(&map),
-                "--concurrency",
-                concurrency,
-                "--",
-                "mixed",
-                "/data",
-                "100",
-            ],
-        );
-        assert_eq!(
-            run.stdout().matches("done 100").count(),
-            10,
-            "{}",
-            run.stdout()
-        );
+        let out = map_q(&env, &app, &map, concurrency, &["mixed", "/data", "100"]);
+        assert_eq!(out.matches("done 100").count(), 10, "{out}");
         let walked = walk(&env.volume_dir("qc-data"));
         assert!(walked.1 > 0);
         assert_eq!(
@@ -387,4 +383,198 @@ fn volume_cp_checks_the_quota_and_snapshots_count_against_none() {
     env.run(&["volume", "snapshot", "restore", "c", "s1"])
         .success();
     assert_eq!(listed(&env, "c"), (90 << 10, 4), "a restore is recounted");
+}
+
+/// Issue 20, item 8: a wasip1 guest that moves its preopen to another
+/// descriptor with `fd_renumber` still writes the volume it is, quota and
+/// all.
+#[test]
+fn a_renumbered_preopen_keeps_its_quota() {
+    let env = TestEnv::new();
+    let app = AppToml::new("qr")
+        .volume("data", |v| {
+            v.persist("qr-data").max_size("1MiB").max_files(20)
+        })
+        .function("q", |f| f.module("{guest:quota}").mount("/data", "data"))
+        .write(&env);
+    // Ten files of 100,000 bytes fit in 1 MiB, the eleventh does not.
+    assert_eq!(
+        run_q(&env, &app, &["renumbered", "100000", "30"]),
+        "nospc 10\n"
+    );
+    assert_eq!(listed(&env, "qr-data"), walk(&env.volume_dir("qr-data")));
+    // Empty files: the ten there and ten more make the 20 files allowed.
+    assert_eq!(run_q(&env, &app, &["renumbered", "0", "30"]), "nospc 20\n");
+    assert_eq!(listed(&env, "qr-data"), (0, 20));
+    assert_eq!(walk(&env.volume_dir("qr-data")), (0, 20));
+}
+
+/// Issue 20, item 9: a read-only mount of a volume and a writable
+/// `sub_path` mount of it: the quota is the volume's, whichever mount
+/// the guest writes through.
+#[test]
+fn two_mounts_of_one_volume_keep_its_one_quota() {
+    for guest in ["{guest:quota}", "{guest2:quota}"] {
+        let p2 = guest.starts_with("{guest2:");
+        let env = TestEnv::new();
+        // The sub_path is there before (see the next test for one the
+        // mount makes).
+        let out = env.work.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        env.run(&["volume", "create", "qm-data"]).success();
+        env.run(&["volume", "put", "qm-data", path(&out), "/out"])
+            .success();
+        let app = AppToml::new("qm")
+            .volume("data", |v| {
+                v.persist("qm-data").max_size("1MiB").max_files(10)
+            })
+            .function("q", |f| {
+                f.module(guest)
+                    .mount("/data", Mount::volume("data").read_only())
+                    .mount("/out", Mount::volume("data").sub_path("out"))
+            })
+            .write(&env);
+        let out = run_q(&env, &app, &["write", "2000000", "/out/big"]);
+        assert!(refused_at(&out, 0, p2), "{guest}: {out}");
+        let (bytes, _) = listed(&env, "qm-data");
+        assert!(bytes <= 1 << 20, "{guest}: {bytes}");
+        let out = run_q(&env, &app, &["files", "/out/many", "50"]);
+        assert!(out.starts_with("nospc "), "{guest}: {out}");
+        let (bytes, files) = listed(&env, "qm-data");
+        assert!(bytes <= 1 << 20 && files <= 10, "{guest}: {bytes} {files}");
+        assert_eq!((bytes, files), walk(&env.volume_dir("qm-data")), "{guest}");
+    }
+}
+
+/// Issue 20, item 10: a write that fails (through a read-only descriptor,
+/// aimed 3 MB past the end) counts nothing.
+#[test]
+fn a_failed_write_gives_back_what_it_reserved() {
+    for guest in ["{guest:quota}", "{guest2:quota}"] {
+        let env = TestEnv::new();
+        let app = quota_app(&env, "qw", guest, |v| v.max_size("10MiB"));
+        assert_eq!(run_q(&env, &app, &["write", "1000", "/data/f"]), "done 1\n");
+        assert_eq!(
+            run_q(&env, &app, &["rowrite", "/data/f", "3000000", "10"]),
+            "refused size 1000\n",
+            "{guest}"
+        );
+        assert_eq!(listed(&env, "qw-data"), (1000, 1), "{guest}");
+    }
+}
+
+/// Issue 20, item 10: two instances truncating and rewriting one file
+/// never hold more than one copy of it, and nothing they do is refused in
+/// a volume that has room for it: each write settles what it changed.
+#[test]
+fn instances_rewriting_one_file_are_counted_per_write() {
+    let env = TestEnv::new();
+    let app = quota_app(&env, "qt", "{guest:quota}", |v| v.max_size("1MiB"));
+    let map = env.work.path().join("map");
+    std::fs::write(&map, "/data/f\n/data/f\n/data/f\n/data/f\n").unwrap();
+    let out = map_q(&env, &app, &map, "4", &["churn", "200000", "300"]);
+    assert_eq!(
+        out.matches("done 300").count(),
+        4,
+        "every round fits: {out}"
+    );
+    assert_eq!(listed(&env, "qt-data"), (200000, 1));
+}
+
+/// Issue 20, item 11: the directories a `sub_path` mount makes are entries
+/// of the volume, counted and held to `max_files` like a guest's.
+#[test]
+fn directories_made_for_a_sub_path_are_counted() {
+    let env = TestEnv::new();
+    let app = |name: &str, files: u64| {
+        AppToml::new(name)
+            .volume("data", |v| {
+                v.persist(&format!("{name}-data")).max_files(files)
+            })
+            .function("q", |f| {
+                f.module("{guest:quota}")
+                    .mount("/out", Mount::volume("data").sub_path("a/b/c/d/e"))
+            })
+            .write(&env)
+    };
+    // The volume's usage exists before the mount makes its directories.
+    env.run(&["volume", "create", "qs-data", "--max-files", "10"])
+        .success();
+    assert_eq!(listed(&env, "qs-data"), (0, 0));
+    let roomy = app("qs", 10);
+    assert_eq!(run_q(&env, &roomy, &["files", "/out", "20"]), "nospc 5\n");
+    assert_eq!(listed(&env, "qs-data"), (0, 10));
+    assert_eq!(walk(&env.volume_dir("qs-data")), (0, 10));
+    // Five directories do not fit in three files: the mount is refused.
+    env.run(&["volume", "create", "qn-data", "--max-files", "3"])
+        .success();
+    assert_eq!(listed(&env, "qn-data"), (0, 0));
+    let tight = app("qn", 3);
+    let run = env.run_within(BOUND, &["run", path(&tight), "--", "files", "/out", "2"]);
+    assert_ne!(run.code(), 0, "{}", run.stdout());
+    assert!(run.stderr().contains("sub_path"), "{}", run.stderr());
+    assert!(listed(&env, "qn-data").1 <= 3);
+    assert_eq!(listed(&env, "qn-data"), walk(&env.volume_dir("qn-data")));
+}
+
+/// Issue 20, item 11: a snapshot counts what `volume info` counts
+/// (directories are entries too), a volume forked from a snapshot must
+/// have room for it, and `put --force` over a file counts the file it
+/// replaces.
+#[test]
+fn snapshots_forks_and_forced_puts_count_as_the_volume_does() {
+    let env = TestEnv::new();
+    env.run(&["volume", "create", "s"]).success();
+    let local = env.work.path().join("tree");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("a"), vec![1u8; 30 << 10]).unwrap();
+    std::fs::write(local.join("sub/b"), vec![2u8; 30 << 10]).unwrap();
+    env.run(&["volume", "put", "s", path(&local), "/tree"])
+        .success();
+    assert_eq!(listed(&env, "s"), (60 << 10, 4));
+    env.run(&["volume", "snapshot", "create", "s", "s1"])
+        .success();
+    let list: serde_json::Value = serde_json::from_str(
+        &env.run(&["volume", "snapshot", "list", "s", "--json"])
+            .success()
+            .stdout(),
+    )
+    .unwrap();
+    assert_eq!(list[0]["files"], 4, "{list}");
+    assert_eq!(list[0]["bytes"], 60 << 10, "{list}");
+
+    for quota in [&["--max-size", "1KiB"][..], &["--max-files", "3"]] {
+        let mut args = vec!["volume", "create", "t", "--from", "s@s1"];
+        args.extend(quota);
+        let run = env.run(&args).code_is(2);
+        assert!(
+            run.stderr().contains("snapshot `s@s1` holds"),
+            "{}",
+            run.stderr()
+        );
+        let names = env.run(&["volume", "list", "--json"]).success().stdout();
+        assert!(!names.contains("\"t\""), "{quota:?} made t: {names}");
+    }
+    env.run(&[
+        "volume",
+        "create",
+        "t",
+        "--from",
+        "s@s1",
+        "--max-files",
+        "4",
+    ])
+    .success();
+    assert_eq!(listed(&env, "t"), (60 << 10, 4));
+
+    env.run(&["volume", "create", "p", "--max-size", "1MiB"])
+        .success();
+    let big = env.work.path().join("big");
+    let small = env.work.path().join("small");
+    std::fs::write(&big, vec![1u8; 900_000]).unwrap();
+    std::fs::write(&small, vec![2u8; 200_000]).unwrap();
+    env.run(&["volume", "put", "p", path(&big), "/f"]).success();
+    env.run(&["volume", "put", "p", path(&small), "/f", "--force"])
+        .success();
+    assert_eq!(listed(&env, "p"), (200_000, 1));
 }

@@ -1,7 +1,8 @@
 //! Output and input as streams: `--map -` starts invocations as lines
 //! arrive and holds bounded memory, a guest blocked writing to a reader that
 //! does not read still times out (and lets go of its locks), a closed stdout
-//! ends a command quietly; `--env`, and NUL bytes WASI cannot carry.
+//! ends a command quietly and leaves a guest's stderr working; `--env`, and
+//! NUL bytes WASI cannot carry.
 
 mod common;
 
@@ -292,6 +293,32 @@ fn a_closed_stdout_ends_a_listing_quietly() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: stderr: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: stderr: {stderr}");
+    }
+}
+
+/// A guest whose stdout reader went away still writes its stderr: each
+/// stream fails on its own (wasmtime's `p2_cli_stdout_epipe`), and the
+/// guest, which handles the failed stdout, exits 0.
+#[test]
+fn a_closed_stdout_leaves_the_guests_stderr_working() {
+    for target in ["guest", "guest2"] {
+        let env = TestEnv::new();
+        let app = AppToml::new("epipe")
+            .function("fsops", |f| f.module(format!("{{{target}:fsops}}")))
+            .write(&env);
+        let out = env
+            .command()
+            .args(["run", s(&app), "--", "stdout-until-closed"])
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("stderr still works"),
+            "{target}: stderr: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{target}: stderr: {stderr}");
     }
 }
 

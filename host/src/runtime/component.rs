@@ -19,7 +19,7 @@ use super::instance::{
 };
 use super::outbound::Outbound;
 use super::wasi::limits::{CountLimits, limit_table};
-use super::wasi::quota_p2::FileStreams;
+use super::wasi::quota_p2_streams::FileStreams;
 use super::{BadModule, Invocation, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
@@ -135,6 +135,7 @@ fn link(
     add_lock_to_linker(&mut linker, "wasmhost:host/lock@0.1.0", v0_1::wit_error)?;
     super::wasi::limits::add_to_p2_linker(&mut linker)?;
     super::wasi::quota_p2::add_to_linker(&mut linker)?;
+    super::wasi::quota_p2_streams::add_to_linker(&mut linker)?;
     if function.trap_unknown_imports {
         linker.define_unknown_imports_as_traps(component)?;
     }
@@ -215,13 +216,14 @@ fn store(
     argv0: &str,
     limits: &CountLimits,
 ) -> Result<(Store<ComponentState>, StopWatch, Outputs)> {
-    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
+    let host = HostState::new(invocation, limits)?;
+    let (mut builder, outputs) = wasi_builder(invocation, argv0, &host.quotas)?;
     let outbound = Outbound::new(&invocation.function.allowed_hosts);
     outbound.grant(&mut builder);
     let mut state = ComponentState {
         wasi: builder.build(),
         table: ResourceTable::new(),
-        host: HostState::new(invocation, limits)?,
+        host,
         streams: FileStreams::default(),
         http: HttpState::new(outbound),
     };

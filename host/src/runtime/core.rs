@@ -190,11 +190,12 @@ pub async fn run(
     argv0: &str,
     limits: &CountLimits,
 ) -> Result<(RunResult, Outputs)> {
-    let (mut builder, outputs) = wasi_builder(invocation, argv0)?;
+    let host = HostState::new(invocation, limits)?;
+    let (mut builder, outputs) = wasi_builder(invocation, argv0, &host.quotas)?;
     let mut state = CoreState {
         wasi: builder.build_p1(),
-        host: HostState::new(invocation, limits)?,
-        p1_mounts: P1Mounts::default(),
+        host,
+        p1_mounts: P1Mounts::new(invocation.mounts.len()),
     };
     let (pre, entry) = (&prelinked.pre, &prelinked.entry);
     limit_table(WasiView::ctx(&mut state.wasi).table, limits);

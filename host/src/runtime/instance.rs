@@ -147,8 +147,13 @@ impl HostState {
     }
 }
 
-/// The WASI context of an invocation: args, env, mounts as preopens, stdio.
-pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuilder, Outputs)> {
+/// The WASI context of an invocation: args, env, mounts as preopens (the
+/// directories a `sub_path` makes counted in `quotas`), stdio.
+pub fn wasi_builder(
+    invocation: &Invocation,
+    argv0: &str,
+    quotas: &VolumeQuotas,
+) -> Result<(WasiCtxBuilder, Outputs)> {
     let mut builder = WasiCtxBuilder::new();
     builder.allow_blocking_current_thread(true);
     // No network unless the function's `allowed_hosts` grant it (to
@@ -173,7 +178,7 @@ pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuil
     for (key, value) in invocation.environment() {
         builder.env(key, value);
     }
-    for mount in invocation.mounts {
+    for (index, mount) in invocation.mounts.iter().enumerate() {
         let perms = if mount.read_only {
             FsPerms::ReadOnly
         } else {
@@ -185,7 +190,7 @@ pub fn wasi_builder(invocation: &Invocation, argv0: &str) -> Result<(WasiCtxBuil
                 // Opened by descriptor, then preopened through the
                 // descriptor's own /proc entry: the directory already
                 // reached, not a path resolved again.
-                let dir = mount.open_sub_path(sub_path)?;
+                let dir = mount.open_sub_path(sub_path, quotas.volume_usage(index))?;
                 let path = format!("/proc/self/fd/{}", dir.fd().as_raw_fd());
                 builder.preopened_dir(path, &mount.guest_path, perms)?
             }

@@ -46,15 +46,18 @@ pub struct Streamed {
 #[derive(Default)]
 struct State {
     in_flight: usize,
-    /// The first write that failed; later writes fail the same way.
-    failed: Option<io::ErrorKind>,
+    /// The first write that failed, per stream (by [`Fd`]); later writes
+    /// to that stream fail the same way. Each stream fails on its own: a
+    /// reader of stdout that goes away leaves stderr working, for the
+    /// guest to say so (Rust's `eprintln!` aborts on a failed stderr).
+    failed: [Option<io::ErrorKind>; 2],
     /// Futures waiting for room or for everything to be written.
     waiting: Vec<Waker>,
 }
 
 impl State {
-    fn check(&self) -> StreamResult<()> {
-        match self.failed {
+    fn check(&self, fd: Fd) -> StreamResult<()> {
+        match self.failed[fd as usize] {
             None => Ok(()),
             Some(io::ErrorKind::BrokenPipe) => Err(StreamError::Closed),
             Some(kind) => Err(StreamError::LastOperationFailed(
@@ -115,9 +118,11 @@ impl Streamed {
         .await
     }
 
-    /// Resolves once everything handed over is written (or writing failed).
+    /// Resolves once everything handed over is written (or both streams
+    /// failed).
     pub async fn written(&self) {
-        self.until(|s| s.in_flight == 0 || s.failed.is_some()).await
+        self.until(|s| s.in_flight == 0 || s.failed.iter().all(Option::is_some))
+            .await
     }
 
     /// Writes `bytes` now if that cannot block, else hands them to the
@@ -135,7 +140,7 @@ impl Streamed {
             && let Some(written) = write_now(fd, &bytes)
         {
             if let Err(e) = written {
-                state.failed.get_or_insert(e.kind());
+                state.failed[fd as usize].get_or_insert(e.kind());
             }
             return;
         }
@@ -149,16 +154,16 @@ impl Streamed {
         if let Err(mpsc::SendError(chunk)) = writer().send(chunk) {
             chunk
                 .owner
-                .wrote(chunk.bytes.len(), Err(io::ErrorKind::BrokenPipe));
+                .wrote(chunk.fd, chunk.bytes.len(), Err(io::ErrorKind::BrokenPipe));
         }
     }
 
     /// Called by the writer for each chunk.
-    fn wrote(&self, len: usize, result: Result<(), io::ErrorKind>) {
+    fn wrote(&self, fd: Fd, len: usize, result: Result<(), io::ErrorKind>) {
         let mut state = self.state();
         state.in_flight -= len;
         if let Err(kind) = result {
-            state.failed.get_or_insert(kind);
+            state.failed[fd as usize].get_or_insert(kind);
         }
         for waker in state.waiting.drain(..) {
             waker.wake();
@@ -174,12 +179,12 @@ fn writer() -> &'static mpsc::Sender<Chunk> {
         let (tx, rx) = mpsc::channel::<Chunk>();
         std::thread::spawn(move || {
             for chunk in rx {
-                let failed = chunk.owner.state().failed;
+                let failed = chunk.owner.state().failed[chunk.fd as usize];
                 let result = match failed {
                     Some(kind) => Err(kind),
                     None => write_out(chunk.fd, &chunk.bytes).map_err(|e| e.kind()),
                 };
-                chunk.owner.wrote(chunk.bytes.len(), result);
+                chunk.owner.wrote(chunk.fd, chunk.bytes.len(), result);
             }
         });
         tx
@@ -246,7 +251,7 @@ impl StreamedOutput {
     /// Takes up to the room there is of `buf`, or waits for room.
     fn reserve(&self, cx: &Context<'_>, want: usize) -> Poll<StreamResult<usize>> {
         let mut state = self.owner.state();
-        state.check()?;
+        state.check(self.fd)?;
         if state.room() == 0 {
             state.wait(cx);
             return Poll::Pending;
@@ -277,8 +282,9 @@ impl StdoutStream for StreamedOutput {
 #[async_trait]
 impl Pollable for StreamedOutput {
     async fn ready(&mut self) {
+        let fd = self.fd;
         self.owner
-            .until(|s| s.failed.is_some() || s.room() > 0)
+            .until(|s| s.failed[fd as usize].is_some() || s.room() > 0)
             .await
     }
 }
@@ -286,7 +292,7 @@ impl Pollable for StreamedOutput {
 impl OutputStream for StreamedOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         let state = self.owner.state();
-        state.check()?;
+        state.check(self.fd)?;
         if bytes.len() > state.room() {
             return Err(StreamError::trap(
                 "write exceeded the permit of check-write",
@@ -299,12 +305,12 @@ impl OutputStream for StreamedOutput {
 
     /// Nothing is buffered on this side of the writer.
     fn flush(&mut self) -> StreamResult<()> {
-        self.owner.state().check()
+        self.owner.state().check(self.fd)
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
         let state = self.owner.state();
-        state.check()?;
+        state.check(self.fd)?;
         Ok(state.room())
     }
 }

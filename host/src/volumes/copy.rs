@@ -13,15 +13,30 @@ use anyhow::{Context, Result, anyhow, bail};
 use rustix::fs::{FileType, OFlags, Stat};
 
 use super::sparse;
+use super::usage::Counts;
 use super::walk::{self, Cursor, Problem, Visitor, WalkError, kind_name};
 use crate::text::escape_name;
 
 /// What a copy did, including what it would not copy.
 #[derive(Debug, Default)]
 pub struct CopyReport {
+    /// Files and links copied.
     pub files: usize,
+    /// Directories made beneath the copy's root.
+    pub dirs: usize,
     pub bytes: u64,
     pub skipped: Vec<Skipped>,
+}
+
+impl CopyReport {
+    /// What the copy holds as a volume's usage counts it (directories are
+    /// entries too), so that a snapshot's count and a volume's agree.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            bytes: self.bytes,
+            files: (self.files + self.dirs) as u64,
+        }
+    }
 }
 
 /// Something a copy passed over: a link, a FIFO, a socket or a device.
@@ -276,7 +291,9 @@ impl Visitor for Copier<'_> {
     fn enter(&mut self, _: &Cursor, name: &OsStr) -> Result<()> {
         self.target
             .descend_making(name)
-            .map_err(|e| self.to.error("write", e))
+            .map_err(|e| self.to.error("write", e))?;
+        self.report.dirs += 1;
+        Ok(())
     }
 
     fn leave(&mut self, _: &Cursor, _: &OsStr) -> Result<()> {

@@ -95,6 +95,14 @@ impl VolumeFiles {
         Ok((cursor, Some(name.to_owned())))
     }
 
+    /// The size of the regular file at `relative`, if one is there.
+    fn file_size(&self, relative: &Path) -> Option<u64> {
+        let (dir, name) = self.locate(relative, "read").ok()?;
+        let stat = dir.stat(&name?).ok()?;
+        (FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
+            .then_some(stat.st_size as u64)
+    }
+
     /// What `name` in `dir` is (the root when `None`), not following a link.
     fn stat(&self, dir: &Cursor, name: Option<&OsStr>, relative: &Path) -> Result<Stat> {
         match name {
@@ -144,7 +152,6 @@ impl VolumeFiles {
     /// Copies the local file or directory `local` to `remote` in the volume,
     /// once room for all of it is taken under the volume's quota.
     pub fn put(&self, local: &Path, remote: &Path, force: bool) -> Result<CopyReport> {
-        quota::reserve_put(&self.home, &self.volume, local)?;
         let local_stat = match rustix::fs::lstat(local) {
             Err(rustix::io::Errno::NOENT) => {
                 return Err(not_found!(
@@ -164,12 +171,25 @@ impl VolumeFiles {
             )
         });
         let remote_path = self.destination(remote, base, local_is_dir)?;
+        let kind = FileType::from_raw_mode(local_stat.st_mode);
+        // A file put over a file truncates it: its bytes are given back.
+        let replaced = match force && kind == FileType::RegularFile {
+            true => self
+                .file_size(&remote_path)
+                .map(|bytes| Counts { bytes, files: 1 }),
+            false => None,
+        };
+        quota::reserve_put(
+            &self.home,
+            &self.volume,
+            local,
+            replaced.unwrap_or_default(),
+        )?;
         let (dir, name) = self.make_parents(&remote_path)?;
         if !force {
             self.refuse_existing(&dir, name.as_deref(), &remote_path)?;
         }
         let mut report = CopyReport::default();
-        let kind = FileType::from_raw_mode(local_stat.st_mode);
         if kind == FileType::RegularFile {
             let (parent, source_dir, source_name) = local_parent(local)?;
             let name = name.expect("a file is never put at the root");

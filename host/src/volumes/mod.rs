@@ -45,7 +45,7 @@ pub use store::{
     still_fits, trash_volumes, with_new_dirs,
 };
 pub use usage::{Counts, NoRoom, Usage};
-pub use walk::Cursor;
+pub use walk::{Cursor, Problem};
 
 /// Trashes the volume, lock and snapshot directories (and usage files) the
 /// registry does not know, given every volume id and snapshot it does:

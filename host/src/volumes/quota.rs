@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::usage::{Counts, Usage, count};
+use crate::error::usage;
 use crate::home::Home;
 use crate::manifest::Quota;
 use crate::registry::VolumeRecord;
@@ -26,11 +27,16 @@ pub fn counts_now(home: &Home, volume: &VolumeRecord) -> Result<Counts> {
 }
 
 /// Reserves room for copying `local` (a file or a directory, as `volume
-/// put` copies it) into volume `volume`, before anything is copied: refused
-/// with a message saying how much is missing. The room stays taken and the
-/// count is marked for a recount: overwritten files make it high until
-/// then, never low.
-pub fn reserve_put(home: &Home, volume: &VolumeRecord, local: &Path) -> Result<()> {
+/// put` copies it) into volume `volume`, less what it `replaces` (a file
+/// it truncates), before anything is copied: refused with a message saying
+/// how much is missing. The room stays taken and the count is marked for a
+/// recount: other overwritten files make it high until then, never low.
+pub fn reserve_put(
+    home: &Home,
+    volume: &VolumeRecord,
+    local: &Path,
+    replaces: Counts,
+) -> Result<()> {
     let counts = match std::fs::symlink_metadata(local) {
         Ok(meta) if meta.is_dir() => count(local)
             .with_context(|| format!("cannot count {}", local.display()))
@@ -45,7 +51,11 @@ pub fn reserve_put(home: &Home, volume: &VolumeRecord, local: &Path) -> Result<(
         // `put` says what is wrong with it.
         Err(_) => return Ok(()),
     };
-    reserve_copy(home, volume, counts, &local.display().to_string())
+    let net = Counts {
+        bytes: counts.bytes.saturating_sub(replaces.bytes),
+        files: counts.files.saturating_sub(replaces.files),
+    };
+    reserve_copy(home, volume, net, &local.display().to_string())
 }
 
 /// Reserves room for `counts` that the host is about to copy (`what`) into
@@ -73,6 +83,23 @@ pub fn reserve_copy(home: &Home, volume: &VolumeRecord, counts: Counts, what: &s
         );
     }
     usage.mark_stale();
+    Ok(())
+}
+
+/// Refuses to make a volume of quota `quota` holding `counts` (`what`, a
+/// snapshot it is forked from): it would start over its quota, where every
+/// write that grows it fails.
+pub fn check_fits(counts: Counts, quota: Quota, what: &str) -> Result<()> {
+    let over = |max: Option<u64>, have: u64| max.is_some_and(|max| have > max);
+    if over(quota.max_bytes, counts.bytes) || over(quota.max_files, counts.files) {
+        return Err(usage!(
+            "{what} holds {} bytes and {} files, more than the quota given (max_size {}, max_files {}); give a larger --max-size or --max-files, or none",
+            counts.bytes,
+            counts.files,
+            quota.max_bytes.map_or("none".into(), |b| b.to_string()),
+            quota.max_files.map_or("none".into(), |f| f.to_string()),
+        ));
+    }
     Ok(())
 }
 

@@ -148,7 +148,8 @@ pub fn create_snapshot(
         },
     };
     copy.run(home, registry, progress, |tx, dir, report| {
-        let snapshot = tx.insert_snapshot(&record.id, name, report.bytes, report.files as u64)?;
+        let counts = report.counts();
+        let snapshot = tx.insert_snapshot(&record.id, name, counts.bytes, counts.files)?;
         let target = home.snapshot_dir(&record.id, name);
         fs::rename(dir, &target)
             .with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
@@ -261,7 +262,8 @@ pub fn fork_snapshot(
             snapshot_in(tx, &record, name).map(drop)
         },
     };
-    copy.run(home, registry, progress, |tx, dir, _| {
+    copy.run(home, registry, progress, |tx, dir, report| {
+        quota::check_fits(report.counts(), quota, &format!("snapshot `{from}`"))?;
         let created = insert_named_volume(tx, new, quota)?;
         let target = home.volume_dir(&created.id);
         fs::rename(dir, &target)

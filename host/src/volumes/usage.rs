@@ -219,14 +219,62 @@ impl Usage {
     /// the same change (two creates of one name, two truncates of one
     /// file). One atomic load when nothing else writes the volume.
     fn note_concurrency(&self) {
-        if self.get(Slot::Users) > 1 && self.get(Slot::Stale) == 0 {
+        if self.shared() && self.get(Slot::Stale) == 0 {
             self.mark_stale();
         }
+    }
+
+    /// Whether another open (an instance, a process) has the usage too:
+    /// alone, a writer races with no one.
+    pub fn shared(&self) -> bool {
+        self.get(Slot::Users) > 1
     }
 
     /// Says the count may be off: the next exclusive open recounts.
     pub fn mark_stale(&self) {
         self.slot(Slot::Stale).store(1, Ordering::SeqCst);
+    }
+
+    /// Takes the file `inode`'s turn to be changed, if no other writer of
+    /// this volume (in this process or another) has it: `Ok(false)` if one
+    /// does. A writer that measures a file, changes it and settles what it
+    /// changed within its turn sees the size the change starts from, so
+    /// two writers truncating and rewriting one file count each change
+    /// once, and the count stays exact while they run instead of drifting
+    /// until a recount. A turn is a one-byte open-file-description lock of
+    /// the usage file past its counters, at the inode's offset: held per
+    /// open of the usage file (each instance opens its own), let go by
+    /// [`Usage::end_file_turn`] or when the file is closed.
+    pub fn try_file_turn(&self, inode: u64) -> io::Result<bool> {
+        match self.lock_byte(inode, libc::F_WRLCK as i16) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends a turn [`Usage::try_file_turn`] took.
+    pub fn end_file_turn(&self, inode: u64) {
+        // Failing, it stays held until the usage file is closed: a later
+        // turn of the file only waits for that.
+        let _ = self.lock_byte(inode, libc::F_UNLCK as i16);
+    }
+
+    fn lock_byte(&self, inode: u64, kind: i16) -> io::Result<()> {
+        // SAFETY: `flock` is plain data; all zeroes is a valid value.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = kind;
+        lock.l_whence = libc::SEEK_SET as i16;
+        lock.l_start = (FILE_SIZE as u64)
+            .saturating_add(inode)
+            .min(i64::MAX as u64) as i64;
+        lock.l_len = 1;
+        // SAFETY: an OFD lock request on a descriptor this struct owns,
+        // with a valid `flock`.
+        match unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &lock) } {
+            -1 => Err(io::Error::last_os_error()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -369,6 +417,20 @@ mod tests {
         assert_eq!(usage.reserve(0, 5), Ok(()));
         usage.release(100, 7);
         assert_eq!(usage.counts(), Counts::default());
+    }
+
+    #[test]
+    fn a_file_has_one_writer_at_a_time_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned()).unwrap();
+        std::fs::create_dir(home.volume_dir("vo-1")).unwrap();
+        let one = Usage::open(&home, "vo-1", Quota::default()).unwrap();
+        let two = Usage::open(&home, "vo-1", Quota::default()).unwrap();
+        assert!(one.try_file_turn(42).unwrap());
+        assert!(!two.try_file_turn(42).unwrap(), "the file's turn is taken");
+        assert!(two.try_file_turn(43).unwrap(), "another file's is not");
+        one.end_file_turn(42);
+        assert!(two.try_file_turn(42).unwrap());
     }
 
     #[test]

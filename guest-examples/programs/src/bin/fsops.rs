@@ -89,6 +89,19 @@ fn run(args: &[String]) {
             println!("{}", poll_two_clocks(number(first_ms), number(second_ms)))
         }
         ("echo-line", [.., line]) => println!("{line}"),
+        // Writes to stdout until that fails (its reader went away), then
+        // says so on stderr: `eprintln!` aborts the guest if stderr failed
+        // with it (wasmtime's `p2_cli_stdout_epipe`).
+        ("stdout-until-closed", []) => {
+            let mut written = 0u64;
+            let error = loop {
+                match out.write_all(&[b'x'; 4096]).and_then(|()| out.flush()) {
+                    Ok(()) => written += 4096,
+                    Err(e) => break e,
+                }
+            };
+            eprintln!("stdout failed after {written} bytes: {error}; stderr still works");
+        }
         // `echo-after MS LINE [LOG]`: LOG gets LINE appended when done, so
         // tests can see the order in which invocations finished.
         ("echo-after", [ms, line, log @ ..]) if log.len() <= 1 => {

@@ -13,7 +13,14 @@
 //! - `files DIR COUNT`: creates COUNT empty files in DIR (made if
 //!   missing), stopping at a refusal;
 //! - `mixed DIR COUNT SEED`: COUNT creates, writes, truncates, renames and
-//!   deletes chosen by SEED.
+//!   deletes chosen by SEED;
+//! - `renumbered BYTES COUNT` (wasip1 only): moves the first preopen to
+//!   descriptor 0 with `fd_renumber`, then creates COUNT files of BYTES
+//!   bytes in it through that descriptor;
+//! - `rowrite PATH OFFSET BYTES`: one write at OFFSET through a descriptor
+//!   opened read-only (which fails), then the file's size;
+//! - `churn BYTES COUNT PATH`: COUNT rounds of truncating PATH to nothing
+//!   and writing BYTES at its start, through one descriptor.
 //!
 //! Each prints `done N` (N steps succeeded), or `nospc N` when step N+1
 //! failed with ENOSPC, or `error N: …` for any other failure.
@@ -55,6 +62,30 @@ fn main() {
             let mut rng = number(seed) | 1;
             steps(number(count), |i| mixed_step(dir, i, &mut rng))
         }
+        ["renumbered", bytes, count] => renumbered(number(bytes), number(count)),
+        ["rowrite", path, offset, bytes] => {
+            let result = File::open(path).and_then(|mut file| {
+                file.seek(SeekFrom::Start(number(offset)))?;
+                file.write_all(&vec![1u8; number(bytes) as usize])
+            });
+            let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            println!("{} size {size}", if result.is_ok() { "written" } else { "refused" });
+            exit(0)
+        }
+        ["churn", bytes, count, path] => {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .unwrap_or_else(|e| fail(0, &e));
+            let chunk = vec![5u8; number(bytes) as usize];
+            steps(number(count), |_| {
+                file.set_len(0)?;
+                file.seek(SeekFrom::Start(0))?;
+                file.write_all(&chunk)
+            })
+        }
         _ => usage(),
     };
     match result {
@@ -62,6 +93,56 @@ fn main() {
         Err((n, e)) if e.kind() == ErrorKind::StorageFull => println!("nospc {n}"),
         Err((n, e)) => fail(n, &e),
     }
+}
+
+/// `renumbered`: the preopen moved to descriptor 0 (stdin, closed by the
+/// move), where wasi-libc no longer looks for it, so the files are opened
+/// with `path_open` itself.
+#[cfg(not(target_env = "p2"))]
+fn renumbered(bytes: u64, count: u64) -> Result<u64, (u64, io::Error)> {
+    use std::os::fd::FromRawFd;
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    unsafe extern "C" {
+        fn fd_renumber(from: i32, to: i32) -> i32;
+        fn path_open(
+            dir: i32,
+            lookup: i32,
+            path: *const u8,
+            len: usize,
+            oflags: i32,
+            base: i64,
+            inheriting: i64,
+            fdflags: i32,
+            opened: *mut i32,
+        ) -> i32;
+    }
+    let errno = |e: i32| io::Error::from_raw_os_error(e);
+    // SAFETY: plain calls of WASI imports, on descriptors and memory this
+    // function owns.
+    match unsafe { fd_renumber(3, 0) } {
+        0 => {}
+        e => fail(0, &errno(e)),
+    }
+    let all_rights = 0x1fff_ffff;
+    steps(count, |i| {
+        let name = format!("r{i}");
+        let mut fd = -1;
+        let oflags_creat_trunc = 1 | 8;
+        let e = unsafe {
+            path_open(0, 0, name.as_ptr(), name.len(), oflags_creat_trunc, all_rights, all_rights, 0, &mut fd)
+        };
+        if e != 0 {
+            return Err(errno(e));
+        }
+        // SAFETY: `fd` was just opened, and is owned by the file from here.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(&vec![4u8; bytes as usize])
+    })
+}
+
+#[cfg(target_env = "p2")]
+fn renumbered(_: u64, _: u64) -> Result<u64, (u64, io::Error)> {
+    usage()
 }
 
 fn write_all(path: &str, bytes: u64) -> io::Result<()> {
@@ -116,6 +197,6 @@ fn fail(n: u64, e: &io::Error) -> ! {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: quota write|writes|extend|pwrite|files|mixed ARGS...");
+    eprintln!("usage: quota write|writes|extend|pwrite|files|mixed|renumbered|rowrite|churn ARGS...");
     exit(2)
 }

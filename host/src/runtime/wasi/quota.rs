@@ -11,15 +11,19 @@
 //! (the count is then high, never low) and marks the volume for a recount.
 //! Renaming over a file gives the replaced file back; a rename or hard link
 //! between two volumes is refused with EXDEV (programs then copy), as a
-//! rename between file systems would be. A hard link counts as a file and
+//! rename between file systems would be, once wasmtime-wasi has found both
+//! ends writable. A hard link counts as a file and
 //! no bytes: a file's bytes are counted once however many names it has.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::mount::Mount;
 use crate::runtime::Invocation;
 use crate::volumes::{NoRoom, Usage};
 
@@ -29,7 +33,12 @@ struct MountUsage {
     /// descriptor's file is in.
     root: PathBuf,
     volume_id: String,
-    /// `None` for a read-only mount: it can neither grow nor shrink.
+    /// A read-only mount can neither grow nor shrink its volume:
+    /// wasmtime-wasi refuses such calls, and the shims leave them to it.
+    read_only: bool,
+    /// The volume's usage, one for all the mounts of the volume: the quota
+    /// belongs to the volume, whatever mount or `sub_path` reaches it.
+    /// `None` for a snapshot, and for a volume no mount may write.
     usage: Option<Arc<Usage>>,
 }
 
@@ -56,57 +65,114 @@ impl From<NoRoom> for Refusal {
 
 impl VolumeQuotas {
     pub fn open(invocation: &Invocation) -> Result<Self> {
+        // One open per volume that some mount may write, or whose
+        // `sub_path` the host may have to make.
+        let mut volumes: HashMap<&str, Arc<Usage>> = HashMap::new();
+        let changes = |m: &&Mount| !m.snapshot && (!m.read_only || m.sub_path.is_some());
+        for mount in invocation.mounts.iter().filter(changes) {
+            if !volumes.contains_key(mount.volume_id.as_str()) {
+                let usage = Usage::open(invocation.home, &mount.volume_id, mount.quota)?;
+                volumes.insert(&mount.volume_id, Arc::new(usage));
+            }
+        }
         let mut mounts: Vec<MountUsage> = Vec::new();
         for mount in invocation.mounts {
             let root = mount
                 .host_dir
                 .canonicalize()
                 .with_context(|| format!("cannot resolve {}", mount.host_dir.display()))?;
-            // Two mounts of one volume share one open.
-            let shared = mounts
-                .iter()
-                .find(|m| m.volume_id == mount.volume_id)
-                .and_then(|m| m.usage.clone());
-            let usage = match (mount.read_only, shared) {
-                (true, _) => None,
-                (false, Some(usage)) => Some(usage),
-                (false, None) => Some(Arc::new(Usage::open(
-                    invocation.home,
-                    &mount.volume_id,
-                    mount.quota,
-                )?)),
+            let usage = match mount.snapshot {
+                true => None,
+                false => volumes.get(mount.volume_id.as_str()).cloned(),
             };
             mounts.push(MountUsage {
                 root,
                 volume_id: mount.volume_id.clone(),
+                read_only: mount.read_only,
                 usage,
             });
         }
         Ok(Self { mounts })
     }
 
-    pub fn count(&self) -> usize {
-        self.mounts.len()
-    }
-
-    /// The usage to keep for what happens in mount `mount`.
-    pub fn usage(&self, mount: usize) -> Option<&Usage> {
+    /// The usage of mount `mount`'s volume, read-only or not: for what the
+    /// host itself makes in it (the directories of a `sub_path`).
+    pub fn volume_usage(&self, mount: usize) -> Option<&Usage> {
         self.mounts.get(mount)?.usage.as_deref()
     }
 
-    /// Whether two mounts are one volume (a rename between them stays in it).
-    pub fn same_volume(&self, a: usize, b: usize) -> bool {
+    /// The usage to keep for what happens in mount `mount`: none for a
+    /// read-only mount.
+    pub fn usage(&self, mount: usize) -> Option<&Usage> {
+        let mount = self.mounts.get(mount)?;
+        mount.usage.as_deref().filter(|_| !mount.read_only)
+    }
+
+    /// Waits for the turn of file `inode` of mount `mount` to be changed
+    /// (see `Usage::try_file_turn`), for a shim to measure, change and
+    /// settle it in: `None` when no other open has the volume (no one to
+    /// race with) or it keeps no usage. Should turns fail (a file system
+    /// without locks), the change goes without, and marks a recount.
+    pub fn file_turn(
+        &self,
+        mount: usize,
+        inode: u64,
+    ) -> impl Future<Output = Option<FileTurn>> + Send + use<> {
+        let usage = self.mounts.get(mount).filter(|m| !m.read_only);
+        let usage = usage.and_then(|m| m.usage.clone()).filter(|u| u.shared());
+        async move {
+            let usage = usage?;
+            loop {
+                match usage.try_file_turn(inode) {
+                    Ok(true) => return Some(FileTurn { usage, inode }),
+                    // Turns last one call: another writer's ends soon.
+                    Ok(false) => tokio::time::sleep(TURN_POLL).await,
+                    Err(_) => {
+                        usage.mark_stale();
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a rename or link between mounts `a` and `b` is refused as
+    /// crossing volumes: they are two volumes, both writable. One that is
+    /// read-only makes the call "not permitted", which wasmtime-wasi
+    /// answers before anything else, as a program expects (a rename onto a
+    /// read-only file system is EROFS before EXDEV).
+    pub fn crosses_volumes(&self, a: usize, b: usize) -> bool {
         match (self.mounts.get(a), self.mounts.get(b)) {
-            (Some(a), Some(b)) => a.volume_id == b.volume_id,
+            (Some(a), Some(b)) => a.volume_id != b.volume_id && !a.read_only && !b.read_only,
             _ => false,
         }
     }
 
     /// The mount the file or directory open as `fd` is in, by the path the
-    /// kernel knows it by (a file unlinked since keeps its directory's).
+    /// kernel knows it by (a file unlinked since keeps its directory's): a
+    /// writable one where several mounts of its volume reach the path
+    /// (a read-only mount of the whole volume and a writable one of a
+    /// `sub_path`), since whether the descriptor may write is its own.
     pub fn mount_of(&self, fd: BorrowedFd) -> Option<usize> {
         let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-        self.mounts.iter().position(|m| path.starts_with(&m.root))
+        let within = |m: &&MountUsage| path.starts_with(&m.root);
+        let writable = self.mounts.iter().position(|m| within(&m) && !m.read_only);
+        writable.or_else(|| self.mounts.iter().position(|m| within(&m)))
+    }
+}
+
+/// How often a writer looks again for a file's turn another has.
+const TURN_POLL: Duration = Duration::from_micros(200);
+
+/// A file's turn to be changed, ended when dropped.
+pub struct FileTurn {
+    usage: Arc<Usage>,
+    inode: u64,
+}
+
+impl Drop for FileTurn {
+    fn drop(&mut self) {
+        self.usage.end_file_turn(self.inode);
     }
 }
 
@@ -122,7 +188,25 @@ pub fn freed_by(regular: bool, links: u64, size: u64) -> (u64, u64) {
 }
 
 /// The growth of a file of `size` bytes when `len` bytes are written at
-/// `start`.
+/// `start`: none when nothing is written (a write of nothing, or one that
+/// failed, leaves the file as it was wherever it was aimed).
 pub fn growth(size: u64, start: u64, len: u64) -> u64 {
+    if len == 0 {
+        return 0;
+    }
     start.saturating_add(len).saturating_sub(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::growth;
+
+    #[test]
+    fn growth_counts_only_bytes_written_past_the_end() {
+        assert_eq!(growth(100, 50, 100), 50);
+        assert_eq!(growth(100, 200, 10), 110);
+        assert_eq!(growth(100, 0, 10), 0);
+        // A failed write at 3 MB wrote nothing and grew nothing.
+        assert_eq!(growth(100, 3 << 20, 0), 0);
+    }
 }

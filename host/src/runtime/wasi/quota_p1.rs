@@ -2,9 +2,10 @@
 //!
 //! wasmtime-wasi keeps which host file a p1 descriptor is to itself, so
 //! these learn what they need through its own methods: the mount from the
-//! descriptor a file was opened under (preopens are descriptors 3, 4, …
-//! in mount order), and a file's size, position and flags from its
-//! `fd_filestat_get`, `fd_tell` and `fd_fdstat_get`.
+//! descriptor a file was opened under (preopens start as descriptors 3, 4,
+//! … in mount order, and move with `fd_renumber` like any other), and a
+//! file's size, position and flags from its `fd_filestat_get`, `fd_tell`
+//! and `fd_fdstat_get`.
 //!
 //! `add_to_linker` is one long list, one registration a shimmed call,
 //! each a few lines that hand over to its shim: split up, it would read
@@ -19,7 +20,7 @@ use wasmtime_wasi::p1::wasi_snapshot_preview1::{self, WasiSnapshotPreview1};
 use wiggle::{GuestMemory, GuestPtr};
 
 use super::limits::{P1, p1_paths_capped, stock_p1, too_long_p1};
-use super::quota::{Refusal, freed_by, growth};
+use super::quota::{FileTurn, Refusal, freed_by, growth};
 use crate::runtime::core::CoreState;
 
 /// The first p1 descriptor of a preopen (0-2 are stdio).
@@ -28,20 +29,25 @@ const OFLAGS_CREAT: i32 = 1;
 const OFLAGS_TRUNC: i32 = 8;
 const ERRNO_SUCCESS: i32 = 0;
 
-/// Which mount each open p1 descriptor is in.
-#[derive(Default)]
+/// Which mount each open p1 descriptor is in, preopens included: a guest
+/// may renumber or close a preopen, and whatever descriptor then holds it
+/// must still be known as the mount, or its writes would escape the quota.
 pub struct P1Mounts {
     opened: HashMap<u32, usize>,
 }
 
 impl P1Mounts {
-    fn of(&self, fd: i32, mounts: usize) -> Option<usize> {
-        let fd = fd as u32;
-        if let Some(&mount) = self.opened.get(&fd) {
-            return Some(mount);
+    /// The descriptors of an instance with `mounts` preopens.
+    pub fn new(mounts: usize) -> Self {
+        Self {
+            opened: (0..mounts)
+                .map(|mount| (FIRST_PREOPEN + mount as u32, mount))
+                .collect(),
         }
-        let preopen = fd.checked_sub(FIRST_PREOPEN)? as usize;
-        (preopen < mounts).then_some(preopen)
+    }
+
+    fn of(&self, fd: i32) -> Option<usize> {
+        self.opened.get(&(fd as u32)).copied()
     }
 }
 
@@ -55,7 +61,7 @@ fn refused(refusal: Refusal) -> i32 {
 /// The mount of p1 descriptor `fd`, if it is in one that keeps usage.
 fn quota_mount(caller: &Caller<'_, CoreState>, fd: i32) -> Option<usize> {
     let state = caller.data();
-    let mount = state.p1_mounts.of(fd, state.host.quotas.count())?;
+    let mount = state.p1_mounts.of(fd)?;
     state.host.quotas.usage(mount).map(|_| mount)
 }
 
@@ -182,6 +188,33 @@ async fn write_start(
         .unwrap_or(size))
 }
 
+/// A file of a volume that keeps usage, measured in its turn (see
+/// `VolumeQuotas::file_turn`): what a change of its size starts from.
+async fn stat_in_turn(
+    caller: &mut Caller<'_, CoreState>,
+    fd: i32,
+    mount: usize,
+) -> wasmtime::Result<Option<(Stat, Option<FileTurn>)>> {
+    let Some(stat) = fd_stat(caller, fd).await? else {
+        return Ok(None);
+    };
+    let turn = caller.data().host.quotas.file_turn(mount, stat.inode).await;
+    if turn.is_none() {
+        return Ok(Some((stat, None)));
+    }
+    // Again within the turn: another writer may have changed it before.
+    Ok(fd_stat(caller, fd).await?.map(|stat| (stat, turn)))
+}
+
+/// A write's reservation, held in its file's turn until it is settled.
+struct WriteReservation {
+    mount: usize,
+    size: u64,
+    start: u64,
+    grows: u64,
+    _turn: Option<FileTurn>,
+}
+
 /// Reserves what a write of the first buffer of `iovs` at `offset` (or the
 /// position) would grow its file by: `Ok(None)` when the file is in no
 /// volume that keeps usage, `Err` with the errno when refused.
@@ -191,11 +224,11 @@ async fn reserve_write(
     iovs: i32,
     count: i32,
     offset: Option<u64>,
-) -> wasmtime::Result<Result<Option<(usize, u64, u64, u64)>, i32>> {
+) -> wasmtime::Result<Result<Option<WriteReservation>, i32>> {
     let Some(mount) = quota_mount(caller, fd) else {
         return Ok(Ok(None));
     };
-    let Some(stat) = fd_stat(caller, fd).await? else {
+    let Some((stat, turn)) = stat_in_turn(caller, fd, mount).await? else {
         return Ok(Ok(None));
     };
     let Some(len) = first_iovec_len(caller, iovs, count) else {
@@ -210,17 +243,24 @@ async fn reserve_write(
     if stat.links == 0 && grows > 0 {
         usage.mark_stale();
     }
-    Ok(Ok(Some((mount, stat.size, start, grows))))
+    Ok(Ok(Some(WriteReservation {
+        mount,
+        size: stat.size,
+        start,
+        grows,
+        _turn: turn,
+    })))
 }
 
-/// After a write: what it grew the file by, against what was reserved.
+/// After a write: what it grew the file by, against what was reserved
+/// (nothing, if it failed), settled before its file's turn ends.
 fn settle_write(
     caller: &mut Caller<'_, CoreState>,
-    reserved: Option<(usize, u64, u64, u64)>,
+    reserved: Option<WriteReservation>,
     errno: i32,
     written_at: i32,
 ) {
-    let Some((mount, size, start, grows)) = reserved else {
+    let Some(reserved) = reserved else {
         return;
     };
     let written = if errno == ERRNO_SUCCESS {
@@ -228,9 +268,9 @@ fn settle_write(
     } else {
         0
     };
-    let used = growth(size, start, written);
-    if let Some(usage) = caller.data().host.quotas.usage(mount) {
-        usage.settle(grows, used);
+    let used = growth(reserved.size, reserved.start, written);
+    if let Some(usage) = caller.data().host.quotas.usage(reserved.mount) {
+        usage.settle(reserved.grows, used);
     }
 }
 
@@ -253,13 +293,12 @@ fn release(caller: &Caller<'_, CoreState>, mount: Option<usize>, (bytes, files):
     }
 }
 
-/// Whether two descriptors are in different volumes (a rename or link
-/// between them is refused).
+/// Whether a rename or link between two descriptors is refused as
+/// crossing volumes (see `VolumeQuotas::crosses_volumes`).
 fn crosses_volumes(caller: &Caller<'_, CoreState>, a: i32, b: i32) -> bool {
     let state = caller.data();
-    let mounts = state.host.quotas.count();
-    match (state.p1_mounts.of(a, mounts), state.p1_mounts.of(b, mounts)) {
-        (Some(a), Some(b)) => !state.host.quotas.same_volume(a, b),
+    match (state.p1_mounts.of(a), state.p1_mounts.of(b)) {
+        (Some(a), Some(b)) => state.host.quotas.crosses_volumes(a, b),
         _ => false,
     }
 }
@@ -279,8 +318,7 @@ pub async fn path_open(
     fdflags: i32,
     opened: i32,
 ) -> wasmtime::Result<i32> {
-    let mounts = caller.data().host.quotas.count();
-    let dir_mount = caller.data().p1_mounts.of(dir, mounts);
+    let dir_mount = caller.data().p1_mounts.of(dir);
     let quota_mount = quota_mount(caller, dir);
     let mut created = None;
     let mut freed = (0, 0);
@@ -444,9 +482,12 @@ pub fn add_to_linker(linker: &mut Linker<CoreState>) -> Result<()> {
             Box::new(async move {
                 let size = size as u64;
                 let mount = quota_mount(&caller, fd);
-                let old = match mount {
-                    Some(_) => fd_stat(&mut caller, fd).await?.map(|s| s.size),
-                    None => None,
+                let (old, _turn) = match mount {
+                    Some(mount) => match stat_in_turn(&mut caller, fd, mount).await? {
+                        Some((stat, turn)) => (Some(stat.size), turn),
+                        None => (None, None),
+                    },
+                    None => (None, None),
                 };
                 let grows = old.map_or(0, |old| size.saturating_sub(old));
                 if let Some(usage) = mount.and_then(|m| caller.data().host.quotas.usage(m))

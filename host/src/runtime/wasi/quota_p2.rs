@@ -1,7 +1,7 @@
 //! The quota shims for wasip2 components (see `quota` for what they keep):
-//! `descriptor` methods that write, resize, create and remove, and the
-//! output streams a descriptor hands out for writing (what wasi-libc's
-//! `write` uses), which the shims follow from their creation to their drop.
+//! `descriptor` methods that write, resize, create and remove; the output
+//! streams a descriptor hands out for writing (what wasi-libc's `write`
+//! uses) are `quota_p2_streams`'.
 //!
 //! A stream write past the quota fails with `last-operation-failed`, its
 //! error's `filesystem-error-code` being `insufficient-space`; but the
@@ -13,37 +13,19 @@
 //! each a few lines that hand over to its shim: split up, it would read
 //! no better.
 
-use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use anyhow::Result;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{self, Resource, ResourceType};
+use wasmtime::component::{self, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{self as fs, HostDescriptor};
-use wasmtime_wasi::p2::bindings::io::streams::{self, Host as _, HostOutputStream};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, StreamResult};
 
 use super::limits::{FILESYSTEM_TYPES, MAX_PATH, p2_result};
-use super::quota::{Refusal, freed_by, growth};
+use super::quota::{FileTurn, Refusal, freed_by, growth};
 use crate::runtime::component::ComponentState;
-
-const STREAMS: &str = "wasi:io/streams@0.2.12";
-
-/// An output stream writing a file in a volume that keeps usage.
-pub struct FileStream {
-    mount: usize,
-    file: Arc<std::fs::File>,
-    /// Where the next write goes; `None` at the end (an append stream).
-    position: Option<u64>,
-    /// The file's size once the writes handed to the stream so far land
-    /// (a stream writes in the background).
-    end: u64,
-}
-
-/// The file streams of an instance, by resource index.
-pub type FileStreams = HashMap<u32, FileStream>;
 
 fn error_code(refusal: Refusal) -> fs::ErrorCode {
     match refusal {
@@ -64,14 +46,32 @@ fn host_file(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> Option<Ar
     }
 }
 
-/// The mount of a descriptor, if it is one that keeps usage.
-fn quota_mount(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> Option<usize> {
+/// Whether a descriptor may change what it is or holds: not one opened
+/// beneath a read-only mount, whose calls wasmtime-wasi refuses first.
+fn writable(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> bool {
+    match state.table.get(fd) {
+        Ok(Descriptor::File(file)) => !file.perms.write_not_permitted(),
+        Ok(Descriptor::Dir(dir)) => !dir.perms.write_not_permitted(),
+        Err(_) => false,
+    }
+}
+
+/// The mount of a descriptor, if it may write one that keeps usage.
+pub(super) fn quota_mount(state: &ComponentState, fd: &Resource<fs::Descriptor>) -> Option<usize> {
+    if !writable(state, fd) {
+        return None;
+    }
     let file = host_file(state, fd)?;
     let mount = state.host.quotas.mount_of(file.as_fd())?;
     state.host.quotas.usage(mount).map(|_| mount)
 }
 
-fn reserve(state: &ComponentState, mount: usize, bytes: u64, files: u64) -> Result<(), Refusal> {
+pub(super) fn reserve(
+    state: &ComponentState,
+    mount: usize,
+    bytes: u64,
+    files: u64,
+) -> Result<(), Refusal> {
     match state.host.quotas.usage(mount) {
         Some(usage) => Ok(usage.reserve(bytes, files)?),
         None => Ok(()),
@@ -81,6 +81,32 @@ fn reserve(state: &ComponentState, mount: usize, bytes: u64, files: u64) -> Resu
 fn release(state: &ComponentState, mount: Option<usize>, (bytes, files): (u64, u64)) {
     if let Some(usage) = mount.and_then(|m| state.host.quotas.usage(m)) {
         usage.release(bytes, files);
+    }
+}
+
+/// The size of the file behind `fd`, measured in its turn (see
+/// `VolumeQuotas::file_turn`) when it is in `mount`, with whether it is
+/// unlinked.
+fn size_in_turn(
+    state: &ComponentState,
+    fd: &Resource<fs::Descriptor>,
+    mount: Option<usize>,
+) -> impl Future<Output = (u64, bool, Option<FileTurn>)> + Send + use<> {
+    let file = host_file(state, fd);
+    let meta = move || file.as_ref().and_then(|f| f.metadata().ok());
+    let turn = match (mount, meta()) {
+        (Some(mount), Some(first)) => Some(state.host.quotas.file_turn(mount, first.ino())),
+        _ => None,
+    };
+    async move {
+        let turn = match turn {
+            Some(turn) => turn.await,
+            None => None,
+        };
+        // Within the turn: another writer may have changed it before.
+        let meta = meta();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        (size, meta.is_some_and(|m| m.nlink() == 0), turn)
     }
 }
 
@@ -147,96 +173,6 @@ pub async fn open_at(
         Err(_) => release(state, created, (0, 1)),
     }
     Ok(result)
-}
-
-/// A stream write's reservation: where it starts, the file's size before
-/// it, and the growth reserved.
-type StreamReservation = Option<(u64, u64, u64)>;
-
-/// Reserves what writing `len` bytes to stream `rep` grows its file by, if
-/// it is a file stream: the reservation, or the refusal as a stream error
-/// (ENOSPC, which wasi-libc reads back through `filesystem-error-code`).
-fn reserve_stream(
-    state: &mut ComponentState,
-    rep: u32,
-    len: u64,
-) -> wasmtime::Result<Result<StreamReservation, streams::StreamError>> {
-    let Some(entry) = state.streams.get(&rep) else {
-        return Ok(Ok(None));
-    };
-    let meta = entry.file.metadata().ok();
-    let size = meta.as_ref().map_or(0, |m| m.len()).max(entry.end);
-    let unlinked = meta.is_some_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0);
-    let start = entry.position.unwrap_or(size);
-    let grows = growth(size, start, len);
-    let mount = entry.mount;
-    if reserve(state, mount, grows, 0).is_err() {
-        let error = wasmtime::Error::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
-        let error = state.table.push(error)?;
-        return Ok(Err(streams::StreamError::LastOperationFailed(error)));
-    }
-    if unlinked
-        && grows > 0
-        && let Some(usage) = state.host.quotas.usage(mount)
-    {
-        usage.mark_stale();
-    }
-    Ok(Ok(Some((start, size, grows))))
-}
-
-/// After a stream write: moves the stream's position, settles the
-/// reservation with what `written` says it wrote, and gives the guest the
-/// stock result.
-fn finish_stream<T>(
-    state: &mut ComponentState,
-    rep: u32,
-    reserved: StreamReservation,
-    len: u64,
-    result: StreamResult<T>,
-    written: impl Fn(&T, u64) -> u64,
-) -> wasmtime::Result<(Result<T, streams::StreamError>,)> {
-    let count = result.as_ref().map_or(0, |value| written(value, len));
-    if let (Some((start, size, grows)), Some(entry)) = (reserved, state.streams.get_mut(&rep)) {
-        if let Some(position) = &mut entry.position {
-            *position += count;
-        }
-        entry.end = entry.end.max(start + count);
-        let mount = entry.mount;
-        if let Some(usage) = state.host.quotas.usage(mount) {
-            usage.settle(grows, growth(size, start, count));
-        }
-    }
-    Ok((match result {
-        Ok(value) => Ok(value),
-        Err(e) => Err(state.table.convert_stream_error(e)?),
-    },))
-}
-
-/// Replaces output-stream method `$wit`, which writes `$len` bytes: the
-/// reservation first, then `$call` (the stock method, on `table` and
-/// `stream`), then `$written` (what its result says it wrote).
-macro_rules! stream_write {
-    ($streams:ident, $wit:literal, ($($arg:ident: $ty:ty),*), $len:expr,
-     |$table:ident, $stream:ident| $call:expr, $written:expr) => {
-        $streams.func_wrap_async(
-            concat!("[method]output-stream.", $wit),
-            |mut store: StoreContextMut<'_, ComponentState>,
-             ($stream, $($arg,)*): (Resource<DynOutputStream>, $($ty,)*)| {
-                Box::new(async move {
-                    let state = store.data_mut();
-                    let rep = $stream.rep();
-                    let len = $len;
-                    let reserved = match reserve_stream(state, rep, len)? {
-                        Ok(reserved) => reserved,
-                        Err(refused) => return Ok((Err(refused),)),
-                    };
-                    let $table = &mut state.table;
-                    let result = $call;
-                    finish_stream(state, rep, reserved, len, result, $written)
-                })
-            },
-        )?;
-    };
 }
 
 /// What a call that adds or removes an entry does to its volume's usage:
@@ -345,18 +281,14 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
             Box::new(async move {
                 let state = store.data_mut();
                 let mount = quota_mount(state, &fd);
-                let file = host_file(state, &fd);
-                let meta = file.as_ref().and_then(|f| f.metadata().ok());
-                let size = meta.as_ref().map_or(0, |m| m.len());
+                let (size, unlinked, _turn) = size_in_turn(state, &fd, mount).await;
                 let len = buffer.len() as u64;
                 let grows = growth(size, offset, len);
                 if let Some(mount) = mount {
                     if let Err(refusal) = reserve(state, mount, grows, 0) {
                         return Ok((Err(error_code(refusal)),));
                     }
-                    if meta.is_some_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0)
-                        && let Some(usage) = state.host.quotas.usage(mount)
-                    {
+                    if unlinked && let Some(usage) = state.host.quotas.usage(mount) {
                         usage.mark_stale();
                     }
                 }
@@ -376,9 +308,7 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
             Box::new(async move {
                 let state = store.data_mut();
                 let mount = quota_mount(state, &fd);
-                let old = host_file(state, &fd)
-                    .and_then(|f| f.metadata().ok())
-                    .map_or(0, |m| m.len());
+                let (old, _, _turn) = size_in_turn(state, &fd, mount).await;
                 let grows = size.saturating_sub(old);
                 if let Some(mount) = mount
                     && let Err(refusal) = reserve(state, mount, grows, 0)
@@ -392,21 +322,6 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
                 }
                 Ok(result)
             })
-        },
-    )?;
-    types.func_wrap(
-        "[method]descriptor.write-via-stream",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (fd, offset): (Resource<fs::Descriptor>, u64)| {
-            let state = store.data_mut();
-            open_stream(state, fd, Some(offset))
-        },
-    )?;
-    types.func_wrap(
-        "[method]descriptor.append-via-stream",
-        |mut store: StoreContextMut<'_, ComponentState>, (fd,): (Resource<fs::Descriptor>,)| {
-            let state = store.data_mut();
-            open_stream(state, fd, None)
         },
     )?;
     entry_change!(types, "create-directory-at", create_directory_at, dir, (path: String), [path],
@@ -443,81 +358,27 @@ pub fn add_to_linker(linker: &mut component::Linker<ComponentState>) -> Result<(
         [old, new],
         |state| renamed(state, &dir, &old, &new_dir, &new).await
     );
-    let mut streams = linker.instance(STREAMS)?;
-    stream_write!(
-        streams,
-        "write",
-        (bytes: Vec<u8>),
-        bytes.len() as u64,
-        |table, stream| HostOutputStream::write(table, stream, bytes),
-        |_: &(), len| len
-    );
-    stream_write!(
-        streams,
-        "blocking-write-and-flush",
-        (bytes: Vec<u8>),
-        bytes.len() as u64,
-        |table, stream| HostOutputStream::blocking_write_and_flush(table, stream, bytes).await,
-        |_: &(), len| len
-    );
-    stream_write!(
-        streams,
-        "write-zeroes",
-        (len: u64),
-        len,
-        |table, stream| HostOutputStream::write_zeroes(table, stream, len),
-        |_: &(), len| len
-    );
-    stream_write!(
-        streams,
-        "blocking-write-zeroes-and-flush",
-        (len: u64),
-        len,
-        |table, stream| {
-            HostOutputStream::blocking_write_zeroes_and_flush(table, stream, len).await
-        },
-        |_: &(), len| len
-    );
-    stream_write!(
-        streams,
-        "splice",
-        (src: Resource<DynInputStream>, len: u64),
-        len,
-        |table, stream| HostOutputStream::splice(table, stream, src, len),
-        |n: &u64, _| *n
-    );
-    stream_write!(
-        streams,
-        "blocking-splice",
-        (src: Resource<DynInputStream>, len: u64),
-        len,
-        |table, stream| HostOutputStream::blocking_splice(table, stream, src, len).await,
-        |n: &u64, _| *n
-    );
-    streams.resource_async(
-        "output-stream",
-        ResourceType::host::<DynOutputStream>(),
-        |mut store, rep| {
-            Box::new(async move {
-                let state = store.data_mut();
-                state.streams.remove(&rep);
-                HostOutputStream::drop(&mut state.table, Resource::new_own(rep)).await
-            })
-        },
-    )?;
     linker.allow_shadowing(false);
     Ok(())
 }
 
+/// Whether a rename or link between two descriptors is refused as
+/// crossing volumes: only between writable ones (see
+/// `VolumeQuotas::crosses_volumes`), told by the descriptors' own
+/// permissions, since a read-only and a writable mount of one volume both
+/// reach its files.
 fn crosses_volumes(
     state: &ComponentState,
     a: &Resource<fs::Descriptor>,
     b: &Resource<fs::Descriptor>,
 ) -> bool {
+    if !writable(state, a) || !writable(state, b) {
+        return false;
+    }
     let quotas = &state.host.quotas;
     let mount = |fd| host_file(state, fd).and_then(|f| quotas.mount_of(f.as_fd()));
     match (mount(a), mount(b)) {
-        (Some(a), Some(b)) => !quotas.same_volume(a, b),
+        (Some(a), Some(b)) => quotas.crosses_volumes(a, b),
         _ => false,
     }
 }
@@ -549,32 +410,4 @@ async fn same_file(
         .metadata_hash_at(borrow(new_dir), flags, new.to_owned())
         .await;
     matches!((a, b), (Ok(a), Ok(b)) if a.lower == b.lower && a.upper == b.upper)
-}
-
-/// `write-via-stream` or `append-via-stream` (`offset` `None`), followed
-/// when the file is in a volume that keeps usage.
-fn open_stream(
-    state: &mut ComponentState,
-    fd: Resource<fs::Descriptor>,
-    offset: Option<u64>,
-) -> wasmtime::Result<(Result<Resource<DynOutputStream>, fs::ErrorCode>,)> {
-    let mount = quota_mount(state, &fd);
-    let file = host_file(state, &fd);
-    let result = p2_result(match offset {
-        Some(offset) => state.filesystem().write_via_stream(fd, offset),
-        None => state.filesystem().append_via_stream(fd),
-    })?;
-    if let (Ok(stream), Some(mount), Some(file)) = (&result.0, mount, file) {
-        let end = file.metadata().map_or(0, |m| m.len());
-        state.streams.insert(
-            stream.rep(),
-            FileStream {
-                mount,
-                file,
-                position: offset,
-                end,
-            },
-        );
-    }
-    Ok(result)
 }
