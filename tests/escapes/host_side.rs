@@ -253,7 +253,10 @@ fn deleting_a_volume_with_links_to_host_directories_deletes_only_the_volume() {
 
     // `app stop` of the volume, the same.
     let (_, dir) = booby_trapped_volume(&env, &canaries, "trap-stop");
-    env.run(&["app", "stop", "trap-stop", "--yes"]).success();
+    env.run(&["app", "stop", "trap-stop", "--yes"]).code_is(2);
+    assert!(dir.exists());
+    env.run(&["volume", "delete", "trap-stop", "--yes"])
+        .success();
     env.wait_for_empty_trash();
     assert!(!dir.exists());
     canaries.assert_intact(&[]);
