@@ -1,5 +1,7 @@
-//! Named volumes are not apps (issue 20 item 12): `app list` and `app
-//! stop` never reach a volume; only `volume delete` deletes one.
+//! Named volumes are not apps, and what destroys their data asks first
+//! (issue 20 items 12 and 13): `app list` and `app stop` never reach a
+//! volume, and `volume snapshot restore|delete` ask on a terminal or need
+//! `--yes`.
 
 use crate::common::{TestEnv, path};
 
@@ -106,4 +108,55 @@ fn an_app_and_a_volume_of_one_name_stop_as_the_app() {
         .run(&["volume", "get", "same", "/kept.txt", "-"])
         .success();
     assert_eq!(file.stdout(), "kept-5e1d");
+}
+
+/// Restoring a snapshot discards the live tree and deleting one loses it:
+/// without a terminal, both are refused unless `--yes`, and nothing changes.
+#[test]
+fn snapshot_restore_and_delete_need_yes_without_a_terminal() {
+    let env = TestEnv::new();
+    let app = env.fsops_app("snapper", "snapped");
+    env.run(&["run", path(&app), "--", "write", "/data/f.txt", "before"])
+        .success();
+    env.run(&["volume", "snapshot", "create", "snapped", "s1"])
+        .success();
+    env.run(&["run", path(&app), "--", "write", "/data/f.txt", "after"])
+        .success();
+    let read = || {
+        env.run(&["run", path(&app), "--", "read", "/data/f.txt"])
+            .success()
+            .stdout()
+    };
+    for args in [
+        ["volume", "snapshot", "restore", "snapped", "s1"],
+        ["volume", "snapshot", "delete", "snapped", "s1"],
+    ] {
+        let refused = env.run(&args).code_is(2);
+        let stderr = refused.stderr();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--yes") && stderr.contains("s1"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(read(), "after", "an unconfirmed restore changed the volume");
+    let listed = env
+        .run(&["volume", "snapshot", "list", "snapped"])
+        .success()
+        .stdout();
+    assert!(
+        listed.contains("s1"),
+        "an unconfirmed delete deleted: {listed}"
+    );
+
+    env.run(&["volume", "snapshot", "restore", "snapped", "s1", "--yes"])
+        .success();
+    assert_eq!(read(), "before");
+    env.run(&["volume", "snapshot", "delete", "snapped", "s1", "-y"])
+        .success();
+    let listed = env
+        .run(&["volume", "snapshot", "list", "snapped"])
+        .success()
+        .stdout();
+    assert!(!listed.contains("s1"), "{listed}");
 }
