@@ -247,6 +247,49 @@ fn the_key_file_must_be_private_and_the_one_secrets_were_sealed_with() {
     assert_eq!(written(&env, "keyed-out", "HF_TOKEN"), TOKEN);
 }
 
+/// A lost key is not a new key (issue 20 item 14): with secrets sealed
+/// under it present, `secret create` refuses, naming the file, and makes
+/// none; once every such secret is replaced or deleted, a new key is made.
+#[test]
+fn a_missing_key_with_sealed_secrets_is_refused_not_replaced() {
+    let env = TestEnv::new();
+    env.run(&["secret", "create", "hf", &format!("HF_TOKEN={TOKEN}")])
+        .success();
+    env.run(&["secret", "create", "db", "PASSWORD=p"]).success();
+    let key = env.home().join("secret.key");
+    let good = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    for args in [
+        vec!["secret", "create", "other", "A=1"],
+        vec!["secret", "create", "hf", "HF_TOKEN=new", "--force"],
+    ] {
+        let run = env.run_within(BOUND, &args).code_is(2);
+        let error = one_line_error(&run);
+        assert!(
+            error.contains(&key.display().to_string())
+                && error.contains("missing")
+                && error.contains("db"),
+            "{args:?}: {error}"
+        );
+        assert!(!key.exists(), "{args:?} made a new key");
+    }
+    // Put back, the old key opens what it sealed.
+    std::fs::write(&key, &good).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let toml = app(&env, "kept", &["HF_TOKEN"], |f| f.secrets(&["hf"]));
+    env.run_within(BOUND, &["run", path(&toml)]).success();
+    assert_eq!(written(&env, "kept-out", "HF_TOKEN"), TOKEN);
+
+    // With the others gone, replacing the last one makes a new key.
+    std::fs::remove_file(&key).unwrap();
+    env.run(&["secret", "delete", "db", "--yes"]).success();
+    env.run(&["secret", "create", "hf", "HF_TOKEN=fresh", "--force"])
+        .success();
+    assert!(key.exists());
+    env.run_within(BOUND, &["run", path(&toml)]).success();
+    assert_eq!(written(&env, "kept-out", "HF_TOKEN"), "fresh");
+}
+
 #[test]
 fn an_undeclared_secret_is_refused_at_its_line() {
     let env = TestEnv::new();
