@@ -521,7 +521,7 @@ def snapshot_vs_cp(wh, work, env, files, row, commands):
         peers["cp --reflink=always"] = ["cp", "-a", "--reflink=always", str(volume_dir), str(copy)]
     for round_ in range(3):
         samples["snapshot"].append(timed([wh, "volume", "snapshot", "create", "bench-snap", f"s{round_}"], env))
-        sh([wh, "volume", "snapshot", "delete", "bench-snap", f"s{round_}"], env=env)
+        sh([wh, "volume", "snapshot", "delete", "bench-snap", f"s{round_}", "--yes"], env=env)
         wait_for_empty_trash(work / "home" / "trash")
         for name, cmd in peers.items():
             samples[name].append(timed(cmd))

@@ -476,7 +476,10 @@ fn a_home_made_by_the_previous_release_keeps_working() {
     assert_eq!(find("fixture-app")["state"], "running");
     assert_eq!(find("fixture-app")["kind"], "deployed");
     assert_eq!(find("fixture-stopped")["state"], "stopped");
-    assert_eq!(find("fixture-data")["kind"], "volume");
+    // A named volume is no app (issue 20 item 12), but still a volume.
+    assert!(apps.iter().all(|a| a["name"] != "fixture-data"), "{apps:?}");
+    let volumes = env.run(&["volume", "list"]).success().stdout();
+    assert!(volumes.contains("fixture-data"), "{volumes}");
 
     let read = |file: &str| {
         env.run(&["call", "fixture-app", "fsops", "--", "read", file])
@@ -498,7 +501,7 @@ fn a_home_made_by_the_previous_release_keeps_working() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 10, "every migration ran");
+    assert_eq!(version, 11, "every migration ran");
     env.run(&["app", "stop", "fixture-app", "--yes"]).success();
     assert_eq!(
         env.run(&["volume", "get", "fixture-data", "/hello.txt", "-"])

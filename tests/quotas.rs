@@ -380,7 +380,7 @@ fn volume_cp_checks_the_quota_and_snapshots_count_against_none() {
     env.run(&["volume", "rm", "c", "/tree", "--recursive"])
         .success();
     assert_eq!(listed(&env, "c"), (30 << 10, 1));
-    env.run(&["volume", "snapshot", "restore", "c", "s1"])
+    env.run(&["volume", "snapshot", "restore", "c", "s1", "--yes"])
         .success();
     assert_eq!(listed(&env, "c"), (90 << 10, 4), "a restore is recounted");
 }

@@ -259,6 +259,120 @@ fn the_key_file_must_be_private_and_the_one_secrets_were_sealed_with() {
     assert_eq!(written(&env, "keyed-out", "HF_TOKEN"), TOKEN);
 }
 
+/// A lost key is not a new key (issue 20 item 14): with secrets sealed
+/// under it present, `secret create` refuses, naming the file, and makes
+/// none; once every such secret is replaced or deleted, a new key is made.
+#[test]
+fn a_missing_key_with_sealed_secrets_is_refused_not_replaced() {
+    let env = TestEnv::new();
+    env.run(&["secret", "create", "hf", &format!("HF_TOKEN={TOKEN}")])
+        .success();
+    env.run(&["secret", "create", "db", "PASSWORD=p"]).success();
+    let key = env.home().join("secret.key");
+    let good = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    for args in [
+        vec!["secret", "create", "other", "A=1"],
+        vec!["secret", "create", "hf", "HF_TOKEN=new", "--force"],
+    ] {
+        let run = env.run_within(BOUND, &args).code_is(2);
+        let error = one_line_error(&run);
+        assert!(
+            error.contains(&key.display().to_string())
+                && error.contains("missing")
+                && error.contains("db"),
+            "{args:?}: {error}"
+        );
+        assert!(!key.exists(), "{args:?} made a new key");
+    }
+    // Put back, the old key opens what it sealed.
+    std::fs::write(&key, &good).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let toml = app(&env, "kept", &["HF_TOKEN"], |f| f.secrets(&["hf"]));
+    env.run_within(BOUND, &["run", path(&toml)]).success();
+    assert_eq!(written(&env, "kept-out", "HF_TOKEN"), TOKEN);
+
+    // With the others gone, replacing the last one makes a new key.
+    std::fs::remove_file(&key).unwrap();
+    env.run(&["secret", "delete", "db", "--yes"]).success();
+    env.run(&["secret", "create", "hf", "HF_TOKEN=fresh", "--force"])
+        .success();
+    assert!(key.exists());
+    env.run_within(BOUND, &["run", path(&toml)]).success();
+    assert_eq!(written(&env, "kept-out", "HF_TOKEN"), "fresh");
+}
+
+/// The home is the user's alone, and a caller's `--env` is not kept
+/// (issue 20 item 15): a home an earlier release left open to all is
+/// narrowed to 0700 (its registry to 0600); a call that runs at once writes
+/// its values to no file, and a queued one's record drops them when it
+/// ends.
+#[test]
+fn the_home_is_private_and_call_records_keep_no_env_values() {
+    let env = TestEnv::on_sqlite();
+    let open = std::fs::Permissions::from_mode(0o755);
+    for dir in ["", "volumes", "trash", "snapshots"] {
+        std::fs::create_dir_all(env.home().join(dir)).unwrap();
+        std::fs::set_permissions(env.home().join(dir), open.clone()).unwrap();
+    }
+    let toml = app(&env, "quiet", &["CALLER_TOKEN"], |f| f);
+    env.run(&["deploy", path(&toml)]).success();
+    let at_once = "at-once-3c9d0e5b7a41";
+    let queued = "queued-8e21f6a0d4c7";
+    env.run(&[
+        "call",
+        "quiet",
+        "dump",
+        "--env",
+        &format!("CALLER_TOKEN={at_once}"),
+    ])
+    .success();
+    assert_eq!(written(&env, "quiet-out", "CALLER_TOKEN"), at_once);
+    let node = Node::start(&env);
+    env.run_within(
+        BOUND,
+        &[
+            "call",
+            "quiet",
+            "dump",
+            "--remote",
+            "--env",
+            &format!("CALLER_TOKEN={queued}"),
+        ],
+    )
+    .success();
+    drop(node);
+    assert_eq!(written(&env, "quiet-out", "CALLER_TOKEN"), queued);
+
+    let mode = |file: &str| {
+        let meta = std::fs::metadata(env.home().join(file)).unwrap();
+        meta.permissions().mode() & 0o777
+    };
+    for dir in ["", "volumes", "trash", "snapshots", "locks", "leases"] {
+        assert_eq!(mode(dir), 0o700, "{dir:?} is {:o}", mode(dir));
+    }
+    assert_eq!(mode("registry.db"), 0o600);
+    for file in ["registry.db-wal", "registry.db-shm"] {
+        if env.home().join(file).exists() {
+            assert_eq!(mode(file), 0o600, "{file} is {:o}", mode(file));
+        }
+    }
+    // Only the guest's own file holds the value of a call run at once.
+    let volumes = env.home().join("volumes");
+    for file in env.files_containing(at_once) {
+        assert!(file.starts_with(&volumes), "{} holds it", file.display());
+    }
+    let db = rusqlite::Connection::open(env.home().join("registry.db")).unwrap();
+    let kept: Vec<String> = db
+        .prepare("SELECT env FROM calls")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kept, ["{}", "{}"], "ended calls keep their --env");
+}
+
 #[test]
 fn an_undeclared_secret_is_refused_at_its_line() {
     let env = TestEnv::new();

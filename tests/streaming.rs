@@ -1,7 +1,8 @@
 //! Output and input as streams: `--map -` starts invocations as lines
 //! arrive and holds bounded memory, a guest blocked writing to a reader that
 //! does not read still times out (and lets go of its locks), a closed stdout
-//! ends a command quietly and leaves a guest's stderr working; `--env`, and
+//! ends a command quietly and leaves a guest's stderr working, and a
+//! reader that stops reading holds `--map` to bounded memory; `--env`, and
 //! NUL bytes WASI cannot carry.
 
 mod common;
@@ -32,6 +33,18 @@ fn spawn_map_stdin(env: &TestEnv, app: &Path) -> Child {
     env.command()
         .args(["run", s(app), "--map", "-"])
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wasmhost")
+}
+
+/// `run APP --map FILE` of `inputs`, its stdout and stderr piped.
+fn spawn_map_of(env: &TestEnv, app: &Path, inputs: &[String]) -> Child {
+    let list = env.work.path().join("inputs.txt");
+    std::fs::write(&list, inputs.join("\n")).unwrap();
+    env.command()
+        .args(["run", s(app), "--map", s(&list)])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -183,15 +196,7 @@ fn map_behind_a_slow_input_holds_bounded_output() {
     let app = mapper_app(&env, "backlog", "backlog-data", 4);
     let mut inputs = vec!["wait /data/go head".to_owned()];
     inputs.extend((1..=300).map(|i| format!("emit {i} 4096 /data/count")));
-    let list = env.work.path().join("inputs.txt");
-    std::fs::write(&list, inputs.join("\n")).unwrap();
-    let mut child = env
-        .command()
-        .args(["run", s(&app), "--map", s(&list)])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_map_of(&env, &app, &inputs);
     let pid = child.id();
     let lines = stdout_lines(&mut child);
 
@@ -224,6 +229,35 @@ fn map_behind_a_slow_input_holds_bounded_output() {
         .chain((1..=300).map(|i| i.to_string()))
         .collect();
     assert!(order == expected, "outputs are not in input order");
+}
+
+/// A reader that stops reading (`| sleep`): outputs that finished wait to
+/// be written, and count against the same bound as those behind a slow
+/// input (issue 20 item 16), so wasmhost starts nothing new past it
+/// rather than holding every output in memory.
+#[test]
+fn map_into_a_reader_that_stops_reading_holds_bounded_memory() {
+    /// 60 outputs of 15.6 MiB would be 940 MB held.
+    const MAX_HWM_KB: u64 = 500 << 10;
+    let env = TestEnv::new();
+    let app = mapper_app(&env, "stalled", "stalled-data", 4);
+    let inputs: Vec<String> = (1..=60)
+        .map(|i| format!("emit {i} 16000 /data/count"))
+        .collect();
+    // Its stdout is a pipe nobody reads.
+    let mut child = spawn_map_of(&env, &app, &inputs);
+    let pid = child.id();
+    eventually(Duration::from_secs(60), "inputs ran", || {
+        volume_lines(&env, "stalled-data", "/count") >= 5
+    });
+    // Time for a wasmhost without the bound to run every input.
+    std::thread::sleep(Duration::from_secs(5));
+    let ran = volume_lines(&env, "stalled-data", "/count");
+    let hwm = status_kb(pid, "VmHWM");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ran < 30, "{ran} of 60 inputs ran with nobody reading");
+    assert!(hwm < MAX_HWM_KB, "wasmhost peaked at {hwm} kB");
 }
 
 /// A guest that holds a lock and floods a stdout nobody reads is blocked in

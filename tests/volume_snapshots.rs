@@ -303,7 +303,7 @@ fn restore_puts_back_the_snapshot_and_forks_and_snapshot_mounts_stand_apart() {
         .join("v1");
     assert_eq!(tree(&snapshot_dir), original);
 
-    env.run(&["volume", "snapshot", "restore", "data", "v1"])
+    env.run(&["volume", "snapshot", "restore", "data", "v1", "--yes"])
         .success();
     assert_eq!(tree(&volume), original);
 
@@ -398,7 +398,7 @@ fn snapshots_and_restores_are_refused_while_running_apps_write() {
         "is mounted writable by running app(s) `writer`",
     );
     one_line_error(
-        &env.run(&["volume", "snapshot", "restore", "busy", "v1"]),
+        &env.run(&["volume", "snapshot", "restore", "busy", "v1", "--yes"]),
         1,
         "pass --force to restore it anyway",
     );
@@ -424,16 +424,16 @@ fn snapshots_and_restores_are_refused_while_running_apps_write() {
     });
     env.run(&["volume", "snapshot", "create", "busy", "v3"])
         .success();
-    env.run(&["volume", "snapshot", "restore", "busy", "v2"])
+    env.run(&["volume", "snapshot", "restore", "busy", "v2", "--yes"])
         .success();
     one_line_error(
-        &env.run(&["volume", "snapshot", "delete", "busy", "v1"]),
+        &env.run(&["volume", "snapshot", "delete", "busy", "v1", "--yes"]),
         1,
         "stop them first",
     );
     let _ = child.kill();
     let _ = child.wait();
-    env.run(&["volume", "snapshot", "delete", "busy", "v1"])
+    env.run(&["volume", "snapshot", "delete", "busy", "v1", "--yes"])
         .success();
     assert_eq!(snapshot_names(&env, "busy"), ["v2", "v3"]);
 }

@@ -414,6 +414,9 @@ fn running_app_in(tx: &Tx, id_or_name: &str) -> Result<AppRecord> {
     match (running.as_slice(), apps.first()) {
         ([app], _) => Ok((*app).clone()),
         ([], Some(app)) => Err(not_found!("app `{id_or_name}` ({}) is stopped", app.id)),
+        ([], None) if tx.named_volume(id_or_name)?.is_some() => Err(not_found!(
+            "`{id_or_name}` is a volume, not an app; `wasmhost volume delete {id_or_name}` deletes it"
+        )),
         ([], None) => Err(not_found!(
             "no running app has the id or name `{id_or_name}`; `wasmhost app list` shows them"
         )),

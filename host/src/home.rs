@@ -2,6 +2,7 @@
 //! the registry's [`Location`] included. A leaf: the registry and every
 //! other room ask it where things are, and it asks none of them.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -49,6 +50,53 @@ pub struct Home {
     /// holds volumes, their snapshots, lock files and trash (one file
     /// system, so a delete is a rename); none for `root`.
     shared: Option<PathBuf>,
+}
+
+/// Creates directory `path` (and its parents) as 0700, or narrows one that
+/// exists to 0700 if others may enter it.
+fn make_private_dir(path: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create state directory {}", path.display()))?;
+    narrow(path, 0o700)
+}
+
+/// Makes the file at `path` private to the user (0600): created empty if
+/// missing, narrowed if others may read it. For state a library other than
+/// wasmhost's writes, such as SQLite's registry file, whose WAL and shared
+/// memory files SQLite then creates with the same mode. A file that exists
+/// is changed by its path and never opened: closing any descriptor of a
+/// file drops every POSIX lock the process holds on it, SQLite's included.
+pub fn make_private_file(path: &Path) -> Result<()> {
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => narrow(path, 0o600),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// Sets `path`'s mode to `mode` if it lets group or others in.
+fn narrow(path: &Path, mode: u32) -> Result<()> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(
+            || {
+                format!(
+                    "cannot make {} private to its user (mode {mode:04o})",
+                    path.display()
+                )
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// A variable's value, if set and not empty.
@@ -114,8 +162,12 @@ impl Home {
         Self::with_settings(root)?.create()
     }
 
+    /// Makes the home and its state directories, each private to the user
+    /// (0700; one made wider by an earlier release is narrowed), so the
+    /// registry, volumes, snapshots, trash and leases are theirs alone.
     fn create(self) -> Result<Self> {
         let home = self;
+        make_private_dir(&home.root)?;
         for (base, dir) in [
             (home.shared_root(), VOLUMES_DIR),
             (home.shared_root(), TRASH_DIR),
@@ -127,9 +179,7 @@ impl Home {
             (&home.root, SLOTS_DIR),
             (&home.root, USAGE_DIR),
         ] {
-            let path = base.join(dir);
-            std::fs::create_dir_all(&path)
-                .with_context(|| format!("cannot create state directory {}", path.display()))?;
+            make_private_dir(&base.join(dir))?;
         }
         Ok(home)
     }

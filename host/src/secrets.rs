@@ -53,10 +53,26 @@ impl SecretKey {
     /// The key, made if there is none yet: written whole to a temporary
     /// file (mode 0600 from the start) and linked into place, which fails
     /// if another process got there first, whose key is then the one.
-    fn load_or_create(home: &Home) -> Result<Self> {
+    /// Secrets sealed already (`sealed`, but for `replaced`) mean the key
+    /// was lost, not never made: a new one would leave them unopenable and
+    /// break again when the old key is put back, so it is refused.
+    fn load_or_create(home: &Home, sealed: &[String], replaced: Option<&str>) -> Result<Self> {
         let path = home.secret_key_file();
         if let Some(key) = read_key(&path)? {
             return Ok(Self::new(key, path));
+        }
+        let orphaned: Vec<&str> = sealed
+            .iter()
+            .map(String::as_str)
+            .filter(|name| Some(*name) != replaced)
+            .collect();
+        if !orphaned.is_empty() {
+            return Err(conflict!(
+                "the secret key file {} is missing, yet {} secret(s) sealed with it exist ({}); fix: restore the key file they were made with (every node needs the same one), or delete them with `wasmhost secret delete NAME` before creating new ones",
+                path.display(),
+                orphaned.len(),
+                orphaned.join(", ")
+            ));
         }
         let mut key = [0u8; KEY_LEN];
         getrandom::fill(&mut key)
@@ -189,7 +205,8 @@ pub fn create(
             "secret `{name}` would hold no variables; fix: give KEY=VALUE pairs"
         ));
     }
-    let key = SecretKey::load_or_create(home)?;
+    let sealed: Vec<String> = list(registry)?.into_iter().map(|s| s.name).collect();
+    let key = SecretKey::load_or_create(home, &sealed, replace.then_some(name))?;
     let sealed = key.seal(name, values)?;
     let keys: Vec<String> = values.keys().cloned().collect();
     let stored = registry.write(|tx| tx.put_secret(name, &keys, &sealed, replace))?;

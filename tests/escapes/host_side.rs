@@ -251,9 +251,13 @@ fn deleting_a_volume_with_links_to_host_directories_deletes_only_the_volume() {
     assert!(!dir.exists());
     canaries.assert_intact(&[]);
 
-    // `app stop` of the volume, the same.
+    // `app stop` does not reach a volume (issue 20 item 12): it is kept,
+    // links and all, until `volume delete`, which deletes only it.
     let (_, dir) = booby_trapped_volume(&env, &canaries, "trap-stop");
-    env.run(&["app", "stop", "trap-stop", "--yes"]).success();
+    env.run(&["app", "stop", "trap-stop", "--yes"]).code_is(2);
+    assert!(dir.exists());
+    env.run(&["volume", "delete", "trap-stop", "--yes"])
+        .success();
     env.wait_for_empty_trash();
     assert!(!dir.exists());
     canaries.assert_intact(&[]);
@@ -331,4 +335,66 @@ fn bad_volume_and_app_names_are_refused() {
             .trim(),
         "[]"
     );
+}
+
+/// Names that differ only by an invisible character or a lookalike of `/`
+/// or space print differently in `volume ls`, each escaped as bash's `$'…'`
+/// reads it (issue 20 item 17); `--json` keeps them exact.
+#[test]
+fn invisible_and_lookalike_characters_in_file_names_are_shown_escaped() {
+    let env = TestEnv::new();
+    let app = env.fsops_app("lookalikes", "lookalike-vol");
+    let names = [
+        ("ab", "ab"),
+        ("a\u{200b}b", "a\\u200bb"),
+        ("a\u{feff}b", "a\\ufeffb"),
+        ("a\u{2028}b", "a\\u2028b"),
+        ("a\u{2215}b", "a\\u2215b"),
+        ("a\u{00a0}b", "a\\u00a0b"),
+    ];
+    for (name, _) in names {
+        let file = format!("/data/{name}");
+        env.run(&["run", path(&app), "--", "write", &file, "x"])
+            .success();
+    }
+    let listed = env
+        .run(&["volume", "ls", "lookalike-vol"])
+        .success()
+        .stdout();
+    let shown: Vec<&str> = listed
+        .lines()
+        .filter_map(|line| line.split_whitespace().last())
+        .map(|shown| shown.trim_start_matches('/'))
+        .filter(|shown| shown.starts_with('a'))
+        .collect();
+    for (name, escaped) in names {
+        assert!(
+            shown.contains(&escaped),
+            "{name:?} not shown as {escaped}: {listed}"
+        );
+    }
+    assert!(
+        listed
+            .chars()
+            .all(|c| c.is_ascii_graphic() || c == ' ' || c == '\n'),
+        "{listed:?}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &env.run(&["volume", "ls", "lookalike-vol", "/", "--json"])
+            .success()
+            .stdout(),
+    )
+    .unwrap();
+    let exact: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    for (name, _) in names {
+        assert!(
+            exact.contains(&format!("/{name}").as_str()),
+            "{name:?}: {json}"
+        );
+    }
 }

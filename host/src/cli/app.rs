@@ -9,9 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use wasmhost::home::Home;
 use wasmhost::manifest::units::{self, DURATION_UNITS};
-use wasmhost::registry::{
-    AppKind, AppRecord, LogFilter, LogLine, Registry, Stream, format_ms, now_ms,
-};
+use wasmhost::registry::{AppRecord, LogFilter, LogLine, Registry, Stream, format_ms, now_ms};
 use wasmhost::text::escape_control;
 use wasmhost::{apps, calls};
 
@@ -114,17 +112,13 @@ fn app_command(home: &Home, registry: &mut Registry, command: AppCommand) -> Res
         }
         AppCommand::Stop { app, yes } => {
             let record = apps::find_running_app(registry, &app)?;
-            let what = match record.kind {
-                AppKind::Volume => format!(
-                    "Delete volume `{}` ({}) and all its data?",
-                    record.name, record.id
-                ),
-                _ => format!(
+            confirm(
+                &format!(
                     "Stop app `{}` ({}) and delete its ephemeral volumes?",
                     record.name, record.id
                 ),
-            };
-            confirm(&what, yes)?;
+                yes,
+            )?;
             apps::stop(home, registry, &record.id, false)?;
             outln!("stopped app `{}` ({})", record.name, record.id)?;
             Ok(0)

@@ -144,17 +144,26 @@ pub enum SnapshotCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put the volume back to a snapshot (refused while running apps mount
-    /// the volume, unless --force).
+    /// Put the volume back to a snapshot, discarding its files as they are
+    /// now (refused while running apps mount the volume, unless --force).
     Restore {
         volume: String,
         snapshot: String,
         /// Restore it even while running apps mount the volume.
         #[arg(long)]
         force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Delete a snapshot.
-    Delete { volume: String, snapshot: String },
+    Delete {
+        volume: String,
+        snapshot: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
 }
 
 /// `--max-size` and `--max-files`, as app.toml's `max_size` and `max_files`.
@@ -508,7 +517,16 @@ fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotComma
             volume,
             snapshot,
             force,
+            yes,
         } => {
+            let taken = volumes::find_snapshot(registry, &volume, &snapshot)?;
+            confirm(
+                &format!(
+                    "Put volume `{volume}` back to snapshot `{snapshot}` (taken {}), discarding its files as they are now?",
+                    timestamp(taken.created_at)
+                ),
+                yes,
+            )?;
             let report = with_progress(|p| {
                 volumes::restore_snapshot(home, registry, &volume, &snapshot, force, p)
             })?;
@@ -518,7 +536,16 @@ fn snapshot_command(home: &Home, registry: &mut Registry, command: SnapshotComma
                 report.bytes
             )?;
         }
-        SnapshotCommand::Delete { volume, snapshot } => {
+        SnapshotCommand::Delete {
+            volume,
+            snapshot,
+            yes,
+        } => {
+            volumes::find_snapshot(registry, &volume, &snapshot)?;
+            confirm(
+                &format!("Delete snapshot `{snapshot}` of volume `{volume}`?"),
+                yes,
+            )?;
             volumes::delete_snapshot(home, registry, &volume, &snapshot)?;
             outln!("deleted snapshot `{snapshot}` of volume `{volume}`")?;
         }

@@ -16,10 +16,12 @@ use crate::runtime::OutputLog;
 
 /// The longest `--map` input line; a longer one fails as that input.
 pub const MAX_LINE: usize = 1 << 20;
-/// Finished outputs may wait behind a slower earlier input (they are written
-/// in input order) up to these bounds; past them no invocation starts until
-/// the head has finished, so a stuck input cannot make the host hold an
-/// unbounded backlog.
+/// Finished outputs may wait to be written (behind a slower earlier input,
+/// since they are written in input order, or behind a reader that stopped
+/// reading) up to these bounds; past them no invocation starts until the
+/// sink has taken some, so neither can make the host hold an unbounded
+/// backlog. An output counts from the moment its invocation ends until
+/// the sink has written it.
 const MAX_WAITING_BYTES: usize = 64 << 20;
 const MAX_WAITING_OUTPUTS: usize = 1024;
 /// Failures the summary lists one by one; the rest are counted.
@@ -130,7 +132,9 @@ impl Map<'_> {
             room: Condvar::new(),
             sink_failed: AtomicBool::new(false),
         };
-        let (done_tx, done_rx) = mpsc::channel::<(usize, MapInput, Done)>();
+        // Bounded, like everything else here: while the sink blocks (a
+        // reader that stopped reading), finished workers wait to hand over.
+        let (done_tx, done_rx) = mpsc::sync_channel::<(usize, MapInput, Done)>(concurrency);
         let mut report = MapReport::default();
         std::thread::scope(|scope| {
             for _ in 0..concurrency {
@@ -146,6 +150,7 @@ impl Map<'_> {
                             }
                             Err(bad) => (Ended::Failed(bad.problem.clone()), Default::default()),
                         };
+                        shared.waiting().add(size(&input, &done.1));
                         if done_tx.send((index, input, done)).is_err() {
                             return;
                         }
@@ -155,19 +160,18 @@ impl Map<'_> {
             drop(done_tx);
             let mut pending = BTreeMap::new();
             for (index, input, done) in done_rx {
-                shared.waiting().add(size(&input, &done.1));
                 pending.insert(index, (input, done));
                 while let Some((input, (ended, output))) = pending.remove(&report.total) {
-                    shared.waiting().remove(size(&input, &output));
                     if !shared.sink_failed.load(Ordering::Relaxed)
                         && sink.output(&output[0], &output[1]).is_err()
                     {
                         shared.sink_failed.store(true, Ordering::Relaxed);
                         report.output_closed = true;
                     }
+                    shared.waiting().remove(size(&input, &output));
+                    shared.room.notify_all();
                     report.record(input, ended);
                 }
-                shared.room.notify_all();
             }
         });
         report
@@ -223,7 +227,8 @@ impl MapState {
     }
 }
 
-/// Finished outputs not yet written, behind a slower earlier input.
+/// Finished outputs not yet written: behind a slower earlier input, on
+/// their way to the sink, or in it.
 #[derive(Default)]
 struct Waiting {
     bytes: usize,

@@ -122,10 +122,12 @@ impl Tx<'_> {
         Ok(self.query_apps(&sql, args![app_id])?.pop())
     }
 
-    /// Apps whose id is `id_or_name`, or running apps named `id_or_name`.
+    /// Apps whose id is `id_or_name`, or running apps named `id_or_name`;
+    /// never the rows behind named volumes, which `app stop` must not
+    /// reach (only `volume delete` deletes a volume's data).
     pub fn find_apps(&self, id_or_name: &str) -> Result<Vec<AppRecord>> {
         let sql = format!(
-            "SELECT {APP_COLUMNS} FROM apps WHERE id = ?1 OR (name = ?1 AND state = 'running') ORDER BY created_at, id"
+            "SELECT {APP_COLUMNS} FROM apps WHERE kind != 'volume' AND (id = ?1 OR (name = ?1 AND state = 'running')) ORDER BY created_at, id"
         );
         self.query_apps(&sql, args![id_or_name])
     }
@@ -138,12 +140,13 @@ impl Tx<'_> {
         Ok(self.query_apps(&sql, args![name, kind_str(kind)])?.pop())
     }
 
-    /// Apps with their next ticks.
+    /// Apps with their next ticks; not the rows behind named volumes,
+    /// which `volume list` shows.
     pub fn list_apps(&self, include_stopped: bool) -> Result<Vec<AppRecord>> {
         let filter = if include_stopped {
-            ""
+            "WHERE kind != 'volume'"
         } else {
-            "WHERE state = 'running'"
+            "WHERE kind != 'volume' AND state = 'running'"
         };
         let mut apps = self.query_apps(
             &format!("SELECT {APP_COLUMNS} FROM apps {filter} ORDER BY created_at, rowid"),

@@ -68,7 +68,9 @@ pub struct CallRecord {
     pub app_id: String,
     pub function: String,
     pub args: Vec<String>,
-    /// Not shown: a caller's variables may hold credentials.
+    /// Not shown: a caller's variables may hold credentials. Kept only
+    /// while the call may still be claimed from the queue (see
+    /// [`Tx::insert_call`]); empty once it ended.
     #[serde(skip)]
     pub env: BTreeMap<String, String>,
     pub state: CallState,
@@ -114,19 +116,6 @@ pub(super) fn rfc3339_opt<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok
         Some(ms) => rfc3339(ms, s),
         None => s.serialize_none(),
     }
-}
-
-/// One attempt of a call.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    pub attempt: u32,
-    pub node: Option<String>,
-    #[serde(serialize_with = "rfc3339")]
-    pub started_at: i64,
-    #[serde(serialize_with = "rfc3339_opt")]
-    pub finished_at: Option<i64>,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
 }
 
 /// A call to record.
@@ -206,6 +195,19 @@ pub struct LogFilter {
 /// ones.
 const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module, c.tick FROM calls c CROSS JOIN apps a ON a.id = c.app_id";
 
+/// What every ending of a call sets, so that its `--env` values are not
+/// kept once no node can need them.
+const FORGET_ENV: &str = "env = '{}'";
+
+/// The variables `call`'s record keeps: all of them while a node may have
+/// to claim it from the queue (it is queued, or may be queued again for a
+/// retry), none otherwise.
+fn kept_env<'a>(call: &NewCall<'a>) -> &'a BTreeMap<String, String> {
+    static NONE: BTreeMap<String, String> = BTreeMap::new();
+    let may_be_claimed = call.ended.is_none() && (call.running.is_none() || call.max_attempts > 1);
+    if may_be_claimed { call.env } else { &NONE }
+}
+
 fn call_from_row(row: &Row) -> Result<CallRecord> {
     let json = |at: usize| -> Result<String> { row.get(at) };
     Ok(CallRecord {
@@ -244,6 +246,12 @@ impl Tx<'_> {
     /// Records a call: queued, running its first attempt, or over. Who
     /// queues calls wakes the nodes ([`Tx::notify`] on `QUEUED`) once for
     /// all of a transaction's.
+    ///
+    /// A caller's `--env` may hold credentials, so the record keeps its
+    /// values only while a node may still claim the call from the queue
+    /// and need them: a call that starts at once with no retries, or is
+    /// over, keeps none, and every ending below forgets them
+    /// ([`FORGET_ENV`]).
     pub fn insert_call(&self, call: &NewCall) -> Result<()> {
         let now = now_ms();
         let (mut state, mut started, holder, node) = match call.running {
@@ -266,7 +274,7 @@ impl Tx<'_> {
                 started,
                 call.module,
                 serde_json::to_string(call.args)?,
-                serde_json::to_string(call.env)?,
+                serde_json::to_string(kept_env(call))?,
                 holder,
                 node,
                 u32::from(started.is_some()),
@@ -349,8 +357,8 @@ impl Tx<'_> {
         error: Option<&str>,
         at: i64,
     ) -> Result<bool> {
-        let changed = self.execute("UPDATE calls SET state = ?2, finished_at = ?3, released_at = ?3, exit_code = ?4, error = ?5
-                 WHERE id = ?1 AND state IN ('queued', 'running')", args![id, state.as_str(), at, exit_code, error])?;
+        let changed = self.execute(&format!("UPDATE calls SET state = ?2, finished_at = ?3, released_at = ?3, exit_code = ?4, error = ?5, {FORGET_ENV}
+                 WHERE id = ?1 AND state IN ('queued', 'running')"), args![id, state.as_str(), at, exit_code, error])?;
         if changed == 0 {
             self.release(id)?;
         }
@@ -374,8 +382,10 @@ impl Tx<'_> {
     /// it has stopped (see [`Tx::attempt_open`]).
     pub fn cancel_call(&self, id: &str, reason: &str) -> Result<bool> {
         let changed = self.execute(
-            "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3
-                 WHERE id = ?1 AND state IN ('queued', 'running')",
+            &format!(
+                "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3, {FORGET_ENV}
+                 WHERE id = ?1 AND state IN ('queued', 'running')"
+            ),
             args![id, now_ms(), reason],
         )?;
         if changed == 1 {
@@ -390,11 +400,11 @@ impl Tx<'_> {
     pub fn cancel_app_calls(&self, app_id: &str, reason: &str) -> Result<usize> {
         let mut cancelled = 0;
         // One state at a time, written out, so each uses its partial index.
-        for sql in [
-            "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3 WHERE state = 'running' AND app_id = ?1",
-            "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3 WHERE state = 'queued' AND app_id = ?1",
-        ] {
-            cancelled += self.execute(sql, args![app_id, now_ms(), reason])?;
+        for state in ["running", "queued"] {
+            let sql = format!(
+                "UPDATE calls SET state = 'cancelled', finished_at = ?2, error = ?3, {FORGET_ENV} WHERE state = '{state}' AND app_id = ?1"
+            );
+            cancelled += self.execute(&sql, args![app_id, now_ms(), reason])?;
         }
         if cancelled > 0 {
             self.notify(super::ENDED)?;
@@ -431,37 +441,6 @@ impl Tx<'_> {
         )?;
         self.notify(super::QUEUED)?;
         Ok(true)
-    }
-
-    /// Every attempt of `call` so far, the current one last.
-    pub fn attempts(&self, call: &CallRecord) -> Result<Vec<Attempt>> {
-        let mut attempts = self.earlier_attempts(&call.id)?;
-        if let Some(started_at) = call.started_at {
-            attempts.push(Attempt {
-                attempt: call.attempts,
-                node: call.node.clone(),
-                started_at,
-                finished_at: call.finished_at,
-                exit_code: call.exit_code,
-                error: call.error.clone(),
-            });
-        }
-        Ok(attempts)
-    }
-
-    fn earlier_attempts(&self, id: &str) -> Result<Vec<Attempt>> {
-        self.query(
-            "SELECT attempt, node, started_at, finished_at, exit_code, error FROM call_attempts WHERE call_id = ?1 ORDER BY attempt",
-            args![id], |r| {
-            Ok(Attempt {
-                attempt: r.get(0)?,
-                node: r.get(1)?,
-                started_at: r.get(2)?,
-                finished_at: r.get(3)?,
-                exit_code: r.get(4)?,
-                error: r.get(5)?,
-            })
-        })
     }
 
     /// Deletes ended calls (with their attempts and output) created before

@@ -31,6 +31,7 @@ pub(super) const SQLITE: &[&str] = numbered!("sqlite":
     "0008_schedules_secrets.sql",
     "0009_nodes_leases.sql",
     "0010_modules.sql",
+    "0011_ended_calls_forget_env.sql",
 );
 
 /// A cluster's migrations (`postgres`).
@@ -38,6 +39,7 @@ pub(super) const POSTGRES: &[&str] = numbered!("postgres":
     "0001_schema.sql",
     "0002_nodes_leases.sql",
     "0003_modules_cluster_locks.sql",
+    "0004_ended_calls_forget_env.sql",
 );
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 
 mod apps;
+mod attempts;
 pub(crate) mod backend;
 mod calls;
 mod cluster_locks;
@@ -38,9 +39,10 @@ mod volumes;
 
 pub use crate::home::Location;
 pub use apps::{AppKind, AppRecord, AppState};
+pub use attempts::Attempt;
 use backend::{Backend, FromValue, Row, Value};
 pub use calls::{
-    Attempt, CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
+    CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
 };
 pub use cluster_locks::LOCKS_CHANNEL;
 pub use nodes::{NodeRecord, NodeState};

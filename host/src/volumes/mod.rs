@@ -38,7 +38,8 @@ pub use files::{Entry, VolumeFiles};
 pub use in_use::VolumeInUse;
 pub use quota::{apply_quota, counts_now};
 pub use snapshots::{
-    Progress, create_snapshot, delete_snapshot, fork_snapshot, list_snapshots, restore_snapshot,
+    Progress, create_snapshot, delete_snapshot, find_snapshot, fork_snapshot, list_snapshots,
+    restore_snapshot,
 };
 pub use store::{
     create_named_volume, named_volume, reconcile, rename_named_volume, set_volume_quota,

@@ -163,6 +163,14 @@ pub fn list_snapshots(registry: &mut Registry, volume: &str) -> Result<Vec<Snaps
     registry.read(|tx| tx.snapshots(Some(&record.id)))
 }
 
+/// Snapshot `name` of named volume `volume`, for a command to name what it
+/// is about to destroy before it asks.
+pub fn find_snapshot(registry: &mut Registry, volume: &str, name: &str) -> Result<SnapshotRecord> {
+    check_name(name, "snapshot")?;
+    let record = named_volume(registry, volume)?;
+    registry.read(|tx| snapshot_in(tx, &record, name))
+}
+
 /// `volume snapshot delete VOLUME NAME`: refused while running apps mount
 /// that snapshot.
 pub fn delete_snapshot(

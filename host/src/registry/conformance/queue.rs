@@ -90,8 +90,14 @@ pub(super) fn calls_claimed_and_requeued(db: &Location) -> Result<()> {
             (1, Some("node-1"), Some(1))
         );
         assert_eq!(attempts[0].error.as_deref(), Some("exit 1"));
+        assert_eq!(queued.env, env, "its next attempt needs its --env");
         Ok(())
-    })
+    })?;
+    // Once it ended, no node needs its --env: the record forgets it.
+    registry.write(|tx| tx.cancel_call(&id, "cancelled by a test"))?;
+    let ended = registry.read(|tx| tx.call(&id))?.expect("the call");
+    assert!(ended.env.is_empty(), "an ended call kept {:?}", ended.env);
+    Ok(())
 }
 
 pub(super) fn calls_output(db: &Location) -> Result<()> {

@@ -1,0 +1,5 @@
+-- A caller's `--env` values are kept only while a node may still claim
+-- the call from the queue (see `Tx::insert_call`): forget those of calls
+-- that ended before this release, which kept them until pruned.
+
+UPDATE calls SET env = '{}' WHERE state NOT IN ('queued', 'running');
