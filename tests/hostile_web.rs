@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::node::Node;
-use common::{AppToml, TestEnv, path};
+use common::{AppToml, TestEnv, path, raw_http};
 
 /// One test of this file at a time: the flood's latencies are measured on
 /// a machine that no other test of it loads.
@@ -33,31 +33,12 @@ fn deploy_two_apps(env: &TestEnv) {
     }
 }
 
-/// Sends `raw` on a new connection and reads what comes back until the
-/// node closes it or `bound` passes.
 fn exchange(node: &Node, raw: &[u8], bound: Duration) -> String {
-    let mut tcp = TcpStream::connect(node.addr).unwrap();
-    tcp.set_read_timeout(Some(bound)).unwrap();
-    tcp.write_all(raw).unwrap();
-    let mut got = Vec::new();
-    let _ = tcp.read_to_end(&mut got);
-    String::from_utf8_lossy(&got).into_owned()
+    raw_http::exchange(node.addr, raw, bound)
 }
 
-/// A GET of `path` as one request on its own connection: (status, body).
 fn get(node: &Node, path: &str, host: &str) -> (u16, String) {
-    let raw = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let answer = exchange(node, raw.as_bytes(), Duration::from_secs(30));
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    raw_http::get(node.addr, path, host)
 }
 
 #[test]
@@ -188,17 +169,6 @@ fn a_flooded_app_leaves_room_and_time_for_the_others() {
     );
 }
 
-/// The node's resident memory, from /proc.
-fn rss_mb(node: &Node) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024
-}
-
 #[test]
 fn stalled_bodies_and_slowloris_cost_the_node_nothing() {
     let _alone = alone();
@@ -254,7 +224,7 @@ fn stalled_bodies_and_slowloris_cost_the_node_nothing() {
             "{path} answered after {waited:?}"
         );
     }
-    let rss = rss_mb(&node);
+    let (rss, _) = raw_http::rss_mb_and_fds(node.pid());
     assert!(rss < 300, "the node holds {rss} MB");
     // The slowloris heads were still within their 10 s when it answered.
     assert!(

@@ -6,6 +6,7 @@ pub mod app_toml;
 pub mod cluster;
 pub mod node;
 pub mod pg;
+pub mod raw_http;
 pub mod skip;
 pub mod wheel;
 

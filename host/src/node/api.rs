@@ -44,12 +44,15 @@ pub(super) struct Api {
     registries: Registries,
     /// The address the node listens on (CGI's `SERVER_PORT`).
     pub(super) local: SocketAddr,
+    /// Bytes of web request bodies the node may hold at once (see `web`).
+    pub(super) bodies: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = State<Arc<Api>>;
 
 pub fn router(worker: Arc<Worker>, token: String, local: SocketAddr) -> Router {
     let api = Arc::new(Api {
+        bodies: Arc::new(tokio::sync::Semaphore::new(web::BODIES_HELD)),
         registries: worker.registries().clone(),
         worker,
         token,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 
 use axum::body::Body;
@@ -16,13 +16,20 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::api::Api;
-use crate::triggers::http::{BodyRefused, Connection, MAX_REQUEST_BODY, UnreadBody, text_response};
+use crate::triggers::http::{
+    BodyRefused, Connection, MAX_REQUEST_BODY, ReadBody, UnreadBody, text_response,
+};
 
 /// The longest a request body may pause before the request is refused.
 const BODY_IDLE: Duration = Duration::from_secs(10);
+
+/// The most bytes of web request bodies the node holds at once, read or
+/// being read: past it a request is answered 503 rather than the node
+/// growing with every client that sends a large body slowly.
+pub const BODIES_HELD: usize = 256 << 20;
 
 /// `/web/{app}` and everything under it.
 pub async fn by_path(
@@ -110,7 +117,8 @@ async fn serve(
     let (mut parts, body) = request.into_parts();
     parts.uri = uri;
     let executor = tokio::runtime::Handle::current();
-    let read: UnreadBody = Box::new(move || executor.block_on(read_body(body)));
+    let budget = api.bodies.clone();
+    let read: UnreadBody = Box::new(move || executor.block_on(read_body(body, budget)));
     let request = http::Request::from_parts(parts, read);
     let connection = Connection {
         remote,
@@ -136,21 +144,33 @@ async fn serve(
 }
 
 /// A request body read whole, as long as it keeps arriving: at most
-/// [`BODY_IDLE`] between two of its parts, and at most
-/// [`MAX_REQUEST_BODY`] bytes.
-async fn read_body(mut body: Body) -> Result<Bytes, BodyRefused> {
+/// [`BODY_IDLE`] between two of its parts, at most [`MAX_REQUEST_BODY`]
+/// bytes, and each byte taken from `budget` ([`BODIES_HELD`] for the
+/// node) until the request is over.
+async fn read_body(mut body: Body, budget: Arc<Semaphore>) -> Result<ReadBody, BodyRefused> {
     let mut bytes = BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
         let frame = tokio::time::timeout(BODY_IDLE, body.frame())
             .await
             .map_err(|_| BodyRefused::Stalled(BODY_IDLE))?;
         let Some(frame) = frame else {
-            return Ok(bytes.freeze());
+            let held = Box::new(held);
+            return Ok(ReadBody {
+                bytes: bytes.freeze(),
+                held,
+            });
         };
         let frame = frame.map_err(|e| BodyRefused::Broken(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > MAX_REQUEST_BODY {
                 return Err(BodyRefused::TooLarge);
+            }
+            let more = (budget.clone().try_acquire_many_owned(data.len() as u32))
+                .map_err(|_| BodyRefused::Busy(BODIES_HELD))?;
+            match &mut held {
+                Some(held) => held.merge(more),
+                None => held = Some(more),
             }
             bytes.extend_from_slice(&data);
         }

@@ -44,12 +44,20 @@ pub const MAX_REQUEST_BODY: usize = 16 << 20;
 pub type WebRequest = http::Request<Bytes>;
 
 /// A request whose body is not read yet: it is read only once the request
-/// has an endpoint and room on the node, so that a body sent to no
-/// endpoint, or while the node is busy, costs the node nothing.
+/// has an endpoint, so that a body sent to no endpoint costs the node
+/// nothing, and before it takes room, so that a client that stops sending
+/// its body holds no call's room meanwhile.
 pub type ArrivingRequest = http::Request<UnreadBody>;
 
 /// Reads a request's body whole, on a thread where blocking is fine.
-pub type UnreadBody = Box<dyn FnOnce() -> Result<Bytes, BodyRefused> + Send>;
+pub type UnreadBody = Box<dyn FnOnce() -> Result<ReadBody, BodyRefused> + Send>;
+
+/// A request's body, and what it holds of the node's budget for bodies
+/// in memory, given back when this is dropped.
+pub struct ReadBody {
+    pub bytes: Bytes,
+    pub held: Box<dyn Send>,
+}
 
 /// Why a request's body was not read.
 #[derive(Debug)]
@@ -60,6 +68,8 @@ pub enum BodyRefused {
     Stalled(Duration),
     /// The connection failed.
     Broken(String),
+    /// The node holds as many bytes of request bodies as it may.
+    Busy(usize),
 }
 
 impl BodyRefused {
@@ -82,6 +92,12 @@ impl BodyRefused {
             BodyRefused::Broken(why) => (
                 StatusCode::BAD_REQUEST,
                 format!("the request body could not be read: {why}"),
+            ),
+            BodyRefused::Busy(most) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the node holds {most} bytes of request bodies, the most it may at once; try again"
+                ),
             ),
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use super::{ArrivingRequest, Connection, Endpoint, Response, WebRequest, refuse, route};
+use super::{ArrivingRequest, Connection, Endpoint, ReadBody, Response, WebRequest, refuse, route};
 use crate::apps::LiveApp;
 use crate::calls::Ending;
 use crate::error;
@@ -82,6 +82,15 @@ pub fn serve(
         refuse(respond, StatusCode::NOT_FOUND, &line);
         return;
     };
+    let (head, body) = request.into_parts();
+    let (request, _body_held) = match body() {
+        Ok(ReadBody { bytes, held }) => (WebRequest::from_parts(head, bytes), held),
+        Err(refused) => {
+            let (status, line) = refused.answer();
+            refuse(respond, status, &line);
+            return;
+        }
+    };
     let deadline = Instant::now() + WEB_QUEUE_WAIT;
     let Some(watch) = host.admit(&live, deadline) else {
         let room = host.room();
@@ -91,15 +100,6 @@ pub fn serve(
         );
         refuse(respond, StatusCode::SERVICE_UNAVAILABLE, &line);
         return;
-    };
-    let (head, body) = request.into_parts();
-    let request = match body() {
-        Ok(body) => WebRequest::from_parts(head, body),
-        Err(refused) => {
-            let (status, line) = refused.answer();
-            refuse(respond, status, &line);
-            return;
-        }
     };
     let args = vec![
         request.method().to_string(),
