@@ -208,6 +208,25 @@ fn instances_in_two_processes_share_one_quota() {
     let (bytes, files) = walk(&env.volume_dir("qb-data"));
     assert_eq!(bytes, 20 << 20);
     assert_eq!(listed(&env, "qb-data"), (bytes, files));
+    // The two processes wrote at once: the times of their files (each
+    // made by one write, refused or not) interleave.
+    let span = |p: usize| {
+        let times: Vec<std::time::SystemTime> = std::fs::read_dir(&volume)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("p{p}-")))
+            .map(|e| e.metadata().unwrap().modified().unwrap())
+            .collect();
+        assert!(!times.is_empty(), "process {p} made no file");
+        (*times.iter().min().unwrap(), *times.iter().max().unwrap())
+    };
+    let ((first0, last0), (first1, last1)) = (span(0), span(1));
+    assert!(
+        first0.max(first1) < last0.min(last1),
+        "the two processes did not write at once: {:?} against {:?}",
+        (first0, last0),
+        (first1, last1)
+    );
 }
 
 /// After 1,000 mixed creates, writes, truncates, renames and deletes, the
