@@ -82,6 +82,20 @@ pub fn make_private_file(path: &Path) -> Result<()> {
     }
 }
 
+/// Makes the file at `path` private to the user (0600) if it is there: for
+/// files another process may remove at any moment, as SQLite does its WAL
+/// and shared memory when its last connection closes.
+pub fn make_private_if_present(path: &Path) -> Result<()> {
+    match narrow(path, 0o600) {
+        Err(e) if e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+            == Some(std::io::ErrorKind::NotFound) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Sets `path`'s mode to `mode` if it lets group or others in.
 fn narrow(path: &Path, mode: u32) -> Result<()> {
     let meta =

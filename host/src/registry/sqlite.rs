@@ -15,7 +15,7 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use super::NewerThanThisWasmhost;
 use super::backend::{Backend, Row, Value};
 use super::migrations;
-use crate::home::make_private_file;
+use crate::home::{make_private_file, make_private_if_present};
 
 /// Space kept beside the registry for the writes that free space: on a full
 /// disk, a stop needs a few pages of WAL before it can delete any volume.
@@ -61,13 +61,11 @@ impl Sqlite {
         let broken = || damaged(path);
         let _opening = opening_lock(path);
         // Before SQLite opens it: its WAL and shared memory take its mode.
-        for suffix in ["", "-wal", "-shm"] {
+        make_private_file(path)?;
+        for suffix in ["-wal", "-shm"] {
             let mut file = path.as_os_str().to_owned();
             file.push(suffix);
-            let file = PathBuf::from(file);
-            if suffix.is_empty() || file.exists() {
-                make_private_file(&file)?;
-            }
+            make_private_if_present(Path::new(&file))?;
         }
         let conn = Connection::open(path).with_context(broken)?;
         conn.busy_timeout(Duration::from_secs(30))
