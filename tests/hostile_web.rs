@@ -59,7 +59,9 @@ fn header_bombs_give_their_room_back_and_others_are_answered_at_once() {
     assert!(waited < Duration::from_secs(2), "answered after {waited:?}");
     // None of the five is left running.
     common::eventually(Duration::from_secs(10), "the bombs' records", || {
-        let list = env.run(&["calls", "list", "cgi", "--json"]).success();
+        let list = env
+            .run(&["calls", "list", "cgi", "--json", "--kind", "web"])
+            .success();
         let calls: Vec<serde_json::Value> = serde_json::from_str(&list.stdout()).unwrap();
         calls.len() == 5
             && calls
@@ -103,7 +105,9 @@ fn the_node_frames_responses_whatever_a_script_prints() {
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("not a final status code"), "{body}");
     common::eventually(Duration::from_secs(10), "the 101's record", || {
-        let list = env.run(&["calls", "list", "cgi", "--json"]).success();
+        let list = env
+            .run(&["calls", "list", "cgi", "--json", "--kind", "web"])
+            .success();
         list.stdout().contains("\"exit_code\": 500") || list.stdout().contains("\"exit_code\":500")
     });
 }
@@ -329,7 +333,9 @@ fn a_busy_endpoint_records_little_or_nothing_of_its_responses() {
         );
     }
     let record = |function: &str| -> Option<serde_json::Value> {
-        let list = env.run(&["calls", "list", "pages", "--json"]).success();
+        let list = env
+            .run(&["calls", "list", "pages", "--json", "--kind", "web"])
+            .success();
         let calls: Vec<serde_json::Value> = serde_json::from_str(&list.stdout()).unwrap();
         let call = calls
             .iter()

@@ -214,7 +214,11 @@ fn instances_in_two_processes_share_one_quota() {
         let times: Vec<std::time::SystemTime> = std::fs::read_dir(&volume)
             .unwrap()
             .map(|e| e.unwrap())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("p{p}-")))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("p{p}-"))
+            })
             .map(|e| e.metadata().unwrap().modified().unwrap())
             .collect();
         assert!(!times.is_empty(), "process {p} made no file");

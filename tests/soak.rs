@@ -186,7 +186,9 @@ fn latencies_within(latencies: &[Duration], bound: Duration) {
 
 fn no_call_left_running(env: &TestEnv) {
     common::eventually(Duration::from_secs(30), "no call left running", || {
-        let list = env.run(&["calls", "list", "--json"]).success();
+        let list = env
+            .run(&["calls", "list", "--json", "--kind", "all"])
+            .success();
         let calls: Vec<serde_json::Value> = serde_json::from_str(&list.stdout()).unwrap();
         calls
             .iter()

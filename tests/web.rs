@@ -170,7 +170,9 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
     // Each request is a call: its method and path as args, its status as
     // the exit code, a 5xx failed.
     let calls = || -> Vec<Value> {
-        let list = env.run(&["calls", "list", "site", "--json"]).success();
+        let list = env
+            .run(&["calls", "list", "site", "--json", "--kind", "web"])
+            .success();
         serde_json::from_str(&list.stdout()).unwrap()
     };
     let ended = |function: &str, method: &str, path: &str| {
@@ -191,6 +193,17 @@ fn component_and_wagi_endpoints_answer_as_the_guest_chose() {
     assert_eq!(bare_call["state"], "failed");
     assert_eq!(bare_call["exit_code"], 500);
     assert!(bare_call["error"].as_str().unwrap().contains("CGI"));
+    assert_eq!(bare_call["kind"], "web");
+    // Without `--kind`, a listing leaves web requests out and sums them up
+    // per endpoint instead, so a busy endpoint cannot drown the rest.
+    let listed = env.run(&["calls", "list", "site", "--json"]).success();
+    let listed: Vec<Value> = serde_json::from_str(&listed.stdout()).unwrap();
+    assert!(listed.iter().all(|c| c["kind"] != "web"), "{listed:#?}");
+    let table = env.run(&["calls", "list", "site"]).success().stdout();
+    assert!(
+        table.contains("web requests: site/cgi: ") && table.contains("(1 failed)"),
+        "{table}"
+    );
 
     // A stopped app answers no more.
     env.run(&["app", "stop", "site", "--yes"]).success();
@@ -260,7 +273,9 @@ fn a_trap_is_500_a_timeout_504_and_others_are_answered_meanwhile() {
     std::thread::scope(|scope| {
         let slow = scope.spawn(|| request(&node, "GET", "/web/site/slow/sleep", None, b""));
         common::eventually(Duration::from_secs(30), "the slow call to run", || {
-            let list = env.run(&["calls", "list", "site", "--json"]).success();
+            let list = env
+                .run(&["calls", "list", "site", "--json", "--kind", "web"])
+                .success();
             let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
             calls
                 .iter()
@@ -281,7 +296,9 @@ fn a_trap_is_500_a_timeout_504_and_others_are_answered_meanwhile() {
         assert!(slow.body.contains("timed out after 5s"), "{}", slow.body);
     });
     common::eventually(Duration::from_secs(10), "the slow call's record", || {
-        let list = env.run(&["calls", "list", "site", "--json"]).success();
+        let list = env
+            .run(&["calls", "list", "site", "--json", "--kind", "web"])
+            .success();
         let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
         calls
             .iter()
@@ -305,7 +322,9 @@ fn a_request_over_concurrency_waits_then_gets_503() {
     std::thread::scope(|scope| {
         let first = scope.spawn(|| request(&node, "GET", "/web/single/sleep", None, b""));
         common::eventually(Duration::from_secs(30), "the first call to run", || {
-            let list = env.run(&["calls", "list", "single", "--json"]).success();
+            let list = env
+                .run(&["calls", "list", "single", "--json", "--kind", "web"])
+                .success();
             let calls: Vec<Value> = serde_json::from_str(&list.stdout()).unwrap();
             calls.iter().any(|c| c["state"] == "running")
         });

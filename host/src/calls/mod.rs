@@ -20,8 +20,8 @@ use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::FunctionSpec;
 use crate::registry::{
-    AppKind, AppRecord, CallRecord, CallState, NewCall, QUEUED, Registry, Tx, new_call_id, new_id,
-    now_ms,
+    AppKind, AppRecord, CallKind, CallRecord, CallState, KindFilter, NewCall, QUEUED, Registry, Tx,
+    WebRequests, new_call_id, new_id, now_ms,
 };
 
 pub use recorder::Recorder;
@@ -91,6 +91,7 @@ pub fn start_call(
             running: Some((&holder.id, holder.node.as_deref())),
             ended: None,
             tick: None,
+            kind: CallKind::Call,
         })?;
         Ok((live, function))
     })?;
@@ -154,6 +155,7 @@ pub fn queue_calls(
                     running: None,
                     ended: None,
                     tick: None,
+                    kind: CallKind::Call,
                 })?;
             }
             tx.notify(QUEUED)
@@ -295,10 +297,16 @@ impl Ending {
     }
 }
 
-/// The newest calls first, at most `limit`: of every app whose id or name
-/// is `app` (a redeployed app has a new id, under the same name), or of all
-/// apps. An app that never existed is a usage error.
-pub fn list(registry: &mut Registry, app: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
+/// The newest calls of `kinds` first, at most `limit`: of every app whose
+/// id or name is `app` (a redeployed app has a new id, under the same
+/// name), or of all apps; when web requests are left out, with them summed
+/// up per endpoint. An app that never existed is a usage error.
+pub fn list(
+    registry: &mut Registry,
+    app: Option<&str>,
+    kinds: KindFilter,
+    limit: usize,
+) -> Result<(Vec<CallRecord>, Vec<WebRequests>)> {
     registry.read(|tx| {
         if let Some(app) = app
             && tx.find_apps(app)?.is_empty()
@@ -306,7 +314,11 @@ pub fn list(registry: &mut Registry, app: Option<&str>, limit: usize) -> Result<
         {
             return Err(no_such_app(app));
         }
-        tx.list_calls(app, limit)
+        let web = match kinds {
+            KindFilter::NotWeb => tx.web_requests(app)?,
+            _ => Vec::new(),
+        };
+        Ok((tx.list_calls(app, kinds, limit)?, web))
     })
 }
 

@@ -18,7 +18,7 @@ use anyhow::Result;
 
 use super::Ending;
 use crate::home::Home;
-use crate::registry::{CallEnd, NewCall, Registry};
+use crate::registry::{CallEnd, CallKind, NewCall, Registry};
 use crate::runtime::{Lines, OutputLog};
 
 /// How often the output of running calls is recorded.
@@ -45,6 +45,7 @@ pub struct CallStart {
     pub node: Option<String>,
     /// Unix ms.
     pub started_at: i64,
+    pub kind: CallKind,
 }
 
 /// Told when the operation it was given with has been written (or not).
@@ -407,6 +408,7 @@ impl Batch {
                 running: Some((&call.holder, call.node.as_deref())),
                 ended,
                 tick: None,
+                kind: call.kind,
             })?;
         }
         for (id, app_id, attempt, lines, dropped) in &self.output {

@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::Subcommand;
 use wasmhost::calls;
 use wasmhost::home::Home;
-use wasmhost::registry::{self, AppKind, CallRecord, CallState, Registry, Waiter, format_ms};
+use wasmhost::registry::{
+    self, AppKind, CallKind, CallRecord, CallState, KindFilter, Registry, Waiter, format_ms,
+};
 use wasmhost::text::escape_control;
 use wasmhost::views::FullCall;
 
@@ -26,6 +28,11 @@ pub enum CallsCommand {
         /// Show at most this many calls.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only calls made so: `call` (a command or the API), `web` (requests
+        /// to web endpoints), `schedule`, or `all`. Without it, every kind but
+        /// web requests, which are summed up per endpoint instead.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
     },
     /// Show a call: its fields, attempts and output.
     Get {
@@ -45,10 +52,39 @@ pub enum CallsCommand {
     },
 }
 
+/// `--kind`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    Call,
+    Web,
+    Schedule,
+    All,
+}
+
+impl KindArg {
+    fn filter(kind: Option<Self>) -> KindFilter {
+        match kind {
+            None => KindFilter::NotWeb,
+            Some(KindArg::All) => KindFilter::All,
+            Some(KindArg::Call) => KindFilter::Only(CallKind::Call),
+            Some(KindArg::Web) => KindFilter::Only(CallKind::Web),
+            Some(KindArg::Schedule) => KindFilter::Only(CallKind::Schedule),
+        }
+    }
+}
+
 pub fn execute(command: CallsCommand) -> Result<u8> {
     let (home, mut registry) = open_state()?;
     match command {
-        CallsCommand::List { app, json, limit } => list(&mut registry, app.as_deref(), json, limit),
+        CallsCommand::List {
+            app,
+            json,
+            limit,
+            kind,
+        } => {
+            let kinds = KindArg::filter(kind);
+            list(&mut registry, app.as_deref(), kinds, json, limit)
+        }
         CallsCommand::Get { call, wait, json } => get(&home, &mut registry, &call, wait, json),
         CallsCommand::Cancel { call } => {
             let was = calls::cancel(&mut registry, &call, "`wasmhost calls cancel`")?;
@@ -61,10 +97,17 @@ pub fn execute(command: CallsCommand) -> Result<u8> {
 /// How much of a call's error the table shows.
 const ERROR_COLUMN: usize = 60;
 
-/// Calls as a table, then when each scheduled function (of `app_filter`'s
-/// app, or of all) runs next; with `json`, the calls alone.
-fn list(registry: &mut Registry, app_filter: Option<&str>, json: bool, limit: usize) -> Result<u8> {
-    let calls = calls::list(registry, app_filter, limit)?;
+/// Calls as a table, web requests summed up if they were left out, then
+/// when each scheduled function (of `app_filter`'s app, or of all) runs
+/// next; with `json`, the calls alone.
+fn list(
+    registry: &mut Registry,
+    app_filter: Option<&str>,
+    kinds: KindFilter,
+    json: bool,
+    limit: usize,
+) -> Result<u8> {
+    let (calls, web) = calls::list(registry, app_filter, kinds, limit)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&calls)?)?;
         return Ok(0);
@@ -96,6 +139,12 @@ fn list(registry: &mut Registry, app_filter: Option<&str>, json: bool, limit: us
             &rows
         )
     )?;
+    for (app, function, requests, failed, last) in &web {
+        outln!(
+            "web requests: {app}/{function}: {requests} ({failed} failed), the last at {}; `--kind web` lists them",
+            timestamp_ms(*last)
+        )?;
+    }
     // What comes next, under what has been.
     for app in registry.read(|tx| tx.list_apps(false))? {
         if app.next_ticks.is_empty() || app.kind != AppKind::Deployed {

@@ -11,7 +11,7 @@ use super::{Call, Ended, Prepared, STOP_POLL, StopFlag};
 use crate::calls::Recorder;
 use crate::calls::recorder::CallStart;
 use crate::manifest::units::format_size;
-use crate::registry::{Stream, new_call_id, now_ms};
+use crate::registry::{CallKind, Stream, new_call_id, now_ms};
 use crate::runtime::OutputLog;
 
 /// The longest `--map` input line; a longer one fails as that input.
@@ -93,6 +93,7 @@ impl Map<'_> {
                 holder: record.holder.clone(),
                 node: None,
                 started_at: now_ms(),
+                kind: CallKind::Call,
             },
             log.clone(),
         );

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::worker::Worker;
 use crate::calls::Ending;
-use crate::registry::{Attempt, CallRecord, new_call_id, now_ms};
+use crate::registry::{Attempt, CallKind, CallRecord, new_call_id, now_ms};
 use crate::runtime::OutputLog;
 use crate::views::FullCall;
 
@@ -41,7 +41,8 @@ impl Worker {
             return Ok(None);
         };
         let log = OutputLog::retaining();
-        let call = self.begin(&live, &function, args, env, log.clone(), &watch);
+        let input = (args, env);
+        let call = self.begin(&live, &function, CallKind::Call, input, log.clone(), &watch);
         let (tx, rx) = oneshot::channel();
         self.clone().run_call(call, &live, watch, log, Some(tx));
         Ok(Some(rx))

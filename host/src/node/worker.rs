@@ -27,7 +27,9 @@ use crate::calls::recorder::CallStart;
 use crate::calls::{Ending, Holder, Recorder};
 use crate::home::Home;
 use crate::invoke::{Call, Ended, Room, Stop, Supervisor, Watch};
-use crate::registry::{CallRecord, CallState, ENDED, QUEUED, Registries, Registry, Waiter};
+use crate::registry::{
+    CallKind, CallRecord, CallState, ENDED, QUEUED, Registries, Registry, Waiter,
+};
 use crate::registry::{new_call_id, now_ms};
 use crate::runtime::{OutputLog, Runtime};
 use crate::triggers::http;
@@ -143,14 +145,15 @@ impl Worker {
         Ok(())
     }
 
-    /// Records call `watch` of `function` of `live` as running on this
-    /// node now, its output going to `log`.
+    /// Records call `watch` of `function` of `live`, made by a `kind`
+    /// with `(args, env)`, as running on this node now, its output going
+    /// to `log`.
     pub(super) fn begin(
         &self,
         live: &LiveApp,
         function: &str,
-        args: Vec<String>,
-        env: BTreeMap<String, String>,
+        kind: CallKind,
+        (args, env): (Vec<String>, BTreeMap<String, String>),
         log: Arc<OutputLog>,
         watch: &Watch,
     ) -> CallRecord {
@@ -174,6 +177,7 @@ impl Worker {
             holder: Some(self.holder.id.clone()),
             module: live.modules.get(function).cloned(),
             tick: None,
+            kind,
         };
         self.recorder.start(
             CallStart {
@@ -186,6 +190,7 @@ impl Worker {
                 holder: self.holder.id.clone(),
                 node: self.holder.node.clone(),
                 started_at: now,
+                kind,
             },
             log,
         );
@@ -280,7 +285,8 @@ impl http::Host for Worker {
         log: Arc<OutputLog>,
         watch: &Watch,
     ) {
-        Worker::begin(self, live, function, args, BTreeMap::new(), log, watch);
+        let input = (args, BTreeMap::new());
+        Worker::begin(self, live, function, CallKind::Web, input, log, watch);
     }
 
     fn end(&self, id: &str, ending: Ending) {

@@ -99,7 +99,52 @@ pub struct CallRecord {
     /// someone made.
     #[serde(serialize_with = "rfc3339_opt")]
     pub tick: Option<i64>,
+    pub kind: CallKind,
 }
+
+/// What made a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallKind {
+    /// A command (`call`, `run` of a deployed app's function) or the API.
+    Call,
+    /// A request to a web endpoint.
+    Web,
+    /// A schedule's tick.
+    Schedule,
+}
+
+impl CallKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Call => "call",
+            CallKind::Web => "web",
+            CallKind::Schedule => "schedule",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "web" => CallKind::Web,
+            "schedule" => CallKind::Schedule,
+            _ => CallKind::Call,
+        }
+    }
+}
+
+/// Which calls a listing shows, by what made them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindFilter {
+    All,
+    Only(CallKind),
+    /// Every kind but web requests, which a busy endpoint makes by the
+    /// thousand (see [`Tx::web_requests`]).
+    NotWeb,
+}
+
+/// A web endpoint's requests, summed up: (app, function, requests,
+/// failed, newest's creation time in Unix ms).
+pub type WebRequests = (String, String, u64, u64, i64);
 
 /// Unix milliseconds as RFC 3339 (`2026-11-27T18:00:00.123Z`).
 pub fn format_ms(ms: i64) -> String {
@@ -134,6 +179,7 @@ pub struct NewCall<'a> {
     pub ended: Option<CallEnd<'a>>,
     /// The schedule's tick it runs for (Unix ms), if a schedule made it.
     pub tick: Option<i64>,
+    pub kind: CallKind,
 }
 
 /// How a call ended, and when it had started.
@@ -193,7 +239,7 @@ pub struct LogFilter {
 /// (the queue's and the running calls' are partial, and small); left to
 /// itself, it would walk every call of every running app to find queued
 /// ones.
-const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module, c.tick FROM calls c CROSS JOIN apps a ON a.id = c.app_id";
+const CALL_COLUMNS: &str = "c.id, a.name, c.app_id, c.function, c.args, c.env, c.state, c.attempts, c.max_attempts, c.node, c.exit_code, c.error, c.created_at, c.started_at, c.finished_at, c.holder, c.module, c.tick, c.kind FROM calls c CROSS JOIN apps a ON a.id = c.app_id";
 
 /// What every ending of a call sets, so that its `--env` values are not
 /// kept once no node can need them.
@@ -229,6 +275,7 @@ fn call_from_row(row: &Row) -> Result<CallRecord> {
         holder: row.get(15)?,
         module: row.get(16)?,
         tick: row.get(17)?,
+        kind: CallKind::parse(&row.get::<String>(18)?),
     })
 }
 
@@ -264,8 +311,8 @@ impl Tx<'_> {
             (exit_code, error) = (end.exit_code, end.error);
         }
         self.execute("INSERT INTO calls (id, app_id, function, state, created_at, started_at, module, args, env, holder, node,
-                                    attempts, max_attempts, finished_at, released_at, exit_code, error, tick)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17)", args![
+                                    attempts, max_attempts, finished_at, released_at, exit_code, error, tick, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15, ?16, ?17, ?18)", args![
                 call.id,
                 call.app_id,
                 call.function,
@@ -283,6 +330,7 @@ impl Tx<'_> {
                 exit_code,
                 error,
                 call.tick,
+                call.kind.as_str(),
             ])?;
         Ok(())
     }
@@ -292,15 +340,39 @@ impl Tx<'_> {
         Ok(self.query_calls(&sql, args![id])?.pop())
     }
 
-    /// The newest calls first, at most `limit`: of every app whose id or
-    /// name is `app` (a redeployed app has a new id, under the same name),
-    /// or of all apps.
-    pub fn list_calls(&self, app: Option<&str>, limit: usize) -> Result<Vec<CallRecord>> {
+    /// The newest calls of the kinds `kinds` lets through first, at most
+    /// `limit`: of every app whose id or name is `app` (a redeployed app
+    /// has a new id, under the same name), or of all apps.
+    pub fn list_calls(
+        &self,
+        app: Option<&str>,
+        kinds: KindFilter,
+        limit: usize,
+    ) -> Result<Vec<CallRecord>> {
+        let (only, but) = match kinds {
+            KindFilter::All => (None, None),
+            KindFilter::Only(kind) => (Some(kind.as_str()), None),
+            KindFilter::NotWeb => (None, Some(CallKind::Web.as_str())),
+        };
         let sql = format!(
-            "SELECT {CALL_COLUMNS} WHERE CAST(?1 AS TEXT) IS NULL OR c.app_id = ?1 OR a.name = ?1
+            "SELECT {CALL_COLUMNS} WHERE (CAST(?1 AS TEXT) IS NULL OR c.app_id = ?1 OR a.name = ?1)
+               AND (CAST(?3 AS TEXT) IS NULL OR c.kind = ?3) AND (CAST(?4 AS TEXT) IS NULL OR c.kind <> ?4)
              ORDER BY c.created_at DESC, c.rowid DESC LIMIT ?2"
         );
-        self.query_calls(&sql, args![app, limit as i64])
+        self.query_calls(&sql, args![app, limit as i64, only, but])
+    }
+
+    /// The web requests of every app whose id or name is `app` (or of all
+    /// apps), summed up per endpoint.
+    pub fn web_requests(&self, app: Option<&str>) -> Result<Vec<WebRequests>> {
+        self.query(
+            "SELECT a.name, c.function, COUNT(*), SUM(CASE WHEN c.state = 'failed' THEN 1 ELSE 0 END), MAX(c.created_at)
+             FROM calls c CROSS JOIN apps a ON a.id = c.app_id
+             WHERE c.kind = 'web' AND (CAST(?1 AS TEXT) IS NULL OR c.app_id = ?1 OR a.name = ?1)
+             GROUP BY a.name, c.function ORDER BY a.name, c.function",
+            args![app],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<i64>(2)? as u64, r.get::<i64>(3)? as u64, r.get(4)?)),
+        )
     }
 
     /// Running calls, of one app or of all.

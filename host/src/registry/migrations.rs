@@ -32,6 +32,7 @@ pub(super) const SQLITE: &[&str] = numbered!("sqlite":
     "0009_nodes_leases.sql",
     "0010_modules.sql",
     "0011_ended_calls_forget_env.sql",
+    "0012_call_kinds.sql",
 );
 
 /// A cluster's migrations (`postgres`).
@@ -40,6 +41,7 @@ pub(super) const POSTGRES: &[&str] = numbered!("postgres":
     "0002_nodes_leases.sql",
     "0003_modules_cluster_locks.sql",
     "0004_ended_calls_forget_env.sql",
+    "0005_call_kinds.sql",
 );
 
 #[cfg(test)]

@@ -42,7 +42,8 @@ pub use apps::{AppKind, AppRecord, AppState};
 pub use attempts::Attempt;
 use backend::{Backend, FromValue, Row, Value};
 pub use calls::{
-    CallEnd, CallRecord, CallState, LogFilter, LogLine, NewCall, Stream, format_ms, now_ms,
+    CallEnd, CallKind, CallRecord, CallState, KindFilter, LogFilter, LogLine, NewCall, Stream,
+    WebRequests, format_ms, now_ms,
 };
 pub use cluster_locks::LOCKS_CHANNEL;
 pub use nodes::{NodeRecord, NodeState};

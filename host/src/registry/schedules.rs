@@ -99,8 +99,8 @@ impl Tx<'_> {
         why: &str,
     ) -> Result<()> {
         let now = now_ms();
-        self.execute("INSERT INTO calls (id, app_id, function, state, created_at, finished_at, released_at, error, tick)
-                 VALUES (?1, ?2, ?3, 'skipped', ?4, ?4, ?4, ?5, ?6)", args![id, app_id, function, now, why, tick])?;
+        self.execute("INSERT INTO calls (id, app_id, function, state, created_at, finished_at, released_at, error, tick, kind)
+                 VALUES (?1, ?2, ?3, 'skipped', ?4, ?4, ?4, ?5, ?6, 'schedule')", args![id, app_id, function, now, why, tick])?;
         Ok(())
     }
 

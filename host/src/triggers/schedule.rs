@@ -20,7 +20,7 @@ use anyhow::Result;
 use crate::apps;
 use crate::calls::max_attempts;
 use crate::manifest::schedule::LATE_LIMIT;
-use crate::registry::{NewCall, QUEUED, Registry, format_ms, new_call_id, now_ms};
+use crate::registry::{CallKind, NewCall, QUEUED, Registry, format_ms, new_call_id, now_ms};
 
 /// The environment variable that tells a schedule's call which tick it
 /// runs for (RFC 3339, UTC), e.g. to name what it writes.
@@ -78,6 +78,7 @@ pub fn run_due(registry: &mut Registry) -> Result<usize> {
                 running: None,
                 ended: None,
                 tick: Some(due.next_tick),
+                kind: CallKind::Schedule,
             })?;
             queued += 1;
         }

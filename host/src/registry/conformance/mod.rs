@@ -178,5 +178,6 @@ fn call<'a>(
         running,
         ended: None,
         tick: None,
+        kind: CallKind::Call,
     }
 }

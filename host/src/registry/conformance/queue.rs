@@ -241,12 +241,12 @@ pub(super) fn calls_ended(db: &Location) -> Result<()> {
         );
         // Newest first; calls of one millisecond in the order they were made.
         let newest: Vec<String> = tx
-            .list_calls(Some("worker"), 3)?
+            .list_calls(Some("worker"), KindFilter::All, 3)?
             .into_iter()
             .map(|c| c.id)
             .collect();
         assert_eq!(newest, [running.clone(), queued.clone(), cancelled.clone()]);
-        assert_eq!(tx.list_calls(None, 100)?.len(), 5);
+        assert_eq!(tx.list_calls(None, KindFilter::All, 100)?.len(), 5);
         Ok(())
     })?;
     // The recorded call began 10 ms before the others were made.
@@ -254,9 +254,54 @@ pub(super) fn calls_ended(db: &Location) -> Result<()> {
     assert_eq!(pruned, 1, "ended calls made before the cutoff");
     registry.read(|tx| {
         assert!(tx.call(&recorded)?.is_none());
-        assert_eq!(tx.list_calls(Some(&app.id), 100)?.len(), 4);
+        assert_eq!(tx.list_calls(Some(&app.id), KindFilter::All, 100)?.len(), 4);
         let lines = tx.log_lines(&app.id, &LogFilter::default(), 100, false)?;
         assert!(lines.is_empty(), "a pruned call's output stayed");
+        Ok(())
+    })?;
+    // Web requests are listed by kind, and summed up per endpoint.
+    let requests: Vec<String> = (0..3).map(|_| new_call_id()).collect();
+    registry.write(|tx| {
+        for (n, id) in requests.iter().enumerate() {
+            tx.insert_call(&NewCall {
+                kind: CallKind::Web,
+                ended: Some(CallEnd {
+                    state: if n == 0 {
+                        CallState::Failed
+                    } else {
+                        CallState::Succeeded
+                    },
+                    exit_code: Some(if n == 0 { 500 } else { 200 }),
+                    error: None,
+                    started_at: at + n as i64,
+                    finished_at: at + n as i64,
+                }),
+                ..call(id, &app.id, Some(("holder", None)))
+            })?;
+        }
+        Ok(())
+    })?;
+    registry.read(|tx| {
+        let kinds = |filter| -> Result<Vec<CallKind>> {
+            Ok(tx
+                .list_calls(Some(&app.id), filter, 100)?
+                .iter()
+                .map(|c| c.kind)
+                .collect())
+        };
+        assert_eq!(kinds(KindFilter::Only(CallKind::Web))?, [CallKind::Web; 3]);
+        assert!(!kinds(KindFilter::NotWeb)?.contains(&CallKind::Web));
+        assert_eq!(
+            kinds(KindFilter::All)?.len(),
+            kinds(KindFilter::NotWeb)?.len() + 3
+        );
+        let summed = tx.web_requests(Some("worker"))?;
+        assert_eq!(summed.len(), 1);
+        let (name, function, count, failed, _) = &summed[0];
+        assert_eq!(
+            (name.as_str(), function.as_str(), *count, *failed),
+            ("worker", "f", 3, 1)
+        );
         Ok(())
     })
 }
@@ -307,6 +352,7 @@ pub(super) fn schedules(db: &Location) -> Result<()> {
         assert!(!tx.scheduled_run_going(&app.id, "f")?);
         tx.insert_call(&NewCall {
             tick: Some(61_000),
+            kind: CallKind::Schedule,
             ..call(&id, &app.id, None)
         })?;
         assert!(tx.scheduled_run_going(&app.id, "f")?);
@@ -321,7 +367,7 @@ pub(super) fn schedules(db: &Location) -> Result<()> {
             .cloned()
             .collect::<Vec<_>>();
         assert_eq!(tock_gone, ["tick"]);
-        let calls = tx.list_calls(Some(&app.id), 10)?;
+        let calls = tx.list_calls(Some(&app.id), KindFilter::All, 10)?;
         let skipped = calls
             .iter()
             .find(|c| c.state == CallState::Skipped)
@@ -331,6 +377,7 @@ pub(super) fn schedules(db: &Location) -> Result<()> {
             (Some(121_000), Some("busy"))
         );
         assert!(skipped.started_at.is_none() && skipped.finished_at.is_some());
+        assert!(calls.iter().all(|c| c.kind == CallKind::Schedule));
         Ok(())
     })?;
     registry.write(|tx| tx.mark_stopped(&app.id))?;
