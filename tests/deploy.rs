@@ -292,7 +292,7 @@ fn a_running_call_keeps_its_snapshot_through_a_redeploy() {
     assert_eq!(snapshots(&env).len(), 1, "{:?}", snapshots(&env));
     let ended: Vec<(String, Option<String>)> = env
         .registry()
-        .read(|tx| tx.list_calls(None, 1000))
+        .read(|tx| tx.list_calls(None, wasmhost::registry::KindFilter::All, 1000))
         .unwrap()
         .into_iter()
         .filter(|c| c.function == "f" && c.error.as_deref().is_some_and(|e| e.contains("died")))

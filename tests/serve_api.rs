@@ -67,7 +67,7 @@ fn cancel_running(node: &Node, id: &str) {
 /// recorded, so this is what a refused request must not change).
 fn recorded_calls(env: &TestEnv) -> usize {
     env.registry()
-        .read(|tx| tx.list_calls(None, usize::MAX >> 1))
+        .read(|tx| tx.list_calls(None, wasmhost::registry::KindFilter::All, usize::MAX >> 1))
         .unwrap()
         .len()
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::node::Node;
 use common::{AppToml, Function, TestEnv, eventually, path, wait_with_timeout};
 use serde_json::Value;
-use wasmhost::registry::{CallRecord, Registry};
+use wasmhost::registry::{CallRecord, KindFilter, Registry};
 
 /// A bound on the end of a few short calls.
 const CALLS_BOUND: Duration = Duration::from_secs(30);
@@ -47,7 +47,7 @@ fn to_row(call: CallRecord) -> Row {
 fn calls_of(env: &TestEnv, name: &str) -> Vec<Row> {
     let mut calls = env
         .registry()
-        .read(|tx| tx.list_calls(Some(name), usize::MAX >> 1))
+        .read(|tx| tx.list_calls(Some(name), KindFilter::All, usize::MAX >> 1))
         .unwrap();
     calls.reverse();
     calls.into_iter().map(to_row).collect()
@@ -406,7 +406,7 @@ fn a_node_runs_at_most_a_functions_concurrency_of_its_calls_at_once() {
     // As the registry recorded them, too: no instant had three attempts.
     let spans: Vec<(i64, i64)> = env
         .registry()
-        .read(|tx| tx.list_calls(None, usize::MAX >> 1))
+        .read(|tx| tx.list_calls(None, KindFilter::All, usize::MAX >> 1))
         .unwrap()
         .into_iter()
         .filter_map(|c| Some((c.started_at?, c.finished_at.expect("every call ended"))))

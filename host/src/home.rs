@@ -87,8 +87,9 @@ pub fn make_private_file(path: &Path) -> Result<()> {
 /// and shared memory when its last connection closes.
 pub fn make_private_if_present(path: &Path) -> Result<()> {
     match narrow(path, 0o600) {
-        Err(e) if e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
-            == Some(std::io::ErrorKind::NotFound) =>
+        Err(e)
+            if e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+                == Some(std::io::ErrorKind::NotFound) =>
         {
             Ok(())
         }
