@@ -24,7 +24,7 @@ mod state;
 mod storage;
 
 use cluster::{cluster_locks, leases, nodes, reaper};
-use queue::{calls_claimed_and_requeued, calls_ended, calls_output, schedules};
+use queue::{calls_by_kind, calls_claimed_and_requeued, calls_ended, calls_output, schedules};
 use state::{apps, modules, secrets, transactions};
 use storage::{snapshots, volumes};
 
@@ -146,7 +146,7 @@ macro_rules! conformance {
 
 conformance! {
     both: apps, transactions, volumes, snapshots, calls_claimed_and_requeued,
-        calls_output, calls_ended, schedules, secrets, modules, nodes, reaper;
+        calls_output, calls_ended, calls_by_kind, schedules, secrets, modules, nodes, reaper;
     postgres only: leases, cluster_locks,
 }
 

@@ -258,8 +258,15 @@ pub(super) fn calls_ended(db: &Location) -> Result<()> {
         let lines = tx.log_lines(&app.id, &LogFilter::default(), 100, false)?;
         assert!(lines.is_empty(), "a pruned call's output stayed");
         Ok(())
-    })?;
-    // Web requests are listed by kind, and summed up per endpoint.
+    })
+}
+
+/// Web requests are listed by kind, and summed up per endpoint.
+pub(super) fn calls_by_kind(db: &Location) -> Result<()> {
+    let mut registry = Registry::open(db)?;
+    let app = deployed(&mut registry, "worker")?;
+    registry.write(|tx| tx.insert_call(&call(&new_call_id(), &app.id, None)))?;
+    let at = now_ms();
     let requests: Vec<String> = (0..3).map(|_| new_call_id()).collect();
     registry.write(|tx| {
         for (n, id) in requests.iter().enumerate() {
@@ -295,6 +302,7 @@ pub(super) fn calls_ended(db: &Location) -> Result<()> {
             kinds(KindFilter::All)?.len(),
             kinds(KindFilter::NotWeb)?.len() + 3
         );
+        assert_eq!(kinds(KindFilter::NotWeb)?, [CallKind::Call]);
         let summed = tx.web_requests(Some("worker"))?;
         assert_eq!(summed.len(), 1);
         let (name, function, count, failed, _) = &summed[0];
