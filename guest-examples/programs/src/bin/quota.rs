@@ -7,6 +7,8 @@
 //!   `--map`, which gives each invocation its line as the last argument);
 //! - `writes PATH CHUNK COUNT`: COUNT writes of CHUNK bytes, stopping at
 //!   the first refusal;
+//! - `chunked BYTES CHUNK PATH`: BYTES written CHUNK bytes at a time (the
+//!   path last, for `--map`), stopping at the first refusal;
 //! - `extend PATH BYTES`: `set_len` (ftruncate) to BYTES;
 //! - `pwrite PATH OFFSET BYTES`: one write at OFFSET of an existing file
 //!   (a seek and a write);
@@ -39,6 +41,11 @@ fn main() {
             let mut file = File::create(path).unwrap_or_else(|e| fail(0, &e));
             let chunk = vec![7u8; number(chunk) as usize];
             steps(number(count), |_| file.write_all(&chunk))
+        }
+        ["chunked", bytes, chunk, path] => {
+            let mut file = File::create(path).unwrap_or_else(|e| fail(0, &e));
+            let chunk = vec![7u8; number(chunk) as usize];
+            steps(number(bytes) / chunk.len() as u64, |_| file.write_all(&chunk))
         }
         ["extend", path, bytes] => steps(1, |_| {
             OpenOptions::new()
