@@ -206,7 +206,10 @@ fn instances_in_two_processes_share_one_quota() {
         refused += text.matches("nospc ").count();
     }
     assert_eq!(done + refused, 40, "every input fitted or was refused");
-    assert!(refused >= 20, "only {refused} of 40 MiB asked for were refused");
+    assert!(
+        refused >= 20,
+        "only {refused} of 40 MiB asked for were refused"
+    );
     let (bytes, files) = walk(&env.volume_dir("qb-data"));
     assert_eq!(bytes, 20 << 20);
     assert_eq!(listed(&env, "qb-data"), (bytes, files));

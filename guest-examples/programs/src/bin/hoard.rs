@@ -15,8 +15,7 @@
 //! - `lock DIR HOLD_MS N`: the same with N distinct host locks.
 //! - `churn DIR N`: takes and releases N distinct locks, one at a time.
 //! - `lock-loop DIR MS`: prints `locking`, then takes and releases distinct
-//!   locks for MS milliseconds, whatever the host answers, printing `at T`
-//!   (Unix milliseconds) after an attempt every 5 ms or so.
+//!   locks for MS milliseconds, whatever the host answers.
 //! - `stat-long-path DIR BYTES`: stats a path of BYTES bytes under DIR,
 //!   prints the error, then `memory M`, the size of its linear memory.
 //! - `long-lock-path BYTES`: asks for a lock whose path is BYTES long, held
@@ -78,16 +77,9 @@ fn run(args: &[&str]) {
             let tag = unique_tag();
             let end = Instant::now() + Duration::from_millis(number(ms) as u64);
             let mut i = 0;
-            let mut said = Instant::now();
             while Instant::now() < end {
                 let _ = Lock::acquire(&format!("{dir}/{tag}-{i}"), Duration::ZERO);
                 i += 1;
-                if said.elapsed() >= Duration::from_millis(5) {
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                    println!("at {}", now.unwrap().as_millis());
-                    std::io::stdout().flush().unwrap();
-                    said = Instant::now();
-                }
             }
         }
         ["stat-long-path", dir, bytes] => {
