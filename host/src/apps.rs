@@ -440,12 +440,7 @@ pub fn web_app_in(tx: &Tx, name: &str) -> Result<LiveApp> {
     if !missing {
         return exact;
     }
-    let alike: Vec<AppRecord> = tx
-        .list_apps(false)?
-        .into_iter()
-        .filter(|a| a.kind == AppKind::Deployed && a.name.eq_ignore_ascii_case(name))
-        .collect();
-    match alike.as_slice() {
+    match tx.running_deployed_apps_named_any_case(name)?.as_slice() {
         [one] => deployed_app_in(tx, &one.id),
         _ => exact,
     }

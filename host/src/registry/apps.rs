@@ -132,6 +132,16 @@ impl Tx<'_> {
         self.query_apps(&sql, args![id_or_name])
     }
 
+    /// Running deployed apps whose name is `name` in any ASCII case: what a
+    /// case-insensitive Host header may name. One query, and no schedule
+    /// reads, since any client of a web endpoint can ask for it.
+    pub fn running_deployed_apps_named_any_case(&self, name: &str) -> Result<Vec<AppRecord>> {
+        let sql = format!(
+            "SELECT {APP_COLUMNS} FROM apps WHERE kind = 'deployed' AND state = 'running' AND lower(name) = lower(?1) ORDER BY created_at, id"
+        );
+        self.query_apps(&sql, args![name])
+    }
+
     /// The newest app named `name` of `kind`, running or not.
     pub fn latest_app_named(&self, name: &str, kind: AppKind) -> Result<Option<AppRecord>> {
         let sql = format!(
