@@ -221,6 +221,7 @@ fn stalled_bodies_and_slowloris_cost_the_node_nothing() {
             tcp
         })
         .collect();
+    eprintln!("slowloris opened in {:?}", started.elapsed());
     for path in ["/v1/health", "/web/other/x"] {
         let asked = Instant::now();
         let (status, body) = get(&node, path, "a");
@@ -361,4 +362,76 @@ fn a_busy_endpoint_records_little_or_nothing_of_its_responses() {
         (quiet["stdout"].as_str(), quiet["state"].as_str()),
         (Some(""), Some("succeeded"))
     );
+}
+
+/// Starts a POST of `length` bytes to `cgi`'s counting script and sends
+/// the first `first` of them.
+fn post_part(node: &Node, length: usize, first: usize) -> TcpStream {
+    let mut tcp = TcpStream::connect(node.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /web/cgi/x?count HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    tcp.write_all(&vec![b'x'; first]).unwrap();
+    tcp
+}
+
+/// Sends the rest of a body begun by [`post_part`] and reads the answer.
+fn finish_post(mut tcp: TcpStream, rest: usize) -> String {
+    tcp.write_all(&vec![b'y'; rest]).unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+#[test]
+fn a_large_body_reaches_the_guest_as_it_arrives_and_is_never_held_whole() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    deploy_two_apps(&env);
+    let node = Node::start(&env);
+    // Half of a 2 MiB body, a pause, then the rest: the script's first read
+    // returned before the rest was sent, so it read the body as it came.
+    let tcp = post_part(&node, 2 << 20, 1 << 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    let rest_sent_at = now_ms();
+    let answer = finish_post(tcp, 1 << 20);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let counted = answer.split_once("\r\n\r\n").unwrap().1.trim();
+    let (read, first) = counted.split_once(' ').unwrap();
+    assert_eq!(read, format!("read={}", 2 << 20), "{answer}");
+    let first: u128 = first.strip_prefix("first_read_ms=").unwrap().parse().unwrap();
+    assert!(
+        first + 500 < rest_sent_at,
+        "the script first read at {first}, the rest was sent at {rest_sent_at}"
+    );
+    // 30 bodies of 16 MiB − 1, 15 MiB of each sent: 450 MB if held.
+    let length = (16 << 20) - 1;
+    let senders: Vec<TcpStream> = (0..30).map(|_| post_part(&node, length, 15 << 20)).collect();
+    let (rss, _) = raw_http::rss_mb_and_fds(node.pid());
+    assert!(rss < 300, "the node holds {rss} MB");
+    for tcp in senders {
+        let answer = finish_post(tcp, length - (15 << 20));
+        assert!(answer.contains(&format!("read={length} ")), "{answer}");
+    }
+    // A CGI script is told its body's length: past what is read ahead, a
+    // chunked body without one is refused.
+    let mut chunked = b"POST /web/cgi/x?count HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 64 << 10).as_bytes());
+        chunked.extend_from_slice(&vec![b'z'; 64 << 10]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = exchange(&node, &chunked, Duration::from_secs(30));
+    assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
+    assert!(answer.contains("Content-Length"), "{answer}");
 }

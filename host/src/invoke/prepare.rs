@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use bytes::Bytes;
 
 use super::slots::{Slot, Slots};
 use super::{Ended, Stop, StopFlag};
@@ -22,7 +21,7 @@ use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::mount::Mount;
 use crate::registry::{AppKind, Registries, Registry};
-use crate::runtime::{Finished, Invocation, Output, OutputLog, Program, Respond};
+use crate::runtime::{Finished, Invocation, Output, OutputLog, Program, Respond, Stdin};
 use crate::secrets;
 
 /// Most bytes of stdout (and of stderr) kept of an invocation whose output
@@ -147,7 +146,7 @@ impl Prepared {
         held: Option<Held>,
         call: &Call,
         output: Output,
-        stdin: Option<Bytes>,
+        stdin: Option<Stdin>,
         run: impl FnOnce(&Program, &Invocation) -> Finished,
     ) -> (Ended, [Vec<u8>; 2]) {
         let _held = match held.map_or_else(|| self.acquire(call.stop, None), Ok) {
@@ -197,7 +196,7 @@ impl Prepared {
         &self,
         held: Option<Held>,
         call: &Call,
-        stdin: Option<Bytes>,
+        stdin: Option<Stdin>,
     ) -> (Ended, [Vec<u8>; 2]) {
         let output = Output::Capture {
             limit: CAPTURE_LIMIT,

@@ -6,9 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::BytesMut;
 use http_body_util::BodyExt;
 
 use axum::body::Body;
@@ -16,20 +14,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use super::api::Api;
-use crate::triggers::http::{
-    BodyRefused, Connection, MAX_REQUEST_BODY, ReadBody, UnreadBody, text_response,
-};
-
-/// The longest a request body may pause before the request is refused.
-const BODY_IDLE: Duration = Duration::from_secs(10);
-
-/// The most bytes of web request bodies the node holds at once, read or
-/// being read: past it a request is answered 503 rather than the node
-/// growing with every client that sends a large body slowly.
-pub const BODIES_HELD: usize = 256 << 20;
+use crate::triggers::http::{Connection, RequestBody, UnreadBody, text_response};
 
 /// `/web/{app}` and everything under it.
 pub async fn by_path(
@@ -118,7 +106,16 @@ async fn serve(
     parts.uri = uri;
     let executor = tokio::runtime::Handle::current();
     let budget = api.bodies.clone();
-    let read: UnreadBody = Box::new(move || executor.block_on(read_body(body, budget)));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse().ok());
+    let body = Box::pin(body.map_err(Into::into));
+    let read: UnreadBody = Box::new(move || {
+        let mut body = RequestBody::new(body, declared)?;
+        executor.block_on(body.read_ahead(&budget))?;
+        Ok(body)
+    });
     let request = http::Request::from_parts(parts, read);
     let connection = Connection {
         remote,
@@ -139,40 +136,6 @@ async fn serve(
                 Ok(()) => "the endpoint ended without an answer".to_owned(),
             };
             text(StatusCode::INTERNAL_SERVER_ERROR, &why)
-        }
-    }
-}
-
-/// A request body read whole, as long as it keeps arriving: at most
-/// [`BODY_IDLE`] between two of its parts, at most [`MAX_REQUEST_BODY`]
-/// bytes, and each byte taken from `budget` ([`BODIES_HELD`] for the
-/// node) until the request is over.
-async fn read_body(mut body: Body, budget: Arc<Semaphore>) -> Result<ReadBody, BodyRefused> {
-    let mut bytes = BytesMut::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
-    loop {
-        let frame = tokio::time::timeout(BODY_IDLE, body.frame())
-            .await
-            .map_err(|_| BodyRefused::Stalled(BODY_IDLE))?;
-        let Some(frame) = frame else {
-            let held = Box::new(held);
-            return Ok(ReadBody {
-                bytes: bytes.freeze(),
-                held,
-            });
-        };
-        let frame = frame.map_err(|e| BodyRefused::Broken(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > MAX_REQUEST_BODY {
-                return Err(BodyRefused::TooLarge);
-            }
-            let more = (budget.clone().try_acquire_many_owned(data.len() as u32))
-                .map_err(|_| BodyRefused::Busy(BODIES_HELD))?;
-            match &mut held {
-                Some(held) => held.merge(more),
-                None => held = Some(more),
-            }
-            bytes.extend_from_slice(&data);
         }
     }
 }

@@ -197,7 +197,7 @@ pub fn wasi_builder(
         };
     }
     if let Some(stdin) = &invocation.stdin {
-        builder.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin.clone()));
+        builder.stdin(stdin.clone());
     }
     let outputs = match &invocation.output {
         Output::Inherit { copy } => {

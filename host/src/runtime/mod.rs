@@ -11,6 +11,7 @@ mod http_view;
 mod instance;
 mod outbound;
 mod output_log;
+mod stdin;
 mod stdio;
 mod wasi;
 
@@ -29,6 +30,7 @@ use cache::{Compiled, ModuleCache};
 pub use component::Respond;
 use instance::{Outputs, StopReason};
 pub use output_log::{KEPT_PER_STREAM, Lines, OutputLog};
+pub use stdin::Stdin;
 use wasi::limits::CountLimits;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -281,7 +283,7 @@ pub struct Invocation<'a> {
     pub output: Output,
     /// What the guest reads on stdin, if not wasmhost's own (with
     /// `Output::Inherit`) or nothing.
-    pub stdin: Option<bytes::Bytes>,
+    pub stdin: Option<Stdin>,
     /// Set to stop the instance (app stopped, Ctrl-C).
     pub cancelled: Arc<AtomicBool>,
 }

@@ -9,6 +9,10 @@
 //! shorter than its body, `?frame=chunked` a `Transfer-Encoding` it does
 //! not follow; `?status=N` any status line; `?size=N` a body of N bytes;
 //! `?spin` never ends (its function's `timeout` ends it).
+//!
+//! `?count` reads its body and answers how many bytes it read and when
+//! its first read returned (milliseconds since the Unix epoch), which
+//! shows whether it read the body as it arrived.
 
 use std::io::{Read, Write};
 
@@ -73,6 +77,22 @@ fn hostile(out: &mut impl Write, query: &str) -> bool {
             write!(out, "Content-Type: text/plain\n\n{}", "x".repeat(size)).unwrap();
         }
         "status" => write!(out, "Status: {value}\r\n\r\nstatus {value}\n").unwrap(),
+        "count" => {
+            let (mut read, mut first) = (0, None);
+            let mut buf = vec![0; 64 << 10];
+            loop {
+                let n = std::io::stdin().read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                first.get_or_insert_with(std::time::SystemTime::now);
+                read += n;
+            }
+            let first = first.map_or(0, |t| {
+                t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            });
+            write!(out, "Content-Type: text/plain\n\nread={read} first_read_ms={first}\n").unwrap();
+        }
         "spin" => {
             let mut x: u64 = 1;
             loop {

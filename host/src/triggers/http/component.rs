@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::StatusCode;
+use http_body_util::BodyExt;
 
-use super::{Endpoint, Response, WebRequest, answered, failure, full, text_response};
+use super::{Endpoint, Response, WebRequest, answered, failure, text_response};
 use crate::calls::Ending;
 use crate::invoke::{Call, Held};
 
@@ -45,7 +46,7 @@ pub fn serve(
     let ended = endpoint.prepared.serve_http(
         Some(held),
         &call,
-        request.map(full),
+        request.map(|body| body.boxed_unsync()),
         respond_from_guest,
         endpoint.log.clone(),
     );

@@ -10,6 +10,7 @@
 //! a trap is a 500, a timeout a 504, a stop (app stopped, node shutting
 //! down) a 503.
 
+mod body;
 mod component;
 mod request;
 mod wagi;
@@ -29,35 +30,27 @@ use crate::manifest::{AppManifest, Route};
 use crate::registry::{CallState, now_ms};
 use crate::runtime::OutputLog;
 
+pub use body::{BODIES_HELD, BodyReader, ClientBody, MAX_REQUEST_BODY, RequestBody};
 pub use request::{Host, serve};
 
 /// A response body: the guest's, streamed, or one of ours.
 pub type Body = wasmtime_wasi_http::WasiBody;
 pub type Response = http::Response<Body>;
 
-/// The most bytes of a request body an endpoint is given; it is read whole
-/// before the guest starts (a WAGI script reads it from stdin).
-pub const MAX_REQUEST_BODY: usize = 16 << 20;
-
 /// A request as the guest sees it: its URI is the path under the app
-/// (`/route…`, without `/web/{app}`) and the query.
-pub type WebRequest = http::Request<Bytes>;
+/// (`/route…`, without `/web/{app}`) and the query; its body arrives as
+/// the guest reads it.
+pub type WebRequest = http::Request<RequestBody>;
 
-/// A request whose body is not read yet: it is read only once the request
-/// has an endpoint, so that a body sent to no endpoint costs the node
-/// nothing, and before it takes room, so that a client that stops sending
-/// its body holds no call's room meanwhile.
+/// A request whose body is not read ahead yet: that is done only once the
+/// request has an endpoint, so that a body sent to no endpoint costs the
+/// node nothing, and before it takes room, so that a client that stops
+/// sending its body holds no call's room meanwhile.
 pub type ArrivingRequest = http::Request<UnreadBody>;
 
-/// Reads a request's body whole, on a thread where blocking is fine.
-pub type UnreadBody = Box<dyn FnOnce() -> Result<ReadBody, BodyRefused> + Send>;
-
-/// A request's body, and what it holds of the node's budget for bodies
-/// in memory, given back when this is dropped.
-pub struct ReadBody {
-    pub bytes: Bytes,
-    pub held: Box<dyn Send>,
-}
+/// Reads the start of a request's body (see [`RequestBody::read_ahead`]),
+/// on a thread where blocking is fine.
+pub type UnreadBody = Box<dyn FnOnce() -> Result<RequestBody, BodyRefused> + Send>;
 
 /// Why a request's body was not read.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use super::{ArrivingRequest, Connection, Endpoint, ReadBody, Response, WebRequest, refuse, route};
+use super::{ArrivingRequest, Connection, Endpoint, Response, WebRequest, refuse, route};
 use crate::apps::LiveApp;
 use crate::calls::Ending;
 use crate::error;
@@ -83,8 +83,8 @@ pub fn serve(
         return;
     };
     let (head, body) = request.into_parts();
-    let (request, _body_held) = match body() {
-        Ok(ReadBody { bytes, held }) => (WebRequest::from_parts(head, bytes), held),
+    let request = match body() {
+        Ok(body) => WebRequest::from_parts(head, body),
         Err(refused) => {
             let (status, line) = refused.answer();
             refuse(respond, status, &line);

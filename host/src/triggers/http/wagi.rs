@@ -9,10 +9,14 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 
-use super::{Connection, Endpoint, Response, WebRequest, answered, failure, full, text_response};
+use super::body::READ_AHEAD;
+use super::{
+    Connection, Endpoint, Response, WebRequest, answered, failure, full, refuse, text_response,
+};
 use crate::calls::Ending;
 use crate::invoke::{Call, Ended, Held};
 use crate::registry::Stream;
+use crate::runtime::Stdin;
 
 pub fn serve(
     endpoint: &Endpoint,
@@ -21,13 +25,19 @@ pub fn serve(
     connection: &Connection,
     respond: impl FnOnce(Response),
 ) -> Ending {
-    let env = environment(endpoint, &request, connection);
+    let Some(length) = request.body().length() else {
+        let line = format!(
+            "a WAGI endpoint is given a body of over {READ_AHEAD} bytes only with a Content-Length (CGI passes it in CONTENT_LENGTH)"
+        );
+        return refuse(respond, StatusCode::LENGTH_REQUIRED, &line);
+    };
+    let env = environment(endpoint, &request, connection, length);
     let call = Call {
         args: &[],
         env: &env,
         stop: endpoint.stop,
     };
-    let stdin = Some(request.into_body());
+    let stdin = Some(Stdin::stream(request.into_body().into_reader()));
     let (ended, [stdout, stderr]) = endpoint.prepared.run_captured(Some(held), &call, stdin);
     endpoint.log.write(Stream::Stdout, &stdout);
     endpoint.log.write(Stream::Stderr, &stderr);
@@ -58,6 +68,7 @@ fn environment(
     endpoint: &Endpoint,
     request: &WebRequest,
     connection: &Connection,
+    length: u64,
 ) -> BTreeMap<String, String> {
     let path = request.uri().path();
     // SCRIPT_NAME is the route; PATH_INFO what follows it under a prefix
@@ -98,7 +109,7 @@ fn environment(
         ("SERVER_NAME", host),
         ("SERVER_PORT", connection.local.port().to_string()),
         ("REMOTE_ADDR", connection.remote.ip().to_string()),
-        ("CONTENT_LENGTH", request.body().len().to_string()),
+        ("CONTENT_LENGTH", length.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
