@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Child;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::node::Node;
 use common::{AppToml, Run, StdoutLines, TestEnv, path, wait_with_timeout};
@@ -197,23 +197,37 @@ fn locks_exclude_across_machines() {
 
 #[test]
 fn a_lock_is_released_when_its_instance_ends() {
-    let Some((a, b, _volumes)) = cluster() else {
+    let Some((a, b, volumes)) = cluster() else {
         return;
     };
     a.run(&["deploy", path(&lock_app(&a))]).success();
-    // The holder ends without releasing; the host releases it.
-    let mut holder = a.holding("1000");
+    // A's node runs a call that takes the lock and ends without releasing
+    // it; the node's process goes on, renewing its lease, so only the
+    // instance's end can release the lock.
+    let node = Node::start_with(&a.env, &["--volumes", path(volumes.path())]);
+    let (status, body) = node.post_json(
+        "/v1/apps/locker/functions/fsops/calls",
+        r#"{"args": ["hold-lock", "/data/k", "1500"], "spawn": true}"#,
+    );
+    assert_eq!(status, 202, "{body}");
+    let queued: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let deadline = Instant::now() + HANG;
+    while sql(&b, "SELECT key FROM cluster_locks").is_empty() {
+        assert!(Instant::now() < deadline, "the node's call never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let busy = b.fsops(&["try-lock", "/data/k"]).success();
     assert_eq!(
         busy.stdout().trim(),
         "busy",
         "the lock excludes across machines"
     );
-    // Shorter than a dead process's lease lasts: granted only if the
-    // instance's end released it.
     let waited = b.fsops(&["lock-timeout", "/data/k", "10000"]).success();
     assert_eq!(waited.stdout().trim(), "acquired");
-    assert!(wait_with_timeout(&mut holder, HANG).success());
+    let ended = node.wait_call(queued["id"].as_str().unwrap(), HANG);
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let (health, _) = node.get("/v1/health");
+    assert_eq!(health, 200, "the node's process outlived the lock");
 }
 
 /// Needs process leases that expire (here the stub of `lease::process_id`;

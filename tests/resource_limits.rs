@@ -447,19 +447,29 @@ fn a_guest_outliving_its_deleted_volume_leaves_no_lock_directory() {
     );
     // The volume is created by the first run.
     let mut guest = env.spawn(&["run", path(&app)]);
+    let mut stdout = std::io::BufReader::new(guest.stdout.take().unwrap());
     let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(guest.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert_eq!(line.trim(), "locking");
     let id = volume_id(&env, "outlive-data");
     let locks_dir = env.home().join("locks").join(&id);
     assert!(locks_dir.is_dir(), "a live volume has its lock directory");
+    // Paused, the guest's process cannot see its app stopped before the
+    // delete is done; resumed, the guest locks on until it does.
+    signal(&guest, libc::SIGSTOP);
     env.run(&["volume", "delete", "outlive-data", "--yes", "--force"])
         .success();
+    assert!(!locks_dir.exists(), "the delete left the lock directory");
+    signal(&guest, libc::SIGCONT);
     wait_with_timeout(&mut guest, HANG);
+    let mut answers = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut answers).unwrap();
+    // It locked before the pause; after it, its lock calls reached the
+    // host and were refused, and none made the directory again.
+    let answers: Vec<&str> = answers.lines().collect();
+    assert_eq!(answers.first(), Some(&"answer acquired"), "{answers:?}");
+    assert!(answers.len() >= 2, "no lock call after the delete: {answers:?}");
+    assert!(!locks_dir.exists(), "a lock call after the delete made it again");
     // Any later command tidies what a lock call racing the delete made.
     env.run(&["volume", "list"]).success();
     assert!(!locks_dir.exists(), "{} came back", locks_dir.display());
@@ -533,4 +543,11 @@ fn hoarders_share_the_process_descriptor_limit() {
             && stderr.contains("its limit of 138 open files (its share of the process's 3000 descriptors, with 9 instances at once"),
         "{stderr}"
     );
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
 }

@@ -59,8 +59,8 @@ fn tick_of(call: &Value) -> SystemTime {
 fn every_second_runs_once_per_tick_across_two_nodes_until_the_app_stops() {
     let env = TestEnv::new();
     deploy(&env, "pulse", "every 1s", 0);
-    let _a = Node::start(&env);
-    let _b = Node::start(&env);
+    let a = Node::start_logging(&env, &[], "debug");
+    let b = Node::start_logging(&env, &[], "debug");
     eventually(BOUND, "the first tick's run", || {
         calls(&env, "pulse")
             .iter()
@@ -89,6 +89,24 @@ fn every_second_runs_once_per_tick_across_two_nodes_until_the_app_stops() {
     );
     let ticks: BTreeSet<String> = all.iter().map(|c| c["tick"].to_string()).collect();
     assert_eq!(ticks.len(), all.len(), "two calls for one tick: {all:#?}");
+    // Both nodes claimed ticks as they came (each looks at a tick's own
+    // instant): each ran some, or found them claimed by the other first,
+    // and at least one tick was raced for.
+    let lost = "claimed by another node first";
+    for (node, name) in [(&a, "A"), (&b, "B")] {
+        let ran = all.iter().filter(|c| c["node"] == node.id.as_str()).count();
+        eprintln!("node {name} ran {ran} of {} ticks", all.len());
+        assert!(
+            ran > 0 || node.stderr().contains(lost),
+            "node {name} never claimed a tick: {all:#?}"
+        );
+    }
+    assert!(
+        a.stderr().contains(lost) || b.stderr().contains(lost),
+        "neither node ever lost a tick to the other:\n{}\n{}",
+        a.stderr(),
+        b.stderr()
+    );
     // A second run of one tick could not create its file, and would fail.
     let ran: Vec<&Value> = all.iter().filter(|c| c["state"] == "succeeded").collect();
     for call in &all {

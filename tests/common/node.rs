@@ -72,10 +72,17 @@ impl Node {
 
     /// As `start`, with more arguments for `serve` (`--grace 1s`, `--max-calls 2`).
     pub fn start_with(env: &TestEnv, extra: &[&str]) -> Node {
+        Node::start_logging(env, extra, "info")
+    }
+
+    /// A node started with `extra` arguments, logging at `level`
+    /// (`WASMHOST_LOG`).
+    pub fn start_logging(env: &TestEnv, extra: &[&str], level: &str) -> Node {
         let mut child = env
             .command()
             .args(["serve", "--listen", &env.listen_addr()])
             .args(extra)
+            .env("WASMHOST_LOG", level)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -117,16 +117,28 @@ fn app_stop_from_another_shell_ends_a_running_run() {
 fn app_stop_right_after_start_is_reported_as_a_stop() {
     let env = TestEnv::new();
     let app = env.fsops_app("early", "early-data");
-    for _ in 0..15 {
-        let mut child = env.spawn(&["run", path(&app), "--", "spin"]);
-        let id = wait_until_running(&env, "early");
-        env.run(&["app", "stop", &id, "--yes"]).success();
-        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("was stopped"), "{stderr}");
-    }
+    // The run waits between its app's start and its instance's for the
+    // gate (a debug build's hook), so the stop lands there for certain.
+    let gate = env.work.path().join("gate");
+    let op = ["lock-then", "/data/held", "spin"];
+    let mut child = env
+        .command()
+        .args([&["run", path(&app), "--"][..], &op].concat())
+        .env("WASMHOST_TEST_START_GATE", &gate)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_until_running(&env, "early");
+    env.run(&["app", "stop", &id, "--yes"]).success();
+    std::fs::write(&gate, "").unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was stopped"), "{stderr}");
+    assert_eq!(stdout, "", "its instance never ran");
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM stop a running `run` like `app stop` does:

@@ -266,6 +266,7 @@ pub fn serve(
     let spec = &live.manifest.functions[function];
     let concurrency = instances_at_once(invoke, inputs.as_ref(), spec);
     let access = RegistryAccess::Own(registry);
+    start_gate();
     let prepared = Prepared::new(home, live.clone(), function, Arc::new(program), access)?;
     let (args, env, worker_stop) = (invoke.args.clone(), invoke.env(), stop.clone());
     std::thread::spawn(move || {
@@ -357,6 +358,18 @@ pub fn exit(
             let summary: Vec<String> = report.summary().lines().map(escape_control).collect();
             eprintln!("error: {}", summary.join("\n"));
             Ok(1)
+        }
+    }
+}
+
+/// In a debug build, holds a run or call between its app's start and its
+/// instance's until the file `WASMHOST_TEST_START_GATE` names exists: the
+/// only way a test can land a stop in that window for certain.
+fn start_gate() {
+    #[cfg(debug_assertions)]
+    if let Some(gate) = std::env::var_os("WASMHOST_TEST_START_GATE") {
+        while !std::path::Path::new(&gate).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }

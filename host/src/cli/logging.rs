@@ -53,9 +53,14 @@ pub fn install_for_command() {
     install(Style::Command, most);
 }
 
-/// Diagnostics of a node: every note and warning, with time and node id.
+/// Diagnostics of a node: every note and warning, with time and node id,
+/// and more with `WASMHOST_LOG=debug` (or `trace`).
 pub fn install_for_node(format: LogFormat) {
-    install(Style::Node(format), Level::INFO);
+    let most = std::env::var("WASMHOST_LOG")
+        .ok()
+        .and_then(|level| level.parse().ok())
+        .unwrap_or(Level::INFO);
+    install(Style::Node(format), most);
 }
 
 /// Names the node in every line from now on.

@@ -130,7 +130,7 @@ impl Worker {
         let mut housekept = Instant::now();
         self.housekeeping(&mut registry);
         while !self.is_draining() {
-            self.queue_due_schedules(&mut registry);
+            let wait = self.queue_due_schedules(&mut registry, POLL);
             self.claim_and_start(&mut registry);
             self.supervisor.look(&mut registry);
             self.housekeeping_if_due(&mut registry, &mut housekept);
@@ -138,7 +138,7 @@ impl Worker {
             let (mut woken, _) = self
                 .wake
                 .1
-                .wait_timeout_while(woken, POLL, |woken| !*woken)
+                .wait_timeout_while(woken, wait, |woken| !*woken)
                 .unwrap_or_else(|e| e.into_inner());
             *woken = false;
         }

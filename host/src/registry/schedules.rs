@@ -52,6 +52,14 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// The earliest next tick of a running app's schedule (Unix ms).
+    pub fn next_schedule_tick(&self) -> Result<Option<i64>> {
+        self.query_value(
+            "SELECT MIN(s.next_tick) FROM schedules s JOIN apps a ON a.id = s.app_id WHERE a.state = 'running'",
+            args![],
+        )
+    }
+
     /// Scheduled functions of running apps whose next tick is at or before
     /// `now` (Unix ms).
     pub fn due_schedules(&self, now: i64) -> Result<Vec<DueTick>> {

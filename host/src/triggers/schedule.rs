@@ -26,17 +26,37 @@ use crate::registry::{CallKind, NewCall, QUEUED, Registry, format_ms, new_call_i
 /// runs for (RFC 3339, UTC), e.g. to name what it writes.
 pub const TICK_VARIABLE: &str = "WASMHOST_SCHEDULE_TICK";
 
+/// What a look for due ticks did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Looked {
+    /// Calls it queued (or recorded skipped) for ticks it claimed.
+    pub claimed: usize,
+    /// Due ticks another node claimed first.
+    pub lost: usize,
+    /// The next tick to come (Unix ms), when none was due: a node looks
+    /// again then, so that every node looks at the tick itself.
+    pub next: Option<i64>,
+}
+
 /// Claims the due ticks of every running deployed app and queues their
-/// calls (or records them skipped). Returns how many calls it queued.
-pub fn run_due(registry: &mut Registry) -> Result<usize> {
+/// calls (or records them skipped).
+pub fn run_due(registry: &mut Registry) -> Result<Looked> {
     let now = now_ms();
     // Most looks find nothing: a read, not a write lock, tells.
-    if registry.read(|tx| tx.due_schedules(now))?.is_empty() {
-        return Ok(0);
+    let next = registry.read(|tx| tx.next_schedule_tick())?;
+    if next.is_none_or(|next| next > now) {
+        return Ok(Looked {
+            next,
+            ..Looked::default()
+        });
     }
-    registry.write(|tx| {
-        let mut queued = 0;
-        for due in tx.due_schedules(now)? {
+    let looked = registry.write(|tx| {
+        let mut looked = Looked::default();
+        let due = tx.due_schedules(now)?;
+        if due.is_empty() {
+            looked.lost += 1; // claimed between the read and the write
+        }
+        for due in due {
             let Ok(live) = apps::deployed_app_in(tx, &due.app_id) else {
                 continue;
             };
@@ -50,7 +70,8 @@ pub fn run_due(registry: &mut Registry) -> Result<usize> {
                 continue;
             };
             if !tx.advance_schedule(&due.app_id, &due.function, due.next_tick, next)? {
-                continue; // another node claimed it
+                looked.lost += 1;
+                continue;
             }
             if now - due.next_tick > LATE_LIMIT.as_millis() as i64 {
                 continue; // missed while no node served the app
@@ -64,6 +85,7 @@ pub fn run_due(registry: &mut Registry) -> Result<usize> {
                     due.next_tick,
                     "was skipped: the previous tick's call was still queued or running",
                 )?;
+                looked.claimed += 1;
                 continue;
             }
             let env = BTreeMap::from([(TICK_VARIABLE.to_owned(), format_ms(due.next_tick))]);
@@ -80,11 +102,18 @@ pub fn run_due(registry: &mut Registry) -> Result<usize> {
                 tick: Some(due.next_tick),
                 kind: CallKind::Schedule,
             })?;
-            queued += 1;
+            looked.claimed += 1;
         }
-        if queued > 0 {
+        if looked.claimed > 0 {
             tx.notify(QUEUED)?;
         }
-        Ok(queued)
-    })
+        Ok(looked)
+    })?;
+    if looked.lost > 0 {
+        tracing::debug!(
+            "{} due schedule tick(s) were claimed by another node first",
+            looked.lost
+        );
+    }
+    Ok(looked)
 }

@@ -15,7 +15,8 @@
 //! - `lock DIR HOLD_MS N`: the same with N distinct host locks.
 //! - `churn DIR N`: takes and releases N distinct locks, one at a time.
 //! - `lock-loop DIR MS`: prints `locking`, then takes and releases distinct
-//!   locks for MS milliseconds, whatever the host answers.
+//!   locks for MS milliseconds, whatever the host answers, printing
+//!   `answer A` each time the answer changes.
 //! - `stat-long-path DIR BYTES`: stats a path of BYTES bytes under DIR,
 //!   prints the error, then `memory M`, the size of its linear memory.
 //! - `long-lock-path BYTES`: asks for a lock whose path is BYTES long, held
@@ -76,9 +77,17 @@ fn run(args: &[&str]) {
             std::io::stdout().flush().unwrap();
             let tag = unique_tag();
             let end = Instant::now() + Duration::from_millis(number(ms) as u64);
-            let mut i = 0;
+            let (mut i, mut last) = (0, String::new());
             while Instant::now() < end {
-                let _ = Lock::acquire(&format!("{dir}/{tag}-{i}"), Duration::ZERO);
+                let answer = match Lock::acquire(&format!("{dir}/{tag}-{i}"), Duration::ZERO) {
+                    Ok(_) => "acquired".to_owned(),
+                    Err(e) => format!("{e:?}"),
+                };
+                if answer != last {
+                    println!("answer {answer}");
+                    std::io::stdout().flush().unwrap();
+                    last = answer;
+                }
                 i += 1;
             }
         }
