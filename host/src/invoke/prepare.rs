@@ -18,6 +18,7 @@ use bytes::Bytes;
 use super::slots::{Slot, Slots};
 use super::{Ended, Stop, StopFlag};
 use crate::apps::LiveApp;
+use crate::file_store;
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::mount::Mount;
@@ -85,6 +86,17 @@ impl Prepared {
         mut registry: RegistryAccess,
     ) -> Result<Self> {
         let spec = &live.manifest.functions[function];
+        for files in &spec.files {
+            let Some(tree) = &files.tree else {
+                anyhow::bail!(
+                    "the files shipped at `{}` were never stored; deploy the app again",
+                    files.guest_path
+                );
+            };
+            if !home.file_tree(tree).is_dir() {
+                registry.with(|r| file_store::fetch(home, r, tree))?;
+            }
+        }
         let secrets = match spec.secrets.is_empty() {
             true => BTreeMap::new(),
             false => registry.with(|r| secrets::environment(home, r, &spec.secrets))?,

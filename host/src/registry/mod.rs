@@ -22,6 +22,7 @@ mod attempts;
 pub(crate) mod backend;
 mod calls;
 mod cluster_locks;
+mod file_trees;
 #[cfg(test)]
 mod conformance;
 mod leases;
