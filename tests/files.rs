@@ -47,6 +47,11 @@ fn stored_trees(env: &TestEnv) -> Vec<PathBuf> {
     trees
 }
 
+/// What `file` holds, read by a call of deployed app `app`.
+fn reads(env: &TestEnv, app: &str, file: &str) -> String {
+    call_stdout(env, app, &["read", file])
+}
+
 fn call_stdout(env: &TestEnv, app: &str, args: &[&str]) -> String {
     let mut command = vec!["call", app, "fsops", "--"];
     command.extend(args);
@@ -56,16 +61,20 @@ fn call_stdout(env: &TestEnv, app: &str, args: &[&str]) -> String {
 #[test]
 fn a_deployed_app_runs_the_shipped_code_and_a_redeploy_ships_the_new_tree() {
     let env = TestEnv::new();
-    let src = source(&env, "shipped", &[("main.py", "print('v1')\n"), ("lib/util.py", "x = 1\n")]);
+    let src = source(
+        &env,
+        "shipped",
+        &[("main.py", "print('v1')\n"), ("lib/util.py", "x = 1\n")],
+    );
     let app = shipping_app("shipped").write(&env);
     env.run(&["deploy", path(&app)]).success();
-    assert_eq!(call_stdout(&env, "shipped", &["read", "/app/main.py"]), "print('v1')\n");
-    assert_eq!(call_stdout(&env, "shipped", &["read", "/app/lib/util.py"]), "x = 1\n");
+    assert_eq!(reads(&env, "shipped", "/app/main.py"), "print('v1')\n");
+    assert_eq!(reads(&env, "shipped", "/app/lib/util.py"), "x = 1\n");
     // What was deployed runs, whatever happens to the sources after.
     fs::write(src.join("main.py"), "print('v2')\n").unwrap();
-    assert_eq!(call_stdout(&env, "shipped", &["read", "/app/main.py"]), "print('v1')\n");
+    assert_eq!(reads(&env, "shipped", "/app/main.py"), "print('v1')\n");
     env.run(&["deploy", path(&app)]).success();
-    assert_eq!(call_stdout(&env, "shipped", &["read", "/app/main.py"]), "print('v2')\n");
+    assert_eq!(reads(&env, "shipped", "/app/main.py"), "print('v2')\n");
     assert_eq!(stored_trees(&env).len(), 2, "{:?}", stored_trees(&env));
 }
 
@@ -77,8 +86,22 @@ fn a_running_call_keeps_its_tree_across_a_redeploy() {
     env.run(&["deploy", path(&app)]).success();
     // Reads the file, says it did, waits for /scratch/go, reads it again.
     let mut running = env.spawn_guarded(&[
-        "call", "keeper", "fsops", "--", "wait-for", "/app/code.txt", "read", "/app/code.txt",
-        ";", "write", "/scratch/started", "x", ";", "wait-for", "/scratch/go", "read",
+        "call",
+        "keeper",
+        "fsops",
+        "--",
+        "wait-for",
+        "/app/code.txt",
+        "read",
+        "/app/code.txt",
+        ";",
+        "write",
+        "/scratch/started",
+        "x",
+        ";",
+        "wait-for",
+        "/scratch/go",
+        "read",
         "/app/code.txt",
     ]);
     eventually(Duration::from_secs(60), "the call to start", || {
@@ -86,20 +109,24 @@ fn a_running_call_keeps_its_tree_across_a_redeploy() {
     });
     fs::write(src.join("code.txt"), "new\n").unwrap();
     env.run(&["deploy", path(&app)]).success();
-    assert_eq!(call_stdout(&env, "keeper", &["read", "/app/code.txt"]), "new\n");
+    assert_eq!(reads(&env, "keeper", "/app/code.txt"), "new\n");
     call_stdout(&env, "keeper", &["write", "/scratch/go", "x"]);
     let status = wait_with_timeout(&mut running, Duration::from_secs(60));
     let mut stdout = String::new();
     std::io::Read::read_to_string(running.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     assert!(status.success(), "the running call failed: {stdout:?}");
     assert_eq!(stdout, "old\nold\n", "the running call saw another tree");
-    assert_eq!(call_stdout(&env, "keeper", &["read", "/app/code.txt"]), "new\n");
+    assert_eq!(reads(&env, "keeper", "/app/code.txt"), "new\n");
 }
 
 #[test]
 fn run_ships_files_app_wide_and_per_function_and_single_files() {
     let env = TestEnv::new();
-    source(&env, "runner", &[("code.txt", "from src\n"), ("other/code.txt", "own\n")]);
+    source(
+        &env,
+        "runner",
+        &[("code.txt", "from src\n"), ("other/code.txt", "own\n")],
+    );
     fs::write(env.work.path().join("runner/settings.toml"), "a = 1\n").unwrap();
     let app = AppToml::new("runner")
         .files("/app", "src")
@@ -136,7 +163,10 @@ fn a_symbolic_link_in_the_tree_is_refused_naming_it() {
         let stderr = refused.stderr();
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(
-            stderr.contains(&format!("{} is a symbolic link", src.join("passwd").display())),
+            stderr.contains(&format!(
+                "{} is a symbolic link",
+                src.join("passwd").display()
+            )),
             "{stderr}"
         );
     }
@@ -161,13 +191,17 @@ fn the_guest_cannot_change_the_files_mount() {
         let refused = env.run(&command).code_is(1);
         let stderr = refused.stderr();
         assert!(
-            ["Read-only file system", "Operation not permitted", "Permission denied"]
-                .iter()
-                .any(|e| stderr.contains(e)),
+            [
+                "Read-only file system",
+                "Operation not permitted",
+                "Permission denied"
+            ]
+            .iter()
+            .any(|e| stderr.contains(e)),
             "{attempt:?}: {stderr}"
         );
     }
-    assert_eq!(call_stdout(&env, "readonly", &["read", "/app/code.txt"]), "kept\n");
+    assert_eq!(reads(&env, "readonly", "/app/code.txt"), "kept\n");
     assert_eq!(call_stdout(&env, "readonly", &["ls", "/app"]), "code.txt\n");
 }
 
@@ -176,16 +210,21 @@ fn two_apps_shipping_the_same_tree_share_one_stored_copy() {
     let env = TestEnv::new();
     for name in ["twin-a", "twin-b"] {
         source(&env, name, &[("code.txt", "same\n"), ("d/e.txt", "also\n")]);
-        env.run(&["deploy", path(&shipping_app(name).write(&env))]).success();
+        env.run(&["deploy", path(&shipping_app(name).write(&env))])
+            .success();
     }
     let trees = stored_trees(&env);
     assert_eq!(trees.len(), 1, "{trees:?}");
-    assert_eq!(fs::read_to_string(trees[0].join("d/e.txt")).unwrap(), "also\n");
+    assert_eq!(
+        fs::read_to_string(trees[0].join("d/e.txt")).unwrap(),
+        "also\n"
+    );
     source(&env, "twin-b", &[("code.txt", "different\n")]);
-    env.run(&["deploy", path(&env.work.path().join("twin-b/app.toml"))]).success();
+    env.run(&["deploy", path(&env.work.path().join("twin-b/app.toml"))])
+        .success();
     assert_eq!(stored_trees(&env).len(), 2);
-    assert_eq!(call_stdout(&env, "twin-a", &["read", "/app/code.txt"]), "same\n");
-    assert_eq!(call_stdout(&env, "twin-b", &["read", "/app/code.txt"]), "different\n");
+    assert_eq!(reads(&env, "twin-a", "/app/code.txt"), "same\n");
+    assert_eq!(reads(&env, "twin-b", "/app/code.txt"), "different\n");
 }
 
 #[test]
@@ -199,7 +238,10 @@ fn files_past_the_size_limit_are_refused_naming_the_source_and_the_limit() {
     let refused = env.run(&["deploy", path(&app)]).code_is(2);
     let stderr = refused.stderr();
     assert!(stderr.contains("more than 1024 MiB"), "{stderr}");
-    assert!(stderr.contains(&src.join("big.bin").display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains(&src.join("big.bin").display().to_string()),
+        "{stderr}"
+    );
 }
 
 /// A machine of a cluster that lacks a tree rebuilds it from the
@@ -207,8 +249,13 @@ fn files_past_the_size_limit_are_refused_naming_the_source_and_the_limit() {
 #[test]
 fn a_missing_tree_is_rebuilt_from_the_registry_of_a_cluster() {
     let env = TestEnv::new();
-    source(&env, "fetched", &[("code.txt", "fetched\n"), ("d/x", "y\n")]);
-    env.run(&["deploy", path(&shipping_app("fetched").write(&env))]).success();
+    source(
+        &env,
+        "fetched",
+        &[("code.txt", "fetched\n"), ("d/x", "y\n")],
+    );
+    env.run(&["deploy", path(&shipping_app("fetched").write(&env))])
+        .success();
     let [tree] = stored_trees(&env).try_into().unwrap();
     remove_read_only(&tree);
     let call = env.run(&["call", "fetched", "fsops", "--", "read", "/app/code.txt"]);

@@ -225,7 +225,12 @@ fn walk(source: &Path, budget: &mut Budget, entries: &mut Vec<Entry>) -> Result<
 
 /// A regular file's entry, counted in `budget`; a link or a special file
 /// is refused, naming it.
-fn file_entry(path: &Path, relative: String, meta: &fs::Metadata, budget: &mut Budget) -> Result<Entry> {
+fn file_entry(
+    path: &Path,
+    relative: String,
+    meta: &fs::Metadata,
+    budget: &mut Budget,
+) -> Result<Entry> {
     if meta.is_symlink() {
         return Err(usage!(
             "`files`: {} is a symbolic link, which wasmhost does not ship (it could lead out of the tree); fix: replace it by what it points to, or move it out of the shipped directory",
@@ -240,8 +245,8 @@ fn file_entry(path: &Path, relative: String, meta: &fs::Metadata, budget: &mut B
     }
     budget.add(path, meta.len())?;
     let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (digest, size) =
-        copy_hashed(file, std::io::sink()).with_context(|| format!("cannot read {}", path.display()))?;
+    let (digest, size) = copy_hashed(file, std::io::sink())
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Entry {
         path: relative,
         file: Some(Blob {
@@ -264,8 +269,10 @@ fn utf8_name<'a>(path: &Path, name: &'a std::ffi::OsStr) -> Result<&'a str> {
 /// Copies `source` to `dest`, refusing it if its bytes are no longer
 /// those `blob` was read as.
 fn copy_verified(source: &Path, dest: &Path, blob: &Blob) -> Result<()> {
-    let from = fs::File::open(source).with_context(|| format!("cannot read {}", source.display()))?;
-    let to = fs::File::create_new(dest).with_context(|| format!("cannot write {}", dest.display()))?;
+    let from =
+        fs::File::open(source).with_context(|| format!("cannot read {}", source.display()))?;
+    let to =
+        fs::File::create_new(dest).with_context(|| format!("cannot write {}", dest.display()))?;
     let (digest, _) = copy_hashed(from, std::io::BufWriter::new(to))
         .with_context(|| format!("cannot copy {}", source.display()))?;
     if digest != blob.digest {
@@ -291,7 +298,10 @@ fn materialize(
     let built = (|| {
         for entry in &manifest.entries {
             if !is_plain_relative(&entry.path) {
-                bail!("tree {digest} holds a bad path `{}`", entry.path.escape_debug());
+                bail!(
+                    "tree {digest} holds a bad path `{}`",
+                    entry.path.escape_debug()
+                );
             }
             let dest = temp.join(&entry.path);
             match &entry.file {
@@ -349,7 +359,9 @@ pub fn fetch(home: &Home, registry: &mut Registry, digest: &str) -> Result<()> {
         )
     })?;
     if sha256_hex(json.as_bytes()) != digest {
-        bail!("the registry's copy of files tree {digest} is damaged (another digest); deploy the app again");
+        bail!(
+            "the registry's copy of files tree {digest} is damaged (another digest); deploy the app again"
+        );
     }
     let manifest: TreeManifest = serde_json::from_str(&json)
         .with_context(|| format!("the registry's copy of files tree {digest} cannot be read"))?;

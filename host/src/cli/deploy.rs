@@ -45,7 +45,14 @@ pub fn execute(args: DeployArgs) -> Result<u8> {
     }
     let (home, mut registry) = open_state()?;
     registry.read(|tx| secrets::check_declared(tx, &manifest, &app))?;
-    deploy(&home, &mut registry, &manifest, (&snapshots, &files), force, yes)
+    deploy(
+        &home,
+        &mut registry,
+        &manifest,
+        (&snapshots, &files),
+        force,
+        yes,
+    )
 }
 
 fn deploy(

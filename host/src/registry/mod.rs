@@ -22,9 +22,9 @@ mod attempts;
 pub(crate) mod backend;
 mod calls;
 mod cluster_locks;
-mod file_trees;
 #[cfg(test)]
 mod conformance;
+mod file_trees;
 mod leases;
 mod migrations;
 mod modules;
