@@ -75,7 +75,16 @@ fn a_deployed_app_runs_the_shipped_code_and_a_redeploy_ships_the_new_tree() {
     assert_eq!(reads(&env, "shipped", "/app/main.py"), "print('v1')\n");
     env.run(&["deploy", path(&app)]).success();
     assert_eq!(reads(&env, "shipped", "/app/main.py"), "print('v2')\n");
-    assert_eq!(stored_trees(&env).len(), 2, "{:?}", stored_trees(&env));
+    // The first tree, which nothing uses now, is gone; stopping the app
+    // removes the second.
+    let trees = stored_trees(&env);
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    assert_eq!(
+        fs::read_to_string(trees[0].join("main.py")).unwrap(),
+        "print('v2')\n"
+    );
+    env.run(&["app", "stop", "shipped", "--yes"]).success();
+    assert_eq!(stored_trees(&env), Vec::<PathBuf>::new());
 }
 
 #[test]
@@ -110,6 +119,8 @@ fn a_running_call_keeps_its_tree_across_a_redeploy() {
     fs::write(src.join("code.txt"), "new\n").unwrap();
     env.run(&["deploy", path(&app)]).success();
     assert_eq!(reads(&env, "keeper", "/app/code.txt"), "new\n");
+    // The old tree is kept for the running call.
+    assert_eq!(stored_trees(&env).len(), 2, "{:?}", stored_trees(&env));
     call_stdout(&env, "keeper", &["write", "/scratch/go", "x"]);
     let status = wait_with_timeout(&mut running, Duration::from_secs(60));
     let mut stdout = String::new();
@@ -117,6 +128,9 @@ fn a_running_call_keeps_its_tree_across_a_redeploy() {
     assert!(status.success(), "the running call failed: {stdout:?}");
     assert_eq!(stdout, "old\nold\n", "the running call saw another tree");
     assert_eq!(reads(&env, "keeper", "/app/code.txt"), "new\n");
+    // Once it has ended, the next command's housekeeping removes it.
+    env.run(&["app", "list"]).success();
+    assert_eq!(stored_trees(&env).len(), 1, "{:?}", stored_trees(&env));
 }
 
 #[test]

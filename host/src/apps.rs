@@ -359,11 +359,14 @@ fn wait_for_callers(home: &Home, calls: &[CallRecord], limit: Duration) {
     }
 }
 
-/// Deletes module snapshots that no running app uses, deciding under the
+/// Deletes module snapshots (and shipped files) that no running app uses, deciding under the
 /// registry's write lock (see `module_store`). A transaction of its own,
 /// after the change that freed them has committed.
 fn remove_unused_modules(home: &Home, registry: &mut Registry) -> Result<()> {
-    registry.write(|tx| module_store::remove_unused(home, tx))
+    registry.write(|tx| {
+        module_store::remove_unused(home, tx)?;
+        crate::file_store::remove_unused(home, tx)
+    })
 }
 
 /// Stops an app and deletes its ephemeral volumes (a volume app: its one

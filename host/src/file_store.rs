@@ -20,8 +20,13 @@
 //! In a cluster each machine has its own `files/`; a deploy also stores
 //! each tree's manifest and its files' bytes in the registry, and a
 //! machine about to mount a tree it lacks rebuilds it from there first
-//! ([`fetch`]), checking every digest. Nothing removes trees no app uses
-//! yet: they stay until `files/` is cleared by hand.
+//! ([`fetch`]), checking every digest.
+//!
+//! A machine's trees that no running app names are removed with the
+//! unused module snapshots ([`remove_unused`]), but only while no call is
+//! running: a call records the module it runs, not its trees, so a call
+//! started before a redeploy may still be about to mount its old tree.
+//! The registry's copies are kept.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -347,6 +352,68 @@ fn remove_tree(path: &Path) -> Result<()> {
         }
     }
     Ok(fs::remove_dir_all(path)?)
+}
+
+/// Removes this machine's trees that no running app's manifest names, and
+/// temporary directories a process that died while storing one left; none
+/// while any call runs (see the module header). Call inside a registry
+/// write transaction, as storing one is, so neither sees the other half
+/// done.
+pub fn remove_unused(home: &Home, tx: &Tx) -> Result<()> {
+    let dir = home.files_dir();
+    let stored: Vec<PathBuf> = fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    if stored.is_empty() || !tx.running_calls(None)?.is_empty() {
+        return Ok(());
+    }
+    let in_use: std::collections::BTreeSet<String> = tx
+        .list_apps(false)?
+        .into_iter()
+        .filter_map(|app| app.manifest)
+        .flat_map(|manifest| manifest.functions.into_values())
+        .flat_map(|function| function.files)
+        .filter_map(|files| files.tree)
+        .collect();
+    for path in stored {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if in_use.contains(name.as_ref()) {
+            continue;
+        }
+        // Not a temporary directory (stores run under this write lock):
+        // a tree a prepared call holds (see `hold`) stays; the lock is kept
+        // while the tree goes, so no call takes it meanwhile.
+        let lock = match name.starts_with('.') {
+            true => None,
+            false => match fs::File::open(&path) {
+                Ok(dir) if dir.try_lock().is_ok() => Some(dir),
+                _ => continue,
+            },
+        };
+        remove_tree(&path).with_context(|| format!("cannot delete {}", path.display()))?;
+        drop(lock);
+    }
+    Ok(())
+}
+
+/// Holds tree `digest` for as long as the returned file is open (a
+/// shared `flock` on its directory), so that [`remove_unused`] leaves it
+/// to the calls that mount it, however long they run. Fetches it first
+/// from the registry if this machine lacks it (`fetch` gets the registry).
+pub fn hold(home: &Home, digest: &str, fetch: impl FnOnce() -> Result<()>) -> Result<fs::File> {
+    let dir = home.file_tree(digest);
+    if !dir.is_dir() {
+        fetch()?;
+    }
+    let held = fs::File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    held.lock_shared()
+        .with_context(|| format!("cannot hold {}", dir.display()))?;
+    // Removed between the check and the lock: say so rather than mount nothing.
+    if !dir.is_dir() {
+        bail!("the files of tree {digest} were removed as the call started; call again");
+    }
+    Ok(held)
 }
 
 /// Rebuilds tree `digest` on this machine from the registry's copy,

@@ -60,6 +60,9 @@ pub struct Prepared {
     /// The function's `concurrency` across processes, for a deployed app
     /// (only a deployed app is called from several processes).
     slots: Option<Slots>,
+    /// The `files` trees its mounts show, held so that no clean-up removes
+    /// them while it may start instances (see `file_store::hold`).
+    _trees: Vec<std::fs::File>,
 }
 
 /// Why a call got no concurrency slot.
@@ -86,6 +89,7 @@ impl Prepared {
         mut registry: RegistryAccess,
     ) -> Result<Self> {
         let spec = &live.manifest.functions[function];
+        let mut trees = Vec::new();
         for files in &spec.files {
             let Some(tree) = &files.tree else {
                 anyhow::bail!(
@@ -93,9 +97,8 @@ impl Prepared {
                     files.guest_path
                 );
             };
-            if !home.file_tree(tree).is_dir() {
-                registry.with(|r| file_store::fetch(home, r, tree))?;
-            }
+            let fetch = || registry.with(|r| file_store::fetch(home, r, tree));
+            trees.push(file_store::hold(home, tree, fetch)?);
         }
         let secrets = match spec.secrets.is_empty() {
             true => BTreeMap::new(),
@@ -114,6 +117,7 @@ impl Prepared {
             program,
             secrets,
             slots,
+            _trees: trees,
         })
     }
 
