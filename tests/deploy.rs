@@ -501,7 +501,7 @@ fn a_home_made_by_the_previous_release_keeps_working() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 12, "every migration ran");
+    assert_eq!(version, 13, "every migration ran");
     env.run(&["app", "stop", "fixture-app", "--yes"]).success();
     assert_eq!(
         env.run(&["volume", "get", "fixture-data", "/hello.txt", "-"])

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::error::{self, ErrorKind, not_found, usage};
+use crate::file_store::Shipped;
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::manifest::{AppManifest, FunctionSpec};
@@ -54,10 +55,25 @@ impl LiveApp {
         Ok(file)
     }
 
-    /// The mounts of `function`, in app.toml order.
+    /// The mounts of `function`: its volumes in app.toml order, then its
+    /// `files`, each its stored tree mounted read-only (see `file_store`;
+    /// a tree this machine lacks is `fetch`ed first by the caller).
     pub fn mounts(&self, home: &Home, function: &str) -> Vec<Mount> {
-        self.manifest.functions[function]
-            .mounts
+        let spec = &self.manifest.functions[function];
+        let files = spec.files.iter().filter_map(|files| {
+            let tree = files.tree.as_ref()?;
+            Some(Mount {
+                guest_path: files.guest_path.clone(),
+                host_dir: home.file_tree(tree),
+                sub_path: None,
+                read_only: true,
+                // Nothing changes a stored tree: no quota, no usage.
+                snapshot: true,
+                volume_id: format!("files-{tree}"),
+                quota: Default::default(),
+            })
+        });
+        spec.mounts
             .iter()
             .map(|m| {
                 let volume = &self.volumes[&m.volume];
@@ -74,15 +90,19 @@ impl LiveApp {
                     quota: volume.quota,
                 }
             })
+            .chain(files)
             .collect()
     }
 }
 
-/// Starts an ephemeral app for `run`: its lease, its row, its volumes.
+/// Starts an ephemeral app for `run`: its lease, its row, its volumes, its
+/// `files` stored (`manifest` holds their trees' digests, see
+/// `file_store::Shipped::collect`).
 pub fn start_ephemeral(
     home: &Home,
     registry: &mut Registry,
     manifest: &AppManifest,
+    files: &Shipped,
 ) -> Result<(LiveApp, Lease)> {
     let app_id = crate::registry::new_id("ap");
     let lease = Lease::acquire(home, &app_id)?;
@@ -96,6 +116,7 @@ pub fn start_ephemeral(
                 true,
             )?;
             let volumes = volumes::reconcile(tx, home, &record.id, manifest, created)?;
+            files.store(home, tx)?;
             Ok(LiveApp {
                 record,
                 manifest: manifest.clone(),
@@ -225,14 +246,15 @@ pub struct Deployed {
 
 /// Registers a deployed app, or updates the running one of the same name in
 /// place: volumes whose declaration is unchanged keep their data, and each
-/// function runs `snapshots[function]` from now on. Deletes only the volumes
+/// function runs `snapshots[function]` and the `files` trees `manifest`
+/// names (stored from `files`) from now on. Deletes only the volumes
 /// `agreed` lists (the user was asked about them); one that running calls
 /// use is refused unless `force`, which cancels those calls.
 pub fn deploy(
     home: &Home,
     registry: &mut Registry,
     manifest: &AppManifest,
-    snapshots: &BTreeMap<String, Snapshot>,
+    (snapshots, files): (&BTreeMap<String, Snapshot>, &Shipped),
     agreed: &DeployPlan,
     force: bool,
 ) -> Result<Deployed> {
@@ -280,6 +302,7 @@ pub fn deploy(
                 modules.insert(function.clone(), snapshot.digest.clone());
             }
             tx.set_app_modules(&record.id, &modules)?;
+            files.store(home, tx)?;
             tx.set_schedules(&record.id, &manifest.first_ticks(now_ms()))?;
             Ok((
                 Deployed {
@@ -336,11 +359,14 @@ fn wait_for_callers(home: &Home, calls: &[CallRecord], limit: Duration) {
     }
 }
 
-/// Deletes module snapshots that no running app uses, deciding under the
+/// Deletes module snapshots (and shipped files) that no running app uses, deciding under the
 /// registry's write lock (see `module_store`). A transaction of its own,
 /// after the change that freed them has committed.
 fn remove_unused_modules(home: &Home, registry: &mut Registry) -> Result<()> {
-    registry.write(|tx| module_store::remove_unused(home, tx))
+    registry.write(|tx| {
+        module_store::remove_unused(home, tx)?;
+        crate::file_store::remove_unused(home, tx)
+    })
 }
 
 /// Stops an app and deletes its ephemeral volumes (a volume app: its one

@@ -17,6 +17,7 @@ const LEASES_DIR: &str = "leases";
 const LOCKS_DIR: &str = "locks";
 const CACHE_DIR: &str = "cache";
 const MODULES_DIR: &str = "modules";
+const FILES_DIR: &str = "files";
 const SLOTS_DIR: &str = "slots";
 const SNAPSHOTS_DIR: &str = "snapshots";
 const USAGE_DIR: &str = "usage";
@@ -191,6 +192,7 @@ impl Home {
             (&home.root, LEASES_DIR),
             (&home.root, CACHE_DIR),
             (&home.root, MODULES_DIR),
+            (&home.root, FILES_DIR),
             (&home.root, SLOTS_DIR),
             (&home.root, USAGE_DIR),
         ] {
@@ -299,6 +301,16 @@ impl Home {
 
     pub fn module_snapshot(&self, digest: &str) -> PathBuf {
         self.modules_dir().join(format!("{digest}.wasm"))
+    }
+
+    /// This machine's store of files shipped with apps (see `file_store`).
+    pub fn files_dir(&self) -> PathBuf {
+        self.root.join(FILES_DIR)
+    }
+
+    /// The read-only directory of stored tree `digest`.
+    pub fn file_tree(&self, digest: &str) -> PathBuf {
+        self.files_dir().join(digest)
     }
 
     /// Concurrency slot files of one app's function (see `slots`).

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 
 use crate::apps;
 use crate::calls::Ending;
+use crate::file_store;
 use crate::home::Home;
 use crate::lease::Lease;
 use crate::locks;
@@ -40,7 +41,8 @@ pub fn run(home: &Home, registry: &mut Registry) -> Result<Vec<AppRecord>> {
     prune_if_due(home, registry)?;
     registry.write(|tx| {
         volumes::trash_orphans(home, &tx.all_volume_ids()?, &tx.snapshots(None)?)?;
-        module_store::remove_unused(home, tx)
+        module_store::remove_unused(home, tx)?;
+        file_store::remove_unused(home, tx)
     })?;
     volumes::purge_in_background(home)?;
     Ok(reaped)

@@ -8,6 +8,7 @@ pub mod atomic_file;
 pub mod calls;
 pub mod digest;
 pub mod error;
+pub mod file_store;
 pub mod home;
 pub mod housekeeping;
 pub mod invoke;

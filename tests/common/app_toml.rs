@@ -63,6 +63,21 @@ impl AppToml {
         self
     }
 
+    /// An entry of the app-wide `[files]`: guest path `at` to `source`
+    /// (relative to app.toml).
+    pub fn files(mut self, at: &str, source: &str) -> Self {
+        let entry = (quote(at), quote(source));
+        match self.tables.iter_mut().find(|(header, _)| header == "files") {
+            Some((_, keys)) => keys.set(&entry.0, &entry.1),
+            None => {
+                let mut keys = Keys::default();
+                keys.set(&entry.0, &entry.1);
+                self.tables.push(("files".to_owned(), keys));
+            }
+        }
+        self
+    }
+
     /// Writes `work/NAME/app.toml` (see [`TestEnv::app`]).
     pub fn write(&self, env: &TestEnv) -> PathBuf {
         env.app(&self.name, &self.to_string())
@@ -152,6 +167,13 @@ impl Function {
     pub fn mount(mut self, at: &str, mount: impl Into<Mount>) -> Self {
         self.0
             .entry("mounts", &quote(at), &mount.into().to_string());
+        self
+    }
+
+    /// An entry of the function's `files`: guest path `at` to `source`
+    /// (relative to app.toml).
+    pub fn files(mut self, at: &str, source: &str) -> Self {
+        self.0.entry("files", &quote(at), &quote(source));
         self
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use wasmhost::apps;
+use wasmhost::file_store::Shipped;
 use wasmhost::home::Home;
 use wasmhost::manifest::{self, AppManifest};
 use wasmhost::module_store::Snapshot;
@@ -31,7 +32,8 @@ pub struct DeployArgs {
 
 pub fn execute(args: DeployArgs) -> Result<u8> {
     let DeployArgs { app, force, yes } = args;
-    let manifest = manifest::load(&app)?;
+    let mut manifest = manifest::load(&app)?;
+    let files = Shipped::collect(&mut manifest)?;
     // Read once: what is checked here is what is snapshotted.
     let mut snapshots = BTreeMap::new();
     for (function, spec) in &manifest.functions {
@@ -43,14 +45,21 @@ pub fn execute(args: DeployArgs) -> Result<u8> {
     }
     let (home, mut registry) = open_state()?;
     registry.read(|tx| secrets::check_declared(tx, &manifest, &app))?;
-    deploy(&home, &mut registry, &manifest, &snapshots, force, yes)
+    deploy(
+        &home,
+        &mut registry,
+        &manifest,
+        (&snapshots, &files),
+        force,
+        yes,
+    )
 }
 
 fn deploy(
     home: &Home,
     registry: &mut Registry,
     manifest: &AppManifest,
-    snapshots: &BTreeMap<String, Snapshot>,
+    shipped: (&BTreeMap<String, Snapshot>, &Shipped),
     force: bool,
     yes: bool,
 ) -> Result<u8> {
@@ -80,7 +89,7 @@ fn deploy(
             yes,
         )?;
     }
-    let deployed = apps::deploy(home, registry, manifest, snapshots, &plan, force)?;
+    let deployed = apps::deploy(home, registry, manifest, shipped, &plan, force)?;
     for call in &deployed.interrupted {
         eprintln!(
             "note: interrupted call {} (function `{}`), which used a deleted volume",

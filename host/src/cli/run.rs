@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 use wasmhost::apps;
+use wasmhost::file_store::Shipped;
 use wasmhost::home::Home;
 use wasmhost::manifest::{self, AppManifest};
 use wasmhost::registry::Registry;
@@ -36,7 +37,9 @@ pub fn execute(args: RunArgs) -> Result<u8> {
         function,
         invoke,
     } = args;
-    let (manifest, function) = load_manifest(&app, function.as_deref())?;
+    let (mut manifest, function) = load_manifest(&app, function.as_deref())?;
+    // Read before anything is created, as app.toml is: what is shipped.
+    let files = Shipped::collect(&mut manifest)?;
     let inputs = open_map_inputs(&invoke)?;
     let spec = &manifest.functions[&function];
     note_lowered_concurrency(&invoke, spec);
@@ -52,7 +55,7 @@ pub fn execute(args: RunArgs) -> Result<u8> {
     run(
         &home,
         &mut registry,
-        &manifest,
+        (&manifest, &files),
         &function,
         &invoke,
         inputs,
@@ -73,13 +76,13 @@ fn load_manifest(path: &Path, function: Option<&str>) -> Result<(AppManifest, St
 fn run(
     home: &Home,
     registry: &mut Registry,
-    manifest: &AppManifest,
+    (manifest, files): (&AppManifest, &Shipped),
     function: &str,
     invoke: &InvokeArgs,
     inputs: Option<MapInputs>,
     program: Program,
 ) -> Result<u8> {
-    let (live, lease) = apps::start_ephemeral(home, registry, manifest)?;
+    let (live, lease) = apps::start_ephemeral(home, registry, manifest, files)?;
     let live = Arc::new(live);
     let ran = serve(
         home,

@@ -17,6 +17,7 @@ use anyhow::Result;
 use super::slots::{Slot, Slots};
 use super::{Ended, Stop, StopFlag};
 use crate::apps::LiveApp;
+use crate::file_store;
 use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::mount::Mount;
@@ -58,6 +59,9 @@ pub struct Prepared {
     /// The function's `concurrency` across processes, for a deployed app
     /// (only a deployed app is called from several processes).
     slots: Option<Slots>,
+    /// The `files` trees its mounts show, held so that no clean-up removes
+    /// them while it may start instances (see `file_store::hold`).
+    _trees: Vec<std::fs::File>,
 }
 
 /// Why a call got no concurrency slot.
@@ -84,6 +88,17 @@ impl Prepared {
         mut registry: RegistryAccess,
     ) -> Result<Self> {
         let spec = &live.manifest.functions[function];
+        let mut trees = Vec::new();
+        for files in &spec.files {
+            let Some(tree) = &files.tree else {
+                anyhow::bail!(
+                    "the files shipped at `{}` were never stored; deploy the app again",
+                    files.guest_path
+                );
+            };
+            let fetch = || registry.with(|r| file_store::fetch(home, r, tree));
+            trees.push(file_store::hold(home, tree, fetch)?);
+        }
         let secrets = match spec.secrets.is_empty() {
             true => BTreeMap::new(),
             false => registry.with(|r| secrets::environment(home, r, &spec.secrets))?,
@@ -101,6 +116,7 @@ impl Prepared {
             program,
             secrets,
             slots,
+            _trees: trees,
         })
     }
 

@@ -1,6 +1,7 @@
 //! app.toml: parse, then validate into an [`AppManifest`] that the rest of
 //! wasmhost can trust. Nothing is created until this has passed.
 
+mod files;
 mod guest_path;
 mod hosts;
 mod quota;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use files::FilesSpec;
 pub use guest_path::normalize_guest_path;
 pub use hosts::{HostMatch, HostPattern};
 pub use quota::Quota;
@@ -103,6 +105,11 @@ pub struct FunctionSpec {
     /// endpoint's responses would fill the registry).
     #[serde(default)]
     pub record: Record,
+    /// Files shipped with the app, mounted read-only: the app's `[files]`
+    /// and the function's own. Defaulted: functions stored before it had
+    /// none.
+    #[serde(default)]
+    pub files: Vec<FilesSpec>,
 }
 
 /// What a call's record keeps besides when, where and how it ended.

@@ -171,6 +171,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     schedule,
                     http: None,
                     record: Record::Output,
+                    files: Vec::new(),
                 }
             },
         )

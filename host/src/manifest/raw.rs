@@ -17,7 +17,14 @@ pub struct RawApp {
     pub volumes: BTreeMap<Spanned<String>, RawVolume>,
     #[serde(default)]
     pub functions: BTreeMap<Spanned<String>, RawFunction>,
+    /// `[files]`: guest path -> a file or directory relative to app.toml,
+    /// shipped to every function.
+    #[serde(default)]
+    pub files: RawFiles,
 }
+
+/// A `files` table: guest path -> source path, both as written.
+pub type RawFiles = BTreeMap<Spanned<String>, Spanned<String>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +59,8 @@ pub struct RawFunction {
     pub schedule: Option<Spanned<String>>,
     pub http: Option<Spanned<String>>,
     pub record: Option<Spanned<String>>,
+    #[serde(default)]
+    pub files: RawFiles,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true, sub_path = "hf",

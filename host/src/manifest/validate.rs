@@ -109,7 +109,8 @@ impl Validator<'_> {
         let mut routes: BTreeMap<Route, String> = BTreeMap::new();
         for (key, function) in &raw.functions {
             let function_name = self.name(key, "function name", Rule::Identifier)?;
-            let spec = self.function(function, &volumes, base_dir)?;
+            let mut spec = self.function(function, &volumes, base_dir)?;
+            spec.files = self.files(&raw.files, &function.files, &spec.mounts, base_dir)?;
             if let (Some(route), Some(raw_route)) = (&spec.http, &function.http)
                 && let Some(first) = routes.insert(route.clone(), function_name.clone())
             {
@@ -245,6 +246,7 @@ impl Validator<'_> {
             schedule: self.schedule(raw)?,
             http: self.route(raw)?,
             record: self.record(raw)?,
+            files: Vec::new(),
         })
     }
 

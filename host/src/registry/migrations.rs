@@ -33,6 +33,7 @@ pub(super) const SQLITE: &[&str] = numbered!("sqlite":
     "0010_modules.sql",
     "0011_ended_calls_forget_env.sql",
     "0012_call_kinds.sql",
+    "0013_file_trees.sql",
 );
 
 /// A cluster's migrations (`postgres`).
@@ -42,6 +43,7 @@ pub(super) const POSTGRES: &[&str] = numbered!("postgres":
     "0003_modules_cluster_locks.sql",
     "0004_ended_calls_forget_env.sql",
     "0005_call_kinds.sql",
+    "0006_file_trees.sql",
 );
 
 #[cfg(test)]

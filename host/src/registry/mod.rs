@@ -24,6 +24,7 @@ mod calls;
 mod cluster_locks;
 #[cfg(test)]
 mod conformance;
+mod file_trees;
 mod leases;
 mod migrations;
 mod modules;

@@ -24,24 +24,37 @@ impl Tx<'_> {
     /// Stores a module's bytes under their digest, unless they are there
     /// (looked for first, so a redeploy sends no bytes it stored before).
     pub fn put_module(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        self.put_bytes("modules", digest, bytes)
+    }
+
+    /// The bytes stored under `digest`, if any.
+    pub fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        self.bytes_of("modules", digest)
+    }
+
+    /// Stores `bytes` in `table` (`modules` or `file_blobs`: digest, bytes,
+    /// size, created_at) unless they are there.
+    pub(super) fn put_bytes(&self, table: &str, digest: &str, bytes: &[u8]) -> Result<()> {
         let stored = self.query_opt(
-            "SELECT 1 FROM modules WHERE digest = ?1",
+            &format!("SELECT 1 FROM {table} WHERE digest = ?1"),
             args![digest],
             |_| Ok(()),
         )?;
         if stored.is_none() {
             self.execute(
-                "INSERT INTO modules (digest, bytes, size, created_at) VALUES (?1, ?2, ?3, ?4)",
+                &format!(
+                    "INSERT INTO {table} (digest, bytes, size, created_at) VALUES (?1, ?2, ?3, ?4)"
+                ),
                 args![digest, bytes, bytes.len(), super::now()],
             )?;
         }
         Ok(())
     }
 
-    /// The bytes stored under `digest`, if any.
-    pub fn module_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+    /// The bytes `table` holds under `digest`, if any.
+    pub(super) fn bytes_of(&self, table: &str, digest: &str) -> Result<Option<Vec<u8>>> {
         self.query_opt(
-            "SELECT bytes FROM modules WHERE digest = ?1",
+            &format!("SELECT bytes FROM {table} WHERE digest = ?1"),
             args![digest],
             |r| r.get(0),
         )
