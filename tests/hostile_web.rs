@@ -408,14 +408,20 @@ fn a_large_body_reaches_the_guest_as_it_arrives_and_is_never_held_whole() {
     let counted = answer.split_once("\r\n\r\n").unwrap().1.trim();
     let (read, first) = counted.split_once(' ').unwrap();
     assert_eq!(read, format!("read={}", 2 << 20), "{answer}");
-    let first: u128 = first.strip_prefix("first_read_ms=").unwrap().parse().unwrap();
+    let first: u128 = first
+        .strip_prefix("first_read_ms=")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(
         first + 500 < rest_sent_at,
         "the script first read at {first}, the rest was sent at {rest_sent_at}"
     );
     // 30 bodies of 16 MiB − 1, 15 MiB of each sent: 450 MB if held.
     let length = (16 << 20) - 1;
-    let senders: Vec<TcpStream> = (0..30).map(|_| post_part(&node, length, 15 << 20)).collect();
+    let senders: Vec<TcpStream> = (0..30)
+        .map(|_| post_part(&node, length, 15 << 20))
+        .collect();
     let (rss, _) = raw_http::rss_mb_and_fds(node.pid());
     assert!(rss < 300, "the node holds {rss} MB");
     for tcp in senders {
@@ -434,4 +440,43 @@ fn a_large_body_reaches_the_guest_as_it_arrives_and_is_never_held_whole() {
     let answer = exchange(&node, &chunked, Duration::from_secs(30));
     assert!(answer.starts_with("HTTP/1.1 411"), "{answer}");
     assert!(answer.contains("Content-Length"), "{answer}");
+}
+
+#[test]
+fn a_client_that_stops_reading_its_response_is_closed() {
+    let _alone = alone();
+    let env = TestEnv::new();
+    deploy_two_apps(&env);
+    let node = Node::start(&env);
+    let held = || raw_http::connections_held(node.pid(), node.addr.port());
+    // 30 responses of 8 MB, never read: more than the sockets buffer.
+    let readers: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(node.addr).unwrap();
+            tcp.write_all(b"GET /web/cgi/x?size=8000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+                .unwrap();
+            tcp
+        })
+        .collect();
+    let sent = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(held(), 30, "the node holds the 30 connections");
+    let (status, body) = get(&node, "/web/other/x", "a");
+    assert_eq!(status, 200, "answered meanwhile: {body}");
+    // Their writes waited 10 s: the node closed them, not before.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections still held",
+            held()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        sent.elapsed() >= Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
+    drop(readers);
 }

@@ -468,8 +468,14 @@ fn a_guest_outliving_its_deleted_volume_leaves_no_lock_directory() {
     // host and were refused, and none made the directory again.
     let answers: Vec<&str> = answers.lines().collect();
     assert_eq!(answers.first(), Some(&"answer acquired"), "{answers:?}");
-    assert!(answers.len() >= 2, "no lock call after the delete: {answers:?}");
-    assert!(!locks_dir.exists(), "a lock call after the delete made it again");
+    assert!(
+        answers.len() >= 2,
+        "no lock call after the delete: {answers:?}"
+    );
+    assert!(
+        !locks_dir.exists(),
+        "a lock call after the delete made it again"
+    );
     // Any later command tidies what a lock call racing the delete made.
     env.run(&["volume", "list"]).success();
     assert!(!locks_dir.exists(), "{} came back", locks_dir.display());

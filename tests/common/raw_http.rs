@@ -47,3 +47,33 @@ pub fn rss_mb_and_fds(pid: u32) -> (u64, usize) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     (kb / 1024, fds)
 }
+
+/// How many connections process `pid` holds open on its port `port`: its
+/// descriptors' sockets that the kernel lists as TCP connections (not the
+/// listener) on that port. A connection the process closed no longer
+/// counts, though the kernel may still be sending what it had written.
+pub fn connections_held(pid: u32, port: u16) -> usize {
+    let held: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 9
+                && fields[1].ends_with(&port)
+                && fields[3] != "0A"
+                && held.contains(fields[9])
+        })
+        .count()
+}

@@ -52,7 +52,9 @@ type Shared = State<Arc<Api>>;
 
 pub fn router(worker: Arc<Worker>, token: String, local: SocketAddr) -> Router {
     let api = Arc::new(Api {
-        bodies: Arc::new(tokio::sync::Semaphore::new(crate::triggers::http::BODIES_HELD)),
+        bodies: Arc::new(tokio::sync::Semaphore::new(
+            crate::triggers::http::BODIES_HELD,
+        )),
         registries: worker.registries().clone(),
         worker,
         token,

@@ -4,15 +4,21 @@
 //! it holds a descriptor), and a request's head read within
 //! [`HEADER_TIMEOUT`] of the connection asking for one, so a client that
 //! sends a header line every few seconds (slowloris) or opens a
-//! connection and waits holds it only that long. Bodies are the
-//! handlers' to read, when and if they want them (see `web`).
+//! connection and waits holds it only that long; and a response's writes
+//! must make progress within [`WRITE_STALL`], so a client that stops
+//! reading holds its connection (and a streaming guest) only that long.
+//! Bodies are the handlers' to read, when and if they want them (see
+//! `web`).
 //!
 //! axum's own `serve` sets neither limit, so this is its loop with them:
 //! hyper's HTTP/1 connection with a timer, and hyper-util's graceful
 //! shutdown, which waits for the connections' requests in flight.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,14 +26,19 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 /// How long a client has to send a request's head, counted from when the
 /// node is ready to read one (a new connection, or the end of the last
 /// response on a kept-alive one).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a response's write may wait for the client to read.
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// How long the loop rests when accepting fails (out of descriptors), so
 /// that it does not spin while connections close.
@@ -72,7 +83,7 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(tcp), service);
+            .serve_connection(TokioIo::new(Writes::new(tcp)), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -83,6 +94,88 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A connection whose writes fail once one has waited [`WRITE_STALL`] for
+/// the client to read: hyper then closes it.
+struct Writes {
+    tcp: TcpStream,
+    /// Armed while a write waits.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Writes {
+    fn new(tcp: TcpStream) -> Self {
+        Writes { tcp, stalled: None }
+    }
+
+    /// `polled`'s outcome, or a timeout once it has been pending too long.
+    fn within<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Writes {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Writes {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.within(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.within(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_flush(cx);
+        this.within(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 /// `wanted` descriptors as this process's soft limit if its hard limit

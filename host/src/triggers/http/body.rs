@@ -166,7 +166,9 @@ impl RequestBody {
                     return Poll::Ready(Some(Err(BodyRefused::Broken(e.to_string()))));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     self.received += data.len() as u64;
                     self.last_part = Instant::now();
                     self.wait = None;
@@ -229,7 +231,11 @@ impl AsyncRead for BodyReader {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let reading = self.get_mut().0.get_mut().unwrap_or_else(|e| e.into_inner());
+        let reading = self
+            .get_mut()
+            .0
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
         while reading.part.is_empty() {
             match ready!(reading.body.poll_part(cx)) {
                 None => return Poll::Ready(Ok(())),
