@@ -437,7 +437,8 @@ fn contended_locks_still_exclude_while_their_files_are_unlinked() {
 #[test]
 fn a_guest_outliving_its_deleted_volume_leaves_no_lock_directory() {
     let _alone = alone();
-    let env = TestEnv::new();
+    // Lock directories are a local home's (a cluster's locks are rows).
+    let env = TestEnv::on_sqlite();
     let app = hoard_app(
         &env,
         "outlive",

@@ -1,7 +1,7 @@
-//! A node under siege for about a minute (SPEC section 10): three apps,
+//! A node under siege for two minutes (SPEC section 10): three apps,
 //! hostile guests (header bombs, spinners, output floods, quota games) and
-//! hostile clients (stalled bodies, slowloris heads, pipelined desync
-//! attempts) all at once, while a well-behaved client asks for a page
+//! hostile clients (stalled bodies, large bodies streamed, responses never
+//! read, slowloris heads, pipelined desync attempts) all at once, while a well-behaved client asks for a page
 //! over and over. Every one of its requests must succeed, promptly (p99
 //! under a generous 1 s; the figure itself is printed); the node's memory and descriptors stay bounded; the quota'd
 //! volume's usage equals a walk of its files; no call is left running.
@@ -19,7 +19,7 @@ use common::raw_http::{exchange, get, rss_mb_and_fds};
 use common::{AppToml, TestEnv, path};
 
 /// How long the siege lasts.
-const SIEGE: Duration = Duration::from_secs(60);
+const SIEGE: Duration = Duration::from_secs(120);
 /// Bounds the node keeps under it.
 const MAX_RSS_MB: u64 = 400;
 const MAX_FDS: usize = 1500;
@@ -114,6 +114,30 @@ fn a_well_behaved_client_is_served_while_hostile_guests_and_clients_attack() {
                 std::thread::sleep(Duration::from_millis(100));
             }),
         );
+        attacks.push(spawn_attack(scope, done, "large bodies", move |_| {
+            // 4 MB streamed to a script that reads it all.
+            let length = 4_000_000;
+            let mut tcp = TcpStream::connect(addr).unwrap();
+            let head = format!(
+                "POST /web/good/x?count HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: {length}\r\n\r\n"
+            );
+            tcp.write_all(head.as_bytes()).unwrap();
+            tcp.write_all(&vec![b'b'; length]).unwrap();
+            let mut answer = String::new();
+            std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+            assert!(answer.contains(&format!("read={length} ")), "{answer}");
+        }));
+        attacks.push(spawn_attack(scope, done, "responses never read", move |_| {
+            // An 8 MB page asked for and never read, the connection left
+            // open past the node's 10 s write limit.
+            let mut tcp = TcpStream::connect(addr).unwrap();
+            let _ = tcp.write_all(b"GET /web/bad/x?size=8000000 HTTP/1.1\r\nHost: a\r\n\r\n");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(15));
+                drop(tcp);
+            });
+            std::thread::sleep(Duration::from_secs(1));
+        }));
         let mut open = Vec::new();
         attacks.push(spawn_attack(scope, done, "slowloris", move |_| {
             // Half-sent heads, 200 open at a time.
@@ -159,8 +183,9 @@ fn a_well_behaved_client_is_served_while_hostile_guests_and_clients_attack() {
         (latencies, attacks)
     });
     eprintln!(
-        "soak: {} good requests, node at most {max_rss} MB and {max_fds} descriptors; attacks: {attacks:?}",
-        latencies.len()
+        "soak: {} good requests, p99 {:?}, node at most {max_rss} MB and {max_fds} descriptors; attacks: {attacks:?}",
+        latencies.len(),
+        p99(&latencies)
     );
     for (name, rounds) in &attacks {
         assert!(*rounds >= 3, "the {name} attack ran only {rounds} times");
@@ -174,15 +199,19 @@ fn a_well_behaved_client_is_served_while_hostile_guests_and_clients_attack() {
     usage_is_a_walk(&env, &env.volume_dir("games-data"));
 }
 
-fn latencies_within(latencies: &[Duration], bound: Duration) {
+fn p99(latencies: &[Duration]) -> Duration {
     let mut sorted = latencies.to_vec();
     sorted.sort();
-    let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+    sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+}
+
+fn latencies_within(latencies: &[Duration], bound: Duration) {
+    let p99 = p99(latencies);
     assert!(
-        sorted.len() >= 100 && p99 < bound,
+        latencies.len() >= 100 && p99 < bound,
         "{} requests, p99 {p99:?}, slowest {:?}",
-        sorted.len(),
-        sorted.last()
+        latencies.len(),
+        latencies.iter().max()
     );
 }
 
