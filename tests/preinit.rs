@@ -27,6 +27,12 @@ fn value(greeting: &str, who: &str) -> String {
 /// `name-data` at /data and `env` (WHO, PREINIT_MODE...), pre-initialized
 /// by `wizer.initialize` unless `preinit` is false.
 fn app(env: &TestEnv, name: &str, vars: &[(&str, &str)], preinit: bool) -> PathBuf {
+    let preinit = preinit.then_some("\"wizer.initialize\"");
+    app_with(env, name, vars, preinit)
+}
+
+/// [`app`] with `preinit` as written (TOML), or none.
+fn app_with(env: &TestEnv, name: &str, vars: &[(&str, &str)], preinit: Option<&str>) -> PathBuf {
     let src = env.work.path().join(name).join("src");
     if !src.exists() {
         fs::create_dir_all(&src).unwrap();
@@ -44,8 +50,8 @@ fn app(env: &TestEnv, name: &str, vars: &[(&str, &str)], preinit: bool) -> PathB
                 f = f.env(key, value);
             }
             match preinit {
-                true => f.key("preinit", "\"wizer.initialize\""),
-                false => f,
+                Some(preinit) => f.args(&["from-function"]).key("preinit", preinit),
+                None => f,
             }
         })
         .write(env)
@@ -85,8 +91,14 @@ fn a_call_starts_from_the_state_its_init_computed_without_running_it_again() {
         assert!(out.contains(&value("hello", "world")), "{out}");
         // 1: the snapshot's count; each call's instance does not run it.
         assert!(out.contains("init_runs=1\n"), "{out}");
-        assert!(out.contains("args=x\n"), "the call's own args: {out}");
+        assert!(
+            out.contains("\nargs=from-function,x\n"),
+            "the call's args: {out}"
+        );
+        assert!(out.contains("init_args=from-function\n"), "{out}");
     }
+    let info = env.run(&["cache", "info"]).success().stdout();
+    assert!(info.contains("\n1 pre-initialized snapshots"), "{info}");
     // `run` makes (here: finds) the snapshot for its ephemeral app too.
     let out = env.run(&["run", path(&file), "--", "y"]).success().stdout();
     assert!(out.contains(&value("hello", "world")), "{out}");
@@ -97,6 +109,17 @@ fn a_call_starts_from_the_state_its_init_computed_without_running_it_again() {
     let out = env.run(&["run", path(&cold)]).success().stdout();
     assert!(out.contains("value=<not initialized>"), "{out}");
     assert!(out.contains("init_runs=0\n"), "{out}");
+}
+
+#[test]
+fn preinit_with_args_gives_the_init_its_own_arguments() {
+    let env = TestEnv::new();
+    let preinit = "{ export = \"wizer.initialize\", args = [\"-c\", \"import pandas\"] }";
+    let file = app_with(&env, "withargs", &[("WHO", "you")], Some(preinit));
+    let out = env.run(&["run", path(&file), "--", "y"]).success().stdout();
+    assert!(out.contains("init_args=-c,import pandas\n"), "{out}");
+    assert!(out.contains("\nargs=from-function,y\n"), "{out}");
+    assert!(out.contains(&value("hello", "you")), "{out}");
 }
 
 #[test]

@@ -15,10 +15,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static INIT_RUNS: AtomicU32 = AtomicU32::new(0);
 static VALUE: OnceLock<String> = OnceLock::new();
+/// The arguments the init saw: `preinit`'s own `args` when it has them.
+static INIT_ARGS: OnceLock<String> = OnceLock::new();
 
 #[unsafe(export_name = "wizer.initialize")]
 pub extern "C" fn init() {
     INIT_RUNS.fetch_add(1, Ordering::SeqCst);
+    let _ = INIT_ARGS.set(std::env::args().skip(1).collect::<Vec<_>>().join(","));
     match std::env::var("PREINIT_MODE").as_deref() {
         Ok("write") => {
             std::fs::write("/data/from-init", "x").expect("the init writes its volume");
@@ -46,6 +49,7 @@ fn main() {
     let value = VALUE.get().map_or("<not initialized>", String::as_str);
     println!("value={value}");
     println!("init_runs={}", INIT_RUNS.load(Ordering::SeqCst));
+    println!("init_args={}", INIT_ARGS.get().map_or("", String::as_str));
     let args: Vec<String> = std::env::args().skip(1).collect();
     println!("args={}", args.join(","));
 }
