@@ -219,7 +219,9 @@ fn cache_info_and_clear() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{after}"));
     assert!(bytes > 10_000, "{after}");
-    assert!(after.trim_end().ends_with(path(&cache_dir)), "{after}");
+    let first = after.lines().next().unwrap_or_default();
+    assert!(first.ends_with(path(&cache_dir)), "{after}");
+    assert!(after.contains("\n0 pre-initialized snapshots"), "{after}");
     assert_eq!(
         env.run(&["cache", "clear"]).success().stdout(),
         "removed 1 entries\n"

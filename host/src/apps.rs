@@ -59,40 +59,97 @@ impl LiveApp {
     /// `files`, each its stored tree mounted read-only (see `file_store`;
     /// a tree this machine lacks is `fetch`ed first by the caller).
     pub fn mounts(&self, home: &Home, function: &str) -> Vec<Mount> {
-        let spec = &self.manifest.functions[function];
-        let files = spec.files.iter().filter_map(|files| {
-            let tree = files.tree.as_ref()?;
-            Some(Mount {
-                guest_path: files.guest_path.clone(),
-                host_dir: home.file_tree(tree),
+        mounts_of(home, &self.manifest.functions[function], &self.volumes)
+    }
+}
+
+/// `spec`'s mounts of `volumes` (by key), then its `files`. A volume
+/// `volumes` lacks, one a deploy has yet to make, is new and so empty:
+/// the home's empty directory, read-only.
+fn mounts_of(
+    home: &Home,
+    spec: &FunctionSpec,
+    volumes: &BTreeMap<String, VolumeRecord>,
+) -> Vec<Mount> {
+    let files = spec.files.iter().filter_map(|files| {
+        let tree = files.tree.as_ref()?;
+        Some(Mount {
+            guest_path: files.guest_path.clone(),
+            host_dir: home.file_tree(tree),
+            sub_path: None,
+            read_only: true,
+            // Nothing changes a stored tree: no quota, no usage.
+            snapshot: true,
+            volume_id: format!("files-{tree}"),
+            quota: Default::default(),
+        })
+    });
+    spec.mounts
+        .iter()
+        .map(|m| match volumes.get(&m.volume) {
+            Some(volume) => Mount {
+                guest_path: m.guest_path.clone(),
+                host_dir: match &m.snapshot {
+                    Some(snapshot) => home.snapshot_dir(&volume.id, snapshot),
+                    None => home.volume_dir(&volume.id),
+                },
+                sub_path: m.sub_path.as_ref().map(PathBuf::from),
+                read_only: m.read_only,
+                snapshot: m.snapshot.is_some(),
+                volume_id: volume.id.clone(),
+                quota: volume.quota,
+            },
+            None => Mount {
+                guest_path: m.guest_path.clone(),
+                host_dir: home.empty_dir(),
                 sub_path: None,
                 read_only: true,
-                // Nothing changes a stored tree: no quota, no usage.
                 snapshot: true,
-                volume_id: format!("files-{tree}"),
+                volume_id: format!("new-{}", m.volume),
                 quota: Default::default(),
-            })
-        });
-        spec.mounts
-            .iter()
-            .map(|m| {
-                let volume = &self.volumes[&m.volume];
-                Mount {
-                    guest_path: m.guest_path.clone(),
-                    host_dir: match &m.snapshot {
-                        Some(snapshot) => home.snapshot_dir(&volume.id, snapshot),
-                        None => home.volume_dir(&volume.id),
-                    },
-                    sub_path: m.sub_path.as_ref().map(PathBuf::from),
-                    read_only: m.read_only,
-                    snapshot: m.snapshot.is_some(),
-                    volume_id: volume.id.clone(),
-                    quota: volume.quota,
-                }
-            })
-            .chain(files)
-            .collect()
-    }
+            },
+        })
+        .chain(files)
+        .collect()
+}
+
+/// The mounts a deploy of `manifest` would give `function`, as they are
+/// now, for its `preinit` to run before the deploy changes anything: the
+/// volumes that exist (named ones, and the ephemeral ones of the running
+/// app of that name that the deploy keeps) and an empty directory for
+/// each the deploy would make.
+pub fn mounts_before_deploy(
+    home: &Home,
+    registry: &mut Registry,
+    manifest: &AppManifest,
+    function: &str,
+) -> Result<Vec<Mount>> {
+    let volumes = registry.read(|tx| {
+        let app = running_deployed(tx, &manifest.name)?;
+        let owned = match &app {
+            Some(app) => tx.owned_volumes(&app.id)?,
+            None => Vec::new(),
+        };
+        let mut found = BTreeMap::new();
+        for (key, spec) in &manifest.volumes {
+            let existing = match (&spec.persist, &app) {
+                (Some(name), _) => tx.named_volume(name)?,
+                (None, Some(app)) => owned
+                    .iter()
+                    .find(|v| {
+                        v.key.as_deref() == Some(key) && volumes::still_fits(v, &None, &app.id)
+                    })
+                    .cloned(),
+                (None, None) => None,
+            };
+            if let Some(volume) = existing {
+                found.insert(key.clone(), volume);
+            }
+        }
+        Ok(found)
+    })?;
+    std::fs::create_dir_all(home.empty_dir())?;
+    Ok(mounts_of(home, &manifest.functions[function], &volumes))
 }
 
 /// Starts an ephemeral app for `run`: its lease, its row, its volumes, its

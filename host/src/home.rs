@@ -294,6 +294,13 @@ impl Home {
         self.root.join(CACHE_DIR)
     }
 
+    /// An empty directory (made by whoever mounts it): what a `preinit` run
+    /// before a deploy sees where the deploy will make a new, so empty,
+    /// volume. Under the cache, whose `clear` leaves directories alone.
+    pub fn empty_dir(&self) -> PathBuf {
+        self.cache_dir().join("empty")
+    }
+
     /// The module snapshots deployed apps run, one file per content digest.
     pub fn modules_dir(&self) -> PathBuf {
         self.root.join(MODULES_DIR)

@@ -9,9 +9,10 @@ use super::output::outln;
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
-    /// Show the compiled-module cache's entries and size.
+    /// Show the compiled-module cache's entries and size, and its
+    /// pre-initialized snapshots'.
     Info,
-    /// Empty the compiled-module cache.
+    /// Empty the compiled-module cache, snapshots included.
     Clear,
 }
 
@@ -29,6 +30,11 @@ fn cache_command(home: &Home, command: CacheCommand) -> Result<u8> {
                 info.entries,
                 info.bytes,
                 info.dir.display()
+            )?;
+            outln!(
+                "{} pre-initialized snapshots (preinit), {} bytes",
+                info.snapshots,
+                info.snapshot_bytes
             )?;
         }
         CacheCommand::Clear => {

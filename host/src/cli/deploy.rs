@@ -1,17 +1,19 @@
 //! `wasmhost deploy`: register or update an app that stays until `app stop`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
 use wasmhost::apps;
+use wasmhost::file_store;
 use wasmhost::file_store::Shipped;
 use wasmhost::home::Home;
-use wasmhost::manifest::{self, AppManifest};
+use wasmhost::manifest::{self, AppManifest, FunctionKey};
 use wasmhost::module_store::Snapshot;
 use wasmhost::registry::Registry;
-use wasmhost::runtime::Runtime;
+use wasmhost::runtime::{InitContext, PreinitFailed, Program, Runtime};
 use wasmhost::secrets;
 
 use super::confirm::confirm;
@@ -40,11 +42,17 @@ pub fn execute(args: DeployArgs) -> Result<u8> {
         snapshots.insert(function.clone(), Snapshot::read(&spec.module)?);
     }
     let runtime = Runtime::new(&Home::locate()?, 1)?;
+    let mut programs = BTreeMap::new();
     for (function, spec) in &manifest.functions {
-        load_program(&runtime, &spec.module, spec, Some((&app, function)))?;
+        let program = load_program(&runtime, &spec.module, spec, Some((&app, function)))?;
+        programs.insert(function.clone(), Arc::new(program));
     }
     let (home, mut registry) = open_state()?;
     registry.read(|tx| secrets::check_declared(tx, &manifest, &app))?;
+    for (function, program) in &programs {
+        preinitialize(&home, &mut registry, (&manifest, &files), function, program)
+            .map_err(|e| preinit_error(e, &app, function))?;
+    }
     deploy(
         &home,
         &mut registry,
@@ -53,6 +61,54 @@ pub fn execute(args: DeployArgs) -> Result<u8> {
         force,
         yes,
     )
+}
+
+/// Runs `function`'s `preinit`, if it has one, before the deploy changes
+/// anything, so that an init that fails or is refused fails the deploy and
+/// leaves the app as it was: with the function's secrets, its `files`
+/// (stored, and held while the init runs) and its volumes as they are now.
+/// The snapshot is cached for the calls that follow.
+fn preinitialize(
+    home: &Home,
+    registry: &mut Registry,
+    (manifest, files): (&AppManifest, &Shipped),
+    function: &str,
+    program: &Arc<Program>,
+) -> Result<()> {
+    let spec = &manifest.functions[function];
+    if spec.preinit.is_none() {
+        return Ok(());
+    }
+    registry.write(|tx| files.store(home, tx))?;
+    let mut trees = Vec::new();
+    for tree in spec.files.iter().filter_map(|f| f.tree.as_ref()) {
+        let store = || registry.write(|tx| files.store(home, tx));
+        trees.push(file_store::hold(home, tree, store)?);
+    }
+    let mounts = apps::mounts_before_deploy(home, registry, manifest, function)?;
+    let secrets = secrets::environment(home, registry, &spec.secrets)?;
+    program.initialized(&InitContext {
+        home,
+        function: spec,
+        mounts: &mounts,
+        secrets: &secrets,
+    })?;
+    Ok(())
+}
+
+/// A failed or refused init, reported at the function's `preinit` line.
+fn preinit_error(e: anyhow::Error, app: &Path, function: &str) -> anyhow::Error {
+    match e.downcast::<PreinitFailed>() {
+        Ok(failed) => manifest::key_error(
+            app,
+            function,
+            FunctionKey::Preinit,
+            format!("`preinit` of function `{function}`: {}", failed.problem),
+            failed.fix,
+        )
+        .into(),
+        Err(e) => e.context(format!("cannot pre-initialize function `{function}`")),
+    }
 }
 
 fn deploy(

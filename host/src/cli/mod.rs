@@ -24,7 +24,7 @@ use clap::{Parser, Subcommand};
 use wasmhost::error::{ErrorKind, Refusal};
 use wasmhost::home::Home;
 use wasmhost::housekeeping;
-use wasmhost::manifest::{self, FunctionSpec};
+use wasmhost::manifest::{self, FunctionKey, FunctionSpec};
 use wasmhost::registry::Registry;
 use wasmhost::runtime::{BadModule, Program, Runtime};
 use wasmhost::volumes;
@@ -172,7 +172,7 @@ fn load_program(
         let problem = format!("module {} {}", spec.module.display(), bad.problem);
         match app_toml {
             Some((file, function)) if bad.at_entry => {
-                manifest::entry_error(file, function, problem, &bad.fix).into()
+                manifest::key_error(file, function, FunctionKey::Entry, problem, &bad.fix).into()
             }
             Some((file, function)) => {
                 manifest::module_error(file, function, problem, &bad.fix).into()

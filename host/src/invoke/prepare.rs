@@ -22,7 +22,9 @@ use crate::home::Home;
 use crate::manifest::FunctionSpec;
 use crate::mount::Mount;
 use crate::registry::{AppKind, Registries, Registry};
-use crate::runtime::{Finished, Invocation, Output, OutputLog, Program, Respond, Stdin};
+use crate::runtime::{
+    Finished, InitContext, Invocation, Output, OutputLog, Program, Respond, Stdin,
+};
 use crate::secrets;
 
 /// Most bytes of stdout (and of stderr) kept of an invocation whose output
@@ -103,6 +105,15 @@ impl Prepared {
             true => BTreeMap::new(),
             false => registry.with(|r| secrets::environment(home, r, &spec.secrets))?,
         };
+        let mounts = live.mounts(home, function);
+        // A `preinit` runs here when its snapshot is not cached yet (the
+        // first `run`, a cleared cache, another machine's deploy).
+        let program = program.initialized(&InitContext {
+            home,
+            function: spec,
+            mounts: &mounts,
+            secrets: &secrets,
+        })?;
         let slots = spec
             .concurrency
             .filter(|_| live.record.kind == AppKind::Deployed)
@@ -110,7 +121,7 @@ impl Prepared {
             .transpose()?;
         Ok(Self {
             home: home.clone(),
-            mounts: live.mounts(home, function),
+            mounts,
             function: function.to_owned(),
             live,
             program,

@@ -4,6 +4,7 @@
 mod files;
 mod guest_path;
 mod hosts;
+mod preinit;
 mod quota;
 mod raw;
 mod retries;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use files::FilesSpec;
 pub use guest_path::normalize_guest_path;
 pub use hosts::{HostMatch, HostPattern};
+pub use preinit::Preinit;
 pub use quota::Quota;
 use raw::{RawApp, RawFunction};
 pub use retries::{MAX_BACKOFF, MAX_RETRIES, RetryPolicy};
@@ -110,6 +112,11 @@ pub struct FunctionSpec {
     /// none.
     #[serde(default)]
     pub files: Vec<FilesSpec>,
+    /// `preinit`: the export run once, whose initialized instance every
+    /// call starts from (see `runtime::preinit`). Defaulted: functions
+    /// stored before it had none.
+    #[serde(default)]
+    pub preinit: Option<Preinit>,
 }
 
 /// What a call's record keeps besides when, where and how it ended.
@@ -384,21 +391,32 @@ fn function_key_error(
     }
 }
 
-/// A module whose exports do not offer function `function`'s `entry`,
-/// reported at that key (at `module` when there is no `entry` line).
-pub fn entry_error(
+/// The key of a function's table that an optional setting's error is
+/// reported at (at `module` when the table has no such line).
+#[derive(Debug, Clone, Copy)]
+pub enum FunctionKey {
+    /// A module whose exports do not offer the function's `entry`.
+    Entry,
+    /// A pre-initialization that failed or was refused.
+    Preinit,
+}
+
+/// A problem with function `function`'s `key` in the app.toml at `file`.
+pub fn key_error(
     file: &Path,
     function: &str,
+    key: FunctionKey,
     problem: impl Into<String>,
     fix: impl Into<String>,
 ) -> ManifestError {
-    function_key_error(
-        file,
-        function,
-        |f| f.entry.as_ref().map_or(f.module.span(), |e| e.span()),
-        problem,
-        fix,
-    )
+    let span = |f: &RawFunction| {
+        let at = match key {
+            FunctionKey::Entry => f.entry.as_ref().map(|e| e.span()),
+            FunctionKey::Preinit => f.preinit.as_ref().map(|p| p.span()),
+        };
+        at.unwrap_or(f.module.span())
+    };
+    function_key_error(file, function, span, problem, fix)
 }
 
 /// A mount's `sub_path`: relative, plain names (no `.`, `..` or empty

@@ -172,6 +172,7 @@ fn function(volumes: Vec<String>) -> impl Strategy<Value = FunctionSpec> {
                     http: None,
                     record: Record::Output,
                     files: Vec::new(),
+                    preinit: None,
                 }
             },
         )

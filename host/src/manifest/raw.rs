@@ -61,6 +61,7 @@ pub struct RawFunction {
     pub record: Option<Spanned<String>>,
     #[serde(default)]
     pub files: RawFiles,
+    pub preinit: Option<Spanned<super::preinit::RawPreinit>>,
 }
 
 /// `"key"` or `{ volume = "key", read_only = true, sub_path = "hf",

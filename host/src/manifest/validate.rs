@@ -247,6 +247,7 @@ impl Validator<'_> {
             http: self.route(raw)?,
             record: self.record(raw)?,
             files: Vec::new(),
+            preinit: self.preinit(raw)?,
         })
     }
 

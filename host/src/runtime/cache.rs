@@ -21,6 +21,11 @@ use crate::atomic_file;
 use crate::digest::sha256_hex;
 
 const ENTRY_SUFFIX: &str = ".cwasm";
+/// A pre-initialized snapshot's module, named by its SHA-256 (see
+/// [`ModuleCache::snapshot`]).
+const SNAPSHOT_SUFFIX: &str = ".snapshot.wasm";
+/// The index naming the snapshot made for one key.
+const INDEX_SUFFIX: &str = ".preinit";
 
 /// A compiled core module or component.
 pub enum Compiled {
@@ -28,6 +33,7 @@ pub enum Compiled {
     Component(Component),
 }
 
+#[derive(Clone)]
 pub struct ModuleCache {
     dir: PathBuf,
     engine_hash: String,
@@ -38,6 +44,9 @@ pub struct CacheInfo {
     pub dir: PathBuf,
     pub entries: usize,
     pub bytes: u64,
+    /// Pre-initialized snapshots (`preinit`), and their bytes.
+    pub snapshots: usize,
+    pub snapshot_bytes: u64,
 }
 
 impl ModuleCache {
@@ -117,7 +126,7 @@ impl ModuleCache {
 
     /// The module's SHA-256, from its stamp when the file is unchanged; also
     /// the bytes when they had to be read.
-    fn digest(&self, module: &Path) -> Result<(String, Option<Vec<u8>>)> {
+    pub(super) fn digest(&self, module: &Path) -> Result<(String, Option<Vec<u8>>)> {
         let meta = fs::metadata(module)
             .with_context(|| format!("cannot read module {}", module.display()))?;
         let stamp_key = format!(
@@ -150,15 +159,77 @@ impl ModuleCache {
             dir: self.dir.clone(),
             entries: 0,
             bytes: 0,
+            snapshots: 0,
+            snapshot_bytes: 0,
         };
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().ends_with(ENTRY_SUFFIX) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(ENTRY_SUFFIX) {
                 info.entries += 1;
                 info.bytes += entry.metadata()?.len();
+            } else if name.ends_with(SNAPSHOT_SUFFIX) {
+                info.snapshots += 1;
+                info.snapshot_bytes += entry.metadata()?.len();
             }
         }
         Ok(info)
+    }
+
+    /// The engine's compatibility hash, which keys entries.
+    pub(super) fn engine_hash(&self) -> &str {
+        &self.engine_hash
+    }
+
+    /// The pre-initialized snapshot made for `key`, made by `build` and
+    /// stored if there is none or the one there is damaged. The snapshot is
+    /// stored by its SHA-256 (`<sha256>.snapshot.wasm`, shared by keys that
+    /// make the same bytes), then an index `<key>.preinit` naming it, each
+    /// written whole; on load the snapshot is checked against the index's
+    /// digest (hashed again whenever the file changed since its stamp), so
+    /// an overwritten or truncated one is removed and made again, never
+    /// run. Processes making the same key at once make it once.
+    pub fn snapshot(&self, key: &str, build: impl FnOnce() -> Result<Vec<u8>>) -> Result<PathBuf> {
+        let index = self.dir.join(format!("{key}{INDEX_SUFFIX}"));
+        if let Some(snapshot) = self.verified(&index) {
+            return Ok(snapshot);
+        }
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
+        let _lock = CompileLock::acquire(&index);
+        if let Some(snapshot) = self.verified(&index) {
+            return Ok(snapshot);
+        }
+        let bytes = build()?;
+        let digest = sha256_hex(&bytes);
+        let snapshot = self.dir.join(format!("{digest}{SNAPSHOT_SUFFIX}"));
+        write_atomically(&snapshot, &bytes)?;
+        write_atomically(&index, digest.as_bytes())?;
+        Ok(snapshot)
+    }
+
+    /// The snapshot `index` names, if it is there and whole; a damaged one
+    /// is removed, with its index, to be made again.
+    fn verified(&self, index: &Path) -> Option<PathBuf> {
+        let digest = fs::read_to_string(index).ok()?;
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = fs::remove_file(index);
+            return None;
+        }
+        let snapshot = self.dir.join(format!("{digest}{SNAPSHOT_SUFFIX}"));
+        match self.digest(&snapshot) {
+            Ok((actual, _)) if actual == digest => Some(snapshot),
+            Ok(_) => {
+                tracing::warn!(
+                    "the pre-initialized snapshot {} is damaged (its bytes have another digest); making it again",
+                    snapshot.display()
+                );
+                let _ = fs::remove_file(&snapshot);
+                let _ = fs::remove_file(index);
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Removes every entry and stamp; running processes keep their mmaps.
@@ -166,7 +237,12 @@ impl ModuleCache {
         let mut removed = 0;
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().ends_with(ENTRY_SUFFIX) {
+            // The home's empty directory (see `Home::empty_dir`).
+            if entry.file_type()?.is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(ENTRY_SUFFIX) || name.ends_with(SNAPSHOT_SUFFIX) {
                 removed += 1;
             }
             fs::remove_file(entry.path())
@@ -257,7 +333,7 @@ fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn read_header(module: &Path) -> Result<[u8; 8]> {
+pub(super) fn read_header(module: &Path) -> Result<[u8; 8]> {
     let mut header = [0u8; 8];
     fs::File::open(module)
         .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))

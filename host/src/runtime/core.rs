@@ -3,16 +3,23 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use wasmtime::{Caller, Engine, ExternType, InstancePre, Linker, Module, Store, ValType};
+use wasmtime::{
+    Caller, Engine, ExternType, Instance, InstancePre, Linker, Module, Store, Val, ValType,
+};
 use wasmtime_wasi::WasiView;
-use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+use wasmtime_wasi::p1::{self, WasiP1Ctx, types};
+use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
+use wiggle::GuestMemory;
 
 use super::instance::{HasHost, HostState, Outputs, configure_store, until_stopped, wasi_builder};
+use super::preinit::PreinitFailed;
 use super::wasi::limits::{CountLimits, limit_table};
 use super::wasi::quota_p1::P1Mounts;
-use super::{BadModule, Invocation, RunResult};
+use super::{BadModule, Invocation, Outcome, RunResult};
 use crate::locks::{LockError, MAX_LOCK_PATH};
 use crate::manifest::FunctionSpec;
+use crate::text::escape_control;
 
 pub struct CoreState {
     pub(super) wasi: WasiP1Ctx,
@@ -190,6 +197,25 @@ pub async fn run(
     argv0: &str,
     limits: &CountLimits,
 ) -> Result<(RunResult, Outputs)> {
+    let (mut store, outputs) = new_store(prelinked, invocation, argv0, limits)?;
+    let stop = configure_store(&mut store);
+    let (result, stopped) = until_stopped(&stop, async {
+        let instance = prelinked.pre.instantiate_async(&mut store).await?;
+        start(&mut store, instance, &prelinked.entry).await
+    })
+    .await;
+    let ran = outputs.end(store, &stop, result, stopped).await;
+    Ok((ran, outputs))
+}
+
+/// A store for one instance of `prelinked`, with the invocation's WASI
+/// context and limits.
+fn new_store(
+    prelinked: &Prelinked,
+    invocation: &Invocation<'_>,
+    argv0: &str,
+    limits: &CountLimits,
+) -> Result<(Store<CoreState>, Outputs)> {
     let host = HostState::new(invocation, limits)?;
     let (mut builder, outputs) = wasi_builder(invocation, argv0, &host.quotas)?;
     let mut state = CoreState {
@@ -197,30 +223,169 @@ pub async fn run(
         host,
         p1_mounts: P1Mounts::new(invocation.mounts.len()),
     };
-    let (pre, entry) = (&prelinked.pre, &prelinked.entry);
     limit_table(WasiView::ctx(&mut state.wasi).table, limits);
-    let mut store = Store::new(pre.module().engine(), state);
+    Ok((Store::new(prelinked.pre.module().engine(), state), outputs))
+}
+
+/// Runs a reactor's `_initialize` (when `entry` asks for it), then the
+/// entry; a non-zero exit code it returns is an [`wasmtime_wasi::I32Exit`].
+async fn start(
+    store: &mut Store<CoreState>,
+    instance: Instance,
+    entry: &Entry,
+) -> wasmtime::Result<()> {
+    if entry.initialize {
+        let initialize = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+        initialize.call_async(&mut *store, ()).await?;
+    }
+    let code = if entry.returns_code {
+        let run = instance.get_typed_func::<(), i32>(&mut *store, &entry.name)?;
+        run.call_async(&mut *store, ()).await?
+    } else {
+        let run = instance.get_typed_func::<(), ()>(&mut *store, &entry.name)?;
+        run.call_async(&mut *store, ()).await?;
+        0
+    };
+    match code {
+        0 => Ok(()),
+        code => Err(wasmtime_wasi::I32Exit(code).into()),
+    }
+}
+
+/// Runs `export` (after `_initialize`, for a reactor) in an instance of
+/// `wasm` instrumented by wasmtime's pre-initializer, and returns the
+/// module that starts where the init left off (see `preinit`). The init
+/// is a [`PreinitFailed`] when it fails, exits, or leaves files open.
+pub async fn initialize(
+    engine: &Engine,
+    wasm: &[u8],
+    invocation: &Invocation<'_>,
+    (argv0, limits): (&str, &CountLimits),
+    export: &str,
+) -> Result<Vec<u8>> {
+    let mut wizer = Wizer::new();
+    wizer.init_func(export).keep_init_func(true);
+    let (snapshot_context, instrumented) = wizer.instrument(wasm).map_err(|e| {
+        PreinitFailed::new(
+            format!("the module cannot be pre-initialized: {e:#}"),
+            "remove `preinit`: wasmtime's pre-initializer takes modules that import no memory, table or global and do not change tables at run time",
+        )
+    })?;
+    let module = Module::new(engine, &instrumented)?;
+    let function = FunctionSpec {
+        entry: Some(export.to_owned()),
+        ..invocation.function.clone()
+    };
+    let prelinked =
+        prelink(engine, &module, &function).map_err(|e| match e.downcast::<BadModule>() {
+            Ok(bad) => PreinitFailed::new(
+                bad.problem.replace("`entry`", "`preinit`"),
+                bad.fix.replace("`entry`", "`preinit`"),
+            )
+            .into(),
+            Err(e) => e,
+        })?;
+    let (mut store, outputs) = new_store(&prelinked, invocation, argv0, limits)?;
     let stop = configure_store(&mut store);
     let (result, stopped) = until_stopped(&stop, async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        if entry.initialize {
-            let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize")?;
-            initialize.call_async(&mut store, ()).await?;
-        }
-        let code = if entry.returns_code {
-            let run = instance.get_typed_func::<(), i32>(&mut store, &entry.name)?;
-            run.call_async(&mut store, ()).await?
-        } else {
-            let run = instance.get_typed_func::<(), ()>(&mut store, &entry.name)?;
-            run.call_async(&mut store, ()).await?;
-            0
-        };
-        match code {
-            0 => Ok(()),
-            code => Err(wasmtime_wasi::I32Exit(code).into()),
-        }
+        let instance = prelinked.pre.instantiate_async(&mut store).await?;
+        let before = open_handles(&mut store).await;
+        start(&mut store, instance, &prelinked.entry).await?;
+        Ok((
+            instance,
+            open_handles(&mut store).await.saturating_sub(before),
+        ))
     })
     .await;
-    let ran = outputs.end(store, &stop, result, stopped).await;
-    Ok((ran, outputs))
+    let (instance, left_open) = match result {
+        Ok(ran) => ran,
+        Err(e) => {
+            let ran = outputs.end(store, &stop, Err(e), stopped).await;
+            return Err(init_failed(super::outcome(ran, invocation.function), &outputs).into());
+        }
+    };
+    if left_open > 0 {
+        return Err(PreinitFailed::new(
+            format!("the init left {left_open} file(s) or other handle(s) open, which a snapshot cannot keep"),
+            "close every file the init opens before it returns",
+        )
+        .into());
+    }
+    let mut state = InitState {
+        store: &mut store,
+        instance,
+    };
+    Ok(wizer.snapshot(&snapshot_context, &mut state).await?)
+}
+
+/// How many handles (files, directories, streams) the instance holds,
+/// its stdio and preopens among them: asking for fd 0's flags first makes
+/// wasmtime-wasi open those, which it does lazily, at the first WASI call.
+async fn open_handles(store: &mut Store<CoreState>) -> usize {
+    let wasi = &mut store.data_mut().wasi;
+    let _ = wasi
+        .fd_fdstat_get(&mut GuestMemory::Unshared(&mut []), types::Fd::from(0))
+        .await;
+    WasiView::ctx(wasi).table.iter_mut().count()
+}
+
+/// The failure of an init that did not return, with the last line it
+/// wrote to stderr (a Rust panic's message, say).
+fn init_failed(outcome: Outcome, outputs: &Outputs) -> PreinitFailed {
+    let problem = match outcome {
+        Outcome::Exited(code) => format!("the init exited (code {code}) rather than return"),
+        Outcome::Failed(reason) => format!("the init failed: {reason}"),
+        Outcome::Interrupted => "the init was interrupted".to_owned(),
+    };
+    // A Rust panic's last lines: where, then what (its "note:" left out).
+    let said = match outputs {
+        Outputs::Captured { stderr, .. } => {
+            let stderr = String::from_utf8_lossy(&stderr.contents()).into_owned();
+            let mut last: Vec<&str> = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with("note: "))
+                .rev()
+                .take(2)
+                .collect();
+            last.reverse();
+            match last.is_empty() {
+                true => String::new(),
+                false => format!("; its stderr ends: {}", escape_control(&last.join(" "))),
+            }
+        }
+        _ => String::new(),
+    };
+    PreinitFailed::new(format!("{problem}{said}"), super::preinit::FAILED_INIT_FIX)
+}
+
+/// The initialized instance, as the pre-initializer reads it.
+struct InitState<'a> {
+    store: &'a mut Store<CoreState>,
+    instance: Instance,
+}
+
+impl InstanceState for InitState<'_> {
+    async fn global_get(&mut self, name: &str, _: wasmtime_wizer::ValType) -> SnapshotVal {
+        let global = self.instance.get_global(&mut *self.store, name);
+        match global.map(|g| g.get(&mut *self.store)) {
+            Some(Val::I32(x)) => SnapshotVal::I32(x),
+            Some(Val::I64(x)) => SnapshotVal::I64(x),
+            Some(Val::F32(x)) => SnapshotVal::F32(x),
+            Some(Val::F64(x)) => SnapshotVal::F64(x),
+            Some(Val::V128(x)) => SnapshotVal::V128(x.as_u128()),
+            // The instrumentation exports only globals of these types.
+            _ => panic!("the pre-initializer asked for global `{name}`, which is not a number"),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        let memory = self
+            .instance
+            .get_memory(&mut *self.store, name)
+            .unwrap_or_else(|| {
+                panic!("the pre-initializer asked for memory `{name}`, which is not exported")
+            });
+        contents(memory.data(&*self.store))
+    }
 }

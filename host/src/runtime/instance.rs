@@ -273,10 +273,10 @@ pub fn configure_store<T: HasHost>(store: &mut Store<T>) -> StopWatch {
 /// a host call (a long sleep, a read of stdin) is not running wasm, so epoch
 /// interruption cannot reach it; dropping its future here abandons the call,
 /// and wasmtime unwinds the instance's fiber.
-pub async fn until_stopped(
+pub async fn until_stopped<T>(
     watch: &StopWatch,
-    call: impl Future<Output = wasmtime::Result<()>>,
-) -> (wasmtime::Result<()>, Option<StopReason>) {
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> (wasmtime::Result<T>, Option<StopReason>) {
     tokio::select! {
         biased;
         result = call => (result, None),

@@ -11,6 +11,7 @@ mod http_view;
 mod instance;
 mod outbound;
 mod output_log;
+mod preinit;
 mod stdin;
 mod stdio;
 mod wasi;
@@ -30,6 +31,7 @@ use cache::{Compiled, ModuleCache};
 pub use component::Respond;
 use instance::{Outputs, StopReason};
 pub use output_log::{KEPT_PER_STREAM, Lines, OutputLog};
+pub use preinit::{InitContext, PreinitFailed};
 pub use stdin::Stdin;
 use wasi::limits::CountLimits;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -160,6 +162,11 @@ impl Runtime {
             .module
             .file_name()
             .map_or_else(|| "main.wasm".into(), |n| n.to_string_lossy().into_owned());
+        let (process, instances) = self.descriptors;
+        let limits = CountLimits::new(function, process, instances);
+        if function.preinit.is_some() {
+            return self.pending(module, argv0, limits);
+        }
         let linked = match self.cache.load(&self.engine, module)? {
             Compiled::Core(module) => Linked::Core(core::prelink(&self.engine, &module, function)?),
             Compiled::Component(component) if function.http.is_some() => Linked::Proxy(
@@ -177,11 +184,36 @@ impl Runtime {
                 Linked::Component(component::prelink(&self.engine, &component, function)?)
             }
         };
-        let (process, instances) = self.descriptors;
         Ok(Program {
             linked,
             argv0,
-            limits: CountLimits::new(function, process, instances),
+            limits,
+        })
+    }
+
+    /// A function with a `preinit`: its program is made from the snapshot
+    /// of its init, once the init's context is known (see
+    /// [`Program::initialized`]). Only core modules are pre-initialized.
+    fn pending(&self, module: &Path, argv0: String, limits: CountLimits) -> Result<Program> {
+        if cache::is_component(&cache::read_header(module)?) {
+            return Err(BadModule::new(
+                "is a component, which `preinit` does not apply to",
+                "remove `preinit`: wasmhost pre-initializes core (wasip1) modules only",
+            )
+            .into());
+        }
+        let pending = preinit::Pending {
+            engine: self.engine.clone(),
+            cache: self.cache.clone(),
+            module: module.to_owned(),
+            argv0: argv0.clone(),
+            limits,
+            made: Default::default(),
+        };
+        Ok(Program {
+            linked: Linked::Pending(Box::new(pending)),
+            argv0,
+            limits,
         })
     }
 
@@ -243,6 +275,9 @@ enum Linked {
     Component(CommandPre<component::ComponentState>),
     /// A web endpoint's `wasi:http/proxy` component.
     Proxy(ProxyPre<component::ComponentState>),
+    /// A function with a `preinit` whose snapshot is made or loaded when
+    /// a call is prepared ([`Program::initialized`]).
+    Pending(Box<preinit::Pending>),
 }
 
 /// A compiled, linked function ready to instantiate any number of times,
@@ -374,6 +409,16 @@ thread_local! {
 }
 
 impl Program {
+    /// The program a call of a function with a `preinit` runs: the one
+    /// that starts from the snapshot of its init in `context`, made or
+    /// loaded from the cache. Any other program is itself.
+    pub fn initialized(self: &Arc<Self>, context: &InitContext) -> Result<Arc<Program>> {
+        match &self.linked {
+            Linked::Pending(pending) => pending.program(context),
+            _ => Ok(self.clone()),
+        }
+    }
+
     /// Runs one invocation to its end on the calling thread.
     pub fn invoke(&self, invocation: &Invocation) -> Finished {
         let ran = EXECUTOR.with(|executor| {
@@ -387,6 +432,9 @@ impl Program {
                     }
                     Linked::Proxy(_) => Err(anyhow::anyhow!(
                         "it is a web endpoint (a wasi:http component), which only answers requests at its `http` route"
+                    )),
+                    Linked::Pending(_) => Err(anyhow::anyhow!(
+                        "its `preinit` snapshot was not made before the call"
                     )),
                 }
             })
