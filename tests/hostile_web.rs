@@ -443,14 +443,15 @@ fn a_large_body_reaches_the_guest_as_it_arrives_and_is_never_held_whole() {
 }
 
 #[test]
-fn a_client_that_stops_reading_its_response_is_closed() {
+fn clients_that_stop_reading_their_responses_are_closed_and_held_within_a_budget() {
     let _alone = alone();
     let env = TestEnv::new();
     deploy_two_apps(&env);
     let node = Node::start(&env);
     let held = || raw_http::connections_held(node.pid(), node.addr.port());
-    // 30 responses of 8 MB, never read: more than the sockets buffer.
-    let readers: Vec<TcpStream> = (0..30)
+    // 40 responses of 8 MB, never read: more than the sockets buffer, and
+    // more than the 256 MiB of responses the node holds at once.
+    let mut readers: Vec<TcpStream> = (0..40)
         .map(|_| {
             let mut tcp = TcpStream::connect(node.addr).unwrap();
             tcp.write_all(b"GET /web/cgi/x?size=8000000 HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -460,23 +461,32 @@ fn a_client_that_stops_reading_its_response_is_closed() {
         .collect();
     let sent = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(held(), 30, "the node holds the 30 connections");
+    assert_eq!(held(), 40, "the node holds the 40 connections");
+    // What they hold is within the node's 256 MiB for responses (and what
+    // its allocator keeps of the 40 scripts' outputs).
+    let (rss, _) = raw_http::rss_mb_and_fds(node.pid());
+    assert!(rss < 640, "the node holds {rss} MB");
+    let statuses: Vec<String> = readers
+        .iter_mut()
+        .map(|tcp| {
+            let mut line = [0; 12];
+            tcp.read_exact(&mut line).unwrap();
+            String::from_utf8_lossy(&line).into_owned()
+        })
+        .collect();
+    let refused = statuses.iter().filter(|s| *s == "HTTP/1.1 503").count();
+    let sending = statuses.iter().filter(|s| *s == "HTTP/1.1 200").count();
+    assert_eq!(refused + sending, 40, "{statuses:?}");
+    // 33 of 8 MB fit in 256 MiB.
+    assert!((5..=20).contains(&refused), "{refused} of 40 refused");
     let (status, body) = get(&node, "/web/other/x", "a");
     assert_eq!(status, 200, "answered meanwhile: {body}");
     // Their writes waited 10 s: the node closed them, not before.
     let deadline = Instant::now() + Duration::from_secs(30);
     while held() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} connections still held",
-            held()
-        );
+        assert!(Instant::now() < deadline, "{} connections still held", held());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        sent.elapsed() >= Duration::from_secs(10),
-        "{:?}",
-        sent.elapsed()
-    );
+    assert!(sent.elapsed() >= Duration::from_secs(10), "{:?}", sent.elapsed());
     drop(readers);
 }

@@ -3,7 +3,7 @@
 //! hostile clients (stalled bodies, large bodies streamed, responses never
 //! read, slowloris heads, pipelined desync attempts) all at once, while a well-behaved client asks for a page
 //! over and over. Every one of its requests must succeed, promptly (p99
-//! under a generous 1 s; the figure itself is printed); the node's memory and descriptors stay bounded; the quota'd
+//! under 200 ms; the figure itself is printed); the node's memory and descriptors stay bounded; the quota'd
 //! volume's usage equals a walk of its files; no call is left running.
 
 mod common;
@@ -21,7 +21,9 @@ use common::{AppToml, TestEnv, path};
 /// How long the siege lasts.
 const SIEGE: Duration = Duration::from_secs(120);
 /// Bounds the node keeps under it.
-const MAX_RSS_MB: u64 = 400;
+/// (The node holds at most 256 MiB of bodies read ahead and 256 MiB of
+/// responses not yet read; the rest is its allocator's.)
+const MAX_RSS_MB: u64 = 640;
 const MAX_FDS: usize = 1500;
 
 fn deploy(env: &TestEnv) {
@@ -190,9 +192,8 @@ fn a_well_behaved_client_is_served_while_hostile_guests_and_clients_attack() {
     for (name, rounds) in &attacks {
         assert!(*rounds >= 3, "the {name} attack ran only {rounds} times");
     }
-    // Generous: starved, it would wait its 10 s for room and get a 503;
-    // how fast it is served is a benchmark's to say.
-    latencies_within(&latencies, Duration::from_secs(1));
+    // SPEC section 10's bound for a well-behaved client under siege.
+    latencies_within(&latencies, Duration::from_millis(200));
     assert!(max_rss < MAX_RSS_MB, "the node grew to {max_rss} MB");
     assert!(max_fds < MAX_FDS, "the node held {max_fds} descriptors");
     no_call_left_running(&env);

@@ -508,8 +508,10 @@ impl Program {
             ),
         };
         let (stdout, stderr) = match outputs {
+            // One copy (the pipe may still be shared), not two: a WAGI
+            // script's response can be megabytes.
             Some(Outputs::Captured { stdout, stderr }) => {
-                (stdout.contents().to_vec(), stderr.contents().to_vec())
+                (Vec::from(stdout.contents()), Vec::from(stderr.contents()))
             }
             _ => Default::default(),
         };
@@ -558,3 +560,4 @@ fn outcome(run: RunResult, function: &FunctionSpec) -> Outcome {
         None => Outcome::Failed(format!("trapped: {cause}")),
     }
 }
+

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode, header};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::body::READ_AHEAD;
 use super::{
@@ -42,12 +43,7 @@ pub fn serve(
     endpoint.log.write(Stream::Stdout, &stdout);
     endpoint.log.write(Stream::Stderr, &stderr);
     let parsed = match ended {
-        Ended::Exited(0) => parse(&stdout).map_err(|problem| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the endpoint's output is not a CGI response: {problem}"),
-            )
-        }),
+        Ended::Exited(0) => response_held(stdout),
         _ => Err(failure(&ended)),
     };
     match parsed {
@@ -61,6 +57,54 @@ pub fn serve(
             answered(status, Some(reason))
         }
     }
+}
+
+/// The most bytes of CGI responses the node holds at once (a script's
+/// output is its response, whole): a client that does not read its
+/// response holds it until the node gives up on it (`node::listen`'s write
+/// limit), and past this much held a response is a 503 rather than the
+/// node growing with every such client.
+pub const RESPONSES_HELD: usize = 256 << 20;
+
+static RESPONSES: Semaphore = Semaphore::const_new(RESPONSES_HELD);
+
+/// A response body's bytes with what they hold of [`RESPONSES_HELD`],
+/// given back when the last of them is dropped: when the node has written
+/// them, or given up on the client.
+struct HeldBytes {
+    bytes: Bytes,
+    _held: SemaphorePermit<'static>,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The response of a script that printed `output`, its body holding its
+/// bytes of [`RESPONSES_HELD`] until it is sent.
+fn response_held(output: Vec<u8>) -> Result<Response, (StatusCode, String)> {
+    let busy = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the node holds {RESPONSES_HELD} bytes of responses their clients have not read yet, the most it may; try again"
+            ),
+        )
+    };
+    let length = u32::try_from(output.len()).map_err(|_| busy())?;
+    let held = RESPONSES.try_acquire_many(length).map_err(|_| busy())?;
+    let output = Bytes::from_owner(HeldBytes {
+        bytes: Bytes::from(output),
+        _held: held,
+    });
+    parse(output).map_err(|problem| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the endpoint's output is not a CGI response: {problem}"),
+        )
+    })
 }
 
 /// The CGI meta-variables of `request`, over the function's `env`.
@@ -151,8 +195,8 @@ fn frames_the_message(name: &HeaderName) -> bool {
 /// `Location` without a `Status` redirects (302). Headers that frame the
 /// message are the node's, and dropped; a 1xx status is refused (the
 /// script has answered once the node sends its response).
-fn parse(output: &[u8]) -> Result<Response, String> {
-    let (head, body) = split_head(output).ok_or(
+fn parse(output: Bytes) -> Result<Response, String> {
+    let (head, body) = split_head(&output).ok_or(
         "it printed no header lines and blank line before its body: print e.g. `Content-Type: text/plain`, an empty line, then the body",
     )?;
     if head.len() > MAX_RESPONSE_HEAD {
@@ -166,7 +210,7 @@ fn parse(output: &[u8]) -> Result<Response, String> {
             "it printed more than {MAX_RESPONSE_HEADERS} header lines, the most a response may have"
         ));
     }
-    let mut response = http::Response::new(full(Bytes::copy_from_slice(body)));
+    let mut response = http::Response::new(full(output.slice_ref(body)));
     let mut status = None;
     for line in head.lines() {
         let (name, value) = line
@@ -226,7 +270,10 @@ fn split_head(output: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+
+    fn parse(output: &[u8]) -> Result<Response, String> {
+        super::parse(Bytes::copy_from_slice(output))
+    }
 
     fn body(response: Response) -> Vec<u8> {
         let collected = tokio::runtime::Builder::new_current_thread()
