@@ -1,7 +1,9 @@
 //! Two "machines" of one cluster: two `$WASMHOST_HOME`s on one PostgreSQL
 //! database (`$WASMHOST_TEST_PG`) sharing one volumes directory. Deployed
 //! modules reach a machine through the registry, and guest locks exclude
-//! across machines through it. Skipped without `$WASMHOST_TEST_PG`.
+//! across machines through it; a module compiles once per cluster, into
+//! the shared cache on the volumes' file system, checked by each machine
+//! on its first load. Skipped without `$WASMHOST_TEST_PG`.
 
 mod common;
 
@@ -268,4 +270,159 @@ fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// The files of the cluster's shared compiled cache, with each one's inode
+/// and change time: a file compiled or written again has another.
+fn shared_cache(volumes: &std::path::Path) -> Vec<(String, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files: Vec<_> = std::fs::read_dir(volumes.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_type().unwrap().is_dir())
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, meta.ino(), meta.ctime(), meta.ctime_nsec())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn named(files: &[(String, u64, i64, i64)], suffix: &str) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| f.0.ends_with(suffix))
+        .map(|f| f.0.clone())
+        .collect()
+}
+
+/// The files of a machine's own `$WASMHOST_HOME/cache` ending with `suffix`.
+fn local_cache(machine: &Machine, suffix: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(machine.env.home().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect()
+}
+
+fn hello_works(machine: &Machine) {
+    let called = machine.run(&["call", "shipped", "hello"]).success();
+    assert!(
+        called.stdout().contains("hello from wasmhost"),
+        "{}",
+        called.stdout()
+    );
+}
+
+/// [`deploy_shipped`] on `a`, called there once: compiled into the shared
+/// cache, whose files it returns.
+fn compiled_on(a: &Machine, volumes: &std::path::Path) -> Vec<(String, u64, i64, i64)> {
+    deploy_shipped(a);
+    hello_works(a);
+    shared_cache(volumes)
+}
+
+#[test]
+fn a_second_machine_loads_what_the_first_compiled() {
+    let Some((a, b, volumes)) = cluster() else {
+        return;
+    };
+    let compiled = compiled_on(&a, volumes.path());
+    assert_eq!(named(&compiled, ".cwasm").len(), 1, "{compiled:?}");
+    assert_eq!(named(&compiled, ".compiled").len(), 1, "{compiled:?}");
+    assert!(local_cache(&a, ".cwasm").is_empty(), "A compiled into the shared cache");
+
+    hello_works(&b);
+    // Not one file of the shared cache was written again: B compiled nothing.
+    assert_eq!(shared_cache(volumes.path()), compiled, "B compiled again");
+    assert!(local_cache(&b, ".cwasm").is_empty());
+    // B checked the entry once and remembers it on its own disk.
+    let stamps = local_cache(&b, ".stamp").len();
+    assert!(stamps >= 1, "B did not check the shared entry");
+    hello_works(&b);
+    assert_eq!(local_cache(&b, ".stamp").len(), stamps, "B hashed again");
+
+    let info = b.run(&["cache", "info"]).success().stdout();
+    let cache_dir = volumes.path().join("cache");
+    let first = info.lines().next().unwrap();
+    assert!(first.starts_with("1 entries, "), "{info}");
+    assert!(first.ends_with(path(&cache_dir)), "{info}");
+    assert!(info.contains("shared by the cluster's machines"), "{info}");
+
+    // `cache clear` forgets B's checks only; `--cluster` empties the cache.
+    let cleared = b.run(&["cache", "clear"]).success().stdout();
+    assert!(cleared.contains("the cluster's shared cache stays"), "{cleared}");
+    assert!(local_cache(&b, ".stamp").is_empty());
+    assert_eq!(shared_cache(volumes.path()), compiled);
+    let cleared = b.run(&["cache", "clear", "--cluster"]).success().stdout();
+    assert!(cleared.starts_with("removed 1 entries"), "{cleared}");
+    assert!(named(&shared_cache(volumes.path()), ".cwasm").is_empty());
+    hello_works(&a);
+}
+
+#[test]
+fn a_damaged_shared_entry_is_rebuilt_and_the_call_succeeds() {
+    let Some((a, b, volumes)) = cluster() else {
+        return;
+    };
+    let files = compiled_on(&a, volumes.path());
+    let entry = volumes.path().join("cache").join(&named(&files, ".cwasm")[0]);
+    let good = std::fs::read(&entry).unwrap();
+    // A torn page in the middle, of the same size: wasmtime's header and
+    // engine checks would load it.
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle..middle + 512].fill(0);
+    std::fs::write(&entry, &bad).unwrap();
+
+    let called = b.run(&["call", "shipped", "hello"]).success();
+    assert!(called.stdout().contains("hello from wasmhost"));
+    assert!(
+        called.stderr().starts_with("warning: the cached ")
+            && called.stderr().contains("is damaged"),
+        "{}",
+        called.stderr()
+    );
+    // Made again: the index names a whole entry, by its digest.
+    let files = shared_cache(volumes.path());
+    let index = volumes.path().join("cache").join(&named(&files, ".compiled")[0]);
+    let digest = std::fs::read_to_string(index).unwrap();
+    let remade = volumes.path().join("cache").join(format!("{digest}.cwasm"));
+    let bytes = std::fs::read(&remade).unwrap();
+    assert_eq!(wasmhost::digest::sha256_hex(&bytes), digest);
+    assert_ne!(bytes, bad);
+    let again = a.run(&["call", "shipped", "hello"]).success();
+    assert!(again.stderr().is_empty(), "{}", again.stderr());
+}
+
+#[test]
+fn a_snapshot_made_on_one_machine_is_used_by_another() {
+    let Some((a, b, volumes)) = cluster() else {
+        return;
+    };
+    let src = a.env.work.path().join("warm").join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("greeting.txt"), "hello\n").unwrap();
+    let app = AppToml::new("warm")
+        .function("f", |f| {
+            f.guest("preinit")
+                .files("/app", "src")
+                .env("WHO", "world")
+                .key("preinit", "\"wizer.initialize\"")
+        })
+        .write(&a.env);
+    a.run(&["deploy", path(&app)]).success();
+    a.run(&["call", "warm", "f"]).success();
+    let made = shared_cache(volumes.path());
+    assert_eq!(named(&made, ".snapshot.wasm").len(), 1, "{made:?}");
+    assert_eq!(named(&made, ".preinit").len(), 1, "{made:?}");
+
+    let out = b.run(&["call", "warm", "f"]).success().stdout();
+    assert!(out.contains("value=hello world "), "{out}");
+    assert!(out.contains("init_runs=1\n"), "{out}");
+    // B made no snapshot and compiled nothing: it used A's.
+    assert_eq!(shared_cache(volumes.path()), made);
+    assert!(local_cache(&b, ".snapshot.wasm").is_empty());
 }

@@ -229,7 +229,67 @@ fn cache_info_and_clear() {
     assert!(info().starts_with("0 entries, 0 bytes"), "{}", info());
     env.run(&["run", path(&app), "--", "exit", "0"]).success();
     assert!(info().starts_with("1 entries"), "{}", info());
+    // A home's cache is its own: there is no cluster's to clear.
+    let refused = env.run(&["cache", "clear", "--cluster"]).code_is(2);
+    assert!(refused.stderr().contains("this home's cache is its own"));
+    assert!(info().starts_with("1 entries"), "{}", info());
 }
+
+/// A module of `len` bytes, most of them one data segment: large, as
+/// CPython is, yet quick to compile. Its `_start` does nothing.
+fn large_module(len: usize) -> Vec<u8> {
+    fn leb(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            match n {
+                0 => return [out, vec![byte]].concat(),
+                _ => out.push(byte | 0x80),
+            }
+        }
+    }
+    let section = |id: u8, payload: &[u8]| [&[id][..], &leb(payload.len()), payload].concat();
+    let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+    let segment = [&[1, 0, 0x41, 0, 0x0b][..], &leb(len), &data].concat();
+    [
+        &b"\0asm\x01\0\0\0"[..],
+        &section(1, &[1, 0x60, 0, 0]),
+        &section(3, &[1, 0]),
+        &section(5, &[1, 0, 100]),
+        &section(7, b"\x02\x06_start\x00\x00\x06memory\x02\x00"),
+        &section(10, &[1, 2, 0, 0x0b]),
+        &section(11, &segment),
+    ]
+    .concat()
+}
+
+/// Off a terminal (the tests' stderr is a pipe), compiling a large module
+/// prints one note naming it and saying it compiles once; the next run
+/// loads it and prints nothing, and a small module's compile prints
+/// nothing either.
+#[test]
+fn a_large_modules_compile_prints_one_note_off_a_terminal() {
+    let env = TestEnv::new();
+    let module = env.work.path().join("large.wasm");
+    std::fs::write(&module, large_module(5 << 20)).unwrap();
+    let app = AppToml::new("large")
+        .function("f", |f| f.module(&module))
+        .write(&env);
+    let first = env.run(&["run", path(&app)]).success();
+    let expected = format!(
+        "note: compiling {} (once: later starts load it from the cache)\n",
+        path(&module)
+    );
+    assert_eq!(first.stderr(), expected);
+    let again = env.run(&["run", path(&app)]).success();
+    assert_eq!(again.stderr(), "", "loaded, not compiled");
+
+    let small = env.fsops_app("small", "small-data");
+    let run = env.run(&["run", path(&small), "--", "exit", "0"]).success();
+    assert_eq!(run.stderr(), "");
+}
+
 
 /// The example apps run from their own app.toml files, as a user would run
 /// them after building the guests (the README's commands).

@@ -198,6 +198,7 @@ impl Home {
         ] {
             make_private_dir(&base.join(dir))?;
         }
+        make_private_dir(&home.compiled_dir())?;
         Ok(home)
     }
 
@@ -290,8 +291,29 @@ impl Home {
         self.usage_dir().join(volume_id)
     }
 
+    /// This machine's cache: compiled modules and snapshots on a home of
+    /// its own, and in a cluster only the stamps that remember which
+    /// shared entries this machine has checked (see
+    /// [`Home::compiled_dir`]).
     pub fn cache_dir(&self) -> PathBuf {
         self.root.join(CACHE_DIR)
+    }
+
+    /// Where compiled modules and pre-initialized snapshots are kept: in a
+    /// cluster (a shared registry and `--volumes`), on the shared file
+    /// system beside `volumes/`, so that a module compiles once per
+    /// cluster rather than once per machine; else this home's cache. Not
+    /// under `volumes/`, so no volume name or mount reaches it.
+    pub fn compiled_dir(&self) -> PathBuf {
+        match (&self.shared, self.is_shared()) {
+            (Some(shared), true) => shared.join(CACHE_DIR),
+            _ => self.cache_dir(),
+        }
+    }
+
+    /// Whether [`Home::compiled_dir`] is shared by the cluster's machines.
+    pub fn compiled_dir_is_shared(&self) -> bool {
+        self.shared.is_some() && self.is_shared()
     }
 
     /// An empty directory (made by whoever mounts it): what a `preinit` run

@@ -7,6 +7,14 @@
 //! Hashing a 26 MB module on every start would cost more than the start
 //! itself, so a small stamp file remembers each module file's digest by its
 //! path, size, inode and change time.
+//!
+//! In a cluster the entries and snapshots live on the shared file system
+//! (see `Home::compiled_dir`), so a module compiles once per cluster: there
+//! each entry is stored by its own SHA-256 and named by an index, as
+//! snapshots are, and a machine checks an entry against its digest the
+//! first time it loads it, since a shared file system can hand it a torn or
+//! damaged file. The stamps stay on the machine: a stamp says that this
+//! machine read the file whole.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -19,8 +27,18 @@ use wasmtime::component::Component;
 
 use crate::atomic_file;
 use crate::digest::sha256_hex;
+use crate::home::Home;
+
+/// The target of the `compile` span and its note: how the CLI tells a
+/// compile from other notes, to show it as a live line on a terminal (the
+/// library only says what it does; see `cli/logging.rs`).
+pub const COMPILE_TARGET: &str = "wasmhost::compile";
 
 const ENTRY_SUFFIX: &str = ".cwasm";
+/// In a shared cache, the index naming the entry compiled for one module
+/// and engine (see [`ModuleCache::load_shared`]).
+const COMPILED_SUFFIX: &str = ".compiled";
+const STAMP_SUFFIX: &str = ".stamp";
 /// A pre-initialized snapshot's module, named by its SHA-256 (see
 /// [`ModuleCache::snapshot`]).
 const SNAPSHOT_SUFFIX: &str = ".snapshot.wasm";
@@ -35,13 +53,21 @@ pub enum Compiled {
 
 #[derive(Clone)]
 pub struct ModuleCache {
+    /// Entries and snapshots: the home's `cache/`, or the cluster's.
     dir: PathBuf,
+    /// This machine's stamps (see [`ModuleCache::digest`]).
+    stamps: PathBuf,
+    /// Whether `dir` is shared by the machines of a cluster.
+    shared: bool,
     engine_hash: String,
 }
 
 /// What `cache info` reports.
 pub struct CacheInfo {
     pub dir: PathBuf,
+    /// Where this machine remembers the shared entries it checked, in a
+    /// cluster.
+    pub stamps: Option<PathBuf>,
     pub entries: usize,
     pub bytes: u64,
     /// Pre-initialized snapshots (`preinit`), and their bytes.
@@ -50,11 +76,13 @@ pub struct CacheInfo {
 }
 
 impl ModuleCache {
-    pub fn new(dir: PathBuf, engine: &Engine) -> Self {
+    pub fn new(home: &Home, engine: &Engine) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Self {
-            dir,
+            dir: home.compiled_dir(),
+            stamps: home.cache_dir(),
+            shared: home.compiled_dir_is_shared(),
             engine_hash: format!("{:016x}", hasher.finish()),
         }
     }
@@ -64,10 +92,11 @@ impl ModuleCache {
         let component = is_component(&read_header(module)?);
         let (digest, bytes) = self.digest(module)?;
         let kind = if component { "component" } else { "module" };
-        let entry = self.dir.join(format!(
-            "{digest}-{}.{kind}{ENTRY_SUFFIX}",
-            self.engine_hash
-        ));
+        let key = format!("{digest}-{}.{kind}", self.engine_hash);
+        if self.shared {
+            return self.load_shared(engine, module, &key, bytes, component);
+        }
+        let entry = self.dir.join(format!("{key}{ENTRY_SUFFIX}"));
         if let Some(compiled) = load_entry(engine, &entry, component)? {
             return Ok(compiled);
         }
@@ -85,27 +114,14 @@ impl ModuleCache {
         if let Some(compiled) = load_entry(engine, &entry, component)? {
             return Ok(compiled);
         }
-        tracing::info!(
-            "compiling {} (once: later starts load it from the cache)",
-            module.display()
-        );
-        let compiled = if component {
-            engine.precompile_component(&bytes)
-        } else {
-            engine.precompile_module(&bytes)
-        };
-        let serialized = match compiled {
+        let serialized = match compile(engine, module, &bytes, component, false) {
             Ok(serialized) => serialized,
             Err(e) => {
                 drop(lock);
                 for dir in &made {
                     let _ = fs::remove_dir(dir);
                 }
-                return Err(super::BadModule::new(
-                    format!("does not compile: {:#}", anyhow::Error::from(e)),
-                    "rebuild the module if it is damaged, or without the feature named there: wasmhost runs the standardized WebAssembly features wasmtime 48 supports (WebAssembly 3.0, exceptions among them), threads excepted",
-                )
-                .into());
+                return Err(e);
             }
         };
         // A full disk costs the next start a compile, not this one its run.
@@ -124,22 +140,48 @@ impl ModuleCache {
         }
     }
 
+    /// In a cluster: the entry for `key` is stored by its SHA-256
+    /// (`<sha256>.cwasm`) and named by an index (`<key>.compiled`), as
+    /// snapshots are, so that it is checked against the index's digest on
+    /// each machine's first load (see [`ModuleCache::stored`]). The
+    /// compile lock is a `flock` on the shared file system: where that does
+    /// not exclude across machines, two machines may both compile, and
+    /// each writes a file of its own and renames it; the last index wins
+    /// and names a whole entry either way. A checked entry that wasmtime
+    /// still refuses is removed with its index and compiled once more.
+    fn load_shared(
+        &self,
+        engine: &Engine,
+        module: &Path,
+        key: &str,
+        mut bytes: Option<Vec<u8>>,
+        component: bool,
+    ) -> Result<Compiled> {
+        let index = self.dir.join(format!("{key}{COMPILED_SUFFIX}"));
+        for _ in 0..2 {
+            let entry = self.stored(&index, ENTRY_SUFFIX, || {
+                let bytes = match bytes.take() {
+                    Some(bytes) => bytes,
+                    None => read_module(module)?,
+                };
+                compile(engine, module, &bytes, component, true)
+            })?;
+            if let Some(compiled) = load_entry(engine, &entry, component)? {
+                return Ok(compiled);
+            }
+            let _ = fs::remove_file(&index);
+        }
+        anyhow::bail!(
+            "the compiled entry of {} in the shared cache {} does not load, even made again",
+            module.display(),
+            self.dir.display()
+        )
+    }
+
     /// The module's SHA-256, from its stamp when the file is unchanged; also
     /// the bytes when they had to be read.
     pub(super) fn digest(&self, module: &Path) -> Result<(String, Option<Vec<u8>>)> {
-        let meta = fs::metadata(module)
-            .with_context(|| format!("cannot read module {}", module.display()))?;
-        let stamp_key = format!(
-            "{}\0{}\0{}\0{}\0{}",
-            module.display(),
-            meta.len(),
-            meta.ino(),
-            meta.ctime(),
-            meta.ctime_nsec()
-        );
-        let stamp = self
-            .dir
-            .join(format!("{}.stamp", sha256_hex(stamp_key.as_bytes())));
+        let stamp = self.stamp(module)?;
         if let Ok(digest) = fs::read_to_string(&stamp)
             && digest.len() == 64
             && digest.bytes().all(|b| b.is_ascii_hexdigit())
@@ -154,9 +196,38 @@ impl ModuleCache {
         Ok((digest, Some(bytes)))
     }
 
+    /// The stamp file of `file` as it is now: named by its path, size,
+    /// inode and change time, so that a changed or replaced file has none.
+    fn stamp(&self, file: &Path) -> Result<PathBuf> {
+        let meta =
+            fs::metadata(file).with_context(|| format!("cannot read module {}", file.display()))?;
+        let stamp_key = format!(
+            "{}\0{}\0{}\0{}\0{}",
+            file.display(),
+            meta.len(),
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec()
+        );
+        Ok(self.stamps.join(format!(
+            "{}{STAMP_SUFFIX}",
+            sha256_hex(stamp_key.as_bytes())
+        )))
+    }
+
+    /// Remembers that `file`, just written by this process, has `digest`:
+    /// no need to hash it again on its next load.
+    fn remember(&self, file: &Path, digest: &str) {
+        if let Ok(stamp) = self.stamp(file) {
+            let _ = fs::create_dir_all(&self.stamps);
+            let _ = write_atomically(&stamp, digest.as_bytes());
+        }
+    }
+
     pub fn info(&self) -> Result<CacheInfo> {
         let mut info = CacheInfo {
             dir: self.dir.clone(),
+            stamps: self.shared.then(|| self.stamps.clone()),
             entries: 0,
             bytes: 0,
             snapshots: 0,
@@ -182,49 +253,62 @@ impl ModuleCache {
     }
 
     /// The pre-initialized snapshot made for `key`, made by `build` and
-    /// stored if there is none or the one there is damaged. The snapshot is
-    /// stored by its SHA-256 (`<sha256>.snapshot.wasm`, shared by keys that
-    /// make the same bytes), then an index `<key>.preinit` naming it, each
-    /// written whole; on load the snapshot is checked against the index's
-    /// digest (hashed again whenever the file changed since its stamp), so
-    /// an overwritten or truncated one is removed and made again, never
-    /// run. Processes making the same key at once make it once.
+    /// stored if there is none or the one there is damaged (see
+    /// [`ModuleCache::stored`]).
     pub fn snapshot(&self, key: &str, build: impl FnOnce() -> Result<Vec<u8>>) -> Result<PathBuf> {
         let index = self.dir.join(format!("{key}{INDEX_SUFFIX}"));
-        if let Some(snapshot) = self.verified(&index) {
-            return Ok(snapshot);
+        self.stored(&index, SNAPSHOT_SUFFIX, build)
+    }
+
+    /// The file `index` names, made by `build` and stored if there is none
+    /// or the one there is damaged. The file is stored by its SHA-256
+    /// (`<sha256>SUFFIX`, shared by indexes that name the same bytes), then
+    /// the index naming it, each written whole; on load the file is
+    /// checked against the index's digest (hashed again whenever it changed
+    /// since this machine's stamp of it), so an overwritten or truncated
+    /// one is removed and made again, never run. Processes making the same
+    /// index at once make it once.
+    fn stored(
+        &self,
+        index: &Path,
+        suffix: &str,
+        build: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<PathBuf> {
+        if let Some(found) = self.verified(index, suffix) {
+            return Ok(found);
         }
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create cache directory {}", self.dir.display()))?;
-        let _lock = CompileLock::acquire(&index);
-        if let Some(snapshot) = self.verified(&index) {
-            return Ok(snapshot);
+        let _lock = CompileLock::acquire(index);
+        if let Some(found) = self.verified(index, suffix) {
+            return Ok(found);
         }
         let bytes = build()?;
         let digest = sha256_hex(&bytes);
-        let snapshot = self.dir.join(format!("{digest}{SNAPSHOT_SUFFIX}"));
-        write_atomically(&snapshot, &bytes)?;
-        write_atomically(&index, digest.as_bytes())?;
-        Ok(snapshot)
+        let file = self.dir.join(format!("{digest}{suffix}"));
+        write_atomically(&file, &bytes)?;
+        self.remember(&file, &digest);
+        write_atomically(index, digest.as_bytes())?;
+        Ok(file)
     }
 
-    /// The snapshot `index` names, if it is there and whole; a damaged one
-    /// is removed, with its index, to be made again.
-    fn verified(&self, index: &Path) -> Option<PathBuf> {
+    /// The file `index` names, if it is there and whole; a damaged one is
+    /// removed, with its index, to be made again.
+    fn verified(&self, index: &Path, suffix: &str) -> Option<PathBuf> {
         let digest = fs::read_to_string(index).ok()?;
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             let _ = fs::remove_file(index);
             return None;
         }
-        let snapshot = self.dir.join(format!("{digest}{SNAPSHOT_SUFFIX}"));
-        match self.digest(&snapshot) {
-            Ok((actual, _)) if actual == digest => Some(snapshot),
+        let file = self.dir.join(format!("{digest}{suffix}"));
+        match self.digest(&file) {
+            Ok((actual, _)) if actual == digest => Some(file),
             Ok(_) => {
                 tracing::warn!(
-                    "the pre-initialized snapshot {} is damaged (its bytes have another digest); making it again",
-                    snapshot.display()
+                    "the cached {} is damaged (its bytes have another digest); making it again",
+                    file.display()
                 );
-                let _ = fs::remove_file(&snapshot);
+                let _ = fs::remove_file(&file);
                 let _ = fs::remove_file(index);
                 None
             }
@@ -232,24 +316,92 @@ impl ModuleCache {
         }
     }
 
-    /// Removes every entry and stamp; running processes keep their mmaps.
-    pub fn clear(&self) -> Result<usize> {
-        let mut removed = 0;
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            // The home's empty directory (see `Home::empty_dir`).
-            if entry.file_type()?.is_dir() {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(ENTRY_SUFFIX) || name.ends_with(SNAPSHOT_SUFFIX) {
-                removed += 1;
-            }
-            fs::remove_file(entry.path())
-                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+    /// Removes what this machine keeps: on a home of its own, every
+    /// entry, snapshot and stamp; in a cluster, its stamps, so that it
+    /// checks each shared entry again on its next load, and with `shared`
+    /// the cluster's entries and snapshots too. Running processes keep
+    /// their mmaps.
+    pub fn clear(&self, shared: bool) -> Result<Cleared> {
+        let mut cleared = clear_dir(&self.stamps)?;
+        if self.shared && shared {
+            cleared.entries += clear_dir(&self.dir)?.entries;
         }
-        Ok(removed)
+        Ok(cleared)
     }
+
+    /// Whether entries are shared by the machines of a cluster.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+}
+
+/// What `cache clear` removed.
+#[derive(Default)]
+pub struct Cleared {
+    /// Compiled entries and snapshots.
+    pub entries: usize,
+    /// Stamps of checked files.
+    pub stamps: usize,
+}
+
+/// Removes every file in `dir`, counting entries and stamps; directories
+/// stay (the home's empty directory, see `Home::empty_dir`).
+fn clear_dir(dir: &Path) -> Result<Cleared> {
+    let mut cleared = Cleared::default();
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cleared),
+        entries => entries?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(ENTRY_SUFFIX) || name.ends_with(SNAPSHOT_SUFFIX) {
+            cleared.entries += 1;
+        } else if name.ends_with(STAMP_SUFFIX) {
+            cleared.stamps += 1;
+        }
+        fs::remove_file(entry.path())
+            .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+    }
+    Ok(cleared)
+}
+
+/// Compiles `bytes`, inside a `compile` span whose note the CLI shows as a
+/// live line on a terminal and, for a large module, as one note otherwise
+/// (see [`COMPILE_TARGET`]): the compile of a 99 MB module takes minutes.
+fn compile(
+    engine: &Engine,
+    module: &Path,
+    bytes: &[u8],
+    component: bool,
+    shared: bool,
+) -> Result<Vec<u8>> {
+    let _compiling = tracing::info_span!(target: COMPILE_TARGET, "compile").entered();
+    let once = match shared {
+        true => "once for the cluster: every machine loads it from the shared cache",
+        false => "once: later starts load it from the cache",
+    };
+    tracing::info!(
+        target: COMPILE_TARGET,
+        bytes = bytes.len(),
+        "compiling {} ({once})",
+        module.display()
+    );
+    let compiled = if component {
+        engine.precompile_component(bytes)
+    } else {
+        engine.precompile_module(bytes)
+    };
+    compiled.map_err(|e| {
+        super::BadModule::new(
+            format!("does not compile: {:#}", anyhow::Error::from(e)),
+            "rebuild the module if it is damaged, or without the feature named there: wasmhost runs the standardized WebAssembly features wasmtime 48 supports (WebAssembly 3.0, exceptions among them), threads excepted",
+        )
+        .into()
+    })
 }
 
 fn deserialize(engine: &Engine, entry: &Path, component: bool) -> Result<Compiled> {

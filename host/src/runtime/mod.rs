@@ -26,7 +26,7 @@ use anyhow::{Context, Result};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi::p2::bindings::CommandPre;
 
-pub use cache::CacheInfo;
+pub use cache::{COMPILE_TARGET, CacheInfo, Cleared};
 use cache::{Compiled, ModuleCache};
 pub use component::Respond;
 use instance::{Outputs, StopReason};
@@ -144,7 +144,7 @@ impl Runtime {
                 std::thread::sleep(EPOCH_TICK);
             }
         });
-        let cache = ModuleCache::new(home.cache_dir(), &engine);
+        let cache = ModuleCache::new(home, &engine);
         Ok(Self {
             engine,
             cache,
@@ -221,8 +221,16 @@ impl Runtime {
         self.cache.info()
     }
 
-    pub fn clear_cache(&self) -> Result<usize> {
-        self.cache.clear()
+    /// See [`ModuleCache::clear`]: `shared` also empties a cluster's
+    /// shared cache, for every machine.
+    pub fn clear_cache(&self, shared: bool) -> Result<Cleared> {
+        self.cache.clear(shared)
+    }
+
+    /// Whether compiled modules are kept on the cluster's shared file
+    /// system.
+    pub fn cache_is_shared(&self) -> bool {
+        self.cache.is_shared()
     }
 }
 
