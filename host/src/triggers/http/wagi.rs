@@ -270,6 +270,7 @@ fn split_head(output: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn parse(output: &[u8]) -> Result<Response, String> {
         super::parse(Bytes::copy_from_slice(output))
