@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,7 +28,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tower_service::Service;
@@ -43,6 +44,20 @@ pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// How long the loop rests when accepting fails (out of descriptors), so
 /// that it does not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A listener on `address` whose queue of connections not yet accepted
+/// holds up to `max_connections` (as the kernel's `somaxconn` allows):
+/// tokio's default of 128 drops the connections of a burst past it, which
+/// their clients then retry a second later.
+pub fn bind(address: SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(u32::try_from(max_connections).unwrap_or(u32::MAX))
+}
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for
 /// the requests in flight.

@@ -65,8 +65,7 @@ pub fn serve(home: &Home, config: NodeConfig, ready: impl FnOnce(SocketAddr, &st
         std::thread::spawn(move || worker.run())
     };
     let served = executor.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = listen::bind(config.listen, config.max_connections)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr()?;
         let (location, id) = (home.registry(), worker.node_id().to_owned());
