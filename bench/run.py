@@ -319,7 +319,7 @@ def main():
         cluster.measure(tools, TOOLS, work, row, commands, opts.quick)
 
     if opts.only:
-        print("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"]))
+        print(scrub("\n".join(table(rows) + ["", "Commands:", "```"] + commands + ["```"])))
     else:
         write_report(rows, commands, opts.quick, tools["wasmtime"])
     shutil.rmtree(work, ignore_errors=True)
@@ -653,6 +653,18 @@ def table(rows):
     return lines
 
 
+def scrub(text):
+    """`text` without this machine's paths: the repository as `.`, the
+    cargo target directory as `$CARGO_TARGET_DIR`, a run's scratch
+    directory as `bench/RUN`, the home directory as `~`."""
+    target = os.environ.get("CARGO_TARGET_DIR")
+    if target:
+        text = text.replace(str(Path(target).resolve()), "$CARGO_TARGET_DIR")
+    text = text.replace(str(ROOT), ".")
+    text = re.sub(r"bench/wasmhost-bench-[A-Za-z0-9_]+", "bench/RUN", text)
+    return text.replace(str(Path.home()), "~")
+
+
 def write_report(rows, commands, quick, wasmtime):
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -688,7 +700,7 @@ def write_report(rows, commands, quick, wasmtime):
               "", "## Commands", "", "```"]
     lines += commands
     lines += ["```", ""]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    (ROOT / "BENCHMARKS.md").write_text(scrub("\n".join(lines)))
     print(f"wrote {ROOT / 'BENCHMARKS.md'}", file=sys.stderr)
 
 
