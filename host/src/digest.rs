@@ -1,4 +1,9 @@
-//! SHA-256 digests as hex, for cache keys and lock file names.
+//! SHA-256 digests as hex, for cache keys and lock file names, and stamps
+//! that remember a file's digest so an unchanged file is not hashed again.
+
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -29,6 +34,34 @@ pub fn copy_hashed(
     }
     writer.flush()?;
     Ok((hex(&hasher.finalize()), length))
+}
+
+/// The name of `file`'s stamp as the file is now: from its path, size,
+/// inode and change time, so that a changed or replaced file has another.
+pub fn stamp_name(file: &Path, meta: &Metadata) -> String {
+    let key = format!(
+        "{}\0{}\0{}\0{}\0{}",
+        file.display(),
+        meta.len(),
+        meta.ino(),
+        meta.ctime(),
+        meta.ctime_nsec()
+    );
+    format!("{}.stamp", sha256_hex(key.as_bytes()))
+}
+
+/// The digest a stamp in `stamps` remembers for `file` as it is now.
+pub fn stamped(stamps: &Path, file: &Path, meta: &Metadata) -> Option<String> {
+    let digest = std::fs::read_to_string(stamps.join(stamp_name(file, meta))).ok()?;
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
+}
+
+/// Remembers `digest` for `file` as it is now, if `stamps` exists: a
+/// stamp only saves hashing next time, so failing to write one is fine.
+pub fn stamp(stamps: &Path, file: &Path, meta: &Metadata, digest: &str) {
+    if stamps.is_dir() {
+        let _ = crate::atomic_file::write(&stamps.join(stamp_name(file, meta)), digest.as_bytes());
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{copy_hashed, sha256_hex};
+use crate::digest::{copy_hashed, sha256_hex, stamp, stamped};
 use crate::error::usage;
 use crate::home::Home;
 use crate::manifest::AppManifest;
@@ -85,11 +85,13 @@ struct Tree {
     json: String,
 }
 
-/// How much an app's `files` hold so far, against the limits.
-#[derive(Default)]
+/// How much an app's `files` hold so far, against the limits; and where
+/// the digests of files read before are remembered (this machine's cache
+/// stamps), so that an unchanged file is not hashed at every `run`.
 struct Budget {
     bytes: u64,
     files: u64,
+    stamps: PathBuf,
 }
 
 impl Budget {
@@ -123,10 +125,14 @@ pub struct Shipped {
 impl Shipped {
     /// Reads each `files` source of `manifest` (each once, however many
     /// functions ship it) and records its tree's digest in the manifest.
-    pub fn collect(manifest: &mut AppManifest) -> Result<Self> {
+    pub fn collect(manifest: &mut AppManifest, stamps: &Path) -> Result<Self> {
         let mut by_source: BTreeMap<PathBuf, String> = BTreeMap::new();
         let mut trees = BTreeMap::new();
-        let mut budget = Budget::default();
+        let mut budget = Budget {
+            bytes: 0,
+            files: 0,
+            stamps: stamps.to_owned(),
+        };
         for function in manifest.functions.values_mut() {
             for files in &mut function.files {
                 if !by_source.contains_key(&files.source) {
@@ -249,9 +255,19 @@ fn file_entry(
         ));
     }
     budget.add(path, meta.len())?;
-    let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (digest, size) = copy_hashed(file, std::io::sink())
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    // A stale stamp cannot ship wrong bytes: what is stored is checked
+    // against the digest as it is copied.
+    let (digest, size) = match stamped(&budget.stamps, path, meta) {
+        Some(digest) => (digest, meta.len()),
+        None => {
+            let file =
+                fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let (digest, size) = copy_hashed(file, std::io::sink())
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            stamp(&budget.stamps, path, meta, &digest);
+            (digest, size)
+        }
+    };
     Ok(Entry {
         path: relative,
         file: Some(Blob {

@@ -35,7 +35,7 @@ pub struct DeployArgs {
 pub fn execute(args: DeployArgs) -> Result<u8> {
     let DeployArgs { app, force, yes } = args;
     let mut manifest = manifest::load(&app)?;
-    let files = Shipped::collect(&mut manifest)?;
+    let files = Shipped::collect(&mut manifest, &Home::locate()?.cache_dir())?;
     // Read once: what is checked here is what is snapshotted.
     let mut snapshots = BTreeMap::new();
     for (function, spec) in &manifest.functions {

@@ -39,7 +39,7 @@ pub fn execute(args: RunArgs) -> Result<u8> {
     } = args;
     let (mut manifest, function) = load_manifest(&app, function.as_deref())?;
     // Read before anything is created, as app.toml is: what is shipped.
-    let files = Shipped::collect(&mut manifest)?;
+    let files = Shipped::collect(&mut manifest, &Home::locate()?.cache_dir())?;
     let inputs = open_map_inputs(&invoke)?;
     let spec = &manifest.functions[&function];
     note_lowered_concurrency(&invoke, spec);

@@ -18,7 +18,6 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -26,7 +25,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::atomic_file;
-use crate::digest::sha256_hex;
+use crate::digest::{sha256_hex, stamp, stamped};
 use crate::home::Home;
 
 /// The target of the `compile` span and its note: how the CLI tells a
@@ -181,46 +180,25 @@ impl ModuleCache {
     /// The module's SHA-256, from its stamp when the file is unchanged; also
     /// the bytes when they had to be read.
     pub(super) fn digest(&self, module: &Path) -> Result<(String, Option<Vec<u8>>)> {
-        let stamp = self.stamp(module)?;
-        if let Ok(digest) = fs::read_to_string(&stamp)
-            && digest.len() == 64
-            && digest.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        let meta = fs::metadata(module)
+            .with_context(|| format!("cannot read module {}", module.display()))?;
+        if let Some(digest) = stamped(&self.stamps, module, &meta) {
             return Ok((digest, None));
         }
         let bytes = read_module(module)?;
         let digest = sha256_hex(&bytes);
-        // The stamp only saves hashing next time; the cache directory may not
-        // exist yet (see `load`), and a full disk must not fail the run here.
-        let _ = write_atomically(&stamp, digest.as_bytes());
+        // The cache directory may not exist yet (see `load`): then the
+        // next run hashes again.
+        stamp(&self.stamps, module, &meta, &digest);
         Ok((digest, Some(bytes)))
-    }
-
-    /// The stamp file of `file` as it is now: named by its path, size,
-    /// inode and change time, so that a changed or replaced file has none.
-    fn stamp(&self, file: &Path) -> Result<PathBuf> {
-        let meta =
-            fs::metadata(file).with_context(|| format!("cannot read module {}", file.display()))?;
-        let stamp_key = format!(
-            "{}\0{}\0{}\0{}\0{}",
-            file.display(),
-            meta.len(),
-            meta.ino(),
-            meta.ctime(),
-            meta.ctime_nsec()
-        );
-        Ok(self.stamps.join(format!(
-            "{}{STAMP_SUFFIX}",
-            sha256_hex(stamp_key.as_bytes())
-        )))
     }
 
     /// Remembers that `file`, just written by this process, has `digest`:
     /// no need to hash it again on its next load.
     fn remember(&self, file: &Path, digest: &str) {
-        if let Ok(stamp) = self.stamp(file) {
+        if let Ok(meta) = fs::metadata(file) {
             let _ = fs::create_dir_all(&self.stamps);
-            let _ = write_atomically(&stamp, digest.as_bytes());
+            stamp(&self.stamps, file, &meta, digest);
         }
     }
 
