@@ -57,10 +57,11 @@ pub fn stamped(stamps: &Path, file: &Path, meta: &Metadata) -> Option<String> {
 }
 
 /// Remembers `digest` for `file` as it is now, if `stamps` exists: a
-/// stamp only saves hashing next time, so failing to write one is fine.
+/// stamp only saves hashing next time, so failing to write one is fine,
+/// and one written in part is not a digest [`stamped`] accepts.
 pub fn stamp(stamps: &Path, file: &Path, meta: &Metadata, digest: &str) {
     if stamps.is_dir() {
-        let _ = crate::atomic_file::write(&stamps.join(stamp_name(file, meta)), digest.as_bytes());
+        let _ = std::fs::write(stamps.join(stamp_name(file, meta)), digest.as_bytes());
     }
 }
 
