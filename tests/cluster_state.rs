@@ -332,7 +332,10 @@ fn a_second_machine_loads_what_the_first_compiled() {
     let compiled = compiled_on(&a, volumes.path());
     assert_eq!(named(&compiled, ".cwasm").len(), 1, "{compiled:?}");
     assert_eq!(named(&compiled, ".compiled").len(), 1, "{compiled:?}");
-    assert!(local_cache(&a, ".cwasm").is_empty(), "A compiled into the shared cache");
+    assert!(
+        local_cache(&a, ".cwasm").is_empty(),
+        "A compiled into the shared cache"
+    );
 
     hello_works(&b);
     // Not one file of the shared cache was written again: B compiled nothing.
@@ -353,7 +356,10 @@ fn a_second_machine_loads_what_the_first_compiled() {
 
     // `cache clear` forgets B's checks only; `--cluster` empties the cache.
     let cleared = b.run(&["cache", "clear"]).success().stdout();
-    assert!(cleared.contains("the cluster's shared cache stays"), "{cleared}");
+    assert!(
+        cleared.contains("the cluster's shared cache stays"),
+        "{cleared}"
+    );
     assert!(local_cache(&b, ".stamp").is_empty());
     assert_eq!(shared_cache(volumes.path()), compiled);
     let cleared = b.run(&["cache", "clear", "--cluster"]).success().stdout();
@@ -368,7 +374,10 @@ fn a_damaged_shared_entry_is_rebuilt_and_the_call_succeeds() {
         return;
     };
     let files = compiled_on(&a, volumes.path());
-    let entry = volumes.path().join("cache").join(&named(&files, ".cwasm")[0]);
+    let entry = volumes
+        .path()
+        .join("cache")
+        .join(&named(&files, ".cwasm")[0]);
     let good = std::fs::read(&entry).unwrap();
     // A torn page in the middle, of the same size: wasmtime's header and
     // engine checks would load it.
@@ -387,7 +396,10 @@ fn a_damaged_shared_entry_is_rebuilt_and_the_call_succeeds() {
     );
     // Made again: the index names a whole entry, by its digest.
     let files = shared_cache(volumes.path());
-    let index = volumes.path().join("cache").join(&named(&files, ".compiled")[0]);
+    let index = volumes
+        .path()
+        .join("cache")
+        .join(&named(&files, ".compiled")[0]);
     let digest = std::fs::read_to_string(index).unwrap();
     let remade = volumes.path().join("cache").join(format!("{digest}.cwasm"));
     let bytes = std::fs::read(&remade).unwrap();

@@ -484,9 +484,17 @@ fn clients_that_stop_reading_their_responses_are_closed_and_held_within_a_budget
     // Their writes waited 10 s: the node closed them, not before.
     let deadline = Instant::now() + Duration::from_secs(30);
     while held() > 0 {
-        assert!(Instant::now() < deadline, "{} connections still held", held());
+        assert!(
+            Instant::now() < deadline,
+            "{} connections still held",
+            held()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(sent.elapsed() >= Duration::from_secs(10), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() >= Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
     drop(readers);
 }

@@ -290,7 +290,6 @@ fn a_large_modules_compile_prints_one_note_off_a_terminal() {
     assert_eq!(run.stderr(), "");
 }
 
-
 /// The example apps run from their own app.toml files, as a user would run
 /// them after building the guests (the README's commands).
 #[test]

@@ -129,17 +129,22 @@ fn a_well_behaved_client_is_served_while_hostile_guests_and_clients_attack() {
             std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
             assert!(answer.contains(&format!("read={length} ")), "{answer}");
         }));
-        attacks.push(spawn_attack(scope, done, "responses never read", move |_| {
-            // An 8 MB page asked for and never read, the connection left
-            // open past the node's 10 s write limit.
-            let mut tcp = TcpStream::connect(addr).unwrap();
-            let _ = tcp.write_all(b"GET /web/bad/x?size=8000000 HTTP/1.1\r\nHost: a\r\n\r\n");
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_secs(15));
-                drop(tcp);
-            });
-            std::thread::sleep(Duration::from_secs(1));
-        }));
+        attacks.push(spawn_attack(
+            scope,
+            done,
+            "responses never read",
+            move |_| {
+                // An 8 MB page asked for and never read, the connection left
+                // open past the node's 10 s write limit.
+                let mut tcp = TcpStream::connect(addr).unwrap();
+                let _ = tcp.write_all(b"GET /web/bad/x?size=8000000 HTTP/1.1\r\nHost: a\r\n\r\n");
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(15));
+                    drop(tcp);
+                });
+                std::thread::sleep(Duration::from_secs(1));
+            },
+        ));
         let mut open = Vec::new();
         attacks.push(spawn_attack(scope, done, "slowloris", move |_| {
             // Half-sent heads, 200 open at a time.

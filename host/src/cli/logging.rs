@@ -18,9 +18,9 @@ use tracing::field::{Field, Visit};
 use tracing::span::Id;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::Context;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{Layer, fmt as subscriber_fmt};
@@ -91,8 +91,8 @@ fn install(style: Style, most: Level, compiles: Option<Compiles>) {
     // Compiles see their own target only: a layer without a filter would
     // turn on every span and event of every crate (wasmtime-wasi makes one
     // for each WASI call).
-    let compiles = compiles
-        .map(|c| c.with_filter(Targets::new().with_target(COMPILE_TARGET, Level::INFO)));
+    let compiles =
+        compiles.map(|c| c.with_filter(Targets::new().with_target(COMPILE_TARGET, Level::INFO)));
     let subscriber = tracing_subscriber::registry().with(layer).with(compiles);
     // Fails only if one is installed already, which then stays.
     let _ = tracing::subscriber::set_global_default(subscriber);

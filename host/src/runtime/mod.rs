@@ -568,4 +568,3 @@ fn outcome(run: RunResult, function: &FunctionSpec) -> Outcome {
         None => Outcome::Failed(format!("trapped: {cause}")),
     }
 }
-
